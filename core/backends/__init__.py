@@ -1,0 +1,1 @@
+"""Log backends: the embedded log (default) and Apache Kafka."""

@@ -1,0 +1,138 @@
+"""The LogBackend seam between the runtime and a log.
+
+Shaped after Kafka's client model (admin, producer with transactions,
+consumer with groups) so that the embedded log and Apache Kafka implement the
+same calls, and the runtime never knows which one it runs on.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..records import Record, TopicPartition
+
+
+class IsolationLevel(str, enum.Enum):
+    read_uncommitted = "read_uncommitted"
+    read_committed = "read_committed"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic to create: name, partition count and Kafka-named settings."""
+
+    name: str
+    partitions: int = 1
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    topic: str
+    partition: int
+    log_start_offset: int
+    log_end_offset: int
+    high_watermark: int
+    last_stable_offset: int
+    size_bytes: int
+    segments: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOffset:
+    """One partition of a consumer group: where it is and how far behind."""
+
+    topic_partition: TopicPartition
+    committed: int | None
+    log_end_offset: int
+
+    @property
+    def lag(self) -> int:
+        return self.log_end_offset - (self.committed or 0)
+
+
+class Producer(Protocol):
+    """Appends records. With a transactional id it is a transactional producer:
+    ``begin``/``commit``/``abort`` bracket appends to any partitions together
+    with consumer-group offsets, which become visible atomically."""
+
+    async def send(self, topic: str, record: Record, partition: int | None = None) -> None:
+        """Queue a record (partition from the key when None). Durable after ``flush``/``commit``."""
+
+    async def send_batch(self, topic: str, partition: int, records: Sequence[Record]) -> None:
+        """Queue many records for one partition (the fast path)."""
+
+    async def flush(self) -> None:
+        """Append everything queued (non-transactional producers)."""
+
+    async def begin(self) -> None: ...
+
+    async def send_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit ``offsets`` (next offsets to read) for ``group`` as part of the open transaction."""
+
+    async def commit(self) -> None: ...
+
+    async def abort(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Consumer(Protocol):
+    """Reads records of a set of topics for one consumer group (or none)."""
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    async def seek(self, tp: TopicPartition, offset: int) -> None: ...
+
+    async def position(self, tp: TopicPartition) -> int: ...
+
+    async def poll(self, max_records: int = 10_000, timeout: float = 1.0) -> list[Record]:
+        """Records after the current positions; waits up to ``timeout`` when none are ready."""
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Store ``offsets`` (next offsets to read) as the group's committed offsets."""
+
+    async def close(self) -> None: ...
+
+
+class LogBackend(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # topics
+    async def create_topic(self, spec: TopicSpec, *, exist_ok: bool = False) -> None: ...
+
+    async def delete_topic(self, name: str) -> None: ...
+
+    async def list_topics(self) -> list[str]: ...
+
+    async def describe_topic(self, name: str) -> list[PartitionInfo]: ...
+
+    async def partitions_for(self, topic: str) -> int: ...
+
+    # producing and consuming
+    def producer(self, transactional_id: str | None = None) -> Producer: ...
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        group: str | None = None,
+        isolation: IsolationLevel = IsolationLevel.read_committed,
+        reset: str = "earliest",
+    ) -> Consumer: ...
+
+    async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
+        """First offset whose timestamp is >= ``timestamp_ms``, or None past the end."""
+
+    # consumer groups
+    async def list_groups(self) -> list[str]: ...
+
+    async def committed(self, group: str) -> dict[TopicPartition, int]: ...
+
+    async def describe_group(self, group: str) -> list[GroupOffset]: ...
+
+    async def reset_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None: ...

@@ -1,0 +1,151 @@
+"""The seams a connector author implements: Source, Sink and Transform.
+
+They stay small on purpose (Kafka Connect's SourceTask/SinkTask, bytewax's
+snapshot contract). A connector never touches the log: the runtime appends
+what a source returns, hands a sink what the log holds, and decides when
+progress is committed.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from .records import Record, TopicPartition
+
+
+class Guarantee(enum.IntEnum):
+    """Delivery guarantees, weakest first, so they compare with ``<``."""
+
+    at_most_once = 0
+    at_least_once = 1
+    exactly_once = 2
+
+
+class ConnectorConfig(BaseModel):
+    """Base of every connector's config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(slots=True)
+class SourceBatch:
+    """What one ``Source.poll`` returns.
+
+    ``offset`` is the source's checkpoint *after* the last of ``records``
+    (JSON-ready). The runtime appends the records and this checkpoint in one
+    log transaction; after a restart it hands the last committed checkpoint to
+    ``Source.start``. A batch may carry no records and only move the
+    checkpoint (a heartbeat, a skipped line).
+    """
+
+    records: list[Record]
+    offset: Any
+
+
+@dataclass(slots=True)
+class ConnectorContext:
+    """What the runtime tells a connector about where it runs."""
+
+    name: str
+    pipeline: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Source(ABC):
+    """A source task: reads an external system and returns records.
+
+    Lifecycle: ``start(offset)`` once, ``poll()`` repeatedly, ``commit(offset)``
+    after each checkpoint is durable in the log, ``stop()`` once.
+    """
+
+    guarantee: ClassVar[Guarantee] = Guarantee.at_least_once
+    config_model: ClassVar[type[ConnectorConfig]] = ConnectorConfig
+
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        self.config = config
+        self.context = context
+
+    @abstractmethod
+    async def start(self, offset: Any | None) -> None:
+        """Resume after ``offset`` (the last committed checkpoint) or from the beginning."""
+
+    @abstractmethod
+    async def poll(self) -> SourceBatch | None:
+        """Return the next batch, or None when nothing is ready now. Must not block for long."""
+
+    async def commit(self, offset: Any) -> None:
+        """``offset`` is now durable in the log; the source may release what precedes it."""
+
+    async def stop(self) -> None:
+        """Release resources. Called once, also after a failure."""
+
+
+class Sink(ABC):
+    """A sink task: writes records from the log into an external system.
+
+    Lifecycle: ``start()`` once; then ``write(records)`` any number of times and
+    ``flush(offsets)`` to make everything written so far durable; ``stop()``.
+    """
+
+    guarantee: ClassVar[Guarantee] = Guarantee.at_least_once
+    config_model: ClassVar[type[ConnectorConfig]] = ConnectorConfig
+
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        self.config = config
+        self.context = context
+
+    async def start(self) -> Mapping[TopicPartition, int] | None:
+        """Open the sink.
+
+        A sink that stores its own offsets together with its data (a
+        transactional store) returns them: the next offset to read per
+        partition, and the runtime seeks there. Others return None and resume
+        from the consumer group's committed offsets.
+        """
+        return None
+
+    @abstractmethod
+    async def write(self, records: list[Record]) -> None:
+        """Write records (in offset order per partition). May buffer."""
+
+    @abstractmethod
+    async def flush(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Make everything written durable; ``offsets`` are the next offsets to read.
+
+        A transactional sink stores ``offsets`` in the same commit as its data.
+        Only after this returns does the runtime commit the group's offsets.
+        """
+
+    async def stop(self) -> None:
+        """Release resources. Called once, also after a failure."""
+
+
+class Transform(ABC):
+    """A per-record function in a pipeline: one record in, zero or more out."""
+
+    config_model: ClassVar[type[ConnectorConfig]] = ConnectorConfig
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abstractmethod
+    def apply(self, record: Record) -> Iterable[Record]:
+        """Return the records that replace ``record`` (empty to drop it)."""
+
+
+class Converter(ABC):
+    """Turns a record's key and value into bytes for the log, and back."""
+
+    @abstractmethod
+    def serialize(self, value: Any) -> bytes | None:
+        """Value to bytes; None stays None (a tombstone)."""
+
+    @abstractmethod
+    def deserialize(self, data: bytes | None) -> Any:
+        """Bytes to value; None stays None."""

@@ -1,0 +1,1 @@
+"""Real servers for the test suite, started on loopback (or reused from an env var)."""
