@@ -1,0 +1,51 @@
+"""A topic: a name, its settings and its partitions, in ``topics/<name>/``."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+from ..records import partition_for_key
+from .partition import Partition
+from .settings import TopicSettings
+
+TOPIC_FILE = "topic.json"
+
+
+class Topic:
+    def __init__(self, directory: Path, *, writable: bool, clean_shutdown: bool = True) -> None:
+        self.directory = directory
+        self.name = directory.name
+        meta = json.loads((directory / TOPIC_FILE).read_text())
+        self.settings = TopicSettings.parse(meta.get("config", {}), self.name)
+        self.partitions = [
+            Partition(
+                directory / str(p),
+                self.name,
+                p,
+                self.settings,
+                writable=writable,
+                clean_shutdown=clean_shutdown,
+            )
+            for p in range(int(meta["partitions"]))
+        ]
+        self._round_robin = itertools.cycle(range(len(self.partitions)))
+
+    @staticmethod
+    def write_meta(directory: Path, partitions: int, settings: TopicSettings) -> None:
+        directory.mkdir(parents=True, exist_ok=False)
+        tmp = directory / (TOPIC_FILE + ".tmp")
+        tmp.write_text(json.dumps({"partitions": partitions, "config": settings.as_kafka()}, indent=2))
+        os.replace(tmp, directory / TOPIC_FILE)
+
+    def partition_for(self, key: bytes | None) -> int:
+        """Kafka's murmur2 for keys; round-robin for null keys."""
+        if key is None:
+            return next(self._round_robin)
+        return partition_for_key(key, len(self.partitions))
+
+    def close(self) -> None:
+        for partition in self.partitions:
+            partition.close()
