@@ -1,0 +1,261 @@
+"""The sink task loop: log -> converters -> transforms -> sink, then commit.
+
+Each sink connector is a consumer group (named after the connector) reading
+read-committed. The sink decides where to resume: a sink that stores its
+offsets with its data returns them from ``start()`` and the consumer seeks
+there; otherwise the group's committed offsets apply. ``flush(offsets)`` makes
+the sink durable up to ``offsets``, and only then does the group commit the
+same offsets, so the lag the CLI shows never claims more than the sink holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..backends.base import Consumer, IsolationLevel, LogBackend, Producer
+from ..config import ConnectorSpec, PipelineConfig
+from ..connector import Sink
+from ..errors import RecordError
+from ..records import Record, TopicPartition, partition_for_key
+from .build import apply_transforms, make_converters, make_sink, make_transforms
+from .policy import ErrorPolicyHandler
+
+log = logging.getLogger("millpond.runtime.sink")
+
+
+@dataclass(slots=True)
+class SinkLimits:
+    max_poll_records: int = 20_000
+    poll_timeout_s: float = 0.2
+    #: flush after this many consumed records or this much time, whichever first
+    flush_records: int = 500_000
+    flush_interval_s: float = 5.0
+
+
+class SinkTask:
+    """Runs one task of a sink connector until ``stop`` is set."""
+
+    kind = "sink"
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        spec: ConnectorSpec,
+        backend: LogBackend,
+        task: int = 0,
+        limits: SinkLimits | None = None,
+        sink_factory: Callable[[], Sink] | None = None,
+    ) -> None:
+        self.config = config
+        self.spec = spec
+        self.backend = backend
+        self.task = task
+        self.limits = limits or SinkLimits()
+        self.name = spec.name if spec.tasks == 1 else f"{spec.name}#{task}"
+        self.group = spec.name
+        self._sink_factory = sink_factory or (lambda: make_sink(config, spec, task))
+        self.errors = ErrorPolicyHandler(spec.name, spec.errors)
+        self._flush_requested = False
+        self._consumer: Consumer | None = None
+        self._positions: dict[TopicPartition, int] = {}
+        self._unflushed = 0
+        # progress, read by the worker
+        self.records_in = 0
+        self.flushes = 0
+        self.idle_since: float | None = None
+        self.running = False
+
+    def request_flush(self) -> None:
+        """Ask for a flush at the next turn of the loop (the scheduler's periodic commit)."""
+        self._flush_requested = True
+
+    async def caught_up(self) -> bool:
+        """True when everything up to each partition's last stable offset is flushed and committed."""
+        consumer = self._consumer
+        if not self.running or consumer is None or self._unflushed or self.idle_since is None:
+            return False
+        ends: dict[TopicPartition, int] = {}
+        for topic in self.spec.topics:
+            for info in await self.backend.describe_topic(topic):
+                ends[TopicPartition(info.topic, info.partition)] = info.last_stable_offset
+        for tp in consumer.assignment():
+            if await consumer.position(tp) < ends.get(tp, 0):
+                return False
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        transforms = make_transforms(self.spec)
+        key_conv, value_conv = make_converters(self.spec)
+        kd = key_conv.deserialize
+        vd = value_conv.deserialize
+        sink = self._sink_factory()
+        consumer = self.backend.consumer(
+            self.spec.topics, group=self.group, isolation=IsolationLevel.read_committed, reset="earliest"
+        )
+        dlq: Producer | None = self.backend.producer() if self.errors.dead_letter_topic else None
+        self._consumer = consumer
+        self._positions = {}
+        self._unflushed = 0
+        self.idle_since = None
+        failed = False
+        keep_raw = self.spec.errors.policy == "dead_letter"
+        try:
+            own = await sink.start()
+            if own:
+                assigned = consumer.assignment()
+                for tp, offset in own.items():
+                    tp = TopicPartition(*tp)
+                    if tp in assigned:
+                        await consumer.seek(tp, offset)
+                log.info("sink %r resumes from its own offsets %s", self.name, _fmt(own))
+            for tp in consumer.assignment():
+                self._positions[tp] = await consumer.position(tp)
+            self.running = True
+            last_flush = time.monotonic()
+            while not stop.is_set():
+                records = await consumer.poll(self.limits.max_poll_records, self.limits.poll_timeout_s)
+                if records:
+                    self.idle_since = None
+                    out: list[Record] = []
+                    # the raw (key, value) behind each written record, so a
+                    # write error dead-letters what the log holds
+                    raws: list[tuple[bytes | None, bytes | None]] | None = [] if keep_raw else None
+                    for r in records:
+                        raw_key = r.key
+                        raw_value = r.value
+                        try:
+                            r.key = kd(raw_key) if raw_key is not None else None
+                            r.value = vd(raw_value)
+                        except RecordError as exc:
+                            await self._reject(dlq, exc, _raw(r, raw_key, raw_value), "convert")
+                            continue
+                        if transforms:
+                            try:
+                                produced = list(apply_transforms(transforms, r))
+                            except RecordError as exc:
+                                await self._reject(dlq, exc, _raw(r, raw_key, raw_value), "transform")
+                                continue
+                            out.extend(produced)
+                            if raws is not None:
+                                raws.extend([(raw_key, raw_value)] * len(produced))
+                        else:
+                            out.append(r)
+                            if raws is not None:
+                                raws.append((raw_key, raw_value))
+                    if out:
+                        await self._write(sink, dlq, out, raws)
+                    self._unflushed += len(records)
+                    self.records_in += len(records)
+                else:
+                    if self.idle_since is None:
+                        self.idle_since = time.monotonic()
+                    if not self._unflushed and await self._positions_moved(consumer):
+                        # only transaction markers were passed: commit so the lag reads 0
+                        self._unflushed = 1
+                if self._unflushed and (
+                    self._flush_requested
+                    or self._unflushed >= self.limits.flush_records
+                    or time.monotonic() - last_flush >= self.limits.flush_interval_s
+                    or (not records)
+                ):
+                    await self._flush(sink, consumer, dlq)
+                    last_flush = time.monotonic()
+                self._flush_requested = False
+            if self._unflushed:
+                await self._flush(sink, consumer, dlq)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            self.running = False
+            try:
+                await sink.stop()
+            finally:
+                try:
+                    await consumer.close()
+                finally:
+                    if dlq is not None:
+                        await dlq.close()
+            if failed:
+                log.debug("sink %r stopped after a failure; unflushed work is redone from committed offsets", self.name)
+
+    async def _write(
+        self,
+        sink: Sink,
+        dlq: Producer | None,
+        records: list[Record],
+        raws: list[tuple[bytes | None, bytes | None]] | None,
+    ) -> None:
+        """Write a batch; a RecordError isolates the failing record by writing one at a time.
+
+        Sinks are expected to raise RecordError before they take any part of a
+        batch (validate, then write), so re-offering records one by one writes
+        each good record once.
+        """
+        try:
+            await sink.write(records)
+            return
+        except RecordError as exc:
+            if len(records) == 1:
+                await self._reject(dlq, exc, _raw(records[0], *raws[0]) if raws else records[0], "write")
+                return
+        for i, r in enumerate(records):
+            try:
+                await sink.write([r])
+            except RecordError as exc:
+                await self._reject(dlq, exc, _raw(r, *raws[i]) if raws else r, "write")
+
+    async def _reject(self, dlq: Producer | None, exc: RecordError, record: Record, stage: str) -> None:
+        dead = self.errors.handle(exc, record, stage)
+        if dead is None:
+            return
+        assert dlq is not None
+        topic = self.errors.dead_letter_topic
+        assert topic is not None
+        n = await self.backend.partitions_for(topic)
+        partition = 0 if dead.key is None else partition_for_key(dead.key, n)
+        if dead.timestamp is None:
+            dead.timestamp = int(time.time() * 1000)
+        await dlq.send(topic, dead, partition)
+
+    async def _positions_moved(self, consumer: Consumer) -> bool:
+        for tp in consumer.assignment():
+            if await consumer.position(tp) != self._positions.get(tp):
+                return True
+        return False
+
+    async def _flush(self, sink: Sink, consumer: Consumer, dlq: Producer | None) -> None:
+        # the consumer's positions, not last offset + 1: they also step over
+        # transaction markers, so a caught-up group shows lag 0
+        offsets = {tp: await consumer.position(tp) for tp in consumer.assignment()}
+        if dlq is not None:
+            # dead letters first: a crash after this replays those records (at
+            # least once into the dead-letter topic), never loses them
+            await dlq.flush()
+        await sink.flush(offsets)
+        await consumer.commit(offsets)
+        self._positions = offsets
+        self._unflushed = 0
+        self.flushes += 1
+
+
+def _raw(record: Record, key: bytes | None, value: bytes | None) -> Record:
+    return Record(
+        value=value,
+        key=key,
+        timestamp=record.timestamp,
+        headers=record.headers,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+    )
+
+
+def _fmt(offsets: object) -> str:
+    if isinstance(offsets, dict):
+        return ", ".join(f"{TopicPartition(*tp)}@{o}" for tp, o in sorted(offsets.items()))
+    return str(offsets)

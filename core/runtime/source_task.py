@@ -1,0 +1,241 @@
+"""The source task loop: source -> transforms -> converters -> one log transaction.
+
+Each transaction holds the records of several polls *and* the source's
+checkpoint after the last of them (in ``__source_offsets``). Both become
+visible together or not at all, so after a crash the task resumes exactly
+after what the log holds. Batching several polls per transaction (bounded by
+records, bytes and time) is what makes this fast; the bounds are also the
+backpressure: the source is not polled while a batch is being committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..backends.base import LogBackend, Producer
+from ..config import ConnectorSpec, PipelineConfig
+from ..connector import Converter, Source, Transform
+from ..errors import RecordError
+from ..records import Record, partition_for_key
+from .build import apply_transforms, make_converters, make_source, make_transforms
+from .offsets import SOURCE_OFFSETS_TOPIC, encode_offset, offset_key, read_source_offset
+from .policy import ErrorPolicyHandler
+
+log = logging.getLogger("millpond.runtime.source")
+
+_NOTHING = object()
+
+
+@dataclass(slots=True)
+class SourceLimits:
+    """Bounds of one transaction: whichever is reached first closes it."""
+
+    max_records: int = 50_000
+    max_bytes: int = 16 * 1024 * 1024
+    max_ms: float = 250.0
+    #: pause between polls while the source has nothing
+    idle_poll_s: float = 0.05
+
+
+class SourceTask:
+    """Runs one task of a source connector until ``stop`` is set."""
+
+    kind = "source"
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        spec: ConnectorSpec,
+        backend: LogBackend,
+        task: int = 0,
+        limits: SourceLimits | None = None,
+        source_factory: Callable[[], Source] | None = None,
+    ) -> None:
+        self.config = config
+        self.spec = spec
+        self.backend = backend
+        self.task = task
+        self.limits = limits or SourceLimits()
+        self.name = spec.name if spec.tasks == 1 else f"{spec.name}#{task}"
+        self.offset_key = offset_key(spec.name, task, spec.tasks)
+        self.transactional_id = f"millpond.{config.name}.{self.offset_key}"
+        self._source_factory = source_factory or (lambda: make_source(config, spec, task))
+        self.errors = ErrorPolicyHandler(spec.name, spec.errors)
+        self._partitions: dict[str, int] = {}
+        self._sticky: dict[str, int] = {}
+        self._txn_count = 0
+        # progress, read by the worker
+        self.records_out = 0
+        self.transactions = 0
+        self.idle_since: float | None = None
+        self.running = False
+
+    # -- status -------------------------------------------------------------
+
+    def is_idle(self, for_seconds: float) -> bool:
+        return self.running and self.idle_since is not None and time.monotonic() - self.idle_since >= for_seconds
+
+    # -- the loop -----------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        transforms = make_transforms(self.spec)
+        key_conv, value_conv = make_converters(self.spec)
+        offset = await read_source_offset(self.backend, self.offset_key)
+        source = self._source_factory()
+        producer = self.backend.producer(transactional_id=self.transactional_id)
+        log.info("source %r starting from %s", self.name, "the beginning" if offset is None else "its committed offset")
+        self.idle_since = None
+        try:
+            await source.start(offset)
+            self.running = True
+            while not stop.is_set():
+                pending: dict[tuple[str, int], list[Record]] = {}
+                new_offset: Any = _NOTHING
+                count = 0
+                size = 0
+                started = time.monotonic()
+                limit_s = self.limits.max_ms / 1000.0
+                while True:
+                    batch = await source.poll()
+                    if batch is None:
+                        break
+                    new_offset = batch.offset
+                    if batch.records:
+                        n, b = await self._prepare(batch.records, transforms, key_conv, value_conv, pending)
+                        count += n
+                        size += b
+                    if (
+                        count >= self.limits.max_records
+                        or size >= self.limits.max_bytes
+                        or time.monotonic() - started >= limit_s
+                        or stop.is_set()
+                    ):
+                        break
+                    await asyncio.sleep(0)
+                if new_offset is _NOTHING:
+                    if self.idle_since is None:
+                        self.idle_since = time.monotonic()
+                    try:
+                        await asyncio.wait_for(stop.wait(), self.limits.idle_poll_s)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
+                self.idle_since = None
+                await self._commit(producer, pending, new_offset)
+                self.records_out += count
+                await source.commit(new_offset)
+        finally:
+            self.running = False
+            try:
+                await source.stop()
+            finally:
+                await producer.close()
+
+    async def _partition_count(self, topic: str) -> int:
+        n = self._partitions.get(topic)
+        if n is None:
+            n = await self.backend.partitions_for(topic)
+            self._partitions[topic] = n
+        return n
+
+    async def _prepare(
+        self,
+        records: list[Record],
+        transforms: list[Transform],
+        key_conv: Converter,
+        value_conv: Converter,
+        pending: dict[tuple[str, int], list[Record]],
+    ) -> tuple[int, int]:
+        """Transform, serialise and partition ``records`` into ``pending``; returns (records, bytes) added."""
+        now = int(time.time() * 1000)
+        default_topic = self.spec.topic
+        assert default_topic is not None
+        count = 0
+        size = 0
+        ks = key_conv.serialize
+        vs = value_conv.serialize
+        for original in records:
+            if transforms:
+                try:
+                    outs = list(apply_transforms(transforms, original))
+                except RecordError as exc:
+                    await self._dead_letter(pending, exc, original, "transform")
+                    continue
+            else:
+                outs = [original]
+            for r in outs:
+                try:
+                    key = ks(r.key) if r.key is not None else None
+                    value = vs(r.value)
+                except RecordError as exc:
+                    await self._dead_letter(pending, exc, r, "convert")
+                    continue
+                r.key = key
+                r.value = value
+                if r.timestamp is None:
+                    r.timestamp = now
+                topic = r.topic or default_topic
+                partition = r.partition
+                if partition is None:
+                    n = self._partitions.get(topic) or await self._partition_count(topic)
+                    if key is None:
+                        partition = self._sticky_partition(topic, n)
+                    else:
+                        partition = partition_for_key(key, n)
+                r.topic = topic
+                r.partition = partition
+                bucket = pending.get((topic, partition))
+                if bucket is None:
+                    bucket = pending[(topic, partition)] = []
+                bucket.append(r)
+                count += 1
+                if value is not None:
+                    size += len(value)
+        return count, size
+
+    def _sticky_partition(self, topic: str, n: int) -> int:
+        """Records without a key stick to one partition per transaction (Kafka's sticky
+        partitioner), so a batch stays contiguous and order within a partition follows the source."""
+        p = self._sticky.get(topic)
+        if p is None:
+            p = self._sticky[topic] = (self._txn_count + self.task) % n
+        return p
+
+    async def _dead_letter(
+        self, pending: dict[tuple[str, int], list[Record]], exc: RecordError, record: Record, stage: str
+    ) -> None:
+        where = f"source {self.name!r} (before the log, target topic {record.topic or self.spec.topic!r})"
+        dlq = self.errors.handle(exc, record, stage, where=where)
+        if dlq is None:
+            return
+        topic = self.errors.dead_letter_topic
+        assert topic is not None
+        n = await self._partition_count(topic)
+        partition = 0 if dlq.key is None else partition_for_key(dlq.key, n)
+        if dlq.timestamp is None:
+            dlq.timestamp = int(time.time() * 1000)
+        pending.setdefault((topic, partition), []).append(dlq)
+
+    async def _commit(self, producer: Producer, pending: dict[tuple[str, int], list[Record]], offset: Any) -> None:
+        """Append the records and the checkpoint in one transaction."""
+        marker = encode_offset(self.offset_key, offset, int(time.time() * 1000))
+        await producer.begin()
+        try:
+            for (topic, partition), records in pending.items():
+                await producer.send_batch(topic, partition, records)
+            await producer.send(SOURCE_OFFSETS_TOPIC, marker, None)
+            await producer.commit()
+        except BaseException:
+            try:
+                await producer.abort()
+            except Exception:  # the original error matters more
+                log.debug("abort after a failed commit failed too", exc_info=True)
+            raise
+        self.transactions += 1
+        self._txn_count += 1
+        self._sticky.clear()
