@@ -24,19 +24,92 @@ A pipeline file declares the log, the topics and the connectors::
         type: file
         topics: [lines]
         config: {dir: ./out}
+
+``load_pipeline`` reads such a file into a :class:`PipelineConfig`;
+``validate_file`` reports *every* problem with its YAML path and line
+(``connectors[1].config.dir``, line 17), including unknown connector types,
+connector configs that their class's ``config_model`` rejects, and delivery
+guarantees a connector cannot give.
+
+Strings may use ``${NAME}`` or ``${NAME:-default}`` (``$$`` is a literal
+``$``). Values that come from the environment are treated as secrets: they
+never appear in an error message, and :meth:`PipelineConfig.redacted` hides
+them when a config is logged.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from .connector import Guarantee
+from .errors import ConfigError, DeliveryGuaranteeError, InvalidTopicError, PluginError
+
+# -- topic names -------------------------------------------------------------
+
+MAX_TOPIC_NAME = 249
+_TOPIC_CHARS = re.compile(r"[a-zA-Z0-9._-]")
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a legal topic name (Kafka's rules), or None."""
+    if not name:
+        return "a topic name cannot be empty"
+    if name in (".", ".."):
+        return f"a topic name cannot be {name!r}"
+    if len(name) > MAX_TOPIC_NAME:
+        return f"a topic name has at most {MAX_TOPIC_NAME} characters, this one has {len(name)}"
+    bad = sorted({c for c in name if not _TOPIC_CHARS.fullmatch(c)})
+    if bad:
+        shown = " ".join(repr(c) for c in bad)
+        return f"topic name {name!r} may only use ASCII letters, digits, '.', '_' and '-' (not {shown})"
+    return None
+
+
+def check_topic_name(name: str) -> str:
+    """Return ``name`` or raise :class:`InvalidTopicError` saying why it is illegal."""
+    problem = topic_name_problem(name)
+    if problem:
+        raise InvalidTopicError(problem)
+    return name
+
+
+def _topic_name(value: str) -> str:
+    problem = topic_name_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+TopicName = Annotated[str, AfterValidator(_topic_name)]
+
+
+# -- models ------------------------------------------------------------------
 
 
 def _guarantee(value: Any) -> Any:
-    return Guarantee[value] if isinstance(value, str) and value in Guarantee.__members__ else value
+    if isinstance(value, Guarantee):
+        return value
+    if isinstance(value, str) and value in Guarantee.__members__:
+        return Guarantee[value]
+    raise ValueError(f"a guarantee is one of {', '.join(Guarantee.__members__)}")
 
 
 GuaranteeName = Annotated[Guarantee, BeforeValidator(_guarantee)]
@@ -69,7 +142,7 @@ class LogConfig(Model):
 
 
 class TopicConfig(Model):
-    name: str
+    name: TopicName
     partitions: int = Field(default=1, ge=1, le=10_000)
     config: dict[str, Any] = Field(default_factory=dict)
 
@@ -86,7 +159,7 @@ class ConverterConfig(Model):
 
 class ErrorPolicy(Model):
     policy: Literal["fail", "skip", "dead_letter"] = "fail"
-    topic: str | None = None
+    topic: TopicName | None = None
 
     @model_validator(mode="after")
     def _dlq_needs_topic(self) -> ErrorPolicy:
@@ -100,9 +173,9 @@ class ConnectorSpec(Model):
     kind: Literal["source", "sink"]
     type: str
     #: sources: the topic records go to unless a record (or a route transform) names one
-    topic: str | None = None
+    topic: TopicName | None = None
     #: sinks: the topics the sink consumes
-    topics: list[str] = Field(default_factory=list)
+    topics: list[TopicName] = Field(default_factory=list)
     config: dict[str, Any] = Field(default_factory=dict)
     transforms: list[TransformConfig] = Field(default_factory=list)
     converter: ConverterConfig = Field(default_factory=ConverterConfig)
@@ -124,3 +197,370 @@ class PipelineConfig(Model):
     log: LogConfig
     topics: list[TopicConfig] = Field(default_factory=list)
     connectors: list[ConnectorSpec] = Field(default_factory=list)
+
+    #: paths (as tuples) whose values came from environment variables
+    _secret_paths: set[tuple[str | int, ...]] = PrivateAttr(default_factory=set)
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as plain data with every environment-supplied value shown as ``***``."""
+        data: Any = self.model_dump(mode="json")
+        for loc in self._secret_paths:
+            _replace_at(data, loc, "***")
+        return dict(data)
+
+
+def _replace_at(data: Any, loc: tuple[str | int, ...], new: Any) -> None:
+    for part in loc[:-1]:
+        data = _child(data, part)
+    if loc and _child(data, loc[-1]) is not None:
+        data[loc[-1]] = new
+
+
+def _child(data: Any, part: str | int) -> Any:
+    if isinstance(data, dict):
+        return data.get(part)
+    if isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+        return data[part]
+    return None
+
+
+# -- problems ----------------------------------------------------------------
+
+Loc = tuple[str | int, ...]
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def format_path(loc: Loc) -> str:
+    """``("connectors", 1, "config", "dir")`` -> ``connectors[1].config.dir``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _IDENT.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part)}]"
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One problem in a pipeline file: where (YAML path, 1-based line) and what."""
+
+    path: str
+    line: int | None
+    message: str
+    column: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+    def format(self, filename: str) -> str:
+        """``FILE:LINE: path: message``, the form editors and CI logs link to."""
+        where = f"{filename}:{self.line}" if self.line is not None else filename
+        return f"{where}: {self}"
+
+
+class PipelineFileError(ConfigError):
+    """A pipeline file has problems; ``problems`` lists every one."""
+
+    def __init__(self, filename: str, problems: list[ConfigProblem]) -> None:
+        self.filename = filename
+        self.problems = problems
+        lines = [p.format(filename) for p in problems]
+        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+        super().__init__(f"{filename}: {count}\n" + "\n".join(lines))
+
+
+# -- YAML with line numbers and ${VAR} interpolation ---------------------------
+
+_REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}|\$\{")
+_VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.S)
+_STR_TAG = "tag:yaml.org,2002:str"
+_MAX_DEPTH = 64
+
+
+class _Document:
+    """A YAML document as plain data, with the mark of every node by path.
+
+    Composing (rather than ``safe_load``) keeps PyYAML's node marks, so every
+    later error can name the line it comes from.
+    """
+
+    def __init__(self, text: str, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.marks: dict[Loc, yaml.Mark] = {}
+        self.secret_paths: set[Loc] = set()
+        self.secret_values: set[str] = set()
+        self.unresolved: set[Loc] = set()
+        self.problems: list[ConfigProblem] = []
+        self.data: Any = None
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                self._loader = loader
+                self.data = self._build(node, ())
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            what = " ".join(str(s) for s in (exc.context, exc.problem) if s)
+            line = mark.line + 1 if mark else None
+            column = mark.column + 1 if mark else None
+            at = f" (column {column})" if column else ""
+            self.problems.append(ConfigProblem("", line, f"invalid YAML: {what}{at}", column))
+        except yaml.YAMLError as exc:
+            self.problems.append(ConfigProblem("", None, f"invalid YAML: {exc}"))
+        finally:
+            loader.dispose()
+
+    def problem(self, loc: Loc, message: str, mark: yaml.Mark | None = None) -> None:
+        mark = mark or self.mark_for(loc)
+        line = mark.line + 1 if mark else None
+        self.problems.append(ConfigProblem(format_path(loc), line, self.redact(message)))
+
+    def mark_for(self, loc: Loc) -> yaml.Mark | None:
+        """The mark of the deepest node along ``loc`` that exists in the file."""
+        for end in range(len(loc), -1, -1):
+            mark = self.marks.get(loc[:end])
+            if mark is not None:
+                return mark
+        return None
+
+    def redact(self, message: str) -> str:
+        for value in sorted(self.secret_values, key=len, reverse=True):
+            message = message.replace(value, "***")
+        return message
+
+    def _build(self, node: yaml.Node, loc: Loc) -> Any:
+        if len(loc) > _MAX_DEPTH:
+            raise yaml.YAMLError(f"nesting deeper than {_MAX_DEPTH} levels (a recursive alias?)")
+        self.marks.setdefault(loc, node.start_mark)
+        if isinstance(node, yaml.MappingNode):
+            self._loader.flatten_mapping(node)
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self._loader.construct_object(key_node, deep=True)
+                if isinstance(key, (dict, list)):
+                    self.problem(loc, "a mapping key must be a plain value", key_node.start_mark)
+                    continue
+                if key in out:
+                    self.problem(loc + (key,), f"duplicate key {key!r}", key_node.start_mark)
+                    continue
+                # the key's line, not its value's: a block mapping value starts a line later
+                self.marks[loc + (key,)] = key_node.start_mark
+                out[key] = self._build(value_node, loc + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self._build(item, loc + (i,)) for i, item in enumerate(node.value)]
+        if isinstance(node, yaml.ScalarNode) and node.tag == _STR_TAG and "$" in node.value:
+            return self._interpolate(node, loc)
+        return self._loader.construct_object(node, deep=True)
+
+    def _interpolate(self, node: yaml.ScalarNode, loc: Loc) -> Any:
+        text: str = node.value
+        secret = False
+
+        def substitute(match: re.Match[str]) -> str:
+            nonlocal secret
+            whole = match.group(0)
+            if whole == "$$":
+                return "$"
+            body = match.group(1)
+            variable = _VARIABLE.fullmatch(body) if body is not None else None
+            if variable is None:
+                self.problem(
+                    loc,
+                    f"bad variable reference {whole!r}: write ${{NAME}} or ${{NAME:-default}}"
+                    " ($$ for a literal $)",
+                )
+                self.unresolved.add(loc)
+                return ""
+            name, default = variable.group(1), variable.group(2)
+            value = self.env.get(name)
+            if value:
+                secret = True
+                self.secret_values.add(value)
+                return value
+            if default is not None:
+                return default
+            if value is None:
+                self.problem(
+                    loc,
+                    f"environment variable {name} is not set"
+                    f" (export it, or give a default: ${{{name}:-default}})",
+                )
+                self.unresolved.add(loc)
+            return ""
+
+        result = _REFERENCE.sub(substitute, text)
+        if secret:
+            self.secret_paths.add(loc)
+        if node.style is None and result != text:
+            # a plain scalar keeps YAML's typing: "${PORT}" -> 5432 (an int)
+            tag = self._loader.resolve(  # type: ignore[no-untyped-call]
+                yaml.ScalarNode, result, (True, False)
+            )
+            typed = yaml.ScalarNode(tag, result, node.start_mark, node.end_mark)
+            return self._loader.construct_object(typed, deep=True)
+        return result
+
+
+# -- validation --------------------------------------------------------------
+
+
+def _error_message(error: Mapping[str, Any]) -> str:
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
+def _error_loc(raw: tuple[Any, ...]) -> Loc:
+    # pydantic puts union/validator tags such as "function-after[...]" in a loc
+    return tuple(p for p in raw if isinstance(p, int) or "[" not in str(p))
+
+
+def _model_problems(doc: _Document, model: type[BaseModel], data: Any, base: Loc) -> Any:
+    """Validate ``data`` with ``model``; report each error at ``base`` + its loc. The model or None."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = base + _error_loc(tuple(error["loc"]))
+            if any(loc[:end] in doc.unresolved for end in range(len(loc) + 1)):
+                continue  # already reported as an unset variable
+            doc.problem(loc, _error_message(error))
+        return None
+
+
+def _plugin_problems(doc: _Document) -> None:
+    """Connector, transform and converter names against the plugin registry, and
+    each connector's ``config`` against its class's ``config_model``."""
+    from .plugins import lookup
+
+    data = doc.data
+    connectors = data.get("connectors") if isinstance(data, dict) else None
+    for i, spec in enumerate(connectors if isinstance(connectors, list) else []):
+        if not isinstance(spec, dict):
+            continue
+        here: Loc = ("connectors", i)
+        kind, type_name = spec.get("kind"), spec.get("type")
+        if kind in ("source", "sink") and isinstance(type_name, str):
+            _check_plugin(doc, lookup, str(kind), type_name, spec.get("config", {}), here)
+        transforms = spec.get("transforms")
+        for j, item in enumerate(transforms if isinstance(transforms, list) else []):
+            if isinstance(item, dict) and isinstance(item.get("type"), str):
+                at = here + ("transforms", j)
+                _check_plugin(doc, lookup, "transform", item["type"], item.get("config", {}), at)
+        converter = spec.get("converter")
+        if isinstance(converter, dict):
+            for side in ("key", "value"):
+                name = converter.get(side)
+                if isinstance(name, str):
+                    try:
+                        lookup("converter", name)
+                    except PluginError as exc:
+                        doc.problem(here + ("converter", side), str(exc))
+
+
+def _check_plugin(doc: _Document, lookup: Any, kind: str, name: str, config: Any, at: Loc) -> None:
+    try:
+        cls = lookup(kind, name)
+    except PluginError as exc:
+        doc.problem(at + ("type",), str(exc))
+        return
+    model = getattr(cls, "config_model", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        _model_problems(doc, model, {} if config is None else config, at + ("config",))
+
+
+def _semantic_problems(doc: _Document, config: PipelineConfig) -> None:
+    seen: dict[str, int] = {}
+    for i, topic in enumerate(config.topics):
+        if topic.name in seen:
+            doc.problem(("topics", i, "name"), f"topic {topic.name!r} is declared twice")
+        seen.setdefault(topic.name, i)
+    names: dict[str, int] = {}
+    for i, spec in enumerate(config.connectors):
+        if spec.name in names:
+            doc.problem(
+                ("connectors", i, "name"),
+                f"connector name {spec.name!r} is used twice (it names the consumer group and offsets)",
+            )
+        names.setdefault(spec.name, i)
+    for i, message in _guarantee_problems(config):
+        doc.problem(("connectors", i, "guarantee"), message)
+
+
+def _guarantee_problems(config: PipelineConfig) -> Iterator[tuple[int, str]]:
+    from .plugins import lookup
+
+    for i, spec in enumerate(config.connectors):
+        try:
+            cls = lookup(spec.kind, spec.type)
+        except PluginError:
+            continue  # reported as an unknown type
+        gives = Guarantee(getattr(cls, "guarantee", Guarantee.at_least_once))
+        if spec.guarantee > gives:
+            reason = getattr(cls, "guarantee_reason", "")
+            yield i, (
+                f"connector {spec.name!r} asks for {spec.guarantee.name}, but {spec.kind}"
+                f" type {spec.type!r} ({cls.__name__}) can give at most {gives.name}"
+                + (f" ({reason})" if reason else "")
+                + f"; set 'guarantee: {gives.name}' or use a connector that gives more"
+            )
+
+
+def check_guarantees(config: PipelineConfig) -> None:
+    """Refuse a pipeline that asks a connector for more than its class declares.
+
+    Raises :class:`DeliveryGuaranteeError` naming each connector, what it asked
+    for and what it can give.
+    """
+    messages = [message for _, message in _guarantee_problems(config)]
+    if messages:
+        raise DeliveryGuaranteeError("; ".join(messages))
+
+
+def parse_pipeline(
+    text: str, env: Mapping[str, str] | None = None
+) -> tuple[PipelineConfig | None, list[ConfigProblem]]:
+    """Parse and validate pipeline YAML. Returns the config (None if invalid) and every problem."""
+    doc = _Document(text, os.environ if env is None else env)
+    if doc.problems and doc.data is None:
+        return None, doc.problems
+    if not isinstance(doc.data, dict):
+        doc.problem((), "a pipeline file must be a mapping with at least a 'log:' block")
+        return None, doc.problems
+    config = _model_problems(doc, PipelineConfig, doc.data, ())
+    _plugin_problems(doc)
+    if isinstance(config, PipelineConfig):
+        _semantic_problems(doc, config)
+        config._secret_paths = set(doc.secret_paths)
+    problems = sorted(doc.problems, key=lambda p: (p.line or 0, p.path))
+    return (config if not problems else None), problems
+
+
+def _read(path: str | os.PathLike[str]) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read pipeline file {os.fspath(path)}: {exc}") from exc
+
+
+def validate_file(path: str | os.PathLike[str]) -> list[ConfigProblem]:
+    """Every problem in the pipeline file at ``path`` (empty when it is valid)."""
+    try:
+        text = _read(path)
+    except ConfigError as exc:
+        return [ConfigProblem("", None, str(exc))]
+    return parse_pipeline(text)[1]
+
+
+def load_pipeline(path: str | os.PathLike[str]) -> PipelineConfig:
+    """Read a pipeline file; raise :class:`PipelineFileError` listing every problem."""
+    config, problems = parse_pipeline(_read(path))
+    if problems or config is None:
+        raise PipelineFileError(os.fspath(path), problems)
+    return config
