@@ -1,1 +1,23 @@
-"""Log backends: the embedded log (default) and Apache Kafka."""
+"""Log backends: the embedded log (default) and, later, Apache Kafka."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+from .base import LogBackend
+
+if TYPE_CHECKING:
+    from ..config import LogConfig
+
+
+def open_backend(log: LogConfig, *, readonly: bool = False) -> LogBackend:
+    """The backend a pipeline's ``log:`` block names (not yet opened: ``await backend.open()``)."""
+    if log.embedded is not None:
+        from .embedded import EmbeddedBackend
+
+        return EmbeddedBackend(log.embedded.dir, readonly=readonly, fsync=log.embedded.fsync)
+    raise ConfigError("log.kafka: the Kafka backend is not available yet; use log.embedded")
+
+
+__all__ = ["LogBackend", "open_backend"]

@@ -106,7 +106,7 @@ class BatchHeader(NamedTuple):
 
 def c_extension_loaded() -> bool:
     """True when the batch codec is aiokafka's C implementation (checked at import)."""
-    return _CBuilder.__module__.startswith("aiokafka.record._crecords")
+    return bool(_CBuilder.__module__.startswith("aiokafka.record._crecords"))
 
 
 def read_header(buf: Any, position: int = 0) -> BatchHeader:

@@ -146,10 +146,9 @@ class Partition:
         for i in range(start, len(self.segments)):
             segment = self.segments[i]
             valid_end_before = segment.size
-            headers = segment.recover()
-            for header in headers:
+            for position, header in segment.recover():
                 if header.base_offset >= self.recovery_point:
-                    self._track(segment, header)
+                    self._track(segment, header, position)
             if segment.size < valid_end_before and i + 1 < len(self.segments):
                 # Data after a corrupt point cannot be trusted: drop later segments (Kafka does too).
                 for later in self.segments[i + 1 :]:
@@ -165,11 +164,11 @@ class Partition:
         """Rebuild open-transaction state from headers past ``from_offset`` (no CRC, headers only)."""
         start = max(0, bisect.bisect_right(self._base_offsets, from_offset) - 1)
         for segment in self.segments[start:]:
-            for _, header in segment.walk(0):
+            for position, header in segment.walk(0):
                 if header.base_offset >= from_offset:
-                    self._track(segment, header)
+                    self._track(segment, header, position)
 
-    def _track(self, segment: LogSegment, header: BatchHeader, position: int | None = None) -> None:
+    def _track(self, segment: LogSegment, header: BatchHeader, position: int) -> None:
         if not header.is_transactional:
             return
         pid = header.producer_id
@@ -177,9 +176,7 @@ class Partition:
             first = self._state.ongoing.pop(pid, None)
             if first is None:
                 return
-            pos = position if position is not None else segment.position_of(header.base_offset)
-            assert pos is not None
-            if batch_format.control_type(segment.read_bytes(pos, header.size)) == batch_format.CONTROL_ABORT:
+            if batch_format.control_type(segment.read_bytes(position, header.size)) == batch_format.CONTROL_ABORT:
                 self._record_abort(pid, first, header.base_offset)
         elif pid not in self._state.ongoing:
             self._state.ongoing[pid] = header.base_offset

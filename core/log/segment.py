@@ -94,7 +94,7 @@ class LogSegment:
         view = memoryview(data)
         written = 0
         while written < len(view):
-            written += os.write(self._fd, view[written:])
+            written += os.pwrite(self._fd, view[written:], position + written)
         index = self.index
         time_index = self.time_index
         max_ts = self.max_timestamp if self.size else -1
@@ -184,12 +184,12 @@ class LogSegment:
 
     # -- recovery --
 
-    def recover(self) -> list[BatchHeader]:
+    def recover(self) -> list[tuple[int, BatchHeader]]:
         """Check every batch (structure, offsets, CRC); truncate at the first bad one.
 
-        Returns the headers of the valid batches and rebuilds both indexes.
+        Returns (position, header) of the valid batches and rebuilds both indexes.
         """
-        valid: list[BatchHeader] = []
+        valid: list[tuple[int, BatchHeader]] = []
         position = 0
         expected = self.base_offset
         for position_, header in self.walk(0):
@@ -200,7 +200,7 @@ class LogSegment:
                 or not batch_format.crc_ok(self.read_bytes(position_, header.size), 0, header)
             ):
                 break
-            valid.append(header)
+            valid.append((position_, header))
             expected = header.next_offset
             position = position_ + header.size
         self.truncate(position)
@@ -213,7 +213,7 @@ class LogSegment:
         self._max_timestamp = None
         rebuilt_position = 0
         max_ts = -1
-        for header in valid:
+        for _, header in valid:
             if self._bytes_since_index >= INDEX_INTERVAL_BYTES or rebuilt_position == 0:
                 self._index.append(header.base_offset, rebuilt_position)
                 self._bytes_since_index = 0
@@ -226,7 +226,7 @@ class LogSegment:
         self._time_index.flush()
         self.size = rebuilt_position
         self._max_timestamp = max_ts
-        self.next_offset = valid[-1].next_offset if valid else self.base_offset
+        self.next_offset = valid[-1][1].next_offset if valid else self.base_offset
         return valid
 
     def truncate(self, position: int) -> None:

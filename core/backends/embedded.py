@@ -1,0 +1,373 @@
+"""The embedded log as a LogBackend: one process, files on local disk, no server.
+
+The writing backend owns the store's lock and runs the group and transaction
+coordinators. A read-only backend (``readonly=True``) opens the same directory
+while a worker writes, for ``consume``, ``describe`` and friends.
+
+Disk work is synchronous and short (whole batches, no fsync per batch), so it
+runs on the event loop; consumers wait for appends on an asyncio event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import LogLockedError, OffsetOutOfRangeError, TransactionError, UnknownTopicError
+from ..log.batch import Row
+from ..log.partition import Partition
+from ..log.store import LogStore
+from ..offsets import GroupCoordinator
+from ..records import Record, TopicPartition
+from ..txn import TransactionCoordinator, TransactionState
+from .base import GroupOffset, IsolationLevel, PartitionInfo, TopicSpec
+
+log = logging.getLogger(__name__)
+
+MAX_FETCH_BYTES = 4 << 20
+BATCH_RECORDS = 10_000
+
+
+def _row(record: Record) -> Row:
+    return (record.key, record.value, record.timestamp, record.headers)
+
+
+class EmbeddedBackend:
+    def __init__(self, directory: str | Path, *, readonly: bool = False, fsync: bool = True) -> None:
+        self.directory = Path(directory)
+        self.readonly = readonly
+        self.fsync = fsync
+        self._store: LogStore | None = None
+        self._groups: GroupCoordinator | None = None
+        self._txns: TransactionCoordinator | None = None
+        self._appended = asyncio.Event()
+
+    # -- lifecycle --
+
+    async def open(self) -> None:
+        self._store = LogStore(self.directory, writable=not self.readonly)
+        self._groups = GroupCoordinator(self._store)
+        if not self.readonly:
+            self._txns = TransactionCoordinator(self._store, self._groups, fsync=self.fsync)
+
+    async def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    async def __aenter__(self) -> EmbeddedBackend:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def store(self) -> LogStore:
+        if self._store is None:
+            raise RuntimeError("backend is not open")
+        return self._store
+
+    @property
+    def groups(self) -> GroupCoordinator:
+        assert self._groups is not None, "backend is not open"
+        return self._groups
+
+    def _writer(self, what: str) -> TransactionCoordinator:
+        if self._txns is None:
+            raise LogLockedError(
+                f"cannot {what}: the log at {self.directory} is open read-only "
+                "(a running worker holds it; stop the worker or do this through its pipeline)"
+            )
+        return self._txns
+
+    def notify(self) -> None:
+        """Wake consumers waiting for new records."""
+        event, self._appended = self._appended, asyncio.Event()
+        event.set()
+
+    # -- topics --
+
+    async def create_topic(self, spec: TopicSpec, *, exist_ok: bool = False) -> None:
+        self._writer("create a topic")
+        if exist_ok and spec.name in self.store.topics:
+            return
+        self.store.create_topic(spec.name, spec.partitions, dict(spec.config))
+
+    async def delete_topic(self, name: str) -> None:
+        self._writer("delete a topic")
+        self.store.delete_topic(name)
+
+    async def list_topics(self) -> list[str]:
+        if self.readonly:
+            return sorted(p.name for p in self.store.topics_dir.iterdir() if (p / "topic.json").exists())
+        return sorted(self.store.topics)
+
+    async def describe_topic(self, name: str) -> list[PartitionInfo]:
+        infos = []
+        for p in self.store.topic(name).partitions:
+            p.refresh()
+            infos.append(
+                PartitionInfo(
+                    name,
+                    p.partition,
+                    p.log_start_offset,
+                    p.log_end_offset,
+                    p.high_watermark,
+                    p.last_stable_offset,
+                    p.size_bytes,
+                    len(p.segments),
+                )
+            )
+        return infos
+
+    async def topic_settings(self, name: str) -> dict[str, Any]:
+        return self.store.topic(name).settings.as_kafka()
+
+    async def partitions_for(self, topic: str) -> int:
+        return len(self.store.topic(topic).partitions)
+
+    def partition(self, tp: TopicPartition) -> Partition:
+        return self.store.partition(tp.topic, tp.partition)
+
+    # -- producing and consuming --
+
+    def producer(self, transactional_id: str | None = None) -> EmbeddedProducer:
+        return EmbeddedProducer(self, transactional_id)
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        group: str | None = None,
+        isolation: IsolationLevel = IsolationLevel.read_committed,
+        reset: str = "earliest",
+    ) -> EmbeddedConsumer:
+        return EmbeddedConsumer(self, topics, group, isolation, reset)
+
+    async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
+        return self.partition(tp).offset_for_time(timestamp_ms)
+
+    # -- consumer groups --
+
+    async def list_groups(self) -> list[str]:
+        if self.readonly:
+            self.groups.reload()
+        return self.groups.groups()
+
+    async def committed(self, group: str) -> dict[TopicPartition, int]:
+        if self.readonly:
+            self.groups.reload()
+        return self.groups.committed(group)
+
+    async def describe_group(self, group: str) -> list[GroupOffset]:
+        committed = await self.committed(group)
+        rows = []
+        for tp in sorted(committed):
+            try:
+                partition = self.partition(tp)
+            except UnknownTopicError:
+                continue
+            partition.refresh()
+            rows.append(GroupOffset(tp, committed[tp], partition.log_end_offset))
+        return rows
+
+    async def reset_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        self._writer("reset offsets")
+        self.groups.commit(group, offsets)
+
+    # -- scheduled maintenance --
+
+    async def run_retention(self, now_ms: int | None = None) -> int:
+        """Apply retention to every partition; returns the number of segments deleted."""
+        from ..log.retention import enforce_retention
+
+        self._writer("apply retention")
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        deleted = 0
+        for partition in self.store.partitions():
+            if partition.settings.delete:
+                deleted += enforce_retention(partition, now).segments_deleted
+        return deleted
+
+    async def run_compaction(self, now_ms: int | None = None) -> int:
+        """Compact every partition of compacted topics; returns the number cleaned."""
+        from ..log.cleaner import compact
+
+        self._writer("compact")
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        cleaned = 0
+        for partition in self.store.partitions():
+            if partition.settings.compact:
+                result = compact(partition, now)
+                cleaned += 1 if result else 0
+        return cleaned
+
+    async def flush(self) -> None:
+        self.store.flush()
+
+
+class EmbeddedProducer:
+    """Buffers records per partition; ``flush`` or ``commit`` appends them as whole batches."""
+
+    def __init__(self, backend: EmbeddedBackend, transactional_id: str | None) -> None:
+        self.backend = backend
+        self.transactional_id = transactional_id
+        self._pending: dict[TopicPartition, list[Row]] = {}
+        self._offsets: dict[str, dict[TopicPartition, int]] = {}
+        self._state: TransactionState | None = None
+        self._epoch = -1
+        self._in_transaction = False
+
+    def _partition_of(self, topic: str, record: Record, partition: int | None) -> int:
+        if partition is not None:
+            return partition
+        if record.partition is not None:
+            return record.partition
+        return self.backend.store.topic(topic).partition_for(record.key)
+
+    async def send(self, topic: str, record: Record, partition: int | None = None) -> None:
+        tp = TopicPartition(topic, self._partition_of(topic, record, partition))
+        self._pending.setdefault(tp, []).append(_row(record))
+
+    async def send_batch(self, topic: str, partition: int, records: Sequence[Record]) -> None:
+        self._pending.setdefault(TopicPartition(topic, partition), []).extend(_row(r) for r in records)
+
+    async def flush(self) -> None:
+        if self._in_transaction:
+            raise TransactionError("flush inside a transaction: call commit() instead")
+        self.backend._writer("produce")
+        pending, self._pending = self._pending, {}
+        for tp, rows in pending.items():
+            partition = self.backend.partition(tp)
+            for start in range(0, len(rows), BATCH_RECORDS):
+                partition.append(rows[start : start + BATCH_RECORDS])
+        if pending:
+            self.backend.notify()
+
+    async def begin(self) -> None:
+        if self.transactional_id is None:
+            raise TransactionError("begin() needs a producer created with a transactional id")
+        if self._in_transaction:
+            raise TransactionError(f"transaction of {self.transactional_id!r} is already open")
+        if self._state is None:
+            self._state = self.backend._writer("begin a transaction").init_producer(self.transactional_id)
+            self._epoch = self._state.epoch
+        self._in_transaction = True
+        self._pending = {}
+        self._offsets = {}
+
+    async def send_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        if not self._in_transaction:
+            raise TransactionError("send_offsets() outside a transaction")
+        self._offsets.setdefault(group, {}).update(offsets)
+
+    async def commit(self) -> None:
+        if not self._in_transaction or self._state is None:
+            raise TransactionError("commit() without begin()")
+        pending, offsets = self._pending, self._offsets
+        self._pending, self._offsets = {}, {}
+        self._in_transaction = False
+        self.backend._writer("commit").commit(self._state, self._epoch, pending, offsets)
+        self.backend.notify()
+
+    async def abort(self) -> None:
+        # Nothing reached the log yet: records are appended only at commit.
+        self._pending, self._offsets = {}, {}
+        self._in_transaction = False
+
+    async def close(self) -> None:
+        if self._in_transaction:
+            await self.abort()
+        elif self._pending:
+            await self.flush()
+
+
+class EmbeddedConsumer:
+    """Owns every partition of its topics (one member per group in one process)."""
+
+    def __init__(
+        self,
+        backend: EmbeddedBackend,
+        topics: Sequence[str],
+        group: str | None,
+        isolation: IsolationLevel,
+        reset: str,
+    ) -> None:
+        self.backend = backend
+        self.group = group
+        self.read_committed = isolation == IsolationLevel.read_committed
+        self.reset = reset
+        self._positions: dict[TopicPartition, int] = {}
+        self._assignment = [
+            TopicPartition(topic, p) for topic in topics for p in range(len(backend.store.topic(topic).partitions))
+        ]
+        self._next = 0  # round-robin start, so no partition starves
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assignment)
+
+    async def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._positions[tp] = offset
+
+    async def position(self, tp: TopicPartition) -> int:
+        if tp not in self._positions:
+            committed = self.backend.groups.committed(self.group) if self.group else {}
+            if tp in committed:
+                self._positions[tp] = committed[tp]
+            else:
+                self._positions[tp] = self._reset_offset(self.backend.partition(tp))
+        return self._positions[tp]
+
+    def _reset_offset(self, partition: Partition) -> int:
+        return partition.log_end_offset if self.reset == "latest" else partition.log_start_offset
+
+    async def poll(self, max_records: int = 10_000, timeout: float = 1.0) -> list[Record]:
+        deadline = time.monotonic() + timeout
+        while True:
+            waiter = self.backend._appended
+            records = await self._fetch(max_records)
+            remaining = deadline - time.monotonic()
+            if records or remaining <= 0:
+                return records
+            try:
+                wait = min(remaining, 0.2) if self.backend.readonly else remaining
+                await asyncio.wait_for(waiter.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _fetch(self, max_records: int) -> list[Record]:
+        out: list[Record] = []
+        n = len(self._assignment)
+        for i in range(n):
+            tp = self._assignment[(self._next + i) % n]
+            partition = self.backend.partition(tp)
+            position = await self.position(tp)
+            try:
+                result = partition.read(position, MAX_FETCH_BYTES, read_committed=self.read_committed)
+            except OffsetOutOfRangeError:
+                reset_to = self._reset_offset(partition)
+                log.warning("%s: offset %d is out of range; resetting to %d", tp, position, reset_to)
+                self._positions[tp] = reset_to
+                continue
+            topic, number = tp
+            append = out.append
+            for batch in result.batches:
+                for r in batch.records(position):
+                    append(Record(r.value, r.key, r.timestamp, r.headers, topic, number, r.offset))
+            self._positions[tp] = result.next_offset
+            if len(out) >= max_records:
+                self._next = (self._next + i + 1) % n
+                break
+        return out
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if self.group is None:
+            raise TransactionError("commit() needs a consumer with a group")
+        self.backend._writer("commit offsets").groups.commit(self.group, offsets)
+
+    async def close(self) -> None:
+        self._positions.clear()

@@ -1,0 +1,110 @@
+"""Consumer groups: committed offsets kept in the compacted topic ``__consumer_offsets``.
+
+Each commit appends one record per partition::
+
+    key   = JSON ["<group>", "<topic>", <partition>]
+    value = JSON {"offset": <next offset to read>, "ts": <commit time ms>}
+            (null value: the group forgot this partition)
+
+The topic is compacted like any other, so it stays about as large as the
+number of (group, partition) pairs. Offsets committed inside a transaction are
+appended as transactional records and take effect only with its COMMIT marker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+
+from .log.batch import Row
+from .log.partition import Partition
+from .log.store import LogStore
+from .records import TopicPartition
+
+OFFSETS_TOPIC = "__consumer_offsets"
+OFFSETS_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": 16 << 20}
+
+
+def offset_rows(group: str, offsets: Mapping[TopicPartition, int]) -> list[Row]:
+    now = int(time.time() * 1000)
+    return [
+        (
+            json.dumps([group, tp.topic, tp.partition]).encode(),
+            json.dumps({"offset": offset, "ts": now}).encode(),
+            now,
+            [],
+        )
+        for tp, offset in offsets.items()
+    ]
+
+
+class GroupCoordinator:
+    """The committed offsets of every group, materialised from ``__consumer_offsets``."""
+
+    def __init__(self, store: LogStore) -> None:
+        self.store = store
+        self._committed: dict[str, dict[TopicPartition, int]] = {}
+        if store.writable and OFFSETS_TOPIC not in store.topics:
+            store.create_topic(OFFSETS_TOPIC, 1, OFFSETS_TOPIC_CONFIG)
+        self.reload()
+
+    @property
+    def _partition(self) -> Partition:
+        return self.store.partition(OFFSETS_TOPIC, 0)
+
+    def reload(self) -> None:
+        """Read the whole topic (read_committed) into memory."""
+        if OFFSETS_TOPIC not in self.store.topics and not self.store.writable:
+            try:
+                self.store.topic(OFFSETS_TOPIC)
+            except Exception:  # noqa: BLE001 - a log without groups yet
+                return
+        partition = self._partition
+        committed: dict[str, dict[TopicPartition, int]] = {}
+        offset = partition.log_start_offset
+        while True:
+            result = partition.read(offset, 4 << 20, read_committed=True)
+            for batch in result.batches:
+                self._apply(committed, ((r.key, r.value) for r in batch.records()))
+            if result.next_offset == offset:
+                break
+            offset = result.next_offset
+        self._committed = committed
+
+    @staticmethod
+    def _apply(
+        committed: dict[str, dict[TopicPartition, int]], items: Iterable[tuple[bytes | None, bytes | None]]
+    ) -> None:
+        for key, value in items:
+            if key is None:
+                continue
+            group, topic, partition = json.loads(key)
+            tp = TopicPartition(topic, int(partition))
+            if value is None:
+                committed.get(group, {}).pop(tp, None)
+            else:
+                committed.setdefault(group, {})[tp] = int(json.loads(value)["offset"])
+
+    def commit(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        self._partition.append(offset_rows(group, offsets))
+        self.apply(group, offsets)
+
+    def apply(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Make offsets visible in memory (after a plain append, or a transaction's commit)."""
+        self._committed.setdefault(group, {}).update(offsets)
+
+    def committed(self, group: str) -> dict[TopicPartition, int]:
+        return dict(self._committed.get(group, {}))
+
+    def groups(self) -> list[str]:
+        return sorted(g for g, offsets in self._committed.items() if offsets)
+
+    def delete(self, group: str) -> None:
+        offsets = self._committed.pop(group, {})
+        if offsets:
+            self._partition.append(
+                [(json.dumps([group, tp.topic, tp.partition]).encode(), None, None, []) for tp in offsets]
+            )
