@@ -1,0 +1,216 @@
+"""File sink: rolling output files committed by atomic rename, exactly once.
+
+Records of each partition go to a hidden temp file in ``dir``. Committing a
+file (at ``flush``, or when it rolls by records, bytes or age) writes and
+fsyncs it, renames it to its committed name and fsyncs the directory::
+
+    <topic>-<partition>-<first offset:020d>-<last offset:020d><suffix>
+    lines-0-00000000000000000000-00000000000000000999.jsonl
+
+The offset range in the name *is* the sink's offset store: ``start`` scans
+the committed names and returns, per partition, the offset after the highest
+range, and the runtime seeks there. A crash before the rename leaves only a
+temp file, which ``start`` deletes; its records are read again. A crash after
+it loses nothing and doubles nothing. Reading the committed files of a
+partition in name order gives its records in offset order.
+
+Format: one line per record. ``text``: the value as text (str as is, bytes
+decoded as UTF-8). ``json``: the value as JSON. ``auto`` (default): str values
+as is, other values as JSON (a str holding a newline is written as JSON so a
+record stays one line).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any, Literal
+
+from millpond.connector import ConnectorConfig, Guarantee, Sink
+from millpond.errors import ConfigError, RecordError
+from millpond.records import Record, TopicPartition
+
+log = logging.getLogger("millpond.connectors.file.sink")
+
+TEMP_PREFIX = ".millpond-tmp-"
+COMMITTED = re.compile(r"^(?P<topic>.+)-(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})(?P<suffix>\..*)?$")
+
+
+class FileSinkConfig(ConnectorConfig):
+    dir: str
+    format: Literal["auto", "text", "json"] = "auto"
+    suffix: str = ".jsonl"
+    roll_records: int = 1_000_000
+    roll_bytes: int = 256 * 1024 * 1024
+    roll_ms: int = 10 * 60 * 1000
+    fsync: bool = True
+
+
+def committed_name(topic: str, partition: int, first: int, last: int, suffix: str) -> str:
+    return f"{topic}-{partition}-{first:020d}-{last:020d}{suffix}"
+
+
+def parse_committed(name: str) -> tuple[TopicPartition, int, int] | None:
+    m = COMMITTED.match(name)
+    if m is None:
+        return None
+    return TopicPartition(m["topic"], int(m["partition"])), int(m["first"]), int(m["last"])
+
+
+@dataclass(slots=True)
+class OpenFile:
+    tp: TopicPartition
+    path: str
+    handle: IO[bytes]
+    first: int
+    last: int = -1
+    records: int = 0
+    size: int = 0
+    opened: float = field(default_factory=time.monotonic)
+
+
+class FileSink(Sink):
+    guarantee = Guarantee.exactly_once
+    config_model = FileSinkConfig
+
+    config: FileSinkConfig
+
+    async def start(self) -> Mapping[TopicPartition, int] | None:
+        self.open_files: dict[TopicPartition, OpenFile] = {}
+        directory = self.config.dir
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"file sink {self.context.name!r}: cannot create output dir {directory!r}: {exc}") from exc
+        topics = set(self.context.extra.get("topics") or [])
+        resume: dict[TopicPartition, int] = {}
+        for name in os.listdir(directory):
+            if name.startswith(TEMP_PREFIX):
+                os.unlink(os.path.join(directory, name))
+                log.info("removed uncommitted temp file %s (its records are read again)", name)
+                continue
+            parsed = parse_committed(name)
+            if parsed is None:
+                continue
+            tp, _first, last = parsed
+            if topics and tp.topic not in topics:
+                continue
+            if last + 1 > resume.get(tp, 0):
+                resume[tp] = last + 1
+        return resume
+
+    async def write(self, records: list[Record]) -> None:
+        if not records:
+            return
+        # group per partition, keeping order; most polls hold runs of one partition
+        runs: list[tuple[TopicPartition, list[Record]]] = []
+        current: TopicPartition | None = None
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)  # type: ignore[arg-type]
+            if tp != current:
+                runs.append((tp, []))
+                current = tp
+            runs[-1][1].append(r)
+        # encode everything first: a RecordError leaves nothing of this batch written
+        encoded = [(tp, run, self._encode(run)) for tp, run in runs]
+        cfg = self.config
+        for tp, run, data in encoded:
+            f = self.open_files.get(tp)
+            if f is None:
+                f = self._open(tp, run[0].offset)  # type: ignore[arg-type]
+            f.handle.write(data)
+            f.records += len(run)
+            f.size += len(data)
+            f.last = run[-1].offset  # type: ignore[assignment]
+            if (
+                f.records >= cfg.roll_records
+                or f.size >= cfg.roll_bytes
+                or time.monotonic() - f.opened >= cfg.roll_ms / 1000.0
+            ):
+                self._commit(f, f.last)
+                self._sync_dir()
+
+    async def flush(self, offsets: Mapping[TopicPartition, int]) -> None:
+        committed = False
+        for tp in list(self.open_files):
+            f = self.open_files[tp]
+            end = offsets.get(tp)
+            # the name covers up to the flushed offset, so records skipped at the tail are not read again
+            last = max(f.last, end - 1) if end is not None else f.last
+            self._commit(f, last)
+            committed = True
+        if committed:
+            self._sync_dir()
+
+    async def stop(self) -> None:
+        # uncommitted data is dropped on purpose: the runtime reads it again
+        for f in getattr(self, "open_files", {}).values():
+            try:
+                f.handle.close()
+                os.unlink(f.path)
+            except OSError:
+                pass
+        self.open_files = {}
+
+    # -- internals ------------------------------------------------------------
+
+    def _encode(self, run: list[Record]) -> bytes:
+        fmt = self.config.format
+        values = [r.value for r in run]
+        if fmt != "json" and all(type(v) is str for v in values):
+            text = "\n".join(values)  # type: ignore[arg-type]
+            if text.count("\n") == len(values) - 1:
+                return (text + "\n").encode("utf-8", "surrogateescape")
+        lines = []
+        for r in run:
+            lines.append(self._line(r.value, fmt, r))
+        return b"".join(lines)
+
+    @staticmethod
+    def _line(value: Any, fmt: str, r: Record) -> bytes:
+        if fmt != "json":
+            if isinstance(value, str) and "\n" not in value:
+                return value.encode("utf-8", "surrogateescape") + b"\n"
+            if isinstance(value, bytes) and b"\n" not in value:
+                return value + b"\n"
+            if fmt == "text":
+                raise RecordError(
+                    f"text format: record at {r.topic}-{r.partition}@{r.offset} is not a one-line text value"
+                )
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        try:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode() + b"\n"
+        except (TypeError, ValueError) as exc:
+            raise RecordError(f"record at {r.topic}-{r.partition}@{r.offset} is not JSON-serialisable: {exc}") from exc
+
+    def _open(self, tp: TopicPartition, first: int) -> OpenFile:
+        path = os.path.join(self.config.dir, f"{TEMP_PREFIX}{tp.topic}-{tp.partition}-{uuid.uuid4().hex}")
+        handle = open(path, "wb", buffering=1 << 20)  # noqa: SIM115 - closed at commit/stop
+        f = OpenFile(tp, path, handle, first)
+        self.open_files[tp] = f
+        return f
+
+    def _commit(self, f: OpenFile, last: int) -> None:
+        f.handle.flush()
+        if self.config.fsync:
+            os.fsync(f.handle.fileno())
+        f.handle.close()
+        final = os.path.join(self.config.dir, committed_name(f.tp.topic, f.tp.partition, f.first, last, self.config.suffix))
+        os.rename(f.path, final)
+        del self.open_files[f.tp]
+
+    def _sync_dir(self) -> None:
+        if not self.config.fsync:
+            return
+        fd = os.open(self.config.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,372 @@
+"""File source: tails the files a glob matches, one record per line, exactly once.
+
+Source offset (JSON)::
+
+    {"files": [{"path": "in/app.log", "origin": "in/app.log", "dev": 2049, "inode": 131,
+                "position": 8192, "fp": 1234567, "fp_len": 1024, "rotated": false}, ...]}
+
+A file is identified by (dev, inode), not by name: ``position`` is the byte
+offset just after the last line handed to the log. ``fp``/``fp_len`` are a
+CRC-32 of the file's first bytes, which tells a file replaced in place (an
+inode number reused, or truncated and rewritten) from the one we read.
+
+Rotation:
+
+- by rename (``app.log`` -> ``app.log.1``, a new ``app.log``): the old inode
+  is kept open and read to its end before any other file (so the lines of one
+  writer stay in order), then closed once it has not grown for
+  ``rotated_close_ms``. After a restart, an inode that left the glob is found
+  again by scanning its directory for that inode.
+- by copytruncate (``app.log`` copied, then truncated to 0): the same inode
+  shrinks below our position (or its first bytes change): reading restarts at
+  0. The copy must not match the glob, or its lines are read twice — the same
+  rule as for every tailer that follows files by inode.
+
+A last line without a trailing newline is held back: it is emitted once the
+file has not grown for ``partial_line_ms`` (default 1 s), or when a rotated
+file is closed. Its position then moves past it, so it is never emitted twice;
+a writer that pauses mid-line longer than that gets its line split in two
+records. Set ``partial_line_ms: null`` to only emit it at rotation.
+
+Lines are split on b"\\n" (so the encoding must be ASCII-compatible: UTF-8,
+Latin-1, ...); the value of a record is the line without its newline, a str.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from millpond.connector import ConnectorConfig, Guarantee, Source, SourceBatch
+from millpond.records import Record
+
+log = logging.getLogger("millpond.connectors.file.source")
+
+FINGERPRINT_BYTES = 1024
+
+
+class FileSourceConfig(ConnectorConfig):
+    #: glob of the files to tail (``**`` allowed), relative to the working directory
+    path: str
+    encoding: str = "utf-8"
+    #: record key: none, or the path the file was first seen under (keeps a rotated file's lines in one partition)
+    key: Literal["none", "path"] = "none"
+    partial_line_ms: int | None = 1000
+    rescan_ms: int = 1000
+    rotated_close_ms: int = 5000
+    read_bytes: int = 1 << 20
+    max_line_bytes: int = 1 << 20
+    max_batch_lines: int = 20_000
+
+
+@dataclass(slots=True)
+class TrackedFile:
+    path: str
+    origin: str
+    dev: int
+    inode: int
+    position: int = 0
+    fp: int = 0
+    fp_len: int = 0
+    rotated: bool = False
+    fd: int | None = None
+    size: int = 0
+    last_growth: float = 0.0
+    matched: bool = True
+
+    @property
+    def ident(self) -> tuple[int, int]:
+        return (self.dev, self.inode)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "origin": self.origin,
+            "dev": self.dev,
+            "inode": self.inode,
+            "position": self.position,
+            "fp": self.fp,
+            "fp_len": self.fp_len,
+            "rotated": self.rotated,
+        }
+
+
+class FileSource(Source):
+    guarantee = Guarantee.exactly_once
+    config_model = FileSourceConfig
+
+    config: FileSourceConfig
+
+    async def start(self, offset: Any | None) -> None:
+        self.files: dict[tuple[int, int], TrackedFile] = {}
+        self._last_scan = 0.0
+        self._rr = 0
+        for item in (offset or {}).get("files", []):
+            tf = TrackedFile(
+                path=item["path"],
+                origin=item.get("origin", item["path"]),
+                dev=int(item["dev"]),
+                inode=int(item["inode"]),
+                position=int(item["position"]),
+                fp=int(item.get("fp", 0)),
+                fp_len=int(item.get("fp_len", 0)),
+                rotated=bool(item.get("rotated", False)),
+            )
+            self._reopen(tf)
+        self._scan(force=True)
+
+    async def stop(self) -> None:
+        for tf in getattr(self, "files", {}).values():
+            self._close(tf)
+
+    # -- discovery ------------------------------------------------------------
+
+    def _reopen(self, tf: TrackedFile) -> None:
+        """Find a file of a restored checkpoint again: at its path, or elsewhere in its directory by inode."""
+        candidates = [tf.path]
+        directory = os.path.dirname(tf.path) or "."
+        try:
+            st = os.stat(tf.path)
+            found = (st.st_dev, st.st_ino) == tf.ident
+        except OSError:
+            found = False
+        if not found:
+            found_path = None
+            try:
+                with os.scandir(directory) as it:
+                    for entry in it:
+                        try:
+                            if entry.inode() == tf.inode and entry.stat(follow_symlinks=False).st_dev == tf.dev:
+                                found_path = entry.path
+                                break
+                        except OSError:
+                            continue
+            except OSError:
+                pass
+            if found_path is None:
+                log.warning(
+                    "file %s (inode %d) from the checkpoint is gone; lines written after position %d were lost "
+                    "with it", tf.path, tf.inode, tf.position,
+                )
+                return
+            candidates = [found_path]
+            if found_path != tf.path:
+                tf.path = found_path
+                tf.rotated = True
+        try:
+            tf.fd = os.open(candidates[0], os.O_RDONLY)
+        except OSError as exc:
+            log.warning("cannot reopen %s: %s", candidates[0], exc)
+            return
+        st = os.fstat(tf.fd)
+        if (st.st_dev, st.st_ino) != tf.ident:  # replaced between stat and open
+            self._close(tf)
+            return
+        if not self._same_content(tf, st.st_size):
+            log.info("%s was truncated or replaced since the checkpoint; reading it from the start", tf.path)
+            tf.position = 0
+            tf.fp = tf.fp_len = 0
+        tf.size = st.st_size
+        tf.last_growth = time.monotonic()
+        self.files[tf.ident] = tf
+
+    def _same_content(self, tf: TrackedFile, size: int) -> bool:
+        if size < tf.position:
+            return False
+        if tf.fp_len and tf.fd is not None:
+            head = os.pread(tf.fd, tf.fp_len, 0)
+            if len(head) < tf.fp_len or zlib.crc32(head) != tf.fp:
+                return False
+        return True
+
+    def _scan(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_scan < self.config.rescan_ms / 1000.0:
+            return
+        self._last_scan = now
+        seen: set[tuple[int, int]] = set()
+        for path in sorted(glob.glob(self.config.path, recursive=True)):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if not os.path.isfile(path):
+                continue
+            ident = (st.st_dev, st.st_ino)
+            seen.add(ident)
+            tf = self.files.get(ident)
+            if tf is not None:
+                tf.matched = True
+                if tf.path != path:
+                    # renamed and still matched: the old name's data comes first
+                    tf.path = path
+                    tf.rotated = True
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            fst = os.fstat(fd)
+            if (fst.st_dev, fst.st_ino) != ident:
+                os.close(fd)
+                continue
+            tf = TrackedFile(path=path, origin=path, dev=ident[0], inode=ident[1], fd=fd, size=fst.st_size,
+                             last_growth=now)
+            self.files[ident] = tf
+            log.info("tailing %s (inode %d)", path, tf.inode)
+        for ident, tf in self.files.items():
+            if ident not in seen:
+                tf.matched = False
+                if not tf.rotated:
+                    tf.rotated = True
+                    log.info("%s (inode %d) was rotated away; reading it to its end", tf.path, tf.inode)
+
+    @staticmethod
+    def _close(tf: TrackedFile) -> None:
+        if tf.fd is not None:
+            try:
+                os.close(tf.fd)
+            except OSError:
+                pass
+            tf.fd = None
+
+    # -- reading --------------------------------------------------------------
+
+    async def poll(self) -> SourceBatch | None:
+        self._scan()
+        budget = self.config.max_batch_lines
+        records: list[Record] = []
+        changed = False
+        rotated = [tf for tf in self.files.values() if tf.rotated]
+        active = sorted((tf for tf in self.files.values() if not tf.rotated), key=lambda t: t.path)
+        now = time.monotonic()
+        # rotated files first, oldest data before newer: a writer's lines stay in order
+        for tf in rotated:
+            n, moved = self._read(tf, records, budget, now)
+            budget -= n
+            changed |= moved
+            if budget <= 0:
+                break
+        rotated_pending = any(tf.fd is not None and tf.position < tf.size for tf in rotated)
+        if budget > 0 and not rotated_pending and active:
+            self._rr = (self._rr + 1) % len(active)
+            for tf in active[self._rr :] + active[: self._rr]:
+                n, moved = self._read(tf, records, budget, now)
+                budget -= n
+                changed |= moved
+                if budget <= 0:
+                    break
+        changed |= self._retire(now)
+        if not records and not changed:
+            return None
+        return SourceBatch(records, {"files": [tf.snapshot() for tf in self.files.values()]})
+
+    def _retire(self, now: float) -> bool:
+        """Forget rotated files that were read to the end and stayed quiet (or were deleted)."""
+        done = []
+        close_after = self.config.rotated_close_ms / 1000.0
+        for ident, tf in self.files.items():
+            if tf.fd is None:
+                done.append(ident)
+                continue
+            if tf.rotated and not tf.matched and tf.position >= tf.size and now - tf.last_growth >= close_after:
+                done.append(ident)
+        for ident in done:
+            tf = self.files.pop(ident)
+            self._close(tf)
+            log.info("closed rotated file %s (inode %d) at position %d", tf.path, tf.inode, tf.position)
+        return bool(done)
+
+    def _read(self, tf: TrackedFile, out: list[Record], budget: int, now: float) -> tuple[int, bool]:
+        """Append up to ``budget`` complete lines of ``tf`` to ``out``; returns (lines, checkpoint moved)."""
+        if tf.fd is None:
+            return 0, False
+        try:
+            size = os.fstat(tf.fd).st_size
+        except OSError:
+            return 0, False
+        moved = False
+        if size != tf.size:
+            if size > tf.size:
+                tf.last_growth = now
+            tf.size = size
+        if size < tf.position or (tf.fp_len and not tf.rotated and not self._same_content(tf, size)):
+            log.info("%s (inode %d) was truncated (copytruncate?); reading it from the start", tf.path, tf.inode)
+            tf.position = 0
+            tf.fp = tf.fp_len = 0
+            tf.last_growth = now
+            moved = True
+        if tf.position >= size:
+            return 0, moved
+        cfg = self.config
+        key = tf.origin if cfg.key == "path" else None
+        count = 0
+        while count < budget and tf.position < size:
+            want = cfg.read_bytes
+            data = os.pread(tf.fd, want, tf.position)
+            if not data:
+                break
+            end = data.rfind(b"\n")
+            while end < 0 and len(data) == want and want < cfg.max_line_bytes:
+                want = min(want * 2, cfg.max_line_bytes)
+                data = os.pread(tf.fd, want, tf.position)
+                end = data.rfind(b"\n")
+            if end < 0:
+                if len(data) >= cfg.max_line_bytes:
+                    log.warning("%s: line longer than max_line_bytes (%d) at position %d; emitting it in parts",
+                                tf.path, cfg.max_line_bytes, tf.position)
+                    chunk = data[: cfg.max_line_bytes]
+                elif self._emit_partial(tf, now):
+                    chunk = data
+                else:
+                    break
+                text = chunk.decode(cfg.encoding, "replace")
+                out.append(Record(value=text, key=key))
+                count += 1
+                self._advance(tf, len(chunk))
+                moved = True
+                continue
+            block = data[:end]
+            lines = block.decode(cfg.encoding, "replace").split("\n")
+            if len(lines) > budget - count:
+                lines = lines[: budget - count]
+                # measured on bytes: ``position`` stays exact even for lossy decodes
+                consumed = self._bytes_of_lines(block, len(lines))
+            else:
+                consumed = end + 1
+            if key is None:
+                out.extend([Record(value=line) for line in lines])
+            else:
+                out.extend([Record(value=line, key=key) for line in lines])
+            count += len(lines)
+            self._advance(tf, consumed)
+            moved = True
+        return count, moved
+
+    @staticmethod
+    def _bytes_of_lines(block: bytes, n: int) -> int:
+        """Bytes taken by the first ``n`` lines of ``block`` (newlines included)."""
+        pos = 0
+        for _ in range(n):
+            nl = block.find(b"\n", pos)
+            pos = len(block) + 1 if nl < 0 else nl + 1
+        return pos
+
+    def _emit_partial(self, tf: TrackedFile, now: float) -> bool:
+        """A last line without newline goes out when its file is retired, or after the quiet period."""
+        quiet = now - tf.last_growth
+        if tf.rotated and not tf.matched and quiet >= self.config.rotated_close_ms / 1000.0:
+            return True
+        ms = self.config.partial_line_ms
+        return ms is not None and quiet >= ms / 1000.0
+
+    def _advance(self, tf: TrackedFile, nbytes: int) -> None:
+        tf.position += nbytes
+        if tf.fp_len < FINGERPRINT_BYTES and tf.position > tf.fp_len and tf.fd is not None:
+            tf.fp_len = min(FINGERPRINT_BYTES, tf.position)
+            tf.fp = zlib.crc32(os.pread(tf.fd, tf.fp_len, 0))

@@ -1,0 +1,225 @@
+"""File source: tailing, rotation (rename, copytruncate), partial last lines, small files, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from millpond.connector import ConnectorContext
+from millpond.connectors.file import FileSource, FileSourceConfig
+
+
+def make(tmp: Path, **cfg: Any) -> FileSource:
+    config = FileSourceConfig(path=str(tmp / "*.log"), rescan_ms=0, **cfg)
+    return FileSource(config, ConnectorContext(name="tail"))
+
+
+class Harness:
+    """Drives a FileSource like the runtime does and remembers the last checkpoint."""
+
+    def __init__(self, tmp: Path, offset: Any = None, **cfg: Any) -> None:
+        self.source = make(tmp, **cfg)
+        self.offset = offset
+        asyncio.run(self.source.start(offset))
+
+    def drain(self, polls: int = 3) -> list[str]:
+        out: list[str] = []
+        empty = 0
+        while empty < polls:
+            batch = asyncio.run(self.source.poll())
+            if batch is None:
+                empty += 1
+                continue
+            out += [r.value for r in batch.records]
+            self.offset = batch.offset
+        return out
+
+    def stop(self) -> None:
+        asyncio.run(self.source.stop())
+
+
+def write(path: Path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def test_tails_a_growing_file(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, "one\ntwo\n")
+    h = Harness(tmp_path)
+    assert h.drain() == ["one", "two"]
+    write(log, "three\n")
+    assert h.drain() == ["three"]
+    assert h.offset["files"][0]["position"] == len("one\ntwo\nthree\n")
+    h.stop()
+
+
+def test_last_line_without_newline_is_emitted_once_after_the_quiet_period(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, "a\nb\nc")
+    h = Harness(tmp_path, partial_line_ms=100)
+    assert h.drain() == ["a", "b"]
+    time.sleep(0.15)
+    assert h.drain() == ["c"]
+    write(log, "\nd\n")
+    # "c" is not emitted again; the newline that completes it ends an empty line
+    assert h.drain() == ["", "d"]
+    h.stop()
+
+
+def test_half_line_completed_in_time_is_one_record(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, "ab")
+    h = Harness(tmp_path, partial_line_ms=10_000)
+    assert h.drain() == []
+    write(log, "c\n")
+    assert h.drain() == ["abc"]
+    h.stop()
+
+
+def test_partial_line_held_until_rotation_when_timeout_disabled(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, "x\ntail-without-newline")
+    h = Harness(tmp_path, partial_line_ms=None, rotated_close_ms=50)
+    assert h.drain() == ["x"]
+    time.sleep(0.1)
+    assert h.drain() == []
+    os.rename(log, tmp_path / "app.log.1")
+    write(log, "new\n")
+    # the rotated file has been quiet for rotated_close_ms: its partial line comes out,
+    # before the new file's lines
+    assert h.drain() == ["tail-without-newline", "new"]
+    h.stop()
+
+
+def test_rotation_by_rename_reads_old_file_to_its_end_first(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, "1\n2\n3\n")
+    h = Harness(tmp_path, rotated_close_ms=50)
+    assert h.drain() == ["1", "2", "3"]
+    write(log, "4\n5\n")  # written before the rotation, not read yet
+    os.rename(log, tmp_path / "app.log.1")
+    write(log, "6\n7\n")
+    assert h.drain() == ["4", "5", "6", "7"]
+    time.sleep(0.1)
+    h.drain()
+    assert [f["path"] for f in h.offset["files"]] == [str(log)]  # the rotated file was retired
+    h.stop()
+
+
+def test_rotation_by_rename_while_stopped_resumes_by_inode(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, "1\n2\n")
+    h = Harness(tmp_path)
+    assert h.drain() == ["1", "2"]
+    h.stop()
+    write(log, "3\n4\n")
+    os.rename(log, tmp_path / "app.log.1")
+    write(log, "5\n")
+    h2 = Harness(tmp_path, offset=h.offset)
+    assert h2.drain() == ["3", "4", "5"]
+    h2.stop()
+
+
+def test_copytruncate_restarts_the_same_inode_from_zero(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, "1\n2\n3\n")
+    h = Harness(tmp_path)
+    assert h.drain() == ["1", "2", "3"]
+    shutil.copy(log, tmp_path / "app.log.1")
+    with open(log, "r+") as f:
+        f.truncate(0)
+    write(log, "4\n")
+    assert h.drain() == ["4"]
+    h.stop()
+
+
+def test_copytruncate_regrown_past_position_is_caught_by_fingerprint(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, "a1\na2\n")
+    h = Harness(tmp_path)
+    assert h.drain() == ["a1", "a2"]
+    inode = os.stat(log).st_ino
+    with open(log, "r+") as f:
+        f.truncate(0)
+    write(log, "b1\nb2\nb3\nb4\n")  # longer than what was read: size alone cannot tell
+    assert os.stat(log).st_ino == inode
+    assert h.drain() == ["b1", "b2", "b3", "b4"]
+    h.stop()
+
+
+def test_copytruncate_while_stopped(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, "a1\na2\na3\n")
+    h = Harness(tmp_path)
+    assert h.drain() == ["a1", "a2", "a3"]
+    h.stop()
+    with open(log, "r+") as f:
+        f.truncate(0)
+    write(log, "b1\n")
+    h2 = Harness(tmp_path, offset=h.offset)
+    assert h2.drain() == ["b1"]
+    h2.stop()
+
+
+def test_many_small_files_each_line_once_across_restarts(tmp_path: Path) -> None:
+    expected = []
+    for i in range(40):
+        lines = [f"f{i}-l{j}" for j in range(i % 3 + 1)]
+        expected += lines
+        write(tmp_path / f"s{i:02d}.log", "".join(x + "\n" for x in lines))
+    got: list[str] = []
+    offset = None
+    # restart after every single poll
+    while True:
+        h = Harness(tmp_path, offset=offset, max_batch_lines=5)
+        batch = asyncio.run(h.source.poll())
+        h.stop()
+        if batch is None:
+            break
+        got += [r.value for r in batch.records]
+        offset = batch.offset
+    assert sorted(got) == sorted(expected)
+    assert len(got) == len(expected)
+
+
+def test_budget_splits_a_read_at_exact_line_boundaries(tmp_path: Path) -> None:
+    lines = [f"line-{i}-" + "é" * (i % 4) for i in range(25)]
+    write(tmp_path / "app.log", "".join(x + "\n" for x in lines))
+    got: list[str] = []
+    offset = None
+    for _ in range(10):
+        h = Harness(tmp_path, offset=offset, max_batch_lines=7)
+        batch = asyncio.run(h.source.poll())
+        h.stop()
+        if batch is None:
+            break
+        assert len(batch.records) <= 7
+        got += [r.value for r in batch.records]
+        offset = batch.offset
+    assert got == lines
+
+
+def test_key_from_path_follows_the_first_name(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, "1\n")
+    h = Harness(tmp_path, key="path")
+    batch = asyncio.run(h.source.poll())
+    assert batch is not None and batch.records[0].key == str(log)
+    write(log, "2\n")
+    os.rename(log, tmp_path / "app-old.log")  # still matched by the glob
+    batch = asyncio.run(h.source.poll())
+    assert batch is not None and [(r.value, r.key) for r in batch.records] == [("2", str(log))]
+    h.stop()
+
+
+def test_long_line_is_read_whole(tmp_path: Path) -> None:
+    long = "x" * 300_000
+    write(tmp_path / "app.log", long + "\nshort\n")
+    h = Harness(tmp_path, read_bytes=4096)
+    assert h.drain() == [long, "short"]
+    h.stop()
