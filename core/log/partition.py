@@ -164,7 +164,10 @@ class Partition:
         """Rebuild open-transaction state from headers past ``from_offset`` (no CRC, headers only)."""
         start = max(0, bisect.bisect_right(self._base_offsets, from_offset) - 1)
         for segment in self.segments[start:]:
-            for position, header in segment.walk(0):
+            first = segment.position_of(from_offset) if segment.base_offset < from_offset else 0
+            if first is None:
+                continue
+            for position, header in segment.walk(first):
                 if header.base_offset >= from_offset:
                     self._track(segment, header, position)
 
@@ -423,21 +426,27 @@ class Partition:
         """Read-only view: pick up segments and bytes the writing process has added since."""
         if self.writable:
             return
-        known = set(self._base_offsets)
+        before = self.log_end_offset
+        while len(self.segments) > 1 and not self.segments[0].log_path.exists():  # retention ran
+            self.segments.pop(0)
+        last_base = self.segments[-1].base_offset if self.segments else -1
         for path in sorted(self.directory.glob("*.log")):
             stem = path.name[:-4]
-            if stem.isdigit() and int(stem) not in known and int(stem) > (self._base_offsets or [-1])[-1]:
-                if self.segments:
-                    self.segments[-1].sealed = True
+            if stem.isdigit() and int(stem) > last_base:
                 self.segments.append(self._open_segment(int(stem)))
-                self._base_offsets.append(int(stem))
+        self._base_offsets = [s.base_offset for s in self.segments]
+        for segment, following in zip(self.segments, self.segments[1:]):
+            if not segment.sealed:
+                segment.size = os.fstat(segment._fd).st_size
+                segment.next_offset = following.base_offset
+                segment.sealed = True
         if self.segments:
             active = self.segments[-1]
-            before = active.next_offset
             active.size = os.fstat(active._fd).st_size
             active.scan_next_offset()
-            if active.next_offset > before:
-                self._replay_headers(before)
+            self.log_start_offset = max(self.log_start_offset, self.segments[0].base_offset)
+        if self.log_end_offset > before:
+            self._replay_headers(before)
 
     # -- retention and compaction hooks --
 
