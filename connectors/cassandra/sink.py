@@ -1,0 +1,567 @@
+"""CassandraSink: topics into Cassandra tables, exactly-once in effect.
+
+Why the guarantee is ``exactly_once`` although Cassandra has no transactions
+across rows: every write is *idempotent* and *ordered by itself*.
+
+* Deterministic keys: a record always maps to the same primary key, so writing
+  it twice touches the same row.
+* Deterministic write timestamps: every statement carries
+  ``USING TIMESTAMP record.timestamp * 1000 + record.offset`` (microseconds).
+  Within a partition the offset grows by at least one per record, so as long
+  as record timestamps do not go backwards (CreateTime of a CDC source,
+  LogAppendTime) each record's write timestamp is strictly greater than every
+  earlier record's: two records never tie, a replayed record rewrites the very
+  same cells with the very same timestamp (a no-op), and a replayed *older*
+  record loses against the newer data already there, whatever order
+  concurrent writes land in. Deletes carry the same timestamps, so a delete
+  and a later re-insert are ordered too. (The price: write timestamps run
+  ahead of record time by the offset in microseconds, a second per million
+  records. Timestamps that go backwards by more than that lose.)
+* Offsets follow the data: ``flush()`` returns only once every statement sent
+  so far is acknowledged at the configured consistency level, and the runtime
+  commits the consumer group's offsets only after ``flush()``. A kill at any
+  moment therefore replays at most what was written since the last commit,
+  and by the two points above that replay changes nothing.
+
+Writes use prepared statements executed on the driver's own I/O thread with
+a bounded number in flight: completions start the next queued statement right
+in the driver's callback (as the driver's ``execute_concurrent`` does), and
+the asyncio side is woken only when ``write()`` may return (the queue has
+drained to the low-water mark) or ``flush()`` may finish. Rows that share a
+partition key within one ``write()`` go as one unlogged batch (one partition,
+so the batch is atomic and costs the coordinator nothing); nothing else is
+batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from millpond.connector import ConnectorContext, Guarantee, Sink
+from millpond.errors import ConnectorError, RecordError, RetriableConnectorError
+from millpond.records import Record, TopicPartition
+
+from .config import CassandraSinkConfig, TableMapping
+from .mapping import (
+    MISSING,
+    UPSERT,
+    Column,
+    RowMapper,
+    auto_source,
+    classify,
+    coercer,
+    compile_source,
+    where,
+)
+
+log = logging.getLogger("millpond.connectors.cassandra")
+
+
+def write_timestamp(record: Record) -> int:
+    """The ``USING TIMESTAMP`` of a record, in microseconds (see the module docstring)."""
+    if record.offset is None:
+        raise RecordError("a record without an offset cannot be written to Cassandra (no write timestamp)")
+    return (record.timestamp or 0) * 1000 + record.offset
+
+
+# -- the in-flight window ------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    statement: Any
+    table: str
+    records: list[Record]
+    attempt: int = 0
+
+    def describe(self) -> str:
+        first = self.records[0]
+        if len(self.records) == 1:
+            return f"{self.table}, {where(first)}"
+        offsets = [r.offset for r in self.records if r.offset is not None]
+        return (
+            f"{self.table}, batch of {len(self.records)} rows from topic {first.topic!r} "
+            f"partition {first.partition} offsets {min(offsets)}..{max(offsets)}"
+        )
+
+
+def _retriable(exc: BaseException) -> bool:
+    from cassandra import OperationTimedOut, Unavailable, WriteTimeout
+    from cassandra.cluster import NoHostAvailable
+    from cassandra.connection import ConnectionException
+    from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage
+
+    return isinstance(
+        exc,
+        (
+            OperationTimedOut,
+            WriteTimeout,
+            Unavailable,
+            NoHostAvailable,
+            ConnectionException,
+            OverloadedErrorMessage,
+            IsBootstrappingErrorMessage,
+        ),
+    )
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Window:
+    """Statements queued and in flight; at most ``limit`` in flight at once.
+
+    Thread-safe: ``submit`` runs on the asyncio thread, completions on the
+    driver's I/O thread. Retries keep their slot while they back off, so the
+    bound holds during an outage too.
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        loop: asyncio.AbstractEventLoop,
+        limit: int,
+        retries: int,
+        backoff_s: float,
+        backoff_max_s: float,
+        timeout_s: float,
+    ) -> None:
+        self._session = session
+        self._loop = loop
+        self._limit = limit
+        self._retries = retries
+        self._backoff_s = backoff_s
+        self._backoff_max_s = backoff_max_s
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._queue: deque[_Job] = deque()
+        self._in_flight = 0
+        self._error: ConnectorError | None = None
+        self._waiter: tuple[asyncio.Future[None], Callable[[], bool]] | None = None
+        self._local = threading.local()
+        self.acked_rows = 0
+        self.retries_done = 0
+        self.low_water = limit
+
+    # asyncio side
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, jobs: list[_Job]) -> None:
+        with self._lock:
+            if self._error is None:
+                self._queue.extend(jobs)
+        self.raise_error()
+        self._pump()
+
+    async def wait_low_water(self) -> None:
+        await self._wait(lambda: len(self._queue) <= self.low_water)
+
+    async def drain(self) -> None:
+        await self._wait(lambda: not self._queue and self._in_flight == 0)
+
+    async def _wait(self, ready: Callable[[], bool]) -> None:
+        while True:
+            with self._lock:
+                if self._error is None and ready():
+                    return
+                if self._error is not None:
+                    future = None
+                else:
+                    future = self._loop.create_future()
+                    self._waiter = (future, ready)
+            if future is None:
+                self.raise_error()
+                return
+            await future
+
+    # either side
+
+    def _pump(self) -> None:
+        local = self._local
+        if getattr(local, "pumping", False):
+            return  # a completion that ran synchronously inside _send: the outer loop goes on
+        local.pumping = True
+        try:
+            while True:
+                with self._lock:
+                    if self._error is not None or not self._queue or self._in_flight >= self._limit:
+                        return
+                    job = self._queue.popleft()
+                    self._in_flight += 1
+                self._send(job)
+        finally:
+            local.pumping = False
+
+    def _send(self, job: _Job) -> None:
+        try:
+            future = self._session.execute_async(job.statement, timeout=self._timeout_s)
+        except Exception as exc:  # noqa: BLE001 - reported like a failed response
+            self._failed(exc, job)
+            return
+        future.add_callbacks(self._done, self._failed, callback_args=(job,), errback_args=(job,))
+
+    def _take_waiter(self) -> asyncio.Future[None] | None:
+        """The waiter to wake, if its condition now holds; call with the lock held."""
+        waiter = self._waiter
+        if waiter is not None and (self._error is not None or waiter[1]()):
+            self._waiter = None
+            return waiter[0]
+        return None
+
+    def _wake(self, future: asyncio.Future[None] | None) -> None:
+        if future is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(_resolve, future)
+        except RuntimeError:
+            pass  # the loop is gone: nobody is waiting any more
+
+    # driver I/O thread
+
+    def _done(self, _rows: Any, job: _Job) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self.acked_rows += len(job.records)
+        self._pump()
+        with self._lock:
+            waiter = self._take_waiter()
+        self._wake(waiter)
+
+    def _failed(self, exc: BaseException, job: _Job) -> None:
+        if _retriable(exc) and job.attempt < self._retries:
+            job.attempt += 1
+            delay = min(self._backoff_s * 2 ** (job.attempt - 1), self._backoff_max_s)
+            delay *= random.uniform(0.5, 1.0)
+            log.debug("retrying %s in %.2fs after %r", job.describe(), delay, exc)
+            try:
+                self._loop.call_soon_threadsafe(self._loop.call_later, delay, self._retry, job)
+                return
+            except RuntimeError:
+                pass  # the loop is gone: fail below
+        error: ConnectorError
+        if _retriable(exc):
+            error = RetriableConnectorError(
+                f"Cassandra write failed after {job.attempt + 1} attempts: {job.describe()}: {exc}"
+            )
+        else:
+            error = ConnectorError(f"Cassandra rejected a write: {job.describe()}: {exc}")
+        with self._lock:
+            self._in_flight -= 1
+            if self._error is None:
+                self._error = error
+            self._queue.clear()
+            waiter = self._take_waiter()
+        self._wake(waiter)
+
+    def _retry(self, job: _Job) -> None:
+        with self._lock:
+            failed = self._error is not None
+            if failed:
+                self._in_flight -= 1
+                waiter = self._take_waiter()
+        if failed:
+            self._wake(waiter)
+            return
+        self.retries_done += 1
+        self._send(job)
+
+
+
+# -- the sink --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Table:
+    """One topic -> table mapping, resolved against the table's schema."""
+
+    name: str
+    mapper: RowMapper
+    insert: Any
+    delete: Any
+    deletes: bool
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Statements of one write() for one table, grouped by partition key."""
+
+    groups: dict[tuple[Any, ...], list[tuple[Any, Record]]] = field(default_factory=dict)
+
+
+class CassandraSink(Sink):
+    """Writes records into Cassandra tables; exactly-once in effect (see the module docstring)."""
+
+    guarantee = Guarantee.exactly_once
+    config_model = CassandraSinkConfig
+
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        if not isinstance(config, CassandraSinkConfig):
+            config = CassandraSinkConfig.model_validate(config)
+        super().__init__(config, context)
+        self.config: CassandraSinkConfig = config
+        self._cluster: Any = None
+        self._session: Any = None
+        self._window: _Window | None = None
+        self._tables: dict[str, list[_Table]] = {}
+        self.rows_sent = 0
+
+    # lifecycle
+
+    async def start(self) -> Mapping[TopicPartition, int] | None:
+        await asyncio.to_thread(self._open)
+        cfg = self.config
+        self._window = _Window(
+            self._session,
+            asyncio.get_running_loop(),
+            limit=cfg.concurrency,
+            retries=cfg.retries,
+            backoff_s=cfg.retry_backoff_s,
+            backoff_max_s=cfg.retry_backoff_max_s,
+            timeout_s=cfg.request_timeout_s,
+        )
+        # Offsets live in the consumer group, committed after flush(): nothing to return.
+        return None
+
+    async def write(self, records: list[Record]) -> None:
+        window = self._window
+        if window is None:
+            raise ConnectorError("CassandraSink.write() before start()")
+        window.raise_error()
+        jobs = self._jobs(records)  # raises RecordError before anything is sent
+        if jobs:
+            window.submit(jobs)
+            await window.wait_low_water()
+
+    async def flush(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if self._window is None:
+            raise ConnectorError("CassandraSink.flush() before start()")
+        await self._window.drain()
+
+    async def stop(self) -> None:
+        cluster, self._cluster = self._cluster, None
+        self._session = None
+        if cluster is not None:
+            await asyncio.to_thread(cluster.shutdown)
+
+    # building statements
+
+    def _jobs(self, records: list[Record]) -> list[_Job]:
+        from cassandra.query import UNSET_VALUE
+
+        pending: dict[str, tuple[_Table, _Pending]] = {}
+        for record in records:
+            tables = self._tables.get(record.topic or "")
+            if not tables:
+                raise RecordError(f"{where(record)}: no Cassandra table is mapped from this topic")
+            op, data = classify(record)
+            ts = write_timestamp(record)
+            for table in tables:
+                mapper = table.mapper
+                if op == UPSERT:
+                    values = mapper.upsert(record, data)
+                    partition = mapper.partition_of_upsert(values)
+                    bind = [UNSET_VALUE if v is MISSING else v for v in values]
+                    bind.append(ts)
+                    statement = self._bind(table.insert, bind, table, record)
+                else:
+                    if not table.deletes:
+                        continue
+                    values = mapper.delete(record, data)
+                    partition = mapper.partition_of_delete(values)
+                    statement = self._bind(table.delete, [ts, *values], table, record)
+                entry = pending.get(table.name)
+                if entry is None:
+                    entry = pending[table.name] = (table, _Pending())
+                entry[1].groups.setdefault(partition, []).append((statement, record))
+        return self._group(pending)
+
+    def _bind(self, prepared: Any, values: list[Any], table: _Table, record: Record) -> Any:
+        try:
+            return prepared.bind(values)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise RecordError(f"{where(record)}: {table.name}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - struct.error and friends from the driver's serializers
+            raise RecordError(f"{where(record)}: {table.name}: {type(exc).__name__}: {exc}") from None
+
+    def _group(self, pending: dict[str, tuple[_Table, _Pending]]) -> list[_Job]:
+        from cassandra.query import BatchStatement, BatchType
+
+        consistency = self._consistency()
+        size = self.config.max_batch_rows
+        jobs: list[_Job] = []
+        for table, tp in pending.values():
+            for rows in tp.groups.values():
+                if len(rows) == 1:
+                    statement, record = rows[0]
+                    jobs.append(_Job(statement, table.name, [record]))
+                    continue
+                for start in range(0, len(rows), size):
+                    chunk = rows[start : start + size]
+                    if len(chunk) == 1:
+                        jobs.append(_Job(chunk[0][0], table.name, [chunk[0][1]]))
+                        continue
+                    batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=consistency)
+                    for statement, _ in chunk:
+                        batch.add(statement)
+                    batch.is_idempotent = True
+                    jobs.append(_Job(batch, table.name, [r for _, r in chunk]))
+        self.rows_sent += sum(len(j.records) for j in jobs)
+        return jobs
+
+    # connecting and preparing (blocking; runs in a thread)
+
+    def _consistency(self) -> int:
+        from cassandra import ConsistencyLevel
+
+        return int(getattr(ConsistencyLevel, self.config.consistency))
+
+    def _open(self) -> None:
+        from cassandra.auth import PlainTextAuthProvider
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+        from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+
+        cfg = self.config
+        auth = None
+        if cfg.username is not None:
+            secret = cfg.password.get_secret_value() if cfg.password is not None else ""
+            auth = PlainTextAuthProvider(username=cfg.username, password=secret)
+        profile = ExecutionProfile(
+            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=cfg.local_datacenter)),
+            consistency_level=self._consistency(),
+            request_timeout=cfg.request_timeout_s,
+        )
+        cluster = Cluster(
+            cfg.contact_points,
+            port=cfg.port,
+            auth_provider=auth,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            connect_timeout=cfg.connect_timeout_s,
+            **({"protocol_version": cfg.protocol_version} if cfg.protocol_version else {}),
+        )
+        where_to = f"{','.join(cfg.contact_points)}:{cfg.port}"
+        try:
+            session = cluster.connect()
+        except Exception as exc:
+            cluster.shutdown()
+            raise RetriableConnectorError(f"cannot connect to Cassandra at {where_to}: {exc}") from exc
+        self._cluster = cluster
+        self._session = session
+        log.info("sink %r connected to Cassandra at %s", self.context.name, where_to)
+        try:
+            if cfg.create_keyspace is not None:
+                session.execute(self._create_keyspace_cql())
+            tables: dict[str, list[_Table]] = {}
+            for mapping in cfg.tables:
+                tables.setdefault(mapping.topic, []).append(self._prepare(mapping))
+            self._tables = tables
+        except Exception:
+            cluster.shutdown()
+            self._cluster = self._session = None
+            raise
+
+    def _create_keyspace_cql(self) -> str:
+        from cassandra.metadata import protect_name
+
+        spec = self.config.create_keyspace
+        assert spec is not None
+        if spec.datacenters:
+            factors = ", ".join(f"'{dc}': {n}" for dc, n in spec.datacenters.items())
+            replication = f"{{'class': 'NetworkTopologyStrategy', {factors}}}"
+        else:
+            replication = f"{{'class': 'SimpleStrategy', 'replication_factor': {spec.replication_factor}}}"
+        return f"CREATE KEYSPACE IF NOT EXISTS {protect_name(self.config.keyspace)} WITH replication = {replication}"
+
+    def _split(self, mapping: TableMapping) -> tuple[str, str]:
+        if "." in mapping.table:
+            keyspace, table = mapping.table.split(".", 1)
+            return keyspace, table
+        return self.config.keyspace, mapping.table
+
+    def _prepare(self, mapping: TableMapping) -> _Table:
+        from cassandra.metadata import protect_name
+
+        keyspace, table = self._split(mapping)
+        full = f"{keyspace}.{table}"
+        session = self._session
+        cluster = self._cluster
+        if mapping.create is not None:
+            spec = mapping.create
+            cols = ", ".join(f"{protect_name(c)} {t}" for c, t in spec.columns.items())
+            pk = "(" + ", ".join(protect_name(c) for c in spec.partition_key) + ")"
+            if spec.clustering_key:
+                pk += ", " + ", ".join(protect_name(c) for c in spec.clustering_key)
+            session.execute(
+                f"CREATE TABLE IF NOT EXISTS {protect_name(keyspace)}.{protect_name(table)} "
+                f"({cols}, PRIMARY KEY ({pk}))"
+            )
+        meta = self._table_meta(keyspace, table)
+        if meta is None:
+            if cluster.metadata.keyspaces.get(keyspace) is None:
+                raise ConnectorError(
+                    f"Cassandra keyspace {keyspace!r} (for topic {mapping.topic!r}) does not exist; "
+                    "create it or set 'create_keyspace' in the sink's config"
+                )
+            raise ConnectorError(
+                f"Cassandra table {full} (for topic {mapping.topic!r}) does not exist; "
+                "create it or give 'create:' for it in the sink's config"
+            )
+        partition_key = [c.name for c in meta.partition_key]
+        primary_key = partition_key + [c.name for c in meta.clustering_key]
+        sole = len(partition_key) == 1
+        columns: list[Column] = []
+        if mapping.columns is None:
+            for name, col in meta.columns.items():
+                columns.append(Column(name, col.cql_type, auto_source(name, sole and name in partition_key), coercer(col.cql_type)))
+        else:
+            for name, source in mapping.columns.items():
+                col = meta.columns.get(name)
+                if col is None:
+                    raise ConnectorError(
+                        f"Cassandra table {full} has no column {name!r} (mapped from {source!r} for topic "
+                        f"{mapping.topic!r}); its columns are {', '.join(meta.columns)}"
+                    )
+                columns.append(Column(name, col.cql_type, compile_source(source), coercer(col.cql_type)))
+            unmapped = [c for c in primary_key if c not in mapping.columns]
+            if unmapped:
+                raise ConnectorError(
+                    f"Cassandra table {full}: primary key column(s) {', '.join(unmapped)} have no source "
+                    f"in 'columns' for topic {mapping.topic!r}"
+                )
+        mapper = RowMapper(full, columns, primary_key, partition_key)
+        ttl = mapping.ttl if mapping.ttl is not None else (self.config.ttl or 0)
+        using = f"USING TTL {ttl} AND TIMESTAMP ?" if ttl else "USING TIMESTAMP ?"
+        target = f"{protect_name(keyspace)}.{protect_name(table)}"
+        names = ", ".join(protect_name(c.name) for c in columns)
+        marks = ", ".join("?" for _ in columns)
+        insert = session.prepare(f"INSERT INTO {target} ({names}) VALUES ({marks}) {using}")
+        conditions = " AND ".join(f"{protect_name(c)} = ?" for c in primary_key)
+        delete = session.prepare(f"DELETE FROM {target} USING TIMESTAMP ? WHERE {conditions}")
+        for statement in (insert, delete):
+            statement.consistency_level = self._consistency()
+            statement.is_idempotent = True
+        return _Table(full, mapper, insert, delete, mapping.deletes)
+
+    def _table_meta(self, keyspace: str, table: str) -> Any:
+        cluster = self._cluster
+        ks = cluster.metadata.keyspaces.get(keyspace)
+        meta = ks.tables.get(table) if ks is not None else None
+        if meta is None:
+            try:
+                cluster.refresh_schema_metadata(max_schema_agreement_wait=10)
+            except Exception:  # noqa: BLE001 - the lookup below reports what is missing
+                pass
+            ks = cluster.metadata.keyspaces.get(keyspace)
+            meta = ks.tables.get(table) if ks is not None else None
+        return meta
