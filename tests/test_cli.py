@@ -1,0 +1,295 @@
+"""The millpond command: exit codes, output formats, and the log commands on a real embedded log."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from millpond.cli import UsageError, format_table, human_bytes, main, parse_time, record_json, split_line
+from millpond.errors import MillpondError
+from millpond.records import Record
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def produce(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], data: bytes, *argv: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    return run(capsys, "produce", *argv)
+
+
+def consume(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict[str, object]]:
+    code, out, err = run(capsys, "consume", *argv)
+    assert code == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+# -- pure helpers --------------------------------------------------------------
+
+
+def test_format_table_aligns_numbers_right() -> None:
+    table = format_table(("TOPIC", "PARTITION", "LAG"), [("a", 0, 5), ("long-name", 10, 12345)])
+    assert table.splitlines() == [
+        "TOPIC      PARTITION    LAG",
+        "a                  0      5",
+        "long-name         10  12345",
+    ]
+
+
+def test_human_bytes() -> None:
+    assert human_bytes(0) == "0 B"
+    assert human_bytes(2048) == "2.0 KiB"
+    assert human_bytes(5 * 1024**3) == "5.0 GiB"
+
+
+def test_record_json_decodes_text_json_and_binary() -> None:
+    line = json.loads(record_json(Record(value=b'{"a":1}', key=b"k", timestamp=5, headers=[("h", b"v")],
+                                         topic="t", partition=1, offset=7)))
+    assert line == {"topic": "t", "partition": 1, "offset": 7, "timestamp": 5, "key": "k",
+                    "value": {"a": 1}, "headers": [["h", "v"]]}
+    assert json.loads(record_json(Record(value=b"plain")))["value"] == "plain"
+    assert json.loads(record_json(Record(value=b"\xff\x00")))["value"] == {"base64": "/wA="}
+    assert json.loads(record_json(Record(value=b'{"a":1}'), "text"))["value"] == '{"a":1}'
+    with pytest.raises(MillpondError, match="not JSON"):
+        record_json(Record(value=b"x"), "json")
+
+
+def test_split_line() -> None:
+    assert split_line(b"k1:v:1", None, ":", 1) == (b"k1", b"v:1")
+    assert split_line(b'{"id": 3, "x": 1}', "id", None, 1) == (b"3", b'{"id": 3, "x": 1}')
+    assert split_line(b'{"id": "a"}', "id", None, 1) == (b"a", b'{"id": "a"}')
+    assert split_line(b"raw", None, None, 1) == (None, b"raw")
+    with pytest.raises(MillpondError, match="line 4: not JSON"):
+        split_line(b"raw", "id", None, 4)
+    with pytest.raises(MillpondError, match="line 2: no field 'id'"):
+        split_line(b"{}", "id", None, 2)
+    with pytest.raises(MillpondError, match="no key separator"):
+        split_line(b"raw", None, "\t", 1)
+
+
+def test_parse_time() -> None:
+    assert parse_time("1970-01-01T00:00:01Z") == 1000
+    assert parse_time("1970-01-01T00:00:01") == 1000
+    assert parse_time("1500") == 1500
+    with pytest.raises(UsageError):
+        parse_time("yesterday")
+
+
+# -- exit codes ----------------------------------------------------------------
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "frobnicate")[0] == 2
+    assert run(capsys)[0] == 2
+    code, _, err = run(capsys, "topics", "list")
+    assert code == 2 and "--log DIR" in err
+    code, _, err = run(capsys, "groups", "reset", "g", "--log", "/tmp/x")
+    assert code == 2 and "one of the arguments" in err
+
+
+def test_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("log: {embedded: {dir: ./data}}\ntopics: [{name: lines}]\n")
+    code, out, _ = run(capsys, "validate", str(good))
+    assert code == 0 and out.strip() == f"{good}: ok"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(textwrap.dedent("""\
+        log: {embedded: {dir: ./data}}
+        topics:
+          - name: lines
+            partitions: lots
+        connectors:
+          - name: x
+            kind: source
+            type: no-such-type
+            topic: lines
+            config: {secret: "${MILLPOND_TEST_UNSET_VAR}"}
+    """))
+    code, out, err = run(capsys, "validate", str(bad))
+    assert code == 1
+    assert out.splitlines() == [
+        f"{bad}:4: topics[0].partitions: Input should be a valid integer, unable to parse string as an integer",
+        f"{bad}:8: connectors[0].type: " + out.splitlines()[1].split("connectors[0].type: ")[1],
+        f"{bad}:10: connectors[0].config.secret: environment variable MILLPOND_TEST_UNSET_VAR is not set"
+        " (export it, or give a default: ${MILLPOND_TEST_UNSET_VAR:-default})",
+    ]
+    assert "unknown source type 'no-such-type'" in out
+    assert "2 problems" not in err and "3 problems" in err
+
+
+def test_validate_invalid_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("log:\n  embedded: [unclosed\n")
+    code, out, _ = run(capsys, "validate", str(bad))
+    assert code == 1 and out.startswith(f"{bad}:3: invalid YAML") and "column" in out
+
+
+def test_run_with_invalid_file_prints_problems_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("log: {embedded: {dir: ./data}}\nconnectors: [{name: x, kind: source, type: nope, topic: t}]\n")
+    code, out, err = run(capsys, "run", str(bad))
+    assert code == 1 and "Traceback" not in err
+    assert f"{bad}:2: connectors[0].type: unknown source type 'nope'" in err
+
+
+def test_plugins_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plugins")
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split() == ["PLUGIN", "DISTRIBUTION", "VERSION", "PROVIDES"]
+    transforms = next(r for r in rows if r.startswith("transforms "))
+    assert "millpond" in transforms and "transform: drop, filter, mask, rename, route, timestamp" in transforms
+    code, out, _ = run(capsys, "plugins", "--json")
+    names = {json.loads(line)["name"] for line in out.splitlines()}
+    assert {"converters", "transforms"} <= names
+
+
+# -- the log commands, on a real embedded log ----------------------------------
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    directory = str(tmp_path / "log")
+    code, _, err = run(capsys, "topics", "create", "events", "-p", "2", "--log", directory,
+                       "--config", "retention.ms=86400000")
+    assert code == 0, err
+    return directory
+
+
+def test_topics_create_list_describe_delete(log_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "topics", "create", "events", "--log", log_dir)
+    assert code == 1 and "already exists" in err and "Traceback" not in err
+    assert run(capsys, "topics", "create", "events", "--if-not-exists", "--log", log_dir)[0] == 0
+    code, _, err = run(capsys, "topics", "create", "bad name", "--log", log_dir)
+    assert code == 1 and "may only use" in err
+    code, out, _ = run(capsys, "topics", "list", "--log", log_dir)
+    assert out.splitlines()[1].split()[:3] == ["events", "2", "0"]
+    code, out, _ = run(capsys, "topics", "describe", "events", "--log", log_dir)
+    assert "retention.ms=86400000" in out
+    lines = out.splitlines()
+    assert lines[2].split() == ["PARTITION", "START", "END", "STABLE", "OFFSETS", "SIZE", "SEGMENTS"]
+    assert [line.split()[0] for line in lines[3:]] == ["0", "1", "total"]
+    code, _, err = run(capsys, "topics", "describe", "nope", "--log", log_dir)
+    assert code == 1 and "unknown topic 'nope'" in err
+    assert run(capsys, "topics", "delete", "events", "--log", log_dir)[0] == 0
+    assert "events" not in run(capsys, "topics", "list", "--log", log_dir)[1]
+
+
+def test_produce_and_consume(log_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    data = b"".join(json.dumps({"user": f"user-{i % 3 + 1}", "n": i}).encode() + b"\n" for i in range(30)) + b"\n"
+    code, _, err = produce(monkeypatch, capsys, data, "events", "--key-field", "user", "--log", log_dir)
+    assert code == 0 and "30 records" in err
+    records = consume(capsys, "events", "--from-beginning", "--log", log_dir)
+    assert len(records) == 30
+    by_key: dict[object, set[object]] = {}
+    for r in records:
+        by_key.setdefault(r["key"], set()).add(r["partition"])
+    assert by_key == {"user-1": {0}, "user-2": {0}, "user-3": {1}}  # Kafka's murmur2 partitioner
+    for partition in (0, 1):
+        ns = [r["value"]["n"] for r in records if r["partition"] == partition]  # type: ignore[index]
+        assert ns == sorted(ns)
+    # nothing new: the default start is the end
+    assert consume(capsys, "events", "--log", log_dir) == []
+    last = consume(capsys, "events", "--offset", "-1", "--log", log_dir)
+    assert len(last) == 2 and {r["partition"] for r in last} == {0, 1}
+    assert len(consume(capsys, "events", "--from-beginning", "-n", "7", "--log", log_dir)) == 7
+    future = consume(capsys, "events", "--from-time", "2999-01-01T00:00:00Z", "--log", log_dir)
+    assert future == []
+    past = consume(capsys, "events", "--from-time", "2000-01-01T00:00:00Z", "--log", log_dir)
+    assert len(past) == 30
+
+
+def test_produce_key_separator_and_bad_line(log_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, _ = produce(monkeypatch, capsys, b"a:1\nb:2\n", "events", "--key-separator", ":", "--log", log_dir)
+    assert code == 0
+    records = consume(capsys, "events", "--from-beginning", "--log", log_dir)
+    assert sorted((r["key"], r["value"]) for r in records) == [("a", 1), ("b", 2)]
+    code, _, err = produce(monkeypatch, capsys, b"c:3\nnokey\n", "events", "--key-separator", ":", "--log", log_dir)
+    assert code == 1 and "line 2: no key separator" in err and "Traceback" not in err
+    code, _, err = produce(monkeypatch, capsys, b"x\n", "missing", "--log", log_dir)
+    assert code == 1 and "unknown topic 'missing'" in err
+
+
+def test_groups_describe_and_reset(log_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    produce(monkeypatch, capsys, b"".join(b"line %d\n" % i for i in range(10)), "events", "--partition", "0",
+            "--log", log_dir)
+    assert len(consume(capsys, "events", "--group", "g", "--from-beginning", "-n", "4", "--log", log_dir)) == 4
+    code, out, _ = run(capsys, "groups", "describe", "g", "--log", log_dir)
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert rows[0] == ["events", "0", "4", "10", "6"] and rows[-1] == ["total", "6"]
+    code, out, _ = run(capsys, "groups", "list", "--log", log_dir)
+    assert out.splitlines()[1].split() == ["g", "events", "6"]
+    # the group resumes where it committed
+    again = consume(capsys, "events", "--group", "g", "--log", log_dir)
+    assert [r["offset"] for r in again] == [4, 5, 6, 7, 8, 9]
+    code, out, err = run(capsys, "groups", "reset", "g", "--to-offset", "2", "--dry-run", "--log", log_dir)
+    assert code == 0 and out.splitlines()[1].split() == ["events", "0", "10", "2"] and "dry run" in err
+    assert "10" == run(capsys, "groups", "describe", "g", "--log", log_dir)[1].splitlines()[2].split()[2]
+    code, out, _ = run(capsys, "groups", "reset", "g", "--to-earliest", "--topic", "events", "--log", log_dir)
+    assert [line.split()[3] for line in out.splitlines()[1:]] == ["0", "0"]
+    assert [r["offset"] for r in consume(capsys, "events", "-g", "g", "-n", "2", "--log", log_dir)] == [0, 1]
+    code, out, _ = run(capsys, "groups", "reset", "g", "--to-time", "2999-01-01", "--log", log_dir)
+    assert [line.split()[3] for line in out.splitlines()[1:]] == ["10", "0"]
+    code, _, err = run(capsys, "groups", "describe", "nobody", "--log", log_dir)
+    assert code == 1 and "group 'nobody' has no committed offsets" in err
+
+
+def test_writes_refused_clearly_while_a_worker_holds_the_log(log_dir: str) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import asyncio, sys
+            from millpond.backends.embedded import EmbeddedBackend
+            async def hold():
+                backend = EmbeddedBackend({log_dir!r})
+                await backend.open()
+                print("held", flush=True)
+                sys.stdin.read()
+            asyncio.run(hold())
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        cli = [sys.executable, "-m", "millpond.cli"]
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        done = subprocess.run([*cli, "produce", "events", "--log", log_dir], input="x\n", text=True,
+                              capture_output=True, env=env, timeout=60)
+        assert done.returncode == 1, done.stderr
+        assert "held by another process" in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        # reading works beside the writer
+        listed = subprocess.run([*cli, "topics", "list", "--log", log_dir], text=True, capture_output=True,
+                                env=env, timeout=60)
+        assert listed.returncode == 0 and "events" in listed.stdout
+    finally:
+        holder.communicate("", timeout=30)
+
+
+def test_run_until_idle_copies_file_through_the_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.log").write_text("".join(f"line {i}\n" for i in range(100)))
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(textwrap.dedent(f"""\
+        name: copy
+        log: {{embedded: {{dir: {tmp_path / 'log'}, fsync: false}}}}
+        topics: [{{name: lines, partitions: 1}}]
+        connectors:
+          - {{name: tail, kind: source, type: file, topic: lines, config: {{path: "{tmp_path}/in/*.log"}},
+              converter: {{value: string}}, guarantee: exactly_once}}
+          - {{name: out, kind: sink, type: file, topics: [lines], config: {{dir: {tmp_path / 'out'}}},
+              converter: {{value: string}}, guarantee: exactly_once}}
+    """))
+    code, _, err = run(capsys, "run", str(pipeline), "--until-idle")
+    assert code == 0, err
+    records = consume(capsys, "lines", "--from-beginning", "-c", str(pipeline))
+    assert [r["value"] for r in records] == [f"line {i}" for i in range(100)]
