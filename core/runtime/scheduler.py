@@ -55,6 +55,9 @@ class PipelineJobs:
         self._last_counts: dict[str, tuple[float, int]] = {}
 
     def start(self) -> None:
+        aps = logging.getLogger("apscheduler")
+        if aps.level == logging.NOTSET:  # its INFO lines ("Added job ...") are noise in `millpond -v run`
+            aps.setLevel(logging.WARNING)
         iv = self.intervals
         common = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         if callable(getattr(self.backend, "run_retention", None)):

@@ -1,0 +1,118 @@
+"""file -> embedded log -> file, in process, on the real embedded backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from millpond.backends import open_backend
+from millpond.config import PipelineConfig
+from millpond.records import TopicPartition
+from millpond.runtime import RuntimeOptions, run_pipeline_async
+from millpond.runtime.offsets import read_source_offset
+
+
+def config(tmp: Path, **sink: Any) -> PipelineConfig:
+    return PipelineConfig.model_validate({
+        "name": "it",
+        "log": {"embedded": {"dir": str(tmp / "log")}},
+        "topics": [{"name": "lines", "partitions": 2}],
+        "connectors": [
+            {"name": "tail", "kind": "source", "type": "file", "topic": "lines",
+             "config": {"path": str(tmp / "in" / "*.log"), "key": "path", "rescan_ms": 50},
+             "converter": {"key": "string", "value": "string"}, "guarantee": "exactly_once"},
+            {"name": "out", "kind": "sink", "type": "file", "topics": ["lines"],
+             "config": {"dir": str(tmp / "out"), **sink},
+             "converter": {"key": "string", "value": "string"}, "guarantee": "exactly_once"},
+        ],
+    })
+
+
+def options() -> RuntimeOptions:
+    o = RuntimeOptions(idle_seconds=0.3, install_signal_handlers=False)
+    o.sink_limits.poll_timeout_s = 0.05
+    return o
+
+
+def run(cfg: PipelineConfig) -> None:
+    asyncio.run(asyncio.wait_for(run_pipeline_async(cfg, until_idle=True, options=options()), 60))
+
+
+def output(tmp: Path) -> dict[int, list[str]]:
+    per_partition: dict[int, list[str]] = {}
+    for f in sorted((tmp / "out").iterdir()):
+        assert not f.name.startswith(".")
+        partition = int(f.name.split("-")[1])
+        per_partition.setdefault(partition, []).extend(f.read_text().splitlines())
+    return per_partition
+
+
+def test_file_to_log_to_file_exactly_once_and_incremental(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    a = [f"a-{i}" for i in range(3000)]
+    b = [f"b-{i}" for i in range(10)]
+    (tmp_path / "in" / "a.log").write_text("".join(x + "\n" for x in a))
+    (tmp_path / "in" / "b.log").write_text("".join(x + "\n" for x in b))
+    run(config(tmp_path))
+    out = output(tmp_path)
+    lines = [x for p in out.values() for x in p]
+    assert sorted(lines) == sorted(a + b)
+    for part in out.values():  # each file's lines in order within its partition
+        assert [x for x in part if x.startswith("a-")] in ([], a)
+        assert [x for x in part if x.startswith("b-")] in ([], b)
+
+    # a second run moves only what was appended
+    with open(tmp_path / "in" / "a.log", "a") as f:
+        f.write("a-new\n")
+    run(config(tmp_path))
+    lines = [x for p in output(tmp_path).values() for x in p]
+    assert sorted(lines) == sorted(a + b + ["a-new"])
+
+    async def inspect() -> None:
+        backend = open_backend(config(tmp_path).log)
+        await backend.open()
+        try:
+            offset = await read_source_offset(backend, "tail")
+            assert {f["path"]: f["position"] for f in offset["files"]} == {
+                str(tmp_path / "in" / "a.log"): sum(len(x) + 1 for x in a) + len("a-new\n"),
+                str(tmp_path / "in" / "b.log"): sum(len(x) + 1 for x in b),
+            }
+            lag = {g.topic_partition: g.lag for g in await backend.describe_group("out")}
+            assert set(lag.values()) == {0}
+            assert set(lag) == {TopicPartition("lines", 0), TopicPartition("lines", 1)}
+        finally:
+            await backend.close()
+
+    asyncio.run(inspect())
+
+
+def test_undecodable_records_under_dead_letter_policy(tmp_path: Path) -> None:
+    """The sink reads JSON; plain-text lines go to the dead-letter topic, JSON lines to the files."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "e.log").write_text('{"n": 1}\nnot json\n{"n": 2}\n')
+    cfg = config(tmp_path)
+    cfg.connectors[1].converter.value = "json"
+    cfg.connectors[1].errors.policy = "dead_letter"
+    cfg.connectors[1].errors.topic = "lines-dlq"
+    run(cfg)
+    lines = [json.loads(x) for p in output(tmp_path).values() for x in p]
+    assert lines == [{"n": 1}, {"n": 2}]
+
+    async def dead() -> list[tuple[bytes | None, dict[str, bytes | None]]]:
+        backend = open_backend(cfg.log)
+        await backend.open()
+        try:
+            consumer = backend.consumer(["lines-dlq"])
+            records = await consumer.poll(100, 0.5)
+            await consumer.close()
+            return [(r.value, dict(r.headers)) for r in records]
+        finally:
+            await backend.close()
+
+    ((value, headers),) = asyncio.run(dead())
+    assert value == b"not json"
+    assert headers["millpond.error.connector"] == b"out"
+    assert headers["millpond.error.topic"] == b"lines"
+    assert b"not valid JSON" in headers["millpond.error"]  # type: ignore[operator]
