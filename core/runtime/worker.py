@@ -18,13 +18,11 @@ sinks flush and commit, then the backend closes. A second signal cancels.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import random
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..backends.base import LogBackend, TopicSpec
 from ..config import PipelineConfig
@@ -69,13 +67,11 @@ def _preflight(config: PipelineConfig) -> None:
 
 
 async def _open(config: PipelineConfig) -> LogBackend:
-    from ..backends import open_backend  # type: ignore[attr-defined]
+    from ..backends import open_backend
 
-    backend: Any = open_backend(config.log)
-    if inspect.isawaitable(backend):
-        backend = await backend
+    backend = open_backend(config.log)
     await backend.open()
-    return backend  # type: ignore[no-any-return]
+    return backend
 
 
 async def _create_topics(config: PipelineConfig, backend: LogBackend) -> None:
