@@ -6,15 +6,16 @@ Files, named by the segment's ``base_offset`` (the first offset it may hold)::
     00000000000000000000.index      sparse offset -> position (see index.py)
     00000000000000000000.timeindex  sparse max timestamp -> offset
 
-The active segment is appended with ``os.write`` and read with ``os.pread``;
-a sealed segment is read through ``mmap``. A deleted segment's file
+Batches are written with ``os.pwrite`` at the segment's known size and read
+with ``os.pread``. Not mmap: a long sequential read through a mapping leaves
+every page it passed resident (fault-around maps 64 KiB per touch), which
+breaks the bounded-memory promise for a reader of a 1 GB log. A deleted segment's file
 descriptor stays open until the object is collected, so a reader that holds
 the segment keeps reading it after the files are unlinked or swapped.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import time
 from collections.abc import Iterator
@@ -55,7 +56,6 @@ class LogSegment:
         self._time_index: TimeIndex | None = None
         self._max_timestamp: int | None = None
         self._bytes_since_index = 0
-        self._mmap: mmap.mmap | None = None
         self.sealed = False
         self.deleted = False
 
@@ -120,49 +120,43 @@ class LogSegment:
             os.fsync(self._fd)
 
     def seal(self) -> None:
-        """No more appends: flush the indexes and read through mmap from now on."""
+        """No more appends: flush the indexes."""
         self.flush(fsync=self.writable)
         self.sealed = True
 
     # -- reading --
 
-    def _buffer(self) -> Any:
-        if self.sealed and self.size:
-            if self._mmap is None:
-                self._mmap = mmap.mmap(self._fd, self.size, access=mmap.ACCESS_READ)
-            return self._mmap
-        return None
-
     def read_bytes(self, position: int, length: int) -> bytes:
         length = max(0, min(length, self.size - position))
-        buf = self._buffer()
-        if buf is not None:
-            return bytes(buf[position : position + length])
         return os.pread(self._fd, length, position)
 
     def walk(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, BatchHeader]]:
-        """(position, header) of every complete batch from ``start``; headers only."""
+        """(position, header) of every complete batch from ``start``; headers only.
+
+        Small batches are walked a 64 KiB chunk at a time; once batches turn out
+        larger than a chunk, only their 61-byte headers are read.
+        """
         end = self.size if end is None else end
-        buf = self._buffer()
-        if buf is not None:
-            yield from batch_format.walk(buf, start, end)
-            return
         position = start
-        while position < end:
-            chunk = os.pread(self._fd, min(_SCAN_CHUNK, end - position), position)
+        chunk_size = _SCAN_CHUNK
+        while position + HEADER_SIZE <= end:
+            chunk = os.pread(self._fd, min(chunk_size, end - position), position)
             advanced = 0
             for offset_in_chunk, header in batch_format.walk(chunk, 0, len(chunk)):
                 yield position + offset_in_chunk, header
                 advanced = offset_in_chunk + header.size
             if advanced == 0:
-                if position + HEADER_SIZE > end:
+                if len(chunk) < HEADER_SIZE:
                     return
-                header = batch_format.read_header(os.pread(self._fd, HEADER_SIZE, position))
+                header = batch_format.read_header(chunk)
                 size = header.batch_length + LOG_OVERHEAD
                 if header.batch_length < HEADER_SIZE - LOG_OVERHEAD or position + size > end:
                     return
                 yield position, header
                 advanced = size
+                chunk_size = HEADER_SIZE
+            else:
+                chunk_size = _SCAN_CHUNK
             position += advanced
 
     def position_of(self, offset: int) -> int | None:
@@ -252,12 +246,6 @@ class LogSegment:
     # -- lifecycle --
 
     def close(self) -> None:
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:  # a reader still holds a view; the GC will close it
-                pass
-            self._mmap = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -273,8 +261,6 @@ class LogSegment:
 
     def __del__(self) -> None:
         try:
-            if self._mmap is not None:
-                self._mmap.close()
             if self._fd >= 0:
                 os.close(self._fd)
         except Exception:  # noqa: BLE001 - interpreter shutdown
