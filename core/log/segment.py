@@ -20,7 +20,6 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from ..errors import CorruptRecordError
 from . import batch as batch_format
