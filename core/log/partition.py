@@ -228,11 +228,13 @@ class Partition:
                 f.write(f"{producer_id} {first} {last}\n")
 
     def _finish_interrupted_swaps(self) -> None:
-        """A compaction swap interrupted by a crash: finish it or throw the leftovers away."""
-        for path in self.directory.glob("*.cleaned"):
-            path.unlink()
-        for path in sorted(self.directory.glob("*.swap")):
-            path.rename(path.with_suffix(""))
+        """A compaction swap interrupted by a crash: complete it if committed, else drop the leftovers.
+
+        The protocol (and which old segment files a completed swap deletes) is in cleaner.py.
+        """
+        from .cleaner import finish_interrupted_swaps
+
+        finish_interrupted_swaps(self.directory)
 
     # -- offsets --
 
@@ -464,30 +466,34 @@ class Partition:
             segment.delete()
         return gone
 
-    def replace_segments(self, old: Sequence[LogSegment], new: LogSegment) -> None:
-        """Swap ``old`` (consecutive, sealed) for one cleaned segment with the first one's base offset.
+    def replace_segments(self, old: Sequence[LogSegment]) -> LogSegment:
+        """Swap ``old`` (consecutive, sealed) for the cleaned segment written beside them.
 
-        The cleaned files are written as ``*.cleaned``; renaming them to
-        ``*.swap`` is the commit point; recovery finishes a swap it finds.
+        The cleaner has written ``<base>.{log,index,timeindex}.cleaned`` with
+        base = ``old[0].base_offset``; the rename of the log to ``.swap`` is the
+        commit point (see cleaner.py). Readers holding ``old`` keep reading the
+        old bytes: their descriptors stay open and their indexes are loaded
+        before the files under those names change.
         """
+        from .cleaner import commit_swap, complete_swap
+
         i = self.segments.index(old[0])
-        assert self.segments[i : i + len(old)] == list(old) and new.base_offset == old[0].base_offset
-        new.next_offset = old[-1].next_offset
+        n = len(old)
+        if self.segments[i : i + n] != list(old) or i + n >= len(self.segments):
+            raise ValueError(f"{self.name}: segments to replace must be consecutive and sealed")
         for segment in old:
-            if segment is not old[0]:
-                segment.delete()
-        old[0].deleted = True  # its files are replaced by the rename below
-        for suffix in (".log", ".index", ".timeindex"):
-            cleaned = new.directory / f"{new.log_path.stem}{suffix}.cleaned"
-            if cleaned.exists():
-                cleaned.rename(cleaned.with_suffix(".swap"))
-        for suffix in (".log", ".index", ".timeindex"):
-            swap = new.directory / f"{new.log_path.stem}{suffix}.swap"
-            if swap.exists():
-                swap.rename(swap.with_suffix(""))
+            segment.index, segment.time_index, segment.max_timestamp  # load before the files change
+        base = old[0].base_offset
+        commit_swap(self.directory, base, [s.base_offset for s in old], old[-1].next_offset)
+        complete_swap(self.directory, base)
+        for segment in old:
+            segment.deleted = True
+        new = self._open_segment(base)
+        new.next_offset = old[-1].next_offset
         new.sealed = True
-        self.segments[i : i + len(old)] = [new]
-        self._base_offsets = [s.base_offset for s in self.segments]
+        self.segments[i : i + n] = [new]  # in place: a reader's copy of the list keeps the old ones
+        self._base_offsets[i : i + n] = [base]
+        return new
 
     def close(self) -> None:
         if self.writable:
