@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import textwrap
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,6 @@ from millpond import hookspecs, plugins
 from millpond.connector import Transform
 from millpond.errors import PluginError
 from millpond.hookspecs import hookimpl
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def test_every_hookspec_is_documented_and_prefixed() -> None:
     specs = [
@@ -31,23 +27,6 @@ def test_every_hookspec_is_documented_and_prefixed() -> None:
         assert len(doc) > 20, f"hookspec {name} needs a docstring saying what it returns and when it is called"
     # every kind the registry knows has a hookspec
     assert {hook for hook in plugins.KINDS.values()} <= {name for name, _ in specs}
-
-
-def _package_dirs(root: Path, prefix: str) -> set[str]:
-    found = set()
-    for directory in [root, *root.rglob("*")]:
-        if directory.is_dir() and "__pycache__" not in directory.parts and any(directory.glob("*.py")):
-            rel = directory.relative_to(root).parts
-            found.add(".".join((prefix, *rel)))
-    return found
-
-
-def test_every_package_folder_is_listed_in_pyproject() -> None:
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())
-    listed = set(config["tool"]["setuptools"]["packages"])
-    folders = _package_dirs(REPO / "core", "millpond") | _package_dirs(REPO / "connectors", "millpond.connectors")
-    missing = sorted(folders - listed)
-    assert not missing, f"add these to [tool.setuptools] packages in pyproject.toml: {missing}"
 
 
 def test_builtins_register_through_entry_points() -> None:
