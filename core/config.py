@@ -168,8 +168,18 @@ class ErrorPolicy(Model):
         return self
 
 
+def _connector_name(value: str) -> str:
+    if not _CONNECTOR_NAME.fullmatch(value):
+        raise ValueError("a connector name has 1-200 ASCII letters, digits, '.', '_' or '-'")
+    return value
+
+
+_CONNECTOR_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
 class ConnectorSpec(Model):
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    #: also names the connector's consumer group and its source offsets
+    name: Annotated[str, AfterValidator(_connector_name)]
     kind: Literal["source", "sink"]
     type: str
     #: sources: the topic records go to unless a record (or a route transform) names one

@@ -1,4 +1,4 @@
-"""The plugin system: documented hookspecs, packaging lists, discovery, bad plugins."""
+"""The plugin system: documented hookspecs, discovery, distributions, bad plugins."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from millpond import hookspecs, plugins
 from millpond.connector import Transform
 from millpond.errors import PluginError
 from millpond.hookspecs import hookimpl
+
 
 def test_every_hookspec_is_documented_and_prefixed() -> None:
     specs = [
