@@ -361,10 +361,20 @@ async def consume(args: argparse.Namespace, out: IO[str] | None = None) -> int:
                 await consumer.seek(tp, offset)
             ends = {TopicPartition(p.topic, p.partition): p.last_stable_offset
                     for t in args.topics for p in await backend.describe_topic(t)}
+            stalled = 0
             while True:
-                if not args.follow and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
-                    break
+                if not args.follow:
+                    positions = [await consumer.position(tp) for tp in tps]
+                    if all(pos >= ends[tp] for pos, tp in zip(positions, tps)):
+                        break
                 records = await consumer.poll(max_records=1000, timeout=1.0 if args.follow else 0.2)
+                if not args.follow:
+                    # a guard, not a rule: positions that stop moving short of the end mean stop
+                    moved = records or positions != [await consumer.position(tp) for tp in tps]
+                    stalled = 0 if moved else stalled + 1
+                    if stalled >= 25:
+                        logging.getLogger(__name__).warning("no progress towards the end offsets %s; stopping", ends)
+                        break
                 if args.max is not None:
                     records = records[: args.max - progress.count]
                 for record in records:
@@ -561,7 +571,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), stream=sys.stderr,
+    # `run` is long: its progress (records/s, lag) is logged at INFO, so show INFO there
+    base = logging.INFO if args.command == "run" else logging.WARNING
+    logging.basicConfig(level=max(logging.DEBUG, base - 10 * args.verbose), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))

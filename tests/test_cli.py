@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -293,3 +295,20 @@ def test_run_until_idle_copies_file_through_the_log(tmp_path: Path, capsys: pyte
     assert code == 0, err
     records = consume(capsys, "lines", "--from-beginning", "-c", str(pipeline))
     assert [r["value"] for r in records] == [f"line {i}" for i in range(100)]
+
+
+def test_consume_follow_sees_new_records_and_stops_on_ctrl_c(
+    log_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    follower = subprocess.Popen([sys.executable, "-m", "millpond.cli", "consume", "events", "--follow", "--log", log_dir],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)  # started at the end: only what comes next is printed
+        assert produce(monkeypatch, capsys, b"one\ntwo\n", "events", "--partition", "1", "--log", log_dir)[0] == 0
+        assert follower.stdout is not None
+        lines = [json.loads(follower.stdout.readline()) for _ in range(2)]
+        assert [(r["partition"], r["offset"], r["value"]) for r in lines] == [(1, 0, "one"), (1, 1, "two")]
+    finally:
+        follower.send_signal(signal.SIGINT)
+        _, err = follower.communicate(timeout=30)
+    assert follower.returncode == 130 and "Traceback" not in err
