@@ -28,6 +28,8 @@ import os
 import re
 import time
 import uuid
+from itertools import groupby
+from operator import attrgetter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
@@ -39,6 +41,7 @@ from millpond.records import Record, TopicPartition
 log = logging.getLogger("millpond.connectors.file.sink")
 
 TEMP_PREFIX = ".millpond-tmp-"
+_topic_partition = attrgetter("topic", "partition")
 COMMITTED = re.compile(r"^(?P<topic>.+)-(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})(?P<suffix>\..*)?$")
 
 
@@ -109,14 +112,7 @@ class FileSink(Sink):
         if not records:
             return
         # group per partition, keeping order; most polls hold runs of one partition
-        runs: list[tuple[TopicPartition, list[Record]]] = []
-        current: TopicPartition | None = None
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)  # type: ignore[arg-type]
-            if tp != current:
-                runs.append((tp, []))
-                current = tp
-            runs[-1][1].append(r)
+        runs = [(TopicPartition(*tp), list(group)) for tp, group in groupby(records, key=_topic_partition)]
         # encode everything first: a RecordError leaves nothing of this batch written
         encoded = [(tp, run, self._encode(run)) for tp, run in runs]
         cfg = self.config

@@ -340,9 +340,9 @@ class FileSource(Source):
             else:
                 consumed = end + 1
             if key is None:
-                out.extend([Record(value=line) for line in lines])
+                out.extend([Record(line) for line in lines])
             else:
-                out.extend([Record(value=line, key=key) for line in lines])
+                out.extend([Record(line, key) for line in lines])
             count += len(lines)
             self._advance(tf, consumed)
             moved = True

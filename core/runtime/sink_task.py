@@ -14,11 +14,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 from ..backends.base import Consumer, IsolationLevel, LogBackend, Producer
 from ..config import ConnectorSpec, PipelineConfig
-from ..connector import Sink
+from ..connector import Sink, Transform
+from ..converters import StringConverter
 from ..errors import RecordError
 from ..records import Record, TopicPartition, partition_for_key
 from .build import apply_transforms, make_converters, make_sink, make_transforms
@@ -103,6 +105,8 @@ class SinkTask:
         self.idle_since = None
         failed = False
         keep_raw = self.spec.errors.policy == "dead_letter"
+        # text in, text out, nothing in between: decode a whole poll in one pass
+        fast = not transforms and type(value_conv) is StringConverter and type(key_conv) is StringConverter
         try:
             own = await sink.start()
             if own:
@@ -120,34 +124,10 @@ class SinkTask:
                 records = await consumer.poll(self.limits.max_poll_records, self.limits.poll_timeout_s)
                 if records:
                     self.idle_since = None
-                    out: list[Record] = []
-                    # the raw (key, value) behind each written record, so a
-                    # write error dead-letters what the log holds
-                    raws: list[tuple[bytes | None, bytes | None]] | None = [] if keep_raw else None
-                    for r in records:
-                        raw_key = r.key
-                        raw_value = r.value
-                        try:
-                            r.key = kd(raw_key) if raw_key is not None else None
-                            r.value = vd(raw_value)
-                        except RecordError as exc:
-                            await self._reject(dlq, exc, _raw(r, raw_key, raw_value), "convert")
-                            continue
-                        if transforms:
-                            try:
-                                produced = list(apply_transforms(transforms, r))
-                            except RecordError as exc:
-                                await self._reject(dlq, exc, _raw(r, raw_key, raw_value), "transform")
-                                continue
-                            out.extend(produced)
-                            if raws is not None:
-                                raws.extend([(raw_key, raw_value)] * len(produced))
-                        else:
-                            out.append(r)
-                            if raws is not None:
-                                raws.append((raw_key, raw_value))
-                    if out:
-                        await self._write(sink, dlq, out, raws)
+                    if fast and self._decode_strings(records):
+                        await self._write(sink, dlq, records, None)
+                    else:
+                        await self._convert_and_write(records, sink, dlq, transforms, kd, vd, keep_raw)
                     self._unflushed += len(records)
                     self.records_in += len(records)
                 else:
@@ -182,6 +162,69 @@ class SinkTask:
                         await dlq.close()
             if failed:
                 log.debug("sink %r stopped after a failure; unflushed work is redone from committed offsets", self.name)
+
+    @staticmethod
+    def _decode_strings(records: list[Record]) -> bool:
+        """Decode every key and value as UTF-8, all or nothing (False leaves ``records`` as they were)."""
+        done = 0
+        try:
+            for r in records:
+                v = r.value
+                if v is not None:
+                    r.value = v.decode()
+                k = r.key
+                if k is not None:
+                    r.key = k.decode()
+                done += 1
+        except UnicodeDecodeError:
+            # undo: valid UTF-8 round-trips exactly
+            for r in records[: done + 1]:
+                if isinstance(r.value, str):
+                    r.value = r.value.encode()
+                if isinstance(r.key, str):
+                    r.key = r.key.encode()
+            return False
+        return True
+
+    async def _convert_and_write(
+        self,
+        records: list[Record],
+        sink: Sink,
+        dlq: Producer | None,
+        transforms: list[Transform],
+        kd: Callable[[bytes | None], Any],
+        vd: Callable[[bytes | None], Any],
+        keep_raw: bool,
+    ) -> None:
+        """Deserialise, transform and write one poll, applying the error policy per record."""
+        out: list[Record] = []
+        # the raw (key, value) behind each written record, so a
+        # write error dead-letters what the log holds
+        raws: list[tuple[bytes | None, bytes | None]] | None = [] if keep_raw else None
+        for r in records:
+            raw_key = r.key
+            raw_value = r.value
+            try:
+                r.key = kd(raw_key) if raw_key is not None else None
+                r.value = vd(raw_value)
+            except RecordError as exc:
+                await self._reject(dlq, exc, _raw(r, raw_key, raw_value), "convert")
+                continue
+            if transforms:
+                try:
+                    produced = list(apply_transforms(transforms, r))
+                except RecordError as exc:
+                    await self._reject(dlq, exc, _raw(r, raw_key, raw_value), "transform")
+                    continue
+                out.extend(produced)
+                if raws is not None:
+                    raws.extend([(raw_key, raw_value)] * len(produced))
+            else:
+                out.append(r)
+                if raws is not None:
+                    raws.append((raw_key, raw_value))
+        if out:
+            await self._write(sink, dlq, out, raws)
 
     async def _write(
         self,

@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..backends.base import LogBackend, Producer
 from ..config import ConnectorSpec, PipelineConfig
 from ..connector import Converter, Source, Transform
+from ..converters import StringConverter
 from ..errors import RecordError
 from ..records import Record, partition_for_key
 from .build import apply_transforms, make_converters, make_source, make_transforms
@@ -68,6 +69,7 @@ class SourceTask:
         self.errors = ErrorPolicyHandler(spec.name, spec.errors)
         self._partitions: dict[str, int] = {}
         self._sticky: dict[str, int] = {}
+        self._key_cache: dict[tuple[bytes, int], int] = {}
         self._txn_count = 0
         # progress, read by the worker
         self.records_out = 0
@@ -159,6 +161,10 @@ class SourceTask:
         size = 0
         ks = key_conv.serialize
         vs = value_conv.serialize
+        # str values under the string converter: encode inline (the hot path of text sources)
+        encode_str = type(value_conv) is StringConverter
+        default_bucket: list[Record] | None = None
+        outs: Iterable[Record]
         for original in records:
             if transforms:
                 try:
@@ -167,11 +173,17 @@ class SourceTask:
                     await self._dead_letter(pending, exc, original, "transform")
                     continue
             else:
-                outs = [original]
+                outs = (original,)
             for r in outs:
+                key = r.key
+                value = r.value
                 try:
-                    key = ks(r.key) if r.key is not None else None
-                    value = vs(r.value)
+                    if key is not None:
+                        key = ks(key)
+                    if encode_str and value.__class__ is str:
+                        value = value.encode()
+                    else:
+                        value = vs(value)
                 except RecordError as exc:
                     await self._dead_letter(pending, exc, r, "convert")
                     continue
@@ -179,6 +191,16 @@ class SourceTask:
                 r.value = value
                 if r.timestamp is None:
                     r.timestamp = now
+                if value is not None:
+                    size += len(value)
+                count += 1
+                if key is None and r.topic is None and r.partition is None:
+                    if default_bucket is None:
+                        n = self._partitions.get(default_topic) or await self._partition_count(default_topic)
+                        sticky = self._sticky_partition(default_topic, n)
+                        default_bucket = pending.setdefault((default_topic, sticky), [])
+                    default_bucket.append(r)
+                    continue
                 topic = r.topic or default_topic
                 partition = r.partition
                 if partition is None:
@@ -186,17 +208,24 @@ class SourceTask:
                     if key is None:
                         partition = self._sticky_partition(topic, n)
                     else:
-                        partition = partition_for_key(key, n)
+                        partition = self._key_partition(key, n)
                 r.topic = topic
                 r.partition = partition
                 bucket = pending.get((topic, partition))
                 if bucket is None:
                     bucket = pending[(topic, partition)] = []
                 bucket.append(r)
-                count += 1
-                if value is not None:
-                    size += len(value)
         return count, size
+
+    def _key_partition(self, key: bytes, n: int) -> int:
+        """Kafka's murmur2 partition of ``key``, memoised: keys repeat (a path, a user id)."""
+        cache = self._key_cache
+        hit = cache.get((key, n))
+        if hit is None:
+            if len(cache) >= 65_536:
+                cache.clear()
+            hit = cache[(key, n)] = partition_for_key(key, n)
+        return hit
 
     def _sticky_partition(self, topic: str, n: int) -> int:
         """Records without a key stick to one partition per transaction (Kafka's sticky
