@@ -48,8 +48,9 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, main_copy / name)
     shutil.copytree(PLUGIN, plugin_copy, ignore=ignore)
-    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", str(main_copy), str(plugin_copy)]
-    done = subprocess.run(install + ([] if full else ["--no-deps"]), capture_output=True, text=True, timeout=540)
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", str(main_copy)]
+    install += [f"{plugin_copy}[test]", "--no-cache-dir"] if full else [str(plugin_copy), "--no-deps"]
+    done = subprocess.run(install, capture_output=True, text=True, timeout=540)
     assert done.returncode == 0, done.stdout + done.stderr
     return root
 
