@@ -267,11 +267,21 @@ def _model_problems(doc: YamlDocument, model: type[BaseModel], data: Any, base: 
         return model.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors():
-            loc = base + _error_loc(tuple(error["loc"]))
+            rel = _error_loc(tuple(error["loc"]))
+            loc = base + rel
             if any(loc[:end] in doc.unresolved for end in range(len(loc) + 1)):
                 continue  # already reported as an unset variable
-            doc.problem(loc, _error_message(error))
+            message = _error_message(error)
+            if error["type"] == "extra_forbidden" and rel:
+                message = f"unknown key {rel[-1]!r}"
+                if len(rel) == 1:
+                    message += f" (known: {', '.join(_known_keys(model))})"
+            doc.problem(loc, message)
         return None
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return sorted(info.alias or name for name, info in model.model_fields.items())
 
 
 def _plugin_problems(doc: YamlDocument) -> None:
@@ -315,7 +325,22 @@ def _check_plugin(doc: YamlDocument, lookup: Any, kind: str, name: str, config: 
         _model_problems(doc, model, {} if config is None else config, at + ("config",))
 
 
+def _topic_settings_problems(doc: YamlDocument, config: PipelineConfig) -> None:
+    """Each topic's ``config:`` against the log's topic settings (Kafka names), field by field."""
+    from .log.settings import TopicSettings
+
+    for i, topic in enumerate(config.topics):
+        values = dict(topic.config)
+        # the short forms TopicSettings.parse accepts
+        if "compression" in values:
+            values["compression.type"] = values.pop("compression")
+        if values.get("cleanup.policy") == "both":
+            values["cleanup.policy"] = "compact,delete"
+        _model_problems(doc, TopicSettings, values, ("topics", i, "config"))
+
+
 def _semantic_problems(doc: YamlDocument, config: PipelineConfig) -> None:
+    _topic_settings_problems(doc, config)
     seen: dict[str, int] = {}
     for i, topic in enumerate(config.topics):
         if topic.name in seen:

@@ -149,7 +149,7 @@ def test_missing_and_extra_fields() -> None:
     found = {p.path: p for p in problems(text)}
     assert found["connectors[0].config.dir"].message == "Field required"
     assert found["connectors[0].config.dir"].line == 14  # the config: key
-    assert "Extra inputs" in found["connectors[0].config.dri"].message
+    assert found["connectors[0].config.dri"].message == "unknown key 'dri' (known: batch, dir)"
     assert found["connectors[0].config.dri"].line == 15
 
 
@@ -271,3 +271,13 @@ def test_format_path() -> None:
     assert format_path(("connectors", 1, "config", "dir")) == "connectors[1].config.dir"
     assert format_path(("topics", 0, "config", "retention.ms")) == 'topics[0].config["retention.ms"]'
     assert format_path(()) == ""
+
+
+def test_topic_settings_checked_field_by_field() -> None:
+    text = GOOD.replace("config: {retention.ms: 1000}",
+                        "config:\n      retention.ms: forever\n      compression: zstd\n      colour: blue")
+    found = {p.path: p for p in problems(text)}
+    assert set(found) == {'topics[0].config["retention.ms"]', "topics[0].config.colour"}
+    assert found['topics[0].config["retention.ms"]'].line == 9
+    assert found["topics[0].config.colour"].line == 11
+    assert "unknown key 'colour' (known: cleanup.policy, compression.type," in found["topics[0].config.colour"].message
