@@ -35,6 +35,7 @@ Latin-1, ...); the value of a record is the line without its newline, a str.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import time
@@ -50,12 +51,23 @@ log = logging.getLogger("millpond.connectors.file.source")
 FINGERPRINT_BYTES = 1024
 
 
+def _json_or_text(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return line
+
+
 class FileSourceConfig(ConnectorConfig):
     #: glob of the files to tail (``**`` allowed), relative to the working directory
     path: str
     encoding: str = "utf-8"
     #: record key: none, or the path the file was first seen under (keeps a rotated file's lines in one partition)
     key: Literal["none", "path"] = "none"
+    #: ``text``: the value is the line (str). ``json``: the line parsed as JSON (JSON-lines files such as
+    #: audit events); a line that is not JSON stays a str, so the transforms and the connector's error
+    #: policy deal with it (a timestamp transform dead-letters it) instead of the source failing
+    format: Literal["text", "json"] = "text"
     partial_line_ms: int | None = 1000
     rescan_ms: int = 1000
     rotated_close_ms: int = 5000
@@ -326,7 +338,7 @@ class FileSource(Source):
                 else:
                     break
                 text = chunk.decode(cfg.encoding, "replace")
-                out.append(Record(value=text, key=key))
+                out.append(Record(_json_or_text(text) if cfg.format == "json" else text, key))
                 count += 1
                 self._advance(tf, len(chunk))
                 moved = True
@@ -339,7 +351,9 @@ class FileSource(Source):
                 consumed = self._bytes_of_lines(block, len(lines))
             else:
                 consumed = end + 1
-            if key is None:
+            if cfg.format == "json":
+                out.extend([Record(_json_or_text(line), key) for line in lines])
+            elif key is None:
                 out.extend([Record(line) for line in lines])
             else:
                 out.extend([Record(line, key) for line in lines])

@@ -70,6 +70,7 @@ class ErrorPolicyHandler:
         stage: str,
         *,
         where: str | None = None,
+        topic: str | None = None,
     ) -> Record | None:
         """Apply the policy to ``record`` that failed at ``stage``.
 
@@ -100,7 +101,7 @@ class ErrorPolicyHandler:
             (H_ERROR, str(exc).encode()),
             (H_STAGE, stage.encode()),
             (H_CONNECTOR, self.connector.encode()),
-            (H_TOPIC, (record.topic or "").encode()),
+            (H_TOPIC, (record.topic or topic or "").encode()),
             (H_PARTITION, b"" if record.partition is None else str(record.partition).encode()),
             (H_OFFSET, (b"" if record.offset is None else str(record.offset).encode()) if where is None
              else where.encode()),

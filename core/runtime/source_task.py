@@ -239,7 +239,7 @@ class SourceTask:
         self, pending: dict[tuple[str, int], list[Record]], exc: RecordError, record: Record, stage: str
     ) -> None:
         where = f"source {self.name!r} (before the log, target topic {record.topic or self.spec.topic!r})"
-        dlq = self.errors.handle(exc, record, stage, where=where)
+        dlq = self.errors.handle(exc, record, stage, where=where, topic=record.topic or self.spec.topic)
         if dlq is None:
             return
         topic = self.errors.dead_letter_topic

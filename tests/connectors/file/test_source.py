@@ -223,3 +223,10 @@ def test_long_line_is_read_whole(tmp_path: Path) -> None:
     h = Harness(tmp_path, read_bytes=4096)
     assert h.drain() == [long, "short"]
     h.stop()
+
+
+def test_json_format_parses_lines_and_keeps_bad_ones_as_text(tmp_path: Path) -> None:
+    write(tmp_path / "audit.log", '{"actor": "ann", "n": 1}\nnot json\n[1, 2]\n')
+    h = Harness(tmp_path, format="json")
+    assert h.drain() == [{"actor": "ann", "n": 1}, "not json", [1, 2]]
+    h.stop()
