@@ -57,6 +57,8 @@ _REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}|\$\{")
 _VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.S)
 _STR_TAG = "tag:yaml.org,2002:str"
 _MAX_DEPTH = 64
+#: shorter values ("1", "on") are not hidden inside messages: they would garble them, and hide nothing
+_MIN_REDACTED = 3
 
 
 class YamlDocument:
@@ -158,7 +160,8 @@ class YamlDocument:
             value = self.env.get(name)
             if value:
                 secret = True
-                self.secret_values.add(value)
+                if len(value) >= _MIN_REDACTED:
+                    self.secret_values.add(value)
                 return value
             if default is not None:
                 return default
