@@ -177,3 +177,35 @@ def test_quickstart_survives_sigkill(tmp_path: Path) -> None:
                 f"partition {partition}: lines of {name} incomplete or out of order")
     print(f"{kills} kills, {writer.rotations} rotations, {writer.small_files} small files, "
           f"{len(expected)} lines, partitions {sorted((p, len(v)) for p, v in output.items())}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_quickstart_stops_gracefully_on_signal(tmp_path: Path, signum: signal.Signals) -> None:
+    """SIGTERM/SIGINT: the worker finishes the work in hand, commits, leaves no temp file, exits 0."""
+    (tmp_path / "configs").mkdir()
+    shutil.copy(REPO / "configs" / "quickstart.yaml", tmp_path / "configs" / "quickstart.yaml")
+    inputs = tmp_path / "configs" / "quickstart-input"
+    inputs.mkdir()
+    writer = Writer(inputs, seed=5)
+    command = millpond_command() + ["run", "configs/quickstart.yaml"]
+    writer.start()
+    try:
+        proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()):
+            assert time.monotonic() < deadline, "no output after 30 s"
+            assert proc.poll() is None, proc.communicate()[0].decode()[-2000:]
+            time.sleep(0.1)
+        proc.send_signal(signum)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        writer.stop_flag.set()
+        writer.join()
+    assert proc.returncode == 0, output.decode()[-2000:]
+    assert "stopping after the work in hand" in output.decode()
+    assert not [f for f in (tmp_path / "out").iterdir() if f.name.startswith(".")]
+    # what the stopped worker committed plus what a later run adds: every line once
+    subprocess.run(command + ["--until-idle"], cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    all_out = [line for lines in read_output(tmp_path / "out").values() for line in lines]
+    expected = [line for lines in writer.written.values() for line in lines]
+    assert sorted(all_out) == sorted(expected)

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from millpond.connector import ConnectorConfig, Guarantee, Source, SourceBatch
+from millpond.errors import ConfigError
 from millpond.records import Record
 
 log = logging.getLogger("millpond.connectors.file.source")
@@ -115,6 +116,10 @@ class FileSource(Source):
     config: FileSourceConfig
 
     async def start(self, offset: Any | None) -> None:
+        if int(self.context.extra.get("tasks", 1)) > 1:
+            raise ConfigError(
+                f"file source {self.context.name!r}: tasks must be 1 (several tasks would tail the same files)"
+            )
         self.files: dict[tuple[int, int], TrackedFile] = {}
         self._last_scan = 0.0
         self._rr = 0

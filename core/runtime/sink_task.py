@@ -36,6 +36,9 @@ class SinkLimits:
     #: flush after this many consumed records or this much time, whichever first
     flush_records: int = 500_000
     flush_interval_s: float = 5.0
+    #: once the log has nothing more, flush what is pending at most this often
+    #: (low latency without a file or a commit per trickling record)
+    idle_flush_s: float = 1.0
 
 
 class SinkTask:
@@ -140,7 +143,7 @@ class SinkTask:
                     self._flush_requested
                     or self._unflushed >= self.limits.flush_records
                     or time.monotonic() - last_flush >= self.limits.flush_interval_s
-                    or (not records)
+                    or (not records and time.monotonic() - last_flush >= self.limits.idle_flush_s)
                 ):
                     await self._flush(sink, consumer, dlq)
                     last_flush = time.monotonic()

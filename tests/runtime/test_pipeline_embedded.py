@@ -33,6 +33,7 @@ def config(tmp: Path, **sink: Any) -> PipelineConfig:
 def options() -> RuntimeOptions:
     o = RuntimeOptions(idle_seconds=0.3, install_signal_handlers=False)
     o.sink_limits.poll_timeout_s = 0.05
+    o.sink_limits.idle_flush_s = 0.05
     return o
 
 

@@ -41,6 +41,7 @@ def pipeline(values: list[Any], *, source: dict[str, Any] | None = None, sink: d
 def fast_options() -> RuntimeOptions:
     o = RuntimeOptions(idle_seconds=0.1, backoff_initial_s=0.01, backoff_max_s=0.05, install_signal_handlers=False)
     o.sink_limits.poll_timeout_s = 0.01
+    o.sink_limits.idle_flush_s = 0.02
     o.source_limits.idle_poll_s = 0.01
     return o
 
