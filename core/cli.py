@@ -17,7 +17,9 @@ import base64
 import json
 import logging
 import os
+import re
 import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -46,11 +48,21 @@ def human_bytes(size: int) -> str:
     raise AssertionError("unreachable")
 
 
+_SIZE = re.compile(r"\d+(\.\d)? (B|KiB|MiB|GiB|TiB)")
+
+
+def _numeric(cell: Any) -> bool:
+    """Numbers, sizes like "2.0 KiB", and the blanks and labels that sit among them."""
+    if isinstance(cell, (int, float)):
+        return True
+    return cell in (None, "", "-", "total") or (isinstance(cell, str) and _SIZE.fullmatch(cell) is not None)
+
+
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A plain aligned table: numeric columns right-aligned, text left-aligned."""
     data = [list(row) for row in rows]
     numeric = [
-        all(isinstance(row[i], (int, float)) or row[i] in (None, "", "-", "total") for row in data)
+        all(_numeric(row[i]) for row in data)
         for i in range(len(headers))
     ]
     cells = [list(headers)] + [["" if c is None else str(c) for c in row] for row in data]
@@ -249,7 +261,8 @@ async def topics_describe(args: argparse.Namespace) -> int:
                 print()
             print(f"Topic: {name}   partitions: {len(parts)}")
             if settings:
-                print("Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
+                pairs = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
+                print(textwrap.fill(pairs, width=100, initial_indent="Settings: ", subsequent_indent="  "))
             rows: list[Sequence[Any]] = [
                 (p.partition, p.log_start_offset, p.log_end_offset, p.last_stable_offset,
                  p.log_end_offset - p.log_start_offset, human_bytes(p.size_bytes), p.segments)
