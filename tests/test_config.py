@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from millpond import plugins
 from millpond.config import (
@@ -281,3 +284,17 @@ def test_topic_settings_checked_field_by_field() -> None:
     assert found['topics[0].config["retention.ms"]'].line == 9
     assert found["topics[0].config.colour"].line == 11
     assert "unknown key 'colour' (known: cleanup.policy, compression.type," in found["topics[0].config.colour"].message
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40))
+def test_env_values_never_leak_into_messages(tail: str) -> None:
+    secret = "zq" + tail  # a prefix no message or default happens to contain
+    # used where it is likely invalid (a topic name), and where it is echoed back (a quoted string)
+    text = GOOD.replace("- name: lines\n", "- name: \"${SECRET}\"\n").replace("dir: ./in", "dir: '${SECRET}'")
+    config, found = parse_pipeline(text, env={"SECRET": secret})
+    for problem in found:
+        assert secret not in problem.message
+    if config is not None:
+        assert config.connectors[0].config["dir"] == secret
+        assert secret not in json.dumps(config.redacted())
