@@ -112,7 +112,13 @@ class FileSink(Sink):
         if not records:
             return
         # group per partition, keeping order; most polls hold runs of one partition
-        runs = [(TopicPartition(*tp), list(group)) for tp, group in groupby(records, key=_topic_partition)]
+        topics = [r.topic for r in records]
+        partitions = [r.partition for r in records]
+        n = len(records)
+        if topics.count(topics[0]) == n and partitions.count(partitions[0]) == n:
+            runs = [(TopicPartition(topics[0], partitions[0]), records)]  # type: ignore[arg-type]
+        else:
+            runs = [(TopicPartition(*tp), list(group)) for tp, group in groupby(records, key=_topic_partition)]
         # encode everything first: a RecordError leaves nothing of this batch written
         encoded = [(tp, run, self._encode(run)) for tp, run in runs]
         cfg = self.config

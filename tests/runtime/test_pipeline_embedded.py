@@ -117,3 +117,33 @@ def test_undecodable_records_under_dead_letter_policy(tmp_path: Path) -> None:
     assert headers["millpond.error.connector"] == b"out"
     assert headers["millpond.error.topic"] == b"lines"
     assert b"not valid JSON" in headers["millpond.error"]  # type: ignore[operator]
+
+
+def test_scheduler_compaction_keeps_the_latest_source_offset(tmp_path: Path) -> None:
+    """Many transactions leave many checkpoints in __source_offsets; compaction keeps the last."""
+    from millpond.backends.base import TopicSpec
+    from millpond.runtime.offsets import SOURCE_OFFSETS_TOPIC, encode_offset, ensure_source_offsets_topic
+    from millpond.runtime.scheduler import PipelineJobs
+
+    async def go() -> None:
+        backend = open_backend(config(tmp_path).log)
+        await backend.open()
+        try:
+            await ensure_source_offsets_topic(backend)
+            await backend.create_topic(TopicSpec("lines", 1), exist_ok=True)
+            producer = backend.producer("t1")
+            for i in range(300):
+                await producer.begin()
+                await producer.send(SOURCE_OFFSETS_TOPIC, encode_offset("tail", {"n": i}, 1000 + i), None)
+                await producer.send(SOURCE_OFFSETS_TOPIC, encode_offset("other", {"n": -i}, 1000 + i), None)
+                await producer.commit()
+            await producer.close()
+            jobs = PipelineJobs(backend, [])
+            await jobs.compaction()
+            await jobs.retention()
+            assert await read_source_offset(backend, "tail") == {"n": 299}
+            assert await read_source_offset(backend, "other") == {"n": -299}
+        finally:
+            await backend.close()
+
+    asyncio.run(go())
