@@ -491,8 +491,26 @@ def _async(fn: Callable[[argparse.Namespace], Awaitable[int]]) -> Callable[[argp
     return run
 
 
+EXAMPLES = """\
+examples:
+  millpond validate configs/quickstart.yaml
+  millpond run configs/quickstart.yaml
+  millpond topics describe lines -c configs/quickstart.yaml
+  seq 10 | millpond produce lines --log ./data/quickstart
+  millpond consume lines --from-time 2024-05-01T00:00:00Z --log ./data/quickstart
+  millpond groups reset out --to-earliest --dry-run --log ./data/quickstart
+
+exit codes: 0 ok, 1 error (one line on stderr), 2 usage, 130 interrupted
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="millpond", description="Connector-based data integration on a commit log.")
+    parser = argparse.ArgumentParser(
+        prog="millpond",
+        description="Connector-based data integration on a commit log.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr")
     from . import __version__
 
