@@ -1,0 +1,743 @@
+"""Postgres CDC source: logical decoding with ``pgoutput`` over plain SQL.
+
+How it stays exactly-once
+-------------------------
+The slot is read with ``pg_logical_slot_peek_binary_changes``, which never
+moves the slot. Every :class:`SourceBatch` holds whole Postgres transactions
+and, as its offset, the end LSN of the last of them. The runtime appends the
+records and that offset in one log transaction and only then calls
+:meth:`PostgresSource.commit`; the slot is advanced
+(``pg_replication_slot_advance``) to a committed LSN only, just before the
+next read. After a crash the log's offset wins: transactions that end at or
+below it are skipped, so none is appended twice, and the slot (never ahead of
+the log) still holds everything after it.
+
+Initial snapshot
+----------------
+The slot is created first (outside any transaction), then each table is
+copied in one ``REPEATABLE READ READ ONLY`` transaction whose
+``pg_current_snapshot()`` is kept in the offset. Streamed transactions that
+snapshot already saw are skipped; later ones are streamed, so the snapshot
+plus the stream equal the table. The copy goes in key order in chunks, each
+chunk a batch whose offset names the table and last key copied: a restart
+mid-copy goes on from there in a new snapshot; the stream then replays the
+few changes that snapshot already saw, which converges to the same rows.
+
+Record shape (one topic per table, ``<topic_prefix>.<schema>.<table>``)
+----------------------------------------------------------------------
+``key`` = ``{pk column: value}``; ``value`` = ``{"before", "after", "op",
+"source", "ts_ms"}`` with ``op`` one of ``c`` (insert), ``u`` (update),
+``d`` (delete), ``r`` (snapshot read), ``t`` (truncate, key None). A delete
+is followed by a tombstone (value None) for the same key. An update that
+changes the key is a delete (+ tombstone) of the old key and a create of
+the new one. A TOASTed column that an update left unchanged and that the
+old row does not carry (REPLICA IDENTITY DEFAULT) is set to
+:data:`UNAVAILABLE` and named in ``source.unavailable`` — never a silent null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import asyncpg
+from pydantic import Field, SecretStr
+
+from millpond.connector import ConnectorConfig, ConnectorContext, Guarantee, Source, SourceBatch
+from millpond.errors import ConfigError, ConnectorError, RetriableConnectorError
+from millpond.records import Record
+
+from . import pgoutput as po
+from .types import SESSION_SETTINGS, TypeRegistry
+
+log = logging.getLogger("millpond.connectors.postgres.source")
+
+#: Stands for a TOASTed value that an update did not change and Postgres did not send.
+UNAVAILABLE = "__millpond_unavailable_value"
+
+
+class PostgresSourceConfig(ConnectorConfig):
+    """``config:`` of a ``postgres-cdc`` source."""
+
+    #: libpq-style DSN; its password is never logged
+    dsn: SecretStr
+    #: tables to capture, ``schema.table`` or ``table`` (schema ``public``)
+    tables: list[str] = Field(min_length=1)
+    #: replication slot; default ``millpond_<connector name>``
+    slot: str | None = None
+    #: publication; default ``millpond_<connector name>``
+    publication: str | None = None
+    create_slot: bool = True
+    #: create the publication if missing, and add configured tables it lacks
+    create_publication: bool = True
+    snapshot_mode: Literal["initial", "never", "initial_only"] = "initial"
+    snapshot_chunk_rows: int = Field(default=10_000, ge=1)
+    #: topics are ``<topic_prefix>.<schema>.<table>``; default: the connector name
+    topic_prefix: str | None = None
+    #: per-table topic overrides: ``{"public.orders": "orders"}``
+    topics: dict[str, str] = Field(default_factory=dict)
+    #: WAL bytes decoded per read (grows by itself for a larger transaction)
+    window_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)
+    #: records per batch (whole transactions are never split, so one may be larger)
+    max_batch_records: int = Field(default=20_000, ge=1)
+    #: an idle stream still confirms progress this often, so the slot holds no old WAL
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    #: pause between reads that found nothing
+    idle_sleep_s: float = Field(default=0.2, ge=0)
+
+
+def _mask(dsn: str) -> str:
+    """The DSN with its password replaced, for messages."""
+    dsn = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn, flags=re.I)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _slot_name(name: str) -> str:
+    return ("millpond_" + re.sub(r"[^a-z0-9_]", "_", name.lower()))[:63]
+
+
+def split_table(name: str) -> tuple[str, str]:
+    schema, _, table = name.rpartition(".")
+    return (schema or "public", table)
+
+
+@dataclass(slots=True)
+class _Table:
+    """What the source knows of one captured table."""
+
+    oid: int
+    schema: str
+    name: str
+    topic: str
+    key_columns: list[str]
+    replica_identity: str
+    #: from the latest Relation message (stream) or the catalog (snapshot)
+    columns: list[str] = field(default_factory=list)
+    decoders: list[Callable[[bytes], Any]] = field(default_factory=list)
+    key_index: list[int] = field(default_factory=list)
+    #: SQL types of the key columns (``format_type``), for resuming a snapshot copy by key
+    key_types: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    """A ``pg_current_snapshot()``: which transactions it already saw."""
+
+    xmin: int
+    xmax: int
+    xip: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> _Snapshot:
+        xmin, xmax, xip = text.split(":")
+        return cls(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x))
+
+    def text(self) -> str:
+        return f"{self.xmin}:{self.xmax}:{','.join(str(x) for x in sorted(self.xip))}"
+
+    def saw(self, xid32: int) -> bool:
+        """Was the 32-bit ``xid32`` committed and visible in this snapshot?
+
+        pgoutput sends 32-bit xids, the snapshot has 64-bit ones: the xid is placed
+        within 2^31 of ``xmax`` (ahead of it: started later, not seen).
+        """
+        diff = (xid32 - self.xmax) & 0xFFFFFFFF
+        full = self.xmax + diff if diff < 0x80000000 else self.xmax - (0x100000000 - diff)
+        if full < self.xmin:
+            return True
+        return full < self.xmax and full not in self.xip
+
+
+class PostgresSource(Source):
+    """``postgres-cdc``: changes of chosen tables, one batch per whole transaction(s)."""
+
+    guarantee: ClassVar[Guarantee] = Guarantee.exactly_once
+    config_model: ClassVar[type[ConnectorConfig]] = PostgresSourceConfig
+
+    def __init__(self, config: PostgresSourceConfig, context: ConnectorContext) -> None:
+        super().__init__(config, context)
+        self.cfg = config
+        self.slot = config.slot or _slot_name(context.name)
+        self.publication = config.publication or _slot_name(context.name)
+        self.prefix = config.topic_prefix or context.name
+        self.types = TypeRegistry()
+        self._conn: asyncpg.Connection | None = None
+        self._tables: dict[int, _Table] = {}
+        self._by_name: dict[tuple[str, str], _Table] = {}
+        self._db = ""
+        self._where = ""
+        # offsets
+        self._emitted_lsn = 0  # end LSN of the last transaction handed out
+        self._committed_lsn = 0  # the log holds everything up to here
+        self._slot_lsn = 0  # the slot's confirmed_flush_lsn as we last set or saw it
+        self._snapshot: _Snapshot | None = None
+        self._snapshot_done = True
+        self._snap_table = 0
+        self._snap_after: list[Any] | None = None
+        self._snap_conn: asyncpg.Connection | None = None
+        self._snap_txn: Any = None
+        # stream state
+        self._ready: deque[tuple[list[Record], int, int]] = deque()  # (records, end_lsn, xid)
+        self._window = config.window_bytes
+        self._last_progress = time.monotonic()
+        self._idle_until = 0.0
+        #: bytes of WAL the slot holds (refreshed on each heartbeat), for monitoring
+        self.slot_lag_bytes: int | None = None
+        self.transactions_out = 0
+        self.records_out = 0
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def _connect(self) -> asyncpg.Connection:
+        dsn = self.cfg.dsn.get_secret_value()
+        try:
+            return await asyncpg.connect(dsn, server_settings=dict(SESSION_SETTINGS), timeout=30)
+        except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError) as exc:
+            raise RetriableConnectorError(
+                f"postgres-cdc {self.context.name!r}: cannot connect to {_mask(dsn)}: {exc}"
+            ) from exc
+        except asyncpg.InvalidAuthorizationSpecificationError as exc:
+            raise ConnectorError(
+                f"postgres-cdc {self.context.name!r}: login refused at {_mask(dsn)}: {exc}"
+            ) from exc
+
+    async def start(self, offset: Any | None) -> None:
+        self._conn = conn = await self._connect()
+        self._db = await conn.fetchval("SELECT current_database()")
+        self._where = f"postgres-cdc {self.context.name!r} (database {self._db!r}, slot {self.slot!r})"
+        await self._check_server(conn)
+        await self._load_tables(conn)
+        if self.cfg.snapshot_mode != "initial_only":
+            await self._ensure_publication(conn)
+        self._restore(offset)
+        slot = None
+        if self.cfg.snapshot_mode != "initial_only":
+            slot = await self._ensure_slot(conn)
+        if offset is None:
+            self._snapshot_done = self.cfg.snapshot_mode == "never"
+            if slot is not None:
+                self._committed_lsn = self._emitted_lsn = slot
+        elif slot is not None:
+            if slot > self._committed_lsn and self._snapshot_done:
+                raise ConnectorError(
+                    f"{self._where}: the slot is at {po.format_lsn(slot)}, past the log's offset "
+                    f"{po.format_lsn(self._committed_lsn)}; the changes between them are gone. "
+                    "Drop the slot (and the connector's offset) to start over with a new snapshot"
+                )
+            if slot < self._committed_lsn:
+                await self._advance(self._committed_lsn)
+        log.info(
+            "%s: starting at %s, snapshot %s (mode %s), tables %s",
+            self._where, po.format_lsn(self._committed_lsn),
+            "done" if self._snapshot_done else "to do", self.cfg.snapshot_mode,
+            ", ".join(f"{t.schema}.{t.name}" for t in self._tables.values()),
+        )
+
+    def _restore(self, offset: Any | None) -> None:
+        if offset is None:
+            return
+        if not isinstance(offset, dict) or "lsn" not in offset:
+            raise ConfigError(f"{self._where}: not a postgres-cdc offset: {offset!r}")
+        self._committed_lsn = self._emitted_lsn = self._slot_lsn = po.parse_lsn(offset["lsn"])
+        self._snapshot_done = bool(offset.get("snapshot_done", True))
+        snap = offset.get("snapshot")
+        self._snapshot = _Snapshot.parse(snap) if snap else None
+        self._snap_table = int(offset.get("snapshot_table", 0))
+        self._snap_after = offset.get("snapshot_after")
+
+    async def stop(self) -> None:
+        for conn in (self._snap_conn, self._conn):
+            if conn is not None and not conn.is_closed():
+                try:
+                    await conn.close(timeout=5)
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    conn.terminate()
+        self._snap_conn = self._conn = None
+
+    async def commit(self, offset: Any) -> None:
+        lsn = po.parse_lsn(offset["lsn"])
+        if lsn > self._committed_lsn:
+            self._committed_lsn = lsn
+        # The slot is advanced lazily, just before the next read: one advance per
+        # window of WAL rather than one per batch (each advance re-reads WAL).
+
+    # -- checks and setup ------------------------------------------------------
+
+    async def _check_server(self, conn: asyncpg.Connection) -> None:
+        wal_level = await conn.fetchval("SHOW wal_level")
+        if wal_level != "logical" and self.cfg.snapshot_mode != "initial_only":
+            raise ConnectorError(
+                f"{self._where}: the server's wal_level is {wal_level!r}; logical decoding needs "
+                "wal_level = logical (ALTER SYSTEM SET wal_level = logical, then restart Postgres)"
+            )
+        row = await conn.fetchrow(
+            "SELECT current_user AS who, rolreplication OR rolsuper AS ok FROM pg_roles WHERE rolname = current_user"
+        )
+        if row is not None and not row["ok"] and self.cfg.snapshot_mode != "initial_only":
+            raise ConnectorError(
+                f"{self._where}: role {row['who']!r} lacks the REPLICATION privilege needed to read a "
+                f"replication slot (ALTER ROLE {_ident(row['who'])} REPLICATION)"
+            )
+
+    async def _load_tables(self, conn: asyncpg.Connection) -> None:
+        for spec in self.cfg.tables:
+            schema, name = split_table(spec)
+            row = await conn.fetchrow(
+                "SELECT c.oid, c.relreplident::text AS relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                schema, name,
+            )
+            if row is None:
+                raise ConfigError(f"{self._where}: table {schema}.{name} does not exist")
+            table = await self._describe(conn, row["oid"], schema, name, row["relreplident"])
+            self._tables[table.oid] = table
+            self._by_name[(schema, name)] = table
+
+    async def _describe(
+        self, conn: asyncpg.Connection, oid: int, schema: str, name: str, ident: str
+    ) -> _Table:
+        keys = await conn.fetch(
+            "SELECT a.attname FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE i.indrelid = $1 AND (i.indisprimary OR (i.indisreplident AND $2 = 'i')) "
+            "ORDER BY i.indisprimary DESC, k.n",
+            oid, ident,
+        )
+        key_columns = list(dict.fromkeys(r["attname"] for r in keys))
+        if ident == "n" or (ident == "d" and not key_columns):
+            raise ConfigError(
+                f"{self._where}: table {schema}.{name} has no primary key and REPLICA IDENTITY "
+                f"{'NOTHING' if ident == 'n' else 'DEFAULT'}, so its updates and deletes cannot be "
+                f"captured; add a primary key or ALTER TABLE {_ident(schema)}.{_ident(name)} REPLICA IDENTITY FULL"
+            )
+        topic = self.cfg.topics.get(f"{schema}.{name}") or self.cfg.topics.get(name) or (
+            f"{self.prefix}.{schema}.{name}"
+        )
+        return _Table(oid, schema, name, topic, key_columns, ident)
+
+    async def _ensure_publication(self, conn: asyncpg.Connection) -> None:
+        exists = await conn.fetchval("SELECT true FROM pg_publication WHERE pubname = $1", self.publication)
+        wanted = {(t.schema, t.name) for t in self._tables.values()}
+        names = ", ".join(f"{_ident(s)}.{_ident(n)}" for s, n in sorted(wanted))
+        if not exists:
+            if not self.cfg.create_publication:
+                raise ConfigError(f"{self._where}: publication {self.publication!r} does not exist")
+            await conn.execute(f"CREATE PUBLICATION {_ident(self.publication)} FOR TABLE {names}")
+            log.info("%s: created publication %r for %s", self._where, self.publication, names)
+            return
+        rows = await conn.fetch(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1", self.publication
+        )
+        missing = wanted - {(r["schemaname"], r["tablename"]) for r in rows}
+        if missing:
+            listed = ", ".join(f"{_ident(s)}.{_ident(n)}" for s, n in sorted(missing))
+            if not self.cfg.create_publication:
+                raise ConfigError(f"{self._where}: publication {self.publication!r} lacks {listed}")
+            await conn.execute(f"ALTER PUBLICATION {_ident(self.publication)} ADD TABLE {listed}")
+
+    async def _ensure_slot(self, conn: asyncpg.Connection) -> int:
+        """The slot's confirmed LSN, creating the slot if it is missing."""
+        row = await conn.fetchrow(
+            "SELECT plugin, database, active_pid, confirmed_flush_lsn::text AS lsn "
+            "FROM pg_replication_slots WHERE slot_name = $1",
+            self.slot,
+        )
+        if row is None:
+            if not self.cfg.create_slot:
+                raise ConfigError(f"{self._where}: replication slot {self.slot!r} does not exist")
+            created = await conn.fetchrow(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", self.slot
+            )
+            log.info("%s: created slot at %s", self._where, created["lsn"])
+            self._slot_lsn = po.parse_lsn(created["lsn"])
+            return self._slot_lsn
+        if row["plugin"] != "pgoutput" or row["database"] != self._db:
+            raise ConfigError(
+                f"{self._where}: slot {self.slot!r} exists for plugin {row['plugin']!r} in database "
+                f"{row['database']!r}; it must be a pgoutput slot of this database"
+            )
+        for _ in range(50):  # a killed reader's backend may hold the slot a few more seconds
+            if row is None or row["active_pid"] is None:
+                break
+            await asyncio.sleep(0.2)
+            row = await conn.fetchrow(
+                "SELECT plugin, database, active_pid, confirmed_flush_lsn::text AS lsn "
+                "FROM pg_replication_slots WHERE slot_name = $1",
+                self.slot,
+            )
+        if row is None:
+            raise RetriableConnectorError(f"{self._where}: slot {self.slot!r} vanished while starting")
+        if row["active_pid"] is not None:
+            raise RetriableConnectorError(
+                f"{self._where}: slot {self.slot!r} is in use by another reader (backend PID "
+                f"{row['active_pid']}); only one reader per slot"
+            )
+        self._slot_lsn = po.parse_lsn(row["lsn"])
+        return self._slot_lsn
+
+    async def _advance(self, lsn: int) -> None:
+        assert self._conn is not None
+        try:
+            await self._conn.execute("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)", self.slot,
+                                     po.format_lsn(lsn))
+        except asyncpg.ObjectInUseError as exc:
+            raise RetriableConnectorError(f"{self._where}: slot is in use by another reader: {exc}") from exc
+        self._slot_lsn = max(self._slot_lsn, lsn)
+
+    # -- offsets ---------------------------------------------------------------
+
+    def _offset(self, lsn: int) -> dict[str, Any]:
+        off: dict[str, Any] = {"lsn": po.format_lsn(lsn), "snapshot_done": self._snapshot_done}
+        if self._snapshot is not None:
+            off["snapshot"] = self._snapshot.text()
+        if not self._snapshot_done:
+            off["snapshot_table"] = self._snap_table
+            off["snapshot_after"] = self._snap_after
+        return off
+
+    # -- poll --------------------------------------------------------------------
+
+    async def poll(self) -> SourceBatch | None:
+        if not self._snapshot_done:
+            return await self._snapshot_chunk()
+        if self.cfg.snapshot_mode == "initial_only":
+            return None
+        if not self._ready:
+            if self._emitted_lsn > self._committed_lsn:
+                return None  # let the runtime commit what it has before the next read
+            if time.monotonic() < self._idle_until:
+                return None
+            heartbeat = await self._read_window()
+            if not self._ready:
+                if heartbeat is not None:
+                    return heartbeat
+                self._idle_until = time.monotonic() + self.cfg.idle_sleep_s
+                return None
+        records: list[Record] = []
+        end = self._emitted_lsn
+        while self._ready and (not records or len(records) + len(self._ready[0][0]) <= self.cfg.max_batch_records):
+            txn_records, end, _xid = self._ready.popleft()
+            records.extend(txn_records)
+            self.transactions_out += 1
+        self._emitted_lsn = end
+        self.records_out += len(records)
+        self._last_progress = time.monotonic()
+        return SourceBatch(records, self._offset(end))
+
+    async def _read_window(self) -> SourceBatch | None:
+        """Decode one window of WAL into ``self._ready``; maybe return a heartbeat."""
+        conn = self._conn
+        assert conn is not None
+        if self._committed_lsn > self._slot_lsn:
+            await self._advance(self._committed_lsn)
+        flush = po.parse_lsn(await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
+        start = max(self._slot_lsn, self._committed_lsn)
+        if flush <= start:
+            return None
+        upto = min(flush, start + self._window)
+        try:
+            rows = await conn.fetch(
+                "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes("
+                "$1, $2::text::pg_lsn, NULL, 'proto_version', '1', 'publication_names', $3)",
+                self.slot, po.format_lsn(upto), self.publication,
+            )
+        except asyncpg.ObjectInUseError as exc:
+            raise ConnectorError(
+                f"{self._where}: slot {self.slot!r} is in use by another reader: {exc}"
+            ) from exc
+        except asyncpg.UndefinedObjectError as exc:
+            raise ConnectorError(f"{self._where}: {exc} (was the slot or publication dropped?)") from exc
+        except (OSError, asyncpg.PostgresConnectionError) as exc:
+            raise RetriableConnectorError(f"{self._where}: reading the slot failed: {exc}") from exc
+        before = len(self._ready)
+        await self._decode(rows)
+        if len(self._ready) == before and rows == [] and upto < flush:
+            # nothing whole in this window: a transaction larger than it, so widen the next read
+            self._window *= 2
+            return None
+        if len(self._ready) > before or upto < flush:
+            self._window = self.cfg.window_bytes
+            return None
+        # everything committed before ``upto`` was read and nothing was for us: confirm it
+        if time.monotonic() - self._last_progress >= self.cfg.heartbeat_interval_s and upto > self._emitted_lsn:
+            self._emitted_lsn = upto
+            self._last_progress = time.monotonic()
+            await self._refresh_lag()
+            log.debug("%s: heartbeat at %s, slot lag %s bytes", self._where, po.format_lsn(upto),
+                      self.slot_lag_bytes)
+            return SourceBatch([], self._offset(upto))
+        return None
+
+    async def slot_lag(self) -> int | None:
+        """Bytes of WAL the slot holds back (current WAL position minus the slot's restart LSN)."""
+        await self._refresh_lag()
+        return self.slot_lag_bytes
+
+    async def _refresh_lag(self) -> None:
+        assert self._conn is not None
+        self.slot_lag_bytes = await self._conn.fetchval(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots "
+            "WHERE slot_name = $1",
+            self.slot,
+        )
+
+    # -- decoding ----------------------------------------------------------------
+
+    async def _relation(self, rel: po.Relation) -> None:
+        table = self._tables.get(rel.oid)
+        if table is None:
+            table = self._by_name.get((rel.schema, rel.name))
+            if table is None:
+                return  # in the publication but not configured here
+            del self._tables[table.oid]
+            table.oid = rel.oid
+            self._tables[rel.oid] = table
+        unknown = [c.type_oid for c in rel.columns if not self.types.known(c.type_oid)]
+        if unknown:
+            await self._learn_types(unknown)
+        table.replica_identity = rel.replica_identity
+        table.columns = [c.name for c in rel.columns]
+        table.decoders = [self.types.decoder(c.type_oid) for c in rel.columns]
+        if not table.key_columns:  # REPLICA IDENTITY FULL without a primary key: no key
+            table.key_columns = [c.name for c in rel.columns if c.is_key] if rel.replica_identity == "i" else []
+        table.key_index = [table.columns.index(k) for k in table.key_columns if k in table.columns]
+
+    async def _learn_types(self, oids: list[int]) -> None:
+        assert self._conn is not None
+        rows = await self._conn.fetch(
+            "SELECT oid, typname, typcategory::text AS typcategory, typelem FROM pg_type WHERE oid = ANY($1::oid[])", oids
+        )
+        # elements first, so an array of a new type decodes its elements
+        for row in sorted(rows, key=lambda r: r["typcategory"] == "A"):
+            if row["typcategory"] == "A" and not self.types.known(row["typelem"]):
+                elem = await self._conn.fetchrow(
+                    "SELECT oid, typname, typcategory::text AS typcategory FROM pg_type WHERE oid = $1", row["typelem"]
+                )
+                if elem is not None:
+                    self.types.learn(elem["oid"], elem["typname"], elem["typcategory"])
+            self.types.learn(row["oid"], row["typname"], row["typcategory"], row["typelem"])
+
+    async def _decode(self, rows: list[Any]) -> None:
+        decode = po.decode
+        txn: list[Record] = []
+        xid = 0
+        commit_ms = 0
+        skip = False
+        tables = self._tables
+        for row in rows:
+            msg = decode(row[1])
+            cls = type(msg)
+            if cls is po.Insert:
+                if skip:
+                    continue
+                assert isinstance(msg, po.Insert)
+                t = tables.get(msg.relation_oid)
+                if t is not None:
+                    after = self._row(t, msg.new, None)
+                    txn.append(self._change(t, "c", None, after, row[0], xid, commit_ms))
+            elif cls is po.Update:
+                if skip:
+                    continue
+                assert isinstance(msg, po.Update)
+                t = tables.get(msg.relation_oid)
+                if t is not None:
+                    self._update(t, msg, row[0], xid, commit_ms, txn)
+            elif cls is po.Delete:
+                if skip:
+                    continue
+                assert isinstance(msg, po.Delete)
+                t = tables.get(msg.relation_oid)
+                if t is not None:
+                    before = self._row(t, msg.old, None, only_key=msg.old_kind == "K")
+                    rec = self._change(t, "d", before, None, row[0], xid, commit_ms)
+                    txn.append(rec)
+                    txn.append(Record(value=None, key=rec.key, topic=t.topic, timestamp=commit_ms))
+            elif cls is po.Begin:
+                assert isinstance(msg, po.Begin)
+                txn = []
+                xid = msg.xid
+                commit_ms = po.pg_time_to_unix_ms(msg.commit_ts)
+                skip = False
+                if self._snapshot is not None and self._snapshot.saw(xid):
+                    skip = True  # the snapshot copy already holds this transaction's rows
+            elif cls is po.Commit:
+                assert isinstance(msg, po.Commit)
+                if msg.end_lsn <= self._emitted_lsn:
+                    continue  # already handed out (before a restart, or earlier in this run)
+                if skip:
+                    txn = []
+                self._ready.append((txn, msg.end_lsn, xid))
+                txn = []
+            elif cls is po.Relation:
+                assert isinstance(msg, po.Relation)
+                await self._relation(msg)
+            elif cls is po.Truncate:
+                if skip:
+                    continue
+                assert isinstance(msg, po.Truncate)
+                for oid in msg.relation_oids:
+                    t = tables.get(oid)
+                    if t is not None:
+                        txn.append(self._change(t, "t", None, None, row[0], xid, commit_ms, key=False))
+            elif cls is po.Type:
+                assert isinstance(msg, po.Type)
+                if not self.types.known(msg.oid):
+                    await self._learn_types([msg.oid])
+            # Origin and logical messages carry nothing for the topics
+
+    def _row(self, t: _Table, data: po.TupleData | None, fill: po.TupleData | None,
+             only_key: bool = False) -> dict[str, Any] | None:
+        if data is None:
+            return None
+        if only_key:
+            return {t.columns[i]: (None if data[i] is None else t.decoders[i](data[i])) for i in t.key_index}  # type: ignore[arg-type]
+        out: dict[str, Any] = {}
+        for name, dec, value, i in zip(t.columns, t.decoders, data, range(len(data))):
+            if value is None:
+                out[name] = None
+            elif value is po.UNCHANGED_TOAST:
+                old = fill[i] if fill is not None else po.UNCHANGED_TOAST
+                if old is None or old is po.UNCHANGED_TOAST:
+                    out[name] = UNAVAILABLE
+                else:
+                    out[name] = dec(old)  # type: ignore[arg-type]
+            else:
+                out[name] = dec(value)  # type: ignore[arg-type]
+        return out
+
+    def _update(self, t: _Table, msg: po.Update, lsn: str, xid: int, commit_ms: int, txn: list[Record]) -> None:
+        full_old = msg.old if msg.old_kind == "O" else None
+        after = self._row(t, msg.new, full_old)
+        assert after is not None
+        if msg.old is not None and t.key_index:
+            old_key = self._row(t, msg.old, None, only_key=True)
+            assert old_key is not None
+            if old_key != {k: after[k] for k in t.key_columns}:
+                before = self._row(t, msg.old, None, only_key=msg.old_kind == "K")
+                gone = self._change(t, "d", before, None, lsn, xid, commit_ms)
+                txn.append(gone)
+                txn.append(Record(value=None, key=gone.key, topic=t.topic, timestamp=commit_ms))
+                txn.append(self._change(t, "c", None, after, lsn, xid, commit_ms))
+                return
+        before = self._row(t, full_old, None) if full_old is not None else None
+        txn.append(self._change(t, "u", before, after, lsn, xid, commit_ms))
+
+    def _change(self, t: _Table, op: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
+                lsn: str, xid: int, commit_ms: int, key: bool = True, snapshot: bool = False) -> Record:
+        row = after if after is not None else before
+        record_key = None
+        if key and row is not None and t.key_columns:
+            record_key = {k: row.get(k) for k in t.key_columns}
+        source: dict[str, Any] = {
+            "connector": "postgres-cdc",
+            "name": self.context.name,
+            "db": self._db,
+            "schema": t.schema,
+            "table": t.name,
+            "lsn": lsn,
+            "txid": xid,
+            "commit_ts_ms": commit_ms,
+            "snapshot": snapshot,
+        }
+        if after is not None and UNAVAILABLE in after.values():
+            source["unavailable"] = [k for k, v in after.items() if v == UNAVAILABLE]
+        value = {"before": before, "after": after, "op": op, "source": source,
+                 "ts_ms": int(time.time() * 1000)}
+        return Record(value=value, key=record_key, topic=t.topic, timestamp=commit_ms)
+
+    # -- snapshot ------------------------------------------------------------------
+
+    async def _snapshot_chunk(self) -> SourceBatch:
+        """Copy the next chunk of the current table; one batch per chunk."""
+        if self._snap_conn is None:
+            self._snap_conn = await self._connect()
+            self._snap_txn = self._snap_conn.transaction(isolation="repeatable_read", readonly=True)
+            await self._snap_txn.start()
+            text = await self._snap_conn.fetchval("SELECT pg_current_snapshot()::text")
+            if self._snapshot is None:
+                self._snapshot = _Snapshot.parse(text)
+            log.info("%s: snapshot %s of %d table(s) begins", self._where, text, len(self.cfg.tables))
+        conn = self._snap_conn
+        tables = [self._by_name[split_table(n)] for n in self.cfg.tables]
+        if self._snap_table >= len(tables):
+            return await self._finish_snapshot()
+        t = tables[self._snap_table]
+        if not t.columns:
+            cols = await conn.fetch(
+                "SELECT attname, atttypid, format_type(atttypid, atttypmod) AS sqltype FROM pg_attribute "
+                "WHERE attrelid = $1 AND attnum > 0 "
+                "AND NOT attisdropped ORDER BY attnum",
+                t.oid,
+            )
+            unknown = [c["atttypid"] for c in cols if not self.types.known(c["atttypid"])]
+            if unknown:
+                saved, self._conn = self._conn, conn
+                try:
+                    await self._learn_types(unknown)
+                finally:
+                    self._conn = saved
+            t.columns = [c["attname"] for c in cols]
+            t.decoders = [self.types.decoder(c["atttypid"]) for c in cols]
+            t.key_index = [t.columns.index(k) for k in t.key_columns]
+            t.key_types = [cols[i]["sqltype"] for i in t.key_index]
+        select = ", ".join(f"src.{_ident(c)}::text" for c in t.columns)
+        rel = f"{_ident(t.schema)}.{_ident(t.name)}"
+        limit = self.cfg.snapshot_chunk_rows
+        if t.key_columns:
+            # qualified: a bare name would sort by the ::text output column of that name
+            order = ", ".join("src." + _ident(k) for k in t.key_columns)
+            if self._snap_after is None:
+                sql = f"SELECT {select} FROM {rel} AS src ORDER BY {order} LIMIT {limit}"
+                args: list[Any] = []
+            else:
+                params = ", ".join(f"${i + 1}::text::{typ}" for i, typ in enumerate(t.key_types))
+                sql = (f"SELECT {select} FROM {rel} AS src WHERE ({order}) > ({params}) "
+                       f"ORDER BY {order} LIMIT {limit}")
+                args = [str(v) for v in self._snap_after]
+            rows = await conn.fetch(sql, *args)
+        else:  # no key to resume from: OFFSET in the same snapshot
+            done = int(self._snap_after[0]) if self._snap_after else 0
+            rows = await conn.fetch(f"SELECT {select} FROM {rel} AS src OFFSET {done} LIMIT {limit}")
+        lsn_text = po.format_lsn(self._committed_lsn)
+        records = []
+        for row in rows:
+            after = {name: (None if v is None else dec(v.encode())) for name, dec, v in
+                     zip(t.columns, t.decoders, row)}
+            records.append(self._change(t, "r", None, after, lsn_text, 0, 0, snapshot=True))
+        if len(rows) < limit:
+            log.info("%s: snapshot of %s.%s done", self._where, t.schema, t.name)
+            self._snap_table += 1
+            self._snap_after = None
+        elif t.key_columns:
+            last = rows[-1]
+            self._snap_after = [last[i] for i in t.key_index]
+            log.info("%s: snapshot of %s.%s: copied up to key %s", self._where, t.schema, t.name,
+                     self._snap_after)
+        else:
+            self._snap_after = [(int(self._snap_after[0]) if self._snap_after else 0) + len(rows)]
+        if self._snap_table >= len(tables):
+            await self._finish_snapshot(keep_offset=True)
+        return SourceBatch(records, self._offset(self._committed_lsn))
+
+    async def _finish_snapshot(self, keep_offset: bool = False) -> SourceBatch:
+        if self._snap_txn is not None:
+            await self._snap_txn.commit()
+            self._snap_txn = None
+        if self._snap_conn is not None:
+            await self._snap_conn.close()
+            self._snap_conn = None
+        self._snapshot_done = True
+        self._snap_table = 0
+        self._snap_after = None
+        log.info("%s: snapshot complete", self._where)
+        return SourceBatch([], self._offset(self._committed_lsn))
