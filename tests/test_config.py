@@ -298,3 +298,9 @@ def test_env_values_never_leak_into_messages(tail: str) -> None:
     if config is not None:
         assert config.connectors[0].config["dir"] == secret
         assert secret not in json.dumps(config.redacted())
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_pipelines_validate(path: Path) -> None:
+    assert [p.format(path.name) for p in validate_file(path)] == []
