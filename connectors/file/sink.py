@@ -22,6 +22,7 @@ record stays one line).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -135,20 +136,22 @@ class FileSink(Sink):
                 or f.size >= cfg.roll_bytes
                 or time.monotonic() - f.opened >= cfg.roll_ms / 1000.0
             ):
-                self._commit(f, f.last)
-                self._sync_dir()
+                await asyncio.to_thread(self._commit_files, [(f, f.last)])
 
     async def flush(self, offsets: Mapping[TopicPartition, int]) -> None:
-        committed = False
-        for tp in list(self.open_files):
-            f = self.open_files[tp]
-            end = offsets.get(tp)
+        work = []
+        for f in list(self.open_files.values()):
+            end = offsets.get(f.tp)
             # the name covers up to the flushed offset, so records skipped at the tail are not read again
-            last = max(f.last, end - 1) if end is not None else f.last
+            work.append((f, max(f.last, end - 1) if end is not None else f.last))
+        if work:
+            # fsync and rename off the event loop: the source keeps reading meanwhile
+            await asyncio.to_thread(self._commit_files, work)
+
+    def _commit_files(self, work: list[tuple[OpenFile, int]]) -> None:
+        for f, last in work:
             self._commit(f, last)
-            committed = True
-        if committed:
-            self._sync_dir()
+        self._sync_dir()
 
     async def stop(self) -> None:
         # uncommitted data is dropped on purpose: the runtime reads it again
@@ -200,6 +203,7 @@ class FileSink(Sink):
         return f
 
     def _commit(self, f: OpenFile, last: int) -> None:
+        """Write out, fsync and rename one file (runs in a worker thread; the runtime awaits it)."""
         f.handle.flush()
         if self.config.fsync:
             os.fsync(f.handle.fileno())
