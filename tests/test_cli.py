@@ -313,3 +313,46 @@ def test_consume_follow_sees_new_records_and_stops_on_ctrl_c(
         follower.send_signal(signal.SIGINT)
         _, err = follower.communicate(timeout=30)
     assert follower.returncode == 130 and "Traceback" not in err
+
+
+def test_run_applies_the_transform_chain_with_dead_letters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events = [
+        {"type": "login", "user": {"email": "a@x.io"}, "at": "2024-05-01T12:00:00Z", "level": "info"},
+        {"type": "logout", "user": {"email": "b@x.io"}, "at": "2024-05-01T12:00:01Z", "level": "debug"},
+        {"type": "login", "user": {"email": "c@x.io"}, "at": "not a time", "level": "info"},
+        {"type": "logout", "user": {"email": "d@x.io"}, "at": "2024-05-01T12:00:03Z", "level": "warn"},
+    ]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + "not json\n")
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(textwrap.dedent(f"""\
+        log: {{embedded: {{dir: {tmp_path / 'log'}, fsync: false}}}}
+        topics: [{{name: audit.login}}, {{name: audit.logout}}, {{name: audit.other}}, {{name: dlq}}]
+        connectors:
+          - name: events
+            kind: source
+            type: file
+            topic: audit.other
+            config: {{path: "{tmp_path}/in/*.jsonl", format: json}}
+            errors: {{policy: dead_letter, topic: dlq}}
+            transforms:
+              - {{type: filter, config: {{field: level, equals: debug, negate: true}}}}
+              - {{type: timestamp, config: {{field: at}}}}
+              - {{type: mask, config: {{fields: [user.email], mode: fixed, replacement: "[pii]"}}}}
+              - {{type: rename, config: {{fields: {{at: event_time}}}}}}
+              - {{type: route, config: {{topic: "audit.{{type}}"}}}}
+    """))
+    code, _, err = run(capsys, "run", str(pipeline), "--until-idle")
+    assert code == 0, err
+    logins = consume(capsys, "audit.login", "--from-beginning", "-c", str(pipeline))
+    logouts = consume(capsys, "audit.logout", "--from-beginning", "-c", str(pipeline))
+    assert [r["value"] for r in logins] == [
+        {"type": "login", "user": {"email": "[pii]"}, "event_time": "2024-05-01T12:00:00Z", "level": "info"}
+    ]
+    assert logins[0]["timestamp"] == 1714564800000
+    assert [r["value"]["user"] for r in logouts] == [{"email": "[pii]"}]  # type: ignore[index]
+    assert consume(capsys, "audit.other", "--from-beginning", "-c", str(pipeline)) == []
+    dead = consume(capsys, "dlq", "--from-beginning", "-c", str(pipeline))
+    assert len(dead) == 2  # the bad time and the line that is not JSON
+    assert all("c@x.io" not in json.dumps(r["headers"]) for r in dead)
+    assert any("is not iso8601" in json.dumps(r["headers"]) for r in dead)
