@@ -172,12 +172,16 @@ def plugin_infos(registry: _Registry | None = None) -> list[PluginInfo]:
 
 def lookup(kind: str, name: str, pm: pluggy.PluginManager | None = None) -> type[Any]:
     """The class registered as ``name`` for ``kind``; a clear error listing the choices otherwise."""
-    items = [p for p in provided(pm) if p.kind == kind]
+    everything = provided(pm)
+    items = [p for p in everything if p.kind == kind]
     for item in items:
         if item.name == name:
             return item.cls
     choices = ", ".join(sorted(p.name for p in items)) or "none"
     message = f"unknown {kind} type {name!r} (installed: {choices})"
+    elsewhere = sorted(p.kind for p in everything if p.name == name)
+    if elsewhere:
+        message += f"; {name!r} is a {' and a '.join(elsewhere)}"
     broken = [e.name for e in load_errors()] if pm is None else []
     if broken:
         message += f"; plugins that failed to load: {', '.join(broken)} (see 'millpond plugins')"

@@ -128,3 +128,8 @@ def test_wrong_class_kind_is_refused() -> None:
 def test_unknown_type_lists_installed() -> None:
     with pytest.raises(PluginError, match=r"unknown transform type 'nope' \(installed: drop, filter"):
         plugins.transform_class("nope")
+
+
+def test_unknown_type_says_when_the_name_is_another_kind() -> None:
+    with pytest.raises(PluginError, match="unknown source type 'mask'.*'mask' is a transform"):
+        plugins.source_class("mask")
