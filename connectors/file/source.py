@@ -123,6 +123,7 @@ class FileSource(Source):
         self.files: dict[tuple[int, int], TrackedFile] = {}
         self._last_scan = 0.0
         self._rr = 0
+        self._unreadable: set[tuple[int, int]] = set()
         for item in (offset or {}).get("files", []):
             tf = TrackedFile(
                 path=item["path"],
@@ -226,8 +227,12 @@ class FileSource(Source):
                 continue
             try:
                 fd = os.open(path, os.O_RDONLY)
-            except OSError:
+            except OSError as exc:
+                if ident not in self._unreadable:
+                    self._unreadable.add(ident)
+                    log.warning("cannot read %s: %s (it is retried at every rescan)", path, exc)
                 continue
+            self._unreadable.discard(ident)
             fst = os.fstat(fd)
             if (fst.st_dev, fst.st_ino) != ident:
                 os.close(fd)

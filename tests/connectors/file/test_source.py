@@ -230,3 +230,38 @@ def test_json_format_parses_lines_and_keeps_bad_ones_as_text(tmp_path: Path) -> 
     h = Harness(tmp_path, format="json")
     assert h.drain() == [{"actor": "ann", "n": 1}, "not json", [1, 2]]
     h.stop()
+
+
+def test_deleted_file_is_read_to_its_end_then_forgotten(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, "1\n")
+    h = Harness(tmp_path, rotated_close_ms=50)
+    assert h.drain() == ["1"]
+    write(log, "2\n")
+    log.unlink()  # the open descriptor keeps the data readable
+    assert h.drain() == ["2"]
+    time.sleep(0.1)
+    h.drain()
+    assert h.offset["files"] == []
+    h.stop()
+
+
+def test_unreadable_file_is_reported_and_picked_up_once_readable(
+    tmp_path: Path, caplog: Any, monkeypatch: Any
+) -> None:
+    log = tmp_path / "app.log"
+    write(log, "secret\n")
+    real_open = os.open
+
+    def refuse(path: Any, flags: int, *args: Any) -> int:
+        if str(path) == str(log):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refuse)  # root reads any file, so refuse the open itself
+    h = Harness(tmp_path)
+    assert h.drain() == []
+    assert "cannot read" in caplog.text and "Permission denied" in caplog.text
+    monkeypatch.setattr(os, "open", real_open)
+    assert h.drain() == ["secret"]
+    h.stop()
