@@ -167,11 +167,15 @@ class FileSink(Sink):
 
     def _encode(self, run: list[Record]) -> bytes:
         fmt = self.config.format
-        values = [r.value for r in run]
-        if fmt != "json" and all(type(v) is str for v in values):
-            text = "\n".join(values)  # type: ignore[arg-type]
-            if text.count("\n") == len(values) - 1:
-                return (text + "\n").encode("utf-8", "surrogateescape")
+        if fmt != "json":
+            values = [r.value for r in run]
+            try:
+                text = "\n".join(values)  # TypeError unless every value is a str
+            except TypeError:
+                pass
+            else:
+                if text.count("\n") == len(values) - 1:
+                    return (text + "\n").encode("utf-8", "surrogateescape")
         lines = []
         for r in run:
             lines.append(self._line(r.value, fmt, r))
