@@ -99,6 +99,10 @@ class TableMapping(_Model):
     ttl: int | None = Field(default=None, ge=0)
     #: delete the row on a tombstone (null value) or a CDC ``op: d``
     deletes: bool = True
+    #: accept non-frozen ``list<...>`` columns although a replay after a crash appends
+    #: their elements again (Cassandra keys list cells by a server-made timeuuid); the
+    #: sink refuses them otherwise: use ``frozen<list<...>>`` or ``set<...>`` instead
+    nonfrozen_lists: bool = False
 
     @field_validator("table")
     @classmethod

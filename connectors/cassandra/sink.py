@@ -17,6 +17,10 @@ across rows: every write is *idempotent* and *ordered by itself*.
   and a later re-insert are ordered too. (The price: write timestamps run
   ahead of record time by the offset in microseconds, a second per million
   records. Timestamps that go backwards by more than that lose.)
+* One exception, refused unless a table opts in: a non-frozen ``list`` column.
+  Cassandra keys list elements by a timeuuid the coordinator makes at write
+  time, so writing the same record twice appends its elements twice (sets,
+  maps and frozen collections are keyed by content and stay idempotent).
 * Offsets follow the data: ``flush()`` returns only once every statement sent
   so far is acknowledged at the configured consistency level, and the runtime
   commits the consumer group's offsets only after ``flush()``. A kill at any
@@ -539,6 +543,16 @@ class CassandraSink(Sink):
                     f"Cassandra table {full}: primary key column(s) {', '.join(unmapped)} have no source "
                     f"in 'columns' for topic {mapping.topic!r}"
                 )
+        lists = [c for c in columns if c.cql_type.replace(" ", "").lower().startswith("list<")]
+        if lists and not mapping.nonfrozen_lists:
+            names = ", ".join(f"{c.name!r} ({c.cql_type})" for c in lists)
+            raise ConnectorError(
+                f"Cassandra table {full} (for topic {mapping.topic!r}): column {names} is a non-frozen list. "
+                "Cassandra keys each list element by a timeuuid the server makes, so a record written again "
+                "after a crash would append its elements a second time, and this sink promises exactly-once "
+                "in effect. Use frozen<list<...>> (or a set), leave the column out of 'columns', or set "
+                "'nonfrozen_lists: true' on this table to accept duplicates after a replay"
+            )
         mapper = RowMapper(full, columns, primary_key, partition_key)
         ttl = mapping.ttl if mapping.ttl is not None else (self.config.ttl or 0)
         using = f"USING TTL {ttl} AND TIMESTAMP ?" if ttl else "USING TIMESTAMP ?"

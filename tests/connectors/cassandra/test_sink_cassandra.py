@@ -28,7 +28,7 @@ def test_all_types_round_trip(cql: Any, keyspace: str, cassandra_contact: tuple[
     cql.execute(
         f"""CREATE TABLE {keyspace}.typed (
             id int PRIMARY KEY, name text, big bigint, flag boolean, ratio double, price decimal,
-            at timestamp, ref uuid, raw blob, tags list<text>, counts map<text, int>, ids set<int>,
+            at timestamp, ref uuid, raw blob, tags frozen<list<text>>, counts map<text, int>, ids set<int>,
             day date)"""
     )
     ref = uuid.uuid4()
@@ -61,6 +61,21 @@ def test_all_types_round_trip(cql: Any, keyspace: str, cassandra_contact: tuple[
     assert dict(row.counts) == {"x": 1, "y": 2}
     assert set(row.ids) == {1, 3}
     assert str(row.day) == "2024-03-01"
+
+
+def test_nonfrozen_list_is_refused_unless_accepted(
+    cql: Any, keyspace: str, cassandra_contact: tuple[str, int]
+) -> None:
+    cql.execute(f"CREATE TABLE {keyspace}.l (id int PRIMARY KEY, tags list<text>)")
+    config = sink_config(cassandra_contact, keyspace, [{"topic": "t", "table": "l"}])
+    with pytest.raises(ConnectorError, match=r"column 'tags' \(list<text>\) is a non-frozen list"):
+        write(config)
+    config["tables"][0]["nonfrozen_lists"] = True
+    write(config, [rec("t", 0, 1, {"id": 1, "tags": ["x", "y"]})])
+    assert _row(cql, f"SELECT tags FROM {keyspace}.l WHERE id = 1").tags == ["x", "y"]
+    # the reason for the refusal: the very same record written again appends again
+    write(config, [rec("t", 0, 1, {"id": 1, "tags": ["x", "y"]})])
+    assert _row(cql, f"SELECT tags FROM {keyspace}.l WHERE id = 1").tags == ["x", "y", "x", "y"]
 
 
 def test_timestamps_as_epoch_millis_and_blob_as_base64(
