@@ -690,7 +690,7 @@ class PostgresSource(Source):
             t.decoders = [self.types.decoder(c["atttypid"]) for c in cols]
             t.key_index = [t.columns.index(k) for k in t.key_columns]
             t.key_types = [cols[i]["sqltype"] for i in t.key_index]
-        select = ", ".join(f"src.{_ident(c)}::text" for c in t.columns)
+        select = ", ".join(f"src.{_ident(c)}" for c in t.columns)
         rel = f"{_ident(t.schema)}.{_ident(t.name)}"
         limit = self.cfg.snapshot_chunk_rows
         if t.key_columns:
@@ -704,15 +704,14 @@ class PostgresSource(Source):
                 sql = (f"SELECT {select} FROM {rel} AS src WHERE ({order}) > ({params}) "
                        f"ORDER BY {order} LIMIT {limit}")
                 args = [str(v) for v in self._snap_after]
-            rows = await conn.fetch(sql, *args)
+            rows = await _copy_rows(conn, sql, args)
         else:  # no key to resume from: OFFSET in the same snapshot
             done = int(self._snap_after[0]) if self._snap_after else 0
-            rows = await conn.fetch(f"SELECT {select} FROM {rel} AS src OFFSET {done} LIMIT {limit}")
+            rows = await _copy_rows(conn, f"SELECT {select} FROM {rel} AS src OFFSET {done} LIMIT {limit}", [])
         lsn_text = po.format_lsn(self._committed_lsn)
         records = []
         for row in rows:
-            after = {name: (None if v is None else dec(v.encode())) for name, dec, v in
-                     zip(t.columns, t.decoders, row)}
+            after = {name: (None if v is None else dec(v)) for name, dec, v in zip(t.columns, t.decoders, row)}
             records.append(self._change(t, "r", None, after, lsn_text, 0, 0, snapshot=True))
         if len(rows) < limit:
             log.info("%s: snapshot of %s.%s done", self._where, t.schema, t.name)
@@ -720,7 +719,7 @@ class PostgresSource(Source):
             self._snap_after = None
         elif t.key_columns:
             last = rows[-1]
-            self._snap_after = [last[i] for i in t.key_index]
+            self._snap_after = [None if last[i] is None else last[i].decode() for i in t.key_index]
             log.info("%s: snapshot of %s.%s: copied up to key %s", self._where, t.schema, t.name,
                      self._snap_after)
         else:
@@ -741,3 +740,46 @@ class PostgresSource(Source):
         self._snap_after = None
         log.info("%s: snapshot complete", self._where)
         return SourceBatch([], self._offset(self._committed_lsn))
+
+
+_COPY_ESCAPES = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v", b"\\": b"\\"}
+_COPY_ESCAPE = re.compile(rb"\\([bfnrtv\\]|[0-7]{1,3}|x[0-9a-fA-F]{1,2})")
+
+
+def _copy_unescape(match: re.Match[bytes]) -> bytes:
+    esc = match.group(1)
+    if esc in _COPY_ESCAPES:
+        return _COPY_ESCAPES[esc]
+    if esc[:1] == b"x":
+        return bytes([int(esc[1:], 16)])
+    return bytes([int(esc, 8) & 0xFF])
+
+
+def parse_copy_text(data: bytes) -> list[list[bytes | None]]:
+    """Rows of ``COPY ... TO STDOUT`` in text format: each value exactly as the type's output function wrote it."""
+    rows: list[list[bytes | None]] = []
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # every row ends with a newline; an empty line is a row of one empty value
+    for line in lines:
+        row: list[bytes | None] = []
+        for field in line.split(b"\t"):
+            if field == b"\\N":
+                row.append(None)
+            elif b"\\" in field:
+                row.append(_COPY_ESCAPE.sub(_copy_unescape, field))
+            else:
+                row.append(field)
+        rows.append(row)
+    return rows
+
+
+async def _copy_rows(conn: asyncpg.Connection, sql: str, args: list[Any]) -> list[list[bytes | None]]:
+    """Run ``sql`` through COPY: ``::text`` casts are not the output functions (bool, char(n), inet differ)."""
+    chunks: list[bytes] = []
+
+    async def sink(chunk: bytes) -> None:
+        chunks.append(bytes(chunk))
+
+    await conn.copy_from_query(sql, *args, output=sink, format="text")
+    return parse_copy_text(b"".join(chunks))

@@ -74,3 +74,14 @@ def test_unknown_types_keep_their_text_form() -> None:
 def test_malformed_array_raises() -> None:
     with pytest.raises((ValueError, IndexError)):
         parse_array("{1,2", int)
+
+
+def test_copy_text_rows_unescape_exactly() -> None:
+    from millpond.connectors.postgres.source import parse_copy_text
+
+    data = b"1\ta\\tb\\nc\\\\d\t\\N\n\n2\t\\x41\\101\t\n"
+    assert parse_copy_text(data) == [
+        [b"1", b"a\tb\nc\\d", None],
+        [b""],  # a row of one empty value is an empty line
+        [b"2", b"AA", b""],
+    ]

@@ -1,0 +1,366 @@
+"""Postgres sink: upserts and deletes by primary key, exactly-once through an offsets table.
+
+``write`` only buffers. ``flush(offsets)`` applies everything buffered and
+stores ``offsets`` (the next offset to read per topic-partition) in the
+connector's offsets table in *one* database transaction, so rows and offsets
+never disagree; ``start`` returns the stored offsets and the runtime seeks
+there. A replay after a crash therefore starts exactly after the last flush.
+
+What a record means (``value`` as the converter deserialised it):
+
+- a CDC envelope (``{"op", "after", "before", ...}``, as ``postgres-cdc``
+  writes): ``c``/``u``/``r`` upsert ``after``; ``d`` deletes the key;
+  ``t`` truncates the table;
+- any other dict: an upsert of that row;
+- ``None`` (a tombstone): a delete of the record's key.
+
+Rows go in through ``COPY`` (binary) into a temporary staging table of
+JSON documents, then one ``INSERT ... SELECT jsonb_populate_record(...) ON
+CONFLICT (pk) DO UPDATE`` per table: PostgreSQL itself turns each JSON value
+into the column's type (arrays, jsonb, bytea in ``\\x`` hex, timestamps,
+numerics as strings...). Within one flush only the last change of each key
+is applied, which gives the same rows as applying them one by one. Columns a
+row does not carry (or carries as the source's "unavailable" TOAST marker)
+keep their current value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import asyncpg
+from pydantic import Field, SecretStr
+
+from millpond.connector import ConnectorConfig, ConnectorContext, Guarantee, Sink
+from millpond.errors import ConfigError, ConnectorError, RecordError, RetriableConnectorError
+from millpond.records import Record, TopicPartition
+
+from .source import UNAVAILABLE, _ident, _mask, split_table
+from .types import SESSION_SETTINGS
+
+log = logging.getLogger("millpond.connectors.postgres.sink")
+
+STAGE = "millpond_stage"
+
+
+class PostgresSinkConfig(ConnectorConfig):
+    """``config:`` of a ``postgres`` sink."""
+
+    dsn: SecretStr
+    #: one table for every topic (``schema.table``)
+    table: str | None = None
+    #: per-topic tables: ``{"cdc.public.orders": "replica.orders"}``
+    tables: dict[str, str] = Field(default_factory=dict)
+    #: schema for tables named after their topic (default: from the topic
+    #: ``<prefix>.<schema>.<table>``, else ``public``)
+    schema_: str | None = Field(default=None, alias="schema")
+    #: key columns when neither the record key nor the table's primary key says
+    key_columns: list[str] | None = None
+    #: create a missing table from the first record (types inferred from JSON values)
+    auto_create: bool = False
+    #: the table holding this sink's offsets (created if missing)
+    offsets_table: str = "millpond_sink_offsets"
+    #: apply ``op: t`` (truncate) envelopes
+    apply_truncate: bool = True
+
+
+@dataclass(slots=True)
+class _Target:
+    schema: str
+    name: str
+    columns: list[str]
+    key: list[str]
+
+    @property
+    def sql(self) -> str:
+        return f"{_ident(self.schema)}.{_ident(self.name)}"
+
+
+def _sql_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "bigint"
+    if isinstance(value, float):
+        return "double precision"
+    if isinstance(value, (dict, list)):
+        return "jsonb"
+    return "text"
+
+
+class PostgresSink(Sink):
+    """``postgres``: rows into tables, offsets in the same transaction."""
+
+    guarantee: ClassVar[Guarantee] = Guarantee.exactly_once
+    config_model: ClassVar[type[ConnectorConfig]] = PostgresSinkConfig
+
+    def __init__(self, config: PostgresSinkConfig, context: ConnectorContext) -> None:
+        super().__init__(config, context)
+        self.cfg = config
+        self._conn: asyncpg.Connection | None = None
+        self._buffer: list[Record] = []
+        self._targets: dict[str, _Target] = {}
+        self._by_topic: dict[str, _Target] = {}
+        self._where = f"postgres sink {context.name!r}"
+        self.rows_written = 0
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> Mapping[TopicPartition, int] | None:
+        dsn = self.cfg.dsn.get_secret_value()
+        try:
+            self._conn = conn = await asyncpg.connect(dsn, server_settings=dict(SESSION_SETTINGS), timeout=30)
+        except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
+            raise RetriableConnectorError(f"{self._where}: cannot connect to {_mask(dsn)}: {exc}") from exc
+        except asyncpg.InvalidAuthorizationSpecificationError as exc:
+            raise ConnectorError(f"{self._where}: login refused at {_mask(dsn)}: {exc}") from exc
+        self._where = f"postgres sink {self.context.name!r} (database {await conn.fetchval('SELECT current_database()')!r})"
+        offsets = self._offsets_sql()
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {offsets} (connector text NOT NULL, topic text NOT NULL, "
+            "partition int NOT NULL, next_offset bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), "
+            "PRIMARY KEY (connector, topic, partition))"
+        )
+        await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (doc jsonb) ON COMMIT DELETE ROWS")
+        rows = await conn.fetch(
+            f"SELECT topic, partition, next_offset FROM {offsets} WHERE connector = $1", self.context.name
+        )
+        stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+        log.info("%s: resuming from %d stored offset(s)", self._where, len(stored))
+        return stored
+
+    async def stop(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            try:
+                await self._conn.close(timeout=5)
+            except Exception:  # noqa: BLE001 - closing is best effort
+                self._conn.terminate()
+        self._conn = None
+
+    def _offsets_sql(self) -> str:
+        schema, name = split_table(self.cfg.offsets_table)
+        return f"{_ident(schema)}.{_ident(name)}"
+
+    # -- write / flush ----------------------------------------------------------
+
+    async def write(self, records: list[Record]) -> None:
+        self._buffer.extend(records)
+
+    async def flush(self, offsets: Mapping[TopicPartition, int]) -> None:
+        conn = self._conn
+        if conn is None:
+            raise ConnectorError(f"{self._where}: flush before start")
+        records, self._buffer = self._buffer, []
+        try:
+            async with conn.transaction():
+                written = await self._apply(conn, records)
+                if offsets:
+                    await conn.execute(
+                        f"INSERT INTO {self._offsets_sql()} AS o (connector, topic, partition, next_offset) "
+                        "SELECT $1, t, p, n FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, n) "
+                        "ON CONFLICT (connector, topic, partition) DO UPDATE "
+                        "SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+                        self.context.name,
+                        [tp.topic for tp in offsets], [tp.partition for tp in offsets], list(offsets.values()),
+                    )
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            raise RetriableConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise ConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+        self.rows_written += written
+
+    # -- applying records -----------------------------------------------------
+
+    def _table_for(self, topic: str) -> tuple[str, str]:
+        name = self.cfg.tables.get(topic) or self.cfg.table
+        if name:
+            return split_table(name)
+        parts = topic.split(".")
+        if len(parts) >= 3:
+            schema, table = parts[-2], parts[-1]
+        else:
+            schema, table = "public", re.sub(r"[^A-Za-z0-9_]", "_", topic)
+        return (self.cfg.schema_ or schema, table)
+
+    async def _target(self, conn: asyncpg.Connection, record: Record, row: dict[str, Any] | None) -> _Target:
+        topic = record.topic or ""
+        target = self._by_topic.get(topic)
+        if target is not None:
+            return target
+        schema, name = self._table_for(topic)
+        target = self._targets.get(f"{schema}.{name}")
+        if target is None:
+            target = await self._describe(conn, schema, name)
+            if target is None:
+                if not self.cfg.auto_create or row is None:
+                    raise ConfigError(
+                        f"{self._where}: table {schema}.{name} (for topic {topic!r}) does not exist; "
+                        "create it or set auto_create: true"
+                    )
+                target = await self._create(conn, schema, name, record, row)
+            self._targets[f"{schema}.{name}"] = target
+        self._by_topic[topic] = target
+        return target
+
+    async def _describe(self, conn: asyncpg.Connection, schema: str, name: str) -> _Target | None:
+        oid = await conn.fetchval(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            schema, name,
+        )
+        if oid is None:
+            return None
+        cols = await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped "
+            "AND attgenerated = '' ORDER BY attnum",
+            oid,
+        )
+        key = await conn.fetch(
+            "SELECT a.attname FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n",
+            oid,
+        )
+        key_columns = [r["attname"] for r in key] or list(self.cfg.key_columns or [])
+        return _Target(schema, name, [r["attname"] for r in cols], key_columns)
+
+    async def _create(
+        self, conn: asyncpg.Connection, schema: str, name: str, record: Record, row: dict[str, Any]
+    ) -> _Target:
+        key = list(self.cfg.key_columns or (record.key.keys() if isinstance(record.key, dict) else []))
+        columns = dict.fromkeys([*key, *row])
+        defs = [f"{_ident(c)} {_sql_type(row.get(c, (record.key or {}).get(c)))}" for c in columns]
+        if key:
+            defs.append(f"PRIMARY KEY ({', '.join(_ident(k) for k in key)})")
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
+        await conn.execute(f"CREATE TABLE IF NOT EXISTS {_ident(schema)}.{_ident(name)} ({', '.join(defs)})")
+        log.info("%s: created table %s.%s (%s)", self._where, schema, name, ", ".join(defs))
+        return _Target(schema, name, list(columns), key)
+
+    @staticmethod
+    def _meaning(record: Record) -> tuple[str, dict[str, Any] | None]:
+        """('up', row) | ('del', key-row) | ('trunc', None) for one record."""
+        value = record.value
+        if value is None:
+            return "del", record.key if isinstance(record.key, dict) else None
+        if not isinstance(value, dict):
+            raise RecordError(
+                f"a postgres sink needs a JSON object (row or change envelope) as value, got "
+                f"{type(value).__name__} at {record.topic}-{record.partition}@{record.offset}"
+            )
+        op = value.get("op")
+        if op is not None and "after" in value and "source" in value:
+            if op in ("c", "u", "r"):
+                return "up", value["after"]
+            if op == "d":
+                key = record.key if isinstance(record.key, dict) else value.get("before")
+                return "del", key
+            if op == "t":
+                return "trunc", None
+            raise RecordError(f"unknown change op {op!r} at {record.topic}-{record.partition}@{record.offset}")
+        return "up", value
+
+    async def _apply(self, conn: asyncpg.Connection, records: list[Record]) -> int:
+        # per table: key -> ("up" | "del", doc), last change wins (merged onto an earlier upsert)
+        pending: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+        targets: dict[str, _Target] = {}
+        for record in records:
+            what, row = self._meaning(record)
+            target = await self._target(conn, record, row if what == "up" else None)
+            tkey = target.sql
+            targets[tkey] = target
+            if what == "trunc":
+                pending.pop(tkey, None)
+                if self.cfg.apply_truncate:
+                    await conn.execute(f"TRUNCATE {tkey}")
+                continue
+            if row is None:
+                if what == "del" and record.value is None and record.key is None:
+                    continue  # a tombstone without a key says nothing
+                raise RecordError(
+                    f"{self._where}: a delete for {target.schema}.{target.name} without a key at "
+                    f"{record.topic}-{record.partition}@{record.offset}"
+                )
+            if not target.key:
+                if what == "del":
+                    raise RecordError(
+                        f"{self._where}: cannot delete from {target.schema}.{target.name}: it has no primary "
+                        "key and no key_columns are configured"
+                    )
+                pending.setdefault(tkey, {})[f"#{len(pending.get(tkey, {}))}"] = ("up", row)
+                continue
+            key_row = record.key if isinstance(record.key, dict) and what == "del" else row
+            try:
+                key = json.dumps([key_row[k] for k in target.key], separators=(",", ":"), default=str)
+            except KeyError as exc:
+                raise RecordError(
+                    f"{self._where}: record at {record.topic}-{record.partition}@{record.offset} lacks key "
+                    f"column {exc} of {target.schema}.{target.name}"
+                ) from None
+            per_table = pending.setdefault(tkey, {})
+            if what == "up":
+                doc = {k: v for k, v in row.items() if v != UNAVAILABLE} if UNAVAILABLE in row.values() else row
+                prev = per_table.get(key)
+                if prev is not None and prev[0] == "up":
+                    doc = {**prev[1], **doc}
+                per_table[key] = ("up", doc)
+            else:
+                per_table[key] = ("del", {k: key_row[k] for k in target.key})
+        written = 0
+        for tkey, changes in pending.items():
+            written += await self._write_table(conn, targets[tkey], changes)
+        return written
+
+    async def _stage(self, conn: asyncpg.Connection, docs: list[dict[str, Any]]) -> None:
+        await conn.execute(f"TRUNCATE {STAGE}")
+        dumps = json.dumps
+        await conn.copy_records_to_table(
+            STAGE, records=[(dumps(d, separators=(",", ":"), default=str),) for d in docs], columns=["doc"]
+        )
+        if len(docs) > 1000:
+            await conn.execute(f"ANALYZE {STAGE}")
+
+    async def _write_table(self, conn: asyncpg.Connection, t: _Target, changes: dict[str, tuple[str, dict[str, Any]]]) -> int:
+        deletes = [doc for op, doc in changes.values() if op == "del"]
+        wanted = set(t.columns)
+        full: list[dict[str, Any]] = []
+        partial: list[dict[str, Any]] = []
+        for op, doc in changes.values():
+            if op == "up":
+                (full if not t.key or wanted.issubset(doc.keys()) else partial).append(doc)
+        rec = f"jsonb_populate_record(NULL::{t.sql}, s.doc)"
+        cols = ", ".join(_ident(c) for c in t.columns)
+        rcols = ", ".join(f"r.{_ident(c)}" for c in t.columns)
+        match = " AND ".join(f"t.{_ident(k)} = r.{_ident(k)}" for k in t.key)
+        if deletes:
+            await self._stage(conn, deletes)
+            await conn.execute(f"DELETE FROM {t.sql} t USING {STAGE} s, {rec} r WHERE {match}")
+        if full:
+            await self._stage(conn, full)
+            if not t.key:
+                conflict = ""
+            else:
+                others = [c for c in t.columns if c not in t.key]
+                action = (
+                    "DO UPDATE SET " + ", ".join(f"{_ident(c)} = EXCLUDED.{_ident(c)}" for c in others)
+                    if others else "DO NOTHING"
+                )
+                conflict = f" ON CONFLICT ({', '.join(_ident(k) for k in t.key)}) {action}"
+            await conn.execute(f"INSERT INTO {t.sql} ({cols}) SELECT {rcols} FROM {STAGE} s, {rec} r{conflict}")
+        if partial:
+            await self._stage(conn, partial)
+            keep = ", ".join(f"p.{_ident(c)}" for c in t.columns)
+            await conn.execute(
+                f"UPDATE {t.sql} t SET ({cols}) = (SELECT {keep} FROM jsonb_populate_record(t, s.doc) p) "
+                f"FROM {STAGE} s, {rec} r WHERE {match}"
+            )
+            await conn.execute(
+                f"INSERT INTO {t.sql} ({cols}) SELECT {rcols} FROM {STAGE} s, {rec} r "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {t.sql} t WHERE {match})"
+            )
+        return len(deletes) + len(full) + len(partial)
