@@ -13,6 +13,13 @@ coroutine per task:
 
 SIGTERM / SIGINT set the stop event: sources finish the transaction in hand,
 sinks flush and commit, then the backend closes. A second signal cancels.
+
+Backpressure and memory: tasks hand records over through the log, not
+through in-memory queues. A source is not polled while its transaction
+commits, and a transaction is bounded by records, bytes and time
+(``SourceLimits``); a sink polls a bounded number of records and writes them
+before polling again (``SinkLimits``). Memory per task stays bounded however
+far a sink lags behind a source.
 """
 
 from __future__ import annotations

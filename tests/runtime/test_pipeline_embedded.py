@@ -147,3 +147,36 @@ def test_scheduler_compaction_keeps_the_latest_source_offset(tmp_path: Path) -> 
             await backend.close()
 
     asyncio.run(go())
+
+
+def test_sink_failure_mid_flush_restarts_and_writes_each_line_once(
+    tmp_path: Path, monkeypatch: Any, caplog: Any
+) -> None:
+    """An OSError after the sink renamed one file but before the group commit: the restarted
+    task resumes from the committed names, so nothing is doubled."""
+    import logging
+
+    from millpond.connectors.file.sink import FileSink
+
+    (tmp_path / "in").mkdir()
+    lines = [f"l-{i}" for i in range(500)]
+    (tmp_path / "in" / "a.log").write_text("".join(x + "\n" for x in lines))
+    real = FileSink._commit_files
+    calls = {"n": 0}
+
+    def flaky(self: FileSink, work: Any) -> None:
+        calls["n"] += 1
+        real(self, work)
+        if calls["n"] == 1:
+            raise OSError(28, "No space left on device (injected)")
+
+    monkeypatch.setattr(FileSink, "_commit_files", flaky)
+    cfg = config(tmp_path)
+    cfg.connectors[0].config["key"] = "none"
+    opts = options()
+    opts.backoff_initial_s = 0.05
+    with caplog.at_level(logging.WARNING, logger="millpond.runtime"):
+        asyncio.run(asyncio.wait_for(run_pipeline_async(cfg, until_idle=True, options=opts), 60))
+    assert "No space left on device (injected)" in caplog.text and "restart #1" in caplog.text
+    out = [x for p in output(tmp_path).values() for x in p]
+    assert sorted(out) == sorted(lines)
