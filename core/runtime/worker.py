@@ -60,7 +60,7 @@ class RuntimeOptions:
     jobs: JobIntervals = field(default_factory=JobIntervals)
 
 
-def _preflight(config: PipelineConfig) -> None:
+def preflight(config: PipelineConfig) -> None:
     """Fail fast, before the log is opened, on anything a restart cannot fix."""
     check_guarantees(config)
     for spec in config.connectors:
@@ -81,7 +81,7 @@ async def _open(config: PipelineConfig) -> LogBackend:
     return backend
 
 
-async def _create_topics(config: PipelineConfig, backend: LogBackend) -> None:
+async def create_topics(config: PipelineConfig, backend: LogBackend) -> None:
     declared = {t.name for t in config.topics}
     for topic in config.topics:
         await backend.create_topic(TopicSpec(topic.name, topic.partitions, dict(topic.config)), exist_ok=True)
@@ -212,12 +212,12 @@ async def run_pipeline_async(
     """Run ``config`` in the current loop; ``backend`` (already open) is for tests and embedding."""
     options = options or RuntimeOptions()
     options.until_idle = options.until_idle or until_idle
-    _preflight(config)
+    preflight(config)
     own_backend = backend is None
     if backend is None:
         backend = await _open(config)
     try:
-        await _create_topics(config, backend)
+        await create_topics(config, backend)
         worker = Worker(config, backend, options)
         loop = asyncio.get_running_loop()
         installed: list[int] = []

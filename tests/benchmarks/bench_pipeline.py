@@ -28,7 +28,7 @@ from millpond.config import PipelineConfig
 from millpond.runtime import RuntimeOptions
 from millpond.runtime.sink_task import SinkTask
 from millpond.runtime.source_task import SourceTask
-from millpond.runtime.worker import Worker, _create_topics, _preflight
+from millpond.runtime.worker import Worker, create_topics, preflight
 
 LINE_BYTES = 200
 
@@ -81,11 +81,11 @@ def pipeline_config(work: Path, partitions: int) -> PipelineConfig:
 
 async def run_pipeline_timed(config: PipelineConfig, lines: int) -> tuple[float, float]:
     """Seconds until the source has committed every line, and until the sink has flushed every line."""
-    _preflight(config)
+    preflight(config)
     backend = open_backend(config.log)
     await backend.open()
     try:
-        await _create_topics(config, backend)
+        await create_topics(config, backend)
         options = RuntimeOptions(install_signal_handlers=False)
         worker = Worker(config, backend, options)
         source = next(t for t in worker.tasks if isinstance(t, SourceTask))
