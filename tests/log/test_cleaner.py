@@ -470,7 +470,7 @@ operations = st.lists(
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     ops=operations,
     segment_bytes=st.sampled_from([1024, 1500, 3000, 20_000]),
@@ -569,6 +569,11 @@ def check(
                     assert model.cleaned_at[record.offset] + retention > now, "expired tombstone survived"
     active = partition.active_segment
     assert {o for o in model.written if o >= active.base_offset} <= present, "the active segment is untouched"
+    for offset in range(partition.log_start_offset, partition.log_end_offset, 3):  # reads by offset, gaps too
+        later = [o for o in offsets if o >= offset]
+        fetched = partition.read(offset, 1).batches
+        if later:
+            assert next(iter(fetched[0].records(offset))).offset == later[0]
     stamps = sorted({r.timestamp for r in visible})
     for target in stamps[:: max(1, len(stamps) // 5)]:
         expected = min(r.offset for r in on_disk if r.timestamp >= target)
