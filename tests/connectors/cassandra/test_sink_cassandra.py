@@ -353,3 +353,31 @@ def test_many_rows_with_bounded_concurrency(cql: Any, keyspace: str, cassandra_c
     sink = write(config, *batches)
     assert sink.rows_sent == 5000
     assert cql.execute(f"SELECT count(*) FROM {keyspace}.many").one()[0] == 5000
+
+
+def test_flush_returns_only_when_every_write_is_acknowledged(
+    cql: Any, keyspace: str, cassandra_contact: tuple[str, int]
+) -> None:
+    cql.execute(f"CREATE TABLE {keyspace}.acks (id int PRIMARY KEY, v text)")
+    config = sink_config(cassandra_contact, keyspace, [{"topic": "t", "table": "acks"}], concurrency=256)
+    n = 6000
+
+    async def go() -> tuple[int, int, int, int]:
+        sink = make_sink(config)
+        await sink.start()
+        try:
+            await sink.write([rec("t", i, i, {"id": i, "v": "x" * 200}) for i in range(n)])
+            window = sink._window
+            assert window is not None
+            pending_after_write = sink.rows_sent - window.acked_rows
+            await sink.flush({})
+            # no await in between: what the runtime would commit right now
+            acked = window.acked_rows
+            count = cql.execute(f"SELECT count(*) FROM {keyspace}.acks").one()[0]
+            return pending_after_write, sink.rows_sent, acked, count
+        finally:
+            await sink.stop()
+
+    pending, sent, acked, count = asyncio.run(go())
+    assert pending > 0, "write() waited for everything; this test would not show what flush() adds"
+    assert sent == acked == count == n
