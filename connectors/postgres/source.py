@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -528,24 +529,50 @@ class PostgresSource(Source):
             self.types.learn(row["oid"], row["typname"], row["typcategory"], row["typelem"])
 
     async def _decode(self, rows: list[Any]) -> None:
+        """Turn one read's messages into whole transactions in ``self._ready``.
+
+        Inserts, the bulk of most streams, take a fast path that parses the
+        tuple straight into the row dict; everything else goes through
+        :func:`pgoutput.decode`.
+        """
         decode = po.decode
+        parse_row = _parse_row
+        unpack_oid = _OID.unpack_from
         txn: list[Record] = []
         xid = 0
         commit_ms = 0
         skip = False
         tables = self._tables
+        bases: dict[int, dict[str, Any]] = {}
+        now_ms = int(time.time() * 1000)
         for row in rows:
-            msg = decode(row[1])
-            cls = type(msg)
-            if cls is po.Insert:
+            data = row[1]
+            kind = data[0]
+            if kind == 0x49:  # 'I'
                 if skip:
                     continue
-                assert isinstance(msg, po.Insert)
-                t = tables.get(msg.relation_oid)
-                if t is not None:
-                    after = self._row(t, msg.new, None)
-                    txn.append(self._change(t, "c", None, after, row[0], xid, commit_ms))
-            elif cls is po.Update:
+                t = tables.get(unpack_oid(data, 1)[0])
+                if t is None:
+                    continue
+                if data[5] != 0x4E:
+                    raise po.PgOutputError(f"insert without a new tuple ('N'), got {chr(data[5])!r}")
+                after, _, toast = parse_row(data, 6, t.columns, t.decoders)
+                if toast:
+                    after = {k: (UNAVAILABLE if v is po.UNCHANGED_TOAST else v) for k, v in after.items()}
+                base = bases.get(t.oid)
+                if base is None:
+                    base = bases[t.oid] = self._source_block(t, xid, commit_ms)
+                source = base.copy()
+                source["lsn"] = row[0]
+                key = {k: after[k] for k in t.key_columns} if t.key_columns else None
+                txn.append(Record(
+                    value={"before": None, "after": after, "op": "c", "source": source, "ts_ms": now_ms},
+                    key=key, topic=t.topic, timestamp=commit_ms,
+                ))
+                continue
+            msg = decode(data)
+            cls = type(msg)
+            if cls is po.Update:
                 if skip:
                     continue
                 assert isinstance(msg, po.Update)
@@ -565,6 +592,7 @@ class PostgresSource(Source):
             elif cls is po.Begin:
                 assert isinstance(msg, po.Begin)
                 txn = []
+                bases = {}
                 xid = msg.xid
                 commit_ms = po.pg_time_to_unix_ms(msg.commit_ts)
                 skip = False
@@ -581,6 +609,7 @@ class PostgresSource(Source):
             elif cls is po.Relation:
                 assert isinstance(msg, po.Relation)
                 await self._relation(msg)
+                bases.pop(msg.oid, None)
             elif cls is po.Truncate:
                 if skip:
                     continue
@@ -594,6 +623,19 @@ class PostgresSource(Source):
                 if not self.types.known(msg.oid):
                     await self._learn_types([msg.oid])
             # Origin and logical messages carry nothing for the topics
+
+    def _source_block(self, t: _Table, xid: int, commit_ms: int, snapshot: bool = False) -> dict[str, Any]:
+        return {
+            "connector": "postgres-cdc",
+            "name": self.context.name,
+            "db": self._db,
+            "schema": t.schema,
+            "table": t.name,
+            "lsn": None,
+            "txid": xid,
+            "commit_ts_ms": commit_ms,
+            "snapshot": snapshot,
+        }
 
     def _row(self, t: _Table, data: po.TupleData | None, fill: po.TupleData | None,
              only_key: bool = False) -> dict[str, Any] | None:
@@ -638,17 +680,8 @@ class PostgresSource(Source):
         record_key = None
         if key and row is not None and t.key_columns:
             record_key = {k: row.get(k) for k in t.key_columns}
-        source: dict[str, Any] = {
-            "connector": "postgres-cdc",
-            "name": self.context.name,
-            "db": self._db,
-            "schema": t.schema,
-            "table": t.name,
-            "lsn": lsn,
-            "txid": xid,
-            "commit_ts_ms": commit_ms,
-            "snapshot": snapshot,
-        }
+        source = self._source_block(t, xid, commit_ms, snapshot)
+        source["lsn"] = lsn
         if after is not None and UNAVAILABLE in after.values():
             source["unavailable"] = [k for k, v in after.items() if v == UNAVAILABLE]
         value = {"before": before, "after": after, "op": op, "source": source,
@@ -740,6 +773,41 @@ class PostgresSource(Source):
         self._snap_after = None
         log.info("%s: snapshot complete", self._where)
         return SourceBatch([], self._offset(self._committed_lsn))
+
+
+_OID = struct.Struct(">I")
+_NCOLS = struct.Struct(">H")
+
+
+def _parse_row(
+    data: bytes, pos: int, names: list[str], decoders: list[Callable[[bytes], Any]]
+) -> tuple[dict[str, Any], int, bool]:
+    """A pgoutput TupleData straight into ``{column: value}``; also whether a 'u' column was seen."""
+    (ncols,) = _NCOLS.unpack_from(data, pos)
+    if ncols != len(names):
+        raise po.PgOutputError(f"tuple has {ncols} columns, the relation {len(names)}")
+    pos += 2
+    out: dict[str, Any] = {}
+    toast = False
+    unpack = _OID.unpack_from
+    for i in range(ncols):
+        kind = data[pos]
+        if kind == 0x74:  # 't'
+            start = pos + 5
+            pos = start + unpack(data, pos + 1)[0]
+            out[names[i]] = decoders[i](data[start:pos])
+        elif kind == 0x6E:  # 'n'
+            out[names[i]] = None
+            pos += 1
+        elif kind == 0x75:  # 'u'
+            out[names[i]] = po.UNCHANGED_TOAST
+            toast = True
+            pos += 1
+        else:
+            raise po.PgOutputError(f"unsupported tuple column kind {chr(kind)!r}")
+    if pos > len(data):
+        raise po.PgOutputError("tuple data runs past the end of the message")
+    return out, pos, toast
 
 
 _COPY_ESCAPES = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v", b"\\": b"\\"}
