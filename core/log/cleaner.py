@@ -119,7 +119,7 @@ class _Checkpoint:
             data = json.loads((directory / CLEANER_CHECKPOINT).read_text())
         except FileNotFoundError:
             return cls()
-        except ValueError:  # torn by a crash mid-write is impossible (atomic replace); be lenient anyway
+        except ValueError:  # unreadable: everything counts as dirty again, tombstones get a fresh time
             return cls()
         ranges = [(int(end), int(at)) for end, at in data.get("tombstone_ranges", [])]
         return cls(int(data.get("first_dirty_offset", 0)), ranges)
@@ -153,7 +153,7 @@ def compact(partition: Partition, now_ms: int, *, force: bool = False) -> CleanR
     lso = partition.last_stable_offset
     cleanable = _cleanable_segments(segments, lso, now_ms, settings.min_compaction_lag_ms)
     checkpoint = _Checkpoint.read(partition.directory)
-    log_start = segments[0].base_offset
+    log_start = partition.log_start_offset
     first_dirty = checkpoint.first_dirty_offset
     if first_dirty > partition.log_end_offset:  # the log was truncated below it: start over
         first_dirty, checkpoint.tombstone_ranges = log_start, []

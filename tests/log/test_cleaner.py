@@ -578,3 +578,28 @@ def check(
     for target in stamps[:: max(1, len(stamps) // 5)]:
         expected = min(r.offset for r in on_disk if r.timestamp >= target)
         assert partition.offset_for_time(target) == expected
+
+
+def test_delete_only_topic_is_not_compacted_and_both_policies_work(store: LogStore) -> None:
+    plain = store.create_topic("plain", 1, {"segment.bytes": 1024}).partitions[0]
+    put(plain, [(b"a", b"1"), (b"a", b"2")], 1)
+    plain.roll()
+    assert not compact(plain, 1000, force=True)
+    assert len(physical(plain)) == 2
+
+    from millpond.log.retention import enforce_retention
+
+    both = store.create_topic("both", 1, {**COMPACT, "cleanup.policy": "compact,delete", "retention.ms": 500}).partitions[0]
+    put(both, [(b"a", b"1"), (b"b", b"1")], 100)
+    both.roll()
+    put(both, [(b"a", b"2")], 900)
+    both.roll()
+    put(both, [(b"c", b"1")], 1000)
+    compact(both, 1000, force=True)
+    assert [(r.key, r.value) for r in physical(both)] == [(b"b", b"1"), (b"a", b"2"), (b"c", b"1")]
+    assert len(both.segments) == 2  # the two sealed segments were merged into one; its newest record is at 900
+    assert enforce_retention(both, 1399).segments_deleted == 0
+    result = enforce_retention(both, 1401)
+    assert result.segments_deleted == 1 and result.new_log_start_offset == 3
+    assert [(r.key, r.value) for r in physical(both)] == [(b"c", b"1")]
+    assert not compact(both, 1401, force=True)  # nothing sealed is left to clean
