@@ -70,6 +70,8 @@ class FileSourceConfig(ConnectorConfig):
     #: policy deal with it (a timestamp transform dead-letters it) instead of the source failing
     format: Literal["text", "json"] = "text"
     partial_line_ms: int | None = 1000
+    #: drop the "\r" of "\r\n" line ends (files written on Windows)
+    strip_cr: bool = True
     rescan_ms: int = 1000
     rotated_close_ms: int = 5000
     read_bytes: int = 1 << 20
@@ -354,7 +356,10 @@ class FileSource(Source):
                 moved = True
                 continue
             block = data[:end]
-            lines = block.decode(cfg.encoding, "replace").split("\n")
+            text = block.decode(cfg.encoding, "replace")
+            lines = text.split("\n")
+            if cfg.strip_cr and "\r" in text:
+                lines = [line[:-1] if line.endswith("\r") else line for line in lines]
             if len(lines) > budget - count:
                 lines = lines[: budget - count]
                 # measured on bytes: ``position`` stays exact even for lossy decodes

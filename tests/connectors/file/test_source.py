@@ -265,3 +265,12 @@ def test_unreadable_file_is_reported_and_picked_up_once_readable(
     monkeypatch.setattr(os, "open", real_open)
     assert h.drain() == ["secret"]
     h.stop()
+
+
+def test_crlf_line_ends_are_stripped(tmp_path: Path) -> None:
+    with open(tmp_path / "win.log", "wb") as f:
+        f.write(b"one\r\ntwo\r\nthree\n")
+    h = Harness(tmp_path)
+    assert h.drain() == ["one", "two", "three"]
+    assert h.offset["files"][0]["position"] == len(b"one\r\ntwo\r\nthree\n")
+    h.stop()
