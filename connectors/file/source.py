@@ -22,6 +22,13 @@ Rotation:
   0. The copy must not match the glob, or its lines are read twice — the same
   rule as for every tailer that follows files by inode.
 
+With rename rotation, a glob that also matches the rotated names
+(``*.log*``) is the safe choice: files are followed by inode, so a renamed
+file is never read twice, and a generation created and rotated away between
+two scans (``rescan_ms``) or while the worker was stopped is still read. With
+``*.log`` such a generation is never seen. Matched files stay in the
+checkpoint until they are deleted.
+
 A last line without a trailing newline is held back: it is emitted once the
 file has not grown for ``partial_line_ms`` (default 1 s), or when a rotated
 file is closed. Its position then moves past it, so it is never emitted twice;
@@ -170,8 +177,8 @@ class FileSource(Source):
                 pass
             if found_path is None:
                 log.warning(
-                    "file %s (inode %d) from the checkpoint is gone; lines written after position %d were lost "
-                    "with it", tf.path, tf.inode, tf.position,
+                    "file %s (inode %d) from the checkpoint is gone; anything written to it after position %d "
+                    "was not read", tf.path, tf.inode, tf.position,
                 )
                 return
             candidates = [found_path]
