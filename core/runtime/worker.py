@@ -64,6 +64,11 @@ def preflight(config: PipelineConfig) -> None:
     """Fail fast, before the log is opened, on anything a restart cannot fix."""
     check_guarantees(config)
     for spec in config.connectors:
+        if spec.kind == "sink" and spec.tasks > 1 and config.log.embedded is not None:
+            raise ConfigError(
+                f"connector {spec.name!r}: tasks: {spec.tasks} needs a log that splits a group's partitions "
+                f"between members (Kafka); on the embedded log one sink task reads every partition, use tasks: 1"
+            )
         for task in range(spec.tasks):
             if spec.kind == "source":
                 make_source(config, spec, task)

@@ -210,3 +210,9 @@ def test_source_offsets_topic_is_compacted() -> None:
     backend = FakeBackend()
     run(pipeline([1]), backend)
     assert backend.topics[SOURCE_OFFSETS_TOPIC].config["cleanup.policy"] == "compact"
+
+
+def test_several_sink_tasks_on_the_embedded_log_are_refused() -> None:
+    backend = FakeBackend()
+    with pytest.raises(ConfigError, match="tasks: 2"):
+        run(pipeline([1], sink={"tasks": 2}), backend)
