@@ -77,6 +77,8 @@ if TYPE_CHECKING:
     from .partition import Partition
 
 CLEANER_CHECKPOINT = "cleaner-offset-checkpoint"
+#: about 150 MB of Python dict at 16-byte keys
+MAX_MAP_KEYS = 1_000_000
 _MAX_RELATIVE_OFFSET = (1 << 31) - 1
 _LEADER_EPOCH_POSITION = 12
 
@@ -144,8 +146,18 @@ def read_checkpoint(partition: Partition) -> tuple[int, list[tuple[int, int]]]:
 # -- the pass --
 
 
-def compact(partition: Partition, now_ms: int, *, force: bool = False) -> CleanResult:
-    """Run one cleaning pass over ``partition`` if it is due (or ``force``)."""
+def compact(
+    partition: Partition, now_ms: int, *, force: bool = False, max_map_keys: int = MAX_MAP_KEYS
+) -> CleanResult:
+    """Run one cleaning pass over ``partition`` if it is due (or ``force``).
+
+    The offset map holds at most about ``max_map_keys`` keys (it stops at the
+    first segment boundary past that, as Kafka's dedupe buffer does): a pass
+    then cleans only up to where the map reached, and the next pass goes on
+    from there.
+    """
+    if max_map_keys < 1:
+        raise ValueError(f"max_map_keys must be at least 1, not {max_map_keys}")
     settings = partition.settings
     if not settings.compact or not partition.writable:
         return CleanResult(first_dirty_offset=_Checkpoint.read(partition.directory).first_dirty_offset)
@@ -170,7 +182,15 @@ def compact(partition: Partition, now_ms: int, *, force: bool = False) -> CleanR
     if not (force or due):
         return CleanResult(dirty_ratio=ratio, first_dirty_offset=first_dirty)
 
-    offset_map = _build_offset_map(partition, segments, min(first_dirty, cleanable_end), lso)
+    offset_map, mapped_end = _build_offset_map(
+        partition, segments, min(first_dirty, cleanable_end), lso, max_map_keys
+    )
+    if mapped_end < cleanable_end:  # the map is full: records past it were not deduplicated
+        cleanable = [s for s in cleanable if s.next_offset <= mapped_end]
+        if not cleanable:
+            return CleanResult(dirty_ratio=ratio, first_dirty_offset=first_dirty)
+        cleanable_end = cleanable[-1].next_offset
+        total = sum(s.size for s in cleanable)
     cleaner = _BatchFilter(offset_map, partition, horizon, first_dirty)
     result = CleanResult(cleaned=True, dirty_ratio=ratio, segments_before=len(cleanable), bytes_before=total)
     for group in _group_segments(cleanable, settings.segment_bytes):
@@ -247,21 +267,26 @@ def _checked_batches(
 
 
 def _build_offset_map(
-    partition: Partition, segments: Sequence[LogSegment], from_offset: int, lso: int
-) -> dict[bytes, int]:
-    """key -> latest stable offset over [from_offset, lso)."""
+    partition: Partition, segments: Sequence[LogSegment], from_offset: int, lso: int, max_keys: int
+) -> tuple[dict[bytes, int], int]:
+    """key -> latest stable offset over [from_offset, lso), and where the map stops.
+
+    The map stops at the end of the first segment that brings it to
+    ``max_keys`` keys (always after at least one segment with data); it is
+    complete up to the offset returned.
+    """
     is_aborted = partition._state.is_aborted  # the partition's transaction state (read only)
     offset_map: dict[bytes | None, int] = {}
     update = offset_map.update
+    mapped_end = from_offset
     for segment in segments:
-        if segment.next_offset <= from_offset or segment.size == 0:
+        if segment.next_offset <= from_offset:
             continue
-        if segment.base_offset >= lso:
+        if segment.base_offset >= lso or len(offset_map) >= max_keys:
             break
         start = segment.position_of(from_offset) if from_offset > segment.base_offset else 0
-        if start is None:
-            continue
-        for _, header, data in _checked_batches(segment, start, partition.name):
+        batches = _checked_batches(segment, start, partition.name) if start is not None else iter(())
+        for _, header, data in batches:
             if header.base_offset >= lso:
                 break
             if header.is_control or header.last_offset < from_offset:
@@ -269,8 +294,9 @@ def _build_offset_map(
             if header.is_transactional and is_aborted(header.producer_id, header.base_offset):
                 continue
             update(zip(map(_KEY, batch_format.iter_records(data)), _offsets(header, data)))
+        mapped_end = min(segment.next_offset, lso)
     offset_map.pop(None, None)  # null keys supersede nothing
-    return offset_map  # type: ignore[return-value]  # the None key is gone
+    return offset_map, mapped_end  # type: ignore[return-value]  # the None key is gone
 
 
 class _BatchFilter:

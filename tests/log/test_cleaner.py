@@ -475,8 +475,11 @@ operations = st.lists(
     ops=operations,
     segment_bytes=st.sampled_from([1024, 1500, 3000, 20_000]),
     ratio=st.sampled_from([0.0, 0.3, 0.7]),
+    map_keys=st.sampled_from([1, 3, 1_000_000]),
 )
-def test_compaction_matches_a_dict_model(ops: list[tuple[str, Any]], segment_bytes: int, ratio: float) -> None:
+def test_compaction_matches_a_dict_model(
+    ops: list[tuple[str, Any]], segment_bytes: int, ratio: float, map_keys: int
+) -> None:
     retention = 1000
     config = {
         "cleanup.policy": "compact",
@@ -515,7 +518,7 @@ def test_compaction_matches_a_dict_model(ops: list[tuple[str, Any]], segment_byt
                     now += arg * 400
                     first_dirty_before = read_checkpoint(partition)[0]
                     lso = partition.last_stable_offset
-                    result = compact(partition, now, force=op == "force")
+                    result = compact(partition, now, force=op == "force", max_map_keys=map_keys)
                     event(f"pass removed records: {result.records_removed > 0}")
                     event(f"pass removed tombstones: {result.tombstones_removed > 0}")
                     event(f"pass with an open transaction: {bool(model.open_txn)}")
@@ -524,15 +527,21 @@ def test_compaction_matches_a_dict_model(ops: list[tuple[str, Any]], segment_byt
                         for offset in model.written:
                             if first_dirty_before <= offset < first_dirty:
                                 model.cleaned_at.setdefault(offset, now)
-                    check(partition, model, now, retention, lso, first_dirty if result else None)
+                    check(partition, model, now, retention, lso, first_dirty if result else None, map_keys > 100)
                 now += 1
-            check(partition, model, now, retention, partition.last_stable_offset, None)
+            check(partition, model, now, retention, partition.last_stable_offset, None, False)
         finally:
             store.close()
 
 
 def check(
-    partition: Partition, model: Model, now: int, retention: int, lso: int, cleaned_up_to: int | None
+    partition: Partition,
+    model: Model,
+    now: int,
+    retention: int,
+    lso: int,
+    cleaned_up_to: int | None,
+    whole_map: bool,
 ) -> None:
     on_disk = physical(partition)
     offsets = [r.offset for r in on_disk]
@@ -559,12 +568,16 @@ def check(
         for offset, (key, _, _) in sorted(model.stable().items()):
             if key is not None and offset < lso:
                 below_lso[key] = offset
+        clean_keys: set[bytes] = set()
         for record in on_disk:
             if record.offset >= cleaned_up_to:
                 break
             assert record.offset not in model.aborted, "aborted records are dropped"
             if record.key is not None:
-                assert below_lso[record.key] == record.offset, f"superseded record at {record.offset} survived"
+                assert record.key not in clean_keys, f"two records of {record.key!r} in the clean part"
+                clean_keys.add(record.key)
+                if whole_map:  # the map reached the LSO: nothing stable supersedes a clean record
+                    assert below_lso[record.key] == record.offset, f"superseded record at {record.offset} survived"
                 if record.value is None:
                     assert model.cleaned_at[record.offset] + retention > now, "expired tombstone survived"
     active = partition.active_segment
@@ -603,3 +616,23 @@ def test_delete_only_topic_is_not_compacted_and_both_policies_work(store: LogSto
     assert result.segments_deleted == 1 and result.new_log_start_offset == 3
     assert [(r.key, r.value) for r in physical(both)] == [(b"c", b"1")]
     assert not compact(both, 1401, force=True)  # nothing sealed is left to clean
+
+
+def test_a_small_offset_map_cleans_in_several_passes(store: LogStore) -> None:
+    config = {**COMPACT, "segment.bytes": 1 << 20}
+    small = store.create_topic("small", 1, config).partitions[0]
+    whole = store.create_topic("whole", 1, config).partitions[0]
+    for partition in (small, whole):
+        for i in range(8):  # eight segments, each with its own 5 keys plus the shared "s"
+            put(partition, [(b"k%d-%d" % (i, j), b"%d" % i) for j in range(5)] + [(b"s", b"%d" % i)], i)
+            put(partition, [(b"k%d-0" % i, None)], i)
+            partition.roll()
+        put(partition, [(b"z", b"z")], 99)
+    compact(whole, 1000, force=True)
+    first = compact(small, 1000, force=True, max_map_keys=10)
+    assert first.segments_before < 8  # the map filled up: only a prefix was cleaned
+    assert read_checkpoint(small)[0] < read_checkpoint(whole)[0]
+    for _ in range(8):
+        compact(small, 1000, force=True, max_map_keys=10)
+    assert read_checkpoint(small)[0] == read_checkpoint(whole)[0]
+    assert [(r.offset, r.key, r.value) for r in physical(small)] == [(r.offset, r.key, r.value) for r in physical(whole)]
