@@ -15,6 +15,8 @@ What a pass cleans (``compact``)::
   cleanable range and the head up to the last stable offset: a record may be
   removed because a later *stable* record supersedes it, wherever that record
   is. Records of aborted transactions and control batches never enter the map.
+  The map is bounded (``max_map_keys``); when it fills up, the pass ends at
+  that segment boundary and the next pass goes on from there.
 - A pass runs when dirty bytes / cleanable bytes >= ``min.cleanable.dirty.ratio``,
   when tombstones are due for removal, or when forced. The first dirty offset
   (Kafka's cleaner-offset-checkpoint) lives in ``cleaner-offset-checkpoint``
