@@ -29,7 +29,7 @@ OFFSETS_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": 16 << 20}
 def offset_rows(group: str, offsets: Mapping[TopicPartition, int]) -> list[Row]:
     now = int(time.time() * 1000)
     return [
-        (
+        Row(
             json.dumps([group, tp.topic, tp.partition]).encode(),
             json.dumps({"offset": offset, "ts": now}).encode(),
             now,
@@ -106,5 +106,5 @@ class GroupCoordinator:
         offsets = self._committed.pop(group, {})
         if offsets:
             self._partition.append(
-                [(json.dumps([group, tp.topic, tp.partition]).encode(), None, None, []) for tp in offsets]
+                [Row(json.dumps([group, tp.topic, tp.partition]).encode(), None, None, []) for tp in offsets]
             )

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .errors import TransactionError
-from .log.batch import Row
+from .log.batch import Encodable, Row
 from .log.partition import Partition
 from .log.store import LogStore
 from .offsets import OFFSETS_TOPIC, GroupCoordinator, offset_rows
@@ -94,7 +94,7 @@ class TransactionCoordinator:
                 "partitions": [list(tp) for tp in state.partitions],
             }
         ).encode()
-        self._log.append([(state.transactional_id.encode(), value, int(time.time() * 1000), [])])
+        self._log.append([Row(state.transactional_id.encode(), value, int(time.time() * 1000), [])])
         if durable and self.fsync:
             self._log.flush()
 
@@ -135,7 +135,7 @@ class TransactionCoordinator:
         self,
         state: TransactionState,
         epoch: int,
-        data: Mapping[TopicPartition, Sequence[Row]],
+        data: Mapping[TopicPartition, Sequence[Encodable]],
         offsets: Mapping[str, Mapping[TopicPartition, int]],
     ) -> None:
         """Append ``data`` and ``offsets`` as one transaction and commit it."""

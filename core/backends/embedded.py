@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LogLockedError, OffsetOutOfRangeError, TransactionError, UnknownTopicError
-from ..log.batch import Row
 from ..log.partition import Partition
 from ..log.store import LogStore
 from ..offsets import GroupCoordinator
@@ -30,10 +29,6 @@ log = logging.getLogger(__name__)
 
 MAX_FETCH_BYTES = 4 << 20
 BATCH_RECORDS = 10_000
-
-
-def _row(record: Record) -> Row:
-    return (record.key, record.value, record.timestamp, record.headers)
 
 
 class EmbeddedBackend:
@@ -216,7 +211,7 @@ class EmbeddedProducer:
     def __init__(self, backend: EmbeddedBackend, transactional_id: str | None) -> None:
         self.backend = backend
         self.transactional_id = transactional_id
-        self._pending: dict[TopicPartition, list[Row]] = {}
+        self._pending: dict[TopicPartition, list[Record]] = {}
         self._offsets: dict[str, dict[TopicPartition, int]] = {}
         self._state: TransactionState | None = None
         self._epoch = -1
@@ -231,10 +226,10 @@ class EmbeddedProducer:
 
     async def send(self, topic: str, record: Record, partition: int | None = None) -> None:
         tp = TopicPartition(topic, self._partition_of(topic, record, partition))
-        self._pending.setdefault(tp, []).append(_row(record))
+        self._pending.setdefault(tp, []).append(record)
 
     async def send_batch(self, topic: str, partition: int, records: Sequence[Record]) -> None:
-        self._pending.setdefault(TopicPartition(topic, partition), []).extend(_row(r) for r in records)
+        self._pending.setdefault(TopicPartition(topic, partition), []).extend(records)
 
     async def flush(self) -> None:
         if self._in_transaction:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import crc32c
 
@@ -130,12 +130,29 @@ def _set_attributes(buf: bytearray, attributes: int, max_timestamp: int | None =
     _CRC.pack_into(buf, 17, crc32c.crc32c(memoryview(buf)[CRC_START:]))
 
 
-Row = tuple[bytes | None, bytes | None, int | None, list[tuple[str, bytes | None]]]
-"""(key, value, timestamp_ms or None for now, headers): one record to encode."""
+class Row(NamedTuple):
+    """One record to encode. A :class:`millpond.records.Record` has the same
+    attributes, so the producer hands its records over without copying them."""
+
+    key: bytes | None
+    value: bytes | None
+    timestamp: int | None  # None: now
+    headers: list[tuple[str, bytes | None]]
+
+
+class Encodable(Protocol):
+    @property
+    def key(self) -> Any: ...
+    @property
+    def value(self) -> Any: ...
+    @property
+    def timestamp(self) -> int | None: ...
+    @property
+    def headers(self) -> list[tuple[str, bytes | None]]: ...
 
 
 def build_batch(
-    rows: Sequence[Row],
+    rows: Sequence[Encodable],
     *,
     compression: int = 0,
     producer_id: int = NO_PRODUCER_ID,
@@ -151,8 +168,9 @@ def build_batch(
     builder = _CBuilder(2, compression, int(transactional), producer_id, producer_epoch, -1, 1 << 30)
     append = builder.append
     now = int(time.time() * 1000)
-    for offset, (key, value, timestamp, headers) in enumerate(rows):
-        append(offset, now if timestamp is None else timestamp, key, value, headers)
+    for offset, row in enumerate(rows):
+        timestamp = row.timestamp
+        append(offset, now if timestamp is None else timestamp, row.key, row.value, row.headers)
     buf: bytearray = builder.build()
     if log_append_time is not None:
         attributes = _ATTRIBUTES.unpack_from(buf, 21)[0] | TIMESTAMP_TYPE_MASK
@@ -171,7 +189,7 @@ def build_control_batch(producer_id: int, producer_epoch: int, commit: bool) -> 
     key = _CONTROL_KEY.pack(0, CONTROL_COMMIT if commit else CONTROL_ABORT)
     value = _CONTROL_VALUE.pack(0, 0)
     buf = build_batch(
-        [(key, value, None, [])],
+        [Row(key, value, None, [])],
         producer_id=producer_id,
         producer_epoch=producer_epoch,
         transactional=True,

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import OffsetOutOfRangeError
 from . import batch as batch_format
-from .batch import BatchHeader, Row
+from .batch import BatchHeader, Encodable
 from .segment import LogSegment
 from .settings import TopicSettings
 
@@ -264,7 +264,7 @@ class Partition:
 
     def append(
         self,
-        rows: Sequence[Row],
+        rows: Sequence[Encodable],
         *,
         producer_id: int = batch_format.NO_PRODUCER_ID,
         producer_epoch: int = -1,

@@ -14,6 +14,7 @@ import pytest
 from millpond.backends.base import IsolationLevel, TopicSpec
 from millpond.backends.embedded import EmbeddedBackend
 from millpond.errors import LogLockedError, TransactionError
+from millpond.log.batch import Row
 from millpond.records import Record, TopicPartition
 
 TP0 = TopicPartition("t", 0)
@@ -64,7 +65,7 @@ def test_abort_is_invisible_to_read_committed_only(tmp_path: Path) -> None:
         await producer.commit()
         # an abort after the data reached the log: the coordinator writes an ABORT marker
         state = backend._txns.init_producer("tx2")  # type: ignore[union-attr]
-        backend.partition(TP0).append([(None, b"aborted", None, [])], producer_id=state.producer_id,
+        backend.partition(TP0).append([Row(None, b"aborted", None, [])], producer_id=state.producer_id,
                                       producer_epoch=state.epoch, transactional=True)
         assert backend.partition(TP0).last_stable_offset < backend.partition(TP0).high_watermark
         assert await values(backend, IsolationLevel.read_committed) == [b"committed"]  # stops at the LSO
@@ -128,6 +129,7 @@ CRASHER = textwrap.dedent(
     from millpond.backends.embedded import EmbeddedBackend
     from millpond.backends.base import TopicSpec
     from millpond.records import Record, TopicPartition
+    from millpond.log.batch import Row
 
     async def main():
         backend = EmbeddedBackend(sys.argv[1])
@@ -137,7 +139,7 @@ CRASHER = textwrap.dedent(
         state = coordinator.init_producer("tx")
         for p in (0, 1):
             backend.partition(TopicPartition("t", p)).append(
-                [(None, b"in-flight", None, [])], producer_id=state.producer_id,
+                [Row(None, b"in-flight", None, [])], producer_id=state.producer_id,
                 producer_epoch=state.epoch, transactional=True)
         if sys.argv[2] == "decided":
             # the decision is durable, the markers are not written yet

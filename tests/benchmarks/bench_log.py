@@ -33,7 +33,7 @@ def make_batches(records: int) -> list[list[Row]]:
     value = os.urandom(VALUE_BYTES)
     keys = [os.urandom(KEY_BYTES) for _ in range(BATCH)]
     now = int(time.time() * 1000)
-    return [[(k, value, now + i, []) for k in keys] for i in range(records // BATCH)]
+    return [[Row(k, value, now + i, []) for k in keys] for i in range(records // BATCH)]
 
 
 def bench_append(directory: Path, batches: list[list[Row]]) -> tuple[float, int]:

@@ -21,7 +21,7 @@ def store(tmp_path: Path) -> Iterator[LogStore]:
 def rows(n: int, start: int = 0, *, ts: int = 1_700_000_000_000, value_size: int = 100) -> list[Row]:
     """``n`` records whose value starts with their sequence number."""
     pad = os.urandom(max(0, value_size - 12))
-    return [(b"key-%08d" % i, b"%012d" % i + pad, ts + i, []) for i in range(start, start + n)]
+    return [Row(b"key-%08d" % i, b"%012d" % i + pad, ts + i, []) for i in range(start, start + n)]
 
 
 def read_all(partition, start: int | None = None, *, read_committed: bool = False) -> list:  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ def test_c_codec_is_loaded() -> None:
 def test_segment_bytes_parse_with_the_pure_python_kafka_parser(store) -> None:  # type: ignore[no-untyped-def]
     partition = store.create_topic("t", 1).partitions[0]
     partition.append(rows(5))
-    partition.append([(None, b"x", 1, [("h", b"v")])])
+    partition.append([batch.Row(None, b"x", 1, [("h", b"v")])])
     data = partition.active_segment.read_bytes(0, partition.active_segment.size)
     position, decoded = 0, []
     while position < len(data):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from millpond.log import LogStore, Partition
 from millpond.log import cleaner as cleaner_module
-from millpond.log.batch import CODECS, iter_records, read_header
+from millpond.log.batch import CODECS, Row, iter_records, read_header
 from millpond.log.cleaner import compact, read_checkpoint
 from millpond.log.segment import LogSegment
 
@@ -43,7 +43,7 @@ def segment_files(segment: LogSegment) -> bytes:
 
 
 def put(partition: Partition, pairs: list[tuple[bytes | None, bytes | None]], ts: int, **kwargs: Any) -> int:
-    return partition.append([(k, v, ts, [("src", b"t")]) for k, v in pairs], **kwargs)
+    return partition.append([Row(k, v, ts, [("src", b"t")]) for k, v in pairs], **kwargs)
 
 
 # -- offsets, batches, metadata --
@@ -83,14 +83,14 @@ def test_rebuilt_batches_keep_producer_and_compression(store: LogStore) -> None:
     for codec in ("none", "gzip", "lz4", "zstd"):
         partition = store.create_topic(f"t-{codec}", 1, {**COMPACT, "compression.type": codec}).partitions[0]
         partition.append(
-            [(b"a", b"1", 5, [("h", b"1")]), (b"b", b"1", 7, []), (b"a", b"2", 6, [("h", b"2"), ("i", None)])],
+            [Row(b"a", b"1", 5, [("h", b"1")]), Row(b"b", b"1", 7, []), Row(b"a", b"2", 6, [("h", b"2"), ("i", None)])],
             producer_id=42,
             producer_epoch=3,
             transactional=True,
         )
         partition.append_control(42, 3, commit=True)
         partition.roll()
-        partition.append([(b"z", b"z", 9, [])])
+        partition.append([Row(b"z", b"z", 9, [])])
         compact(partition, 100, force=True)
         segment = partition.segments[0]
         headers = [h for _, h in segment.walk(0)]
@@ -110,11 +110,11 @@ def test_rebuilt_batches_keep_producer_and_compression(store: LogStore) -> None:
 
 def test_log_append_time_batches_keep_their_timestamp(store: LogStore) -> None:
     partition = store.create_topic("t", 1, {**COMPACT, "message.timestamp.type": "LogAppendTime"}).partitions[0]
-    partition.append([(b"a", b"1", 1, []), (b"b", b"1", 2, [])])
+    partition.append([Row(b"a", b"1", 1, []), Row(b"b", b"1", 2, [])])
     stamp = read_all(partition)[0].timestamp
-    partition.append([(b"a", b"2", 3, [])])
+    partition.append([Row(b"a", b"2", 3, [])])
     partition.roll()
-    partition.append([(b"z", b"z", 9, [])])
+    partition.append([Row(b"z", b"z", 9, [])])
     compact(partition, stamp + 1, force=True)
     records = read_all(partition)
     assert [(r.offset, r.key, r.value) for r in records[:2]] == [(1, b"b", b"1"), (2, b"a", b"2")]

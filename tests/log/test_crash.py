@@ -18,6 +18,7 @@ WRITER = textwrap.dedent(
     """
     import os, sys
     from millpond.log import LogStore
+    from millpond.log.batch import Row
     store = LogStore(sys.argv[1])
     topic = store.topics.get("t") or store.create_topic("t", 1, {"segment.bytes": 65536})
     partition = topic.partitions[0]
@@ -25,7 +26,7 @@ WRITER = textwrap.dedent(
     while True:
         start = partition.log_end_offset
         n = 1 + start % 97
-        partition.append([(None, b"%012d" % i + pad, None, []) for i in range(start, start + n)])
+        partition.append([Row(None, b"%012d" % i + pad, None, []) for i in range(start, start + n)])
         if start % 7 == 0:
             partition.flush(fsync=False)
         print(partition.log_end_offset, flush=True)
@@ -40,10 +41,13 @@ def test_kill_9_mid_append_loses_no_acknowledged_batch(tmp_path: Path) -> None:
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
         )
-        time.sleep(0.3 + rng.random() * 0.4)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the topic exists and one batch is in
+        assert first, "the writer died before its first append"
+        time.sleep(rng.random() * 0.4)
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
-        lines = out.split()
+        lines = (first + out).split()
         if lines:
             acknowledged = max(acknowledged, int(lines[-1]))
         store = LogStore(tmp_path)
