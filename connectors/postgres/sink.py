@@ -75,10 +75,24 @@ class _Target:
     name: str
     columns: list[str]
     key: list[str]
+    sql: str = ""
 
-    @property
-    def sql(self) -> str:
-        return f"{_ident(self.schema)}.{_ident(self.name)}"
+    def __post_init__(self) -> None:
+        self.sql = f"{_ident(self.schema)}.{_ident(self.name)}"
+
+
+#: one encoder for every document (json.dumps with options builds a new one per call)
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
+def _key_of(row: dict[str, Any], columns: list[str]) -> Any:
+    """A hashable identity of the row's key (JSON text when a key value is a list or dict)."""
+    values = tuple(row[k] for k in columns)
+    try:
+        hash(values)
+    except TypeError:
+        return _encode(values)
+    return values
 
 
 def _sql_type(value: Any) -> str:
@@ -267,7 +281,7 @@ class PostgresSink(Sink):
 
     async def _apply(self, conn: asyncpg.Connection, records: list[Record]) -> int:
         # per table: key -> ("up" | "del", doc), last change wins (merged onto an earlier upsert)
-        pending: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+        pending: dict[str, dict[Any, tuple[str, dict[str, Any]]]] = {}
         targets: dict[str, _Target] = {}
         for record in records:
             what, row = self._meaning(record)
@@ -292,11 +306,12 @@ class PostgresSink(Sink):
                         f"{self._where}: cannot delete from {target.schema}.{target.name}: it has no primary "
                         "key and no key_columns are configured"
                     )
-                pending.setdefault(tkey, {})[f"#{len(pending.get(tkey, {}))}"] = ("up", row)
+                appended = pending.setdefault(tkey, {})
+                appended[("#", len(appended))] = ("up", row)
                 continue
             key_row = record.key if isinstance(record.key, dict) and what == "del" else row
             try:
-                key = json.dumps([key_row[k] for k in target.key], separators=(",", ":"), default=str)
+                key = _key_of(key_row, target.key)
             except KeyError as exc:
                 raise RecordError(
                     f"{self._where}: record at {record.topic}-{record.partition}@{record.offset} lacks key "
@@ -318,14 +333,14 @@ class PostgresSink(Sink):
 
     async def _stage(self, conn: asyncpg.Connection, docs: list[dict[str, Any]]) -> None:
         await conn.execute(f"TRUNCATE {STAGE}")
-        dumps = json.dumps
-        await conn.copy_records_to_table(
-            STAGE, records=[(dumps(d, separators=(",", ":"), default=str),) for d in docs], columns=["doc"]
-        )
+        encode = _encode
+        await conn.copy_records_to_table(STAGE, records=[(encode(d),) for d in docs], columns=["doc"])
         if len(docs) > 1000:
             await conn.execute(f"ANALYZE {STAGE}")
 
-    async def _write_table(self, conn: asyncpg.Connection, t: _Target, changes: dict[str, tuple[str, dict[str, Any]]]) -> int:
+    async def _write_table(
+        self, conn: asyncpg.Connection, t: _Target, changes: dict[Any, tuple[str, dict[str, Any]]]
+    ) -> int:
         deletes = [doc for op, doc in changes.values() if op == "del"]
         wanted = set(t.columns)
         full: list[dict[str, Any]] = []

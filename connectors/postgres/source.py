@@ -30,14 +30,24 @@ Record shape (one topic per table, ``<topic_prefix>.<schema>.<table>``)
 ``d`` (delete), ``r`` (snapshot read), ``t`` (truncate, key None). A delete
 is followed by a tombstone (value None) for the same key. An update that
 changes the key is a delete (+ tombstone) of the old key and a create of
-the new one. A TOASTed column that an update left unchanged and that the
-old row does not carry (REPLICA IDENTITY DEFAULT) is set to
-:data:`UNAVAILABLE` and named in ``source.unavailable`` — never a silent null.
+the new one. A TOASTed column that an update left unchanged is filled from
+the old row when Postgres sends it (REPLICA IDENTITY FULL); otherwise it is
+set to :data:`UNAVAILABLE` and named in ``source.unavailable`` — never a
+silent null — and a sink keeps the value it has. When the key changed too,
+no sink has that value, so it is read back from the table (named in
+``source.read_back``; see :meth:`PostgresSource._read_back`).
+
+Offsets look like ``{"lsn": "0/16B3748", "snapshot_done": true, "snapshot":
+"xmin:xmax:xip"}`` (plus ``snapshot_table`` / ``snapshot_after`` while the
+copy runs). ``slot_lag_bytes`` / :meth:`PostgresSource.slot_lag` tell how much
+WAL the slot holds; an idle stream sends an empty batch (a heartbeat) every
+``heartbeat_interval_s`` so the slot moves on even when other tables write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import struct
@@ -105,6 +115,10 @@ def _ident(name: str) -> str:
 
 def _slot_name(name: str) -> str:
     return ("millpond_" + re.sub(r"[^a-z0-9_]", "_", name.lower()))[:63]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def split_table(name: str) -> tuple[str, str]:
@@ -578,7 +592,7 @@ class PostgresSource(Source):
                 assert isinstance(msg, po.Update)
                 t = tables.get(msg.relation_oid)
                 if t is not None:
-                    self._update(t, msg, row[0], xid, commit_ms, txn)
+                    await self._update(t, msg, row[0], xid, commit_ms, txn)
             elif cls is po.Delete:
                 if skip:
                     continue
@@ -657,7 +671,9 @@ class PostgresSource(Source):
                 out[name] = dec(value)  # type: ignore[arg-type]
         return out
 
-    def _update(self, t: _Table, msg: po.Update, lsn: str, xid: int, commit_ms: int, txn: list[Record]) -> None:
+    async def _update(
+        self, t: _Table, msg: po.Update, lsn: str, xid: int, commit_ms: int, txn: list[Record]
+    ) -> None:
         full_old = msg.old if msg.old_kind == "O" else None
         after = self._row(t, msg.new, full_old)
         assert after is not None
@@ -669,10 +685,43 @@ class PostgresSource(Source):
                 gone = self._change(t, "d", before, None, lsn, xid, commit_ms)
                 txn.append(gone)
                 txn.append(Record(value=None, key=gone.key, topic=t.topic, timestamp=commit_ms))
-                txn.append(self._change(t, "c", None, after, lsn, xid, commit_ms))
+                read_back = await self._read_back(t, after) if UNAVAILABLE in after.values() else []
+                created = self._change(t, "c", None, after, lsn, xid, commit_ms)
+                if read_back:
+                    created.value["source"]["read_back"] = read_back
+                txn.append(created)
                 return
         before = self._row(t, full_old, None) if full_old is not None else None
         txn.append(self._change(t, "u", before, after, lsn, xid, commit_ms))
+
+    async def _read_back(self, t: _Table, after: dict[str, Any]) -> list[str]:
+        """Fill unchanged TOAST columns of a row that moved to a new key from the table itself.
+
+        Postgres sends neither the value nor (REPLICA IDENTITY DEFAULT) the old
+        row, and a sink cannot keep a value of a row that was at another key.
+        The value read now is the column's current value at that key: if it
+        changed since, that later change is in the stream with its full value
+        and overwrites this one, so the copy still ends equal. A row gone since
+        keeps the marker (its delete follows in the stream).
+        """
+        missing = [k for k, v in after.items() if v == UNAVAILABLE]
+        assert self._conn is not None
+        rel = f"{_ident(t.schema)}.{_ident(t.name)}"
+        cols = ", ".join(f"src.{_ident(c)}" for c in missing)
+        match = " AND ".join(f"src.{_ident(k)} = r.{_ident(k)}" for k in t.key_columns)
+        key = json.dumps({k: after[k] for k in t.key_columns})
+        rows = await _copy_rows(
+            self._conn,
+            f"SELECT {cols} FROM {rel} AS src, jsonb_populate_record(NULL::{rel}, {_literal(key)}::jsonb) r "
+            f"WHERE {match}",
+            [],
+        )
+        if not rows:
+            return []
+        decoders = dict(zip(t.columns, t.decoders))
+        for name, value in zip(missing, rows[0]):
+            after[name] = None if value is None else decoders[name](value)
+        return missing
 
     def _change(self, t: _Table, op: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
                 lsn: str, xid: int, commit_ms: int, key: bool = True, snapshot: bool = False) -> Record:

@@ -37,7 +37,8 @@ import pytest
 pytestmark = [pytest.mark.postgres]
 
 REPO = Path(__file__).resolve().parents[3]
-KILLS = 20
+#: at least 20 by default; MILLPOND_FAULT_KILLS changes it (e.g. to debug with fewer)
+KILLS = int(os.environ.get("MILLPOND_FAULT_KILLS", "20"))
 
 
 def millpond_command() -> list[str]:
@@ -147,11 +148,21 @@ async def tables_differ(dsn: str, schema: str, replica: str) -> dict[str, int]:
             f"UNION ALL (SELECT to_jsonb(b) FROM {replica}.{t} b EXCEPT ALL SELECT to_jsonb(a) FROM {schema}.{t} a)) d"
         )
         out[f"{t}_rows"] = await conn.fetchval(f"SELECT count(*) FROM {schema}.{t}")
+        if out[t]:
+            sample = await conn.fetch(
+                f"SELECT a.id, b.id AS replica_id, (SELECT array_agg(k) FROM jsonb_each(to_jsonb(a)) e(k, v) "
+                f"WHERE v IS DISTINCT FROM to_jsonb(b) -> k) AS columns "
+                f"FROM {schema}.{t} a FULL JOIN {replica}.{t} b ON a.id = b.id "
+                f"WHERE to_jsonb(a) IS DISTINCT FROM to_jsonb(b) LIMIT 5"
+            )
+            out[f"{t}_sample"] = [dict(r) for r in sample]  # type: ignore[assignment]
     await conn.close()
     return out
 
 
 async def drop(dsn: str, schema: str, replica: str) -> None:
+    if os.environ.get("MILLPOND_FAULT_KEEP"):
+        return  # left for a look (MILLPOND_FAULT_KEEP=1)
     conn = await asyncpg.connect(dsn)
     await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     await conn.execute(f"DROP SCHEMA IF EXISTS {replica} CASCADE")
