@@ -31,7 +31,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import asyncpg
 from pydantic import Field, SecretStr
@@ -93,6 +93,13 @@ def _key_of(row: dict[str, Any], columns: list[str]) -> Any:
     except TypeError:
         return _encode(values)
     return values
+
+
+class _Entry(NamedTuple):
+    target: _Target
+    what: str  # "up" | "del" | "trunc"
+    row: dict[str, Any] | None
+    key: Any
 
 
 def _sql_type(value: Any) -> str:
@@ -163,16 +170,20 @@ class PostgresSink(Sink):
     # -- write / flush ----------------------------------------------------------
 
     async def write(self, records: list[Record]) -> None:
-        self._buffer.extend(records)
+        """Check every record (raising RecordError before buffering any), then buffer them."""
+        conn = self._conn
+        if conn is None:
+            raise ConnectorError(f"{self._where}: write before start")
+        entries = [await self._entry(conn, record) for record in records]
+        self._buffer.extend(e for e in entries if e is not None)
 
     async def flush(self, offsets: Mapping[TopicPartition, int]) -> None:
         conn = self._conn
         if conn is None:
             raise ConnectorError(f"{self._where}: flush before start")
-        records, self._buffer = self._buffer, []
         try:
             async with conn.transaction():
-                written = await self._apply(conn, records)
+                written = await self._apply(conn, self._buffer)
                 if offsets:
                     await conn.execute(
                         f"INSERT INTO {self._offsets_sql()} AS o (connector, topic, partition, next_offset) "
@@ -186,6 +197,7 @@ class PostgresSink(Sink):
             raise RetriableConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
         except asyncpg.PostgresError as exc:
             raise ConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+        self._buffer = []
         self.rows_written += written
 
     # -- applying records -----------------------------------------------------
@@ -279,53 +291,62 @@ class PostgresSink(Sink):
             raise RecordError(f"unknown change op {op!r} at {record.topic}-{record.partition}@{record.offset}")
         return "up", value
 
-    async def _apply(self, conn: asyncpg.Connection, records: list[Record]) -> int:
+    async def _entry(self, conn: asyncpg.Connection, record: Record) -> _Entry | None:
+        """What ``record`` asks of which table, checked; None for a tombstone that says nothing."""
+        what, row = self._meaning(record)
+        target = await self._target(conn, record, row if what == "up" else None)
+        if what == "trunc":
+            return _Entry(target, what, None, None)
+        where = f"{record.topic}-{record.partition}@{record.offset}"
+        if not isinstance(row, dict):
+            if what == "del" and record.value is None and record.key is None:
+                return None  # a tombstone without a key
+            raise RecordError(
+                f"{self._where}: {'a delete without a key' if what == 'del' else 'a change without a row'} "
+                f"for {target.schema}.{target.name} at {where}"
+            )
+        if not target.key:
+            if what == "del":
+                raise RecordError(
+                    f"{self._where}: cannot delete from {target.schema}.{target.name} ({where}): it has no "
+                    "primary key and no key_columns are configured"
+                )
+            return _Entry(target, what, row, None)
+        key_row = record.key if isinstance(record.key, dict) and what == "del" else row
+        try:
+            key = _key_of(key_row, target.key)
+        except KeyError as exc:
+            raise RecordError(
+                f"{self._where}: record at {where} lacks key column {exc} of {target.schema}.{target.name}"
+            ) from None
+        if what == "del":
+            row = {k: key_row[k] for k in target.key}
+        return _Entry(target, what, row, key)
+
+    async def _apply(self, conn: asyncpg.Connection, entries: list[_Entry]) -> int:
         # per table: key -> ("up" | "del", doc), last change wins (merged onto an earlier upsert)
         pending: dict[str, dict[Any, tuple[str, dict[str, Any]]]] = {}
         targets: dict[str, _Target] = {}
-        for record in records:
-            what, row = self._meaning(record)
-            target = await self._target(conn, record, row if what == "up" else None)
+        for target, what, row, key in entries:
             tkey = target.sql
             targets[tkey] = target
             if what == "trunc":
-                pending.pop(tkey, None)
+                pending.pop(tkey, None)  # what came before the truncate is gone anyway
                 if self.cfg.apply_truncate:
                     await conn.execute(f"TRUNCATE {tkey}")
                 continue
-            if row is None:
-                if what == "del" and record.value is None and record.key is None:
-                    continue  # a tombstone without a key says nothing
-                raise RecordError(
-                    f"{self._where}: a delete for {target.schema}.{target.name} without a key at "
-                    f"{record.topic}-{record.partition}@{record.offset}"
-                )
-            if not target.key:
-                if what == "del":
-                    raise RecordError(
-                        f"{self._where}: cannot delete from {target.schema}.{target.name}: it has no primary "
-                        "key and no key_columns are configured"
-                    )
-                appended = pending.setdefault(tkey, {})
-                appended[("#", len(appended))] = ("up", row)
-                continue
-            key_row = record.key if isinstance(record.key, dict) and what == "del" else row
-            try:
-                key = _key_of(key_row, target.key)
-            except KeyError as exc:
-                raise RecordError(
-                    f"{self._where}: record at {record.topic}-{record.partition}@{record.offset} lacks key "
-                    f"column {exc} of {target.schema}.{target.name}"
-                ) from None
+            assert row is not None
             per_table = pending.setdefault(tkey, {})
-            if what == "up":
+            if key is None:  # a table without a key: append
+                per_table[("#", len(per_table))] = ("up", row)
+            elif what == "up":
                 doc = {k: v for k, v in row.items() if v != UNAVAILABLE} if UNAVAILABLE in row.values() else row
                 prev = per_table.get(key)
                 if prev is not None and prev[0] == "up":
                     doc = {**prev[1], **doc}
                 per_table[key] = ("up", doc)
             else:
-                per_table[key] = ("del", {k: key_row[k] for k in target.key})
+                per_table[key] = ("del", row)
         written = 0
         for tkey, changes in pending.items():
             written += await self._write_table(conn, targets[tkey], changes)

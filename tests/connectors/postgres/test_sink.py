@@ -12,7 +12,7 @@ import pytest
 from millpond.connector import ConnectorContext
 from millpond.connectors.postgres.sink import PostgresSink, PostgresSinkConfig
 from millpond.converters import JsonConverter
-from millpond.errors import ConfigError
+from millpond.errors import ConfigError, RecordError
 from millpond.records import Record, TopicPartition
 
 from .conftest import connect, drain, make_source
@@ -73,6 +73,18 @@ def test_upserts_deletes_truncate_and_offsets_in_one_transaction(pg_dsn: str, na
             await sink.flush({tp: 7})
         assert await conn.fetchval(f"SELECT count(*) FROM {name}") == 2
         assert await conn.fetchval("SELECT next_offset FROM millpond_sink_offsets WHERE connector = $1", name) == 6
+        # the runtime restarts a failed sink; the new one resumes where the last flush ended
+        await sink.stop()
+        sink = make_sink(pg_dsn, name, table=name)
+        assert await sink.start() == {tp: 6}
+
+        # records that cannot mean anything are refused by write(), before anything is buffered
+        with pytest.raises(RecordError, match="JSON object"):
+            await sink.write([Record(key={"id": 7}, value=[1, 2], topic="topic-a", partition=0, offset=6)])
+        with pytest.raises(RecordError, match="lacks key column"):
+            await sink.write([Record(key=None, value={"v": "no id"}, topic="topic-a", partition=0, offset=6)])
+        with pytest.raises(RecordError, match="delete without a key"):
+            await sink.write([Record(key="plain", value=None, topic="topic-a", partition=0, offset=6)])
 
         # truncate, then new rows after it in the same flush
         await sink.write([
@@ -123,9 +135,8 @@ def test_auto_create_and_missing_table_error(pg_dsn: str, name: str) -> None:
         conn = await connect(pg_dsn)
         sink = make_sink(pg_dsn, name, table=f"{name}_missing")
         await sink.start()
-        await sink.write([Record(key={"id": 1}, value={"id": 1}, topic="t")])
         with pytest.raises(ConfigError, match="does not exist.*auto_create"):
-            await sink.flush({})
+            await sink.write([Record(key={"id": 1}, value={"id": 1}, topic="t")])
         await sink.stop()
         sink = make_sink(pg_dsn, name, schema="auto", auto_create=True)
         await sink.start()
