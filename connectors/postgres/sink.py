@@ -75,6 +75,8 @@ class _Target:
     name: str
     columns: list[str]
     key: list[str]
+    #: the key is the table's primary key (ON CONFLICT works); else delete + insert
+    unique: bool = True
     sql: str = ""
 
     def __post_init__(self) -> None:
@@ -229,6 +231,10 @@ class PostgresSink(Sink):
                         "create it or set auto_create: true"
                     )
                 target = await self._create(conn, schema, name, record, row)
+            if not target.key and isinstance(record.key, dict) and record.key:
+                # no primary key and none configured: the record key names the key columns
+                target.key = [k for k in record.key if k in target.columns]
+                target.unique = False
             self._targets[f"{schema}.{name}"] = target
         self._by_topic[topic] = target
         return target
@@ -252,8 +258,9 @@ class PostgresSink(Sink):
             "WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n",
             oid,
         )
-        key_columns = [r["attname"] for r in key] or list(self.cfg.key_columns or [])
-        return _Target(schema, name, [r["attname"] for r in cols], key_columns)
+        key_columns = [r["attname"] for r in key]
+        return _Target(schema, name, [r["attname"] for r in cols], key_columns or list(self.cfg.key_columns or []),
+                       unique=bool(key_columns))
 
     async def _create(
         self, conn: asyncpg.Connection, schema: str, name: str, record: Record, row: dict[str, Any]
@@ -376,7 +383,12 @@ class PostgresSink(Sink):
         if deletes:
             await self._stage(conn, deletes)
             await conn.execute(f"DELETE FROM {t.sql} t USING {STAGE} s, {rec} r WHERE {match}")
-        if full:
+        if full and t.key and not t.unique:
+            # no unique index to conflict on: replace the rows by key instead
+            await self._stage(conn, full)
+            await conn.execute(f"DELETE FROM {t.sql} t USING {STAGE} s, {rec} r WHERE {match}")
+            await conn.execute(f"INSERT INTO {t.sql} ({cols}) SELECT {rcols} FROM {STAGE} s, {rec} r")
+        elif full:
             await self._stage(conn, full)
             if not t.key:
                 conflict = ""

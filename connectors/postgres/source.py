@@ -201,6 +201,8 @@ class PostgresSource(Source):
         self._snap_after: list[Any] | None = None
         self._snap_conn: asyncpg.Connection | None = None
         self._snap_txn: Any = None
+        self._snap_rows = 0  # rows of the current table copied in this run, for progress
+        self._estimates: dict[int, int] = {}
         # stream state
         self._ready: deque[tuple[list[Record], int, int]] = deque()  # (records, end_lsn, xid)
         self._window = config.window_bytes
@@ -796,19 +798,30 @@ class PostgresSource(Source):
             after = {name: (None if v is None else dec(v)) for name, dec, v in zip(t.columns, t.decoders, row)}
             records.append(self._change(t, "r", None, after, lsn_text, 0, 0, snapshot=True))
         if len(rows) < limit:
-            log.info("%s: snapshot of %s.%s done", self._where, t.schema, t.name)
+            log.info("%s: snapshot of %s.%s done (%d rows in this run)", self._where, t.schema, t.name,
+                     self._snap_rows + len(rows))
+            self._snap_rows = 0
             self._snap_table += 1
             self._snap_after = None
         elif t.key_columns:
             last = rows[-1]
             self._snap_after = [None if last[i] is None else last[i].decode() for i in t.key_index]
-            log.info("%s: snapshot of %s.%s: copied up to key %s", self._where, t.schema, t.name,
-                     self._snap_after)
+            self._snap_rows += len(rows)
+            log.info("%s: snapshot of %s.%s: %d of about %d rows copied, up to key %s", self._where, t.schema,
+                     t.name, self._snap_rows, await self._estimate(conn, t), self._snap_after)
         else:
             self._snap_after = [(int(self._snap_after[0]) if self._snap_after else 0) + len(rows)]
         if self._snap_table >= len(tables):
             await self._finish_snapshot(keep_offset=True)
         return SourceBatch(records, self._offset(self._committed_lsn))
+
+    async def _estimate(self, conn: asyncpg.Connection, t: _Table) -> int:
+        """The planner's row count of ``t`` (cheap; for progress messages only)."""
+        if t.oid not in self._estimates:
+            self._estimates[t.oid] = int(
+                await conn.fetchval("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1", t.oid) or 0
+            )
+        return self._estimates[t.oid]
 
     async def _finish_snapshot(self, keep_offset: bool = False) -> SourceBatch:
         if self._snap_txn is not None:

@@ -235,3 +235,28 @@ def test_every_type_round_trips_source_to_sink(pg_dsn: str, name: str) -> None:
         json.dumps(first)
 
     run(go())
+
+
+def test_table_without_primary_key_is_keyed_by_the_record_key(pg_dsn: str, name: str) -> None:
+    async def go() -> None:
+        conn = await connect(pg_dsn)
+        await conn.execute(f"CREATE TABLE {name} (code text, region int, v int)")
+        sink = make_sink(pg_dsn, name, table=name)
+        await sink.start()
+        tp = TopicPartition("t", 0)
+        await sink.write([
+            Record(key={"code": "a", "region": 1}, value={"code": "a", "region": 1, "v": 1}, topic="t"),
+            Record(key={"code": "a", "region": 2}, value={"code": "a", "region": 2, "v": 1}, topic="t"),
+        ])
+        await sink.flush({tp: 2})
+        await sink.write([
+            Record(key={"code": "a", "region": 1}, value={"code": "a", "region": 1, "v": 2}, topic="t"),
+            Record(key={"code": "a", "region": 2}, value=None, topic="t"),
+        ])
+        await sink.flush({tp: 4})
+        rows = await conn.fetch(f"SELECT code, region, v FROM {name}")
+        assert [tuple(r) for r in rows] == [("a", 1, 2)]
+        await sink.stop()
+        await conn.close()
+
+    run(go())
