@@ -349,7 +349,11 @@ class PostgresSource(Source):
         if not exists:
             if not self.cfg.create_publication:
                 raise ConfigError(f"{self._where}: publication {self.publication!r} does not exist")
-            await conn.execute(f"CREATE PUBLICATION {_ident(self.publication)} FOR TABLE {names}")
+            # via the root: a partitioned table's changes come under its own name, not its partitions'
+            await conn.execute(
+                f"CREATE PUBLICATION {_ident(self.publication)} FOR TABLE {names} "
+                "WITH (publish_via_partition_root = true)"
+            )
             log.info("%s: created publication %r for %s", self._where, self.publication, names)
             return
         rows = await conn.fetch(

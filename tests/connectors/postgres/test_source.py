@@ -450,3 +450,28 @@ def test_heartbeat_moves_an_idle_slot_and_lag_is_reported(pg_dsn: str, name: str
         await conn.close()
 
     run(go())
+
+
+def test_partitioned_table_is_captured_under_its_own_name(pg_dsn: str, name: str) -> None:
+    async def go() -> None:
+        conn = await connect(pg_dsn)
+        await conn.execute(f"CREATE TABLE {name} (id int, region int, PRIMARY KEY (id, region)) PARTITION BY LIST (region)")
+        await conn.execute(f"CREATE TABLE {name}_r1 PARTITION OF {name} FOR VALUES IN (1)")
+        await conn.execute(f"CREATE TABLE {name}_r2 PARTITION OF {name} FOR VALUES IN (2)")
+        await conn.execute(f"INSERT INTO {name} VALUES (1, 1), (2, 2)")
+        src = make_source(pg_dsn, name, [name], idle_sleep_s=0)
+        await src.start(None)
+        records, _ = await drain(src)
+        await conn.execute(f"INSERT INTO {name} VALUES (3, 1), (4, 2)")
+        more, _ = await drain(src)
+        records += more
+        await src.stop()
+        await _cleanup(conn, name)
+        await conn.close()
+        assert [(r.value["op"], r.key) for r in records] == [
+            ("r", {"id": 1, "region": 1}), ("r", {"id": 2, "region": 2}),
+            ("c", {"id": 3, "region": 1}), ("c", {"id": 4, "region": 2}),
+        ]
+        assert {r.value["source"]["table"] for r in records} == {name}
+
+    run(go())
