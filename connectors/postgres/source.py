@@ -584,7 +584,11 @@ class PostgresSource(Source):
                     base = bases[t.oid] = self._source_block(t, xid, commit_ms)
                 source = base.copy()
                 source["lsn"] = row[0]
-                key = {k: after[k] for k in t.key_columns} if t.key_columns else None
+                keys = t.key_columns
+                if len(keys) == 1:
+                    key: dict[str, Any] | None = {keys[0]: after[keys[0]]}
+                else:
+                    key = {k: after[k] for k in keys} if keys else None
                 txn.append(Record(
                     value={"before": None, "after": after, "op": "c", "source": source, "ts_ms": now_ms},
                     key=key, topic=t.topic, timestamp=commit_ms,
