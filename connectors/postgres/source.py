@@ -490,7 +490,9 @@ class PostgresSource(Source):
             self._window = self.cfg.window_bytes
             return None
         # everything committed before ``upto`` was read and nothing was for us: confirm it
-        if time.monotonic() - self._last_progress >= self.cfg.heartbeat_interval_s and upto > self._emitted_lsn:
+        # (also after much WAL of other tables: every read decodes again from the slot's position)
+        due = time.monotonic() - self._last_progress >= self.cfg.heartbeat_interval_s
+        if upto > self._emitted_lsn and (due or upto - self._emitted_lsn >= self.cfg.window_bytes // 2):
             self._emitted_lsn = upto
             self._last_progress = time.monotonic()
             await self._refresh_lag()
