@@ -477,6 +477,7 @@ class RowMapper:
         if missing:
             raise ValueError(f"table {table}: primary key column(s) {missing} have no source")
         self.key_columns = [by_name[c] for c in primary_key]
+        self._plan = [(c, c.name in primary_key) for c in columns]
         self._partition_index = [primary_key.index(c) for c in partition_key]
         self._pk_index = [columns.index(by_name[c]) for c in partition_key]
 
@@ -498,8 +499,17 @@ class RowMapper:
 
     def upsert(self, record: Record, data: Any) -> list[Any]:
         """Values for every column, in order; MISSING where the record has none."""
-        pk = self.primary_key
-        return [self._value(c, record, data, UPSERT, c.name in pk) for c in self.columns]
+        out = []
+        for column, required in self._plan:
+            raw = column.get(record, data, UPSERT)
+            if raw is MISSING or raw is None:
+                out.append(self._value(column, record, data, UPSERT, True) if required else MISSING)
+                continue
+            try:
+                out.append(column.coerce(raw))
+            except TypeMismatch:
+                out.append(self._value(column, record, data, UPSERT, required))  # raises, naming all
+        return out
 
     def delete(self, record: Record, before: Any) -> list[Any]:
         """Primary key values (in primary key order) of the row to delete."""
@@ -512,7 +522,12 @@ class RowMapper:
         return tuple(_hashable(values[i]) for i in self._partition_index)
 
 
+_SCALARS = frozenset({int, str, float, bool, bytes, Decimal, uuid.UUID, dt.datetime, dt.date})
+
+
 def _hashable(value: Any) -> Any:
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, list):
         return tuple(_hashable(v) for v in value)
     if isinstance(value, set):
