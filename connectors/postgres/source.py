@@ -202,6 +202,7 @@ class PostgresSource(Source):
         self._snap_conn: asyncpg.Connection | None = None
         self._snap_txn: Any = None
         self._snap_rows = 0  # rows of the current table copied in this run, for progress
+        self._snap_keyless_done = 0  # rows of a keyless table copied in this snapshot transaction
         self._estimates: dict[int, int] = {}
         # stream state
         self._ready: deque[tuple[list[Record], int, int]] = deque()  # (records, end_lsn, xid)
@@ -614,7 +615,8 @@ class PostgresSource(Source):
                     before = self._row(t, msg.old, None, only_key=msg.old_kind == "K")
                     rec = self._change(t, "d", before, None, row[0], xid, commit_ms)
                     txn.append(rec)
-                    txn.append(Record(value=None, key=rec.key, topic=t.topic, timestamp=commit_ms))
+                    if rec.key is not None:  # a tombstone needs a key (none without a primary key)
+                        txn.append(Record(value=None, key=rec.key, topic=t.topic, timestamp=commit_ms))
             elif cls is po.Begin:
                 assert isinstance(msg, po.Begin)
                 txn = []
@@ -762,7 +764,8 @@ class PostgresSource(Source):
                 self._snapshot = _Snapshot.parse(text)
             log.info("%s: snapshot %s of %d table(s) begins", self._where, text, len(self.cfg.tables))
         conn = self._snap_conn
-        tables = [self._by_name[split_table(n)] for n in self.cfg.tables]
+        oids = dict.fromkeys(self._by_name[split_table(n)].oid for n in self.cfg.tables)  # each table once
+        tables = [self._tables[oid] for oid in oids]
         if self._snap_table >= len(tables):
             return await self._finish_snapshot()
         t = tables[self._snap_table]
@@ -800,7 +803,10 @@ class PostgresSource(Source):
                 args = [str(v) for v in self._snap_after]
             rows = await _copy_rows(conn, sql, args)
         else:  # no key to resume from: OFFSET in the same snapshot
-            done = int(self._snap_after[0]) if self._snap_after else 0
+            # No key to resume from: OFFSET within this snapshot's transaction only. After a
+            # restart such a table is copied again from its start (its rows have no key, so a
+            # consumer cannot tell repeats apart anyway; missing rows would be worse).
+            done = self._snap_keyless_done
             rows = await _copy_rows(conn, f"SELECT {select} FROM {rel} AS src OFFSET {done} LIMIT {limit}", [])
         lsn_text = po.format_lsn(self._committed_lsn)
         records = []
@@ -808,6 +814,7 @@ class PostgresSource(Source):
             after = {name: (None if v is None else dec(v)) for name, dec, v in zip(t.columns, t.decoders, row)}
             records.append(self._change(t, "r", None, after, lsn_text, 0, 0, snapshot=True))
         if len(rows) < limit:
+            self._snap_keyless_done = 0
             log.info("%s: snapshot of %s.%s done (%d rows in this run)", self._where, t.schema, t.name,
                      self._snap_rows + len(rows))
             self._snap_rows = 0
@@ -820,7 +827,7 @@ class PostgresSource(Source):
             log.info("%s: snapshot of %s.%s: %d of about %d rows copied, up to key %s", self._where, t.schema,
                      t.name, self._snap_rows, await self._estimate(conn, t), self._snap_after)
         else:
-            self._snap_after = [(int(self._snap_after[0]) if self._snap_after else 0) + len(rows)]
+            self._snap_keyless_done += len(rows)
         if self._snap_table >= len(tables):
             await self._finish_snapshot(keep_offset=True)
         return SourceBatch(records, self._offset(self._committed_lsn))

@@ -475,3 +475,28 @@ def test_partitioned_table_is_captured_under_its_own_name(pg_dsn: str, name: str
         assert {r.value["source"]["table"] for r in records} == {name}
 
     run(go())
+
+
+def test_table_with_full_identity_and_no_key(pg_dsn: str, name: str) -> None:
+    async def go() -> None:
+        conn = await connect(pg_dsn)
+        await conn.execute(f"CREATE TABLE {name} (v int, w text)")
+        await conn.execute(f"ALTER TABLE {name} REPLICA IDENTITY FULL")
+        await conn.execute(f"INSERT INTO {name} SELECT g, 'x' FROM generate_series(1, 25) g")
+        src = make_source(pg_dsn, name, [name, name], snapshot_chunk_rows=10, idle_sleep_s=0)
+        await src.start(None)
+        snap, _ = await drain(src)
+        await conn.execute(f"UPDATE {name} SET w = 'y' WHERE v = 1")
+        await conn.execute(f"DELETE FROM {name} WHERE v = 2")
+        stream, _ = await drain(src)
+        await src.stop()
+        await _cleanup(conn, name)
+        await conn.close()
+        assert sorted(r.value["after"]["v"] for r in snap) == list(range(1, 26))  # once, in 3 chunks
+        assert all(r.key is None for r in snap + stream)
+        assert len(stream) == 2  # no tombstone without a key
+        upd, dele = [r.value for r in stream if r.value is not None]
+        assert upd["before"] == {"v": 1, "w": "x"} and upd["after"] == {"v": 1, "w": "y"}
+        assert dele["op"] == "d" and dele["before"] == {"v": 2, "w": "x"}
+
+    run(go())
