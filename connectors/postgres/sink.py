@@ -126,7 +126,7 @@ class PostgresSink(Sink):
         super().__init__(config, context)
         self.cfg = config
         self._conn: asyncpg.Connection | None = None
-        self._buffer: list[Record] = []
+        self._buffer: list[_Entry] = []
         self._targets: dict[str, _Target] = {}
         self._by_topic: dict[str, _Target] = {}
         self._where = f"postgres sink {context.name!r}"

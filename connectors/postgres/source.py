@@ -117,6 +117,10 @@ def _slot_name(name: str) -> str:
     return ("millpond_" + re.sub(r"[^a-z0-9_]", "_", name.lower()))[:63]
 
 
+def _text_or_none(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -822,7 +826,7 @@ class PostgresSource(Source):
             self._snap_after = None
         elif t.key_columns:
             last = rows[-1]
-            self._snap_after = [None if last[i] is None else last[i].decode() for i in t.key_index]
+            self._snap_after = [_text_or_none(last[i]) for i in t.key_index]
             self._snap_rows += len(rows)
             log.info("%s: snapshot of %s.%s: %d of about %d rows copied, up to key %s", self._where, t.schema,
                      t.name, self._snap_rows, await self._estimate(conn, t), self._snap_after)
