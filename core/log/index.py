@@ -22,6 +22,7 @@ import bisect
 import os
 import struct
 from pathlib import Path
+from typing import ClassVar
 
 _OFFSET_ENTRY = struct.Struct(">ii")
 _TIME_ENTRY = struct.Struct(">qi")
@@ -36,112 +37,96 @@ def _load(path: Path, entry: struct.Struct) -> list[tuple[int, int]]:
     return list(entry.iter_unpack(data))
 
 
-class OffsetIndex:
-    """Maps an offset to the position of the batch to start scanning from."""
+class _SparseIndex:
+    """Two sorted columns kept in memory, mirrored by fixed-size entries on disk."""
+
+    entry: ClassVar[struct.Struct]
 
     def __init__(self, path: Path, base_offset: int) -> None:
         self.path = path
         self.base_offset = base_offset
-        entries = _load(path, _OFFSET_ENTRY)
-        self._relative_offsets = [relative for relative, _ in entries]
-        self._positions = [position for _, position in entries]
+        entries = _load(path, self.entry)
+        self._first = [a for a, _ in entries]
+        self._second = [b for _, b in entries]
         self._pending = bytearray()
 
     def __len__(self) -> int:
-        return len(self._positions)
+        return len(self._first)
+
+    def _add(self, first: int, second: int) -> None:
+        self._first.append(first)
+        self._second.append(second)
+        self._pending += self.entry.pack(first, second)
+
+    def _keep(self, count: int) -> None:
+        del self._first[count:]
+        del self._second[count:]
+        self.rewrite()
+
+    def flush(self) -> None:
+        if self._pending:
+            with open(self.path, "ab") as f:
+                f.write(self._pending)
+            self._pending.clear()
+
+    def rewrite(self) -> None:
+        data = b"".join(self.entry.pack(a, b) for a, b in zip(self._first, self._second))
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self.path)
+        self._pending.clear()
+
+
+class OffsetIndex(_SparseIndex):
+    """Maps an offset to the position of the batch to start scanning from.
+
+    Columns: relative offset, position.
+    """
+
+    entry = _OFFSET_ENTRY
 
     def append(self, offset: int, position: int) -> None:
-        relative = offset - self.base_offset
-        self._relative_offsets.append(relative)
-        self._positions.append(position)
-        self._pending += _OFFSET_ENTRY.pack(relative, position)
+        self._add(offset - self.base_offset, position)
 
     def lookup(self, offset: int) -> int:
         """Position of the last indexed batch starting at or before ``offset`` (0 if none)."""
-        i = bisect.bisect_right(self._relative_offsets, offset - self.base_offset) - 1
-        return self._positions[i] if i >= 0 else 0
+        i = bisect.bisect_right(self._first, offset - self.base_offset) - 1
+        return self._second[i] if i >= 0 else 0
 
     def last(self) -> tuple[int, int] | None:
         """(offset, position) of the last entry."""
-        if not self._positions:
+        if not self._first:
             return None
-        return self.base_offset + self._relative_offsets[-1], self._positions[-1]
+        return self.base_offset + self._first[-1], self._second[-1]
 
     def truncate_after(self, position: int) -> None:
         """Forget entries pointing at or past ``position`` (the log was truncated there)."""
-        keep = bisect.bisect_left(self._positions, position)
-        del self._relative_offsets[keep:]
-        del self._positions[keep:]
-        self.rewrite()
-
-    def flush(self) -> None:
-        if self._pending:
-            with open(self.path, "ab") as f:
-                f.write(self._pending)
-            self._pending.clear()
-
-    def rewrite(self) -> None:
-        data = bytearray()
-        for relative, position in zip(self._relative_offsets, self._positions):
-            data += _OFFSET_ENTRY.pack(relative, position)
-        _replace(self.path, bytes(data))
-        self._pending.clear()
+        self._keep(bisect.bisect_left(self._second, position))
 
 
-class TimeIndex:
-    """Maps a timestamp to the first offset worth scanning for it."""
+class TimeIndex(_SparseIndex):
+    """Maps a timestamp to the first offset worth scanning for it.
 
-    def __init__(self, path: Path, base_offset: int) -> None:
-        self.path = path
-        self.base_offset = base_offset
-        entries = _load(path, _TIME_ENTRY)
-        self._timestamps = [timestamp for timestamp, _ in entries]
-        self._relative_offsets = [relative for _, relative in entries]
-        self._pending = bytearray()
+    Columns: max timestamp so far, relative offset.
+    """
 
-    def __len__(self) -> int:
-        return len(self._timestamps)
+    entry = _TIME_ENTRY
 
     @property
     def max_timestamp(self) -> int | None:
-        return self._timestamps[-1] if self._timestamps else None
+        return self._first[-1] if self._first else None
 
     def maybe_append(self, max_timestamp: int, offset: int) -> None:
         """Add an entry when the segment's max timestamp grew."""
-        if self._timestamps and max_timestamp <= self._timestamps[-1]:
+        if self._first and max_timestamp <= self._first[-1]:
             return
-        relative = offset - self.base_offset
-        self._timestamps.append(max_timestamp)
-        self._relative_offsets.append(relative)
-        self._pending += _TIME_ENTRY.pack(max_timestamp, relative)
+        self._add(max_timestamp, offset - self.base_offset)
 
     def lookup(self, timestamp: int) -> int:
         """An offset at or before the first record with a timestamp >= ``timestamp``."""
-        i = bisect.bisect_left(self._timestamps, timestamp) - 1
-        return self.base_offset + (self._relative_offsets[i] if i >= 0 else 0)
+        i = bisect.bisect_left(self._first, timestamp) - 1
+        return self.base_offset + (self._second[i] if i >= 0 else 0)
 
     def truncate_after(self, offset: int) -> None:
-        keep = bisect.bisect_left(self._relative_offsets, offset - self.base_offset)
-        del self._timestamps[keep:]
-        del self._relative_offsets[keep:]
-        self.rewrite()
-
-    def flush(self) -> None:
-        if self._pending:
-            with open(self.path, "ab") as f:
-                f.write(self._pending)
-            self._pending.clear()
-
-    def rewrite(self) -> None:
-        data = bytearray()
-        for timestamp, relative in zip(self._timestamps, self._relative_offsets):
-            data += _TIME_ENTRY.pack(timestamp, relative)
-        _replace(self.path, bytes(data))
-        self._pending.clear()
-
-
-def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+        self._keep(bisect.bisect_left(self._second, offset - self.base_offset))
