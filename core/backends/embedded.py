@@ -186,6 +186,7 @@ class EmbeddedBackend:
         for partition in self.store.partitions():
             if partition.settings.delete:
                 deleted += enforce_retention(partition, now).segments_deleted
+                await asyncio.sleep(0)
         return deleted
 
     async def run_compaction(self, now_ms: int | None = None) -> int:
@@ -197,8 +198,11 @@ class EmbeddedBackend:
         cleaned = 0
         for partition in self.store.partitions():
             if partition.settings.compact:
+                # On the event loop, one partition at a time: the cleaner reads the
+                # partition's transaction state, which appends change.
                 result = compact(partition, now)
                 cleaned += 1 if result else 0
+                await asyncio.sleep(0)
         return cleaned
 
     async def flush(self) -> None:
