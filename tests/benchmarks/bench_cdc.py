@@ -14,6 +14,8 @@ the same point:
   change envelopes, JSON, one log transaction per batch with its LSN, slot
   advanced after each commit) into a fresh embedded log, timed until the
   source has committed every change;
+* the source alone (start/poll/commit, no log) and the sink alone (fed
+  records directly), to show what the runtime adds;
 * sink: a ``postgres`` sink pipeline reading that topic back from the log
   into an empty table (upserts + offsets per flush), timed until every row
   is flushed; baseline: a plain binary ``COPY`` of the same rows into an
@@ -40,6 +42,10 @@ sys.path.insert(0, str(REPO))
 import asyncpg  # noqa: E402
 
 from millpond.backends import open_backend  # noqa: E402
+from millpond.connector import ConnectorContext  # noqa: E402
+from millpond.connectors.postgres.sink import PostgresSink, PostgresSinkConfig  # noqa: E402
+from millpond.connectors.postgres.source import PostgresSource, PostgresSourceConfig  # noqa: E402
+from millpond.records import Record, TopicPartition  # noqa: E402
 from millpond.config import PipelineConfig  # noqa: E402
 from millpond.runtime import RuntimeOptions  # noqa: E402
 from millpond.runtime.sink_task import SinkTask  # noqa: E402
@@ -117,8 +123,14 @@ async def bench(dsn: str, changes: int, txn_rows: int, work: Path) -> dict[str, 
     conn = await asyncpg.connect(dsn)
     await conn.execute(f"DROP TABLE IF EXISTS {TABLE}, {TABLE}_copy, {TABLE}_copy2")
     await conn.execute(f"DROP PUBLICATION IF EXISTS {PUB}")
-    for slot in (SLOT, "bench_raw"):
+    for slot in (SLOT, "bench_raw", "bench_direct"):
         await conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", slot)
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS millpond_sink_offsets (connector text, topic text, partition int, "
+        "next_offset bigint, updated_at timestamptz DEFAULT now(), PRIMARY KEY (connector, topic, partition))"
+    )
+    # offsets of an earlier run would point the sink into this run's fresh log
+    await conn.execute("DELETE FROM millpond_sink_offsets WHERE connector IN ('bench_sink', 'bench_direct')")
     ddl = "(id bigint PRIMARY KEY, qty int, name text, amount numeric(12,2), updated_at timestamptz)"
     await conn.execute(f"CREATE TABLE {TABLE} {ddl}")
     await conn.execute(f"CREATE TABLE {TABLE}_copy {ddl}")
@@ -126,6 +138,7 @@ async def bench(dsn: str, changes: int, txn_rows: int, work: Path) -> dict[str, 
     await conn.execute(f"CREATE PUBLICATION {PUB} FOR TABLE {TABLE}")
     await conn.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", SLOT)
     await conn.execute("SELECT pg_create_logical_replication_slot('bench_raw', 'pgoutput')")
+    await conn.execute("SELECT pg_create_logical_replication_slot('bench_direct', 'pgoutput')")
     t0 = time.perf_counter()
     for lo in range(0, changes, txn_rows):
         hi = min(changes, lo + txn_rows)
@@ -148,6 +161,23 @@ async def bench(dsn: str, changes: int, txn_rows: int, work: Path) -> dict[str, 
     del rows
     assert raw_changes == changes, (raw_changes, changes)
 
+    # the source alone (poll + commit, no log), to show what the runtime adds
+    source = PostgresSource(
+        PostgresSourceConfig(dsn=dsn, tables=[TABLE], snapshot_mode="never", slot="bench_direct",
+                             publication=PUB, idle_sleep_s=0),
+        ConnectorContext(name="bench_direct"),
+    )
+    t0 = time.perf_counter()
+    await source.start(None)
+    seen = 0
+    while seen < changes:
+        batch = await source.poll()
+        if batch is not None:
+            seen += len(batch.records)
+            await source.commit(batch.offset)
+    direct_s = time.perf_counter() - t0
+    await source.stop()
+
     # CDC source -> embedded log, through the runtime
     cdc_s = await run_timed(config(work, dsn, source=True, sink=False), source_done(changes))
 
@@ -160,20 +190,40 @@ async def bench(dsn: str, changes: int, txn_rows: int, work: Path) -> dict[str, 
     if copied != 0 or n_copy != changes:
         raise RuntimeError(f"sink table differs from the source: {copied} rows differ, {n_copy} rows")
 
-    # baseline: plain COPY of the same rows into an empty table
+    # the sink alone, fed the rows as the JSON converter would hand them over
     data = await conn.fetch(f"SELECT * FROM {TABLE}")
     records = [tuple(r) for r in data]
+    await conn.execute(f"TRUNCATE {TABLE}_copy")
+    sink = PostgresSink(PostgresSinkConfig(dsn=dsn, table=f"{TABLE}_copy"), ConnectorContext(name="bench_direct"))
+    await sink.start()
+    t0 = time.perf_counter()
+    for lo in range(0, changes, 10_000):
+        batch_records = [
+            Record(key={"id": r[0]}, topic=TOPIC, partition=0, offset=lo + i, value={
+                "before": None, "op": "c", "source": {"table": TABLE}, "ts_ms": 0,
+                "after": {"id": r[0], "qty": r[1], "name": r[2], "amount": str(r[3]), "updated_at": r[4].isoformat()},
+            })
+            for i, r in enumerate(records[lo:lo + 10_000])
+        ]
+        await sink.write(batch_records)
+        await sink.flush({TopicPartition(TOPIC, 0): lo + len(batch_records)})
+    sink_direct_s = time.perf_counter() - t0
+    await sink.stop()
+
+    # baseline: plain COPY of the same rows into an empty table
     t0 = time.perf_counter()
     await conn.copy_records_to_table(f"{TABLE}_copy2", records=records)
     copy_s = time.perf_counter() - t0
     await conn.execute(f"DROP PUBLICATION IF EXISTS {PUB}")
-    for slot in (SLOT, "bench_raw"):
+    for slot in (SLOT, "bench_raw", "bench_direct"):
         await conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", slot)
+    await conn.execute("DELETE FROM millpond_sink_offsets WHERE connector IN ('bench_sink', 'bench_direct')")
     await conn.execute(f"DROP TABLE IF EXISTS {TABLE}, {TABLE}_copy, {TABLE}_copy2")
     await conn.close()
     return {
         "changes": changes, "txn_rows": txn_rows, "wal_bytes": wal, "load_s": load_s,
         "raw_s": raw_s, "cdc_s": cdc_s, "sink_s": sink_s, "copy_s": copy_s,
+        "direct_s": direct_s, "sink_direct_s": sink_direct_s,
     }
 
 
@@ -206,9 +256,11 @@ def main() -> int:
     print(f"baseline raw slot fetch: {r['raw_s']:8.3f} s {raw_rate:12,.0f} rows/s")
     print(f"postgres-cdc -> log:     {r['cdc_s']:8.3f} s {cdc_rate:12,.0f} rows/s  "
           f"ratio {cdc_rate / raw_rate:.2f} (target >= 0.5)")
+    print(f"  (the source alone, poll + commit without the log: {changes / r['direct_s']:,.0f} rows/s)")
     print(f"baseline COPY:           {r['copy_s']:8.3f} s {copy_rate:12,.0f} rows/s")
     print(f"log -> postgres sink:    {r['sink_s']:8.3f} s {sink_rate:12,.0f} rows/s  "
           f"ratio {sink_rate / copy_rate:.2f} (target table verified equal)")
+    print(f"  (the sink alone, fed records directly: {changes / r['sink_direct_s']:,.0f} rows/s)")
     print(json.dumps({
         "changes": changes,
         "txn_rows": args.txn_rows,
@@ -218,6 +270,8 @@ def main() -> int:
         "sink_rows_per_s": round(sink_rate),
         "baseline_copy_rows_per_s": round(copy_rate),
         "sink_ratio": round(sink_rate / copy_rate, 3),
+        "source_only_rows_per_s": round(changes / r["direct_s"]),
+        "sink_only_rows_per_s": round(changes / r["sink_direct_s"]),
     }))
     return 0
 
