@@ -198,6 +198,8 @@ def test_every_type_round_trips_source_to_sink(pg_dsn: str, name: str) -> None:
         await conn.execute(f"DELETE FROM {name} WHERE id = 3")
         stream, _ = await drain(src)
         await src.stop()
+        await conn.execute(f"SELECT pg_drop_replication_slot('millpond_{name}')")
+        await conn.execute(f"DROP PUBLICATION millpond_{name}")
         assert {r.value["op"] for r in stream if r.value} == {"c", "u", "d"}
         sink = make_sink(pg_dsn, name, table=f"{name}_copy")
         await sink.start()
