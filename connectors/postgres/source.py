@@ -572,7 +572,9 @@ class PostgresSource(Source):
         tables = self._tables
         bases: dict[int, dict[str, Any]] = {}
         now_ms = int(time.time() * 1000)
-        for row in rows:
+        for n, row in enumerate(rows):
+            if n % 5000 == 4999:
+                await asyncio.sleep(0)  # a large window takes a while: let the worker's other tasks run
             data = row[1]
             kind = data[0]
             if kind == 0x49:  # 'I'
