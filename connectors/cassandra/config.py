@@ -99,6 +99,10 @@ class TableMapping(_Model):
     ttl: int | None = Field(default=None, ge=0)
     #: delete the row on a tombstone (null value) or a CDC ``op: d``
     deletes: bool = True
+    #: a CDC truncate (``op: t``): ``skip`` it (logged), or ``apply`` it as TRUNCATE
+    #: after every earlier write is acknowledged (ordered only against records of
+    #: the same log partition: keep such a topic at one partition)
+    truncates: Literal["skip", "apply"] = "skip"
     #: accept non-frozen ``list<...>`` columns although a replay after a crash appends
     #: their elements again (Cassandra keys list cells by a server-made timeuuid); the
     #: sink refuses them otherwise: use ``frozen<list<...>>`` or ``set<...>`` instead

@@ -31,6 +31,12 @@ from millpond.records import Record
 
 UPSERT = "upsert"
 DELETE = "delete"
+TRUNCATE = "truncate"
+
+#: what the Postgres CDC source puts in ``after`` for a TOASTed column an update
+#: left unchanged (connectors/postgres/source.py); written as unset, so the
+#: cell keeps the value it has
+UNAVAILABLE = "__millpond_unavailable_value"
 
 
 class _Missing:
@@ -51,7 +57,7 @@ class TypeMismatch(ValueError):
 
 
 def classify(record: Record) -> tuple[str, Any]:
-    """(UPSERT, data) or (DELETE, before-image or None) for one record."""
+    """(UPSERT, data), (DELETE, before-image or None) or (TRUNCATE, None) for one record."""
     value = record.value
     if value is None:
         return DELETE, None
@@ -66,7 +72,9 @@ def classify(record: Record) -> tuple[str, Any]:
             return UPSERT, after
         if op == "d":
             return DELETE, value.get("before")
-        raise RecordError(f"{where(record)}: CDC envelope has unknown op {op!r} (expected c, r, u or d)")
+        if op == "t":
+            return TRUNCATE, None
+        raise RecordError(f"{where(record)}: CDC envelope has unknown op {op!r} (expected c, r, u, d or t)")
     return UPSERT, value
 
 
@@ -483,7 +491,7 @@ class RowMapper:
 
     def _value(self, column: Column, record: Record, data: Any, op: str, required: bool) -> Any:
         raw = column.get(record, data, op)
-        if raw is MISSING or raw is None:
+        if raw is MISSING or raw is None or (raw.__class__ is str and raw == UNAVAILABLE):
             if required:
                 raise RecordError(
                     f"{where(record)}: {self.table}: primary key column {column.name!r} "
@@ -502,7 +510,7 @@ class RowMapper:
         out = []
         for column, required in self._plan:
             raw = column.get(record, data, UPSERT)
-            if raw is MISSING or raw is None:
+            if raw is MISSING or raw is None or (raw.__class__ is str and raw == UNAVAILABLE):
                 out.append(self._value(column, record, data, UPSERT, True) if required else MISSING)
                 continue
             try:

@@ -55,6 +55,7 @@ from millpond.records import Record, TopicPartition
 from .config import CassandraSinkConfig, TableMapping
 from .mapping import (
     MISSING,
+    TRUNCATE,
     UPSERT,
     Column,
     RowMapper,
@@ -295,6 +296,7 @@ class _Table:
     insert: Any
     delete: Any
     deletes: bool
+    truncates: str
 
 
 @dataclass(slots=True)
@@ -343,10 +345,28 @@ class CassandraSink(Sink):
         if window is None:
             raise ConnectorError("CassandraSink.write() before start()")
         window.raise_error()
-        jobs = self._jobs(records)  # raises RecordError before anything is sent
-        if jobs:
-            window.submit(jobs)
-            await window.wait_low_water()
+        segments = self._segments(records)  # raises RecordError before anything is sent
+        for segment in segments:
+            if segment and isinstance(segment[0], _Job):
+                window.submit(segment)  # type: ignore[arg-type]
+                await window.wait_low_water()
+            elif segment:
+                await window.drain()  # a truncate comes after every write before it
+                for name in segment:
+                    await self._truncate(str(name))
+
+    async def _truncate(self, table: str) -> None:
+        from cassandra.metadata import protect_name
+
+        keyspace, name = table.split(".", 1)
+        cql = f"TRUNCATE {protect_name(keyspace)}.{protect_name(name)}"
+        try:
+            await asyncio.to_thread(self._session.execute, cql, timeout=max(60.0, self.config.request_timeout_s))
+        except Exception as exc:
+            if _retriable(exc):
+                raise RetriableConnectorError(f"Cassandra {cql} failed: {exc}") from exc
+            raise ConnectorError(f"Cassandra {cql} failed: {exc}") from exc
+        log.info("sink %r: applied a truncate to %s", self.context.name, table)
 
     async def flush(self, offsets: Mapping[TopicPartition, int]) -> None:
         if self._window is None:
@@ -362,14 +382,39 @@ class CassandraSink(Sink):
     # building statements
 
     def _jobs(self, records: list[Record]) -> list[_Job]:
+        """Statements for ``records``; a test hook (a truncate would need _segments)."""
+        jobs: list[_Job] = []
+        for segment in self._segments(records):
+            assert isinstance(segment, list), "a truncate inside _jobs()"
+            jobs.extend(segment)
+        return jobs
+
+    def _segments(self, records: list[Record]) -> list[list[_Job] | list[str]]:
+        """Jobs to send, split at truncates to apply (given as lists of table names).
+
+        Everything is built and validated before anything is sent, so a bad
+        record raises RecordError while nothing of the batch has gone out.
+        """
         from cassandra.query import UNSET_VALUE
 
+        segments: list[list[_Job] | list[str]] = []
         pending: dict[str, tuple[_Table, _Pending]] = {}
         for record in records:
             tables = self._tables.get(record.topic or "")
             if not tables:
                 raise RecordError(f"{where(record)}: no Cassandra table is mapped from this topic")
             op, data = classify(record)
+            if op == TRUNCATE:
+                targets = [t.name for t in tables if t.truncates == "apply"]
+                skipped = [t.name for t in tables if t.truncates != "apply"]
+                if skipped:
+                    log.warning("%s: truncate not applied to %s (truncates: skip)", where(record), ", ".join(skipped))
+                if targets:
+                    if pending:
+                        segments.append(self._group(pending))
+                        pending = {}
+                    segments.append(targets)
+                continue
             ts = write_timestamp(record)
             for table in tables:
                 mapper = table.mapper
@@ -389,7 +434,9 @@ class CassandraSink(Sink):
                 if entry is None:
                     entry = pending[table.name] = (table, _Pending())
                 entry[1].groups.setdefault(partition, []).append((statement, record))
-        return self._group(pending)
+        if pending:
+            segments.append(self._group(pending))
+        return segments
 
     def _bind(self, prepared: Any, values: list[Any], table: _Table, record: Record) -> Any:
         try:
@@ -565,7 +612,7 @@ class CassandraSink(Sink):
         for statement in (insert, delete):
             statement.consistency_level = self._consistency()
             statement.is_idempotent = True
-        return _Table(full, mapper, insert, delete, mapping.deletes)
+        return _Table(full, mapper, insert, delete, mapping.deletes, mapping.truncates)
 
     def _table_meta(self, keyspace: str, table: str) -> Any:
         cluster = self._cluster

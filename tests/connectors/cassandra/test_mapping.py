@@ -13,6 +13,8 @@ from millpond.connectors.cassandra.config import CassandraSinkConfig
 from millpond.connectors.cassandra.mapping import (
     DELETE,
     MISSING,
+    TRUNCATE,
+    UNAVAILABLE,
     UPSERT,
     Column,
     RowMapper,
@@ -97,8 +99,9 @@ def test_classify() -> None:
     assert classify(rec(None)) == (DELETE, None)
     assert classify(rec({"op": "u", "before": None, "after": {"a": 2}})) == (UPSERT, {"a": 2})
     assert classify(rec({"op": "d", "before": {"a": 2}, "after": None})) == (DELETE, {"a": 2})
-    with pytest.raises(RecordError, match="unknown op 't'"):
-        classify(rec({"op": "t", "before": None, "after": None}))
+    assert classify(rec({"op": "t", "before": None, "after": None})) == (TRUNCATE, None)
+    with pytest.raises(RecordError, match="unknown op 'x'"):
+        classify(rec({"op": "x", "before": None, "after": None}))
     with pytest.raises(RecordError, match="no 'after'"):
         classify(rec({"op": "c", "before": None, "after": None}))
 
@@ -126,6 +129,8 @@ def test_row_mapper_errors_name_everything() -> None:
         ["id"],
     )
     assert mapper.upsert(rec({"id": 1}), {"id": 1}) == [1, MISSING]
+    # a TOASTed value the Postgres source could not see is left as it is
+    assert mapper.upsert(rec({"id": 1, "v": UNAVAILABLE}), {"id": 1, "v": UNAVAILABLE}) == [1, MISSING]
     with pytest.raises(RecordError) as info:
         mapper.upsert(rec({"id": 1, "v": 3}, offset=77), {"id": 1, "v": 3})
     assert str(info.value) == "topic 't' partition 1 offset 77: ks.t: column 'v' is text: expected text, got int 3"

@@ -120,6 +120,40 @@ def test_cdc_envelope_upsert_and_delete(cql: Any, keyspace: str, cassandra_conta
     assert rows == {1: "uno"}
 
 
+def test_cdc_truncate_skipped_or_applied_in_order(
+    cql: Any, keyspace: str, cassandra_contact: tuple[str, int]
+) -> None:
+    cql.execute(f"CREATE TABLE {keyspace}.kept (id int PRIMARY KEY, v text)")
+    cql.execute(f"CREATE TABLE {keyspace}.cut (id int PRIMARY KEY, v text)")
+    config = sink_config(
+        cassandra_contact, keyspace,
+        [{"topic": "cdc", "table": "kept"}, {"topic": "cdc", "table": "cut", "truncates": "apply"}],
+    )
+    truncate = {"op": "t", "before": None, "after": None, "source": {}}
+    records = [rec("cdc", i, {"id": i}, {"op": "c", "before": None, "after": {"id": i, "v": "before"}})
+               for i in range(300)]
+    records.append(rec("cdc", 300, None, truncate))
+    records += [rec("cdc", 301 + i, {"id": i}, {"op": "c", "before": None, "after": {"id": i, "v": "after"}})
+                for i in range(3)]
+    write(config, records)  # one write(): the truncate waits for the 300 writes before it
+    assert cql.execute(f"SELECT count(*) FROM {keyspace}.kept").one()[0] == 300
+    assert sorted((r.id, r.v) for r in cql.execute(f"SELECT * FROM {keyspace}.cut")) == [
+        (0, "after"), (1, "after"), (2, "after")]
+
+
+def test_unavailable_toast_value_keeps_the_cell(
+    cql: Any, keyspace: str, cassandra_contact: tuple[str, int]
+) -> None:
+    cql.execute(f"CREATE TABLE {keyspace}.toast (id int PRIMARY KEY, big text, n int)")
+    config = sink_config(cassandra_contact, keyspace, [{"topic": "cdc", "table": "toast"}])
+    write(config, [rec("cdc", 0, {"id": 1}, {"op": "c", "before": None, "after": {"id": 1, "big": "x" * 5000, "n": 1}})])
+    write(config, [rec("cdc", 1, {"id": 1}, {"op": "u", "before": None,
+                                             "after": {"id": 1, "big": "__millpond_unavailable_value", "n": 2},
+                                             "source": {"unavailable": ["big"]}})])
+    row = _row(cql, f"SELECT * FROM {keyspace}.toast WHERE id = 1")
+    assert (row.big, row.n) == ("x" * 5000, 2)
+
+
 def test_tombstone_deletes_by_key(cql: Any, keyspace: str, cassandra_contact: tuple[str, int]) -> None:
     cql.execute(f"CREATE TABLE {keyspace}.d (k text, n int, v text, PRIMARY KEY (k, n))")
     config = sink_config(cassandra_contact, keyspace, [{"topic": "t", "table": "d"}])
