@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,30 +180,37 @@ class EmbeddedBackend:
         """Apply retention to every partition; returns the number of segments deleted."""
         from ..log.retention import enforce_retention
 
-        self._writer("apply retention")
-        now = now_ms if now_ms is not None else int(time.time() * 1000)
-        deleted = 0
-        for partition in self.store.partitions():
-            if partition.settings.delete:
-                deleted += enforce_retention(partition, now).segments_deleted
-                await asyncio.sleep(0)
-        return deleted
+        results = await self._each_partition(
+            "apply retention", lambda p: p.settings.delete, lambda p, now: enforce_retention(p, now), now_ms
+        )
+        return sum(r.segments_deleted for r in results)
 
     async def run_compaction(self, now_ms: int | None = None) -> int:
         """Compact every partition of compacted topics; returns the number cleaned."""
         from ..log.cleaner import compact
 
-        self._writer("compact")
+        results = await self._each_partition(
+            "compact", lambda p: p.settings.compact, lambda p, now: compact(p, now), now_ms
+        )
+        return sum(1 for r in results if r)
+
+    async def _each_partition(
+        self,
+        what: str,
+        wanted: Callable[[Partition], bool],
+        job: Callable[[Partition, int], Any],
+        now_ms: int | None,
+    ) -> list[Any]:
+        # On the event loop, one partition at a time, letting other tasks run in
+        # between: the jobs read a partition's transaction state, which appends change.
+        self._writer(what)
         now = now_ms if now_ms is not None else int(time.time() * 1000)
-        cleaned = 0
+        results = []
         for partition in self.store.partitions():
-            if partition.settings.compact:
-                # On the event loop, one partition at a time: the cleaner reads the
-                # partition's transaction state, which appends change.
-                result = compact(partition, now)
-                cleaned += 1 if result else 0
+            if wanted(partition):
+                results.append(job(partition, now))
                 await asyncio.sleep(0)
-        return cleaned
+        return results
 
     async def flush(self) -> None:
         self.store.flush()
