@@ -25,7 +25,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -33,18 +32,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults import kill_repeatedly, millpond_command
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[1]
 KILLS = 20
 FAMILIES = ["a", "b", "c"]
-
-
-def millpond_command() -> list[str]:
-    script = Path(sys.executable).with_name("millpond")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from millpond.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 class Writer(threading.Thread):
@@ -131,18 +125,8 @@ def test_quickstart_survives_sigkill(tmp_path: Path) -> None:
     command = millpond_command() + ["run", "configs/quickstart.yaml"]
     logfile = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
     writer.start()
-    kills = 0
     try:
-        while kills < KILLS:
-            proc = subprocess.Popen(command, cwd=tmp_path, stdout=logfile, stderr=subprocess.STDOUT)
-            time.sleep(rng.uniform(0.3, 2.5))
-            if proc.poll() is not None:
-                logfile.flush()
-                pytest.fail(f"the worker exited on its own with {proc.returncode}:\n"
-                            + (tmp_path / "worker.log").read_text()[-3000:])
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
+        kills = kill_repeatedly(command, cwd=tmp_path, logfile=logfile, kills=KILLS, rng=rng, alive_s=(0.3, 2.5))
     finally:
         writer.stop_flag.set()
         writer.join()

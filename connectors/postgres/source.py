@@ -916,13 +916,13 @@ def parse_copy_text(data: bytes) -> list[list[bytes | None]]:
         lines.pop()  # every row ends with a newline; an empty line is a row of one empty value
     for line in lines:
         row: list[bytes | None] = []
-        for field in line.split(b"\t"):
-            if field == b"\\N":
+        for cell in line.split(b"\t"):
+            if cell == b"\\N":
                 row.append(None)
-            elif b"\\" in field:
-                row.append(_COPY_ESCAPE.sub(_copy_unescape, field))
+            elif b"\\" in cell:
+                row.append(_COPY_ESCAPE.sub(_copy_unescape, cell))
             else:
-                row.append(field)
+                row.append(cell)
         rows.append(row)
     return rows
 

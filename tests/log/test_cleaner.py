@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 
 from millpond.log import LogStore, Partition
 from millpond.log import cleaner as cleaner_module
-from millpond.log.batch import CODECS, Row, iter_records, read_header
+from millpond.log.batch import CODECS, Row, iter_records
 from millpond.log.cleaner import compact, read_checkpoint
 from millpond.log.segment import LogSegment
 

@@ -22,9 +22,7 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -34,18 +32,13 @@ from typing import Any
 
 import pytest
 
+from tests.faults import kill_repeatedly, millpond_command
+
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[3]
 KILLS = 20
 FILES = 3
-
-
-def millpond_command() -> list[str]:
-    script = Path(sys.executable).with_name("millpond")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from millpond.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 class ChangeWriter(threading.Thread):
@@ -131,22 +124,15 @@ def test_cassandra_pipeline_survives_sigkill(tmp_path: Path, cql: Any, cassandra
     env = {**os.environ, "CASSANDRA_HOST": host, "CASSANDRA_PORT": str(port), "CASSANDRA_KEYSPACE": keyspace}
     command = millpond_command() + ["run", "configs/cassandra-sink.yaml"]
     writer = ChangeWriter(inputs, seed)
-    kills = 0
     progress: list[int] = []  # customer_changes rows after each kill
     with open(tmp_path / "worker.log", "wb") as logfile:
         writer.start()
         try:
-            while kills < KILLS:
-                proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=logfile, stderr=subprocess.STDOUT)
-                time.sleep(rng.uniform(1.0, 8.0))  # the runtime flushes sinks every 5 s
-                if proc.poll() is not None:
-                    logfile.flush()
-                    pytest.fail(f"the worker exited on its own with {proc.returncode}:\n"
-                                + (tmp_path / "worker.log").read_text()[-3000:])
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                progress.append(_count(cql, keyspace))
+            kills = kill_repeatedly(
+                command, cwd=tmp_path, env=env, logfile=logfile, kills=KILLS, rng=rng,
+                alive_s=(1.0, 8.0),  # the runtime flushes sinks every 5 s
+                after_kill=lambda: progress.append(_count(cql, keyspace)),
+            )
         finally:
             writer.stop_flag.set()
             writer.join()

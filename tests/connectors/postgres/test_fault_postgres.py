@@ -22,9 +22,7 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -34,18 +32,13 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.faults import kill_repeatedly, millpond_command
+
 pytestmark = [pytest.mark.postgres]
 
 REPO = Path(__file__).resolve().parents[3]
 #: at least 20 by default; MILLPOND_FAULT_KILLS changes it (e.g. to debug with fewer)
 KILLS = int(os.environ.get("MILLPOND_FAULT_KILLS", "20"))
-
-
-def millpond_command() -> list[str]:
-    script = Path(sys.executable).with_name("millpond")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from millpond.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 async def setup_schemas(dsn: str, schema: str, replica: str, customers: int) -> None:
@@ -223,22 +216,15 @@ def test_postgres_pipeline_survives_sigkill(tmp_path: Path, pg_dsn: str) -> None
     print(f"seed {seed}")
     rng = random.Random(seed)
     writers = [Writer(pg_dsn, schema, seed + i, rate=60) for i in range(2)]
-    kills = 0
     try:
         with open(tmp_path / "worker.log", "wb") as logfile:
             for w in writers:
                 w.start()
             try:
-                while kills < KILLS:
-                    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=logfile, stderr=subprocess.STDOUT)
-                    time.sleep(rng.uniform(0.5, 7.0))  # the runtime flushes sinks every few seconds
-                    if proc.poll() is not None:
-                        logfile.flush()
-                        pytest.fail(f"the worker exited on its own with {proc.returncode}:\n"
-                                    + (tmp_path / "worker.log").read_text()[-3000:])
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    kills += 1
+                kills = kill_repeatedly(
+                    command, cwd=tmp_path, env=env, logfile=logfile, kills=KILLS, rng=rng,
+                    alive_s=(0.5, 7.0),  # the runtime flushes sinks every few seconds
+                )
             finally:
                 for w in writers:
                     w.stop_flag.set()

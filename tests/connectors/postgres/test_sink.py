@@ -6,7 +6,6 @@ import asyncio
 import json
 from typing import Any
 
-import asyncpg
 import pytest
 
 from millpond.connector import ConnectorContext
