@@ -93,6 +93,11 @@ class EmbeddedBackend:
             return
         self.store.create_topic(spec.name, spec.partitions, dict(spec.config))
 
+    async def alter_topic(self, spec: TopicSpec) -> dict[str, tuple[object, object]]:
+        """Bring an existing topic's settings in line with ``spec``; returns what changed."""
+        self._writer("change a topic")
+        return self.store.alter_topic(spec.name, spec.partitions, dict(spec.config))
+
     async def delete_topic(self, name: str) -> None:
         self._writer("delete a topic")
         self.store.delete_topic(name)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import LogLockedError, TopicExistsError, UnknownTopicError
+from ..errors import ConfigError, LogLockedError, TopicExistsError, UnknownTopicError
 from .partition import Partition
 from .settings import TopicSettings, validate_topic_name
 from .topic import TOPIC_FILE, Topic
@@ -80,6 +80,23 @@ class LogStore:
         topic = Topic(directory, writable=True)
         self.topics[name] = topic
         return topic
+
+    def alter_topic(
+        self, name: str, partitions: int, config: dict[str, Any] | None = None
+    ) -> dict[str, tuple[object, object]]:
+        """Make an existing topic's settings those given (defaults for what is not given).
+
+        The partition count is not changed: that would move keys to other
+        partitions and break their order, so a different count is an error.
+        """
+        topic = self.topic(name)
+        if partitions != len(topic.partitions):
+            raise ConfigError(
+                f"topic {name!r} has {len(topic.partitions)} partitions in the log at {self.directory}, "
+                f"but {partitions} are declared; changing the count would move keys between partitions "
+                f"(declare {len(topic.partitions)}, or create a new topic)"
+            )
+        return topic.alter(TopicSettings.parse(config or {}, name))
 
     def delete_topic(self, name: str) -> None:
         topic = self.topic(name)

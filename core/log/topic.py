@@ -34,11 +34,22 @@ class Topic:
         self._round_robin = itertools.cycle(range(len(self.partitions)))
 
     @staticmethod
-    def write_meta(directory: Path, partitions: int, settings: TopicSettings) -> None:
-        directory.mkdir(parents=True, exist_ok=False)
+    def write_meta(directory: Path, partitions: int, settings: TopicSettings, *, new: bool = True) -> None:
+        directory.mkdir(parents=True, exist_ok=not new)
         tmp = directory / (TOPIC_FILE + ".tmp")
         tmp.write_text(json.dumps({"partitions": partitions, "config": settings.as_kafka()}, indent=2))
         os.replace(tmp, directory / TOPIC_FILE)
+
+    def alter(self, settings: TopicSettings) -> dict[str, tuple[object, object]]:
+        """Apply new settings; returns {kafka name: (old, new)} of what changed."""
+        old, new = self.settings.as_kafka(), settings.as_kafka()
+        changed = {k: (old.get(k), new.get(k)) for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+        if changed:
+            self.write_meta(self.directory, len(self.partitions), settings, new=False)
+            self.settings = settings
+            for partition in self.partitions:
+                partition.settings = settings
+        return changed
 
     def partition_for(self, key: bytes | None) -> int:
         """Kafka's murmur2 for keys; round-robin for null keys."""

@@ -12,7 +12,7 @@ import pytest
 
 from millpond.backends.base import IsolationLevel, TopicSpec
 from millpond.backends.embedded import EmbeddedBackend
-from millpond.errors import LogLockedError, TransactionError
+from millpond.errors import ConfigError, LogLockedError, TransactionError
 from millpond.log.batch import Row
 from millpond.records import Record, TopicPartition
 
@@ -224,6 +224,23 @@ def test_consumer_wakes_on_append(tmp_path: Path) -> None:
         records = await consumer.poll(timeout=5)
         assert [r.value for r in records] == [b"x"] and loop.time() - started < 4
         await task
+        await backend.close()
+
+    run(go())
+
+
+def test_declared_settings_are_applied_to_an_existing_topic(tmp_path: Path) -> None:
+    async def go() -> None:
+        backend = await opened(tmp_path, 2)
+        changed = await backend.alter_topic(TopicSpec("t", 2, {"retention.ms": 1000, "cleanup.policy": "compact"}))
+        assert changed["retention.ms"][1] == 1000 and changed["cleanup.policy"] == ("delete", "compact")
+        assert await backend.alter_topic(TopicSpec("t", 2, {"retention.ms": 1000, "cleanup.policy": "compact"})) == {}
+        assert backend.partition(TopicPartition("t", 1)).settings.retention_ms == 1000
+        with pytest.raises(ConfigError, match="has 2 partitions"):
+            await backend.alter_topic(TopicSpec("t", 3))
+        await backend.close()
+        backend = await opened(tmp_path, 2)  # the change is stored
+        assert (await backend.topic_settings("t"))["cleanup.policy"] == "compact"
         await backend.close()
 
     run(go())
