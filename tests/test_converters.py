@@ -29,3 +29,30 @@ def test_string_and_bytes() -> None:
     assert BytesConverter().serialize(b"x") == b"x"
     with pytest.raises(RecordError):
         BytesConverter().serialize("x")
+
+
+# documents that take the scanner fast path, and ones that must fall back to json.loads
+JSON_READ_CASES = [
+    b'{"a":1}', b'[1,2]', b'"x"', b"{}", b"[]", b'{"a":NaN,"b":-Infinity}',
+    b'{"big":123456789012345678901234567890}', '{"t":"grüße"}'.encode(), b'{"s":"\\ud800"}',
+    b'{"a":1} ', b' {"a":1}', b'{"a":1}\n', b"12", b"true", b"null",
+    '{"a":1}'.encode("utf-16"), '{"a":1}'.encode("utf-16-le"), '\ufeff{"a":1}'.encode("utf-8"),
+    b'{"a":1}x', b'{"a":', b'"x', b'{"a":"\xff"}', b"{nope", b"", b"[1,]", b'{"a":1}{"b":2}',
+]
+
+
+@pytest.mark.parametrize("data", JSON_READ_CASES)
+def test_json_reads_exactly_what_json_loads_reads(data: bytes) -> None:
+    """The fast path returns json.loads' value, or json.loads' error as a RecordError."""
+    import json
+
+    try:
+        expected = json.loads(data)
+    except ValueError as exc:
+        with pytest.raises(RecordError) as info:
+            JsonConverter().deserialize(data)
+        assert str(exc) in str(info.value)
+        return
+    got = JsonConverter().deserialize(data)
+    assert got == expected or (got != got and expected != expected)
+    assert json.dumps(got) == json.dumps(expected)  # same types too (int stays int, NaN stays float)

@@ -207,6 +207,8 @@ class SourceTask:
                     n = self._partitions.get(topic) or await self._partition_count(topic)
                     if key is None:
                         partition = self._sticky_partition(topic, n)
+                    elif n == 1:
+                        partition = 0  # what murmur2 % 1 gives, without hashing a key that is new every time
                     else:
                         partition = self._key_partition(key, n)
                 r.topic = topic

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 
 import crc32c
@@ -85,6 +86,15 @@ def test_murmur2_matches_kafka() -> None:
     for data, expected in MURMUR2_VECTORS.items():
         assert murmur2(data) == expected
         assert (murmur2(data) & 0x7FFFFFFF) == aiokafka_murmur2(data) & 0x7FFFFFFF
+
+
+def test_murmur2_matches_aiokafka_for_every_length_and_tail() -> None:
+    # the word-at-a-time body and each of the 0-3 tail bytes, on keys up to 130 bytes
+    rng = random.Random(5)
+    for length in range(131):
+        for _ in range(8):
+            data = bytes(rng.randrange(256) for _ in range(length))
+            assert murmur2(data) & 0x7FFFFFFF == aiokafka_murmur2(data) & 0x7FFFFFFF, data
 
 
 def test_partition_for_key_is_kafkas_default_partitioner() -> None:
