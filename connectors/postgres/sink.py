@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import asyncpg
+import orjson
 from pydantic import Field, SecretStr
 
 from millpond.connector import ConnectorConfig, ConnectorContext, Guarantee, Sink
@@ -87,14 +88,32 @@ class _Target:
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
 
+_UPSERTS = frozenset(("c", "u", "r"))
+#: key values that are hashable as they are (the usual single-column keys)
+_SCALARS = frozenset((int, str))
+
+
 def _key_of(row: dict[str, Any], columns: list[str]) -> Any:
     """A hashable identity of the row's key (JSON text when a key value is a list or dict)."""
+    if len(columns) == 1:
+        value = row[columns[0]]
+        if value.__class__ in _SCALARS:
+            return (value,)
     values = tuple(row[k] for k in columns)
     try:
         hash(values)
     except TypeError:
         return _encode(values)
     return values
+
+
+def _document(row: dict[str, Any]) -> str:
+    """``row`` as JSON text for the staging table: orjson (about 8x faster than the
+    stdlib encoder), the stdlib for what orjson refuses (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(row, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return _encode(row)
 
 
 class _Entry(NamedTuple):
@@ -176,8 +195,18 @@ class PostgresSink(Sink):
         conn = self._conn
         if conn is None:
             raise ConnectorError(f"{self._where}: write before start")
-        entries = [await self._entry(conn, record) for record in records]
-        self._buffer.extend(e for e in entries if e is not None)
+        entries: list[_Entry] = []
+        by_topic = self._by_topic
+        for record in records:
+            what, row = self._meaning(record)
+            # the table is known after a topic's first record: no coroutine per record
+            target = by_topic.get(record.topic or "")
+            if target is None:
+                target = await self._target(conn, record, row if what == "up" else None)
+            entry = self._entry(target, record, what, row)
+            if entry is not None:
+                entries.append(entry)
+        self._buffer.extend(entries)
 
     async def flush(self, offsets: Mapping[TopicPartition, int]) -> None:
         conn = self._conn
@@ -279,6 +308,8 @@ class PostgresSink(Sink):
     def _meaning(record: Record) -> tuple[str, dict[str, Any] | None]:
         """('up', row) | ('del', key-row) | ('trunc', None) for one record."""
         value = record.value
+        if value.__class__ is dict and value.get("op") in _UPSERTS and "after" in value and "source" in value:
+            return "up", value["after"]  # the bulk of a CDC stream, decided in one step
         if value is None:
             return "del", record.key if isinstance(record.key, dict) else None
         if not isinstance(value, dict):
@@ -298,10 +329,8 @@ class PostgresSink(Sink):
             raise RecordError(f"unknown change op {op!r} at {record.topic}-{record.partition}@{record.offset}")
         return "up", value
 
-    async def _entry(self, conn: asyncpg.Connection, record: Record) -> _Entry | None:
-        """What ``record`` asks of which table, checked; None for a tombstone that says nothing."""
-        what, row = self._meaning(record)
-        target = await self._target(conn, record, row if what == "up" else None)
+    def _entry(self, target: _Target, record: Record, what: str, row: dict[str, Any] | None) -> _Entry | None:
+        """What ``record`` (meaning ``what``/``row``) asks of ``target``, checked; None for a tombstone that says nothing."""
         if what == "trunc":
             return _Entry(target, what, None, None)
         where = f"{record.topic}-{record.partition}@{record.offset}"
@@ -361,8 +390,7 @@ class PostgresSink(Sink):
 
     async def _stage(self, conn: asyncpg.Connection, docs: list[dict[str, Any]]) -> None:
         await conn.execute(f"TRUNCATE {STAGE}")
-        encode = _encode
-        await conn.copy_records_to_table(STAGE, records=[(encode(d),) for d in docs], columns=["doc"])
+        await conn.copy_records_to_table(STAGE, records=[(_document(d),) for d in docs], columns=["doc"])
         if len(docs) > 1000:
             await conn.execute(f"ANALYZE {STAGE}")
 
