@@ -1,4 +1,4 @@
-"""Log backends: the embedded log (default) and, later, Apache Kafka."""
+"""Log backends: the embedded log (default) and Apache Kafka."""
 
 from __future__ import annotations
 
@@ -17,7 +17,11 @@ def open_backend(log: LogConfig, *, readonly: bool = False) -> LogBackend:
         from .embedded import EmbeddedBackend
 
         return EmbeddedBackend(log.embedded.dir, readonly=readonly, fsync=log.embedded.fsync)
-    raise ConfigError("log.kafka: the Kafka backend is not available yet; use log.embedded")
+    if log.kafka is not None:
+        from .kafka import KafkaBackend
+
+        return KafkaBackend(log.kafka.bootstrap_servers, client_id=log.kafka.client_id, config=log.kafka.config)
+    raise ConfigError("log: give exactly one of 'embedded' or 'kafka'")
 
 
 __all__ = ["LogBackend", "open_backend"]

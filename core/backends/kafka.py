@@ -1,0 +1,435 @@
+"""Apache Kafka as a LogBackend, through aiokafka.
+
+Topics, groups and transactions live in Kafka; this module only maps the
+LogBackend calls onto Kafka's admin, producer and consumer clients. Retention
+and compaction are the broker's job, so ``run_retention``/``run_compaction``
+are deliberately absent.
+
+Two choices follow from the runtime's contract:
+
+- A consumer owns every partition of its topics (manual assignment, as in the
+  embedded log) and uses its group only to store committed offsets. The
+  runtime asks for ``assignment()`` synchronously and does not handle
+  rebalances, so the group protocol would give it nothing it can use yet.
+  Partition counts are therefore cached: loaded at ``open`` and refreshed by
+  every topic call.
+- ``poll`` answers "nothing" only once the consumer has heard from the broker
+  for every partition and knows nothing is waiting: callers (the source
+  checkpoint reader) treat a few empty polls as "at the end".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
+from aiokafka.structs import TopicPartition as KafkaTP
+
+from ..errors import ConfigError, TopicExistsError, TransactionError, UnknownTopicError
+from ..records import Record, TopicPartition
+from .base import GroupOffset, IsolationLevel, PartitionInfo, TopicSpec
+
+#: How long to wait for topic metadata to settle after a create or delete.
+METADATA_WAIT_S = 60.0
+#: Longest a poll keeps waiting past its timeout for records the broker says exist.
+POLL_CAP_S = 30.0
+
+
+def _kafka_value(value: Any) -> str:
+    """Topic settings as Kafka's strings (YAML gives ints and booleans)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _accepted(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of ``config`` that the client class ``cls`` takes as keyword arguments."""
+    names = inspect.signature(cls).parameters
+    return {k: v for k, v in config.items() if k in names}
+
+
+class KafkaBackend:
+    """A LogBackend on an Apache Kafka cluster at ``bootstrap_servers``.
+
+    ``config`` holds aiokafka client settings (security_protocol, sasl_*,
+    request_timeout_ms, ...), each passed to the clients that accept it, plus
+    ``replication_factor`` for new topics (default: min(3, brokers)).
+    """
+
+    def __init__(self, bootstrap_servers: str, *, client_id: str = "millpond",
+                 config: Mapping[str, Any] | None = None) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.client_id = client_id
+        settings = dict(config or {})
+        self.replication_factor: int | None = settings.pop("replication_factor", None)
+        known = set()
+        for cls in (AIOKafkaAdminClient, AIOKafkaProducer, AIOKafkaConsumer):
+            known |= set(_accepted(cls, settings))
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(f"log.kafka.config: unknown aiokafka setting(s) {', '.join(unknown)}")
+        self.settings = settings
+        self._admin: AIOKafkaAdminClient | None = None
+        self._probes: dict[IsolationLevel, AIOKafkaConsumer] = {}
+        self._partitions: dict[str, int] = {}
+
+    def client_kwargs(self, cls: type) -> dict[str, Any]:
+        return {"bootstrap_servers": self.bootstrap_servers, "client_id": self.client_id,
+                **_accepted(cls, self.settings)}
+
+    # -- lifecycle --
+
+    async def open(self) -> None:
+        admin = AIOKafkaAdminClient(**self.client_kwargs(AIOKafkaAdminClient))
+        await admin.start()
+        self._admin = admin
+        # Group-less consumers that answer offset questions (start, end, by time)
+        # at both isolation levels: the end of read_committed is the last stable offset.
+        for level in IsolationLevel:
+            probe = AIOKafkaConsumer(**self.client_kwargs(AIOKafkaConsumer), isolation_level=level.value,
+                                     enable_auto_commit=False)
+            await probe.start()
+            self._probes[level] = probe
+        await self.list_topics()
+
+    async def close(self) -> None:
+        probes, self._probes = self._probes, {}
+        for probe in probes.values():
+            await probe.stop()
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
+
+    async def __aenter__(self) -> KafkaBackend:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def admin(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            raise RuntimeError("backend is not open")
+        return self._admin
+
+    # -- topics --
+
+    async def _metadata(self, names: list[str] | None) -> dict[str, list[dict[str, Any]] | None]:
+        """Partitions per topic from the cluster metadata (None for an unknown topic)."""
+        out: dict[str, list[dict[str, Any]] | None] = {}
+        for t in await self.admin.describe_topics(names):
+            out[t["topic"]] = t["partitions"] if t["error_code"] == 0 else None
+        return out
+
+    async def _settled(self, name: str, partitions: int | None) -> None:
+        """Wait until metadata shows ``name`` with ``partitions`` led partitions (None: gone)."""
+        deadline = time.monotonic() + METADATA_WAIT_S
+        while True:
+            found = (await self._metadata([name])).get(name)
+            if partitions is None and found is None:
+                self._partitions.pop(name, None)
+                return
+            if partitions is not None and found is not None and len(found) >= partitions \
+                    and all(p["error_code"] == 0 and p["leader"] >= 0 for p in found):
+                self._partitions[name] = len(found)
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {name!r} at {self.bootstrap_servers}: metadata did not settle "
+                                   f"within {METADATA_WAIT_S:.0f}s")
+            await asyncio.sleep(0.1)
+
+    async def create_topic(self, spec: TopicSpec, *, exist_ok: bool = False) -> None:
+        replication = self.replication_factor
+        if replication is None:
+            replication = min(3, len((await self.admin.describe_cluster())["brokers"]))
+        topic = NewTopic(spec.name, spec.partitions, replication,
+                         topic_configs={k: _kafka_value(v) for k, v in spec.config.items()})
+        response = await self.admin.create_topics([topic])
+        for name, code, message in response.topic_errors:
+            error = for_code(code)
+            if error is TopicAlreadyExistsError:
+                if not exist_ok:
+                    raise TopicExistsError(f"topic {name!r} already exists at {self.bootstrap_servers}")
+                await self.partitions_for(name)
+                return
+            if code != 0:
+                raise ConfigError(f"cannot create topic {name!r} at {self.bootstrap_servers}: "
+                                  f"{error.__name__}: {message}")
+        await self._settled(spec.name, spec.partitions)
+
+    async def delete_topic(self, name: str) -> None:
+        await self.partitions_for(name)  # names a missing topic (Kafka answers deletes of those with no error)
+        response = await self.admin.delete_topics([name])
+        for topic, code in response.topic_error_codes:
+            if code != 0:
+                raise UnknownTopicError(f"cannot delete topic {topic!r}: {for_code(code).__name__}")
+        await self._settled(name, None)
+
+    async def list_topics(self) -> list[str]:
+        found = await self._metadata(None)
+        self._partitions = {name: len(parts) for name, parts in found.items() if parts is not None}
+        return sorted(self._partitions)
+
+    async def partitions_for(self, topic: str) -> int:
+        parts = (await self._metadata([topic])).get(topic)
+        if parts is None:
+            self._partitions.pop(topic, None)
+            raise UnknownTopicError(f"topic {topic!r} does not exist at {self.bootstrap_servers}")
+        self._partitions[topic] = len(parts)
+        return len(parts)
+
+    async def describe_topic(self, name: str) -> list[PartitionInfo]:
+        """Offsets per partition. Kafka's metadata does not give sizes or segments: those read 0."""
+        tps = [KafkaTP(name, p) for p in range(await self.partitions_for(name))]
+        starts = await self._probes[IsolationLevel.read_committed].beginning_offsets(tps)
+        stable = await self._probes[IsolationLevel.read_committed].end_offsets(tps)
+        ends = await self._probes[IsolationLevel.read_uncommitted].end_offsets(tps)
+        return [PartitionInfo(name, tp.partition, starts[tp], ends[tp], ends[tp], stable[tp], 0, 0) for tp in tps]
+
+    def cached_partitions(self, topic: str) -> int:
+        """Partition count without a round trip (``consumer()`` is synchronous)."""
+        n = self._partitions.get(topic)
+        if n is None:
+            raise UnknownTopicError(f"topic {topic!r} does not exist at {self.bootstrap_servers} "
+                                    "(or was created after this backend last listed topics)")
+        return n
+
+    # -- producing and consuming --
+
+    def producer(self, transactional_id: str | None = None) -> KafkaProducer:
+        return KafkaProducer(self, transactional_id)
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        group: str | None = None,
+        isolation: IsolationLevel = IsolationLevel.read_committed,
+        reset: str = "earliest",
+    ) -> KafkaConsumer:
+        return KafkaConsumer(self, topics, group, isolation, reset)
+
+    async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
+        found = await self._probes[IsolationLevel.read_uncommitted].offsets_for_times(
+            {KafkaTP(*tp): timestamp_ms})
+        hit = found.get(KafkaTP(*tp))
+        return None if hit is None else int(hit.offset)
+
+    # -- consumer groups --
+
+    async def list_groups(self) -> list[str]:
+        return sorted(str(g[0]) for g in await self.admin.list_consumer_groups())
+
+    async def committed(self, group: str) -> dict[TopicPartition, int]:
+        offsets = await self.admin.list_consumer_group_offsets(group)
+        return {TopicPartition(tp.topic, tp.partition): int(o.offset) for tp, o in offsets.items() if o.offset >= 0}
+
+    async def describe_group(self, group: str) -> list[GroupOffset]:
+        committed = await self.committed(group)
+        tps = [KafkaTP(*tp) for tp in sorted(committed)]
+        try:
+            ends = await self._probes[IsolationLevel.read_uncommitted].end_offsets(tps) if tps else {}
+        except UnknownTopicOrPartitionError:  # a topic was deleted: describe what is left
+            ends = {}
+            for tp in tps:
+                try:
+                    ends.update(await self._probes[IsolationLevel.read_uncommitted].end_offsets([tp]))
+                except UnknownTopicOrPartitionError:
+                    continue
+        return [GroupOffset(TopicPartition(*tp), committed[TopicPartition(*tp)], ends[tp]) for tp in tps if tp in ends]
+
+    async def reset_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit ``offsets`` for ``group`` (Kafka accepts this while the group has no members)."""
+        consumer = self.consumer(sorted({tp.topic for tp in offsets}), group)
+        try:
+            await consumer.commit(offsets)
+        finally:
+            await consumer.close()
+
+
+class KafkaProducer:
+    """An aiokafka producer, started on first use (``producer()`` is synchronous).
+
+    Sends are queued by aiokafka; their delivery futures are awaited at
+    ``flush``/``commit`` so a failed append surfaces there.
+    """
+
+    def __init__(self, backend: KafkaBackend, transactional_id: str | None) -> None:
+        self.backend = backend
+        self.transactional_id = transactional_id
+        self._producer: AIOKafkaProducer | None = None
+        self._inflight: list[asyncio.Future[Any]] = []
+        self._in_transaction = False
+        self._fenced_out = False
+
+    async def _fenced(self, what: str, call: Awaitable[Any]) -> Any:
+        """Run ``call``; a fenced producer becomes a terminal TransactionError, as in the embedded log."""
+        try:
+            return await call
+        except (ProducerFenced, InvalidProducerEpoch) as exc:
+            # aiokafka's transaction state is now fatal: nothing is left to abort
+            self._fenced_out, self._in_transaction = True, False
+            raise TransactionError(
+                f"producer {self.transactional_id!r} was fenced by a newer one during {what}: {exc}") from exc
+
+    async def _started(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            kwargs = self.backend.client_kwargs(AIOKafkaProducer)
+            if self.transactional_id is not None:
+                kwargs.update(transactional_id=self.transactional_id, enable_idempotence=True)
+            producer = AIOKafkaProducer(**kwargs)
+            # start() registers the transactional id, fencing any older producer with it
+            await self._fenced("start", producer.start())
+            self._producer = producer
+        return self._producer
+
+    async def send(self, topic: str, record: Record, partition: int | None = None) -> None:
+        if partition is None:
+            partition = record.partition  # None: Kafka's partitioner (murmur2 of the key)
+        producer = await self._started()
+        self._inflight.append(await producer.send(topic, record.value, record.key, partition,
+                                                  record.timestamp, record.headers or None))
+
+    async def send_batch(self, topic: str, partition: int, records: Sequence[Record]) -> None:
+        producer = await self._started()
+        batch = producer.create_batch()
+        for record in records:
+            while batch.append(key=record.key, value=record.value, timestamp=record.timestamp,
+                               headers=record.headers) is None:
+                if batch.record_count() == 0:
+                    raise ValueError(f"record for {topic}-{partition} is larger than the producer's max_batch_size")
+                self._inflight.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+        if batch.record_count():
+            self._inflight.append(await producer.send_batch(batch, topic, partition=partition))
+
+    async def _delivered(self) -> None:
+        inflight, self._inflight = self._inflight, []
+        if inflight:
+            await self._fenced("send", asyncio.gather(*inflight))
+
+    async def flush(self) -> None:
+        if self._in_transaction:
+            raise TransactionError("flush inside a transaction: call commit() instead")
+        if self._producer is not None:
+            await self._producer.flush()
+        await self._delivered()
+
+    async def begin(self) -> None:
+        if self.transactional_id is None:
+            raise TransactionError("begin() needs a producer created with a transactional id")
+        if self._in_transaction:
+            raise TransactionError(f"transaction of {self.transactional_id!r} is already open")
+        if self._fenced_out:
+            raise TransactionError(f"producer {self.transactional_id!r} was fenced; create a new one")
+        producer = await self._started()
+        await self._fenced("begin", producer.begin_transaction())
+        self._in_transaction = True
+
+    async def send_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        if not self._in_transaction or self._producer is None:
+            raise TransactionError("send_offsets() outside a transaction")
+        await self._fenced("send_offsets", self._producer.send_offsets_to_transaction(
+            {KafkaTP(*tp): offset for tp, offset in offsets.items()}, group))
+
+    async def commit(self) -> None:
+        if not self._in_transaction or self._producer is None:
+            raise TransactionError("commit() without begin()")
+        await self._delivered()
+        await self._fenced("commit", self._producer.commit_transaction())
+        self._in_transaction = False
+
+    async def abort(self) -> None:
+        self._inflight = []
+        if self._in_transaction and self._producer is not None and not self._fenced_out:
+            self._in_transaction = False
+            await self._fenced("abort", self._producer.abort_transaction())
+
+    async def close(self) -> None:
+        try:
+            if self._in_transaction:
+                await self.abort()
+            elif self._inflight:
+                await self.flush()
+        finally:
+            if self._producer is not None:
+                await self._producer.stop()
+                self._producer = None
+
+
+class KafkaConsumer:
+    """Every partition of its topics, assigned manually; the group only stores offsets."""
+
+    def __init__(self, backend: KafkaBackend, topics: Sequence[str], group: str | None,
+                 isolation: IsolationLevel, reset: str) -> None:
+        self.backend = backend
+        self.group = group
+        self.isolation = isolation
+        self.reset = reset
+        self._assignment = [TopicPartition(t, p) for t in topics for p in range(backend.cached_partitions(t))]
+        self._consumer: AIOKafkaConsumer | None = None
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assignment)
+
+    async def _started(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(**self.backend.client_kwargs(AIOKafkaConsumer), group_id=self.group,
+                                        isolation_level=self.isolation.value, enable_auto_commit=False,
+                                        auto_offset_reset=self.reset)
+            await consumer.start()
+            consumer.assign([KafkaTP(*tp) for tp in self._assignment])
+            self._consumer = consumer
+        return self._consumer
+
+    async def seek(self, tp: TopicPartition, offset: int) -> None:
+        (await self._started()).seek(KafkaTP(*tp), offset)
+
+    async def position(self, tp: TopicPartition) -> int:
+        return int(await (await self._started()).position(KafkaTP(*tp)))
+
+    async def _pending(self, consumer: AIOKafkaConsumer) -> bool:
+        """True while some partition was never fetched, or the broker reported records past its position."""
+        for tp in self._assignment:
+            ktp = KafkaTP(*tp)
+            end = consumer.last_stable_offset(ktp) if self.isolation == IsolationLevel.read_committed \
+                else consumer.highwater(ktp)
+            if end is None or await consumer.position(ktp) < end:
+                return True
+        return False
+
+    async def poll(self, max_records: int = 10_000, timeout: float = 1.0) -> list[Record]:
+        consumer = await self._started()
+        cap = time.monotonic() + max(timeout, POLL_CAP_S)
+        wait = timeout
+        while True:
+            fetched = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=max_records)
+            if fetched:
+                return [Record(r.value, r.key, r.timestamp, list(r.headers), r.topic, r.partition, r.offset)
+                        for rows in fetched.values() for r in rows]
+            if time.monotonic() >= cap or not await self._pending(consumer):
+                return []
+            wait = 0.05
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if self.group is None:
+            raise TransactionError("commit() needs a consumer with a group")
+        await (await self._started()).commit({KafkaTP(*tp): offset for tp, offset in offsets.items()})
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
