@@ -38,7 +38,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import TopicPartition as KafkaTP
 
-from ..errors import ConfigError, TopicExistsError, TransactionError, UnknownTopicError
+from ..errors import ConfigError, MillpondError, TopicExistsError, TransactionError, UnknownTopicError
 from ..records import Record, TopicPartition
 from .base import GroupOffset, IsolationLevel, PartitionInfo, TopicSpec
 
@@ -93,17 +93,22 @@ class KafkaBackend:
     # -- lifecycle --
 
     async def open(self) -> None:
-        admin = AIOKafkaAdminClient(**self.client_kwargs(AIOKafkaAdminClient))
-        await admin.start()
-        self._admin = admin
-        # Group-less consumers that answer offset questions (start, end, by time)
-        # at both isolation levels: the end of read_committed is the last stable offset.
-        for level in IsolationLevel:
-            probe = AIOKafkaConsumer(**self.client_kwargs(AIOKafkaConsumer), isolation_level=level.value,
-                                     enable_auto_commit=False)
-            await probe.start()
-            self._probes[level] = probe
-        await self.list_topics()
+        try:
+            admin = AIOKafkaAdminClient(**self.client_kwargs(AIOKafkaAdminClient))
+            self._admin = admin
+            await admin.start()
+            # Group-less consumers that answer offset questions (start, end, by time)
+            # at both isolation levels: the end of read_committed is the last stable offset.
+            for level in IsolationLevel:
+                probe = AIOKafkaConsumer(**self.client_kwargs(AIOKafkaConsumer), isolation_level=level.value,
+                                         enable_auto_commit=False)
+                self._probes[level] = probe
+                await probe.start()
+            await self.list_topics()
+        except KafkaError as exc:
+            await self.close()
+            raise MillpondError(f"cannot open the Kafka log at {self.bootstrap_servers}: "
+                                f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
         probes, self._probes = self._probes, {}

@@ -21,7 +21,7 @@ from millpond.backends import open_backend
 from millpond.backends.base import IsolationLevel, TopicSpec
 from millpond.backends.kafka import KafkaBackend, KafkaConsumer
 from millpond.config import LogConfig, load_pipeline
-from millpond.errors import TopicExistsError, TransactionError, UnknownTopicError
+from millpond.errors import ConfigError, MillpondError, TopicExistsError, TransactionError, UnknownTopicError
 from millpond.records import Record, TopicPartition, partition_for_key
 from millpond.runtime import run_pipeline
 from millpond.runtime.offsets import SOURCE_OFFSETS_TOPIC, read_source_offset
@@ -70,6 +70,21 @@ async def settled(backend: KafkaBackend, topic: str) -> None:
     while any(i.last_stable_offset != i.log_end_offset for i in await backend.describe_topic(topic)):
         assert time.monotonic() < deadline, f"open transactions on {topic} did not settle"
         await asyncio.sleep(0.05)
+
+
+def test_client_settings_are_checked_and_an_unreachable_cluster_is_named(kafka_bootstrap: str) -> None:
+    backend = KafkaBackend(kafka_bootstrap, config={"request_timeout_ms": 20_000, "replication_factor": 1})
+    assert backend.client_kwargs(AIOKafkaAdminClient)["request_timeout_ms"] == 20_000
+    assert backend.replication_factor == 1
+    assert "replication_factor" not in backend.client_kwargs(AIOKafkaAdminClient)
+    with pytest.raises(ConfigError, match="no_such_setting"):
+        KafkaBackend(kafka_bootstrap, config={"no_such_setting": 1})
+
+    from tests.servers.common import free_port
+
+    nowhere = f"127.0.0.1:{free_port()}"
+    with pytest.raises(MillpondError, match=nowhere):
+        asyncio.run(asyncio.wait_for(KafkaBackend(nowhere).open(), 120))
 
 
 def test_topics_are_created_with_settings_described_and_deleted(kafka_bootstrap: str) -> None:
