@@ -32,6 +32,12 @@ class JsonConverter(Converter):
         if isinstance(value, bytes):
             return value
         try:
+            # without OPT_NON_STR_KEYS first: it halves orjson's speed and only
+            # matters for dicts with non-string keys, which then take the retry
+            return orjson.dumps(value, default=str)
+        except TypeError:
+            pass
+        try:
             return orjson.dumps(value, default=str, option=_ORJSON_OPTIONS)
         except TypeError:
             return _stdlib_dumps(value).encode()

@@ -56,3 +56,19 @@ def test_json_reads_exactly_what_json_loads_reads(data: bytes) -> None:
     got = JsonConverter().deserialize(data)
     assert got == expected or (got != got and expected != expected)
     assert json.dumps(got) == json.dumps(expected)  # same types too (int stays int, NaN stays float)
+
+
+def test_json_writes_non_string_keys_and_unknown_types_as_the_stdlib_does() -> None:
+    import datetime
+    import json
+
+    conv = JsonConverter()
+    for value in [
+        {1: "a", 2.5: "b", True: "c", None: "d"},
+        {"nested": {7: [1, {8: "x"}]}},
+        {"when": datetime.date(2024, 1, 2), "big": 2**70, 3: "mixed"},
+        {"plain": [1, "two", 3.5, None, False]},
+    ]:
+        data = conv.serialize(value)
+        assert data is not None
+        assert json.loads(data) == json.loads(json.dumps(value, default=str))

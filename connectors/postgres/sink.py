@@ -111,6 +111,10 @@ def _document(row: dict[str, Any]) -> str:
     """``row`` as JSON text for the staging table: orjson (about 8x faster than the
     stdlib encoder), the stdlib for what orjson refuses (integers beyond 64 bits)."""
     try:
+        return orjson.dumps(row, default=str).decode()  # string keys: rows come from JSON objects
+    except TypeError:
+        pass
+    try:
         return orjson.dumps(row, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:
         return _encode(row)

@@ -875,17 +875,17 @@ def _parse_row(
     out: dict[str, Any] = {}
     toast = False
     unpack = _OID.unpack_from
-    for i in range(ncols):
+    for name, decode in zip(names, decoders):
         kind = data[pos]
         if kind == 0x74:  # 't'
             start = pos + 5
             pos = start + unpack(data, pos + 1)[0]
-            out[names[i]] = decoders[i](data[start:pos])
+            out[name] = decode(data[start:pos])
         elif kind == 0x6E:  # 'n'
-            out[names[i]] = None
+            out[name] = None
             pos += 1
         elif kind == 0x75:  # 'u'
-            out[names[i]] = po.UNCHANGED_TOAST
+            out[name] = po.UNCHANGED_TOAST
             toast = True
             pos += 1
         else:
