@@ -33,7 +33,6 @@ from aiokafka.errors import (
     KafkaError,
     ProducerFenced,
     TopicAlreadyExistsError,
-    UnknownTopicOrPartitionError,
     for_code,
 )
 from aiokafka.structs import TopicPartition as KafkaTP
@@ -134,10 +133,17 @@ class KafkaBackend:
     # -- topics --
 
     async def _metadata(self, names: list[str] | None) -> dict[str, list[dict[str, Any]] | None]:
-        """Partitions per topic from the cluster metadata (None for an unknown topic)."""
+        """Partitions per topic from the cluster metadata (None for an unknown topic).
+
+        Always asks for every topic: a metadata request that names a topic lets the
+        broker auto-create it (``auto.create.topics.enable`` defaults to true), so a
+        mere lookup of a missing topic would create one with default settings.
+        """
+        found = {t["topic"]: t for t in await self.admin.describe_topics(None)}
         out: dict[str, list[dict[str, Any]] | None] = {}
-        for t in await self.admin.describe_topics(names):
-            out[t["topic"]] = t["partitions"] if t["error_code"] == 0 else None
+        for name in found if names is None else names:
+            t = found.get(name)
+            out[name] = t["partitions"] if t is not None and t["error_code"] == 0 else None
         return out
 
     async def _settled(self, name: str, partitions: int | None) -> None:
@@ -228,6 +234,7 @@ class KafkaBackend:
         return KafkaConsumer(self, topics, group, isolation, reset)
 
     async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
+        await self.partitions_for(tp.topic)  # names a missing topic rather than letting the broker create it
         found = await self._probes[IsolationLevel.read_uncommitted].offsets_for_times(
             {KafkaTP(*tp): timestamp_ms})
         hit = found.get(KafkaTP(*tp))
@@ -244,17 +251,11 @@ class KafkaBackend:
 
     async def describe_group(self, group: str) -> list[GroupOffset]:
         committed = await self.committed(group)
-        tps = [KafkaTP(*tp) for tp in sorted(committed)]
-        try:
-            ends = await self._probes[IsolationLevel.read_uncommitted].end_offsets(tps) if tps else {}
-        except UnknownTopicOrPartitionError:  # a topic was deleted: describe what is left
-            ends = {}
-            for tp in tps:
-                try:
-                    ends.update(await self._probes[IsolationLevel.read_uncommitted].end_offsets([tp]))
-                except UnknownTopicOrPartitionError:
-                    continue
-        return [GroupOffset(TopicPartition(*tp), committed[TopicPartition(*tp)], ends[tp]) for tp in tps if tp in ends]
+        # Only topics that still exist: asking offsets of a deleted one would make the broker re-create it.
+        existing = set(await self.list_topics())
+        tps = [KafkaTP(*tp) for tp in sorted(committed) if tp.topic in existing]
+        ends = await self._probes[IsolationLevel.read_uncommitted].end_offsets(tps) if tps else {}
+        return [GroupOffset(TopicPartition(*tp), committed[TopicPartition(*tp)], ends[tp]) for tp in tps]
 
     async def reset_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit ``offsets`` for ``group`` (Kafka accepts this while the group has no members)."""

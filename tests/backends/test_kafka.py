@@ -118,6 +118,13 @@ def test_topics_are_created_with_settings_described_and_deleted(kafka_bootstrap:
             await backend.delete_topic(name)
         with pytest.raises(UnknownTopicError, match=name):
             backend.consumer([name])
+        # Looking a topic up must not create it (brokers default to auto.create.topics.enable=true,
+        # with 1 partition): the name is still free for a topic of our own.
+        with pytest.raises(UnknownTopicError, match=name):
+            await backend.partitions_for(name)
+        await backend.create_topic(TopicSpec(name, 5))
+        assert await backend.partitions_for(name) == 5
+        await backend.delete_topic(name)
 
     with_backend(kafka_bootstrap, body)
 
@@ -290,6 +297,12 @@ def test_group_offsets_lag_and_reset(kafka_bootstrap: str) -> None:
 
         with pytest.raises(TransactionError):
             await backend.consumer([name]).commit({tp0: 1})
+
+        # a deleted topic drops out of the description, and describing does not re-create it
+        await backend.delete_topic(name)
+        assert await backend.describe_group(group) == []
+        await backend.create_topic(TopicSpec(name, 3))
+        assert await backend.partitions_for(name) == 3
 
     with_backend(kafka_bootstrap, body)
 
