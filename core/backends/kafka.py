@@ -28,6 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
@@ -43,6 +44,8 @@ from .base import GroupOffset, IsolationLevel, PartitionInfo, TopicSpec
 
 #: How long to wait for topic metadata to settle after a create or delete.
 METADATA_WAIT_S = 60.0
+#: DescribeConfigs' source of a setting made on the topic itself (not a broker default).
+TOPIC_CONFIG_SOURCE = 1
 #: Longest a poll keeps waiting past its timeout for records the broker says exist.
 POLL_CAP_S = 30.0
 
@@ -181,6 +184,39 @@ class KafkaBackend:
                 raise ConfigError(f"cannot create topic {name!r} at {self.bootstrap_servers}: "
                                   f"{error.__name__}: {message}")
         await self._settled(spec.name, spec.partitions)
+
+    async def topic_settings(self, name: str) -> dict[str, Any]:
+        """The settings made on the topic itself (broker defaults left out), as Kafka's strings."""
+        [response] = await self.admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+        code, message, _, _, entries = response.resources[0]
+        if code != 0:
+            raise UnknownTopicError(f"cannot read the settings of topic {name!r} at {self.bootstrap_servers}: "
+                                    f"{for_code(code).__name__}: {message}")
+        return {e[0]: e[1] for e in entries if e[3] == TOPIC_CONFIG_SOURCE and not e[4]}
+
+    async def alter_topic(self, spec: TopicSpec) -> dict[str, tuple[object, object]]:
+        """Make the topic's own settings exactly ``spec.config`` (broker defaults for the rest),
+        as the embedded log does; returns what changed. The partition count is not changed:
+        that would move keys to other partitions, so a different count is an error."""
+        have = await self.partitions_for(spec.name)
+        if have != spec.partitions:
+            raise ConfigError(
+                f"topic {spec.name!r} has {have} partitions at {self.bootstrap_servers}, but {spec.partitions} "
+                f"are declared; changing the count would move keys between partitions "
+                f"(declare {have}, or create a new topic)")
+        before = await self.topic_settings(spec.name)
+        wanted = {k: _kafka_value(v) for k, v in spec.config.items()}
+        if before == wanted:
+            return {}
+        # AlterConfigs (not the incremental kind) replaces the topic's whole set: what is not given goes back to default
+        [response] = await self.admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, spec.name, configs=wanted)])
+        code, message = response.resources[0][0], response.resources[0][1]
+        if code != 0:
+            raise ConfigError(f"cannot change the settings of topic {spec.name!r} at {self.bootstrap_servers}: "
+                              f"{for_code(code).__name__}: {message}")
+        return {k: (before.get(k), wanted.get(k)) for k in sorted(set(before) | set(wanted))
+                if before.get(k) != wanted.get(k)}
 
     async def delete_topic(self, name: str) -> None:
         await self.partitions_for(name)  # names a missing topic (Kafka answers deletes of those with no error)

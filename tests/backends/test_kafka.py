@@ -129,6 +129,27 @@ def test_topics_are_created_with_settings_described_and_deleted(kafka_bootstrap:
     with_backend(kafka_bootstrap, body)
 
 
+def test_declared_settings_are_applied_to_an_existing_topic(kafka_bootstrap: str) -> None:
+    name = unique("alter")
+
+    async def body(backend: KafkaBackend) -> None:
+        await backend.create_topic(TopicSpec(name, 2, {"retention.ms": 604800000}))
+        assert await backend.topic_settings(name) == {"retention.ms": "604800000"}
+        changed = await backend.alter_topic(TopicSpec(name, 2, {"cleanup.policy": "compact", "segment.bytes": 1 << 20}))
+        assert changed == {"cleanup.policy": (None, "compact"), "retention.ms": ("604800000", None),
+                           "segment.bytes": (None, "1048576")}
+        assert await backend.topic_settings(name) == {"cleanup.policy": "compact", "segment.bytes": "1048576"}
+        assert await backend.alter_topic(TopicSpec(name, 2, {"cleanup.policy": "compact", "segment.bytes": 1 << 20})) == {}
+        with pytest.raises(ConfigError, match="has 2 partitions"):
+            await backend.alter_topic(TopicSpec(name, 3))
+        with pytest.raises(ConfigError, match="retention.msx"):
+            await backend.alter_topic(TopicSpec(name, 2, {"retention.msx": 1}))
+        with pytest.raises(UnknownTopicError, match="nothere"):
+            await backend.topic_settings(unique("nothere"))
+
+    with_backend(kafka_bootstrap, body)
+
+
 def test_source_offsets_topic_keeps_its_name_and_is_compacted(kafka_bootstrap: str) -> None:
     """The runtime's double-underscore checkpoint topic is an ordinary compacted topic on Kafka."""
     key = unique("connector")
