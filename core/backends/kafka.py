@@ -46,6 +46,9 @@ from .base import GroupOffset, IsolationLevel, PartitionInfo, TopicSpec
 METADATA_WAIT_S = 60.0
 #: DescribeConfigs' source of a setting made on the topic itself (not a broker default).
 TOPIC_CONFIG_SOURCE = 1
+#: Client settings the backend sets itself, per call: not to be given in ``log.kafka.config``.
+RESERVED = frozenset({"bootstrap_servers", "client_id", "group_id", "isolation_level", "enable_auto_commit",
+                      "auto_offset_reset", "transactional_id", "enable_idempotence"})
 #: Longest a poll keeps waiting past its timeout for records the broker says exist.
 POLL_CAP_S = 30.0
 
@@ -83,6 +86,10 @@ class KafkaBackend:
         unknown = sorted(set(settings) - known)
         if unknown:
             raise ConfigError(f"log.kafka.config: unknown aiokafka setting(s) {', '.join(unknown)}")
+        reserved = sorted(set(settings) & RESERVED)
+        if reserved:
+            raise ConfigError(f"log.kafka.config: {', '.join(reserved)} set by millpond itself "
+                              "(bootstrap_servers and client_id go directly under log.kafka)")
         self.settings = settings
         self._admin: AIOKafkaAdminClient | None = None
         self._probes: dict[IsolationLevel, AIOKafkaConsumer] = {}

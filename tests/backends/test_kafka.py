@@ -79,6 +79,8 @@ def test_client_settings_are_checked_and_an_unreachable_cluster_is_named(kafka_b
     assert "replication_factor" not in backend.client_kwargs(AIOKafkaAdminClient)
     with pytest.raises(ConfigError, match="no_such_setting"):
         KafkaBackend(kafka_bootstrap, config={"no_such_setting": 1})
+    with pytest.raises(ConfigError, match="isolation_level"):
+        KafkaBackend(kafka_bootstrap, config={"isolation_level": "read_uncommitted"})
 
     from tests.servers.common import free_port
 
