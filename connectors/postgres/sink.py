@@ -392,10 +392,12 @@ class PostgresSink(Sink):
             written += await self._write_table(conn, targets[tkey], changes)
         return written
 
-    async def _stage(self, conn: asyncpg.Connection, docs: list[dict[str, Any]]) -> None:
+    async def _stage(self, conn: asyncpg.Connection, docs: list[dict[str, Any]], joined: bool = True) -> None:
+        """Copy ``docs`` into the staging table; statistics only when a statement joins it to the target
+        (a plain INSERT ... SELECT reads it once in any plan, so ANALYZE would be wasted)."""
         await conn.execute(f"TRUNCATE {STAGE}")
         await conn.copy_records_to_table(STAGE, records=[(_document(d),) for d in docs], columns=["doc"])
-        if len(docs) > 1000:
+        if joined and len(docs) > 1000:
             await conn.execute(f"ANALYZE {STAGE}")
 
     async def _write_table(
@@ -421,7 +423,7 @@ class PostgresSink(Sink):
             await conn.execute(f"DELETE FROM {t.sql} t USING {STAGE} s, {rec} r WHERE {match}")
             await conn.execute(f"INSERT INTO {t.sql} ({cols}) SELECT {rcols} FROM {STAGE} s, {rec} r")
         elif full:
-            await self._stage(conn, full)
+            await self._stage(conn, full, joined=False)
             if not t.key:
                 conflict = ""
             else:

@@ -165,6 +165,7 @@ class SourceTask:
         encode_str = type(value_conv) is StringConverter
         default_bucket: list[Record] | None = None
         outs: Iterable[Record]
+        one: list[Record] = [records[0]] if records else []  # reused: no container per record without transforms
         for original in records:
             if transforms:
                 try:
@@ -173,7 +174,8 @@ class SourceTask:
                     await self._dead_letter(pending, exc, original, "transform")
                     continue
             else:
-                outs = (original,)
+                one[0] = original
+                outs = one
             for r in outs:
                 key = r.key
                 value = r.value

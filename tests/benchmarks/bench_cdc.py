@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -232,6 +233,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="100,000 changes instead of 1,000,000")
     parser.add_argument("--changes", type=int)
     parser.add_argument("--txn-rows", type=int, default=1000, help="rows per source transaction")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the whole run and report the median time of each step (the machine is shared)")
     args = parser.parse_args()
     changes = args.changes or (100_000 if args.quick else 1_000_000)
     server = None
@@ -242,8 +245,11 @@ def main() -> int:
         server = start_postgres()
         dsn = server.dsn
     try:
-        with tempfile.TemporaryDirectory(prefix="millpond-bench-cdc-") as tmp:
-            r = asyncio.run(bench(dsn, changes, args.txn_rows, Path(tmp)))
+        runs = []
+        for _ in range(max(1, args.rounds)):
+            with tempfile.TemporaryDirectory(prefix="millpond-bench-cdc-") as tmp:
+                runs.append(asyncio.run(bench(dsn, changes, args.txn_rows, Path(tmp))))
+        r = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
     finally:
         if server is not None:
             server.stop()
@@ -252,7 +258,7 @@ def main() -> int:
     sink_rate = changes / r["sink_s"]
     copy_rate = changes / r["copy_s"]
     print(f"{changes:,} inserts in transactions of {args.txn_rows} rows ({r['wal_bytes'] / 1e6:.0f} MB of WAL, "
-          f"loaded in {r['load_s']:.1f} s)")
+          f"loaded in {r['load_s']:.1f} s); median of {len(runs)} round(s)")
     print(f"baseline raw slot fetch: {r['raw_s']:8.3f} s {raw_rate:12,.0f} rows/s")
     print(f"postgres-cdc -> log:     {r['cdc_s']:8.3f} s {cdc_rate:12,.0f} rows/s  "
           f"ratio {cdc_rate / raw_rate:.2f} (target >= 0.5)")
@@ -264,6 +270,7 @@ def main() -> int:
     print(json.dumps({
         "changes": changes,
         "txn_rows": args.txn_rows,
+        "rounds": len(runs),
         "cdc_rows_per_s": round(cdc_rate),
         "baseline_raw_fetch_rows_per_s": round(raw_rate),
         "cdc_ratio": round(cdc_rate / raw_rate, 3),
