@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
@@ -42,6 +43,8 @@ from ..errors import ConfigError, MillpondError, TopicExistsError, TransactionEr
 from ..records import Record, TopicPartition
 from .base import GroupOffset, IsolationLevel, PartitionInfo, TopicSpec
 
+log = logging.getLogger(__name__)
+
 #: How long to wait for topic metadata to settle after a create or delete.
 METADATA_WAIT_S = 60.0
 #: DescribeConfigs' source of a setting made on the topic itself (not a broker default).
@@ -49,6 +52,8 @@ TOPIC_CONFIG_SOURCE = 1
 #: Client settings the backend sets itself, per call: not to be given in ``log.kafka.config``.
 RESERVED = frozenset({"bootstrap_servers", "client_id", "group_id", "isolation_level", "enable_auto_commit",
                       "auto_offset_reset", "transactional_id", "enable_idempotence"})
+#: How long to wait for a topic's new settings to read back.
+SETTINGS_WAIT_S = 10.0
 #: Longest a poll keeps waiting past its timeout for records the broker says exist.
 POLL_CAP_S = 30.0
 
@@ -191,6 +196,7 @@ class KafkaBackend:
                 raise ConfigError(f"cannot create topic {name!r} at {self.bootstrap_servers}: "
                                   f"{error.__name__}: {message}")
         await self._settled(spec.name, spec.partitions)
+        await self._settings_visible(spec.name, dict(topic.topic_configs))
 
     async def topic_settings(self, name: str) -> dict[str, Any]:
         """The settings made on the topic itself (broker defaults left out), as Kafka's strings."""
@@ -200,6 +206,17 @@ class KafkaBackend:
             raise UnknownTopicError(f"cannot read the settings of topic {name!r} at {self.bootstrap_servers}: "
                                     f"{for_code(code).__name__}: {message}")
         return {e[0]: e[1] for e in entries if e[3] == TOPIC_CONFIG_SOURCE and not e[4]}
+
+    async def _settings_visible(self, name: str, wanted: dict[str, str]) -> None:
+        """Wait until the topic's settings read back as ``wanted``: a broker answers DescribeConfigs
+        from its own copy of the cluster metadata, which follows a create or change a moment later."""
+        deadline = time.monotonic() + SETTINGS_WAIT_S
+        while (await self.topic_settings(name)) != wanted:
+            if time.monotonic() > deadline:
+                log.warning("topic %r at %s: settings do not read back as %s after %.0fs (normalised by the broker?)",
+                            name, self.bootstrap_servers, wanted, SETTINGS_WAIT_S)
+                return
+            await asyncio.sleep(0.05)
 
     async def alter_topic(self, spec: TopicSpec) -> dict[str, tuple[object, object]]:
         """Make the topic's own settings exactly ``spec.config`` (broker defaults for the rest),
@@ -222,6 +239,7 @@ class KafkaBackend:
         if code != 0:
             raise ConfigError(f"cannot change the settings of topic {spec.name!r} at {self.bootstrap_servers}: "
                               f"{for_code(code).__name__}: {message}")
+        await self._settings_visible(spec.name, wanted)
         return {k: (before.get(k), wanted.get(k)) for k in sorted(set(before) | set(wanted))
                 if before.get(k) != wanted.get(k)}
 
