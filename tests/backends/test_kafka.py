@@ -249,7 +249,12 @@ def test_transactions_commit_records_with_offsets_and_aborts_stay_hidden(kafka_b
         finally:
             await producer.close()
         await settled(backend, name)
-        assert await backend.committed(group) == {tp: 3}  # the aborted send_offsets did not count
+        # offsets sent in a transaction become readable once its marker reaches __consumer_offsets
+        deadline = time.monotonic() + DEADLINE_S
+        while not (committed := await backend.committed(group)):
+            assert time.monotonic() < deadline, f"group {group} shows no committed offsets"
+            await asyncio.sleep(0.05)
+        assert committed == {tp: 3}  # the aborted send_offsets did not count
 
         values = {}
         for level in IsolationLevel:
