@@ -207,6 +207,14 @@ class PostgresSink(Sink):
             target = by_topic.get(record.topic or "")
             if target is None:
                 target = await self._target(conn, record, row if what == "up" else None)
+            if what == "up" and row.__class__ is dict and target.key:
+                # the common upsert, inline; a missing key column takes _entry's path for its error
+                assert row is not None
+                try:
+                    entries.append(_Entry(target, what, row, _key_of(row, target.key)))
+                    continue
+                except KeyError:
+                    pass
             entry = self._entry(target, record, what, row)
             if entry is not None:
                 entries.append(entry)
