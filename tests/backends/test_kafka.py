@@ -8,6 +8,9 @@ broker without seeing each other. Waits are on conditions with generous deadline
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,6 +33,8 @@ pytestmark = pytest.mark.kafka
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 60.0
+#: A quickstart run takes seconds; past this it is stopped (SIGINT) and the test fails.
+PIPELINE_LIMIT_S = 300.0
 
 
 def unique(prefix: str) -> str:
@@ -369,17 +374,27 @@ def test_quickstart_pipeline_runs_on_kafka_exactly_once(
               for line in f.read_text().splitlines()]
     assert len(inputs) > 100
 
-    run_pipeline(config, until_idle=True)
+    def run_bounded() -> None:
+        # A stuck run is stopped like Ctrl-C would (the worker finishes what it holds): the test
+        # then fails on its assertions instead of hanging the suite.
+        timer = threading.Timer(PIPELINE_LIMIT_S, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            run_pipeline(config, until_idle=True)
+        finally:
+            timer.cancel()
+
+    run_bounded()
     assert sorted(outputs()) == sorted(inputs)
     assert len(set(outputs())) == len(set(inputs))
 
-    run_pipeline(config, until_idle=True)  # the checkpoint in __source_offsets holds: nothing is doubled
+    run_bounded()  # the checkpoint in __source_offsets holds: nothing is doubled
     assert sorted(outputs()) == sorted(inputs)
 
     new_line = f"appended {suffix}"
     with open(tmp_path / "configs" / "quickstart-input" / "app.log", "a") as f:
         f.write(new_line + "\n")
-    run_pipeline(config, until_idle=True)
+    run_bounded()
     assert sorted(outputs()) == sorted([*inputs, new_line])
 
     async def lag(backend: KafkaBackend) -> None:
