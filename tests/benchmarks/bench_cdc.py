@@ -1,6 +1,6 @@
 """Benchmark: Postgres change rows/s into the log, and log rows/s into Postgres.
 
-    python tests/benchmarks/bench_cdc.py [--quick] [--changes N] [--txn-rows R]
+    python tests/benchmarks/bench_cdc.py [--quick] [--changes N] [--txn-rows R] [--rounds N]
 
 Uses ``MILLPOND_TEST_PG_DSN`` if set, else starts a throw-away server like
 the test fixture. One table (bigint key, int, text, numeric, timestamptz)
