@@ -326,7 +326,7 @@ class FileSource(Source):
             if size > tf.size:
                 tf.last_growth = now
             tf.size = size
-        if size < tf.position or (tf.fp_len and not tf.rotated and not self._same_content(tf, size)):
+        if size < tf.position or (tf.fp_len and not self._same_content(tf, size)):
             log.info("%s (inode %d) was truncated (copytruncate?); reading it from the start", tf.path, tf.inode)
             tf.position = 0
             tf.fp = tf.fp_len = 0

@@ -68,6 +68,10 @@ class Producer(Protocol):
     async def flush(self) -> None:
         """Append everything queued (non-transactional producers)."""
 
+    async def init(self) -> None:
+        """Register the transactional id now: fence older producers with it and finish
+        their open transactions, so what a restarted task reads next is final."""
+
     async def begin(self) -> None: ...
 
     async def send_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:

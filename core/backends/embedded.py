@@ -259,14 +259,17 @@ class EmbeddedProducer:
         if pending:
             self.backend.notify()
 
+    async def init(self) -> None:
+        if self.transactional_id is not None and self._state is None:
+            self._state = self.backend._writer("begin a transaction").init_producer(self.transactional_id)
+            self._epoch = self._state.epoch
+
     async def begin(self) -> None:
         if self.transactional_id is None:
             raise TransactionError("begin() needs a producer created with a transactional id")
         if self._in_transaction:
             raise TransactionError(f"transaction of {self.transactional_id!r} is already open")
-        if self._state is None:
-            self._state = self.backend._writer("begin a transaction").init_producer(self.transactional_id)
-            self._epoch = self._state.epoch
+        await self.init()
         self._in_transaction = True
         self._pending = {}
         self._offsets = {}

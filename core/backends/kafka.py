@@ -363,6 +363,9 @@ class KafkaProducer:
             self._producer = producer
         return self._producer
 
+    async def init(self) -> None:
+        await self._started()
+
     async def send(self, topic: str, record: Record, partition: int | None = None) -> None:
         if partition is None:
             partition = record.partition  # None: Kafka's partitioner (murmur2 of the key)

@@ -87,9 +87,13 @@ class SourceTask:
     async def run(self, stop: asyncio.Event) -> None:
         transforms = make_transforms(self.spec)
         key_conv, value_conv = make_converters(self.spec)
+        producer = self.backend.producer(transactional_id=self.transactional_id)
+        # Fence the previous incarnation and let its last transaction settle
+        # before the checkpoint is read: on Kafka the markers land a moment
+        # after the commit returns.
+        await producer.init()
         offset = await read_source_offset(self.backend, self.offset_key)
         source = self._source_factory()
-        producer = self.backend.producer(transactional_id=self.transactional_id)
         log.info("source %r starting from %s", self.name, "the beginning" if offset is None else "its committed offset")
         self.idle_since = None
         try:

@@ -133,8 +133,6 @@ class FakeProducer:
     async def send(self, topic: str, record: Record, partition: int | None = None) -> None:
         assert isinstance(record.value, (bytes, type(None))), "the log holds bytes"
         self.pending.append((self._tp(topic, record, partition), copy.copy(record)))
-        if self.transactional_id is None:
-            pass
 
     async def send_batch(self, topic: str, partition: int, records: Sequence[Record]) -> None:
         for r in records:
@@ -156,6 +154,9 @@ class FakeProducer:
             for tp in touched:
                 self.backend.logs[tp].append(MARKER)
         self.pending = []
+
+    async def init(self) -> None:
+        self.initialised = True
 
     async def begin(self) -> None:
         if self.in_txn:
