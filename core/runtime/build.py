@@ -14,8 +14,8 @@ from pydantic import BaseModel, ValidationError
 
 from .. import plugins
 from ..config import ConnectorSpec, PipelineConfig
-from ..connector import ConnectorContext, Converter, Guarantee, Sink, Source, Transform
-from ..errors import ConfigError, DeliveryGuaranteeError
+from ..connector import ConnectorContext, Converter, Sink, Source, Transform
+from ..errors import ConfigError
 from ..records import Record
 
 
@@ -27,34 +27,6 @@ def validate_config(model: type[BaseModel], data: dict[str, Any], what: str) -> 
             f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{what}: invalid config: {problems}") from exc
-
-
-def connector_class(spec: ConnectorSpec) -> type[Source] | type[Sink]:
-    if spec.kind == "source":
-        return plugins.source_class(spec.type)
-    return plugins.sink_class(spec.type)
-
-
-def check_guarantees(config: PipelineConfig) -> None:
-    """Refuse a pipeline that asks a connector for more than it can give.
-
-    Uses the config module's ``check_guarantees`` when it exists (one place for
-    the rule); otherwise compares each spec with its class's ``guarantee``.
-    """
-    from .. import config as config_module
-
-    shared = getattr(config_module, "check_guarantees", None)
-    if callable(shared):
-        shared(config)
-        return
-    for spec in config.connectors:
-        cls = connector_class(spec)
-        offered: Guarantee = cls.guarantee
-        if spec.guarantee > offered:
-            raise DeliveryGuaranteeError(
-                f"connector {spec.name!r} (type {spec.type!r}) asks for {spec.guarantee.name} "
-                f"but that connector offers at most {offered.name}"
-            )
 
 
 def make_context(config: PipelineConfig, spec: ConnectorSpec, task: int) -> ConnectorContext:

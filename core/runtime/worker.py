@@ -33,9 +33,9 @@ import time
 from dataclasses import dataclass, field
 
 from ..backends.base import LogBackend, TopicSpec
-from ..config import PipelineConfig
+from ..config import PipelineConfig, check_guarantees
 from ..errors import ConfigError, MillpondError
-from .build import check_guarantees, make_converters, make_sink, make_source, make_transforms
+from .build import make_converters, make_sink, make_source, make_transforms
 from .offsets import ensure_source_offsets_topic
 from .scheduler import JobIntervals, PipelineJobs
 from .sink_task import SinkLimits, SinkTask
