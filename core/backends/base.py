@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from ..records import Record, TopicPartition
 
@@ -100,6 +100,23 @@ class Consumer(Protocol):
         """Store ``offsets`` (next offsets to read) as the group's committed offsets."""
 
     async def close(self) -> None: ...
+
+
+class Lifecycle:
+    """``async with backend:`` opens and closes a backend (both backends inherit this)."""
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 class LogBackend(Protocol):

@@ -23,7 +23,7 @@ from ..log.store import LogStore
 from ..offsets import GroupCoordinator
 from ..records import Record, TopicPartition
 from ..txn import TransactionCoordinator, TransactionState
-from .base import GroupOffset, IsolationLevel, PartitionInfo, TopicSpec
+from .base import GroupOffset, IsolationLevel, Lifecycle, PartitionInfo, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ MAX_FETCH_BYTES = 4 << 20
 BATCH_RECORDS = 10_000
 
 
-class EmbeddedBackend:
+class EmbeddedBackend(Lifecycle):
     def __init__(self, directory: str | Path, *, readonly: bool = False, fsync: bool = True) -> None:
         self.directory = Path(directory)
         self.readonly = readonly
@@ -53,13 +53,6 @@ class EmbeddedBackend:
         if self._store is not None:
             self._store.close()
             self._store = None
-
-    async def __aenter__(self) -> EmbeddedBackend:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     @property
     def store(self) -> LogStore:

@@ -41,7 +41,7 @@ from aiokafka.structs import TopicPartition as KafkaTP
 
 from ..errors import ConfigError, MillpondError, TopicExistsError, TransactionError, UnknownTopicError
 from ..records import Record, TopicPartition
-from .base import GroupOffset, IsolationLevel, PartitionInfo, TopicSpec
+from .base import GroupOffset, IsolationLevel, Lifecycle, PartitionInfo, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _accepted(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k in names}
 
 
-class KafkaBackend:
+class KafkaBackend(Lifecycle):
     """A LogBackend on an Apache Kafka cluster at ``bootstrap_servers``.
 
     ``config`` holds aiokafka client settings (security_protocol, sasl_*,
@@ -131,13 +131,6 @@ class KafkaBackend:
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
-
-    async def __aenter__(self) -> KafkaBackend:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     @property
     def admin(self) -> AIOKafkaAdminClient:
