@@ -6,7 +6,7 @@ export MILLPOND_CACHE ?= $(CURDIR)/.cache
 
 .PHONY: install test quickstart bench mypy clean
 
-$(BIN)/millpond: pyproject.toml
+$(BIN)/millpond: pyproject.toml setup.py $(wildcard core/*/*.c connectors/*/*.c)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[all,test]'

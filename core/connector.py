@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from .records import Record, TopicPartition
+from .records import JsonRecords, Record, TopicPartition
 
 
 class Guarantee(enum.IntEnum):
@@ -42,10 +42,15 @@ class SourceBatch:
     log transaction; after a restart it hands the last committed checkpoint to
     ``Source.start``. A batch may carry no records and only move the
     checkpoint (a heartbeat, a skipped line).
+
+    ``encoded`` holds records the source already serialised as JSON, column
+    by column (see :class:`~millpond.records.JsonRecords`); they are appended
+    after ``records``, in the order given.
     """
 
     records: list[Record]
     offset: Any
+    encoded: list[JsonRecords] = field(default_factory=list)
 
 
 @dataclass(slots=True)

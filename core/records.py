@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple, overload
 
 
 class TopicPartition(NamedTuple):
@@ -38,6 +39,70 @@ class Record:
     def topic_partition(self) -> TopicPartition:
         assert self.topic is not None and self.partition is not None
         return TopicPartition(self.topic, self.partition)
+
+
+class JsonRecords(Sequence["Record"]):
+    """Records of one topic whose key and value are already JSON, held as columns.
+
+    Building a :class:`Record` and a dict per change, then serialising it,
+    costs several microseconds; a source that renders JSON itself (the
+    Postgres CDC decoder does it in C) returns its records in this form
+    instead (``SourceBatch.encoded``). When the pipeline has no transforms
+    and JSON converters, the runtime appends the columns as they are, and the
+    embedded log encodes a whole batch of them in one C call. Otherwise the
+    runtime decodes them back into records, so the result is the same.
+
+    ``keys`` and ``values`` hold UTF-8 JSON bytes or None (a null key, a
+    tombstone); ``timestamps`` milliseconds since the epoch.
+    """
+
+    __slots__ = ("topic", "keys", "values", "timestamps")
+
+    def __init__(
+        self,
+        topic: str,
+        keys: list[bytes | None] | None = None,
+        values: list[bytes | None] | None = None,
+        timestamps: list[int] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.keys: list[bytes | None] = [] if keys is None else keys
+        self.values: list[bytes | None] = [] if values is None else values
+        self.timestamps: list[int] = [] if timestamps is None else timestamps
+
+    def append(self, key: bytes | None, value: bytes | None, timestamp: int) -> None:
+        self.keys.append(key)
+        self.values.append(value)
+        self.timestamps.append(timestamp)
+
+    def extend(self, other: JsonRecords) -> None:
+        self.keys.extend(other.keys)
+        self.values.extend(other.values)
+        self.timestamps.extend(other.timestamps)
+
+    @property
+    def value_bytes(self) -> int:
+        return sum(map(len, filter(None, self.values)))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+    @overload
+    def __getitem__(self, index: slice) -> JsonRecords: ...
+    def __getitem__(self, index: int | slice) -> Record | JsonRecords:  # noqa: D105
+        if isinstance(index, slice):
+            return JsonRecords(self.topic, self.keys[index], self.values[index], self.timestamps[index])
+        return Record(self.values[index], self.keys[index], self.timestamps[index], topic=self.topic)
+
+    def __iter__(self) -> Iterator[Record]:
+        topic = self.topic
+        for key, value, timestamp in zip(self.keys, self.values, self.timestamps):
+            yield Record(value, key, timestamp, topic=topic)
+
+    def __repr__(self) -> str:
+        return f"JsonRecords(topic={self.topic!r}, {len(self)} records)"
 
 
 _MASK = 0xFFFFFFFF

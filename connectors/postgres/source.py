@@ -62,10 +62,16 @@ from pydantic import Field, SecretStr
 
 from millpond.connector import ConnectorConfig, ConnectorContext, Guarantee, Source, SourceBatch
 from millpond.errors import ConfigError, ConnectorError, RetriableConnectorError
-from millpond.records import Record
+from millpond.converters import JsonConverter
+from millpond.records import JsonRecords, Record
 
 from . import pgoutput as po
-from .types import SESSION_SETTINGS, TypeRegistry
+
+try:
+    from ._decode import scan as _scan
+except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
+    _scan = None
+from .types import FAST_KINDS, SESSION_SETTINGS, TypeRegistry
 
 log = logging.getLogger("millpond.connectors.postgres.source")
 
@@ -192,6 +198,9 @@ class PostgresSource(Source):
         self.types = TypeRegistry()
         self._conn: asyncpg.Connection | None = None
         self._tables: dict[int, _Table] = {}
+        #: relation OID -> how ``_decode.scan`` renders its inserts (tables it can take)
+        self._codecs: dict[int, tuple[Any, ...]] = {}
+        self._utf8 = False
         self._by_name: dict[tuple[str, str], _Table] = {}
         self._db = ""
         self._where = ""
@@ -209,7 +218,7 @@ class PostgresSource(Source):
         self._snap_keyless_done = 0  # rows of a keyless table copied in this snapshot transaction
         self._estimates: dict[int, int] = {}
         # stream state
-        self._ready: deque[tuple[list[Record], int, int]] = deque()  # (records, end_lsn, xid)
+        self._ready: deque[tuple[list[JsonRecords], int, int]] = deque()  # (records, end_lsn, xid)
         self._window = config.window_bytes
         self._last_progress = time.monotonic()
         self._idle_until = 0.0
@@ -237,6 +246,8 @@ class PostgresSource(Source):
         self._conn = conn = await self._connect()
         self._db = await conn.fetchval("SELECT current_database()")
         self._where = f"postgres-cdc {self.context.name!r} (database {self._db!r}, slot {self.slot!r})"
+        # _decode.c copies text as it comes, so it needs UTF-8 (which PostgreSQL then guarantees)
+        self._utf8 = await conn.fetchval("SHOW server_encoding") == "UTF8"
         await self._check_server(conn)
         await self._load_tables(conn)
         if self.cfg.snapshot_mode != "initial_only":
@@ -449,16 +460,27 @@ class PostgresSource(Source):
                     return heartbeat
                 self._idle_until = time.monotonic() + self.cfg.idle_sleep_s
                 return None
-        records: list[Record] = []
+        merged: dict[str, JsonRecords] = {}
+        count = 0
         end = self._emitted_lsn
-        while self._ready and (not records or len(records) + len(self._ready[0][0]) <= self.cfg.max_batch_records):
-            txn_records, end, _xid = self._ready.popleft()
-            records.extend(txn_records)
+        while self._ready:
+            txn_records = self._ready[0][0]
+            size = sum(len(r) for r in txn_records)
+            if count and count + size > self.cfg.max_batch_records:
+                break
+            _, end, _xid = self._ready.popleft()
+            for records in txn_records:
+                into = merged.get(records.topic)
+                if into is None:
+                    merged[records.topic] = records
+                else:
+                    into.extend(records)
+            count += size
             self.transactions_out += 1
         self._emitted_lsn = end
-        self.records_out += len(records)
+        self.records_out += count
         self._last_progress = time.monotonic()
-        return SourceBatch(records, self._offset(end))
+        return SourceBatch([], self._offset(end), list(merged.values()))
 
     async def _read_window(self) -> SourceBatch | None:
         """Decode one window of WAL into ``self._ready``; maybe return a heartbeat."""
@@ -471,11 +493,17 @@ class PostgresSource(Source):
         if flush <= start:
             return None
         upto = min(flush, start + self._window)
+        chunks: list[bytes] = []
+
+        async def received(chunk: bytes) -> None:
+            chunks.append(bytes(chunk))
+
         try:
-            rows = await conn.fetch(
-                "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes("
+            # binary COPY: the rows arrive as one stream of bytes, not a Python object each
+            await conn.copy_from_query(
+                "SELECT lsn, data FROM pg_logical_slot_peek_binary_changes("
                 "$1, $2::text::pg_lsn, NULL, 'proto_version', '1', 'publication_names', $3)",
-                self.slot, po.format_lsn(upto), self.publication,
+                self.slot, po.format_lsn(upto), self.publication, output=received, format="binary",
             )
         except asyncpg.ObjectInUseError as exc:
             raise ConnectorError(
@@ -485,9 +513,10 @@ class PostgresSource(Source):
             raise ConnectorError(f"{self._where}: {exc} (was the slot or publication dropped?)") from exc
         except (OSError, asyncpg.PostgresConnectionError) as exc:
             raise RetriableConnectorError(f"{self._where}: reading the slot failed: {exc}") from exc
+        buffer = b"".join(chunks)
         before = len(self._ready)
-        await self._decode(rows)
-        if len(self._ready) == before and rows == [] and upto < flush:
+        await self._decode(buffer)
+        if len(self._ready) == before and _copy_is_empty(buffer) and upto < flush:
             # nothing whole in this window: a transaction larger than it, so widen the next read
             self._window *= 2
             return None
@@ -528,6 +557,7 @@ class PostgresSource(Source):
             if table is None:
                 return  # in the publication but not configured here
             del self._tables[table.oid]
+            self._codecs.pop(table.oid, None)
             table.oid = rel.oid
             self._tables[rel.oid] = table
         unknown = [c.type_oid for c in rel.columns if not self.types.known(c.type_oid)]
@@ -539,6 +569,34 @@ class PostgresSource(Source):
         if not table.key_columns:  # REPLICA IDENTITY FULL without a primary key: no key
             table.key_columns = [c.name for c in rel.columns if c.is_key] if rel.replica_identity == "i" else []
         table.key_index = [table.columns.index(k) for k in table.key_columns if k in table.columns]
+        codec = self._codec(table)
+        if codec is None:
+            self._codecs.pop(table.oid, None)
+        else:
+            self._codecs[table.oid] = codec
+
+    def _codec(self, t: _Table) -> tuple[Any, ...] | None:
+        """What ``_decode.scan`` needs to render the inserts of ``t`` (None: Python decodes them).
+
+        The value template comes from the same dict the Python path builds,
+        with numbered markers where the per-row values go, so both paths
+        write the same envelope.
+        """
+        kinds = [FAST_KINDS.get(d) for d in t.decoders]
+        if None in kinds or len(t.key_index) != len(t.key_columns):
+            return None
+        if any(kinds[i] in (b"f", b"j") for i in t.key_index):
+            # C keeps PostgreSQL's text of floats and JSON, which orjson (the snapshot's
+            # path) may write differently; keys must match byte for byte (compaction, partitions)
+            return None
+        source = self._source_block(t, _SLOT_XID, _SLOT_COMMIT_MS)  # type: ignore[arg-type]
+        source["lsn"] = _SLOT_LSN
+        envelope = {"before": None, "after": _SLOT_ROW, "op": "c", "source": source, "ts_ms": _SLOT_NOW_MS}
+        template = _template(envelope)
+        if template is None:
+            return None
+        names = tuple(_json(name) + b":" for name in t.columns)  # type: ignore[operator]
+        return (b"".join(kinds), names, tuple(t.key_index), template, t.topic)  # type: ignore[arg-type]
 
     async def _learn_types(self, oids: list[int]) -> None:
         assert self._conn is not None
@@ -555,29 +613,38 @@ class PostgresSource(Source):
                     self.types.learn(elem["oid"], elem["typname"], elem["typcategory"])
             self.types.learn(row["oid"], row["typname"], row["typcategory"], row["typelem"])
 
-    async def _decode(self, rows: list[Any]) -> None:
-        """Turn one read's messages into whole transactions in ``self._ready``.
+    async def _decode(self, buffer: bytes) -> None:
+        """Turn one read (a binary COPY of ``lsn, data`` rows) into whole transactions in ``self._ready``.
 
-        Inserts, the bulk of most streams, take a fast path that parses the
-        tuple straight into the row dict; everything else goes through
-        :func:`pgoutput.decode`.
+        Inserts, the bulk of most streams, are rendered straight into JSON by
+        ``_decode.c`` (``scan``) when the table has a codec; ``scan`` hands
+        every other message back, and those go through
+        :func:`pgoutput.decode` here. Without the C extension, ``_scan_py``
+        hands back every message and inserts take a Python fast path.
         """
         decode = po.decode
         parse_row = _parse_row
         unpack_oid = _OID.unpack_from
-        txn: list[Record] = []
+        step = _scan if _scan is not None and self._utf8 else _scan_py
+        txn = _TxnRecords()
         xid = 0
         commit_ms = 0
         skip = False
+        codecs = self._codecs
         tables = self._tables
         bases: dict[int, dict[str, Any]] = {}
         now_ms = int(time.time() * 1000)
-        for n, row in enumerate(rows):
+        pos = _copy_start(buffer)
+        n = 0
+        while True:
+            n += 1
             if n % 5000 == 4999:
                 await asyncio.sleep(0)  # a large window takes a while: let the worker's other tasks run
-            data = row[1]
+            pos, lsn, data = step(buffer, pos, {} if skip else codecs, txn.outputs, xid, commit_ms, now_ms)
+            if data is None:
+                break
             kind = data[0]
-            if kind == 0x49:  # 'I'
+            if kind == 0x49:  # 'I' that scan() left to Python
                 if skip:
                     continue
                 t = tables.get(unpack_oid(data, 1)[0])
@@ -592,7 +659,7 @@ class PostgresSource(Source):
                 if base is None:
                     base = bases[t.oid] = self._source_block(t, xid, commit_ms)
                 source = base.copy()
-                source["lsn"] = row[0]
+                source["lsn"] = po.format_lsn(lsn)
                 keys = t.key_columns
                 if len(keys) == 1:
                     key: dict[str, Any] | None = {keys[0]: after[keys[0]]}
@@ -611,7 +678,7 @@ class PostgresSource(Source):
                 assert isinstance(msg, po.Update)
                 t = tables.get(msg.relation_oid)
                 if t is not None:
-                    await self._update(t, msg, row[0], xid, commit_ms, txn)
+                    await self._update(t, msg, po.format_lsn(lsn), xid, commit_ms, txn)
             elif cls is po.Delete:
                 if skip:
                     continue
@@ -619,13 +686,13 @@ class PostgresSource(Source):
                 t = tables.get(msg.relation_oid)
                 if t is not None:
                     before = self._row(t, msg.old, None, only_key=msg.old_kind == "K")
-                    rec = self._change(t, "d", before, None, row[0], xid, commit_ms)
+                    rec = self._change(t, "d", before, None, po.format_lsn(lsn), xid, commit_ms)
                     txn.append(rec)
                     if rec.key is not None:  # a tombstone needs a key (none without a primary key)
                         txn.append(Record(value=None, key=rec.key, topic=t.topic, timestamp=commit_ms))
             elif cls is po.Begin:
                 assert isinstance(msg, po.Begin)
-                txn = []
+                txn = _TxnRecords()
                 bases = {}
                 xid = msg.xid
                 commit_ms = po.pg_time_to_unix_ms(msg.commit_ts)
@@ -636,10 +703,8 @@ class PostgresSource(Source):
                 assert isinstance(msg, po.Commit)
                 if msg.end_lsn <= self._emitted_lsn:
                     continue  # already handed out (before a restart, or earlier in this run)
-                if skip:
-                    txn = []
-                self._ready.append((txn, msg.end_lsn, xid))
-                txn = []
+                self._ready.append((txn.encoded(), msg.end_lsn, xid))
+                txn = _TxnRecords()
             elif cls is po.Relation:
                 assert isinstance(msg, po.Relation)
                 await self._relation(msg)
@@ -651,7 +716,7 @@ class PostgresSource(Source):
                 for oid in msg.relation_oids:
                     t = tables.get(oid)
                     if t is not None:
-                        txn.append(self._change(t, "t", None, None, row[0], xid, commit_ms, key=False))
+                        txn.append(self._change(t, "t", None, None, po.format_lsn(lsn), xid, commit_ms, key=False))
             elif cls is po.Type:
                 assert isinstance(msg, po.Type)
                 if not self.types.known(msg.oid):
@@ -692,7 +757,7 @@ class PostgresSource(Source):
         return out
 
     async def _update(
-        self, t: _Table, msg: po.Update, lsn: str, xid: int, commit_ms: int, txn: list[Record]
+        self, t: _Table, msg: po.Update, lsn: str, xid: int, commit_ms: int, txn: _TxnRecords
     ) -> None:
         full_old = msg.old if msg.old_kind == "O" else None
         after = self._row(t, msg.new, full_old)
@@ -862,6 +927,83 @@ class PostgresSource(Source):
 
 _OID = struct.Struct(">I")
 _NCOLS = struct.Struct(">H")
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_COPY_HEADER = struct.Struct(">11sII")  # signature, flags, header extension length
+_COPY_ROW = struct.Struct(">hiQi")  # 2 fields; 8, the LSN; the message's length
+_COPY_FIELDS = struct.Struct(">h")
+
+
+def _copy_start(buffer: bytes) -> int:
+    """Where the rows of a binary COPY start (after its header)."""
+    if len(buffer) < _COPY_HEADER.size:
+        raise po.PgOutputError(f"binary COPY data too short ({len(buffer)} bytes)")
+    signature, _flags, extension = _COPY_HEADER.unpack_from(buffer)
+    if signature != _COPY_SIGNATURE:
+        raise po.PgOutputError(f"not binary COPY data: starts with {buffer[:11]!r}")
+    return _COPY_HEADER.size + extension
+
+
+def _copy_is_empty(buffer: bytes) -> bool:
+    start = _copy_start(buffer)
+    return _COPY_FIELDS.unpack_from(buffer, start)[0] == -1
+
+
+def _scan_py(
+    buffer: bytes, pos: int, codecs: Any, outputs: Any, xid: int, commit_ms: int, now_ms: int
+) -> tuple[int, int, bytes | None]:
+    """The next ``(lsn, data)`` row of a binary COPY: ``_decode.scan`` without its fast path."""
+    if _COPY_FIELDS.unpack_from(buffer, pos)[0] == -1:
+        return pos + 2, 0, None
+    fields, size, lsn, length = _COPY_ROW.unpack_from(buffer, pos)
+    if fields != 2 or size != 8 or length < 0:
+        raise po.PgOutputError(f"binary COPY row at byte {pos} is not (lsn, data)")
+    start = pos + _COPY_ROW.size
+    if start + length > len(buffer):
+        raise po.PgOutputError(f"binary COPY row at byte {pos} runs past the end of the data")
+    return start + length, lsn, buffer[start : start + length]
+
+
+_json = JsonConverter().serialize
+
+# markers for the per-row parts of a value template: _decode.c's SLOT_* numbers
+_SLOT_ROW, _SLOT_LSN, _SLOT_XID, _SLOT_COMMIT_MS, _SLOT_NOW_MS = (f"\ue000{i}\ue000" for i in range(5))
+_SLOT = re.compile('"\ue000([0-9])\ue000"'.encode())
+
+
+def _template(envelope: dict[str, Any]) -> tuple[bytes | int, ...] | None:
+    """The JSON of ``envelope`` as literal bytes and slot numbers (None if a marker is ambiguous)."""
+    rendered = _json(envelope)
+    assert rendered is not None
+    parts = _SLOT.split(rendered)
+    template: list[bytes | int] = [int(p) if i % 2 else p for i, p in enumerate(parts) if i % 2 or p]
+    if sorted(x for x in template if isinstance(x, int)) != list(range(5)):
+        return None  # a name holds a marker: leave this table to Python
+    return tuple(template)
+
+
+class _TxnRecords:
+    """One transaction's records as JSON columns per topic, in stream order.
+
+    ``outputs`` is shared with ``_decode.scan``, which appends the inserts it
+    renders; records decoded in Python are serialised and appended here.
+    """
+
+    __slots__ = ("outputs",)
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, tuple[list[bytes | None], list[bytes | None], list[int]]] = {}
+
+    def append(self, record: Record) -> None:
+        assert record.topic is not None and record.timestamp is not None
+        columns = self.outputs.get(record.topic)
+        if columns is None:
+            columns = self.outputs[record.topic] = ([], [], [])
+        columns[0].append(_json(record.key))
+        columns[1].append(_json(record.value))
+        columns[2].append(record.timestamp)
+
+    def encoded(self) -> list[JsonRecords]:
+        return [JsonRecords(topic, *columns) for topic, columns in self.outputs.items()]
 
 
 def _parse_row(

@@ -126,6 +126,20 @@ SCALAR: Final[dict[int, Decoder]] = {
     3802: _json,
 }
 
+#: How ``_decode.c`` writes the text of each scalar decoder's columns as JSON
+#: (its ``KIND_*`` letters). A table with a column of any other decoder (an
+#: array) is decoded in Python.
+FAST_KINDS: Final[dict[Decoder, bytes]] = {
+    _int: b"n",
+    _float: b"f",
+    _text: b"s",
+    _bool: b"b",
+    _json: b"j",
+    _timestamp: b"t",
+    _timestamptz: b"z",
+    _timetz: b"w",
+}
+
 #: Element type of the built-in array types: array OID -> element OID.
 ARRAY_ELEMENT: Final[dict[int, int]] = {
     1000: 16, 1001: 17, 1002: 18, 1003: 19, 1016: 20, 1005: 21, 1007: 23, 1009: 25,

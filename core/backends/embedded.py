@@ -21,7 +21,7 @@ from ..errors import LogLockedError, OffsetOutOfRangeError, TransactionError, Un
 from ..log.partition import Partition
 from ..log.store import LogStore
 from ..offsets import GroupCoordinator
-from ..records import Record, TopicPartition
+from ..records import JsonRecords, Record, TopicPartition
 from ..txn import TransactionCoordinator, TransactionState
 from .base import GroupOffset, IsolationLevel, Lifecycle, PartitionInfo, TopicSpec
 
@@ -220,7 +220,7 @@ class EmbeddedProducer:
     def __init__(self, backend: EmbeddedBackend, transactional_id: str | None) -> None:
         self.backend = backend
         self.transactional_id = transactional_id
-        self._pending: dict[TopicPartition, list[Record]] = {}
+        self._pending: dict[TopicPartition, list[Record] | JsonRecords] = {}
         self._offsets: dict[str, dict[TopicPartition, int]] = {}
         self._state: TransactionState | None = None
         self._epoch = -1
@@ -234,11 +234,26 @@ class EmbeddedProducer:
         return self.backend.store.topic(topic).partition_for(record.key)
 
     async def send(self, topic: str, record: Record, partition: int | None = None) -> None:
-        tp = TopicPartition(topic, self._partition_of(topic, record, partition))
-        self._pending.setdefault(tp, []).append(record)
+        self._bucket(TopicPartition(topic, self._partition_of(topic, record, partition))).append(record)
 
     async def send_batch(self, topic: str, partition: int, records: Sequence[Record]) -> None:
-        self._pending.setdefault(TopicPartition(topic, partition), []).extend(records)
+        tp = TopicPartition(topic, partition)
+        if isinstance(records, JsonRecords):  # kept as columns: encoded in one call at commit
+            pending = self._pending.get(tp)
+            if pending is None:
+                self._pending[tp] = pending = JsonRecords(topic)
+            if isinstance(pending, JsonRecords):
+                pending.extend(records)
+                return
+        self._bucket(tp).extend(records)
+
+    def _bucket(self, tp: TopicPartition) -> list[Record]:
+        pending = self._pending.get(tp)
+        if pending is None:
+            self._pending[tp] = pending = []
+        elif isinstance(pending, JsonRecords):
+            self._pending[tp] = pending = list(pending)
+        return pending
 
     async def flush(self) -> None:
         if self._in_transaction:

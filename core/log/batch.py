@@ -21,6 +21,8 @@ Byte layout of a batch (big-endian), as Kafka writes it::
 
 Records are encoded and decoded by aiokafka's C implementation; this module
 never encodes a varint in Python except for the one-record control batches.
+Records already held as columns (:class:`~millpond.records.JsonRecords`) are
+encoded by ``_columns.c`` in one call when the batch is uncompressed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ from typing import Any, NamedTuple, Protocol
 import crc32c
 
 from ..errors import MillpondError
+from ..records import JsonRecords
+
+try:
+    from . import _columns
+except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
+    _columns = None  # type: ignore[assignment]
 
 try:
     from aiokafka.record._crecords import DefaultRecordBatch as _CBatch
@@ -165,13 +173,20 @@ def build_batch(
     With ``log_append_time`` the batch is marked LogAppendTime and every
     record reads back with that timestamp (Kafka's broker-side rewrite).
     """
-    builder = _CBuilder(2, compression, int(transactional), producer_id, producer_epoch, -1, 1 << 30)
-    append = builder.append
-    now = int(time.time() * 1000)
-    for offset, row in enumerate(rows):
-        timestamp = row.timestamp
-        append(offset, now if timestamp is None else timestamp, row.key, row.value, row.headers)
-    buf: bytearray = builder.build()
+    buf: bytearray
+    if _columns is not None and compression == 0 and isinstance(rows, JsonRecords) and len(rows):
+        buf = _columns.build(rows.keys, rows.values, rows.timestamps, producer_id, producer_epoch,
+                             TRANSACTIONAL_MASK if transactional else 0)
+        if log_append_time is None:
+            _CRC.pack_into(buf, 17, crc32c.crc32c(memoryview(buf)[CRC_START:]))
+    else:
+        builder = _CBuilder(2, compression, int(transactional), producer_id, producer_epoch, -1, 1 << 30)
+        append = builder.append
+        now = int(time.time() * 1000)
+        for offset, row in enumerate(rows):
+            timestamp = row.timestamp
+            append(offset, now if timestamp is None else timestamp, row.key, row.value, row.headers)
+        buf = builder.build()
     if log_append_time is not None:
         attributes = _ATTRIBUTES.unpack_from(buf, 21)[0] | TIMESTAMP_TYPE_MASK
         _set_attributes(buf, attributes, log_append_time)

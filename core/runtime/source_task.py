@@ -15,14 +15,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..backends.base import LogBackend, Producer
 from ..config import ConnectorSpec, PipelineConfig
 from ..connector import Converter, Source, Transform
-from ..converters import StringConverter
+from ..converters import JsonConverter, StringConverter
 from ..errors import RecordError
-from ..records import Record, partition_for_key
+from ..records import JsonRecords, Record, partition_for_key
 from .build import apply_transforms, make_converters, make_source, make_transforms
 from .offsets import SOURCE_OFFSETS_TOPIC, encode_offset, offset_key, read_source_offset
 from .policy import ErrorPolicyHandler
@@ -41,6 +41,16 @@ class SourceLimits:
     max_ms: float = 250.0
     #: pause between polls while the source has nothing
     idle_poll_s: float = 0.05
+
+
+def decode_json(encoded: JsonRecords) -> list[Record]:
+    """Records a source serialised as JSON, back as values (for transforms and other converters)."""
+    loads = JsonConverter().deserialize
+    topic = encoded.topic
+    return [
+        Record(loads(value), loads(key), timestamp, topic=topic)
+        for key, value, timestamp in zip(encoded.keys, encoded.values, encoded.timestamps)
+    ]
 
 
 class SourceTask:
@@ -87,6 +97,8 @@ class SourceTask:
     async def run(self, stop: asyncio.Event) -> None:
         transforms = make_transforms(self.spec)
         key_conv, value_conv = make_converters(self.spec)
+        # records a source serialised as JSON itself go to the log as they are
+        as_is = not transforms and type(key_conv) is JsonConverter and type(value_conv) is JsonConverter
         producer = self.backend.producer(transactional_id=self.transactional_id)
         # Fence the previous incarnation and let its last transaction settle
         # before the checkpoint is read: on Kafka the markers land a moment
@@ -100,7 +112,7 @@ class SourceTask:
             await source.start(offset)
             self.running = True
             while not stop.is_set():
-                pending: dict[tuple[str, int], list[Record]] = {}
+                pending: dict[tuple[str, int], list[Record] | JsonRecords] = {}
                 new_offset: Any = _NOTHING
                 count = 0
                 size = 0
@@ -113,6 +125,15 @@ class SourceTask:
                     new_offset = batch.offset
                     if batch.records:
                         n, b = await self._prepare(batch.records, transforms, key_conv, value_conv, pending)
+                        count += n
+                        size += b
+                    for encoded in batch.encoded:
+                        if as_is:
+                            n, b = await self._prepare_encoded(encoded, pending)
+                        else:  # transforms or other converters want the values, not JSON
+                            n, b = await self._prepare(
+                                decode_json(encoded), transforms, key_conv, value_conv, pending
+                            )
                         count += n
                         size += b
                     if (
@@ -155,9 +176,13 @@ class SourceTask:
         transforms: list[Transform],
         key_conv: Converter,
         value_conv: Converter,
-        pending: dict[tuple[str, int], list[Record]],
+        pending: dict[tuple[str, int], list[Record] | JsonRecords],
     ) -> tuple[int, int]:
         """Transform, serialise and partition ``records`` into ``pending``; returns (records, bytes) added."""
+        for where, columns in pending.items():
+            if isinstance(columns, JsonRecords):  # records from here on go one by one
+                pending[where] = list(columns)
+        buckets = cast(dict[tuple[str, int], list[Record]], pending)
         now = int(time.time() * 1000)
         default_topic = self.spec.topic
         assert default_topic is not None
@@ -204,7 +229,7 @@ class SourceTask:
                     if default_bucket is None:
                         n = self._partitions.get(default_topic) or await self._partition_count(default_topic)
                         sticky = self._sticky_partition(default_topic, n)
-                        default_bucket = pending.setdefault((default_topic, sticky), [])
+                        default_bucket = buckets.setdefault((default_topic, sticky), [])
                     default_bucket.append(r)
                     continue
                 topic = r.topic or default_topic
@@ -219,11 +244,34 @@ class SourceTask:
                         partition = self._key_partition(key, n)
                 r.topic = topic
                 r.partition = partition
-                bucket = pending.get((topic, partition))
+                bucket = buckets.get((topic, partition))
                 if bucket is None:
-                    bucket = pending[(topic, partition)] = []
+                    bucket = buckets[(topic, partition)] = []
                 bucket.append(r)
         return count, size
+
+    async def _prepare_encoded(
+        self, encoded: JsonRecords, pending: dict[tuple[str, int], list[Record] | JsonRecords]
+    ) -> tuple[int, int]:
+        """Partition records that are already JSON into ``pending``, as columns."""
+        topic = encoded.topic
+        n = self._partitions.get(topic) or await self._partition_count(topic)
+        if n == 1:
+            parts = {0: encoded}
+        else:
+            parts = {}
+            for key, value, timestamp in zip(encoded.keys, encoded.values, encoded.timestamps):
+                p = self._sticky_partition(topic, n) if key is None else self._key_partition(key, n)
+                part = parts.get(p)
+                if part is None:
+                    part = parts[p] = JsonRecords(topic)
+                part.append(key, value, timestamp)
+        for p, part in parts.items():
+            bucket = pending.get((topic, p))
+            if bucket is None:
+                pending[(topic, p)] = bucket = JsonRecords(topic)
+            bucket.extend(part)  # a list when records of this transaction came one by one
+        return len(encoded), encoded.value_bytes
 
     def _key_partition(self, key: bytes, n: int) -> int:
         """Kafka's murmur2 partition of ``key``, memoised: keys repeat (a path, a user id)."""
@@ -244,7 +292,7 @@ class SourceTask:
         return p
 
     async def _dead_letter(
-        self, pending: dict[tuple[str, int], list[Record]], exc: RecordError, record: Record, stage: str
+        self, pending: dict[tuple[str, int], list[Record] | JsonRecords], exc: RecordError, record: Record, stage: str
     ) -> None:
         where = f"source {self.name!r} (before the log, target topic {record.topic or self.spec.topic!r})"
         dlq = self.errors.handle(exc, record, stage, where=where, topic=record.topic or self.spec.topic)
@@ -256,9 +304,12 @@ class SourceTask:
         partition = 0 if dlq.key is None else partition_for_key(dlq.key, n)
         if dlq.timestamp is None:
             dlq.timestamp = int(time.time() * 1000)
-        pending.setdefault((topic, partition), []).append(dlq)
+        bucket = pending.setdefault((topic, partition), [])
+        if isinstance(bucket, JsonRecords):
+            pending[(topic, partition)] = bucket = list(bucket)
+        bucket.append(dlq)
 
-    async def _commit(self, producer: Producer, pending: dict[tuple[str, int], list[Record]], offset: Any) -> None:
+    async def _commit(self, producer: Producer, pending: dict[tuple[str, int], list[Record] | JsonRecords], offset: Any) -> None:
         """Append the records and the checkpoint in one transaction."""
         marker = encode_offset(self.offset_key, offset, int(time.time() * 1000))
         await producer.begin()

@@ -174,7 +174,7 @@ async def bench(dsn: str, changes: int, txn_rows: int, work: Path) -> dict[str, 
     while seen < changes:
         batch = await source.poll()
         if batch is not None:
-            seen += len(batch.records)
+            seen += len(batch.records) + sum(len(e) for e in batch.encoded)
             await source.commit(batch.offset)
     direct_s = time.perf_counter() - t0
     await source.stop()

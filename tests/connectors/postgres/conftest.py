@@ -9,9 +9,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from millpond.connector import ConnectorContext
+from millpond.connector import ConnectorContext, SourceBatch
 from millpond.connectors.postgres.source import PostgresSource, PostgresSourceConfig
 from millpond.records import Record
+from millpond.runtime.source_task import decode_json
 
 _counter = itertools.count()
 
@@ -27,6 +28,11 @@ def make_source(dsn: str, name: str, tables: list[str], **cfg: Any) -> PostgresS
     return PostgresSource(config, ConnectorContext(name=name))
 
 
+def records_of(batch: SourceBatch) -> list[Record]:
+    """A batch's records as values: the stream comes as JSON columns (``encoded``)."""
+    return batch.records + [r for encoded in batch.encoded for r in decode_json(encoded)]
+
+
 async def drain(source: PostgresSource, commit: bool = True, max_idle: int = 3) -> tuple[list[Record], Any]:
     """Poll until the source has nothing for ``max_idle`` polls in a row; commit each batch."""
     out: list[Record] = []
@@ -38,7 +44,7 @@ async def drain(source: PostgresSource, commit: bool = True, max_idle: int = 3) 
             idle += 1
             continue
         idle = 0
-        out.extend(batch.records)
+        out.extend(records_of(batch))
         offset = batch.offset
         if commit:
             await source.commit(batch.offset)

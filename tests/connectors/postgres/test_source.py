@@ -14,7 +14,7 @@ from millpond.errors import ConfigError, ConnectorError
 
 from tests.servers.postgres import _binary
 
-from .conftest import connect, drain, make_source
+from .conftest import connect, drain, make_source, records_of
 
 pytestmark = pytest.mark.postgres
 
@@ -94,9 +94,9 @@ def test_each_batch_ends_on_a_transaction_boundary(pg_dsn: str, name: str) -> No
         await _cleanup(conn, name)
         await conn.close()
         # 10-row transactions are never split, even though batches hold at most 7 records
-        assert [len(b.records) for b in batches] == [10] * 5
+        assert [len(records_of(b)) for b in batches] == [10] * 5
         for b in batches:
-            assert len({r.value["source"]["txid"] for r in b.records}) == 1
+            assert len({r.value["source"]["txid"] for r in records_of(b)}) == 1
         lsns = [b.offset["lsn"] for b in batches]
         assert len(set(lsns)) == 5
 
@@ -118,7 +118,7 @@ def test_restart_resumes_without_duplicates(pg_dsn: str, name: str) -> None:
         for _ in range(3):
             b = await src.poll()
             assert b is not None
-            got.extend(b.records)
+            got.extend(records_of(b))
             offsets.append(b.offset)
         await src.commit(offsets[1])
         await src.stop()  # "crash": the slot still sits before the third transaction
@@ -158,13 +158,13 @@ def test_slot_is_advanced_only_after_commit(pg_dsn: str, name: str) -> None:
         start = await _slot_offset(conn, name)
         await conn.execute(f"INSERT INTO {name} VALUES (1)")
         b = await src.poll()
-        assert b is not None and len(b.records) == 1
+        assert b is not None and len(records_of(b)) == 1
         assert await src.poll() is None  # waits for the commit of what it handed out
         assert await _slot_offset(conn, name) == start
         await src.commit(b.offset)
         await conn.execute(f"INSERT INTO {name} VALUES (2)")
         b2 = await src.poll()  # the read after the commit advances the slot first
-        assert b2 is not None and [r.key for r in b2.records] == [{"id": 2}]
+        assert b2 is not None and [r.key for r in records_of(b2)] == [{"id": 2}]
         assert (await _slot_offset(conn, name))["lsn"] == b.offset["lsn"]
         await src.stop()
         await _cleanup(conn, name)
@@ -344,7 +344,7 @@ def test_snapshot_with_concurrent_writers_ends_equal(pg_dsn: str, name: str) -> 
             b = await src.poll()
             assert b is not None
             snapshot_batches += 1
-            records.extend(b.records)
+            records.extend(records_of(b))
             await src.commit(b.offset)
             await asyncio.sleep(0.01)
         stop.set()
@@ -374,7 +374,7 @@ def test_restart_in_the_middle_of_a_snapshot(pg_dsn: str, name: str) -> None:
         first = []
         b = await src.poll()
         assert b is not None and b.offset["snapshot_done"] is False
-        first.extend(b.records)
+        first.extend(records_of(b))
         await src.stop()  # crash after one chunk was committed to the log
         await conn.execute(f"DELETE FROM {name} WHERE a = 0")
         await conn.execute(f"INSERT INTO {name} VALUES (999, 'late')")
@@ -434,14 +434,14 @@ def test_heartbeat_moves_an_idle_slot_and_lag_is_reported(pg_dsn: str, name: str
                 beat = b
                 break
             await asyncio.sleep(0.05)
-        assert beat is not None and beat.records == []
+        assert beat is not None and records_of(beat) == []
         from millpond.connectors.postgres.pgoutput import parse_lsn
 
         assert parse_lsn(beat.offset["lsn"]) > parse_lsn(start)
         await src.commit(beat.offset)
         await conn.execute(f"INSERT INTO {name} VALUES (1)")
         b = await src.poll()  # advances the slot to the heartbeat first
-        assert b is not None and [r.key for r in b.records] == [{"id": 1}]
+        assert b is not None and [r.key for r in records_of(b)] == [{"id": 1}]
         assert parse_lsn((await _slot_offset(conn, name))["lsn"]) >= parse_lsn(beat.offset["lsn"])
         # restart_lsn (what lag measures) follows lazily, at the next running-xacts record
         assert isinstance(await src.slot_lag(), int)
