@@ -2,15 +2,17 @@
 
 How it stays exactly-once
 -------------------------
-The slot is read with ``pg_logical_slot_peek_binary_changes``, which never
-moves the slot. Every :class:`SourceBatch` holds whole Postgres transactions
-and, as its offset, the end LSN of the last of them. The runtime appends the
-records and that offset in one log transaction and only then calls
-:meth:`PostgresSource.commit`; the slot is advanced
-(``pg_replication_slot_advance``) to a committed LSN only, just before the
-next read. After a crash the log's offset wins: transactions that end at or
-below it are skipped, so none is appended twice, and the slot (never ahead of
-the log) still holds everything after it.
+The slot never moves past what the log holds. Every :class:`SourceBatch`
+holds whole Postgres transactions and, as its offset, the end LSN of the last
+of them. The runtime appends the records and that offset in one log
+transaction and only then calls :meth:`PostgresSource.commit`; the slot is
+advanced (``pg_replication_slot_advance``) to a committed LSN only. Changes
+are read through a temporary copy of the slot (the reader slot, see
+:meth:`PostgresSource._fetch`), so reading can run ahead of the log while the
+slot stays behind. After a crash the log's offset wins: the reader slot is
+gone with its session, a new one is copied from the slot (at or behind the
+offset), transactions that end at or below the offset are skipped, so none is
+appended twice, and the slot still holds everything after it.
 
 Initial snapshot
 ----------------
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import logging
 import re
 import struct
@@ -208,6 +211,11 @@ class PostgresSource(Source):
         self._emitted_lsn = 0  # end LSN of the last transaction handed out
         self._committed_lsn = 0  # the log holds everything up to here
         self._slot_lsn = 0  # the slot's confirmed_flush_lsn as we last set or saw it
+        # the read-ahead copy of the slot (see _fetch)
+        self._reader: asyncpg.Connection | None = None
+        self._reader_slot = ""
+        self._read_lsn = 0  # where the reader slot stands: everything before was fetched
+        self._fetching: asyncio.Task[tuple[bytes | None, int, int]] | None = None
         self._snapshot: _Snapshot | None = None
         self._snapshot_done = True
         self._snap_table = 0
@@ -221,6 +229,7 @@ class PostgresSource(Source):
         self._ready: deque[tuple[list[JsonRecords], int, int]] = deque()  # (records, end_lsn, xid)
         self._window = config.window_bytes
         self._last_progress = time.monotonic()
+        self._last_advance = time.monotonic()
         self._idle_until = 0.0
         #: bytes of WAL the slot holds (refreshed on each heartbeat), for monitoring
         self.slot_lag_bytes: int | None = None
@@ -289,19 +298,28 @@ class PostgresSource(Source):
         self._snap_after = offset.get("snapshot_after")
 
     async def stop(self) -> None:
-        for conn in (self._snap_conn, self._conn):
+        if self._fetching is not None:
+            self._fetching.cancel()
+            await asyncio.gather(self._fetching, return_exceptions=True)
+            self._fetching = None
+        if self._conn is not None and not self._conn.is_closed() and self._committed_lsn > self._slot_lsn:
+            try:  # so a stopped source holds no more WAL than the log needs
+                await asyncio.wait_for(self._advance(self._committed_lsn), 30)
+            except Exception as exc:  # noqa: BLE001 - the next start advances it too
+                log.warning("%s: could not advance the slot on stop: %s", self._where, exc)
+        for conn in (self._snap_conn, self._reader, self._conn):
             if conn is not None and not conn.is_closed():
                 try:
                     await conn.close(timeout=5)
                 except Exception:  # noqa: BLE001 - closing is best effort
                     conn.terminate()
-        self._snap_conn = self._conn = None
+        self._snap_conn = self._reader = self._conn = None
 
     async def commit(self, offset: Any) -> None:
         lsn = po.parse_lsn(offset["lsn"])
         if lsn > self._committed_lsn:
             self._committed_lsn = lsn
-        # The slot is advanced lazily, just before the next read: one advance per
+        # The slot is advanced lazily, before the next read: one advance per
         # window of WAL rather than one per batch (each advance re-reads WAL).
 
     # -- checks and setup ------------------------------------------------------
@@ -422,10 +440,11 @@ class PostgresSource(Source):
         self._slot_lsn = po.parse_lsn(row["lsn"])
         return self._slot_lsn
 
-    async def _advance(self, lsn: int) -> None:
-        assert self._conn is not None
+    async def _advance(self, lsn: int, conn: asyncpg.Connection | None = None) -> None:
+        conn = conn or self._conn
+        assert conn is not None
         try:
-            await self._conn.execute("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)", self.slot,
+            await conn.execute("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)", self.slot,
                                      po.format_lsn(lsn))
         except asyncpg.ObjectInUseError as exc:
             raise RetriableConnectorError(f"{self._where}: slot is in use by another reader: {exc}") from exc
@@ -450,8 +469,6 @@ class PostgresSource(Source):
         if self.cfg.snapshot_mode == "initial_only":
             return None
         if not self._ready:
-            if self._emitted_lsn > self._committed_lsn:
-                return None  # let the runtime commit what it has before the next read
             if time.monotonic() < self._idle_until:
                 return None
             heartbeat = await self._read_window()
@@ -484,36 +501,18 @@ class PostgresSource(Source):
 
     async def _read_window(self) -> SourceBatch | None:
         """Decode one window of WAL into ``self._ready``; maybe return a heartbeat."""
-        conn = self._conn
-        assert conn is not None
-        if self._committed_lsn > self._slot_lsn:
-            await self._advance(self._committed_lsn)
-        flush = po.parse_lsn(await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
-        start = max(self._slot_lsn, self._committed_lsn)
-        if flush <= start:
-            return None
-        upto = min(flush, start + self._window)
-        chunks: list[bytes] = []
-
-        async def received(chunk: bytes) -> None:
-            chunks.append(bytes(chunk))
-
+        if self._fetching is None:
+            self._fetching = asyncio.create_task(self._fetch())
         try:
-            # binary COPY: the rows arrive as one stream of bytes, not a Python object each
-            await conn.copy_from_query(
-                "SELECT lsn, data FROM pg_logical_slot_peek_binary_changes("
-                "$1, $2::text::pg_lsn, NULL, 'proto_version', '1', 'publication_names', $3)",
-                self.slot, po.format_lsn(upto), self.publication, output=received, format="binary",
-            )
-        except asyncpg.ObjectInUseError as exc:
-            raise ConnectorError(
-                f"{self._where}: slot {self.slot!r} is in use by another reader: {exc}"
-            ) from exc
-        except asyncpg.UndefinedObjectError as exc:
-            raise ConnectorError(f"{self._where}: {exc} (was the slot or publication dropped?)") from exc
-        except (OSError, asyncpg.PostgresConnectionError) as exc:
-            raise RetriableConnectorError(f"{self._where}: reading the slot failed: {exc}") from exc
-        buffer = b"".join(chunks)
+            buffer, upto, flush = await self._fetching
+        finally:
+            self._fetching = None
+        if buffer is None:  # nothing new since the last read
+            return await self._heartbeat(upto)
+        if upto < flush:
+            # more WAL is there already: the server decodes the next window while
+            # this one is decoded here and committed to the log
+            self._fetching = asyncio.create_task(self._fetch())
         before = len(self._ready)
         await self._decode(buffer)
         if len(self._ready) == before and _copy_is_empty(buffer) and upto < flush:
@@ -523,8 +522,12 @@ class PostgresSource(Source):
         if len(self._ready) > before or upto < flush:
             self._window = self.cfg.window_bytes
             return None
-        # everything committed before ``upto`` was read and nothing was for us: confirm it
-        # (also after much WAL of other tables: every read decodes again from the slot's position)
+        return await self._heartbeat(upto)
+
+    async def _heartbeat(self, upto: int) -> SourceBatch | None:
+        """Everything committed before ``upto`` was read and nothing is pending: confirm
+        it now and then, so the slot moves on (also after much WAL of other tables:
+        every read decodes again from the slot's position)."""
         due = time.monotonic() - self._last_progress >= self.cfg.heartbeat_interval_s
         if upto > self._emitted_lsn and (due or upto - self._emitted_lsn >= self.cfg.window_bytes // 2):
             self._emitted_lsn = upto
@@ -534,6 +537,72 @@ class PostgresSource(Source):
                       self.slot_lag_bytes)
             return SourceBatch([], self._offset(upto))
         return None
+
+    async def _fetch(self) -> tuple[bytes | None, int, int]:
+        """Read the next window of changes: (binary COPY of ``lsn, data``, its end, the WAL flush LSN).
+
+        The slot itself only ever moves to LSNs the log holds. Reading goes
+        through a temporary copy of it (the reader slot, on a connection of its
+        own), consumed as it is read, so the next window can be fetched while
+        the last is still being decoded and committed: the server's decoding
+        and ours run side by side instead of taking turns. A crash or restart
+        drops the reader slot with its session; the next one is copied from
+        the slot again, at or behind the log's offset, and what the log already
+        holds is skipped. The slot is advanced here too, before each read,
+        to what the log has committed so far.
+        """
+        conn = self._reader
+        if conn is None:
+            conn = await self._open_reader()
+        try:
+            if self._advance_due():
+                await self._advance(self._committed_lsn, conn)
+                self._last_advance = time.monotonic()
+            flush = po.parse_lsn(await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
+            start = self._read_lsn
+            if flush <= start:
+                return None, start, flush
+            upto = min(flush, start + self._window)
+            chunks: list[bytes] = []
+
+            async def received(chunk: bytes) -> None:
+                chunks.append(bytes(chunk))
+
+            # binary COPY: the rows arrive as one stream of bytes, not a Python object each
+            await conn.copy_from_query(
+                "SELECT lsn, data FROM pg_logical_slot_get_binary_changes("
+                "$1, $2::text::pg_lsn, NULL, 'proto_version', '1', 'publication_names', $3)",
+                self._reader_slot, po.format_lsn(upto), self.publication, output=received, format="binary",
+            )
+        except asyncpg.UndefinedObjectError as exc:
+            raise ConnectorError(f"{self._where}: {exc} (was the slot or publication dropped?)") from exc
+        except (OSError, asyncpg.PostgresConnectionError) as exc:
+            raise RetriableConnectorError(f"{self._where}: reading the slot failed: {exc}") from exc
+        self._read_lsn = upto
+        return b"".join(chunks), upto, flush
+
+    def _advance_due(self) -> bool:
+        """Advance the slot only now and then: each advance decodes the WAL again from
+        the slot's restart point (a bulk load of 1M rows has no point to restart
+        from in between), which doubled the server's work when done per window.
+        The slot's lag is bounded by time and bytes; after a restart the reader
+        re-reads at most that much and skips it by LSN."""
+        behind = self._committed_lsn - self._slot_lsn
+        return behind > 0 and (
+            behind >= 4 * self.cfg.window_bytes
+            or time.monotonic() - self._last_advance >= self.cfg.heartbeat_interval_s
+        )
+
+    async def _open_reader(self) -> asyncpg.Connection:
+        """A connection and, in its session, a temporary copy of the slot at the slot's position."""
+        self._reader = conn = await self._connect()
+        self._reader_slot = f"{self.slot[:44]}_reader_{os.getpid()}_{id(self) % 10_000}"
+        try:
+            await conn.execute("SELECT pg_copy_logical_replication_slot($1, $2, true)", self.slot, self._reader_slot)
+        except asyncpg.ObjectInUseError as exc:
+            raise RetriableConnectorError(f"{self._where}: slot is in use by another reader: {exc}") from exc
+        self._read_lsn = self._slot_lsn
+        return conn
 
     async def slot_lag(self) -> int | None:
         """Bytes of WAL the slot holds back (current WAL position minus the slot's restart LSN)."""

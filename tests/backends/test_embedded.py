@@ -14,7 +14,7 @@ from millpond.backends.base import IsolationLevel, TopicSpec
 from millpond.backends.embedded import EmbeddedBackend
 from millpond.errors import ConfigError, LogLockedError, TransactionError
 from millpond.log.batch import Row
-from millpond.records import Record, TopicPartition
+from millpond.records import JsonRecords, Record, TopicPartition
 
 TP0 = TopicPartition("t", 0)
 
@@ -50,6 +50,25 @@ def test_keyed_records_land_where_kafka_puts_them(tmp_path: Path) -> None:
         # toPositive(murmur2) % 4 for Kafka's known hashes of these keys
         assert got == {b"foobar": (-790332482 & 0x7FFFFFFF) % 4, b"21": (-973932308 & 0x7FFFFFFF) % 4,
                        b"abc": 479470107 % 4}
+        await backend.close()
+
+    run(go())
+
+
+def test_records_and_columns_keep_their_order_in_a_partition(tmp_path: Path) -> None:
+    async def go() -> None:
+        backend = await opened(tmp_path)
+        producer = backend.producer(transactional_id="mixed")
+        await producer.begin()
+        await producer.send_batch("t", 0, JsonRecords("t", [b"1", b"2"], [b"a", b"b"], [5, 5]))
+        await producer.send_batch("t", 0, JsonRecords("t", [b"3"], [None], [6]))
+        await producer.send("t", Record(b"d", b"4", 7), partition=0)
+        await producer.send_batch("t", 0, JsonRecords("t", [b"5"], [b"e"], [8]))
+        await producer.commit()
+        consumer = backend.consumer(["t"])
+        got = [(r.offset, r.key, r.value, r.timestamp) for r in await consumer.poll(timeout=0.1)]
+        assert got == [(0, b"1", b"a", 5), (1, b"2", b"b", 5), (2, b"3", None, 6), (3, b"4", b"d", 7),
+                       (4, b"5", b"e", 8)]
         await backend.close()
 
     run(go())
@@ -127,7 +146,7 @@ CRASHER = textwrap.dedent(
     import asyncio, os, sys
     from millpond.backends.embedded import EmbeddedBackend
     from millpond.backends.base import TopicSpec
-    from millpond.records import Record, TopicPartition
+    from millpond.records import JsonRecords, Record, TopicPartition
     from millpond.log.batch import Row
 
     async def main():

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from millpond.connector import ConnectorConfig, Guarantee, Sink, Source, SourceBatch
 from millpond.errors import ConfigError, RecordError
 from millpond.hookspecs import hookimpl
-from millpond.records import Record, TopicPartition
+from millpond.records import JsonRecords, Record, TopicPartition
 
 
 class ListSourceConfig(ConnectorConfig):
     values: list[Any]
     batch: int = 2
     keyed: bool = False
+    #: hand records over as JSON columns (SourceBatch.encoded), as the CDC source does
+    encoded: bool = False
     fail_on_start: bool = False
 
 
@@ -39,6 +42,11 @@ class ListSource(Source):
         chunk = values[self.pos : self.pos + self.config.batch]
         self.pos += len(chunk)
         records = [Record(value=v, key=(str(v) if self.config.keyed else None)) for v in chunk]
+        if self.config.encoded:
+            columns = JsonRecords(self.context.extra.get("topic", "t"))
+            for r in records:
+                columns.append(None if r.key is None else json.dumps(r.key).encode(), json.dumps(r.value).encode(), 1)
+            return SourceBatch([], {"next": self.pos}, [columns])
         return SourceBatch(records, {"next": self.pos})
 
     async def commit(self, offset: Any) -> None:

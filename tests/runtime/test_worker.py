@@ -102,6 +102,32 @@ def test_keyed_records_land_in_the_kafka_partition_of_their_key() -> None:
     assert sorted(r.value for r in MemorySink.durable["dst"]) == sorted(values)
 
 
+def test_records_a_source_encoded_go_to_the_log_as_they_are() -> None:
+    from millpond.records import partition_for_key
+
+    backend = FakeBackend()
+    values = [{"n": i, "s": "é"} for i in range(30)]
+    json_both = {"converter": {"key": "json", "value": "json"}}
+    run(pipeline(values, source={"config": {"values": values, "keyed": True, "encoded": True, "batch": 7},
+                                 **json_both}, sink=json_both, partitions=3), backend)
+    logged = [r for tp, entries in backend.logs.items() if tp.topic == "t" for r in entries if r is not None]
+    assert sorted(r.value for r in logged) == sorted(json.dumps(v).encode() for v in values)  # bytes untouched
+    for tp, entries in backend.logs.items():
+        for r in entries:
+            if tp.topic == "t" and r is not None:
+                assert partition_for_key(r.key, 3) == tp.partition
+    assert sorted(r.value["n"] for r in MemorySink.durable["dst"]) == list(range(30))
+    assert asyncio.run(read_source_offset(backend, "src")) == {"next": 30}
+
+
+def test_encoded_records_are_decoded_for_transforms() -> None:
+    backend = FakeBackend()
+    values = [{"n": i, "secret": "x"} for i in range(5)]
+    run(pipeline(values, source={"config": {"values": values, "encoded": True},
+                                 "transforms": [{"type": "drop", "config": {"fields": ["secret"]}}]}), backend)
+    assert [json.loads(v) for v in backend.values("t")] == [{"n": i} for i in range(5)]  # type: ignore[arg-type]
+
+
 def test_sink_own_offsets_win_over_group_offsets() -> None:
     backend = FakeBackend()
     run(pipeline([1, 2, 3], sink={"config": {"own_offsets": True}}), backend)
