@@ -216,6 +216,9 @@ class PostgresSource(Source):
         self._reader_slot = ""
         self._read_lsn = 0  # where the reader slot stands: everything before was fetched
         self._fetching: asyncio.Task[tuple[bytes | None, int, int]] | None = None
+        # the slot is advanced in the background, on a connection of its own
+        self._advancer: asyncpg.Connection | None = None
+        self._advancing: asyncio.Task[None] | None = None
         self._snapshot: _Snapshot | None = None
         self._snapshot_done = True
         self._snap_table = 0
@@ -298,29 +301,57 @@ class PostgresSource(Source):
         self._snap_after = offset.get("snapshot_after")
 
     async def stop(self) -> None:
-        if self._fetching is not None:
-            self._fetching.cancel()
-            await asyncio.gather(self._fetching, return_exceptions=True)
-            self._fetching = None
+        for task in (self._fetching, self._advancing):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._fetching = self._advancing = None
         if self._conn is not None and not self._conn.is_closed() and self._committed_lsn > self._slot_lsn:
             try:  # so a stopped source holds no more WAL than the log needs
                 await asyncio.wait_for(self._advance(self._committed_lsn), 30)
             except Exception as exc:  # noqa: BLE001 - the next start advances it too
                 log.warning("%s: could not advance the slot on stop: %s", self._where, exc)
-        for conn in (self._snap_conn, self._reader, self._conn):
+        for conn in (self._snap_conn, self._reader, self._advancer, self._conn):
             if conn is not None and not conn.is_closed():
                 try:
                     await conn.close(timeout=5)
                 except Exception:  # noqa: BLE001 - closing is best effort
                     conn.terminate()
-        self._snap_conn = self._reader = self._conn = None
+        self._snap_conn = self._reader = self._advancer = self._conn = None
 
     async def commit(self, offset: Any) -> None:
         lsn = po.parse_lsn(offset["lsn"])
         if lsn > self._committed_lsn:
             self._committed_lsn = lsn
-        # The slot is advanced lazily, before the next read: one advance per
-        # window of WAL rather than one per batch (each advance re-reads WAL).
+        await self._maybe_advance()
+
+    async def _maybe_advance(self) -> None:
+        """Advance the slot to the log's offset in the background, when due.
+
+        Not per batch: each advance decodes the WAL again from the slot's
+        restart point (a bulk load of 1M rows has no point to restart from in
+        between), which doubled the server's work. The slot's lag is bounded
+        by time and bytes; after a restart the reader re-reads at most that
+        much and skips it by LSN. An advance that failed raises here, on the
+        next commit.
+        """
+        if self._advancing is not None:
+            if not self._advancing.done():
+                return
+            advancing, self._advancing = self._advancing, None
+            advancing.result()
+        behind = self._committed_lsn - self._slot_lsn
+        if behind > 0 and (
+            behind >= 4 * self.cfg.window_bytes
+            or time.monotonic() - self._last_advance >= self.cfg.heartbeat_interval_s
+        ):
+            self._last_advance = time.monotonic()
+            self._advancing = asyncio.create_task(self._advance_in_background(self._committed_lsn))
+
+    async def _advance_in_background(self, lsn: int) -> None:
+        if self._advancer is None:
+            self._advancer = await self._connect()
+        await self._advance(lsn, self._advancer)
 
     # -- checks and setup ------------------------------------------------------
 
@@ -548,16 +579,12 @@ class PostgresSource(Source):
         and ours run side by side instead of taking turns. A crash or restart
         drops the reader slot with its session; the next one is copied from
         the slot again, at or behind the log's offset, and what the log already
-        holds is skipped. The slot is advanced here too, before each read,
-        to what the log has committed so far.
+        holds is skipped.
         """
         conn = self._reader
         if conn is None:
             conn = await self._open_reader()
         try:
-            if self._advance_due():
-                await self._advance(self._committed_lsn, conn)
-                self._last_advance = time.monotonic()
             flush = po.parse_lsn(await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
             start = self._read_lsn
             if flush <= start:
@@ -580,18 +607,6 @@ class PostgresSource(Source):
             raise RetriableConnectorError(f"{self._where}: reading the slot failed: {exc}") from exc
         self._read_lsn = upto
         return b"".join(chunks), upto, flush
-
-    def _advance_due(self) -> bool:
-        """Advance the slot only now and then: each advance decodes the WAL again from
-        the slot's restart point (a bulk load of 1M rows has no point to restart
-        from in between), which doubled the server's work when done per window.
-        The slot's lag is bounded by time and bytes; after a restart the reader
-        re-reads at most that much and skips it by LSN."""
-        behind = self._committed_lsn - self._slot_lsn
-        return behind > 0 and (
-            behind >= 4 * self.cfg.window_bytes
-            or time.monotonic() - self._last_advance >= self.cfg.heartbeat_interval_s
-        )
 
     async def _open_reader(self) -> asyncpg.Connection:
         """A connection and, in its session, a temporary copy of the slot at the slot's position."""
