@@ -611,11 +611,16 @@ class PostgresSource(Source):
     async def _open_reader(self) -> asyncpg.Connection:
         """A connection and, in its session, a temporary copy of the slot at the slot's position."""
         self._reader = conn = await self._connect()
-        self._reader_slot = f"{self.slot[:44]}_reader_{os.getpid()}_{id(self) % 10_000}"
+        self._reader_slot = f"{self.slot[:40]}_reader_{os.getpid()}_{id(self) % 10_000}"  # <= 63 chars
         try:
             await conn.execute("SELECT pg_copy_logical_replication_slot($1, $2, true)", self.slot, self._reader_slot)
         except asyncpg.ObjectInUseError as exc:
             raise RetriableConnectorError(f"{self._where}: slot is in use by another reader: {exc}") from exc
+        except asyncpg.ConfigurationLimitExceededError as exc:
+            raise RetriableConnectorError(
+                f"{self._where}: cannot make the temporary copy of the slot it reads through: {exc}; "
+                "each postgres-cdc source needs two replication slots (raise max_replication_slots)"
+            ) from exc
         self._read_lsn = self._slot_lsn
         return conn
 

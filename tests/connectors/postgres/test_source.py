@@ -14,6 +14,8 @@ from millpond.errors import ConfigError, ConnectorError
 
 from tests.servers.postgres import _binary
 
+from millpond.connectors.postgres.pgoutput import parse_lsn
+
 from .conftest import connect, drain, make_source, records_of
 
 pytestmark = pytest.mark.postgres
@@ -153,25 +155,20 @@ def test_slot_is_advanced_only_after_commit(pg_dsn: str, name: str) -> None:
     async def go() -> None:
         conn = await connect(pg_dsn)
         await conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY)")
-        # the slot is advanced at most every heartbeat_interval_s (and on stop)
-        src = make_source(pg_dsn, name, [name], snapshot_mode="never", idle_sleep_s=0, heartbeat_interval_s=0.2)
+        src = make_source(pg_dsn, name, [name], snapshot_mode="never", idle_sleep_s=0)
         await src.start(None)
         start = await _slot_offset(conn, name)
         await conn.execute(f"INSERT INTO {name} VALUES (1)")
+        await conn.execute(f"INSERT INTO {name} VALUES (2)")
         b = await src.poll()
-        assert b is not None and len(records_of(b)) == 1
-        await asyncio.sleep(0.3)
-        assert await src.poll() is None  # reading on; the slot stays where the log is
+        assert b is not None and [r.key for r in records_of(b)] == [{"id": 1}, {"id": 2}]
+        assert await src.poll() is None  # read ahead; the slot stays where the log is
         assert await _slot_offset(conn, name) == start
         await src.commit(b.offset)
-        await asyncio.sleep(0.3)
-        await conn.execute(f"INSERT INTO {name} VALUES (2)")
-        b2 = await src.poll()  # the read after the commit advances the slot first
-        assert b2 is not None and [r.key for r in records_of(b2)] == [{"id": 2}]
-        assert (await _slot_offset(conn, name))["lsn"] == b.offset["lsn"]
-        await src.commit(b2.offset)
+        # advanced lazily (every heartbeat_interval_s, see test_heartbeat_...), never past the log
+        assert parse_lsn((await _slot_offset(conn, name))["lsn"]) <= parse_lsn(b.offset["lsn"])
         await src.stop()  # a clean stop leaves the slot at the log's offset
-        assert (await _slot_offset(conn, name))["lsn"] == b2.offset["lsn"]
+        assert (await _slot_offset(conn, name))["lsn"] == b.offset["lsn"]
         await _cleanup(conn, name)
         await conn.close()
 
@@ -288,6 +285,29 @@ def test_wal_level_not_logical_is_a_clear_error(name: str) -> None:
         run(go())
     finally:
         server.stop()
+
+
+def test_too_few_replication_slots_is_a_clear_error(pg_dsn: str, name: str) -> None:
+    async def go() -> None:
+        conn = await connect(pg_dsn)
+        await conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY)")
+        hog = await connect(pg_dsn)  # its temporary slots go with its session
+        free = int(await conn.fetchval("SHOW max_replication_slots")) - await conn.fetchval(
+            "SELECT count(*) FROM pg_replication_slots")
+        for i in range(free - 1):  # leave one: the source's own slot, not its reading copy
+            await hog.execute(f"SELECT pg_create_logical_replication_slot('{name}_hog{i}', 'pgoutput', true)")
+        src = make_source(pg_dsn, name, [name], snapshot_mode="never")
+        try:
+            await src.start(None)
+            with pytest.raises(ConnectorError, match="needs two replication slots.*max_replication_slots"):
+                await src.poll()
+        finally:
+            await src.stop()
+            await hog.close()
+        await _cleanup(conn, name)
+        await conn.close()
+
+    run(go())
 
 
 def test_dsn_password_is_masked() -> None:
@@ -443,10 +463,14 @@ def test_heartbeat_moves_an_idle_slot_and_lag_is_reported(pg_dsn: str, name: str
         from millpond.connectors.postgres.pgoutput import parse_lsn
 
         assert parse_lsn(beat.offset["lsn"]) > parse_lsn(start)
-        await src.commit(beat.offset)
+        await src.commit(beat.offset)  # starts advancing the slot (in the background) to the heartbeat
         await conn.execute(f"INSERT INTO {name} VALUES (1)")
-        b = await src.poll()  # advances the slot to the heartbeat first
+        b = await src.poll()
         assert b is not None and [r.key for r in records_of(b)] == [{"id": 1}]
+        for _ in range(100):
+            if parse_lsn((await _slot_offset(conn, name))["lsn"]) >= parse_lsn(beat.offset["lsn"]):
+                break
+            await asyncio.sleep(0.05)
         assert parse_lsn((await _slot_offset(conn, name))["lsn"]) >= parse_lsn(beat.offset["lsn"])
         # restart_lsn (what lag measures) follows lazily, at the next running-xacts record
         assert isinstance(await src.slot_lag(), int)
