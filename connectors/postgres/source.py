@@ -102,8 +102,11 @@ class PostgresSourceConfig(ConnectorConfig):
     topic_prefix: str | None = None
     #: per-table topic overrides: ``{"public.orders": "orders"}``
     topics: dict[str, str] = Field(default_factory=dict)
-    #: WAL bytes decoded per read (grows by itself for a larger transaction)
-    window_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)
+    #: WAL bytes per read (grows by itself for a larger transaction). A read is held as its
+    #: compact bytes (about half this size; two while the next is fetched) and decoded a
+    #: batch at a time. Larger reads run faster through a backlog written quicker than the
+    #: server logs restart points (every 15 s), as each read decodes again from the last one.
+    window_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     #: records per batch (whole transactions are never split, so one may be larger)
     max_batch_records: int = Field(default=20_000, ge=1)
     #: an idle stream still confirms progress this often, so the slot holds no old WAL
@@ -155,6 +158,17 @@ class _Table:
     key_index: list[int] = field(default_factory=list)
     #: SQL types of the key columns (``format_type``), for resuming a snapshot copy by key
     key_types: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """A read (binary COPY) being decoded a batch at a time."""
+
+    buffer: bytes
+    pos: int | None  # the next row; None before the first
+    upto: int  # the window's end LSN
+    flush: int  # the WAL flush LSN when it was read
+    transactions: int = 0  # found in it so far
 
 
 @dataclass(slots=True)
@@ -216,6 +230,7 @@ class PostgresSource(Source):
         self._reader_slot = ""
         self._read_lsn = 0  # where the reader slot stands: everything before was fetched
         self._fetching: asyncio.Task[tuple[bytes | None, int, int]] | None = None
+        self._cursor: _Cursor | None = None  # the read being decoded
         # the slot is advanced in the background, on a connection of its own
         self._advancer: asyncpg.Connection | None = None
         self._advancing: asyncio.Task[None] | None = None
@@ -531,26 +546,36 @@ class PostgresSource(Source):
         return SourceBatch([], self._offset(end), list(merged.values()))
 
     async def _read_window(self) -> SourceBatch | None:
-        """Decode one window of WAL into ``self._ready``; maybe return a heartbeat."""
-        if self._fetching is None:
-            self._fetching = asyncio.create_task(self._fetch())
-        try:
-            buffer, upto, flush = await self._fetching
-        finally:
-            self._fetching = None
-        if buffer is None:  # nothing new since the last read
-            return await self._heartbeat(upto)
-        if upto < flush:
-            # more WAL is there already: the server decodes the next window while
-            # this one is decoded here and committed to the log
-            self._fetching = asyncio.create_task(self._fetch())
+        """Decode the next batch of the current read into ``self._ready``, reading a
+        new window of WAL when that one is done; maybe return a heartbeat."""
+        if self._cursor is None:
+            if self._fetching is None:
+                self._fetching = asyncio.create_task(self._fetch())
+            try:
+                buffer, upto, flush = await self._fetching
+            finally:
+                self._fetching = None
+            if buffer is None:  # nothing new since the last read
+                return await self._heartbeat(upto)
+            if upto < flush:
+                # more WAL is there already: the server decodes the next window while
+                # this one is decoded here and committed to the log
+                self._fetching = asyncio.create_task(self._fetch(flush))
+                await asyncio.sleep(0)  # let it send its query before the decoding holds the loop
+            self._cursor = _Cursor(buffer, None, upto, flush)
+        cursor = self._cursor
         before = len(self._ready)
-        await self._decode(buffer)
-        if len(self._ready) == before and _copy_is_empty(buffer) and upto < flush:
+        cursor.pos = await self._decode(cursor.buffer, cursor.pos, self.cfg.max_batch_records)
+        cursor.transactions += len(self._ready) - before
+        if cursor.pos is not None:
+            return None  # the rest of this read at the next poll
+        self._cursor = None
+        upto, flush = cursor.upto, cursor.flush
+        if not cursor.transactions and _copy_is_empty(cursor.buffer) and upto < flush:
             # nothing whole in this window: a transaction larger than it, so widen the next read
             self._window *= 2
             return None
-        if len(self._ready) > before or upto < flush:
+        if cursor.transactions or upto < flush:
             self._window = self.cfg.window_bytes
             return None
         return await self._heartbeat(upto)
@@ -569,8 +594,11 @@ class PostgresSource(Source):
             return SourceBatch([], self._offset(upto))
         return None
 
-    async def _fetch(self) -> tuple[bytes | None, int, int]:
+    async def _fetch(self, flush: int = 0) -> tuple[bytes | None, int, int]:
         """Read the next window of changes: (binary COPY of ``lsn, data``, its end, the WAL flush LSN).
+
+        ``flush`` is a WAL flush LSN seen before; the server is asked again only
+        when the reader has caught up with it.
 
         The slot itself only ever moves to LSNs the log holds. Reading goes
         through a temporary copy of it (the reader slot, on a connection of its
@@ -585,8 +613,9 @@ class PostgresSource(Source):
         if conn is None:
             conn = await self._open_reader()
         try:
-            flush = po.parse_lsn(await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
             start = self._read_lsn
+            if flush <= start:
+                flush = po.parse_lsn(await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
             if flush <= start:
                 return None, start, flush
             upto = min(flush, start + self._window)
@@ -702,8 +731,13 @@ class PostgresSource(Source):
                     self.types.learn(elem["oid"], elem["typname"], elem["typcategory"])
             self.types.learn(row["oid"], row["typname"], row["typcategory"], row["typelem"])
 
-    async def _decode(self, buffer: bytes) -> None:
+    async def _decode(self, buffer: bytes, pos: int | None = None, limit: int = 0) -> int | None:
         """Turn one read (a binary COPY of ``lsn, data`` rows) into whole transactions in ``self._ready``.
+
+        Decodes from row ``pos`` (the first when None) until ``limit`` records
+        are ready (0: no limit), stopping only after a Commit, and returns where
+        to go on, or None at the end of the read. So a large read is decoded a
+        batch at a time and only its compact bytes wait in memory.
 
         Inserts, the bulk of most streams, are rendered straight into JSON by
         ``_decode.c`` (``scan``) when the table has a codec; ``scan`` hands
@@ -723,15 +757,17 @@ class PostgresSource(Source):
         tables = self._tables
         bases: dict[int, dict[str, Any]] = {}
         now_ms = int(time.time() * 1000)
-        pos = _copy_start(buffer)
+        if pos is None:
+            pos = _copy_start(buffer)
         n = 0
+        added = 0
         while True:
             n += 1
             if n % 5000 == 4999:
                 await asyncio.sleep(0)  # a large window takes a while: let the worker's other tasks run
             pos, lsn, data = step(buffer, pos, {} if skip else codecs, txn.outputs, xid, commit_ms, now_ms)
             if data is None:
-                break
+                return None
             kind = data[0]
             if kind == 0x49:  # 'I' that scan() left to Python
                 if skip:
@@ -792,8 +828,12 @@ class PostgresSource(Source):
                 assert isinstance(msg, po.Commit)
                 if msg.end_lsn <= self._emitted_lsn:
                     continue  # already handed out (before a restart, or earlier in this run)
-                self._ready.append((txn.encoded(), msg.end_lsn, xid))
+                encoded = txn.encoded()
+                self._ready.append((encoded, msg.end_lsn, xid))
                 txn = _TxnRecords()
+                added += sum(len(records) for records in encoded)
+                if limit and added >= limit:
+                    return pos  # between transactions: nothing else to keep
             elif cls is po.Relation:
                 assert isinstance(msg, po.Relation)
                 await self._relation(msg)

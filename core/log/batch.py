@@ -22,17 +22,18 @@ Byte layout of a batch (big-endian), as Kafka writes it::
 Records are encoded and decoded by aiokafka's C implementation; this module
 never encodes a varint in Python except for the one-record control batches.
 Records already held as columns (:class:`~millpond.records.JsonRecords`) are
-encoded by ``_columns.c`` in one call when the batch is uncompressed.
+encoded by ``_columns.c`` in one call (then compressed like the builder does).
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import crc32c
+from aiokafka import codec
 
 from ..errors import MillpondError
 from ..records import JsonRecords
@@ -159,6 +160,26 @@ class Encodable(Protocol):
     def headers(self) -> list[tuple[str, bytes | None]]: ...
 
 
+#: what aiokafka's builder compresses with (Kafka's default levels: lz4 9, zstd 3)
+_ENCODERS: dict[int, Callable[[bytes], bytes]] = {
+    CODECS["gzip"]: codec.gzip_encode,
+    CODECS["snappy"]: codec.snappy_encode,
+    CODECS["lz4"]: codec.lz4_encode,
+    CODECS["zstd"]: codec.zstd_encode,
+}
+
+
+def _compress(buf: bytearray, compression: int) -> None:
+    """Compress the records of an uncompressed batch in place, as aiokafka's C builder
+    (and Kafka's producer) does, even when that is not smaller; the CRC is the caller's."""
+    compressed = _ENCODERS[compression](bytes(buf[HEADER_SIZE:]))
+    del buf[HEADER_SIZE:]
+    buf += compressed
+    struct.pack_into(">i", buf, 8, len(buf) - LOG_OVERHEAD)
+    attributes = _ATTRIBUTES.unpack_from(buf, 21)[0] | compression
+    _ATTRIBUTES.pack_into(buf, 21, attributes)
+
+
 def build_batch(
     rows: Sequence[Encodable],
     *,
@@ -174,9 +195,11 @@ def build_batch(
     record reads back with that timestamp (Kafka's broker-side rewrite).
     """
     buf: bytearray
-    if _columns is not None and compression == 0 and isinstance(rows, JsonRecords) and len(rows):
+    if _columns is not None and isinstance(rows, JsonRecords) and len(rows):
         buf = _columns.build(rows.keys, rows.values, rows.timestamps, producer_id, producer_epoch,
                              TRANSACTIONAL_MASK if transactional else 0)
+        if compression:
+            _compress(buf, compression)
         if log_append_time is None:
             _CRC.pack_into(buf, 17, crc32c.crc32c(memoryview(buf)[CRC_START:]))
     else:

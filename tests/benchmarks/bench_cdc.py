@@ -1,6 +1,6 @@
 """Benchmark: Postgres change rows/s into the log, and log rows/s into Postgres.
 
-    python tests/benchmarks/bench_cdc.py [--quick] [--changes N] [--txn-rows R] [--rounds N]
+    python tests/benchmarks/bench_cdc.py [--quick] [--changes N] [--txn-rows R] [--rounds N] [--compression C]
 
 Uses ``MILLPOND_TEST_PG_DSN`` if set, else starts a throw-away server like
 the test fixture. One table (bigint key, int, text, numeric, timestamptz)
@@ -14,8 +14,10 @@ the same point:
 * CDC: the ``postgres-cdc`` source in the runtime (reads windows ahead
   through a temporary copy of the slot, renders inserts to JSON in C, one
   log transaction per batch with its LSN, the slot advanced behind the log)
-  into a fresh embedded log, timed from the tasks running until the source
-  has committed every change (start-up is printed apart);
+  into a fresh embedded log whose topic is compressed with zstd (as in
+  configs/postgres-cdc.yaml; ``--compression none`` for raw batches), timed
+  from the tasks running until the source has committed every change
+  (start-up is printed apart);
 * the source alone (start/poll/commit, no log) and the sink alone (fed
   records directly), to show what the runtime adds;
 * sink: a ``postgres`` sink pipeline reading that topic back from the log
@@ -61,7 +63,7 @@ PUB = "millpond_bench_cdc"
 SLOT = "millpond_bench_cdc"
 
 
-def config(work: Path, dsn: str, source: bool, sink: bool) -> PipelineConfig:
+def config(work: Path, dsn: str, source: bool, sink: bool, compression: str = "zstd") -> PipelineConfig:
     connectors: list[dict[str, Any]] = []
     if source:
         connectors.append({
@@ -79,7 +81,7 @@ def config(work: Path, dsn: str, source: bool, sink: bool) -> PipelineConfig:
     return PipelineConfig.model_validate({
         "name": "bench-cdc",
         "log": {"embedded": {"dir": str(work / "log")}},
-        "topics": [{"name": TOPIC, "partitions": 1}],
+        "topics": [{"name": TOPIC, "partitions": 1, "config": {"compression.type": compression}}],
         "connectors": connectors,
     })
 
@@ -130,7 +132,7 @@ def sink_done(n: int) -> Any:
     return check
 
 
-async def bench(dsn: str, changes: int, txn_rows: int, work: Path) -> dict[str, Any]:
+async def bench(dsn: str, changes: int, txn_rows: int, work: Path, compression: str) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn)
     await conn.execute(f"DROP TABLE IF EXISTS {TABLE}, {TABLE}_copy, {TABLE}_copy2")
     await conn.execute(f"DROP PUBLICATION IF EXISTS {PUB}")
@@ -205,10 +207,10 @@ async def bench(dsn: str, changes: int, txn_rows: int, work: Path) -> dict[str, 
     await source.stop()
 
     # CDC source -> embedded log, through the runtime
-    cdc_start_s, cdc_s = await run_timed(config(work, dsn, source=True, sink=False), source_done(changes))
+    cdc_start_s, cdc_s = await run_timed(config(work, dsn, source=True, sink=False, compression=compression), source_done(changes))
 
     # log -> postgres sink, through the runtime
-    sink_start_s, sink_s = await run_timed(config(work, dsn, source=False, sink=True), sink_done(changes))
+    sink_start_s, sink_s = await run_timed(config(work, dsn, source=False, sink=True, compression=compression), sink_done(changes))
     copied = await conn.fetchval(
         f"SELECT count(*) FROM (SELECT * FROM {TABLE} EXCEPT SELECT * FROM {TABLE}_copy) d"
     )
@@ -261,6 +263,8 @@ def main() -> int:
     parser.add_argument("--txn-rows", type=int, default=1000, help="rows per source transaction")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the whole run and report the median time of each step (the machine is shared)")
+    parser.add_argument("--compression", default="zstd", choices=("none", "gzip", "lz4", "zstd"),
+                        help="the topic's compression.type (default zstd, as configs/postgres-cdc.yaml)")
     args = parser.parse_args()
     changes = args.changes or (100_000 if args.quick else 1_000_000)
     server = None
@@ -274,7 +278,7 @@ def main() -> int:
         runs = []
         for _ in range(max(1, args.rounds)):
             with tempfile.TemporaryDirectory(prefix="millpond-bench-cdc-") as tmp:
-                runs.append(asyncio.run(bench(dsn, changes, args.txn_rows, Path(tmp))))
+                runs.append(asyncio.run(bench(dsn, changes, args.txn_rows, Path(tmp), args.compression)))
         r = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
     finally:
         if server is not None:
@@ -283,6 +287,7 @@ def main() -> int:
     cdc_rate = changes / r["cdc_s"]
     sink_rate = changes / r["sink_s"]
     copy_rate = changes / r["copy_s"]
+    print(f"topic compression: {args.compression}")
     print(f"{changes:,} inserts in transactions of {args.txn_rows} rows ({r['wal_bytes'] / 1e6:.0f} MB of WAL, "
           f"loaded in {r['load_s']:.1f} s); median of {len(runs)} round(s)")
     print(f"baseline raw slot fetch: {r['raw_s']:8.3f} s {raw_rate:12,.0f} rows/s")
@@ -299,6 +304,7 @@ def main() -> int:
     print(json.dumps({
         "changes": changes,
         "txn_rows": args.txn_rows,
+        "compression": args.compression,
         "rounds": len(runs),
         "cdc_rows_per_s": round(cdc_rate),
         "baseline_raw_fetch_rows_per_s": round(raw_rate),

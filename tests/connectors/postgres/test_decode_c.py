@@ -177,3 +177,29 @@ def test_a_malformed_insert_raises_the_python_error() -> None:
     short = insert(["12345"])[:-2]
     with pytest.raises(Exception, match="malformed|past the end|columns"):
         decode(copy_binary([relation(columns), begin, short]), columns, fast=True)
+
+
+def test_a_read_decodes_a_batch_at_a_time_and_ends_the_same() -> None:
+    columns = [("id", 20, True), ("v", 25, False)]
+    messages = [relation(columns)]
+    for x in range(6):  # six transactions of three inserts
+        messages.append(b"B" + struct.pack(">QqI", 0x2_0000_0000 + x, COMMIT_TS, XID + x))
+        messages.extend(insert([str(3 * x + i), f"v{i}"]) for i in range(3))
+        messages.append(b"C" + struct.pack(">BQQq", 0, 0x2_0000_0000 + x, 0x2_0000_0100 + 256 * x, COMMIT_TS))
+    buffer = copy_binary(messages)
+    whole = decode(buffer, columns, fast=True)
+    src = PostgresSource(PostgresSourceConfig(dsn="postgresql://x@127.0.0.1/db", tables=["items"]),
+                         ConnectorContext(name="cdc"))
+    src._db, src._utf8 = "db", True  # noqa: SLF001
+    src._tables[0] = src._by_name[("public", "items")] = _Table(0, "public", "items", "cdc.public.items", ["id"], "d")  # noqa: SLF001
+    stops = []
+    pos = None
+    while True:
+        pos = asyncio.run(src._decode(buffer, pos, limit=4))  # noqa: SLF001
+        stops.append(len(src._ready))  # noqa: SLF001
+        if pos is None:
+            break
+    assert stops == [2, 4, 6, 6]  # whole transactions only: 2 x 3 records reach the limit of 4
+    batched = [row for encoded, _, _ in src._ready for r in encoded for row in zip(r.keys, r.values, r.timestamps)]  # noqa: SLF001
+    assert [k for k, _, _ in batched] == [k for k, _, _ in whole]
+    assert [without_ts_ms(v) for _, v, _ in batched] == [without_ts_ms(v) for _, v, _ in whole]
