@@ -1,27 +1,29 @@
 /*
- * The hot path of the postgres-cdc source: pgoutput Insert messages straight
- * into the JSON bytes of their record key and value.
+ * The hot path of the postgres-cdc source: pgoutput Insert, Update and Delete
+ * messages straight into the JSON bytes of their record key and value.
  *
  * The source reads a window of changes as the binary COPY of
  *     SELECT lsn, data FROM pg_logical_slot_peek_binary_changes(...)
- * and calls scan() on that buffer. scan() walks the rows; an Insert into a
- * table that has a codec is rendered here and appended to that table's
- * output columns; every other message (Begin, Commit, Relation, Update, ...,
- * or an Insert this code does not take, such as one with binary or unchanged
- * TOAST columns, or a malformed one) is handed back to Python, which decodes
- * it with pgoutput.py and raises the clear errors. So this file only has to
+ * and calls scan() on that buffer. scan() walks the rows; an Insert, an
+ * Update without an old tuple (the key did not change) or a Delete of a table
+ * that has a codec is rendered here and appended to that table's output
+ * columns; every other message (Begin, Commit, Relation, an Update with an old
+ * key or row, a change with binary or unchanged TOAST columns, a malformed
+ * one) is handed back to Python, which decodes it with pgoutput.py and raises
+ * the clear errors. So this file only has to
  * be right for what it takes; everything else keeps one implementation.
  *
  * A codec (built by source.py from the Relation message) is a tuple
- *     (kinds: bytes, names: tuple[bytes], key_index: tuple[int], template: tuple, topic: str)
+ *     (kinds: bytes, names: tuple[bytes], key_index: tuple[int], topic: str,
+ *      insert, update and delete templates: tuple)
  * kinds    one byte per column, how its text becomes JSON (KIND_* below,
  *          the same rules as types.py's decoders);
  * names    each column's name already as JSON with its colon: b'"id":';
  * key_index the primary-key columns, in key order (the record key's fields);
- * template the value as literal bytes and slot numbers (SLOT_*), rendered by
+ * topic    where the table's records go;
+ * templates the value as literal bytes and slot numbers (SLOT_*), rendered by
  *          source.py with orjson from the same dict the Python path builds,
- *          so both paths give the same envelope;
- * topic    where the table's records go.
+ *          so both paths give the same envelope.
  *
  * outputs maps a topic to a 3-tuple of lists (keys, values, timestamps) of
  * the current transaction; missing entries are created. Python appends the
@@ -41,7 +43,9 @@
 
 enum { KIND_NUMBER = 'n', KIND_FLOAT = 'f', KIND_STRING = 's', KIND_BOOL = 'b', KIND_JSON = 'j',
        KIND_TIMESTAMP = 't', KIND_TIMESTAMPTZ = 'z', KIND_TIMETZ = 'w' };
-enum { SLOT_ROW = 0, SLOT_LSN = 1, SLOT_XID = 2, SLOT_COMMIT_MS = 3, SLOT_NOW_MS = 4 };
+enum { SLOT_ROW = 0, SLOT_LSN = 1, SLOT_XID = 2, SLOT_COMMIT_MS = 3, SLOT_NOW_MS = 4, SLOT_OLD = 5 };
+/* the items of a codec */
+enum { C_KINDS, C_NAMES, C_KEY_INDEX, C_TOPIC, C_INSERT, C_UPDATE, C_DELETE, C_SIZE };
 
 /* 0 = NULL ('n'), else the text value's start and length */
 typedef struct {
@@ -261,8 +265,10 @@ static int put_lsn(Buffer *b, uint64_t lsn) {
     return put(b, text, n);
 }
 
+/* SLOT_ROW is the tuple as a row; SLOT_OLD the same tuple as the old row of a
+ * delete: only its key columns when Postgres sent the key ('K'). */
 static int put_template(Scan *scan, PyObject *template, PyObject *names, const char *kinds, const Datum *datums,
-                        uint64_t lsn) {
+                        uint64_t lsn, PyObject *old_columns) {
     Buffer *b = &scan->value;
     for (Py_ssize_t t = 0; t < PyTuple_GET_SIZE(template); t++) {
         PyObject *item = PyTuple_GET_ITEM(template, t);
@@ -272,6 +278,7 @@ static int put_template(Scan *scan, PyObject *template, PyObject *names, const c
         } else {
             switch (PyLong_AsLong(item)) {
             case SLOT_ROW: rc = put_row(b, names, kinds, datums, NULL); break;
+            case SLOT_OLD: rc = put_row(b, names, kinds, datums, old_columns); break;
             case SLOT_LSN: rc = put_lsn(b, lsn); break;
             case SLOT_XID: rc = put(b, scan->xid, scan->xid_len); break;
             case SLOT_COMMIT_MS: rc = put(b, scan->commit, scan->commit_len); break;
@@ -290,9 +297,12 @@ static int put_template(Scan *scan, PyObject *template, PyObject *names, const c
 /* Python builds codecs; still, a wrong one must raise, not read out of bounds. */
 static int check_codec(PyObject *codec) {
     PyObject *kinds, *names, *key_index;
-    if (!PyTuple_Check(codec) || PyTuple_GET_SIZE(codec) != 5 || !PyBytes_Check(kinds = PyTuple_GET_ITEM(codec, 0)) ||
-        !PyTuple_Check(names = PyTuple_GET_ITEM(codec, 1)) || !PyTuple_Check(key_index = PyTuple_GET_ITEM(codec, 2)) ||
-        !PyTuple_Check(PyTuple_GET_ITEM(codec, 3)) || !PyUnicode_Check(PyTuple_GET_ITEM(codec, 4)))
+    if (!PyTuple_Check(codec) || PyTuple_GET_SIZE(codec) != C_SIZE ||
+        !PyBytes_Check(kinds = PyTuple_GET_ITEM(codec, C_KINDS)) ||
+        !PyTuple_Check(names = PyTuple_GET_ITEM(codec, C_NAMES)) ||
+        !PyTuple_Check(key_index = PyTuple_GET_ITEM(codec, C_KEY_INDEX)) ||
+        !PyUnicode_Check(PyTuple_GET_ITEM(codec, C_TOPIC)) || !PyTuple_Check(PyTuple_GET_ITEM(codec, C_INSERT)) ||
+        !PyTuple_Check(PyTuple_GET_ITEM(codec, C_UPDATE)) || !PyTuple_Check(PyTuple_GET_ITEM(codec, C_DELETE)))
         goto bad;
     Py_ssize_t ncols = PyTuple_GET_SIZE(names);
     if (PyBytes_GET_SIZE(kinds) != ncols)
@@ -308,8 +318,8 @@ static int check_codec(PyObject *codec) {
     }
     return 0;
 bad:
-    PyErr_SetString(PyExc_TypeError, "a codec is (kinds, names, key_index, template, topic), one kind and name "
-                                     "per column, key indexes among them");
+    PyErr_SetString(PyExc_TypeError, "a codec is (kinds, names, key_index, topic, insert, update and delete "
+                                     "templates), one kind and name per column, key indexes among them");
     return -1;
 }
 
@@ -343,7 +353,7 @@ static int select_codec(Scan *scan, uint32_t oid) {
         return PyErr_Occurred() ? -1 : 1;
     if (check_codec(codec) < 0)
         return -1;
-    scan->columns = output_for(scan->outputs, PyTuple_GET_ITEM(codec, 4));
+    scan->columns = output_for(scan->outputs, PyTuple_GET_ITEM(codec, C_TOPIC));
     if (scan->columns == NULL)
         return -1;
     Py_INCREF(codec);
@@ -360,15 +370,24 @@ static int append_new(PyObject *list, PyObject *item) {
     return rc;
 }
 
-/* Render one Insert; 0 done, 1 for Python, -1 error. */
-static int insert(Scan *scan, const unsigned char *msg, Py_ssize_t n, uint64_t lsn) {
-    if (n < 6 || msg[5] != 'N')
+/* Render one Insert, Update without an old tuple, or Delete; 0 done, 1 for Python, -1 error.
+ * An Update with an old key or row may have changed the key: Python compares them. */
+static int change(Scan *scan, const unsigned char *msg, Py_ssize_t n, uint64_t lsn) {
+    if (n < 6)
+        return 1;
+    int template, old_key_only = 0;
+    if ((msg[0] == 'I' || msg[0] == 'U') && msg[5] == 'N')
+        template = msg[0] == 'I' ? C_INSERT : C_UPDATE;
+    else if (msg[0] == 'D' && (msg[5] == 'K' || msg[5] == 'O')) {
+        template = C_DELETE;
+        old_key_only = msg[5] == 'K';
+    } else
         return 1;
     int found = select_codec(scan, be32(msg + 1));
     if (found != 0)
         return found;
-    PyObject *names = PyTuple_GET_ITEM(scan->codec, 1), *key_index = PyTuple_GET_ITEM(scan->codec, 2);
-    const char *kinds = PyBytes_AS_STRING(PyTuple_GET_ITEM(scan->codec, 0));
+    PyObject *names = PyTuple_GET_ITEM(scan->codec, C_NAMES), *key_index = PyTuple_GET_ITEM(scan->codec, C_KEY_INDEX);
+    const char *kinds = PyBytes_AS_STRING(PyTuple_GET_ITEM(scan->codec, C_KINDS));
     Py_ssize_t ncols = PyTuple_GET_SIZE(names);
     Datum small[64];
     Datum *datums = ncols <= 64 ? small : PyMem_Malloc(sizeof(Datum) * (size_t)ncols);
@@ -382,7 +401,8 @@ static int insert(Scan *scan, const unsigned char *msg, Py_ssize_t n, uint64_t l
         goto done;
     }
     scan->key.length = scan->value.length = 0;
-    if (put_template(scan, PyTuple_GET_ITEM(scan->codec, 3), names, kinds, datums, lsn) < 0)
+    if (put_template(scan, PyTuple_GET_ITEM(scan->codec, template), names, kinds, datums, lsn,
+                     old_key_only ? key_index : NULL) < 0)
         goto done;
     PyObject *record_key = Py_None;
     if (PyTuple_GET_SIZE(key_index)) {
@@ -394,11 +414,19 @@ static int insert(Scan *scan, const unsigned char *msg, Py_ssize_t n, uint64_t l
     } else {
         Py_INCREF(record_key);
     }
-    PyObject *columns = scan->columns;
-    if (append_new(PyTuple_GET_ITEM(columns, 0), record_key) < 0 ||
-        append_new(PyTuple_GET_ITEM(columns, 1), PyBytes_FromStringAndSize(scan->value.data, scan->value.length)) < 0 ||
-        PyList_Append(PyTuple_GET_ITEM(columns, 2), scan->commit_ms) < 0)
+    PyObject *keys = PyTuple_GET_ITEM(scan->columns, 0), *values = PyTuple_GET_ITEM(scan->columns, 1);
+    PyObject *timestamps = PyTuple_GET_ITEM(scan->columns, 2);
+    /* a delete is followed by a tombstone for its key, so compaction forgets the row */
+    int tombstone = template == C_DELETE && record_key != Py_None;
+    if (PyList_Append(keys, record_key) < 0 ||
+        append_new(values, PyBytes_FromStringAndSize(scan->value.data, scan->value.length)) < 0 ||
+        PyList_Append(timestamps, scan->commit_ms) < 0 ||
+        (tombstone && (PyList_Append(keys, record_key) < 0 || PyList_Append(values, Py_None) < 0 ||
+                       PyList_Append(timestamps, scan->commit_ms) < 0))) {
+        Py_DECREF(record_key);
         goto done;
+    }
+    Py_DECREF(record_key);
     rc = 0;
 done:
     if (datums != small)
@@ -446,8 +474,8 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         }
         const unsigned char *msg = data + pos;
         pos += length;
-        if (length > 0 && msg[0] == 'I') {
-            int rc = insert(&scan, msg, length, lsn);
+        if (length > 0 && (msg[0] == 'I' || msg[0] == 'U' || msg[0] == 'D')) {
+            int rc = change(&scan, msg, length, lsn);
             if (rc < 0)
                 goto done;
             if (rc == 0)
@@ -470,7 +498,7 @@ done:
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(buffer, pos, codecs, outputs, xid, commit_ms, now_ms) -> (pos, lsn, message | None)\n\n"
-     "Render the Inserts from COPY row ``pos`` on into ``outputs``; stop at the first other\n"
+     "Render the changes from COPY row ``pos`` on into ``outputs``; stop at the first other\n"
      "message and return it with its LSN and the position after it, or None at the end."},
     {NULL, NULL, 0, NULL},
 };

@@ -709,12 +709,14 @@ class PostgresSource(Source):
             return None
         source = self._source_block(t, _SLOT_XID, _SLOT_COMMIT_MS)  # type: ignore[arg-type]
         source["lsn"] = _SLOT_LSN
-        envelope = {"before": None, "after": _SLOT_ROW, "op": "c", "source": source, "ts_ms": _SLOT_NOW_MS}
-        template = _template(envelope)
-        if template is None:
+        templates = [
+            _template({"before": before, "after": after, "op": op, "source": source, "ts_ms": _SLOT_NOW_MS})
+            for before, after, op in ((None, _SLOT_ROW, "c"), (None, _SLOT_ROW, "u"), (_SLOT_OLD, None, "d"))
+        ]
+        if None in templates:
             return None
         names = tuple(_json(name) + b":" for name in t.columns)  # type: ignore[operator]
-        return (b"".join(kinds), names, tuple(t.key_index), template, t.topic)  # type: ignore[arg-type]
+        return (b"".join(kinds), names, tuple(t.key_index), t.topic, *templates)  # type: ignore[arg-type]
 
     async def _learn_types(self, oids: list[int]) -> None:
         assert self._conn is not None
@@ -1095,7 +1097,7 @@ def _scan_py(
 _json = JsonConverter().serialize
 
 # markers for the per-row parts of a value template: _decode.c's SLOT_* numbers
-_SLOT_ROW, _SLOT_LSN, _SLOT_XID, _SLOT_COMMIT_MS, _SLOT_NOW_MS = (f"\ue000{i}\ue000" for i in range(5))
+_SLOT_ROW, _SLOT_LSN, _SLOT_XID, _SLOT_COMMIT_MS, _SLOT_NOW_MS, _SLOT_OLD = (f"\ue000{i}\ue000" for i in range(6))
 _SLOT = re.compile('"\ue000([0-9])\ue000"'.encode())
 
 
@@ -1105,7 +1107,8 @@ def _template(envelope: dict[str, Any]) -> tuple[bytes | int, ...] | None:
     assert rendered is not None
     parts = _SLOT.split(rendered)
     template: list[bytes | int] = [int(p) if i % 2 else p for i, p in enumerate(parts) if i % 2 or p]
-    if sorted(x for x in template if isinstance(x, int)) != list(range(5)):
+    markers = sum(isinstance(v, str) and v.startswith("\ue000") for v in (*envelope.values(), *envelope["source"].values()))
+    if len([x for x in template if isinstance(x, int)]) != markers:
         return None  # a name holds a marker: leave this table to Python
     return tuple(template)
 

@@ -1,7 +1,7 @@
-"""``_decode.c`` renders inserts exactly as the Python path does.
+"""``_decode.c`` renders changes exactly as the Python path does.
 
 Each example builds a binary COPY of pgoutput messages (Relation, Begin,
-Inserts, Commit) by hand, decodes it through ``PostgresSource._decode`` once
+Inserts, Updates, Deletes, Commit) by hand, decodes it through ``PostgresSource._decode`` once
 with the C scanner and once with it switched off, and compares the records.
 No server is needed: what the C code sees is only these bytes.
 """
@@ -70,8 +70,9 @@ def relation(columns: list[tuple[str, int, bool]]) -> bytes:
     return out
 
 
-def insert(values: list[str | None]) -> bytes:
-    out = b"I" + struct.pack(">I", REL_OID) + b"N" + struct.pack(">H", len(values))
+def insert(values: list[str | None], kind: bytes = b"I", tuple_kind: bytes = b"N") -> bytes:
+    """An Insert; with ``kind`` b"U" an Update without an old tuple, b"D" a Delete (``tuple_kind`` K or O)."""
+    out = kind + struct.pack(">I", REL_OID) + tuple_kind + struct.pack(">H", len(values))
     for value in values:
         if value is None:
             out += b"n"
@@ -139,21 +140,35 @@ def workloads(draw: st.DrawFn) -> tuple[list[tuple[str, int, bool]], list[list[s
     rows = draw(st.lists(
         st.tuples(*[st.one_of(st.none(), TYPES[kind][1]) for kind in kinds]).map(list), min_size=1, max_size=5
     ))
-    return columns, rows
+    ops = draw(st.lists(st.sampled_from(["I", "U", "DK", "DO"] if n_keys else ["I", "U", "DO"]),
+                        min_size=len(rows), max_size=len(rows)))
+    return columns, [change(op, row, columns) for op, row in zip(ops, rows)]
+
+
+def change(op: str, row: list[str | None], columns: list[tuple[str, int, bool]]) -> bytes:
+    if op == "DK":  # the old key: the key columns, the others NULL
+        return insert([v if key else None for v, (_, _, key) in zip(row, columns)], b"D", b"K")
+    if op == "DO":
+        return insert(row, b"D", b"O")
+    return insert(row, op.encode())
 
 
 @settings(max_examples=300, deadline=None)
 @given(workloads())
-def test_c_and_python_paths_make_the_same_records(workload: tuple[list[Any], list[list[str | None]]]) -> None:
-    columns, rows = workload
+def test_c_and_python_paths_make_the_same_records(workload: tuple[list[Any], list[bytes]]) -> None:
+    columns, changes = workload
     begin = b"B" + struct.pack(">QqI", 0x1_6B37_9000, COMMIT_TS, XID)
     commit = b"C" + struct.pack(">BQQq", 0, 0x1_6B37_9000, 0x1_6B37_9100, COMMIT_TS)
-    buffer = copy_binary([relation(columns), begin, *[insert(r) for r in rows], commit])
+    buffer = copy_binary([relation(columns), begin, *changes, commit])
     fast, slow = decode(buffer, columns, fast=True), decode(buffer, columns, fast=False)
-    assert len(fast) == len(slow) == len(rows)
+    keyed_deletes = sum(c[:1] == b"D" for c in changes) if any(key for _, _, key in columns) else 0
+    assert len(fast) == len(slow) == len(changes) + keyed_deletes  # each keyed delete: a tombstone
     for (fkey, fvalue, fts), (skey, svalue, sts) in zip(fast, slow):
         assert fts == sts
         assert fkey == skey  # keys: byte for byte
+        assert (fvalue is None) is (svalue is None)
+        if fvalue is None:
+            continue
         assert same_json(without_ts_ms(fvalue), without_ts_ms(svalue)), (fvalue, svalue)
         if not {oid for _, oid, _ in columns} & {701, 3802}:  # floats and JSON keep PostgreSQL's text
             assert fvalue[: fvalue.rindex(b'"ts_ms":')] == svalue[: svalue.rindex(b'"ts_ms":')]
@@ -203,3 +218,27 @@ def test_a_read_decodes_a_batch_at_a_time_and_ends_the_same() -> None:
     batched = [row for encoded, _, _ in src._ready for r in encoded for row in zip(r.keys, r.values, r.timestamps)]  # noqa: SLF001
     assert [k for k, _, _ in batched] == [k for k, _, _ in whole]
     assert [without_ts_ms(v) for _, v, _ in batched] == [without_ts_ms(v) for _, v, _ in whole]
+
+
+def test_updates_without_an_old_tuple_and_deletes_are_rendered_in_c() -> None:
+    columns = [("id", 20, True), ("v", 25, False)]
+    src = PostgresSource(PostgresSourceConfig(dsn="postgresql://x@127.0.0.1/db", tables=["items"]),
+                         ConnectorContext(name="cdc"))
+    src._db, src._utf8 = "db", True  # noqa: SLF001
+    src._tables[0] = src._by_name[("public", "items")] = _Table(0, "public", "items", "cdc.public.items", ["id"], "d")  # noqa: SLF001
+    asyncio.run(src._decode(copy_binary([relation(columns)])))  # noqa: SLF001 - learns the relation
+    changes = [insert(["1", "a"]), insert(["1", "b"], b"U"), insert(["1", None], b"D", b"K"), insert(["2", "c"], b"D", b"O")]
+    buffer = copy_binary(changes)
+    outputs: dict[str, Any] = {}
+    pos, _, message = source_module._scan(buffer, 19, src._codecs, outputs, XID, 5, 6)  # noqa: SLF001
+    assert message is None and pos == len(buffer)  # every change taken in C, none handed back
+    keys, values, timestamps = outputs["cdc.public.items"]
+    assert [json.loads(k) for k in keys] == [{"id": 1}] * 4 + [{"id": 2}] * 2
+    docs = [None if v is None else json.loads(v) for v in values]
+    assert [d and d["op"] for d in docs] == ["c", "u", "d", None, "d", None]  # each delete, then its tombstone
+    assert docs[2]["before"] == {"id": 1} and docs[4]["before"] == {"id": 2, "v": "c"}
+    assert timestamps == [5] * 6
+    # an update with the old key may move the row to another key: Python decides
+    moved = b"U" + struct.pack(">I", REL_OID) + insert(["1", None], b"", b"K")[4:] + insert(["3", "x"], b"", b"N")[4:]
+    _, _, message = source_module._scan(copy_binary([moved]), 19, src._codecs, {}, XID, 5, 6)  # noqa: SLF001
+    assert message == moved
