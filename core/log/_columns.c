@@ -5,7 +5,8 @@
  * call (about 0.35 us each). A source that already holds its records as
  * three lists (keys, values and timestamps: JsonRecords) skips that loop:
  * this module walks the lists in C and writes the same bytes the builder
- * writes for an uncompressed batch without headers. The CRC is left zero for
+ * writes for a batch without headers (batch.py compresses the records after,
+ * as the builder does). The CRC is left zero for
  * the caller (batch.py computes it with the crc32c package, as for every
  * other batch), and so is the base offset (the log assigns it).
  *
@@ -57,6 +58,12 @@ static char *put_be(char *p, uint64_t value, int bytes) {
         value >>= 8;
     }
     return p + bytes;
+}
+
+/* The size of a record after its length varint. */
+static int64_t record_body(int64_t timestamp_delta, Py_ssize_t offset_delta, Py_ssize_t klen, Py_ssize_t vlen) {
+    return 1 + varint_size(timestamp_delta) + varint_size(offset_delta) + varint_size(klen) + (klen > 0 ? klen : 0) +
+           varint_size(vlen) + (vlen > 0 ? vlen : 0) + 1;
 }
 
 /* The length of a key or value column entry: -1 for None, else its size. */
@@ -114,8 +121,7 @@ static PyObject *build(PyObject *self, PyObject *args) {
         if (field_length(PyList_GET_ITEM(keys, i), &klen, "keys", i) < 0 ||
             field_length(PyList_GET_ITEM(values, i), &vlen, "values", i) < 0)
             goto fail;
-        int64_t body = 1 + varint_size(t - first) + varint_size(i) + varint_size(klen) + (klen > 0 ? klen : 0) +
-                       varint_size(vlen) + (vlen > 0 ? vlen : 0) + 1;
+        int64_t body = record_body(t - first, i, klen, vlen);
         total += varint_size(body) + body;
     }
     if (total - 12 > INT32_MAX) {
@@ -144,9 +150,7 @@ static PyObject *build(PyObject *self, PyObject *args) {
         PyObject *key = PyList_GET_ITEM(keys, i), *value = PyList_GET_ITEM(values, i);
         Py_ssize_t klen = key == Py_None ? -1 : PyBytes_GET_SIZE(key);
         Py_ssize_t vlen = value == Py_None ? -1 : PyBytes_GET_SIZE(value);
-        int64_t body = 1 + varint_size(ts[i] - first) + varint_size(i) + varint_size(klen) + (klen > 0 ? klen : 0) +
-                       varint_size(vlen) + (vlen > 0 ? vlen : 0) + 1;
-        p = put_varint(p, body);
+        p = put_varint(p, record_body(ts[i] - first, i, klen, vlen));
         *p++ = 0; /* record attributes */
         p = put_varint(p, ts[i] - first);
         p = put_varint(p, i);
