@@ -244,7 +244,7 @@ class PostgresSource(Source):
         self._snap_keyless_done = 0  # rows of a keyless table copied in this snapshot transaction
         self._estimates: dict[int, int] = {}
         # stream state
-        self._ready: deque[tuple[list[JsonRecords], int, int]] = deque()  # (records, end_lsn, xid)
+        self._ready: deque[tuple[list[JsonRecords], int, int]] = deque()  # (records, how many, end_lsn)
         self._window = config.window_bytes
         self._last_progress = time.monotonic()
         self._last_advance = time.monotonic()
@@ -527,11 +527,10 @@ class PostgresSource(Source):
         count = 0
         end = self._emitted_lsn
         while self._ready:
-            txn_records = self._ready[0][0]
-            size = sum(len(r) for r in txn_records)
+            size = self._ready[0][1]
             if count and count + size > self.cfg.max_batch_records:
                 break
-            _, end, _xid = self._ready.popleft()
+            txn_records, _, end = self._ready.popleft()
             for records in txn_records:
                 into = merged.get(records.topic)
                 if into is None:
@@ -831,9 +830,10 @@ class PostgresSource(Source):
                 if msg.end_lsn <= self._emitted_lsn:
                     continue  # already handed out (before a restart, or earlier in this run)
                 encoded = txn.encoded()
-                self._ready.append((encoded, msg.end_lsn, xid))
+                size = sum(len(records) for records in encoded)
+                self._ready.append((encoded, size, msg.end_lsn))
                 txn = _TxnRecords()
-                added += sum(len(records) for records in encoded)
+                added += size
                 if limit and added >= limit:
                     return pos  # between transactions: nothing else to keep
             elif cls is po.Relation:

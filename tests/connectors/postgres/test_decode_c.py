@@ -108,7 +108,7 @@ def decode(buffer: bytes, columns: list[tuple[str, int, bool]], fast: bool) -> l
     python_key = any(oid in (701, 3802) for _, oid, key in columns if key)
     assert (REL_OID in src._codecs) is not python_key  # noqa: SLF001
     out = []
-    for encoded, _end, _xid in src._ready:  # noqa: SLF001
+    for encoded, _count, _end in src._ready:  # noqa: SLF001
         for records in encoded:
             out.extend(zip(records.keys, records.values, records.timestamps))
     return out
