@@ -131,19 +131,11 @@ static int put_time(Buffer *b, int kind, const char *s, Py_ssize_t n) {
     if (n > 100)
         return put_string(b, s, n); /* not a time PostgreSQL writes; keep as is */
     memcpy(text, s, (size_t)n);
-    if (kind == KIND_TIMETZ) {
-        Py_ssize_t sign = offset_sign(text, n);
-        if (sign > 0 && n - sign == 3) {
-            memcpy(text + n, ":00", 3);
-            n += 3;
-        }
-        return put_string(b, text, n);
-    }
-    if (n > 10 && text[10] == ' ')
+    if (kind != KIND_TIMETZ && n > 10 && text[10] == ' ')
         text[10] = 'T';
-    if (kind == KIND_TIMESTAMPTZ) {
+    if (kind != KIND_TIMESTAMP) { /* "+00" -> "+00:00"; "+05:30" and "+00:09:21" stay */
         Py_ssize_t sign = offset_sign(text, n);
-        if (sign > 10 && n - sign == 3) {
+        if (sign > (kind == KIND_TIMETZ ? 0 : 10) && n - sign == 3) {
             memcpy(text + n, ":00", 3);
             n += 3;
         }
