@@ -22,4 +22,4 @@ def test_speedup_is_built(module: str) -> None:
     except ImportError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"{module} was not built ({exc}); is a C compiler installed? see setup.py")
-        pytest.skip(f"{module} not built: {exc}")
+        pytest.skip(reason=f"{module} not built ({exc}); CI=true fails instead")
