@@ -24,7 +24,7 @@ from ..converters import StringConverter
 from ..errors import RecordError
 from ..records import Record, TopicPartition, partition_for_key
 from .build import apply_transforms, make_converters, make_sink, make_transforms
-from .policy import ErrorPolicyHandler
+from .task import ConnectorTask
 
 log = logging.getLogger("millpond.runtime.sink")
 
@@ -41,7 +41,7 @@ class SinkLimits:
     idle_flush_s: float = 1.0
 
 
-class SinkTask:
+class SinkTask(ConnectorTask):
     """Runs one task of a sink connector until ``stop`` is set."""
 
     kind = "sink"
@@ -55,15 +55,10 @@ class SinkTask:
         limits: SinkLimits | None = None,
         sink_factory: Callable[[], Sink] | None = None,
     ) -> None:
-        self.config = config
-        self.spec = spec
-        self.backend = backend
-        self.task = task
+        super().__init__(config, spec, backend, task)
         self.limits = limits or SinkLimits()
-        self.name = spec.name if spec.tasks == 1 else f"{spec.name}#{task}"
         self.group = spec.name
         self._sink_factory = sink_factory or (lambda: make_sink(config, spec, task))
-        self.errors = ErrorPolicyHandler(spec.name, spec.errors)
         self._flush_requested = False
         self._consumer: Consumer | None = None
         self._positions: dict[TopicPartition, int] = {}
@@ -71,8 +66,6 @@ class SinkTask:
         # progress, read by the worker
         self.records_in = 0
         self.flushes = 0
-        self.idle_since: float | None = None
-        self.running = False
 
     def request_flush(self) -> None:
         """Ask for a flush at the next turn of the loop (the scheduler's periodic commit)."""

@@ -25,7 +25,7 @@ from ..errors import RecordError
 from ..records import JsonRecords, Record, partition_for_key
 from .build import apply_transforms, make_converters, make_source, make_transforms
 from .offsets import SOURCE_OFFSETS_TOPIC, encode_offset, offset_key, read_source_offset
-from .policy import ErrorPolicyHandler
+from .task import ConnectorTask
 
 log = logging.getLogger("millpond.runtime.source")
 
@@ -53,7 +53,7 @@ def decode_json(encoded: JsonRecords) -> list[Record]:
     ]
 
 
-class SourceTask:
+class SourceTask(ConnectorTask):
     """Runs one task of a source connector until ``stop`` is set."""
 
     kind = "source"
@@ -67,16 +67,11 @@ class SourceTask:
         limits: SourceLimits | None = None,
         source_factory: Callable[[], Source] | None = None,
     ) -> None:
-        self.config = config
-        self.spec = spec
-        self.backend = backend
-        self.task = task
+        super().__init__(config, spec, backend, task)
         self.limits = limits or SourceLimits()
-        self.name = spec.name if spec.tasks == 1 else f"{spec.name}#{task}"
         self.offset_key = offset_key(spec.name, task, spec.tasks)
         self.transactional_id = f"millpond.{config.name}.{self.offset_key}"
         self._source_factory = source_factory or (lambda: make_source(config, spec, task))
-        self.errors = ErrorPolicyHandler(spec.name, spec.errors)
         self._partitions: dict[str, int] = {}
         self._sticky: dict[str, int] = {}
         self._key_cache: dict[tuple[bytes, int], int] = {}
@@ -84,8 +79,6 @@ class SourceTask:
         # progress, read by the worker
         self.records_out = 0
         self.transactions = 0
-        self.idle_since: float | None = None
-        self.running = False
 
     # -- status -------------------------------------------------------------
 
