@@ -70,3 +70,29 @@ class RecordError(MillpondError):
     The error policy of the connector decides what happens to it: fail the
     task, skip the record, or send it to a dead-letter topic.
     """
+
+
+class StorageError(MillpondError):
+    """The log's files could not be written (EIO, a read-only file system, ...).
+
+    Retriable: the runtime restarts the task with backoff; a transaction that
+    failed half-way is completed (aborted) before its producer is used again.
+    """
+
+    retriable = True
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class DiskFullError(StorageError):
+    """The log's file system is full (ENOSPC).
+
+    A state, not a crash: the runtime pauses sources, says so once (which path,
+    how much is free), and resumes by itself when space returns.
+    """
+
+    def __init__(self, message: str, *, path: str = "", free_bytes: int = 0) -> None:
+        super().__init__(message, path=path)
+        self.free_bytes = free_bytes
