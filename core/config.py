@@ -368,7 +368,7 @@ def _guarantee_problems(config: PipelineConfig) -> Iterator[tuple[int, str]]:
             continue  # reported as an unknown type
         gives = Guarantee(getattr(cls, "guarantee", Guarantee.at_least_once))
         if spec.guarantee > gives:
-            reason = getattr(cls, "guarantee_reason", "")
+            reason = cls.guarantee_reason
             yield i, (
                 f"connector {spec.name!r} asks for {spec.guarantee.name}, but {spec.kind}"
                 f" type {spec.type!r} ({cls.__name__}) can give at most {gives.name}"

@@ -70,6 +70,8 @@ class Source(ABC):
     """
 
     guarantee: ClassVar[Guarantee] = Guarantee.at_least_once
+    #: why ``guarantee`` is not stronger; quoted when a pipeline asks for more
+    guarantee_reason: ClassVar[str] = ""
     config_model: ClassVar[type[ConnectorConfig]] = ConnectorConfig
 
     def __init__(self, config: Any, context: ConnectorContext) -> None:
@@ -99,6 +101,8 @@ class Sink(ABC):
     """
 
     guarantee: ClassVar[Guarantee] = Guarantee.at_least_once
+    #: why ``guarantee`` is not stronger; quoted when a pipeline asks for more
+    guarantee_reason: ClassVar[str] = ""
     config_model: ClassVar[type[ConnectorConfig]] = ConnectorConfig
 
     def __init__(self, config: Any, context: ConnectorContext) -> None:
