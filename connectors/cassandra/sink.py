@@ -41,10 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import threading
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +50,7 @@ from millpond.errors import ConnectorError, RecordError, RetriableConnectorError
 from millpond.records import Record, TopicPartition
 
 from .config import CassandraSinkConfig, TableMapping
+from .window import InFlightWindow, Job, retriable
 from .mapping import (
     MISSING,
     TRUNCATE,
@@ -74,214 +72,6 @@ def write_timestamp(record: Record) -> int:
     if record.offset is None:
         raise RecordError("a record without an offset cannot be written to Cassandra (no write timestamp)")
     return (record.timestamp or 0) * 1000 + record.offset
-
-
-# -- the in-flight window ------------------------------------------------------------
-
-
-@dataclass(slots=True, eq=False)
-class _Job:
-    statement: Any
-    table: str
-    records: list[Record]
-    attempt: int = 0
-
-    def describe(self) -> str:
-        first = self.records[0]
-        if len(self.records) == 1:
-            return f"{self.table}, {where(first)}"
-        offsets = [r.offset for r in self.records if r.offset is not None]
-        return (
-            f"{self.table}, batch of {len(self.records)} rows from topic {first.topic!r} "
-            f"partition {first.partition} offsets {min(offsets)}..{max(offsets)}"
-        )
-
-
-def _retriable(exc: BaseException) -> bool:
-    from cassandra import OperationTimedOut, Unavailable, WriteTimeout
-    from cassandra.cluster import NoHostAvailable
-    from cassandra.connection import ConnectionException
-    from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage
-
-    return isinstance(
-        exc,
-        (
-            OperationTimedOut,
-            WriteTimeout,
-            Unavailable,
-            NoHostAvailable,
-            ConnectionException,
-            OverloadedErrorMessage,
-            IsBootstrappingErrorMessage,
-        ),
-    )
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-class _Window:
-    """Statements queued and in flight; at most ``limit`` in flight at once.
-
-    Thread-safe: ``submit`` runs on the asyncio thread, completions on the
-    driver's I/O thread. Retries keep their slot while they back off, so the
-    bound holds during an outage too.
-    """
-
-    def __init__(
-        self,
-        session: Any,
-        loop: asyncio.AbstractEventLoop,
-        limit: int,
-        retries: int,
-        backoff_s: float,
-        backoff_max_s: float,
-        timeout_s: float,
-    ) -> None:
-        self._session = session
-        self._loop = loop
-        self._limit = limit
-        self._retries = retries
-        self._backoff_s = backoff_s
-        self._backoff_max_s = backoff_max_s
-        self._timeout_s = timeout_s
-        self._lock = threading.Lock()
-        self._queue: deque[_Job] = deque()
-        self._in_flight = 0
-        self._error: ConnectorError | None = None
-        self._waiter: tuple[asyncio.Future[None], Callable[[], bool]] | None = None
-        self._local = threading.local()
-        self.acked_rows = 0
-        self.retries_done = 0
-        self.low_water = limit
-
-    # asyncio side
-
-    def raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def submit(self, jobs: list[_Job]) -> None:
-        with self._lock:
-            if self._error is None:
-                self._queue.extend(jobs)
-        self.raise_error()
-        self._pump()
-
-    async def wait_low_water(self) -> None:
-        await self._wait(lambda: len(self._queue) <= self.low_water)
-
-    async def drain(self) -> None:
-        await self._wait(lambda: not self._queue and self._in_flight == 0)
-
-    async def _wait(self, ready: Callable[[], bool]) -> None:
-        while True:
-            with self._lock:
-                if self._error is None and ready():
-                    return
-                if self._error is not None:
-                    future = None
-                else:
-                    future = self._loop.create_future()
-                    self._waiter = (future, ready)
-            if future is None:
-                self.raise_error()
-                return
-            await future
-
-    # either side
-
-    def _pump(self) -> None:
-        local = self._local
-        if getattr(local, "pumping", False):
-            return  # a completion that ran synchronously inside _send: the outer loop goes on
-        local.pumping = True
-        try:
-            while True:
-                with self._lock:
-                    if self._error is not None or not self._queue or self._in_flight >= self._limit:
-                        return
-                    job = self._queue.popleft()
-                    self._in_flight += 1
-                self._send(job)
-        finally:
-            local.pumping = False
-
-    def _send(self, job: _Job) -> None:
-        try:
-            future = self._session.execute_async(job.statement, timeout=self._timeout_s)
-        except Exception as exc:  # noqa: BLE001 - reported like a failed response
-            self._failed(exc, job)
-            return
-        future.add_callbacks(self._done, self._failed, callback_args=(job,), errback_args=(job,))
-
-    def _take_waiter(self) -> asyncio.Future[None] | None:
-        """The waiter to wake, if its condition now holds; call with the lock held."""
-        waiter = self._waiter
-        if waiter is not None and (self._error is not None or waiter[1]()):
-            self._waiter = None
-            return waiter[0]
-        return None
-
-    def _wake(self, future: asyncio.Future[None] | None) -> None:
-        if future is None:
-            return
-        try:
-            self._loop.call_soon_threadsafe(_resolve, future)
-        except RuntimeError:
-            pass  # the loop is gone: nobody is waiting any more
-
-    # driver I/O thread
-
-    def _done(self, _rows: Any, job: _Job) -> None:
-        with self._lock:
-            self._in_flight -= 1
-            self.acked_rows += len(job.records)
-        self._pump()
-        with self._lock:
-            waiter = self._take_waiter()
-        self._wake(waiter)
-
-    def _failed(self, exc: BaseException, job: _Job) -> None:
-        if _retriable(exc) and job.attempt < self._retries:
-            job.attempt += 1
-            delay = min(self._backoff_s * 2 ** (job.attempt - 1), self._backoff_max_s)
-            delay *= random.uniform(0.5, 1.0)
-            log.debug("retrying %s in %.2fs after %r", job.describe(), delay, exc)
-            try:
-                self._loop.call_soon_threadsafe(self._loop.call_later, delay, self._retry, job)
-                return
-            except RuntimeError:
-                pass  # the loop is gone: fail below
-        error: ConnectorError
-        if _retriable(exc):
-            error = RetriableConnectorError(
-                f"Cassandra write failed after {job.attempt + 1} attempts: {job.describe()}: {exc}"
-            )
-        else:
-            error = ConnectorError(f"Cassandra rejected a write: {job.describe()}: {exc}")
-        with self._lock:
-            self._in_flight -= 1
-            if self._error is None:
-                self._error = error
-            self._queue.clear()
-            waiter = self._take_waiter()
-        self._wake(waiter)
-
-    def _retry(self, job: _Job) -> None:
-        with self._lock:
-            failed = self._error is not None
-            if failed:
-                self._in_flight -= 1
-                waiter = self._take_waiter()
-        if failed:
-            self._wake(waiter)
-            return
-        self.retries_done += 1
-        self._send(job)
-
 
 
 # -- the sink --------------------------------------------------------------------------
@@ -319,7 +109,7 @@ class CassandraSink(Sink):
         self.config: CassandraSinkConfig = config
         self._cluster: Any = None
         self._session: Any = None
-        self._window: _Window | None = None
+        self._window: InFlightWindow | None = None
         self._tables: dict[str, list[_Table]] = {}
         self.rows_sent = 0
 
@@ -328,7 +118,7 @@ class CassandraSink(Sink):
     async def start(self) -> Mapping[TopicPartition, int] | None:
         await asyncio.to_thread(self._open)
         cfg = self.config
-        self._window = _Window(
+        self._window = InFlightWindow(
             self._session,
             asyncio.get_running_loop(),
             limit=cfg.concurrency,
@@ -347,7 +137,7 @@ class CassandraSink(Sink):
         window.raise_error()
         segments = self._segments(records)  # raises RecordError before anything is sent
         for segment in segments:
-            if segment and isinstance(segment[0], _Job):
+            if segment and isinstance(segment[0], Job):
                 window.submit(segment)  # type: ignore[arg-type]
                 await window.wait_low_water()
             elif segment:
@@ -363,7 +153,7 @@ class CassandraSink(Sink):
         try:
             await asyncio.to_thread(self._session.execute, cql, timeout=max(60.0, self.config.request_timeout_s))
         except Exception as exc:
-            if _retriable(exc):
+            if retriable(exc):
                 raise RetriableConnectorError(f"Cassandra {cql} failed: {exc}") from exc
             raise ConnectorError(f"Cassandra {cql} failed: {exc}") from exc
         log.info("sink %r: applied a truncate to %s", self.context.name, table)
@@ -381,15 +171,15 @@ class CassandraSink(Sink):
 
     # building statements
 
-    def _jobs(self, records: list[Record]) -> list[_Job]:
+    def _jobs(self, records: list[Record]) -> list[Job]:
         """Statements for ``records``; a test hook (a truncate would need _segments)."""
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         for segment in self._segments(records):
             assert isinstance(segment, list), "a truncate inside _jobs()"
             jobs.extend(segment)
         return jobs
 
-    def _segments(self, records: list[Record]) -> list[list[_Job] | list[str]]:
+    def _segments(self, records: list[Record]) -> list[list[Job] | list[str]]:
         """Jobs to send, split at truncates to apply (given as lists of table names).
 
         Everything is built and validated before anything is sent, so a bad
@@ -397,7 +187,7 @@ class CassandraSink(Sink):
         """
         from cassandra.query import UNSET_VALUE
 
-        segments: list[list[_Job] | list[str]] = []
+        segments: list[list[Job] | list[str]] = []
         pending: dict[str, tuple[_Table, _Pending]] = {}
         for record in records:
             tables = self._tables.get(record.topic or "")
@@ -446,28 +236,28 @@ class CassandraSink(Sink):
         except Exception as exc:  # noqa: BLE001 - struct.error and friends from the driver's serializers
             raise RecordError(f"{where(record)}: {table.name}: {type(exc).__name__}: {exc}") from None
 
-    def _group(self, pending: dict[str, tuple[_Table, _Pending]]) -> list[_Job]:
+    def _group(self, pending: dict[str, tuple[_Table, _Pending]]) -> list[Job]:
         from cassandra.query import BatchStatement, BatchType
 
         consistency = self._consistency()
         size = self.config.max_batch_rows
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         for table, tp in pending.values():
             for rows in tp.groups.values():
                 if len(rows) == 1:
                     statement, record = rows[0]
-                    jobs.append(_Job(statement, table.name, [record]))
+                    jobs.append(Job(statement, table.name, [record]))
                     continue
                 for start in range(0, len(rows), size):
                     chunk = rows[start : start + size]
                     if len(chunk) == 1:
-                        jobs.append(_Job(chunk[0][0], table.name, [chunk[0][1]]))
+                        jobs.append(Job(chunk[0][0], table.name, [chunk[0][1]]))
                         continue
                     batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=consistency)
                     for statement, _ in chunk:
                         batch.add(statement)
                     batch.is_idempotent = True
-                    jobs.append(_Job(batch, table.name, [r for _, r in chunk]))
+                    jobs.append(Job(batch, table.name, [r for _, r in chunk]))
         self.rows_sent += sum(len(j.records) for j in jobs)
         return jobs
 

@@ -15,7 +15,7 @@ import pytest
 from cassandra import OperationTimedOut
 from cassandra.protocol import SyntaxException
 
-from millpond.connectors.cassandra.sink import _Job, _Window
+from millpond.connectors.cassandra.window import InFlightWindow, Job
 from millpond.errors import ConnectorError, RetriableConnectorError
 from millpond.records import Record
 
@@ -57,13 +57,13 @@ class FakeSession:
         return FakeFuture(self, statement)
 
 
-def jobs(n: int) -> list[_Job]:
-    return [_Job(i, "ks.t", [Record(value={}, topic="t", partition=0, offset=i)]) for i in range(n)]
+def jobs(n: int) -> list[Job]:
+    return [Job(i, "ks.t", [Record(value={}, topic="t", partition=0, offset=i)]) for i in range(n)]
 
 
-def run(session: FakeSession, n: int, retries: int = 3, limit: int = 8) -> _Window:
-    async def go() -> _Window:
-        window = _Window(session, asyncio.get_running_loop(), limit=limit, retries=retries,
+def run(session: FakeSession, n: int, retries: int = 3, limit: int = 8) -> InFlightWindow:
+    async def go() -> InFlightWindow:
+        window = InFlightWindow(session, asyncio.get_running_loop(), limit=limit, retries=retries,
                          backoff_s=0.001, backoff_max_s=0.01, timeout_s=1)
         window.submit(jobs(n))
         await window.wait_low_water()
