@@ -255,8 +255,7 @@ async def topics_describe(args: argparse.Namespace) -> int:
     async with opened(args, readonly=True) as backend:
         for i, name in enumerate(args.topics):
             parts = await backend.describe_topic(name)
-            settings_of = getattr(backend, "topic_settings", None)
-            settings = await settings_of(name) if settings_of else {}
+            settings = await backend.topic_settings(name)
             if i:
                 print()
             print(f"Topic: {name}   partitions: {len(parts)}")

@@ -119,7 +119,22 @@ class Lifecycle:
         await self.close()
 
 
+class LogMaintenance(Protocol):
+    """Housekeeping a log needs from its host process: the embedded log has it;
+    Kafka brokers run their own retention and compaction, so that backend has none."""
+
+    async def run_retention(self, now_ms: int | None = None) -> int:
+        """Delete closed segments past ``retention.ms`` / ``retention.bytes``; returns segments deleted."""
+
+    async def run_compaction(self, now_ms: int | None = None) -> int:
+        """Compact topics with ``cleanup.policy=compact``; returns segments rewritten."""
+
+
 class LogBackend(Protocol):
+    @property
+    def maintenance(self) -> LogMaintenance | None:
+        """The housekeeping this process must schedule, or None when the log does its own (Kafka)."""
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -134,6 +149,12 @@ class LogBackend(Protocol):
     async def describe_topic(self, name: str) -> list[PartitionInfo]: ...
 
     async def partitions_for(self, topic: str) -> int: ...
+
+    async def topic_settings(self, name: str) -> dict[str, Any]:
+        """The topic's own settings (Kafka's names), defaults left out."""
+
+    async def alter_topic(self, spec: TopicSpec) -> dict[str, tuple[object, object]]:
+        """Make the topic's settings those of ``spec``; returns {setting: (old, new)} for what changed."""
 
     # producing and consuming
     def producer(self, transactional_id: str | None = None) -> Producer: ...

@@ -23,7 +23,7 @@ from ..log.store import LogStore
 from ..offsets import GroupCoordinator
 from ..records import JsonRecords, Record, TopicPartition
 from ..txn import TransactionCoordinator, TransactionState
-from .base import GroupOffset, IsolationLevel, Lifecycle, PartitionInfo, TopicSpec
+from .base import GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, PartitionInfo, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,10 @@ BATCH_RECORDS = 10_000
 
 
 class EmbeddedBackend(Lifecycle):
+    @property
+    def maintenance(self) -> LogMaintenance:
+        return self
+
     def __init__(self, directory: str | Path, *, readonly: bool = False, fsync: bool = True) -> None:
         self.directory = Path(directory)
         self.readonly = readonly

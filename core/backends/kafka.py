@@ -41,7 +41,7 @@ from aiokafka.structs import TopicPartition as KafkaTP
 
 from ..errors import ConfigError, MillpondError, TopicExistsError, TransactionError, UnknownTopicError
 from ..records import Record, TopicPartition
-from .base import GroupOffset, IsolationLevel, Lifecycle, PartitionInfo, TopicSpec
+from .base import GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, PartitionInfo, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,10 @@ class KafkaBackend(Lifecycle):
     request_timeout_ms, ...), each passed to the clients that accept it, plus
     ``replication_factor`` for new topics (default: min(3, brokers)).
     """
+
+    @property
+    def maintenance(self) -> LogMaintenance | None:
+        return None  # brokers run retention and compaction themselves
 
     def __init__(self, bootstrap_servers: str, *, client_id: str = "millpond",
                  config: Mapping[str, Any] | None = None) -> None:

@@ -9,12 +9,10 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -31,12 +29,6 @@ class JobIntervals:
     compaction_s: float = 600.0
     sink_flush_s: float = 5.0
     progress_s: float = 30.0
-
-
-async def _maybe_await(value: Any) -> Any:
-    if inspect.isawaitable(value):
-        return await value
-    return value
 
 
 class PipelineJobs:
@@ -60,9 +52,8 @@ class PipelineJobs:
             aps.setLevel(logging.WARNING)
         iv = self.intervals
         common = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
-        if callable(getattr(self.backend, "run_retention", None)):
+        if self.backend.maintenance is not None:
             self.scheduler.add_job(self.retention, "interval", seconds=iv.retention_s, id="retention", **common)
-        if callable(getattr(self.backend, "run_compaction", None)):
             self.scheduler.add_job(self.compaction, "interval", seconds=iv.compaction_s, id="compaction", **common)
         self.scheduler.add_job(self.flush_sinks, "interval", seconds=iv.sink_flush_s, id="sink-flush", **common)
         self.scheduler.add_job(self.progress, "interval", seconds=iv.progress_s, id="progress", **common)
@@ -74,14 +65,16 @@ class PipelineJobs:
 
     async def retention(self) -> None:
         try:
-            result = await _maybe_await(self.backend.run_retention())  # type: ignore[attr-defined]
+            assert self.backend.maintenance is not None
+            result = await self.backend.maintenance.run_retention()
             log.debug("retention: %s", result)
         except Exception:
             log.exception("retention job failed; it runs again at the next interval")
 
     async def compaction(self) -> None:
         try:
-            result = await _maybe_await(self.backend.run_compaction())  # type: ignore[attr-defined]
+            assert self.backend.maintenance is not None
+            result = await self.backend.maintenance.run_compaction()
             log.debug("compaction: %s", result)
         except Exception:
             log.exception("compaction job failed; it runs again at the next interval")

@@ -89,13 +89,12 @@ async def _open(config: PipelineConfig) -> LogBackend:
 
 async def create_topics(config: PipelineConfig, backend: LogBackend) -> None:
     declared = {t.name for t in config.topics}
-    alter = getattr(backend, "alter_topic", None)
     for topic in config.topics:
         topic_spec = TopicSpec(topic.name, topic.partitions, dict(topic.config))
         await backend.create_topic(topic_spec, exist_ok=True)
-        if alter is not None:  # the pipeline file is the truth for the topics it declares
-            for key, (old, new) in sorted((await alter(topic_spec)).items()):
-                log.info("topic %r: %s changed from %s to %s", topic.name, key, old, new)
+        # the pipeline file is the truth for the topics it declares
+        for key, (old, new) in sorted((await backend.alter_topic(topic_spec)).items()):
+            log.info("topic %r: %s changed from %s to %s", topic.name, key, old, new)
     await ensure_source_offsets_topic(backend)
     existing = set(await backend.list_topics())
     for spec in config.connectors:

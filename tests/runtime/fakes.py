@@ -13,6 +13,7 @@ import asyncio
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from millpond.backends.base import GroupOffset, IsolationLevel, PartitionInfo, TopicSpec
 from millpond.errors import TopicExistsError, TransactionError, UnknownTopicError
@@ -30,6 +31,7 @@ class FakeBackend:
     fail_commits: int = 0
     commits: int = 0
     retention_runs: int = 0
+    compaction_runs: int = 0
 
     async def open(self) -> None:
         pass
@@ -100,9 +102,25 @@ class FakeBackend:
     async def reset_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
         self.groups.setdefault(group, {}).update(offsets)
 
-    def run_retention(self) -> int:
+    @property
+    def maintenance(self) -> FakeBackend:
+        return self
+
+    async def run_retention(self, now_ms: int | None = None) -> int:
         self.retention_runs += 1
         return 0
+
+    async def run_compaction(self, now_ms: int | None = None) -> int:
+        self.compaction_runs += 1
+        return 0
+
+    async def topic_settings(self, name: str) -> dict[str, Any]:
+        return dict(self.topics[name].config)
+
+    async def alter_topic(self, spec: TopicSpec) -> dict[str, tuple[object, object]]:
+        old = self.topics[spec.name]
+        self.topics[spec.name] = spec
+        return {k: (old.config.get(k), v) for k, v in spec.config.items() if old.config.get(k) != v}
 
     # helpers for tests
     def values(self, topic: str, partition: int | None = None) -> list[bytes | None]:
