@@ -17,13 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import LogLockedError, OffsetOutOfRangeError, TransactionError, UnknownTopicError
-from ..log.partition import Partition
-from ..log.store import LogStore
-from ..offsets import GroupCoordinator
-from ..records import JsonRecords, Record, TopicPartition
-from ..txn import TransactionCoordinator, TransactionState
-from .base import GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, PartitionInfo, TopicSpec
+from ...errors import LogLockedError, OffsetOutOfRangeError, TransactionError, UnknownTopicError
+from ...log.partition import Partition
+from ...log.store import LogStore
+from ...records import JsonRecords, Record, TopicPartition
+from ..base import GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, PartitionInfo, TopicSpec
+from .groups import GroupCoordinator
+from .transactions import TransactionCoordinator, TransactionState
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class EmbeddedBackend(Lifecycle):
 
     async def run_retention(self, now_ms: int | None = None) -> int:
         """Apply retention to every partition; returns the number of segments deleted."""
-        from ..log.retention import enforce_retention
+        from ...log.retention import enforce_retention
 
         results = await self._each_partition(
             "apply retention", lambda p: p.settings.delete, lambda p, now: enforce_retention(p, now), now_ms
@@ -189,7 +189,7 @@ class EmbeddedBackend(Lifecycle):
 
     async def run_compaction(self, now_ms: int | None = None) -> int:
         """Compact every partition of compacted topics; returns the number cleaned."""
-        from ..log.cleaner import compact
+        from ...log.cleaner import compact
 
         results = await self._each_partition(
             "compact", lambda p: p.settings.compact, lambda p, now: compact(p, now), now_ms

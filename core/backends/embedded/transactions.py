@@ -28,12 +28,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .errors import TransactionError
-from .log.batch import Encodable, Row
-from .log.partition import Partition
-from .log.store import LogStore
-from .offsets import OFFSETS_TOPIC, GroupCoordinator, offset_rows
-from .records import TopicPartition
+from ...errors import TransactionError
+from ...log.batch import Encodable, Row
+from ...log.partition import Partition
+from ...log.store import LogStore
+from ...records import TopicPartition
+from .groups import OFFSETS_TOPIC, GroupCoordinator, offset_rows
 
 STATE_TOPIC = "__transaction_state"
 STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": 16 << 20}

@@ -17,10 +17,10 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 
-from .log.batch import Row
-from .log.partition import Partition
-from .log.store import LogStore
-from .records import TopicPartition
+from ...log.batch import Row
+from ...log.partition import Partition
+from ...log.store import LogStore
+from ...records import TopicPartition
 
 OFFSETS_TOPIC = "__consumer_offsets"
 OFFSETS_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": 16 << 20}
