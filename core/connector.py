@@ -37,11 +37,11 @@ class ConnectorConfig(BaseModel):
 class SourceBatch:
     """What one ``Source.poll`` returns.
 
-    ``offset`` is the source's checkpoint *after* the last of ``records``
-    (JSON-ready). The runtime appends the records and this checkpoint in one
-    log transaction; after a restart it hands the last committed checkpoint to
+    ``offset`` is the source offset *after* the last of ``records``
+    (JSON-ready). The runtime appends the records and this source offset in one
+    log transaction; after a restart it hands the last committed source offset to
     ``Source.start``. A batch may carry no records and only move the
-    checkpoint (a heartbeat, a skipped line).
+    source offset (a heartbeat, a skipped line).
 
     ``encoded`` holds records the source already serialised as JSON, column
     by column (see :class:`~millpond.records.JsonRecords`); they are appended
@@ -66,7 +66,7 @@ class Source(ABC):
     """A source task: reads an external system and returns records.
 
     Lifecycle: ``start(offset)`` once, ``poll()`` repeatedly, ``commit(offset)``
-    after each checkpoint is durable in the log, ``stop()`` once.
+    after each source offset is durable in the log, ``stop()`` once.
     """
 
     guarantee: ClassVar[Guarantee] = Guarantee.at_least_once
@@ -80,7 +80,7 @@ class Source(ABC):
 
     @abstractmethod
     async def start(self, offset: Any | None) -> None:
-        """Resume after ``offset`` (the last committed checkpoint) or from the beginning."""
+        """Resume after ``offset`` (the last committed source offset) or from the beginning."""
 
     @abstractmethod
     async def poll(self) -> SourceBatch | None:

@@ -12,11 +12,11 @@ A plugin's tests use these instead of copying millpond's own test helpers
 
 What the runtime promises a connector, and so what the checks hold it to:
 
-- A source's checkpoint (``SourceBatch.offset``) is its position *after* the
-  last record of the batch. Started again from any checkpoint, it returns
+- A source offset (``SourceBatch.offset``) is its position *after* the
+  last record of the batch. Started again from any source offset, it returns
   exactly the records that followed it: none lost, none repeated (a source
   that declares only ``at_least_once`` may repeat, never lose).
-- A checkpoint is JSON: it is stored in the log as JSON and handed back to
+- A source offset is JSON: it is stored in the log as JSON and handed back to
   ``Source.start`` after a restart.
 - A sink's ``flush(offsets)`` makes everything written before it durable; a
   sink that keeps its own offsets returns them from the next ``start()``, and
@@ -43,13 +43,13 @@ class ContractError(MillpondError, AssertionError):
 
 @dataclass(slots=True)
 class SourceRun:
-    """What one :func:`drive_source` call read: the records and each batch's checkpoint."""
+    """What one :func:`drive_source` call read: the records and each batch's source offset."""
 
     records: list[Record] = field(default_factory=list)
-    #: the checkpoint after the last batch (the ``offset`` passed in when nothing came)
+    #: the source offset after the last batch (the ``offset`` passed in when nothing came)
     offset: Any = None
-    #: (records before the batch's end, the batch's checkpoint), one per batch that moved the checkpoint
-    checkpoints: list[tuple[int, Any]] = field(default_factory=list)
+    #: (records before the batch's end, the batch's source offset), one per batch that moved the source offset
+    offsets: list[tuple[int, Any]] = field(default_factory=list)
 
 
 def batch_records(batch: SourceBatch) -> list[Record]:
@@ -78,7 +78,7 @@ async def drive_source(
     """Start ``source`` from ``offset`` and poll it as the runtime does until it is idle.
 
     Idle means ``idle_polls`` polls in a row returned nothing (with
-    ``idle_wait_s`` between them). Every checkpoint is passed through JSON
+    ``idle_wait_s`` between them). Every source offset is passed through JSON
     (as the log stores it) and handed to ``Source.commit`` once "durable".
     ``feed`` runs after ``start``: a push source (syslog, HTTP) gets its input there.
     """
@@ -97,10 +97,10 @@ async def drive_source(
                 continue
             idle = 0
             run.records += batch_records(batch)
-            checkpoint = _through_json(batch.offset, type(source).__name__)
-            run.offset = checkpoint
-            run.checkpoints.append((len(run.records), checkpoint))
-            await source.commit(checkpoint)
+            source_offset = _through_json(batch.offset, type(source).__name__)
+            run.offset = source_offset
+            run.offsets.append((len(run.records), source_offset))
+            await source.commit(source_offset)
     finally:
         if stop:
             await source.stop()
@@ -166,7 +166,7 @@ def log_records(values: Sequence[Any], topic: str = "t", partitions: int = 1,
 @dataclass(slots=True)
 class SourceReport:
     records: int
-    checkpoints: int
+    offsets: int
     resumed_from: int
 
 
@@ -180,19 +180,19 @@ async def check_source(
     feed: Callable[[Source], Awaitable[None]] | None = None,
     order_within: Callable[[Record], Hashable] | None = None,
 ) -> SourceReport:
-    """Check that a source keeps the checkpoint contract.
+    """Check that a source keeps the source-offset contract.
 
     ``make`` builds a fresh source over the same, unchanging input. The check
     reads everything from the beginning, then starts new sources from up to
-    ``resume_points`` checkpoints (first, middle, last) and compares what they
-    return with what followed that checkpoint in the first read. Records are
+    ``resume_points`` source offsets (first, middle, last) and compares what they
+    return with what followed that source offset in the first read. Records are
     compared by key and value unless ``same`` says otherwise, in one total
     order, or, with ``order_within``, in order within each group it names (a
     file source orders lines per file, not across files).
 
     A source that declares ``at_most_once`` cannot replay: ``feed`` gives it
-    its input, and only the declarations, the checkpoints and a restart from
-    the last checkpoint are checked.
+    its input, and only the declarations, the source offsets and a restart from
+    the last source offset are checked.
     """
     first = make()
     _check_declarations(type(first))
@@ -200,17 +200,17 @@ async def check_source(
     name = type(first).__name__
     if len(run.records) < min_records:
         raise ContractError(f"{name}: read {len(run.records)} records from the beginning, expected at least {min_records}")
-    if not run.checkpoints:
-        raise ContractError(f"{name}: returned records but never a checkpoint")
-    points = run.checkpoints
+    if not run.offsets:
+        raise ContractError(f"{name}: returned records but never a source offset")
+    points = run.offsets
     if first.guarantee == Guarantee.at_most_once:
         await drive_source(make(), points[-1][1], idle_polls=1)
         return SourceReport(len(run.records), len(points), 0)
     equal = same or (lambda a, b: (a.key, a.value) == (b.key, b.value))
     picked = sorted({0, len(points) // 2, len(points) - 1})[:resume_points]
     for i in picked:
-        done, checkpoint = points[i]
-        again = await drive_source(make(), checkpoint, idle_polls=idle_polls)
+        done, source_offset = points[i]
+        again = await drive_source(make(), source_offset, idle_polls=idle_polls)
         want = run.records[done:]
         got = again.records
         if first.guarantee < Guarantee.exactly_once:
@@ -219,8 +219,8 @@ async def check_source(
             got, want = _grouped(got, order_within), _grouped(want, order_within)
         if len(got) != len(want) or not all(equal(a, b) for a, b in zip(got, want)):
             raise ContractError(
-                f"{name}: started from checkpoint #{i} ({_short(checkpoint)}) it returned {len(again.records)} "
-                f"records; {len(want)} followed that checkpoint in the first read"
+                f"{name}: started from source offset #{i} ({_short(source_offset)}) it returned {len(again.records)} "
+                f"records; {len(want)} followed that source offset in the first read"
                 + _first_difference(got, want, equal)
             )
     return SourceReport(len(run.records), len(points), len(picked))
@@ -286,7 +286,7 @@ def _through_json(offset: Any, name: str) -> Any:
     try:
         return json.loads(json.dumps(offset))
     except (TypeError, ValueError) as exc:
-        raise ContractError(f"{name}: checkpoint {offset!r} is not JSON ({exc})") from None
+        raise ContractError(f"{name}: source offset {offset!r} is not JSON ({exc})") from None
 
 
 def _short(value: Any, limit: int = 160) -> str:

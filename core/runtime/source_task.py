@@ -24,7 +24,7 @@ from ..converters import JsonConverter, StringConverter
 from ..errors import RecordError
 from ..records import JsonRecords, Record, partition_for_key
 from .build import apply_transforms, make_converters, make_source, make_transforms
-from .offsets import SOURCE_OFFSETS_TOPIC, encode_offset, offset_key, read_source_offset
+from .source_offsets import SOURCE_OFFSETS_TOPIC, encode_offset, offset_key, read_source_offset
 from .task import ConnectorTask
 
 log = logging.getLogger("millpond.runtime.source")

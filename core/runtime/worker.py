@@ -36,7 +36,7 @@ from ..backends.base import LogBackend, TopicSpec
 from ..config import PipelineConfig, check_guarantees
 from ..errors import ConfigError, MillpondError
 from .build import make_converters, make_sink, make_source, make_transforms
-from .offsets import ensure_source_offsets_topic
+from .source_offsets import ensure_source_offsets_topic
 from .scheduler import JobIntervals, PipelineJobs
 from .sink_task import SinkLimits, SinkTask
 from .source_task import SourceLimits, SourceTask

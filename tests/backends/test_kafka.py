@@ -27,7 +27,7 @@ from millpond.config import LogConfig, load_pipeline
 from millpond.errors import ConfigError, MillpondError, TopicExistsError, TransactionError, UnknownTopicError
 from millpond.records import JsonRecords, Record, TopicPartition, partition_for_key
 from millpond.runtime import run_pipeline
-from millpond.runtime.offsets import SOURCE_OFFSETS_TOPIC, read_source_offset
+from millpond.runtime.source_offsets import SOURCE_OFFSETS_TOPIC, read_source_offset
 
 pytestmark = pytest.mark.kafka
 
@@ -162,7 +162,7 @@ def test_source_offsets_topic_keeps_its_name_and_is_compacted(kafka_bootstrap: s
     key = unique("connector")
 
     async def body(backend: KafkaBackend) -> None:
-        from millpond.runtime.offsets import encode_offset, ensure_source_offsets_topic
+        from millpond.runtime.source_offsets import encode_offset, ensure_source_offsets_topic
 
         await ensure_source_offsets_topic(backend)
         await ensure_source_offsets_topic(backend)  # exist_ok

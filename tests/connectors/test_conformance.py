@@ -24,7 +24,7 @@ def test_file_source_resumes_after_each_checkpoint(tmp_path: Path) -> None:
 
     report = asyncio.run(check_source(make, min_records=55, order_within=lambda r: r.key))
     assert report.records == 55
-    assert report.checkpoints >= 8 and report.resumed_from == 3
+    assert report.offsets >= 8 and report.resumed_from == 3
 
 
 def test_file_sink_flushes_durably_and_resumes_from_its_names(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_file_sink_flushes_durably_and_resumes_from_its_names(tmp_path: Path) ->
 
 
 class _Repeats(Source):
-    """Claims exactly once, but starts over whatever checkpoint it is given."""
+    """Claims exactly once, but starts over whatever source offset it is given."""
 
     guarantee = Guarantee.exactly_once
 
@@ -62,7 +62,7 @@ class _Repeats(Source):
 
 
 def test_the_source_check_catches_a_source_that_ignores_its_checkpoint() -> None:
-    with pytest.raises(ContractError, match="started from checkpoint"):
+    with pytest.raises(ContractError, match="started from source offset"):
         asyncio.run(check_source(lambda: _Repeats(None, ConnectorContext(name="r"))))
 
 

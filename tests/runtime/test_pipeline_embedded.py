@@ -11,7 +11,7 @@ from millpond.backends import open_backend
 from millpond.config import PipelineConfig
 from millpond.records import TopicPartition
 from millpond.runtime import RuntimeOptions, run_pipeline_async
-from millpond.runtime.offsets import read_source_offset
+from millpond.runtime.source_offsets import read_source_offset
 
 
 def config(tmp: Path, **sink: Any) -> PipelineConfig:
@@ -122,7 +122,7 @@ def test_undecodable_records_under_dead_letter_policy(tmp_path: Path) -> None:
 def test_scheduler_compaction_keeps_the_latest_source_offset(tmp_path: Path) -> None:
     """Many transactions leave many checkpoints in __source_offsets; compaction keeps the last."""
     from millpond.backends.base import TopicSpec
-    from millpond.runtime.offsets import SOURCE_OFFSETS_TOPIC, encode_offset, ensure_source_offsets_topic
+    from millpond.runtime.source_offsets import SOURCE_OFFSETS_TOPIC, encode_offset, ensure_source_offsets_topic
     from millpond.runtime.scheduler import PipelineJobs
 
     async def go() -> None:

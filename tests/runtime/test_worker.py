@@ -13,7 +13,7 @@ from millpond.config import PipelineConfig
 from millpond.errors import DeliveryGuaranteeError, RecordError, ConfigError
 from millpond.records import TopicPartition
 from millpond.runtime import RuntimeOptions, run_pipeline_async
-from millpond.runtime.offsets import SOURCE_OFFSETS_TOPIC, read_source_offset
+from millpond.runtime.source_offsets import SOURCE_OFFSETS_TOPIC, read_source_offset
 from millpond.runtime.policy import H_CONNECTOR, H_ERROR, H_OFFSET, H_PARTITION, H_STAGE, H_TOPIC
 from millpond.runtime.scheduler import PipelineJobs
 

@@ -1,10 +1,10 @@
-"""Source offsets: the checkpoint of every source task, kept in the log itself.
+"""Source offsets: where every source task is, kept in the log itself.
 
 The internal compacted topic ``__source_offsets`` holds one record per source
 task: key = the task's offset key (the connector name), value = the source's
-checkpoint as JSON. A source task writes its checkpoint in the same
+source offset as JSON. A source task writes its source offset in the same
 transaction as the records it belongs to, so a read-committed reader never
-sees one without the other. Compaction keeps only the latest checkpoint per
+sees one without the other. Compaction keeps only the latest source offset per
 key.
 """
 
@@ -37,13 +37,13 @@ def encode_offset(key: str, offset: Any, timestamp: int) -> Record:
         value = json.dumps(offset, separators=(",", ":"), sort_keys=True).encode()
     except (TypeError, ValueError) as exc:
         raise ConnectorError(
-            f"source offset of {key!r} is not JSON-serialisable ({exc}); a source's checkpoint must be JSON-ready"
+            f"source offset of {key!r} is not JSON-serialisable ({exc}); a source offset must be JSON-ready"
         ) from exc
     return Record(value=value, key=key.encode(), timestamp=timestamp)
 
 
 async def read_source_offset(backend: LogBackend, key: str) -> Any | None:
-    """The last committed checkpoint stored under ``key``, or None if there is none.
+    """The last committed source offset stored under ``key``, or None if there is none.
 
     Reads ``__source_offsets`` from the start to the last stable offset with a
     read-committed consumer that belongs to no group (it must not move any
