@@ -43,7 +43,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -147,9 +147,41 @@ class TopicConfig(Model):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class Resolved(NamedTuple):
+    """A plugin's class and its validated settings: what the runtime builds instances from."""
+
+    cls: type[Any]
+    settings: Any
+
+
+def validate_settings(model: type[BaseModel], data: Any, what: str) -> Any:
+    """``data`` validated by a plugin's ``config_model``; a ConfigError naming ``what`` and each field."""
+    try:
+        return model.model_validate({} if data is None else data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{what}: invalid config: {problems}") from exc
+
+
+def resolve_plugin(kind: str, type_name: str, data: Any, what: str) -> Resolved:
+    from .plugins import lookup
+
+    cls = lookup(kind, type_name)
+    return Resolved(cls, validate_settings(cls.config_model, data, what))
+
+
 class TransformConfig(Model):
     type: str
     config: dict[str, Any] = Field(default_factory=dict)
+    _resolved: Resolved | None = PrivateAttr(default=None)
+
+    def resolve(self, what: str) -> Resolved:
+        """The transform class and validated settings (found at parse time; once, for a config built in code)."""
+        if self._resolved is None:
+            self._resolved = resolve_plugin("transform", self.type, self.config, f"{what} ({self.type})")
+        return self._resolved
 
 
 class ConverterConfig(Model):
@@ -192,6 +224,13 @@ class ConnectorSpec(Model):
     errors: ErrorPolicy = Field(default_factory=ErrorPolicy)
     guarantee: GuaranteeName = Guarantee.at_least_once
     tasks: int = Field(default=1, ge=1)
+    _resolved: Resolved | None = PrivateAttr(default=None)
+
+    def resolve(self) -> Resolved:
+        """The connector class and validated settings (found at parse time; once, for a config built in code)."""
+        if self._resolved is None:
+            self._resolved = resolve_plugin(self.kind, self.type, self.config, f"connector {self.name!r}")
+        return self._resolved
 
     @model_validator(mode="after")
     def _topics_by_kind(self) -> ConnectorSpec:
@@ -284,11 +323,13 @@ def _known_keys(model: type[BaseModel]) -> list[str]:
     return sorted(info.alias or name for name, info in model.model_fields.items())
 
 
-def _plugin_problems(doc: YamlDocument) -> None:
+def _plugin_problems(doc: YamlDocument) -> dict[Loc, Resolved]:
     """Connector, transform and converter names against the plugin registry, and
-    each connector's ``config`` against its class's ``config_model``."""
+    each connector's ``config`` against its class's ``config_model``; returns
+    what resolved, by the YAML path of the connector or transform."""
     from .plugins import lookup
 
+    found: dict[Loc, Resolved] = {}
     data = doc.data
     connectors = data.get("connectors") if isinstance(data, dict) else None
     for i, spec in enumerate(connectors if isinstance(connectors, list) else []):
@@ -297,12 +338,12 @@ def _plugin_problems(doc: YamlDocument) -> None:
         here: Loc = ("connectors", i)
         kind, type_name = spec.get("kind"), spec.get("type")
         if kind in ("source", "sink") and isinstance(type_name, str):
-            _check_plugin(doc, lookup, str(kind), type_name, spec.get("config", {}), here)
+            _check_plugin(doc, lookup, str(kind), type_name, spec.get("config", {}), here, found)
         transforms = spec.get("transforms")
         for j, item in enumerate(transforms if isinstance(transforms, list) else []):
             if isinstance(item, dict) and isinstance(item.get("type"), str):
                 at = here + ("transforms", j)
-                _check_plugin(doc, lookup, "transform", item["type"], item.get("config", {}), at)
+                _check_plugin(doc, lookup, "transform", item["type"], item.get("config", {}), at, found)
         converter = spec.get("converter")
         if isinstance(converter, dict):
             for side in ("key", "value"):
@@ -312,17 +353,20 @@ def _plugin_problems(doc: YamlDocument) -> None:
                         lookup("converter", name)
                     except PluginError as exc:
                         doc.problem(here + ("converter", side), str(exc))
+    return found
 
 
-def _check_plugin(doc: YamlDocument, lookup: Any, kind: str, name: str, config: Any, at: Loc) -> None:
+def _check_plugin(
+    doc: YamlDocument, lookup: Any, kind: str, name: str, config: Any, at: Loc, found: dict[Loc, Resolved]
+) -> None:
     try:
         cls = lookup(kind, name)
     except PluginError as exc:
         doc.problem(at + ("type",), str(exc))
         return
-    model = getattr(cls, "config_model", None)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        _model_problems(doc, model, {} if config is None else config, at + ("config",))
+    settings = _model_problems(doc, cls.config_model, {} if config is None else config, at + ("config",))
+    if settings is not None:
+        found[at] = Resolved(cls, settings)
 
 
 def _topic_settings_problems(doc: YamlDocument, config: PipelineConfig) -> None:
@@ -363,10 +407,10 @@ def _guarantee_problems(config: PipelineConfig) -> Iterator[tuple[int, str]]:
 
     for i, spec in enumerate(config.connectors):
         try:
-            cls = lookup(spec.kind, spec.type)
+            cls = spec._resolved.cls if spec._resolved is not None else lookup(spec.kind, spec.type)
         except PluginError:
             continue  # reported as an unknown type
-        gives = Guarantee(getattr(cls, "guarantee", Guarantee.at_least_once))
+        gives = cls.guarantee
         if spec.guarantee > gives:
             reason = cls.guarantee_reason
             yield i, (
@@ -399,8 +443,12 @@ def parse_pipeline(
         doc.problem((), "a pipeline file must be a mapping with at least a 'log:' block")
         return None, doc.problems
     config = _model_problems(doc, PipelineConfig, doc.data, ())
-    _plugin_problems(doc)
+    resolved = _plugin_problems(doc)
     if isinstance(config, PipelineConfig):
+        for i, spec in enumerate(config.connectors):
+            spec._resolved = resolved.get(("connectors", i))
+            for j, transform in enumerate(spec.transforms):
+                transform._resolved = resolved.get(("connectors", i, "transforms", j))
         _semantic_problems(doc, config)
         config._secret_paths = set(doc.secret_paths)
     problems = sorted(doc.problems, key=lambda p: (p.line or 0, p.path))

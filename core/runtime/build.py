@@ -1,32 +1,17 @@
 """Turning a ConnectorSpec into live objects: connector, transforms, converters.
 
-Classes come from the plugin registry (``millpond.plugins``); each class's own
-pydantic ``config_model`` validates its ``config:`` block, so a mistake names
-the connector and the field.
+The classes and their validated settings were resolved when the pipeline was
+parsed (``ConnectorSpec.resolve``); building an instance validates nothing again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
-
-from pydantic import BaseModel, ValidationError
 
 from .. import plugins
 from ..config import ConnectorSpec, PipelineConfig
 from ..connector import ConnectorContext, Converter, Sink, Source, Transform
-from ..errors import ConfigError
 from ..records import Record
-
-
-def validate_config(model: type[BaseModel], data: dict[str, Any], what: str) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{what}: invalid config: {problems}") from exc
 
 
 def make_context(config: PipelineConfig, spec: ConnectorSpec, task: int) -> ConnectorContext:
@@ -38,23 +23,22 @@ def make_context(config: PipelineConfig, spec: ConnectorSpec, task: int) -> Conn
 
 
 def make_source(config: PipelineConfig, spec: ConnectorSpec, task: int) -> Source:
-    cls = plugins.source_class(spec.type)
-    cfg = validate_config(cls.config_model, spec.config, f"connector {spec.name!r}")
-    return cls(cfg, make_context(config, spec, task))
+    cls, settings = spec.resolve()
+    source: Source = cls(settings, make_context(config, spec, task))
+    return source
 
 
 def make_sink(config: PipelineConfig, spec: ConnectorSpec, task: int) -> Sink:
-    cls = plugins.sink_class(spec.type)
-    cfg = validate_config(cls.config_model, spec.config, f"connector {spec.name!r}")
-    return cls(cfg, make_context(config, spec, task))
+    cls, settings = spec.resolve()
+    sink: Sink = cls(settings, make_context(config, spec, task))
+    return sink
 
 
 def make_transforms(spec: ConnectorSpec) -> list[Transform]:
     chain: list[Transform] = []
     for i, tc in enumerate(spec.transforms):
-        cls = plugins.transform_class(tc.type)
-        cfg = validate_config(cls.config_model, tc.config, f"connector {spec.name!r} transform #{i} ({tc.type})")
-        chain.append(cls(cfg))
+        cls, settings = tc.resolve(f"connector {spec.name!r} transform #{i}")
+        chain.append(cls(settings))
     return chain
 
 

@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from ..backends.base import LogBackend, TopicSpec
 from ..config import PipelineConfig, check_guarantees
 from ..errors import ConfigError, MillpondError
-from .build import make_converters, make_sink, make_source, make_transforms
-from .source_offsets import ensure_source_offsets_topic
+from .build import make_converters, make_transforms
 from .scheduler import JobIntervals, PipelineJobs
 from .sink_task import SinkLimits, SinkTask
+from .source_offsets import ensure_source_offsets_topic
 from .source_task import SourceLimits, SourceTask
 
 log = logging.getLogger("millpond.runtime")
@@ -70,11 +70,7 @@ def preflight(config: PipelineConfig) -> None:
                 f"connector {spec.name!r}: tasks: {spec.tasks} needs a log that splits a group's partitions "
                 f"between members (Kafka); on the embedded log one sink task reads every partition, use tasks: 1"
             )
-        for task in range(spec.tasks):
-            if spec.kind == "source":
-                make_source(config, spec, task)
-            else:
-                make_sink(config, spec, task)
+        spec.resolve()
         make_transforms(spec)
         make_converters(spec)
 
