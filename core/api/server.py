@@ -40,8 +40,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .. import __version__
+from ..connector import Guarantee
 from ..errors import ConfigError, MillpondError
-from ..runtime.settings import is_loopback, parse_listen
+from ..runtime.settings import check_listen
 from ..runtime.task import TaskState
 
 if TYPE_CHECKING:
@@ -77,15 +78,13 @@ class ApiServer:
 
     def __init__(self, worker: Worker, listen: str, *, token: str | None = None,
                  fallback_to_free_port: bool = False) -> None:
-        where = parse_listen(listen)
+        try:
+            where = check_listen(listen, token)
+        except ValueError as exc:
+            raise ConfigError(f"api: {exc}") from None
         if where is None:
-            raise ConfigError("the API is off; nothing to serve")
+            raise ConfigError("api: it is off; nothing to serve")
         self.host, self.port = where
-        if not is_loopback(self.host) and not token:
-            raise ConfigError(
-                f"api: refusing to listen on {self.host}:{self.port} without a token: a non-loopback address "
-                f"needs 'api: {{token: ${{SOME_ENV_VAR}}}}' (or --api 127.0.0.1:PORT)"
-            )
         self.worker = worker
         self.token = token
         self.fallback = fallback_to_free_port
@@ -267,7 +266,10 @@ class ApiServer:
     def _config(self, name: str) -> dict[str, Any]:
         for spec in self.worker.config.redacted().get("connectors", []):
             if spec.get("name") == name:
-                return dict(spec)
+                shown = dict(spec)
+                if isinstance(shown.get("guarantee"), int):  # an IntEnum dumps as its number
+                    shown["guarantee"] = Guarantee(shown["guarantee"]).name
+                return shown
         return {}
 
     def _info(self, name: str) -> dict[str, Any]:

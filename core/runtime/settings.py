@@ -34,6 +34,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_listen(listen: str, token: str | None) -> tuple[str, int] | None:
+    """Where the API may listen, or None when off; ValueError when refused (non-loopback without a token)."""
+    where = parse_listen(listen)
+    if where is not None and not is_loopback(where[0]) and not token:
+        raise ValueError(
+            f"refusing to listen on {where[0]}:{where[1]} without a token: a non-loopback address needs "
+            "'api: {token: ${SOME_ENV_VAR}}' (or --api 127.0.0.1:PORT)"
+        )
+    return where
+
+
 class ApiSettings(BaseModel):
     """The ``api:`` block: where the worker's HTTP API listens and who may use it."""
 

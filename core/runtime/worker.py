@@ -60,11 +60,12 @@ from typing import TYPE_CHECKING
 
 from ..backends.base import LogBackend, TopicSpec
 from ..config import PipelineConfig, check_guarantees
+from ..connector import Sink
 from ..errors import ConfigError, ConnectorError, DiskFullError, MillpondError
 from .build import make_converters, make_sink, make_source, make_transforms
 from .offsets import ensure_source_offsets_topic
 from .scheduler import JobIntervals, PipelineJobs
-from .settings import WorkerSettings, parse_listen
+from .settings import WorkerSettings, check_listen, parse_listen
 from .signals import StopSignals
 from .sink_task import SinkLimits, SinkTask
 from .source_task import SourceLimits, SourceTask
@@ -124,7 +125,12 @@ def preflight(config: PipelineConfig) -> None:
             if spec.kind == "source":
                 make_source(config, spec, task)
             else:
-                make_sink(config, spec, task)
+                sink = make_sink(config, spec, task)
+                if sink.owns_offsets and type(sink).reset_offsets is Sink.reset_offsets:
+                    raise ConfigError(
+                        f"connector {spec.name!r}: sink type {spec.type!r} keeps its own offsets but cannot "
+                        f"reset them (owns_offsets without reset_offsets); its plugin is incomplete"
+                    )
         make_transforms(spec)
         make_converters(spec)
 
@@ -576,6 +582,10 @@ async def run_pipeline_async(
     own_backend = backend is None
     try:
         preflight(config)
+        try:
+            check_listen(options.api_listen, config.api.token)
+        except ValueError as exc:
+            raise ConfigError(f"api: {exc}") from None
         if stop_requested.is_set():
             raise _Stopped
         if backend is None:
@@ -592,6 +602,7 @@ async def run_pipeline_async(
             api = ApiServer(worker, options.api_listen, token=config.api.token,
                             fallback_to_free_port=options.api_listen_is_default)
             await api.start()
+            worker.api = api
         try:
             await worker.run()
         finally:
