@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_API_LISTEN = "127.0.0.1:8083"
 
@@ -60,6 +60,11 @@ class ApiSettings(BaseModel):
     def _listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ApiSettings:
+        check_listen(self.listen, self.token)
+        return self
 
 
 class WorkerSettings(BaseModel):

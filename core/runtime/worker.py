@@ -384,7 +384,7 @@ class Worker:
         """Every task is running (what ``GET /ready`` answers)."""
         return not self.stop_event.is_set() and all(t.state is TaskState.RUNNING and t.running for t in self.tasks)
 
-    async def set_state(self, connector: str, state: TaskState, timeout: float = 30.0) -> bool:
+    async def set_state(self, connector: str, state: TaskState, timeout: float = 10.0) -> bool:
         """Pause, stop or resume every task of ``connector``; True once all got there within ``timeout``."""
         sups = self.tasks_of(connector)
         for s in sups:
@@ -392,7 +392,7 @@ class Worker:
         results = await asyncio.gather(*(s.settled(timeout) for s in sups))
         return all(results)
 
-    async def restart(self, connector: str, *, only_failed: bool = False, timeout: float = 30.0) -> list[str]:
+    async def restart(self, connector: str, *, only_failed: bool = False, timeout: float = 10.0) -> list[str]:
         """Restart the tasks of ``connector`` (only the FAILED ones with ``only_failed``); their names."""
         chosen = [s for s in self.tasks_of(connector) if s.failed or not only_failed]
         for s in chosen:

@@ -46,6 +46,16 @@ def test_foreign_errors_restart_a_bounded_number_of_times_then_fail(caplog: pyte
     assert failed.levelno == logging.ERROR and "POST /connectors/src/restart" in failed.getMessage()
 
 
+def test_the_traceback_comes_with_verbose_logging(caplog: pytest.LogCaptureFixture) -> None:
+    options = fast_options()
+    options.worker = WorkerSettings(max_restarts=1)
+    config = pipeline([1], source={"config": {"values": [1], "fail_always": True}})
+    with caplog.at_level(logging.DEBUG, logger="millpond.runtime"), pytest.raises(ConnectorError):
+        _run(config, FakeBackend(), options)
+    (retry,) = [r for r in caplog.records if "restart #" in r.getMessage()]
+    assert retry.exc_info is not None and "driver exploded" in str(retry.exc_info[1])
+
+
 def test_a_failed_task_leaves_the_rest_of_the_pipeline_running() -> None:
     async def scenario() -> tuple[Worker, list[Any]]:
         backend = FakeBackend()
