@@ -340,6 +340,8 @@ class Worker:
         self.disk_full: DiskFullError | None = None
         self.space_back = asyncio.Event()
         self._space_watch: asyncio.Task[None] | None = None
+        #: the periodic jobs (retention, compaction, sink flushes, progress) while running
+        self.jobs: PipelineJobs | None = None
 
     @property
     def restarts(self) -> dict[str, int]:
@@ -462,7 +464,7 @@ class Worker:
     async def run(self) -> None:
         """Run until stopped (signal, idle, terminal failure); raise the terminal failure if any."""
         _tune_gc()
-        jobs = PipelineJobs(self.backend, self.tasks, self.options.jobs)
+        jobs = self.jobs = PipelineJobs(self.backend, self.tasks, self.options.jobs)
         jobs.start()
         supervisors = [
             asyncio.create_task(s.run(), name=f"millpond:{s.task.name}") for s in self.supervisors.values()

@@ -43,6 +43,7 @@ class Running:
     input: Path
     out: Path
     log_dir: Path
+    worker: Worker
 
     async def get(self, path: str, status: int = 200) -> Any:
         async with self.http.get(self.url + path) as r:
@@ -124,7 +125,7 @@ async def running(tmp_path: Path, config: PipelineConfig | None = None, *, liste
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             async with aiohttp.ClientSession(headers=headers) as http:
-                yield Running(url, backend, http, source, tmp_path / "out", tmp_path / "log")
+                yield Running(url, backend, http, source, tmp_path / "out", tmp_path / "log", worker)
         finally:
             worker.stop()
             await asyncio.wait_for(run, 30)
@@ -288,6 +289,12 @@ def test_metrics_offsets_equal_the_logs(tmp_path: Path) -> None:
             assert metrics[("millpond_task_operation_seconds_count", (*task[:1], ("operation", "commit"), task[1]))] >= 1
             assert metrics[("millpond_task_state", (*task[:1], ("state", "RUNNING"), task[1]))] == 1
             assert metrics[("millpond_task_restarts_total", task)] == 0
+            # the maintenance jobs count their runs
+            assert w.worker.jobs is not None
+            await w.worker.jobs.retention()
+            metrics = await w.metrics()
+            assert metrics[("millpond_log_maintenance_runs_total", (("job", "retention"),))] == 1
+            assert metrics[("millpond_log_retention_segments_deleted_total", ())] == 0
 
     go(scenario())
 
