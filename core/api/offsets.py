@@ -25,11 +25,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aiohttp import web
 
 from .. import plugins
+from ..backends.base import LogBackend
+from ..config import ConnectorSpec, PipelineConfig
 from ..records import Record, TopicPartition
 from ..runtime.build import make_sink
 from ..runtime.offsets import SOURCE_OFFSETS_TOPIC, encode_offset, read_source_offset
@@ -171,39 +174,55 @@ class ConnectorOffsets:
     async def _apply_sink(self, changes: list[Change]) -> None:
         offsets = {TopicPartition(c.partition["kafka_topic"], c.partition["kafka_partition"]): c.after["kafka_offset"]
                    for c in changes}
-        sink = make_sink(self.worker.config, self.spec, 0)
-        if sink.owns_offsets:
-            await sink.start()
-            try:
-                await sink.reset_offsets(offsets)
-            finally:
-                await sink.stop()
-        await self.worker.backend.reset_offsets(self.spec.name, offsets)
-        log.info("connector %r: offsets reset: %s", self.name,
-                 ", ".join(f"{tp.topic}-{tp.partition}@{o}" for tp, o in sorted(offsets.items())))
+        await reset_sink_offsets(self.worker.config, self.spec, self.worker.backend, offsets)
 
     async def _apply_source(self, changes: list[Change]) -> None:
         by_task = {s.task.task: s.task for s in self.sups}
         for c in changes:
             task = by_task[c.partition["task"]]
             assert isinstance(task, SourceTask)
-            now = int(time.time() * 1000)
-            record = (Record(value=None, key=task.offset_key.encode(), timestamp=now) if c.after is None
-                      else encode_offset(task.offset_key, c.after, now))
-            # the task's own transactional id: fences any incarnation of it, like a restart would
-            producer = self.worker.backend.producer(transactional_id=task.transactional_id)
-            try:
-                await producer.init()
-                await producer.begin()
-                try:
-                    await producer.send(SOURCE_OFFSETS_TOPIC, record, None)
-                    await producer.commit()
-                except BaseException:
-                    await producer.abort()
-                    raise
-            finally:
-                await producer.close()
+            await write_source_offset(self.worker.backend, task.transactional_id, task.offset_key, c.after)
             log.info("source %r: checkpoint %s", task.name, "removed (starts over)" if c.after is None else "replaced")
+
+
+async def reset_sink_offsets(
+    config: PipelineConfig, spec: ConnectorSpec, backend: LogBackend, offsets: Mapping[TopicPartition, int]
+) -> None:
+    """Write a sink connector's new offsets to their owner: the sink's own store when it
+    ``owns_offsets`` (through ``Sink.reset_offsets``), and the consumer group, which follows it.
+    The connector's tasks must not run meanwhile (the worker holds them; or no worker runs)."""
+    sink = make_sink(config, spec, 0)
+    if sink.owns_offsets:
+        await sink.start()
+        try:
+            await sink.reset_offsets(offsets)
+        finally:
+            await sink.stop()
+    await backend.reset_offsets(spec.name, offsets)
+    log.info("connector %r: offsets reset: %s", spec.name,
+             ", ".join(f"{tp.topic}-{tp.partition}@{o}" for tp, o in sorted(offsets.items())))
+
+
+async def write_source_offset(backend: LogBackend, transactional_id: str, offset_key: str, offset: Any) -> None:
+    """Replace a source task's checkpoint in ``__source_offsets`` (None removes it: the task starts over).
+
+    Written in a transaction under the task's own transactional id, which fences any incarnation of
+    the task still holding it, as a restart would."""
+    now = int(time.time() * 1000)
+    record = (Record(value=None, key=offset_key.encode(), timestamp=now) if offset is None
+              else encode_offset(offset_key, offset, now))
+    producer = backend.producer(transactional_id=transactional_id)
+    try:
+        await producer.init()
+        await producer.begin()
+        try:
+            await producer.send(SOURCE_OFFSETS_TOPIC, record, None)
+            await producer.commit()
+        except BaseException:
+            await producer.abort()
+            raise
+    finally:
+        await producer.close()
 
 
 class OffsetsApi:
