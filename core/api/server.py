@@ -129,8 +129,9 @@ class ApiServer:
             except OSError as exc:
                 if not (self.fallback and exc.errno == errno.EADDRINUSE):
                     raise ConfigError(f"api: cannot listen on {self.host}:{self.port}: {exc.strerror}") from exc
-                log.warning("api: %s:%d is in use; listening on a free port instead (see %s)",
-                            self.host, self.port, WORKER_FILE)
+                # INFO, not WARNING: nobody chose this port, and the address in use is logged next
+                log.info("api: %s:%d is in use (another worker?); listening on a free port instead (see %s)",
+                         self.host, self.port, WORKER_FILE)
                 sock.bind((self.host, 0))
             sock.listen(128)
             sock.setblocking(False)

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING
 from ..backends.base import LogBackend, TopicSpec
 from ..config import PipelineConfig, check_guarantees
 from ..connector import Sink
-from ..errors import ConfigError, ConnectorError, DiskFullError, MillpondError
+from ..errors import ConfigError, ConnectorError, DiskFullError, MillpondError, RetriableConnectorError
 from .build import make_converters, make_sink, make_source, make_transforms
 from .offsets import ensure_source_offsets_topic
 from .scheduler import JobIntervals, PipelineJobs
@@ -413,7 +413,9 @@ class Worker:
             s.set_target(TaskState.PAUSED)
         try:
             if not all(await asyncio.gather(*(s.settled(timeout) for s in sups))):
-                raise ConnectorError(f"connector {connector!r}: its tasks did not pause within {timeout:.0f}s")
+                raise RetriableConnectorError(
+                    f"connector {connector!r}: its tasks did not pause within {timeout:.0f}s; nothing was changed"
+                )
             yield sups
         finally:
             for s, target in before:

@@ -407,3 +407,29 @@ def test_cli_run_with_api_and_sigterm(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "millpond.cli", "run", str(tmp_path / "p.yaml"), "--api", "nope"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "--api" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_busy_port_is_an_error_unless_it_was_only_the_default(tmp_path: Path) -> None:
+    import socket
+
+    from ..runtime.fakes import FakeBackend
+
+    (tmp_path / "log").mkdir()
+    worker = Worker(config_for(tmp_path), FakeBackend(), RuntimeOptions(install_signal_handlers=False))
+
+    async def scenario() -> None:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            port = busy.getsockname()[1]
+            with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+                await ApiServer(worker, f"127.0.0.1:{port}").start()
+            fallback = ApiServer(worker, f"127.0.0.1:{port}", fallback_to_free_port=True)
+            await fallback.start()
+            try:
+                assert fallback.url.startswith("http://127.0.0.1:") and not fallback.url.endswith(f":{port}")
+                assert json.loads((tmp_path / "log" / ".worker.json").read_text())["url"] == fallback.url
+            finally:
+                await fallback.close()
+
+    go(scenario())
