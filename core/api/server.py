@@ -7,7 +7,10 @@ Paths and JSON shapes are Kafka Connect's, so tools written for Connect work:
 ``GET /connectors``                      names; ``?expand=status`` / ``?expand=info``
 ``GET /connectors/{name}``               config (secrets as ``***``), tasks, type
 ``GET /connectors/{name}/status``        connector and task states, worker id, traces
+``GET /connectors/{name}/config``        the connector's config (secrets as ``***``)
 ``GET /connectors/{name}/tasks``         tasks and their config
+``GET .../tasks/{id}/status``            one task's state (and trace when FAILED)
+``POST .../tasks/{id}/restart``          204
 ``PUT /connectors/{name}/pause``         202; sources commit, sinks flush, then hold
 ``PUT /connectors/{name}/resume``        202
 ``PUT /connectors/{name}/stop``          204
@@ -164,7 +167,10 @@ class ApiServer:
         app.router.add_get("/connectors", self.connectors)
         app.router.add_get("/connectors/{name}", self.connector)
         app.router.add_get("/connectors/{name}/status", self.status)
+        app.router.add_get("/connectors/{name}/config", self.config)
         app.router.add_get("/connectors/{name}/tasks", self.tasks)
+        app.router.add_get("/connectors/{name}/tasks/{task}/status", self.task_status)
+        app.router.add_post("/connectors/{name}/tasks/{task}/restart", self.task_restart)
         app.router.add_put("/connectors/{name}/pause", self.pause)
         app.router.add_put("/connectors/{name}/resume", self.resume)
         app.router.add_put("/connectors/{name}/stop", self.stop)
@@ -205,8 +211,8 @@ class ApiServer:
     async def ready(self, request: web.Request) -> web.Response:
         if self.worker.ready():
             return web.json_response({"status": "ready", "message": "every task is running"})
-        waiting = [f"{t.name} ({t.state.value})" for t in self.worker.tasks
-                   if t.state is not TaskState.RUNNING or not t.running]
+        waiting = [f"{t.name} ({t.state.value if t.state is not TaskState.RUNNING else 'starting'})"
+                   for t in self.worker.tasks if t.state is not TaskState.RUNNING or not t.running]
         return web.json_response({"status": "not ready", "message": "not running: " + ", ".join(waiting)},
                                  status=503)
 
@@ -230,6 +236,26 @@ class ApiServer:
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self._status(request.match_info["name"]))
+
+    async def config(self, request: web.Request) -> web.Response:
+        return web.json_response(self._config(request.match_info["name"]))
+
+    def _task(self, request: web.Request) -> Supervisor:
+        name = request.match_info["name"]
+        for s in self.worker.tasks_of(name):
+            if str(s.task.task) == request.match_info["task"]:
+                return s
+        raise web.HTTPNotFound(text=json.dumps({"error_code": 404, "message": f"Task {request.match_info['task']} "
+                                                f"of connector {name} not found"}), content_type="application/json")
+
+    async def task_status(self, request: web.Request) -> web.Response:
+        return web.json_response(_task_status(self._task(request), self.worker.worker_id))
+
+    async def task_restart(self, request: web.Request) -> web.Response:
+        sup = self._task(request)
+        log.info("%s %r: restart requested", sup.task.kind, sup.task.name)
+        await sup.settled(10.0, after=sup.restart())
+        return web.Response(status=204)
 
     async def tasks(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

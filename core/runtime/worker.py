@@ -195,6 +195,8 @@ class Supervisor:
         self._between = asyncio.Event()  # set while no incarnation runs
         self._between.set()
         self._failures: deque[float] = deque()
+        #: incarnations started so far (a restart waits for the next one)
+        self.incarnation = 0
 
     # -- control (the API, the worker) ---------------------------------------
 
@@ -209,21 +211,25 @@ class Supervisor:
             self.halt()
         self._wake.set()
 
-    def restart(self) -> None:
-        """Start afresh: forget past failures, end the running incarnation, run again."""
+    def restart(self) -> int:
+        """Start afresh: forget past failures, end the running incarnation, run again.
+
+        Returns the incarnation count before the restart, for ``settled(after=...)``."""
         self.failed = False
         self._failures.clear()
         self.task.trace = None
         self.target = TaskState.RUNNING
         self.halt()
         self._wake.set()
+        return self.incarnation
 
-    async def settled(self, timeout: float) -> bool:
-        """Wait until the task is where it was asked to be: out of its incarnation, or running."""
+    async def settled(self, timeout: float, after: int = -1) -> bool:
+        """Wait until the task is where it was asked to be: out of its incarnation, or running
+        (in an incarnation that started after incarnation ``after``, when given)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.target is TaskState.RUNNING and not self.failed and not self.waiting_for_space:
-                if self.task.running or self.worker.disk_full is not None:
+                if (self.task.running and self.incarnation > after) or self.worker.disk_full is not None:
                     return True
             elif self._between.is_set():
                 return True
@@ -257,6 +263,7 @@ class Supervisor:
                 continue
             halt = self._halt = asyncio.Event()
             self._between.clear()
+            self.incarnation += 1
             task.state = TaskState.RUNNING
             started = time.monotonic()
             reason: BaseException | None = None
@@ -397,10 +404,11 @@ class Worker:
     async def restart(self, connector: str, *, only_failed: bool = False, timeout: float = 10.0) -> list[str]:
         """Restart the tasks of ``connector`` (only the FAILED ones with ``only_failed``); their names."""
         chosen = [s for s in self.tasks_of(connector) if s.failed or not only_failed]
+        waits = []
         for s in chosen:
             log.info("%s %r: restart requested", s.task.kind, s.task.name)
-            s.restart()
-        await asyncio.gather(*(s.settled(timeout) for s in chosen))
+            waits.append(s.settled(timeout, after=s.restart()))
+        await asyncio.gather(*waits)
         return [s.task.name for s in chosen]
 
     @contextlib.asynccontextmanager

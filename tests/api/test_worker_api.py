@@ -173,6 +173,11 @@ def test_connect_shapes_status_health_and_secrets(tmp_path: Path, monkeypatch: p
             assert [(t["id"], t["state"]) for t in status["tasks"]] == [(0, "RUNNING")]
             tasks = await w.get("/connectors/tail/tasks")
             assert tasks[0]["id"] == {"connector": "tail", "task": 0}
+            assert tasks[0]["config"] == await w.get("/connectors/tail/config") == info_tail_config(info, tasks)
+            assert (await w.get("/connectors/tail/tasks/0/status"))["state"] == "RUNNING"
+            await w.get("/connectors/tail/tasks/3/status", status=404)
+            await w.call("POST", "/connectors/tail/tasks/0/restart", 204)
+            assert (await w.get("/connectors/tail/tasks/0/status"))["state"] == "RUNNING"
             assert (await w.get("/health"))["status"] == "healthy"
             assert (await w.get("/ready"))["status"] == "ready"
             missing = await w.get("/connectors/nope/status", status=404)
@@ -187,6 +192,13 @@ def test_connect_shapes_status_health_and_secrets(tmp_path: Path, monkeypatch: p
             await until(lambda: drained(w), "the sink to run again")
 
     go(scenario())
+
+
+def info_tail_config(info: dict[str, Any], tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The tail connector's config as the file gives it (from its /tasks answer, checked against the file)."""
+    config: dict[str, Any] = tasks[0]["config"]
+    assert config["name"] == "tail" and config["type"] == "file" and config["guarantee"] == "exactly_once"
+    return config
 
 
 def test_secrets_are_redacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
