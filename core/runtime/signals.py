@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -24,7 +23,6 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: list[int] = []
-        self._listener: Callable[[int], None] | None = None
         self._installed = False
 
     @classmethod
@@ -39,12 +37,6 @@ class StopSignals:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.received.append(signum)
-        if self._listener is not None:
-            self._listener(signum)
-
-    def listen(self, listener: Callable[[int], None] | None) -> None:
-        """Hand later signals to ``listener`` (None: only record them)."""
-        self._listener = listener
 
     def restore(self) -> None:
         """Put this handler back after a loop's ``remove_signal_handler`` reset it to the default (which kills)."""

@@ -608,7 +608,7 @@ async def run_pipeline_async(
         if stop_requested.is_set():
             worker.stop()
         api = None
-        if options.api_listen.strip().lower() != "off":
+        if options.api_listen.strip().lower() != "off" and not stop_requested.is_set():
             from ..api.server import ApiServer
 
             api = ApiServer(worker, options.api_listen, token=config.api.token,
