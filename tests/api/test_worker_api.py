@@ -347,9 +347,16 @@ def test_sink_reset_while_running_replays_each_record_once_per_reset(tmp_path: P
             await w.call("PATCH", "/connectors/out/offsets", 400,
                          {"offsets": [{"partition": {"kafka_topic": "nope", "kafka_partition": 0},
                                        "offset": {"kafka_offset": 0}}]})
+            # on a paused connector: the change is made, and it stays paused until resumed
+            await w.call("PUT", "/connectors/out/pause", 202)
             await w.call("PATCH", "/connectors/out/offsets", 200,
                          {"offsets": [{"partition": {"kafka_topic": "lines", "kafka_partition": 0},
                                        "offset": {"kafka_offset": mark}}]})
+            assert _sink_offsets(await w.get("/connectors/out/offsets")) == {("lines", 0): mark}
+            await asyncio.sleep(0.3)
+            assert (await w.get("/connectors/out/status"))["tasks"][0]["state"] == "PAUSED"
+            assert len(w.output_lines()) == 2 * LINES + 50
+            await w.call("PUT", "/connectors/out/resume", 202)
             await until(lambda: _all_out(w, 2 * LINES + 100), "the second replay")
             await asyncio.sleep(0.3)
             assert w.output_lines(2) == [f"more {i}" for i in range(50)]
