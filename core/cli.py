@@ -178,10 +178,13 @@ async def opened(args: argparse.Namespace, *, readonly: bool) -> AsyncIterator[L
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .runtime.signals import StopSignals
+
+    signals = StopSignals.install()  # first: SIGTERM from now on stops cleanly, not with exit -15
     config = load_pipeline(args.file)
     from .runtime import run_pipeline  # lazily: the runtime pulls in the scheduler
 
-    run_pipeline(config, until_idle=args.until_idle)
+    run_pipeline(config, until_idle=args.until_idle, api=args.api, signals=signals)
     return 0
 
 
@@ -525,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a pipeline")
     p.add_argument("file")
     p.add_argument("--until-idle", action="store_true", help="stop once every source is drained and sinks caught up")
+    p.add_argument("--api", metavar="HOST:PORT", help="where the worker's HTTP API listens (port 0: a free one), "
+                   "or 'off' (default: the file's api: block, else 127.0.0.1:8083)")
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output (tracebacks)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a pipeline file; print every problem as FILE:LINE: path: message")

@@ -58,6 +58,7 @@ from pydantic import (
 
 from .connector import Guarantee
 from .errors import ConfigError, DeliveryGuaranteeError, InvalidTopicError, PluginError
+from .runtime.settings import ApiSettings, WorkerSettings
 from .yamlsource import ConfigProblem as ConfigProblem
 from .yamlsource import Loc, YamlDocument
 from .yamlsource import format_path as format_path
@@ -246,6 +247,8 @@ class PipelineConfig(Model):
     log: LogConfig
     topics: list[TopicConfig] = Field(default_factory=list)
     connectors: list[ConnectorSpec] = Field(default_factory=list)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
 
     #: paths (as tuples) whose values came from environment variables
     _secret_paths: set[tuple[str | int, ...]] = PrivateAttr(default_factory=set)

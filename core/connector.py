@@ -89,6 +89,18 @@ class Source(ABC):
     async def commit(self, offset: Any) -> None:
         """``offset`` is now durable in the log; the source may release what precedes it."""
 
+    @classmethod
+    def validate_offset(cls, offset: Any) -> Any:
+        """Check an offset a user wants this source to resume from (``PATCH .../offsets``); return it
+        as ``start`` expects it, or raise ``ValueError`` saying what is wrong.
+
+        Called before anything is changed, so a bad offset never reaches the checkpoint store. The
+        default accepts any JSON object; a source whose checkpoint has a shape declares it here.
+        """
+        if not isinstance(offset, dict):
+            raise ValueError(f"an offset of {cls.__name__} is a JSON object, not {type(offset).__name__}")
+        return offset
+
     async def stop(self) -> None:
         """Release resources. Called once, also after a failure."""
 
@@ -104,10 +116,23 @@ class Sink(ABC):
     #: why ``guarantee`` is not stronger; quoted when a pipeline asks for more
     guarantee_reason: ClassVar[str] = ""
     config_model: ClassVar[type[ConnectorConfig]] = ConnectorConfig
+    #: the sink keeps its offsets in its own store (``start`` returns them): an offset reset must be
+    #: written there, through ``reset_offsets``, or the sink would ignore it. Checked at start-up.
+    owns_offsets: ClassVar[bool] = False
 
     def __init__(self, config: Any, context: ConnectorContext) -> None:
         self.config = config
         self.context = context
+
+    async def reset_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Make the sink resume from ``offsets`` (the next offset to read, per partition given).
+
+        Only for ``owns_offsets`` sinks. The runtime calls it on an instance it started for the
+        purpose (after ``start``, before ``stop``, with no records written) while the connector's
+        running task is paused and flushed. Records at or after the new offsets are written again
+        as new output; what was written before stays, and must not be overwritten by the replay.
+        """
+        raise NotImplementedError(f"{type(self).__name__} declares owns_offsets but no reset_offsets")
 
     async def start(self) -> Mapping[TopicPartition, int] | None:
         """Open the sink.

@@ -42,6 +42,8 @@ from millpond.records import Record, TopicPartition
 log = logging.getLogger("millpond.connectors.file.sink")
 
 TEMP_PREFIX = ".millpond-tmp-"
+#: offset resets (``reset_offsets``): per partition the offset and the generation of files since
+RESETS_FILE = ".millpond-resets.json"
 _topic_partition = attrgetter("topic", "partition")
 COMMITTED = re.compile(r"^(?P<topic>.+)-(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})(?P<suffix>\..*)?$")
 
@@ -82,6 +84,7 @@ class OpenFile:
 class FileSink(Sink):
     guarantee = Guarantee.exactly_once
     config_model = FileSinkConfig
+    owns_offsets = True
 
     config: FileSinkConfig
 
@@ -94,6 +97,7 @@ class FileSink(Sink):
             raise ConfigError(f"file sink {self.context.name!r}: cannot create output dir {directory!r}: {exc}") from exc
         topics = set(self.context.extra.get("topics") or [])
         resume: dict[TopicPartition, int] = {}
+        self._resets = self._load_resets()
         for name in os.listdir(directory):
             if name.startswith(TEMP_PREFIX):
                 os.unlink(os.path.join(directory, name))
@@ -105,8 +109,12 @@ class FileSink(Sink):
             tp, _first, last = parsed
             if topics and tp.topic not in topics:
                 continue
+            if not name.endswith(self._suffix(tp)):  # written before the partition's last offset reset
+                continue
             if last + 1 > resume.get(tp, 0):
                 resume[tp] = last + 1
+        for tp, (offset, _generation) in self._resets.items():
+            resume[tp] = max(resume.get(tp, 0), offset)
         return resume
 
     async def write(self, records: list[Record]) -> None:
@@ -152,6 +160,55 @@ class FileSink(Sink):
         for f, last in work:
             self._commit(f, last)
         self._sync_dir()
+
+    async def reset_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Resume each partition given from its new offset, writing the replay beside what was written.
+
+        The committed names are the offset store, so a rewind cannot just forget them, and a replay
+        must not collide with (or silently replace) files already committed for the same range. Each
+        reset starts a new *generation* of the partition, recorded in ``RESETS_FILE`` with its offset:
+        files of generation g > 0 carry ``.r<g>`` before the suffix, and ``start`` resumes from the
+        later of the reset offset and the files of the current generation, ignoring older ones.
+        """
+        resets = self._load_resets()
+        for tp, offset in offsets.items():
+            tp = TopicPartition(*tp)
+            _old, generation = resets.get(tp, (0, 0))
+            resets[tp] = (int(offset), generation + 1)
+            log.info("file sink %r: %s-%d resumes from offset %d, written as generation %d (%s)",
+                     self.context.name, tp.topic, tp.partition, offset, generation + 1, self._suffix(tp, generation + 1))
+        data = {f"{tp.topic}/{tp.partition}": {"offset": o, "generation": g} for tp, (o, g) in sorted(resets.items())}
+        path = os.path.join(self.config.dir, RESETS_FILE)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            if self.config.fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._sync_dir()
+        self._resets = resets
+
+    def _load_resets(self) -> dict[TopicPartition, tuple[int, int]]:
+        """Per partition: (offset it was reset to, generation), from ``RESETS_FILE``."""
+        path = os.path.join(self.config.dir, RESETS_FILE)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            return {
+                TopicPartition(key.rpartition("/")[0], int(key.rpartition("/")[2])): (int(v["offset"]), int(v["generation"]))
+                for key, v in data.items()
+            }
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"file sink {self.context.name!r}: {path} is damaged ({exc}); it records offset "
+                              f"resets, fix or remove it") from exc
+
+    def _suffix(self, tp: TopicPartition, generation: int | None = None) -> str:
+        if generation is None:
+            generation = getattr(self, "_resets", {}).get(tp, (0, 0))[1]
+        return f".r{generation}{self.config.suffix}" if generation else self.config.suffix
 
     async def stop(self) -> None:
         # uncommitted data is dropped on purpose: the runtime reads it again
@@ -212,7 +269,7 @@ class FileSink(Sink):
         if self.config.fsync:
             os.fsync(f.handle.fileno())
         f.handle.close()
-        final = os.path.join(self.config.dir, committed_name(f.tp.topic, f.tp.partition, f.first, last, self.config.suffix))
+        final = os.path.join(self.config.dir, committed_name(f.tp.topic, f.tp.partition, f.first, last, self._suffix(f.tp)))
         os.rename(f.path, final)
         del self.open_files[f.tp]
 

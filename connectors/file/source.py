@@ -124,6 +124,32 @@ class FileSource(Source):
 
     config: FileSourceConfig
 
+    @classmethod
+    def validate_offset(cls, offset: Any) -> Any:
+        """``{"files": [{"path": ..., "position": N, ...}]}``, as the checkpoint holds it. A file given
+        by path and position alone is the file at that path now (its dev and inode are filled in), so a
+        rewind can be written by hand; lines after ``position`` are read again."""
+        if not isinstance(offset, dict) or not isinstance(offset.get("files"), list):
+            raise ValueError('a file source offset is {"files": [{"path": ..., "position": N}, ...]}')
+        files = []
+        for i, item in enumerate(offset["files"]):
+            path = item.get("path") if isinstance(item, dict) else None
+            if not isinstance(path, str) or not path:
+                raise ValueError(f"files[{i}]: needs a 'path'")
+            position = item.get("position")
+            if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+                raise ValueError(f"files[{i}] ({path}): 'position' must be a byte offset >= 0, not {position!r}")
+            entry = dict(item)
+            if "dev" not in entry or "inode" not in entry:
+                try:
+                    st = os.stat(path)
+                except OSError as exc:
+                    raise ValueError(f"files[{i}]: {path}: {exc.strerror}; give the dev and inode of a file that moved")
+                entry.update(dev=st.st_dev, inode=st.st_ino)
+            entry.setdefault("origin", path)
+            files.append(entry)
+        return {**offset, "files": files}
+
     async def start(self, offset: Any | None) -> None:
         if int(self.context.extra.get("tasks", 1)) > 1:
             raise ConfigError(

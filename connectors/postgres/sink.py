@@ -144,6 +144,7 @@ class PostgresSink(Sink):
 
     guarantee: ClassVar[Guarantee] = Guarantee.exactly_once
     config_model: ClassVar[type[ConnectorConfig]] = PostgresSinkConfig
+    owns_offsets: ClassVar[bool] = True
 
     def __init__(self, config: PostgresSinkConfig, context: ConnectorContext) -> None:
         super().__init__(config, context)
@@ -187,6 +188,25 @@ class PostgresSink(Sink):
             except Exception:  # noqa: BLE001 - closing is best effort
                 self._conn.terminate()
         self._conn = None
+
+    async def reset_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Store the new next offsets in the offsets table (upserts by key make the replay land once per key)."""
+        conn = self._conn
+        if conn is None:
+            raise ConnectorError(f"{self._where}: reset_offsets before start")
+        try:
+            await conn.execute(
+                f"INSERT INTO {self._offsets_sql()} AS o (connector, topic, partition, next_offset) "
+                "SELECT $1, t, p, n FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, n) "
+                "ON CONFLICT (connector, topic, partition) DO UPDATE "
+                "SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+                self.context.name,
+                [tp[0] for tp in offsets], [tp[1] for tp in offsets], list(offsets.values()),
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise RetriableConnectorError(f"{self._where}: offsets not reset, nothing changed: {exc}") from exc
+        log.info("%s: offsets reset to %s", self._where,
+                 ", ".join(f"{tp[0]}-{tp[1]}@{o}" for tp, o in sorted(offsets.items())))
 
     def _offsets_sql(self) -> str:
         schema, name = split_table(self.cfg.offsets_table)

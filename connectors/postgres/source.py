@@ -206,6 +206,16 @@ class PostgresSource(Source):
     guarantee: ClassVar[Guarantee] = Guarantee.exactly_once
     config_model: ClassVar[type[ConnectorConfig]] = PostgresSourceConfig
 
+    @classmethod
+    def validate_offset(cls, offset: Any) -> Any:
+        """``{"lsn": "X/Y"}``: resume after the transactions that end at or below this LSN (the slot
+        must not be past it). Deleting the offset instead means a new snapshot of every table,
+        taken at the slot's position, then streaming from there."""
+        if not isinstance(offset, dict) or not isinstance(offset.get("lsn"), str):
+            raise ValueError('a postgres-cdc offset is {"lsn": "X/Y"} (or DELETE the offsets for a new snapshot)')
+        po.parse_lsn(offset["lsn"])
+        return offset
+
     def __init__(self, config: PostgresSourceConfig, context: ConnectorContext) -> None:
         super().__init__(config, context)
         self.cfg = config

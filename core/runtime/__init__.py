@@ -4,8 +4,24 @@
 (supervision, signals), ``source_task.py`` and ``sink_task.py`` (the two
 loops and their exactly-once hand-off), ``policy.py`` (fail / skip /
 dead-letter) and ``scheduler.py`` (retention, compaction, commits, progress).
+
+The names below load on first use, so that ``millpond.config`` (which reads
+``runtime.settings``) and ``runtime.signals`` stay cheap to import.
 """
 
-from .worker import RuntimeOptions, Worker, run_pipeline, run_pipeline_async
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .worker import RuntimeOptions, Worker, run_pipeline, run_pipeline_async
 
 __all__ = ["RuntimeOptions", "Worker", "run_pipeline", "run_pipeline_async"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import worker
+
+        return getattr(worker, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

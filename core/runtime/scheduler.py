@@ -45,6 +45,10 @@ class PipelineJobs:
         self.intervals = intervals or JobIntervals()
         self.scheduler = AsyncIOScheduler()
         self._last_counts: dict[str, tuple[float, int]] = {}
+        # for /metrics: runs of each maintenance job and what they did (segments deleted, partitions compacted)
+        self.runs: dict[str, int] = {"retention": 0, "compaction": 0}
+        self.failures: dict[str, int] = {"retention": 0, "compaction": 0}
+        self.done: dict[str, int] = {"retention": 0, "compaction": 0}
 
     def start(self) -> None:
         aps = logging.getLogger("apscheduler")
@@ -68,7 +72,9 @@ class PipelineJobs:
             assert self.backend.maintenance is not None
             result = await self.backend.maintenance.run_retention()
             log.debug("retention: %s", result)
+            self._count("retention", result)
         except Exception:
+            self.failures["retention"] += 1
             log.exception("retention job failed; it runs again at the next interval")
 
     async def compaction(self) -> None:
@@ -76,8 +82,14 @@ class PipelineJobs:
             assert self.backend.maintenance is not None
             result = await self.backend.maintenance.run_compaction()
             log.debug("compaction: %s", result)
+            self._count("compaction", result)
         except Exception:
+            self.failures["compaction"] += 1
             log.exception("compaction job failed; it runs again at the next interval")
+
+    def _count(self, job: str, result: int) -> None:
+        self.runs[job] += 1
+        self.done[job] += result
 
     async def flush_sinks(self) -> None:
         for task in self.tasks:

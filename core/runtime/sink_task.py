@@ -63,8 +63,6 @@ class SinkTask(ConnectorTask):
         self._consumer: Consumer | None = None
         self._positions: dict[TopicPartition, int] = {}
         self._unflushed = 0
-        # progress, read by the worker
-        self.records_in = 0
         self.flushes = 0
 
     def request_flush(self) -> None:
@@ -117,8 +115,10 @@ class SinkTask(ConnectorTask):
             self.running = True
             last_flush = time.monotonic()
             while not stop.is_set():
+                polled = time.perf_counter()
                 records = await consumer.poll(self.limits.max_poll_records, self.limits.poll_timeout_s)
                 if records:
+                    self.observe("poll", time.perf_counter() - polled)
                     self.idle_since = None
                     if fast and self._decode_strings(records):
                         await self._write(sink, dlq, records, None)
@@ -236,7 +236,10 @@ class SinkTask(ConnectorTask):
         each good record once.
         """
         try:
+            writing = time.perf_counter()
             await sink.write(records)
+            self.observe("write", time.perf_counter() - writing)
+            self.records_out += len(records)
             return
         except RecordError as exc:
             if len(records) == 1:
@@ -245,6 +248,7 @@ class SinkTask(ConnectorTask):
         for i, r in enumerate(records):
             try:
                 await sink.write([r])
+                self.records_out += 1
             except RecordError as exc:
                 await self._reject(dlq, exc, _raw(r, *raws[i]) if raws else r, "write")
 
@@ -275,8 +279,12 @@ class SinkTask(ConnectorTask):
             # dead letters first: a crash after this replays those records (at
             # least once into the dead-letter topic), never loses them
             await dlq.flush()
+        flushing = time.perf_counter()
         await sink.flush(offsets)
+        self.observe("flush", time.perf_counter() - flushing)
+        committing = time.perf_counter()
         await consumer.commit(offsets)
+        self.observe("commit", time.perf_counter() - committing)
         self._positions = offsets
         self._unflushed = 0
         self.flushes += 1

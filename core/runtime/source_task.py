@@ -76,8 +76,6 @@ class SourceTask(ConnectorTask):
         self._sticky: dict[str, int] = {}
         self._key_cache: dict[tuple[bytes, int], int] = {}
         self._txn_count = 0
-        # progress, read by the worker
-        self.records_out = 0
         self.transactions = 0
 
     # -- status -------------------------------------------------------------
@@ -112,7 +110,9 @@ class SourceTask(ConnectorTask):
                 started = time.monotonic()
                 limit_s = self.limits.max_ms / 1000.0
                 while True:
+                    polled = time.perf_counter()
                     batch = await source.poll()
+                    self.observe("poll", time.perf_counter() - polled)
                     if batch is None:
                         break
                     new_offset = batch.offset
@@ -146,8 +146,11 @@ class SourceTask(ConnectorTask):
                         pass
                     continue
                 self.idle_since = None
+                committing = time.perf_counter()
                 await self._commit(producer, pending, new_offset)
+                self.observe("commit", time.perf_counter() - committing)
                 self.records_out += count
+                self.bytes_out += size
                 await source.commit(new_offset)
         finally:
             self.running = False

@@ -1,18 +1,36 @@
 """The worker: runs every connector task of one pipeline in one asyncio loop.
 
 It checks the pipeline (guarantees, connector configs) before touching the
-log, opens the backend, creates the declared topics, then supervises one
-coroutine per task:
+log, opens the backend, creates the declared topics, then runs one
+:class:`Supervisor` per task. A supervisor keeps its task in one of Kafka
+Connect's states (UNASSIGNED, RUNNING, PAUSED, STOPPED, FAILED) and decides
+what a failure means:
 
-- a task that fails with a retriable error, or an unexpected one (an
-  ``OSError``, a bug), is restarted with exponential backoff and jitter; it
-  resumes from its committed offsets, so nothing is lost or doubled;
+- an error that is not millpond's own (a driver exception, a bug, an
+  ``OSError``) or a retriable one restarts the task with exponential backoff
+  and jitter, one WARNING line per restart (the traceback only at DEBUG,
+  ``millpond run -v``). The task resumes from its committed offsets, so
+  nothing is lost or doubled. A task that fails more than ``max_restarts``
+  times within ``restart_window_s`` is marked FAILED with its trace and left
+  alone (the rest of the pipeline keeps running) until restarted through the
+  API; when every task has failed, the worker stops and says why;
 - a terminal error (``MillpondError`` with ``retriable = False``: bad config,
   a record under the ``fail`` policy, a fenced producer, ...) stops the whole
-  pipeline and :func:`run_pipeline` raises it.
+  pipeline and :func:`run_pipeline` raises it;
+- ``DiskFullError`` is a state, not a failure: one WARNING naming the path
+  and the free bytes, every source pauses (its transaction in hand is
+  committed or aborted first), free space is checked every few seconds, and
+  the sources resume by themselves once enough is free (or, with
+  ``worker: {on_disk_full: stop}``, the worker stops cleanly).
 
-SIGTERM / SIGINT set the stop event: sources finish the transaction in hand,
+Pause, stop, resume and restart (the API's verbs) end or start a task's
+*incarnation*: ``task.run(halt)`` returns once its transaction is committed
+(source) or its records are flushed and committed (sink), and nothing of it
+stays open. Offsets are changed between two incarnations (see ``quiesced``).
+
+SIGTERM / SIGINT stop the worker: sources finish the transaction in hand,
 sinks flush and commit, then the backend closes. A second signal cancels.
+The handlers are in place before the log is opened (``signals.py``).
 
 Backpressure and memory: tasks hand records over through the log, not
 through in-memory queues. A source is not polled while its transaction
@@ -25,23 +43,46 @@ far a sink lags behind a source.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import os
 import random
+import shutil
 import signal
+import socket
 import time
+import traceback
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..backends.base import LogBackend, TopicSpec
 from ..config import PipelineConfig, check_guarantees
-from ..errors import ConfigError, MillpondError
+from ..connector import Sink
+from ..errors import ConfigError, ConnectorError, DiskFullError, MillpondError, RetriableConnectorError
 from .build import make_converters, make_transforms
 from .scheduler import JobIntervals, PipelineJobs
+from .settings import WorkerSettings, check_listen, parse_listen
+from .signals import StopSignals
 from .sink_task import SinkLimits, SinkTask
 from .source_offsets import ensure_source_offsets_topic
 from .source_task import SourceLimits, SourceTask
+from .task import TaskState
+
+if TYPE_CHECKING:
+    from ..api.server import ApiServer
 
 log = logging.getLogger("millpond.runtime")
+
+
+def free_bytes(path: str) -> int:
+    """Free bytes on the file system holding ``path`` (its nearest existing ancestor)."""
+    probe = os.path.abspath(path or ".")
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    return shutil.disk_usage(probe).free
 
 
 @dataclass(slots=True)
@@ -59,6 +100,16 @@ class RuntimeOptions:
     source_limits: SourceLimits = field(default_factory=SourceLimits)
     sink_limits: SinkLimits = field(default_factory=SinkLimits)
     jobs: JobIntervals = field(default_factory=JobIntervals)
+    #: restarts and disk-full behaviour; None takes the pipeline file's ``worker:`` block
+    worker: WorkerSettings | None = None
+    #: how free space is measured while the disk is full (tests put a fake here)
+    disk_free: Callable[[str], int] = free_bytes
+    #: the HTTP API: ``HOST:PORT`` or ``off`` (embedding and tests); ``run_pipeline`` takes the file's ``api:``
+    api_listen: str = "off"
+    #: True when ``api_listen`` is the built-in default: a busy port then falls back to a free one
+    api_listen_is_default: bool = False
+    #: signals caught before the loop started (``StopSignals.install``), honoured once it runs
+    early_signals: StopSignals | None = None
 
 
 def preflight(config: PipelineConfig) -> None:
@@ -70,7 +121,12 @@ def preflight(config: PipelineConfig) -> None:
                 f"connector {spec.name!r}: tasks: {spec.tasks} needs a log that splits a group's partitions "
                 f"between members (Kafka); on the embedded log one sink task reads every partition, use tasks: 1"
             )
-        spec.resolve()
+        cls = spec.resolve().cls
+        if spec.kind == "sink" and cls.owns_offsets and cls.reset_offsets is Sink.reset_offsets:
+            raise ConfigError(
+                f"connector {spec.name!r}: sink type {spec.type!r} keeps its own offsets but cannot "
+                f"reset them (owns_offsets without reset_offsets); its plugin is incomplete"
+            )
         make_transforms(spec)
         make_converters(spec)
 
@@ -107,6 +163,161 @@ async def create_topics(config: PipelineConfig, backend: LogBackend) -> None:
                 )
 
 
+async def _first(*waits: asyncio.Event, timeout: float | None = None) -> None:
+    """Return when any of ``waits`` is set, or after ``timeout``."""
+    if any(e.is_set() for e in waits):
+        return
+    pending = [asyncio.ensure_future(e.wait()) for e in waits]
+    try:
+        await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for p in pending:
+            p.cancel()
+
+
+class Supervisor:
+    """Keeps one task in the state it is asked to be in, and restarts it within bounds."""
+
+    def __init__(self, worker: Worker, task: SourceTask | SinkTask) -> None:
+        self.worker = worker
+        self.task = task
+        #: what the user asked for: RUNNING, PAUSED or STOPPED
+        self.target = TaskState.RUNNING
+        self.failed = False
+        self.waiting_for_space = False
+        self._wake = asyncio.Event()
+        self._halt: asyncio.Event | None = None
+        self._between = asyncio.Event()  # set while no incarnation runs
+        self._between.set()
+        self._failures: deque[float] = deque()
+        #: incarnations started so far (a restart waits for the next one)
+        self.incarnation = 0
+
+    # -- control (the API, the worker) ---------------------------------------
+
+    def halt(self) -> None:
+        """End the running incarnation after the work in hand."""
+        if self._halt is not None:
+            self._halt.set()
+
+    def set_target(self, state: TaskState) -> None:
+        self.target = state
+        if state is not TaskState.RUNNING:
+            self.halt()
+        self._wake.set()
+
+    def restart(self) -> int:
+        """Start afresh: forget past failures, end the running incarnation, run again.
+
+        Returns the incarnation count before the restart, for ``settled(after=...)``."""
+        self.failed = False
+        self._failures.clear()
+        self.task.trace = None
+        self.target = TaskState.RUNNING
+        self.halt()
+        self._wake.set()
+        return self.incarnation
+
+    async def settled(self, timeout: float, after: int = -1) -> bool:
+        """Wait until the task is where it was asked to be: out of its incarnation, or running
+        (in an incarnation that started after incarnation ``after``, when given)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.target is TaskState.RUNNING and not self.failed and not self.waiting_for_space:
+                if (self.task.running and self.incarnation > after) or self.worker.disk_full is not None:
+                    return True
+            elif self._between.is_set():
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    # -- the loop ------------------------------------------------------------
+
+    def _held(self) -> TaskState | None:
+        """The state the task is held in instead of running, if any."""
+        if self.failed:
+            return TaskState.FAILED
+        if self.target is not TaskState.RUNNING:
+            return self.target
+        if self.worker.disk_full is not None and (self.task.kind == "source" or self.waiting_for_space):
+            return TaskState.PAUSED
+        self.waiting_for_space = False
+        return None
+
+    async def run(self) -> None:
+        worker = self.worker
+        task = self.task
+        options = worker.options
+        attempt = 0
+        while not worker.stop_event.is_set():
+            held = self._held()
+            if held is not None:
+                task.state = held
+                self._wake.clear()
+                await _first(self._wake, worker.stop_event, worker.space_back)
+                continue
+            halt = self._halt = asyncio.Event()
+            self._between.clear()
+            self.incarnation += 1
+            task.state = TaskState.RUNNING
+            started = time.monotonic()
+            reason: BaseException | None = None
+            try:
+                await task.run(halt)
+            except asyncio.CancelledError:
+                raise
+            except DiskFullError as exc:
+                self.waiting_for_space = True
+                worker.on_disk_full(exc)
+            except MillpondError as exc:
+                if not exc.retriable:
+                    task.state = TaskState.FAILED
+                    task.trace = "".join(traceback.format_exception(exc))
+                    self.failed = True
+                    log.error("%s %r failed and cannot recover: %s", task.kind, task.name, exc)
+                    worker.fail(exc)
+                    return
+                reason = exc
+            except Exception as exc:
+                reason = exc
+            finally:
+                self._halt = None
+                self._between.set()
+            if reason is None:
+                continue
+            task.trace = "".join(traceback.format_exception(reason))
+            now = time.monotonic()
+            window = worker.settings.restart_window_s
+            self._failures.append(now)
+            while self._failures and now - self._failures[0] > window:
+                self._failures.popleft()
+            if len(self._failures) > worker.settings.max_restarts:
+                self.failed = True
+                task.state = TaskState.FAILED
+                log.error(
+                    "%s %r failed %d times within %.0fs (last: %s: %s); marked FAILED, the rest of the pipeline "
+                    "goes on. Restart it with POST /connectors/%s/restart once the cause is fixed",
+                    task.kind, task.name, len(self._failures), window, type(reason).__name__, reason,
+                    task.spec.name, exc_info=reason if log.isEnabledFor(logging.DEBUG) else None,
+                )
+                worker.on_task_failed()
+                continue
+            if now - started >= options.backoff_reset_s:
+                attempt = 0
+            delay = min(options.backoff_max_s, options.backoff_initial_s * (2**attempt))
+            delay *= random.uniform(0.5, 1.0)
+            attempt += 1
+            task.restarts += 1
+            log.warning(
+                "%s %r failed (%s: %s); restart #%d in %.1fs from committed offsets%s",
+                task.kind, task.name, type(reason).__name__, reason, task.restarts, delay,
+                "" if log.isEnabledFor(logging.DEBUG) else " (traceback with -v)",
+                exc_info=reason if log.isEnabledFor(logging.DEBUG) else None,
+            )
+            self._wake.clear()
+            await _first(worker.stop_event, self._wake, timeout=delay)
+
+
 class Worker:
     """Supervises the tasks of one pipeline on an open backend."""
 
@@ -114,8 +325,11 @@ class Worker:
         self.config = config
         self.backend = backend
         self.options = options or RuntimeOptions()
+        self.settings = self.options.worker or config.worker
         self.stop_event = asyncio.Event()
         self.failure: BaseException | None = None
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.api: ApiServer | None = None
         self.tasks: list[SourceTask | SinkTask] = []
         for spec in config.connectors:
             for i in range(spec.tasks):
@@ -123,17 +337,143 @@ class Worker:
                     self.tasks.append(SourceTask(config, spec, backend, i, self.options.source_limits))
                 else:
                     self.tasks.append(SinkTask(config, spec, backend, i, self.options.sink_limits))
-        self.restarts: dict[str, int] = {t.name: 0 for t in self.tasks}
+        self.supervisors = {t.name: Supervisor(self, t) for t in self.tasks}
+        #: the DiskFullError that paused the sources, while the disk is full
+        self.disk_full: DiskFullError | None = None
+        self.space_back = asyncio.Event()
+        self._space_watch: asyncio.Task[None] | None = None
+        #: the periodic jobs (retention, compaction, sink flushes, progress) while running
+        self.jobs: PipelineJobs | None = None
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        return {t.name: t.restarts for t in self.tasks}
 
     def stop(self) -> None:
         self.stop_event.set()
+        for sup in self.supervisors.values():
+            sup.halt()
+
+    def fail(self, exc: BaseException) -> None:
+        """A terminal failure: stop everything and let ``run`` raise it."""
+        if self.failure is None:
+            self.failure = exc
+        self.stop()
+
+    # -- connectors, as the API sees them -------------------------------------
+
+    def connector_names(self) -> list[str]:
+        return [spec.name for spec in self.config.connectors]
+
+    def tasks_of(self, connector: str) -> list[Supervisor]:
+        """The supervisors of ``connector``'s tasks; KeyError when there is no such connector."""
+        found = [s for s in self.supervisors.values() if s.task.spec.name == connector]
+        if not found:
+            raise KeyError(connector)
+        return found
+
+    def connector_state(self, connector: str) -> TaskState:
+        sups = self.tasks_of(connector)
+        if any(s.failed for s in sups):
+            return TaskState.FAILED
+        if all(s.target is TaskState.STOPPED for s in sups):
+            return TaskState.STOPPED
+        if all(s.target is not TaskState.RUNNING for s in sups):
+            return TaskState.PAUSED
+        if any(s.task.state is TaskState.UNASSIGNED for s in sups):
+            return TaskState.UNASSIGNED
+        return TaskState.RUNNING
+
+    def ready(self) -> bool:
+        """Every task is running (what ``GET /ready`` answers)."""
+        return not self.stop_event.is_set() and all(t.state is TaskState.RUNNING and t.running for t in self.tasks)
+
+    async def set_state(self, connector: str, state: TaskState, timeout: float = 10.0) -> bool:
+        """Pause, stop or resume every task of ``connector``; True once all got there within ``timeout``."""
+        sups = self.tasks_of(connector)
+        for s in sups:
+            s.set_target(state)
+        results = await asyncio.gather(*(s.settled(timeout) for s in sups))
+        return all(results)
+
+    async def restart(self, connector: str, *, only_failed: bool = False, timeout: float = 10.0) -> list[str]:
+        """Restart the tasks of ``connector`` (only the FAILED ones with ``only_failed``); their names."""
+        chosen = [s for s in self.tasks_of(connector) if s.failed or not only_failed]
+        waits = []
+        for s in chosen:
+            log.info("%s %r: restart requested", s.task.kind, s.task.name)
+            waits.append(s.settled(timeout, after=s.restart()))
+        await asyncio.gather(*waits)
+        return [s.task.name for s in chosen]
+
+    @contextlib.asynccontextmanager
+    async def quiesced(self, connector: str, timeout: float = 60.0) -> AsyncIterator[list[Supervisor]]:
+        """Hold every task of ``connector`` between two incarnations (transactions committed, sinks
+        flushed, nothing open), then put each back in the state it was in."""
+        sups = self.tasks_of(connector)
+        before = [(s, s.target) for s in sups]
+        for s in sups:
+            s.set_target(TaskState.PAUSED)
+        try:
+            if not all(await asyncio.gather(*(s.settled(timeout) for s in sups))):
+                raise RetriableConnectorError(
+                    f"connector {connector!r}: its tasks did not pause within {timeout:.0f}s; nothing was changed"
+                )
+            yield sups
+        finally:
+            for s, target in before:
+                s.set_target(target)
+
+    # -- disk full -------------------------------------------------------------
+
+    def on_disk_full(self, exc: DiskFullError) -> None:
+        if self.disk_full is not None or self.stop_event.is_set():
+            return
+        path = exc.path or (self.config.log.embedded.dir if self.config.log.embedded else ".")
+        self.disk_full = exc
+        self.space_back.clear()
+        if self.settings.on_disk_full == "stop":
+            log.error("disk full: %s has %d bytes free; stopping (worker: on_disk_full: stop)", path, exc.free_bytes)
+            self.fail(exc)
+            return
+        log.warning(
+            "disk full: %s has %d bytes free; sources paused until %d bytes are free (checked every %gs)",
+            path, exc.free_bytes, self.settings.disk_resume_bytes, self.settings.disk_poll_s,
+        )
+        for sup in self.supervisors.values():
+            if sup.task.kind == "source":
+                sup.halt()
+        self._space_watch = asyncio.create_task(self._wait_for_space(path), name="millpond-disk-space")
+
+    async def _wait_for_space(self, path: str) -> None:
+        while not self.stop_event.is_set():
+            await _first(self.stop_event, timeout=self.settings.disk_poll_s)
+            try:
+                free = await asyncio.to_thread(self.options.disk_free, path)
+            except OSError as exc:
+                log.debug("free space of %s unknown (%s); checking again", path, exc)
+                continue
+            if free >= self.settings.disk_resume_bytes:
+                log.warning("disk space is back: %s has %d bytes free; sources resume", path, free)
+                self.disk_full = None
+                self.space_back.set()
+                return
+
+    def on_task_failed(self) -> None:
+        if all(s.failed for s in self.supervisors.values()):
+            names = ", ".join(repr(t.name) for t in self.tasks)
+            self.fail(ConnectorError(f"every task failed and was given up ({names}); see the lines above"))
+
+    # -- the run ---------------------------------------------------------------
 
     async def run(self) -> None:
         """Run until stopped (signal, idle, terminal failure); raise the terminal failure if any."""
         _tune_gc()
-        jobs = PipelineJobs(self.backend, self.tasks, self.options.jobs)
+        jobs = self.jobs = PipelineJobs(self.backend, self.tasks, self.options.jobs)
         jobs.start()
-        supervisors = [asyncio.create_task(self._supervise(t), name=f"millpond:{t.name}") for t in self.tasks]
+        supervisors = [
+            asyncio.create_task(s.run(), name=f"millpond:{s.task.name}") for s in self.supervisors.values()
+        ]
         watcher = asyncio.create_task(self._watch_idle()) if self.options.until_idle else None
         try:
             await self.stop_event.wait()
@@ -142,49 +482,18 @@ class Worker:
         finally:
             for s in supervisors:
                 s.cancel()
-            if watcher is not None:
-                watcher.cancel()
-            await asyncio.gather(*supervisors, return_exceptions=True)
-            if watcher is not None:
-                await asyncio.gather(watcher, return_exceptions=True)
+            extra = [t for t in (watcher, self._space_watch) if t is not None]
+            for t in extra:
+                t.cancel()
+            await asyncio.gather(*supervisors, *extra, return_exceptions=True)
             jobs.shutdown()
         if self.failure is not None:
             raise self.failure
-
-    async def _supervise(self, task: SourceTask | SinkTask) -> None:
-        attempt = 0
-        while not self.stop_event.is_set():
-            started = time.monotonic()
-            try:
-                await task.run(self.stop_event)
-                return
-            except asyncio.CancelledError:
-                raise
-            except MillpondError as exc:
-                if not exc.retriable:
-                    log.error("%s %r failed and cannot recover: %s", task.kind, task.name, exc)
-                    if self.failure is None:
-                        self.failure = exc
-                    self.stop_event.set()
-                    return
-                reason: BaseException = exc
-            except Exception as exc:
-                reason = exc
-            if time.monotonic() - started >= self.options.backoff_reset_s:
-                attempt = 0
-            delay = min(self.options.backoff_max_s, self.options.backoff_initial_s * (2**attempt))
-            delay *= random.uniform(0.5, 1.0)
-            attempt += 1
-            self.restarts[task.name] += 1
-            log.warning(
-                "%s %r failed (%s: %s); restart #%d in %.1fs from committed offsets",
-                task.kind, task.name, type(reason).__name__, reason, self.restarts[task.name], delay,
-                exc_info=reason,
+        failed = [t for t in self.tasks if t.state is TaskState.FAILED]
+        if failed:
+            raise ConnectorError(
+                "stopped with failed tasks: " + "; ".join(f"{t.kind} {t.name!r} ({_last_line(t.trace)})" for t in failed)
             )
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
 
     async def _watch_idle(self) -> None:
         """For ``until_idle``: stop once sources are idle and sinks caught up, twice in a row."""
@@ -195,18 +504,26 @@ class Worker:
                 confirmations += 1
                 if confirmations >= 2:
                     log.info("pipeline %r is idle: every source is drained and every sink caught up", self.config.name)
-                    self.stop_event.set()
+                    self.stop()
             else:
                 confirmations = 0
 
     async def _idle(self) -> bool:
-        for task in self.tasks:
+        for sup in self.supervisors.values():
+            task = sup.task
+            if sup.failed or sup.target is not TaskState.RUNNING:
+                continue  # held on purpose: nothing more will come from it
             if isinstance(task, SourceTask):
-                if not task.is_idle(self.options.idle_seconds):
+                if self.disk_full is not None or not task.is_idle(self.options.idle_seconds):
                     return False
             elif not await task.caught_up():
                 return False
         return True
+
+
+def _last_line(trace: str | None) -> str:
+    lines = [line for line in (trace or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no trace"
 
 
 def _tune_gc() -> None:
@@ -219,57 +536,127 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def _install_loop_signals(
+    loop: asyncio.AbstractEventLoop, stop_requested: asyncio.Event, worker_ref: list[Worker]
+) -> list[int]:
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if stop_requested.is_set():
+            log.warning("second %s: cancelling", name)
+            for t in asyncio.all_tasks(loop):
+                if t.get_name().startswith("millpond:"):
+                    t.cancel()
+            return
+        log.info("%s: stopping after the work in hand", name)
+        stop_requested.set()
+        for w in worker_ref:
+            w.stop()
+
+    installed: list[int] = []
+    for signum in (signal.SIGTERM.value, signal.SIGINT.value):
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+    return installed
+
+
 async def run_pipeline_async(
     config: PipelineConfig,
     *,
     until_idle: bool = False,
     options: RuntimeOptions | None = None,
     backend: LogBackend | None = None,
-) -> Worker:
-    """Run ``config`` in the current loop; ``backend`` (already open) is for tests and embedding."""
+) -> Worker | None:
+    """Run ``config`` in the current loop; ``backend`` (already open) is for tests and embedding.
+
+    Returns the worker once it stopped, or None when a signal came before the log was opened.
+    """
     options = options or RuntimeOptions()
     options.until_idle = options.until_idle or until_idle
-    preflight(config)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    worker_ref: list[Worker] = []
+    installed: list[int] = []
+    # first of all: a signal from now on stops the run cleanly, even before the log is open
+    if options.install_signal_handlers:
+        installed = _install_loop_signals(loop, stop_requested, worker_ref)
+    early = options.early_signals
+    if early is not None and early.received:
+        log.info("%s before the start: stopping", signal.Signals(early.received[0]).name)
+        stop_requested.set()
     own_backend = backend is None
-    if backend is None:
-        backend = await _open(config)
     try:
+        preflight(config)
+        try:
+            check_listen(options.api_listen, config.api.token)
+        except ValueError as exc:
+            raise ConfigError(f"api: {exc}") from None
+        if stop_requested.is_set():
+            raise _Stopped
+        if backend is None:
+            backend = await _open(config)
         await create_topics(config, backend)
         worker = Worker(config, backend, options)
-        loop = asyncio.get_running_loop()
-        installed: list[int] = []
-        if options.install_signal_handlers:
-            def on_signal(signum: int) -> None:
-                if worker.stop_event.is_set():
-                    log.warning("second %s: cancelling", signal.Signals(signum).name)
-                    for t in asyncio.all_tasks(loop):
-                        if t.get_name().startswith("millpond:"):
-                            t.cancel()
-                    return
-                log.info("%s: stopping after the work in hand", signal.Signals(signum).name)
-                worker.stop()
+        worker_ref.append(worker)
+        if stop_requested.is_set():
+            worker.stop()
+        api = None
+        if options.api_listen.strip().lower() != "off" and not stop_requested.is_set():
+            from ..api.server import ApiServer
 
-            for signum in (signal.SIGTERM.value, signal.SIGINT.value):
-                try:
-                    loop.add_signal_handler(signum, on_signal, signum)
-                    installed.append(signum)
-                except (NotImplementedError, RuntimeError):  # not the main thread
-                    pass
+            api = ApiServer(worker, options.api_listen, token=config.api.token,
+                            fallback_to_free_port=options.api_listen_is_default)
+            await api.start()
+            worker.api = api
         try:
             await worker.run()
         finally:
-            for signum in installed:
-                loop.remove_signal_handler(signum)
+            if api is not None:
+                await api.close()
         return worker
+    except _Stopped:
+        log.info("pipeline %r stopped before it started", config.name)
+        return None
     finally:
-        if own_backend:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        if early is not None:
+            early.restore()  # removing a loop handler resets the signal to its default (which kills)
+        if own_backend and backend is not None:
             await backend.close()
 
 
-def run_pipeline(config: PipelineConfig, *, until_idle: bool = False, options: RuntimeOptions | None = None) -> None:
+class _Stopped(Exception):
+    """A stop signal came before the log was opened."""
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    *,
+    until_idle: bool = False,
+    options: RuntimeOptions | None = None,
+    api: str | None = None,
+    signals: StopSignals | None = None,
+) -> None:
     """Run a pipeline until SIGTERM/SIGINT (or, with ``until_idle``, until it has nothing left to do).
 
-    Raises the terminal error that stopped it, if any (a ``MillpondError``
-    whose message names the connector and the cause).
+    ``api`` is ``HOST:PORT`` or ``off``; None takes the pipeline file's ``api:`` block. ``signals``
+    are the handlers the CLI installed at its first moment. Raises the terminal error that stopped
+    the run, if any (a ``MillpondError`` whose message names the connector and the cause).
     """
+    options = options or RuntimeOptions()
+    if api is not None:
+        try:
+            parse_listen(api)
+        except ValueError as exc:
+            raise ConfigError(f"--api: {exc}") from None
+        options.api_listen = api
+    else:
+        options.api_listen = config.api.listen
+        options.api_listen_is_default = "listen" not in config.api.model_fields_set
+    options.early_signals = signals
     asyncio.run(run_pipeline_async(config, until_idle=until_idle, options=options))
+
+

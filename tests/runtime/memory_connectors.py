@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from millpond.connector import ConnectorConfig, Guarantee, Sink, Source, SourceBatch
-from millpond.errors import ConfigError, RecordError
+from millpond.errors import ConfigError, DiskFullError, RecordError
 from millpond.hookspecs import hookimpl
 from millpond.records import JsonRecords, Record, TopicPartition
 
@@ -19,6 +20,10 @@ class ListSourceConfig(ConnectorConfig):
     #: hand records over as JSON columns (SourceBatch.encoded), as the CDC source does
     encoded: bool = False
     fail_on_start: bool = False
+    #: raise RuntimeError (not millpond's own) from every poll: a bug or a driver exception
+    fail_always: bool = False
+    #: raise DiskFullError from this many polls (counted across restarts), then work
+    disk_full_polls: int = 0
 
 
 class ListSource(Source):
@@ -28,6 +33,7 @@ class ListSource(Source):
     config_model = ListSourceConfig
     started_with: ClassVar[list[Any]] = []
     committed: ClassVar[list[Any]] = []
+    disk_full_raised: ClassVar[list[float]] = []
 
     async def start(self, offset: Any | None) -> None:
         if self.config.fail_on_start:
@@ -36,6 +42,11 @@ class ListSource(Source):
         self.pos = 0 if offset is None else int(offset["next"])
 
     async def poll(self) -> SourceBatch | None:
+        if self.config.fail_always:
+            raise RuntimeError("driver exploded")
+        if len(ListSource.disk_full_raised) < self.config.disk_full_polls:
+            ListSource.disk_full_raised.append(time.monotonic())
+            raise DiskFullError("no space left on device", path="/fake/log", free_bytes=1234)
         values = self.config.values
         if self.pos >= len(values):
             return None
@@ -107,6 +118,7 @@ plugin = _Plugin()
 def reset() -> None:
     ListSource.started_with.clear()
     ListSource.committed.clear()
+    ListSource.disk_full_raised.clear()
     MemorySink.written.clear()
     MemorySink.durable.clear()
     MemorySink.offsets.clear()
