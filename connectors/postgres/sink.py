@@ -22,6 +22,28 @@ numerics as strings...). Within one flush only the last change of each key
 is applied, which gives the same rows as applying them one by one. Columns a
 row does not carry (or carries as the source's "unavailable" TOAST marker)
 keep their current value.
+
+Column types and schema changes
+-------------------------------
+A ``postgres-cdc`` change names every column's SQL type in
+``source.column_types`` (``{"id": "bigint", "total": "numeric(12,2)"}``, the
+relation as the source last saw it). ``auto_create`` creates exactly those
+types, and ``schema_changes`` says what happens when they differ from the
+table's columns:
+
+- ``add`` (default): a column the source has and the table lacks is added
+  (``ALTER TABLE ... ADD COLUMN``); a column dropped or retyped at the source
+  while the sink runs stops the sink with a message naming table and column
+  (dropping data is never done unasked).
+- ``apply``: the table follows the source: columns are added, dropped and
+  retyped (``ALTER COLUMN ... TYPE ... USING col::type``) — also differences
+  found when the sink starts.
+- ``fail``: any difference that needs a change to the table stops the sink.
+
+The changes run in the flush's transaction, in stream order: rows before an
+``ALTER`` are written before it, rows after it after it. A type the sink's
+database does not know (an enum of the source's) becomes ``text``, with a
+warning.
 """
 
 from __future__ import annotations
@@ -30,8 +52,8 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import asyncpg
 import orjson
@@ -41,8 +63,8 @@ from millpond.connector import ConnectorConfig, ConnectorContext, Guarantee, Sin
 from millpond.errors import ConfigError, ConnectorError, RecordError, RetriableConnectorError
 from millpond.records import Record, TopicPartition
 
-from .source import UNAVAILABLE, _ident, _mask, split_table
-from .types import SESSION_SETTINGS
+from .source import UNAVAILABLE
+from .sql import connect, ident as _ident, split_table
 
 log = logging.getLogger("millpond.connectors.postgres.sink")
 
@@ -68,6 +90,8 @@ class PostgresSinkConfig(ConnectorConfig):
     offsets_table: str = "millpond_sink_offsets"
     #: apply ``op: t`` (truncate) envelopes
     apply_truncate: bool = True
+    #: what a change of the source's columns does to the table (see the module's docstring)
+    schema_changes: Literal["add", "apply", "fail"] = "add"
 
 
 @dataclass(slots=True)
@@ -79,6 +103,11 @@ class _Target:
     #: the key is the table's primary key (ON CONFLICT works); else delete + insert
     unique: bool = True
     sql: str = ""
+    #: ``{column: SQL type}`` of the table as the buffered changes leave it (``columns`` is the
+    #: table as the last flush left it)
+    types: dict[str, str] = field(default_factory=dict)
+    #: the source's ``column_types`` of the last change seen (None before the first)
+    seen: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.sql = f"{_ident(self.schema)}.{_ident(self.name)}"
@@ -122,7 +151,7 @@ def _document(row: dict[str, Any]) -> str:
 
 class _Entry(NamedTuple):
     target: _Target
-    what: str  # "up" | "del" | "trunc"
+    what: str  # "up" | "del" | "trunc" | "ddl" (row: {"sql": [statements], "why": text})
     row: dict[str, Any] | None
     key: Any
 
@@ -158,13 +187,7 @@ class PostgresSink(Sink):
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> Mapping[TopicPartition, int] | None:
-        dsn = self.cfg.dsn.get_secret_value()
-        try:
-            self._conn = conn = await asyncpg.connect(dsn, server_settings=dict(SESSION_SETTINGS), timeout=30)
-        except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
-            raise RetriableConnectorError(f"{self._where}: cannot connect to {_mask(dsn)}: {exc}") from exc
-        except asyncpg.InvalidAuthorizationSpecificationError as exc:
-            raise ConnectorError(f"{self._where}: login refused at {_mask(dsn)}: {exc}") from exc
+        self._conn = conn = await connect(self.cfg.dsn.get_secret_value(), self._where)
         self._where = f"postgres sink {self.context.name!r} (database {await conn.fetchval('SELECT current_database()')!r})"
         offsets = self._offsets_sql()
         await conn.execute(
@@ -207,6 +230,14 @@ class PostgresSink(Sink):
             target = by_topic.get(record.topic or "")
             if target is None:
                 target = await self._target(conn, record, row if what == "up" else None)
+            value = record.value
+            if value.__class__ is dict and "op" in value:
+                source = value.get("source")
+                types = source.get("column_types") if source.__class__ is dict else None
+                if types is not None and types != target.seen:
+                    ddl = await self._schema_change(conn, target, types, record)
+                    if ddl is not None:
+                        entries.append(ddl)
             if what == "up" and row.__class__ is dict and target.key:
                 # the common upsert, inline; a missing key column takes _entry's path for its error
                 assert row is not None
@@ -289,8 +320,8 @@ class PostgresSink(Sink):
         if oid is None:
             return None
         cols = await conn.fetch(
-            "SELECT attname FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped "
-            "AND attgenerated = '' ORDER BY attnum",
+            "SELECT attname, format_type(atttypid, atttypmod) AS sqltype FROM pg_attribute "
+            "WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
             oid,
         )
         key = await conn.fetch(
@@ -301,20 +332,114 @@ class PostgresSink(Sink):
         )
         key_columns = [r["attname"] for r in key]
         return _Target(schema, name, [r["attname"] for r in cols], key_columns or list(self.cfg.key_columns or []),
-                       unique=bool(key_columns))
+                       unique=bool(key_columns), types={r["attname"]: r["sqltype"] for r in cols})
 
     async def _create(
         self, conn: asyncpg.Connection, schema: str, name: str, record: Record, row: dict[str, Any]
     ) -> _Target:
+        """Create the table of ``record``: the source's column types when the change names them,
+        else types guessed from the JSON values of ``row``."""
         key = list(self.cfg.key_columns or (record.key.keys() if isinstance(record.key, dict) else []))
-        columns = dict.fromkeys([*key, *row])
-        defs = [f"{_ident(c)} {_sql_type(row.get(c, (record.key or {}).get(c)))}" for c in columns]
+        source = record.value.get("source") if isinstance(record.value, dict) else None
+        named = source.get("column_types") if isinstance(source, dict) else None
+        if isinstance(named, dict) and named:
+            known = await self._known_types(conn, named, f"{schema}.{name}")
+            columns = dict.fromkeys([*key, *named, *row])
+            types = {c: known.get(c) or _sql_type(row.get(c, (record.key or {}).get(c))) for c in columns}
+        else:
+            columns = dict.fromkeys([*key, *row])
+            types = {c: _sql_type(row.get(c, (record.key or {}).get(c))) for c in columns}
+        defs = [f"{_ident(c)} {typ}" for c, typ in types.items()]
         if key:
             defs.append(f"PRIMARY KEY ({', '.join(_ident(k) for k in key)})")
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
         await conn.execute(f"CREATE TABLE IF NOT EXISTS {_ident(schema)}.{_ident(name)} ({', '.join(defs)})")
         log.info("%s: created table %s.%s (%s)", self._where, schema, name, ", ".join(defs))
-        return _Target(schema, name, list(columns), key)
+        return _Target(schema, name, list(columns), key, types=types)
+
+    async def _known_types(self, conn: asyncpg.Connection, types: dict[str, str], table: str) -> dict[str, str]:
+        """``types`` with each type this database lacks (a source's enum, say) replaced by ``text``."""
+        rows = await conn.fetch(
+            "SELECT t, to_regtype(t) IS NOT NULL AS known FROM unnest($1::text[]) AS u(t)", sorted(set(types.values()))
+        )
+        known = {r["t"] for r in rows if r["known"]}
+        out = {}
+        for column, typ in types.items():
+            if typ not in known:
+                log.warning("%s: type %r of column %s.%s is unknown in this database; the column is text",
+                            self._where, typ, table, column)
+                typ = "text"
+            out[column] = typ
+        return out
+
+    async def _schema_change(
+        self, conn: asyncpg.Connection, t: _Target, types: dict[str, str], record: Record
+    ) -> _Entry | None:
+        """Compare the source's ``types`` with the table; the DDL to run in order, or a clear stop.
+
+        ``t.seen`` is what the source said before: a column that was there
+        and is gone was dropped at the source, one whose type differs from
+        before was retyped. Without an earlier view (the sink's first change)
+        only ``apply`` treats the table's other columns as dropped ones.
+        """
+        previous, t.seen = t.seen, types
+        mode = self.cfg.schema_changes
+        table = f"{t.schema}.{t.name}"
+        where = f"topic {record.topic!r} partition {record.partition} offset {record.offset}"
+        wanted = await self._known_types(conn, types, table)
+        added = [c for c in types if c not in t.types]
+        if mode == "apply":
+            dropped = [c for c in t.types if c not in types]
+            retyped = [c for c in types if c in t.types and wanted[c] != t.types[c]]
+        elif previous is not None:
+            dropped = [c for c in previous if c not in types and c in t.types]
+            retyped = [c for c in types if c in t.types and c in previous and previous[c] != types[c]
+                       and wanted[c] != t.types[c]]
+        else:
+            dropped, retyped = [], []
+        if not (added or dropped or retyped):
+            return None
+        lost_key = [c for c in dropped if c in t.key]
+        if lost_key:
+            raise ConnectorError(
+                f"{self._where}: key column {table}.{lost_key[0]} was dropped at the source ({where}); "
+                "the sink cannot go on keyed by it. Change the table's primary key by hand, then restart"
+            )
+        problems = [(c, f"was added at the source (type {types[c]})") for c in added if mode == "fail"]
+        if mode != "apply":
+            problems += [(c, "was dropped at the source") for c in dropped]
+            problems += [(c, f"changed type at the source from {(previous or {}).get(c, t.types[c])} to {types[c]}")
+                         for c in retyped]
+        if problems:
+            column, what = problems[0]
+            more = f" (and {len(problems) - 1} more change(s))" if len(problems) > 1 else ""
+            raise ConnectorError(
+                f"{self._where}: column {table}.{column} {what} ({where}){more}; schema_changes is "
+                f"{mode!r}, so the sink stops. Change {table} by hand, or set schema_changes: apply, then restart"
+            )
+        sql = [f"ALTER TABLE {t.sql} ADD COLUMN IF NOT EXISTS {_ident(c)} {wanted[c]}" for c in added]
+        sql += [f"ALTER TABLE {t.sql} DROP COLUMN IF EXISTS {_ident(c)}" for c in dropped]
+        sql += [f"ALTER TABLE {t.sql} ALTER COLUMN {_ident(c)} TYPE {wanted[c]} USING {_ident(c)}::{wanted[c]}"
+                for c in retyped]
+        for c in dropped:
+            del t.types[c]
+        for c in (*added, *retyped):
+            t.types[c] = wanted[c]
+        why = ", ".join([*(f"add {c} {wanted[c]}" for c in added), *(f"drop {c}" for c in dropped),
+                         *(f"retype {c} to {wanted[c]}" for c in retyped)])
+        return _Entry(t, "ddl", {"sql": sql, "why": why, "columns": list(t.types), "at": where}, None)
+
+    async def _ddl(self, conn: asyncpg.Connection, t: _Target, change: dict[str, Any]) -> None:
+        for statement in change["sql"]:
+            try:
+                await conn.execute(statement)
+            except asyncpg.PostgresError as exc:
+                raise ConnectorError(
+                    f"{self._where}: cannot change {t.schema}.{t.name} as the source did "
+                    f"({change['why']}, {change['at']}): {exc}"
+                ) from exc
+        t.columns = list(change["columns"])
+        log.warning("%s: changed table %s.%s as the source did: %s", self._where, t.schema, t.name, change["why"])
 
     @staticmethod
     def _meaning(record: Record) -> tuple[str, dict[str, Any] | None]:
@@ -375,9 +500,17 @@ class PostgresSink(Sink):
         # per table: key -> ("up" | "del", doc), last change wins (merged onto an earlier upsert)
         pending: dict[str, dict[Any, tuple[str, dict[str, Any]]]] = {}
         targets: dict[str, _Target] = {}
+        written = 0
         for target, what, row, key in entries:
             tkey = target.sql
             targets[tkey] = target
+            if what == "ddl":
+                assert row is not None
+                before = pending.pop(tkey, None)
+                if before:  # the rows before the change go in with the table as it was
+                    written += await self._write_table(conn, target, before)
+                await self._ddl(conn, target, row)
+                continue
             if what == "trunc":
                 pending.pop(tkey, None)  # what came before the truncate is gone anyway
                 if self.cfg.apply_truncate:
@@ -395,7 +528,6 @@ class PostgresSink(Sink):
                 per_table[key] = ("up", doc)
             else:
                 per_table[key] = ("del", row)
-        written = 0
         for tkey, changes in pending.items():
             written += await self._write_table(conn, targets[tkey], changes)
         return written

@@ -69,14 +69,18 @@ from millpond.converters import JsonConverter
 from millpond.records import JsonRecords, Record
 
 from . import pgoutput as po
+from .sql import connect, ident as _ident, literal as _literal, mask as _mask, split_table
 
 try:
     from ._decode import scan as _scan
 except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
     _scan = None
-from .types import FAST_KINDS, SESSION_SETTINGS, TypeRegistry
+from .types import FAST_KINDS, TypeRegistry
 
 log = logging.getLogger("millpond.connectors.postgres.source")
+
+#: Tables up to this size are counted for snapshot progress when they have no statistics.
+_COUNT_BYTES = 256 * 1024 * 1024
 
 #: Stands for a TOASTed value that an update did not change and Postgres did not send.
 UNAVAILABLE = "__millpond_unavailable_value"
@@ -115,31 +119,12 @@ class PostgresSourceConfig(ConnectorConfig):
     idle_sleep_s: float = Field(default=0.2, ge=0)
 
 
-def _mask(dsn: str) -> str:
-    """The DSN with its password replaced, for messages."""
-    dsn = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn, flags=re.I)
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _slot_name(name: str) -> str:
     return ("millpond_" + re.sub(r"[^a-z0-9_]", "_", name.lower()))[:63]
 
 
 def _text_or_none(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def split_table(name: str) -> tuple[str, str]:
-    schema, _, table = name.rpartition(".")
-    return (schema or "public", table)
 
 
 @dataclass(slots=True)
@@ -158,6 +143,9 @@ class _Table:
     key_index: list[int] = field(default_factory=list)
     #: SQL types of the key columns (``format_type``), for resuming a snapshot copy by key
     key_types: list[str] = field(default_factory=list)
+    #: ``{column: SQL type}`` (``format_type``, e.g. ``numeric(12,2)``) in column order, carried in
+    #: every change's ``source.column_types``; one dict, replaced when the relation changes
+    column_types: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -242,7 +230,7 @@ class PostgresSource(Source):
         self._snap_txn: Any = None
         self._snap_rows = 0  # rows of the current table copied in this run, for progress
         self._snap_keyless_done = 0  # rows of a keyless table copied in this snapshot transaction
-        self._estimates: dict[int, int] = {}
+        self._estimates: dict[int, int | None] = {}
         # stream state
         self._ready: deque[tuple[list[JsonRecords], int, int]] = deque()  # (records, how many, end_lsn)
         self._window = config.window_bytes
@@ -257,17 +245,7 @@ class PostgresSource(Source):
     # -- lifecycle ------------------------------------------------------------
 
     async def _connect(self) -> asyncpg.Connection:
-        dsn = self.cfg.dsn.get_secret_value()
-        try:
-            return await asyncpg.connect(dsn, server_settings=dict(SESSION_SETTINGS), timeout=30)
-        except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError) as exc:
-            raise RetriableConnectorError(
-                f"postgres-cdc {self.context.name!r}: cannot connect to {_mask(dsn)}: {exc}"
-            ) from exc
-        except asyncpg.InvalidAuthorizationSpecificationError as exc:
-            raise ConnectorError(
-                f"postgres-cdc {self.context.name!r}: login refused at {_mask(dsn)}: {exc}"
-            ) from exc
+        return await connect(self.cfg.dsn.get_secret_value(), f"postgres-cdc {self.context.name!r}")
 
     async def start(self, offset: Any | None) -> None:
         self._conn = conn = await self._connect()
@@ -277,11 +255,15 @@ class PostgresSource(Source):
         self._utf8 = await conn.fetchval("SHOW server_encoding") == "UTF8"
         await self._check_server(conn)
         await self._load_tables(conn)
-        if self.cfg.snapshot_mode != "initial_only":
-            await self._ensure_publication(conn)
         self._restore(offset)
+        streaming = self.cfg.snapshot_mode != "initial_only"
+        if streaming and offset is not None:
+            # before anything is created: a refused start leaves no slot holding WAL behind
+            await self._check_slot_kept(conn)
+        if streaming:
+            await self._ensure_publication(conn)
         slot = None
-        if self.cfg.snapshot_mode != "initial_only":
+        if streaming:
             slot = await self._ensure_slot(conn)
         if offset is None:
             self._snapshot_done = self.cfg.snapshot_mode == "never"
@@ -292,7 +274,8 @@ class PostgresSource(Source):
                 raise ConnectorError(
                     f"{self._where}: the slot is at {po.format_lsn(slot)}, past the log's offset "
                     f"{po.format_lsn(self._committed_lsn)}; the changes between them are gone. "
-                    "Drop the slot (and the connector's offset) to start over with a new snapshot"
+                    f"To start over with a new snapshot, drop the slot (SELECT pg_drop_replication_slot("
+                    f"{_literal(self.slot)})) and reset the connector's checkpoint: {self._reset_command()}"
                 )
             if slot < self._committed_lsn:
                 await self._advance(self._committed_lsn)
@@ -301,6 +284,27 @@ class PostgresSource(Source):
             self._where, po.format_lsn(self._committed_lsn),
             "done" if self._snapshot_done else "to do", self.cfg.snapshot_mode,
             ", ".join(f"{t.schema}.{t.name}" for t in self._tables.values()),
+        )
+
+    def _reset_command(self) -> str:
+        log_dir = self.context.extra.get("log_dir") or "DIR"
+        return f"millpond groups reset {self.context.name} --to-earliest --execute --log {log_dir}"
+
+    async def _check_slot_kept(self, conn: asyncpg.Connection) -> None:
+        """Refuse to go on from a checkpoint whose slot is gone, creating nothing.
+
+        The log's checkpoint says where the stream stopped; without the slot the
+        server no longer keeps the WAL after it, so those changes are lost and a
+        new slot would silently skip them. Only a new snapshot can make the
+        topics whole again: the message says how to ask for one.
+        """
+        if await conn.fetchval("SELECT true FROM pg_replication_slots WHERE slot_name = $1", self.slot):
+            return
+        raise ConnectorError(
+            f"{self._where}: the replication slot is gone (dropped outside millpond?) but the log holds a "
+            f"checkpoint at {po.format_lsn(self._committed_lsn)}; the changes since then are lost to the "
+            f"stream. Nothing was created. To start over with a new snapshot, reset the connector's "
+            f"checkpoint: {self._reset_command()}"
         )
 
     def _restore(self, offset: Any | None) -> None:
@@ -681,6 +685,13 @@ class PostgresSource(Source):
         if unknown:
             await self._learn_types(unknown)
         table.replica_identity = rel.replica_identity
+        assert self._conn is not None
+        sql_types = await self._conn.fetchval(
+            "SELECT array_agg(format_type(t, m) ORDER BY n) FROM unnest($1::oid[], $2::int[]) "
+            "WITH ORDINALITY AS c(t, m, n)",
+            [c.type_oid for c in rel.columns], [c.typmod for c in rel.columns],
+        )
+        table.column_types = dict(zip((c.name for c in rel.columns), sql_types or ()))
         table.columns = [c.name for c in rel.columns]
         table.decoders = [self.types.decoder(c.type_oid) for c in rel.columns]
         if not table.key_columns:  # REPLICA IDENTITY FULL without a primary key: no key
@@ -865,6 +876,7 @@ class PostgresSource(Source):
             "txid": xid,
             "commit_ts_ms": commit_ms,
             "snapshot": snapshot,
+            "column_types": t.column_types,
         }
 
     def _row(self, t: _Table, data: po.TupleData | None, fill: po.TupleData | None,
@@ -989,6 +1001,7 @@ class PostgresSource(Source):
             t.decoders = [self.types.decoder(c["atttypid"]) for c in cols]
             t.key_index = [t.columns.index(k) for k in t.key_columns]
             t.key_types = [cols[i]["sqltype"] for i in t.key_index]
+            t.column_types = {c["attname"]: c["sqltype"] for c in cols}
         select = ", ".join(f"src.{_ident(c)}" for c in t.columns)
         rel = f"{_ident(t.schema)}.{_ident(t.name)}"
         limit = self.cfg.snapshot_chunk_rows
@@ -1026,20 +1039,35 @@ class PostgresSource(Source):
             last = rows[-1]
             self._snap_after = [_text_or_none(last[i]) for i in t.key_index]
             self._snap_rows += len(rows)
-            log.info("%s: snapshot of %s.%s: %d of about %d rows copied, up to key %s", self._where, t.schema,
-                     t.name, self._snap_rows, await self._estimate(conn, t), self._snap_after)
+            total = await self._estimate(conn, t)
+            log.info("%s: snapshot of %s.%s: %d %s copied, up to key %s", self._where, t.schema, t.name,
+                     self._snap_rows, f"of about {total} rows" if total and total >= self._snap_rows
+                     else "rows so far", self._snap_after)
         else:
             self._snap_keyless_done += len(rows)
         if self._snap_table >= len(tables):
             await self._finish_snapshot(keep_offset=True)
         return SourceBatch(records, self._offset(self._committed_lsn))
 
-    async def _estimate(self, conn: asyncpg.Connection, t: _Table) -> int:
-        """The planner's row count of ``t`` (cheap; for progress messages only)."""
+    async def _estimate(self, conn: asyncpg.Connection, t: _Table) -> int | None:
+        """About how many rows ``t`` has, for progress messages; None when unknown.
+
+        The planner's ``reltuples`` costs nothing but is -1 (PostgreSQL 14+) or 0
+        before the first VACUUM or ANALYZE, as after a bulk load. Then a table of
+        up to :data:`_COUNT_BYTES` is counted (in the snapshot, so it is exact);
+        a larger one gets no total rather than a wrong one.
+        """
         if t.oid not in self._estimates:
-            self._estimates[t.oid] = int(
-                await conn.fetchval("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1", t.oid) or 0
+            row = await conn.fetchrow(
+                "SELECT reltuples::bigint AS tuples, pg_relation_size(oid) AS bytes FROM pg_class WHERE oid = $1",
+                t.oid,
             )
+            estimate: int | None = None
+            if row is not None and row["tuples"] > 0:
+                estimate = int(row["tuples"])
+            elif row is not None and row["bytes"] <= _COUNT_BYTES:
+                estimate = int(await conn.fetchval(f"SELECT count(*) FROM {_ident(t.schema)}.{_ident(t.name)}"))
+            self._estimates[t.oid] = estimate
         return self._estimates[t.oid]
 
     async def _finish_snapshot(self, keep_offset: bool = False) -> SourceBatch:
