@@ -1040,9 +1040,9 @@ class PostgresSource(Source):
             self._snap_after = [_text_or_none(last[i]) for i in t.key_index]
             self._snap_rows += len(rows)
             total = await self._estimate(conn, t)
-            log.info("%s: snapshot of %s.%s: %d %s copied, up to key %s", self._where, t.schema, t.name,
-                     self._snap_rows, f"of about {total} rows" if total and total >= self._snap_rows
-                     else "rows so far", self._snap_after)
+            log.info("%s: snapshot of %s.%s: %d %s, up to key %s", self._where, t.schema, t.name,
+                     self._snap_rows, f"of about {total} rows copied" if total and total >= self._snap_rows
+                     else "rows copied so far", self._snap_after)
         else:
             self._snap_keyless_done += len(rows)
         if self._snap_table >= len(tables):
