@@ -103,18 +103,29 @@ def emit(figures: Mapping[str, Any]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class PipelineTimes:
-    """Seconds from the worker's launch: until every task ran, until ``done``, until it had stopped."""
+    """Seconds from the worker's launch: until every task ran, until ``done``, until it had stopped,
+    and until each named milestone first held."""
 
     startup_s: float
     done_s: float
     stopped_s: float
+    milestones: dict[str, float]
 
 
 Done = Callable[[Worker, LogBackend], Awaitable[bool]]
 
 
-async def run_pipeline(config: PipelineConfig, done: Done, poll_s: float = 0.001) -> PipelineTimes:
-    """Run ``config`` in process on its own backend until ``done(worker, backend)``, then stop it."""
+async def run_pipeline(
+    config: PipelineConfig, done: Done, poll_s: float = 0.001, milestones: Mapping[str, Done] | None = None
+) -> PipelineTimes:
+    """Run ``config`` in process on its own backend until ``done(worker, backend)``, then stop it.
+
+    ``milestones`` are conditions checked on the way (e.g. "the source has
+    emitted everything" while the sink still works); each is timed when it
+    first holds, from the same launch.
+    """
+    pending = dict(milestones or {})
+    reached: dict[str, float] = {}
     preflight(config)
     backend = open_backend(config.log)
     await backend.open()
@@ -131,13 +142,21 @@ async def run_pipeline(config: PipelineConfig, done: Done, poll_s: float = 0.001
                 raise RuntimeError(f"the pipeline {config.name!r} stopped early")
             if started is None and worker.tasks and all(t.running for t in worker.tasks):
                 started = time.perf_counter()
-            if started is not None and await done(worker, backend):
+            if started is None:
+                continue
+            for name, check in list(pending.items()):
+                if await check(worker, backend):
+                    reached[name] = time.perf_counter() - launched
+                    del pending[name]
+            if await done(worker, backend):
                 break
         finished = time.perf_counter()
         worker.stop()
         await run
         stopped = time.perf_counter()
-        return PipelineTimes(started - launched, finished - launched, stopped - launched)
+        for name in pending:  # held by the time the pipeline was done
+            reached[name] = finished - launched
+        return PipelineTimes(started - launched, finished - launched, stopped - launched, reached)
     finally:
         await backend.close()
 
