@@ -69,7 +69,7 @@ from millpond.converters import JsonConverter
 from millpond.records import JsonRecords, Record
 
 from . import pgoutput as po
-from .sql import connect, ident as _ident, literal as _literal, mask as _mask, split_table
+from .sql import connect, ident as _ident, literal as _literal, split_table
 
 try:
     from ._decode import scan as _scan

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
@@ -109,7 +108,3 @@ async def connect(dsn: str, who: str, timeout: float = 30) -> asyncpg.Connection
     except asyncpg.PostgresError as exc:
         raise ConnectorError(f"{who}: cannot connect to Postgres at {where}: {_reason(exc)}") from None
 
-
-def one_line(exc: Any) -> str:
-    """A driver error as one line, for messages."""
-    return _reason(exc)
