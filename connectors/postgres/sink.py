@@ -43,7 +43,9 @@ table's columns:
 The changes run in the flush's transaction, in stream order: rows before an
 ``ALTER`` are written before it, rows after it after it. A type the sink's
 database does not know (an enum of the source's) becomes ``text``, with a
-warning.
+warning. Rows that existed before an ADD COLUMN get NULL there: pgoutput
+sends nothing for a DEFAULT the source filled them with (see the source's
+docstring), so such a default reaches the sink only row by row as rows change.
 """
 
 from __future__ import annotations

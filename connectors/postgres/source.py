@@ -39,6 +39,20 @@ silent null — and a sink keeps the value it has. When the key changed too,
 no sink has that value, so it is read back from the table (named in
 ``source.read_back``; see :meth:`PostgresSource._read_back`).
 
+Column types
+------------
+``source.column_types`` names every column's SQL type as ``format_type``
+prints it (``{"id": "bigint", "total": "numeric(12,2)", "tags": "text[]"}``),
+from the latest Relation message (stream) or the catalog (snapshot), in
+column order. It is one dict per table, replaced only when the relation
+changes, and the C path writes it as part of its fixed value template (no
+cost per row beyond its bytes, which zstd mostly takes back); a sink can
+create exact types and see ADD COLUMN, DROP COLUMN and type changes as they
+come (see the ``postgres`` sink). A relation change applies to the changes
+after it in the stream; pgoutput sends nothing for the rows a DDL itself
+rewrote or filled (an ADD COLUMN ... DEFAULT), so those reach a sink only
+through a later change of the row or a new snapshot.
+
 Offsets look like ``{"lsn": "0/16B3748", "snapshot_done": true, "snapshot":
 "xmin:xmax:xip"}`` (plus ``snapshot_table`` / ``snapshot_after`` while the
 copy runs). ``slot_lag_bytes`` / :meth:`PostgresSource.slot_lag` tell how much
