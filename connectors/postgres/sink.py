@@ -36,9 +36,13 @@ table's columns:
   while the sink runs stops the sink with a message naming table and column
   (dropping data is never done unasked).
 - ``apply``: the table follows the source: columns are added, dropped and
-  retyped (``ALTER COLUMN ... TYPE ... USING col::type``) — also differences
-  found when the sink starts.
+  retyped (``ALTER COLUMN ... TYPE ... USING col::type``).
 - ``fail``: any difference that needs a change to the table stops the sink.
+
+A drop or a type change is a change between two records of one topic, so a
+table's own extra columns or types (or those of another topic written into
+the same table) are left alone. A sink that stopped resumes from its last
+flush, before the change, so setting ``apply`` and restarting applies it.
 
 The changes run in the flush's transaction, in stream order: rows before an
 ``ALTER`` are written before it, rows after it after it. A type the sink's
@@ -108,8 +112,6 @@ class _Target:
     #: ``{column: SQL type}`` of the table as the buffered changes leave it (``columns`` is the
     #: table as the last flush left it)
     types: dict[str, str] = field(default_factory=dict)
-    #: the source's ``column_types`` of the last change seen (None before the first)
-    seen: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.sql = f"{_ident(self.schema)}.{_ident(self.name)}"
@@ -183,6 +185,8 @@ class PostgresSink(Sink):
         self._buffer: list[_Entry] = []
         self._targets: dict[str, _Target] = {}
         self._by_topic: dict[str, _Target] = {}
+        #: per topic, the source's ``column_types`` of the last change seen
+        self._seen: dict[str, dict[str, str]] = {}
         self._where = f"postgres sink {context.name!r}"
         self.rows_written = 0
 
@@ -236,7 +240,7 @@ class PostgresSink(Sink):
             if value.__class__ is dict and "op" in value:
                 source = value.get("source")
                 types = source.get("column_types") if source.__class__ is dict else None
-                if types is not None and types != target.seen:
+                if types is not None and types != self._seen.get(record.topic or ""):
                     ddl = await self._schema_change(conn, target, types, record)
                     if ddl is not None:
                         entries.append(ddl)
@@ -379,21 +383,20 @@ class PostgresSink(Sink):
     ) -> _Entry | None:
         """Compare the source's ``types`` with the table; the DDL to run in order, or a clear stop.
 
-        ``t.seen`` is what the source said before: a column that was there
-        and is gone was dropped at the source, one whose type differs from
-        before was retyped. Without an earlier view (the sink's first change)
-        only ``apply`` treats the table's other columns as dropped ones.
+        What the source said before on this topic tells the changes: a column
+        that was there and is gone was dropped at the source, one whose type
+        differs from before was retyped. Without an earlier view (the topic's
+        first change in this run) only missing columns are added.
         """
-        previous, t.seen = t.seen, types
+        topic = record.topic or ""
+        previous = self._seen.get(topic)
+        self._seen[topic] = types
         mode = self.cfg.schema_changes
         table = f"{t.schema}.{t.name}"
         where = f"topic {record.topic!r} partition {record.partition} offset {record.offset}"
         wanted = await self._known_types(conn, types, table)
         added = [c for c in types if c not in t.types]
-        if mode == "apply":
-            dropped = [c for c in t.types if c not in types]
-            retyped = [c for c in types if c in t.types and wanted[c] != t.types[c]]
-        elif previous is not None:
+        if previous is not None:
             dropped = [c for c in previous if c not in types and c in t.types]
             retyped = [c for c in types if c in t.types and c in previous and previous[c] != types[c]
                        and wanted[c] != t.types[c]]
