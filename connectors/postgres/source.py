@@ -67,7 +67,6 @@ import json
 import os
 import logging
 import re
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -79,11 +78,14 @@ from pydantic import Field, SecretStr
 
 from millpond.connector import ConnectorConfig, ConnectorContext, Guarantee, Source, SourceBatch
 from millpond.errors import ConfigError, ConnectorError, RetriableConnectorError
-from millpond.converters import JsonConverter
 from millpond.records import JsonRecords, Record
 
 from . import pgoutput as po
-from .sql import connect, ident as _ident, literal as _literal, split_table
+from .sql import connect, copy_rows, ident as _ident, literal as _literal, split_table
+from .wire import (
+    OID, SLOT_COMMIT_MS, SLOT_LSN, SLOT_NOW_MS, SLOT_OLD, SLOT_ROW, SLOT_XID, TxnRecords, copy_is_empty,
+    copy_start, json_bytes, parse_row, scan_py, template,
+)
 
 try:
     from ._decode import scan as _scan
@@ -588,7 +590,7 @@ class PostgresSource(Source):
             return None  # the rest of this read at the next poll
         self._cursor = None
         upto, flush = cursor.upto, cursor.flush
-        if not cursor.transactions and _copy_is_empty(cursor.buffer) and upto < flush:
+        if not cursor.transactions and copy_is_empty(cursor.buffer) and upto < flush:
             # nothing whole in this window: a transaction larger than it, so widen the next read
             self._window *= 2
             return None
@@ -731,15 +733,15 @@ class PostgresSource(Source):
             # C keeps PostgreSQL's text of floats and JSON, which orjson (the snapshot's
             # path) may write differently; keys must match byte for byte (compaction, partitions)
             return None
-        source = self._source_block(t, _SLOT_XID, _SLOT_COMMIT_MS)  # type: ignore[arg-type]
-        source["lsn"] = _SLOT_LSN
+        source = self._source_block(t, SLOT_XID, SLOT_COMMIT_MS)  # type: ignore[arg-type]
+        source["lsn"] = SLOT_LSN
         templates = [
-            _template({"before": before, "after": after, "op": op, "source": source, "ts_ms": _SLOT_NOW_MS})
-            for before, after, op in ((None, _SLOT_ROW, "c"), (None, _SLOT_ROW, "u"), (_SLOT_OLD, None, "d"))
+            template({"before": before, "after": after, "op": op, "source": source, "ts_ms": SLOT_NOW_MS})
+            for before, after, op in ((None, SLOT_ROW, "c"), (None, SLOT_ROW, "u"), (SLOT_OLD, None, "d"))
         ]
         if None in templates:
             return None
-        names = tuple(_json(name) + b":" for name in t.columns)  # type: ignore[operator]
+        names = tuple(json_bytes(name) + b":" for name in t.columns)  # type: ignore[operator]
         return (b"".join(kinds), names, tuple(t.key_index), t.topic, *templates)  # type: ignore[arg-type]
 
     async def _learn_types(self, oids: list[int]) -> None:
@@ -768,14 +770,14 @@ class PostgresSource(Source):
         Inserts, the bulk of most streams, are rendered straight into JSON by
         ``_decode.c`` (``scan``) when the table has a codec; ``scan`` hands
         every other message back, and those go through
-        :func:`pgoutput.decode` here. Without the C extension, ``_scan_py``
+        :func:`pgoutput.decode` here. Without the C extension, ``scan_py``
         hands back every message and inserts take a Python fast path.
         """
         decode = po.decode
-        parse_row = _parse_row
-        unpack_oid = _OID.unpack_from
-        step = _scan if _scan is not None and self._utf8 else _scan_py
-        txn = _TxnRecords()
+        parse = parse_row
+        unpack_oid = OID.unpack_from
+        step = _scan if _scan is not None and self._utf8 else scan_py
+        txn = TxnRecords()
         xid = 0
         commit_ms = 0
         skip = False
@@ -784,7 +786,7 @@ class PostgresSource(Source):
         bases: dict[int, dict[str, Any]] = {}
         now_ms = int(time.time() * 1000)
         if pos is None:
-            pos = _copy_start(buffer)
+            pos = copy_start(buffer)
         n = 0
         added = 0
         while True:
@@ -803,7 +805,7 @@ class PostgresSource(Source):
                     continue
                 if data[5] != 0x4E:
                     raise po.PgOutputError(f"insert without a new tuple ('N'), got {chr(data[5])!r}")
-                after, _, toast = parse_row(data, 6, t.columns, t.decoders)
+                after, _, toast = parse(data, 6, t.columns, t.decoders)
                 if toast:
                     after = {k: (UNAVAILABLE if v is po.UNCHANGED_TOAST else v) for k, v in after.items()}
                 base = bases.get(t.oid)
@@ -843,7 +845,7 @@ class PostgresSource(Source):
                         txn.append(Record(value=None, key=rec.key, topic=t.topic, timestamp=commit_ms))
             elif cls is po.Begin:
                 assert isinstance(msg, po.Begin)
-                txn = _TxnRecords()
+                txn = TxnRecords()
                 bases = {}
                 xid = msg.xid
                 commit_ms = po.pg_time_to_unix_ms(msg.commit_ts)
@@ -857,7 +859,7 @@ class PostgresSource(Source):
                 encoded = txn.encoded()
                 size = sum(len(records) for records in encoded)
                 self._ready.append((encoded, size, msg.end_lsn))
-                txn = _TxnRecords()
+                txn = TxnRecords()
                 added += size
                 if limit and added >= limit:
                     return pos  # between transactions: nothing else to keep
@@ -914,7 +916,7 @@ class PostgresSource(Source):
         return out
 
     async def _update(
-        self, t: _Table, msg: po.Update, lsn: str, xid: int, commit_ms: int, txn: _TxnRecords
+        self, t: _Table, msg: po.Update, lsn: str, xid: int, commit_ms: int, txn: TxnRecords
     ) -> None:
         full_old = msg.old if msg.old_kind == "O" else None
         after = self._row(t, msg.new, full_old)
@@ -952,7 +954,7 @@ class PostgresSource(Source):
         cols = ", ".join(f"src.{_ident(c)}" for c in missing)
         match = " AND ".join(f"src.{_ident(k)} = r.{_ident(k)}" for k in t.key_columns)
         key = json.dumps({k: after[k] for k in t.key_columns})
-        rows = await _copy_rows(
+        rows = await copy_rows(
             self._conn,
             f"SELECT {cols} FROM {rel} AS src, jsonb_populate_record(NULL::{rel}, {_literal(key)}::jsonb) r "
             f"WHERE {match}",
@@ -1030,13 +1032,13 @@ class PostgresSource(Source):
                 sql = (f"SELECT {select} FROM {rel} AS src WHERE ({order}) > ({params}) "
                        f"ORDER BY {order} LIMIT {limit}")
                 args = [str(v) for v in self._snap_after]
-            rows = await _copy_rows(conn, sql, args)
+            rows = await copy_rows(conn, sql, args)
         else:  # no key to resume from: OFFSET in the same snapshot
             # No key to resume from: OFFSET within this snapshot's transaction only. After a
             # restart such a table is copied again from its start (its rows have no key, so a
             # consumer cannot tell repeats apart anyway; missing rows would be worse).
             done = self._snap_keyless_done
-            rows = await _copy_rows(conn, f"SELECT {select} FROM {rel} AS src OFFSET {done} LIMIT {limit}", [])
+            rows = await copy_rows(conn, f"SELECT {select} FROM {rel} AS src OFFSET {done} LIMIT {limit}", [])
         lsn_text = po.format_lsn(self._committed_lsn)
         records = []
         for row in rows:
@@ -1096,159 +1098,3 @@ class PostgresSource(Source):
         self._snap_after = None
         log.info("%s: snapshot complete", self._where)
         return SourceBatch([], self._offset(self._committed_lsn))
-
-
-_OID = struct.Struct(">I")
-_NCOLS = struct.Struct(">H")
-_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-_COPY_HEADER = struct.Struct(">11sII")  # signature, flags, header extension length
-_COPY_ROW = struct.Struct(">hiQi")  # 2 fields; 8, the LSN; the message's length
-_COPY_FIELDS = struct.Struct(">h")
-
-
-def _copy_start(buffer: bytes) -> int:
-    """Where the rows of a binary COPY start (after its header)."""
-    if len(buffer) < _COPY_HEADER.size:
-        raise po.PgOutputError(f"binary COPY data too short ({len(buffer)} bytes)")
-    signature, _flags, extension = _COPY_HEADER.unpack_from(buffer)
-    if signature != _COPY_SIGNATURE:
-        raise po.PgOutputError(f"not binary COPY data: starts with {buffer[:11]!r}")
-    return _COPY_HEADER.size + extension
-
-
-def _copy_is_empty(buffer: bytes) -> bool:
-    start = _copy_start(buffer)
-    return _COPY_FIELDS.unpack_from(buffer, start)[0] == -1
-
-
-def _scan_py(
-    buffer: bytes, pos: int, codecs: Any, outputs: Any, xid: int, commit_ms: int, now_ms: int
-) -> tuple[int, int, bytes | None]:
-    """The next ``(lsn, data)`` row of a binary COPY: ``_decode.scan`` without its fast path."""
-    if _COPY_FIELDS.unpack_from(buffer, pos)[0] == -1:
-        return pos + 2, 0, None
-    fields, size, lsn, length = _COPY_ROW.unpack_from(buffer, pos)
-    if fields != 2 or size != 8 or length < 0:
-        raise po.PgOutputError(f"binary COPY row at byte {pos} is not (lsn, data)")
-    start = pos + _COPY_ROW.size
-    if start + length > len(buffer):
-        raise po.PgOutputError(f"binary COPY row at byte {pos} runs past the end of the data")
-    return start + length, lsn, buffer[start : start + length]
-
-
-_json = JsonConverter().serialize
-
-# markers for the per-row parts of a value template: _decode.c's SLOT_* numbers
-_SLOT_ROW, _SLOT_LSN, _SLOT_XID, _SLOT_COMMIT_MS, _SLOT_NOW_MS, _SLOT_OLD = (f"\ue000{i}\ue000" for i in range(6))
-_SLOT = re.compile('"\ue000([0-9])\ue000"'.encode())
-
-
-def _template(envelope: dict[str, Any]) -> tuple[bytes | int, ...] | None:
-    """The JSON of ``envelope`` as literal bytes and slot numbers (None if a marker is ambiguous)."""
-    rendered = _json(envelope)
-    assert rendered is not None
-    parts = _SLOT.split(rendered)
-    template: list[bytes | int] = [int(p) if i % 2 else p for i, p in enumerate(parts) if i % 2 or p]
-    markers = sum(isinstance(v, str) and v.startswith("\ue000") for v in (*envelope.values(), *envelope["source"].values()))
-    if len([x for x in template if isinstance(x, int)]) != markers:
-        return None  # a name holds a marker: leave this table to Python
-    return tuple(template)
-
-
-class _TxnRecords:
-    """One transaction's records as JSON columns per topic, in stream order.
-
-    ``outputs`` is shared with ``_decode.scan``, which appends the inserts it
-    renders; records decoded in Python are serialised and appended here.
-    """
-
-    __slots__ = ("outputs",)
-
-    def __init__(self) -> None:
-        self.outputs: dict[str, tuple[list[bytes | None], list[bytes | None], list[int]]] = {}
-
-    def append(self, record: Record) -> None:
-        assert record.topic is not None and record.timestamp is not None
-        columns = self.outputs.get(record.topic)
-        if columns is None:
-            columns = self.outputs[record.topic] = ([], [], [])
-        columns[0].append(_json(record.key))
-        columns[1].append(_json(record.value))
-        columns[2].append(record.timestamp)
-
-    def encoded(self) -> list[JsonRecords]:
-        return [JsonRecords(topic, *columns) for topic, columns in self.outputs.items()]
-
-
-def _parse_row(
-    data: bytes, pos: int, names: list[str], decoders: list[Callable[[bytes], Any]]
-) -> tuple[dict[str, Any], int, bool]:
-    """A pgoutput TupleData straight into ``{column: value}``; also whether a 'u' column was seen."""
-    (ncols,) = _NCOLS.unpack_from(data, pos)
-    if ncols != len(names):
-        raise po.PgOutputError(f"tuple has {ncols} columns, the relation {len(names)}")
-    pos += 2
-    out: dict[str, Any] = {}
-    toast = False
-    unpack = _OID.unpack_from
-    for name, decode in zip(names, decoders):
-        kind = data[pos]
-        if kind == 0x74:  # 't'
-            start = pos + 5
-            pos = start + unpack(data, pos + 1)[0]
-            out[name] = decode(data[start:pos])
-        elif kind == 0x6E:  # 'n'
-            out[name] = None
-            pos += 1
-        elif kind == 0x75:  # 'u'
-            out[name] = po.UNCHANGED_TOAST
-            toast = True
-            pos += 1
-        else:
-            raise po.PgOutputError(f"unsupported tuple column kind {chr(kind)!r}")
-    if pos > len(data):
-        raise po.PgOutputError("tuple data runs past the end of the message")
-    return out, pos, toast
-
-
-_COPY_ESCAPES = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v", b"\\": b"\\"}
-_COPY_ESCAPE = re.compile(rb"\\([bfnrtv\\]|[0-7]{1,3}|x[0-9a-fA-F]{1,2})")
-
-
-def _copy_unescape(match: re.Match[bytes]) -> bytes:
-    esc = match.group(1)
-    if esc in _COPY_ESCAPES:
-        return _COPY_ESCAPES[esc]
-    if esc[:1] == b"x":
-        return bytes([int(esc[1:], 16)])
-    return bytes([int(esc, 8) & 0xFF])
-
-
-def parse_copy_text(data: bytes) -> list[list[bytes | None]]:
-    """Rows of ``COPY ... TO STDOUT`` in text format: each value exactly as the type's output function wrote it."""
-    rows: list[list[bytes | None]] = []
-    lines = data.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()  # every row ends with a newline; an empty line is a row of one empty value
-    for line in lines:
-        row: list[bytes | None] = []
-        for cell in line.split(b"\t"):
-            if cell == b"\\N":
-                row.append(None)
-            elif b"\\" in cell:
-                row.append(_COPY_ESCAPE.sub(_copy_unescape, cell))
-            else:
-                row.append(cell)
-        rows.append(row)
-    return rows
-
-
-async def _copy_rows(conn: asyncpg.Connection, sql: str, args: list[Any]) -> list[list[bytes | None]]:
-    """Run ``sql`` through COPY: ``::text`` casts are not the output functions (bool, char(n), inet differ)."""
-    chunks: list[bytes] = []
-
-    async def sink(chunk: bytes) -> None:
-        chunks.append(bytes(chunk))
-
-    await conn.copy_from_query(sql, *args, output=sink, format="text")
-    return parse_copy_text(b"".join(chunks))

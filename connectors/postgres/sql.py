@@ -1,4 +1,4 @@
-"""What the Postgres source and sink share: quoting, naming, DSN masking, connecting.
+"""What the Postgres source and sink share: quoting, naming, DSN masking, connecting, text COPY.
 
 One home for these so that the sink does not borrow private helpers of the
 source, and a refused connection reads the same from either side: one line
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
@@ -47,12 +48,12 @@ def describe_dsn(dsn: str) -> str:
     if "://" in dsn:
         url = urlsplit(dsn)
         try:
-            port = url.port
+            url_port = url.port
         except ValueError:
-            port = None
+            url_port = None
         parts = {
             "host": unquote(url.hostname or ""),
-            "port": str(port or ""),
+            "port": str(url_port or ""),
             "dbname": unquote(url.path.lstrip("/")),
             "user": unquote(url.username or ""),
         }
@@ -108,3 +109,45 @@ async def connect(dsn: str, who: str, timeout: float = 30) -> asyncpg.Connection
     except asyncpg.PostgresError as exc:
         raise ConnectorError(f"{who}: cannot connect to Postgres at {where}: {_reason(exc)}") from None
 
+
+_COPY_ESCAPES = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v", b"\\": b"\\"}
+_COPY_ESCAPE = re.compile(rb"\\([bfnrtv\\]|[0-7]{1,3}|x[0-9a-fA-F]{1,2})")
+
+
+def _copy_unescape(match: re.Match[bytes]) -> bytes:
+    esc = match.group(1)
+    if esc in _COPY_ESCAPES:
+        return _COPY_ESCAPES[esc]
+    if esc[:1] == b"x":
+        return bytes([int(esc[1:], 16)])
+    return bytes([int(esc, 8) & 0xFF])
+
+
+def parse_copy_text(data: bytes) -> list[list[bytes | None]]:
+    """Rows of ``COPY ... TO STDOUT`` in text format: each value exactly as the type's output function wrote it."""
+    rows: list[list[bytes | None]] = []
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # every row ends with a newline; an empty line is a row of one empty value
+    for line in lines:
+        row: list[bytes | None] = []
+        for cell in line.split(b"\t"):
+            if cell == b"\\N":
+                row.append(None)
+            elif b"\\" in cell:
+                row.append(_COPY_ESCAPE.sub(_copy_unescape, cell))
+            else:
+                row.append(cell)
+        rows.append(row)
+    return rows
+
+
+async def copy_rows(conn: asyncpg.Connection, sql: str, args: list[Any]) -> list[list[bytes | None]]:
+    """Run ``sql`` through COPY: ``::text`` casts are not the output functions (bool, char(n), inet differ)."""
+    chunks: list[bytes] = []
+
+    async def sink(chunk: bytes) -> None:
+        chunks.append(bytes(chunk))
+
+    await conn.copy_from_query(sql, *args, output=sink, format="text")
+    return parse_copy_text(b"".join(chunks))
