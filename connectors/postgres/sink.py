@@ -155,7 +155,7 @@ def _document(row: dict[str, Any]) -> str:
 
 class _Entry(NamedTuple):
     target: _Target
-    what: str  # "up" | "del" | "trunc" | "ddl" (row: {"sql": [statements], "why": text})
+    what: str  # "up" | "del" | "trunc" | "ddl" (row: statements, why, the columns after, where)
     row: dict[str, Any] | None
     key: Any
 
@@ -224,10 +224,28 @@ class PostgresSink(Sink):
     # -- write / flush ----------------------------------------------------------
 
     async def write(self, records: list[Record]) -> None:
-        """Check every record (raising RecordError before buffering any), then buffer them."""
+        """Check every record (raising RecordError before buffering any), then buffer them.
+
+        A failed call leaves no trace: what it learnt of the source's columns is
+        undone with its entries, so the runtime's one-by-one retry of the batch
+        sees (and buffers) a schema change again.
+        """
         conn = self._conn
         if conn is None:
             raise ConnectorError(f"{self._where}: write before start")
+        seen = dict(self._seen)
+        undo: list[tuple[_Target, dict[str, str]]] = []
+        try:
+            self._buffer.extend(await self._entries(conn, records, undo))
+        except BaseException:
+            self._seen = seen
+            for target, types in reversed(undo):
+                target.types = types
+            raise
+
+    async def _entries(
+        self, conn: asyncpg.Connection, records: list[Record], undo: list[tuple[_Target, dict[str, str]]]
+    ) -> list[_Entry]:
         entries: list[_Entry] = []
         by_topic = self._by_topic
         for record in records:
@@ -241,7 +259,7 @@ class PostgresSink(Sink):
                 source = value.get("source")
                 types = source.get("column_types") if source.__class__ is dict else None
                 if types is not None and types != self._seen.get(record.topic or ""):
-                    ddl = await self._schema_change(conn, target, types, record)
+                    ddl = await self._schema_change(conn, target, types, record, undo)
                     if ddl is not None:
                         entries.append(ddl)
             if what == "up" and row.__class__ is dict and target.key:
@@ -255,7 +273,7 @@ class PostgresSink(Sink):
             entry = self._entry(target, record, what, row)
             if entry is not None:
                 entries.append(entry)
-        self._buffer.extend(entries)
+        return entries
 
     async def flush(self, offsets: Mapping[TopicPartition, int]) -> None:
         conn = self._conn
@@ -379,7 +397,8 @@ class PostgresSink(Sink):
         return out
 
     async def _schema_change(
-        self, conn: asyncpg.Connection, t: _Target, types: dict[str, str], record: Record
+        self, conn: asyncpg.Connection, t: _Target, types: dict[str, str], record: Record,
+        undo: list[tuple[_Target, dict[str, str]]],
     ) -> _Entry | None:
         """Compare the source's ``types`` with the table; the DDL to run in order, or a clear stop.
 
@@ -426,6 +445,7 @@ class PostgresSink(Sink):
         sql += [f"ALTER TABLE {t.sql} DROP COLUMN IF EXISTS {_ident(c)}" for c in dropped]
         sql += [f"ALTER TABLE {t.sql} ALTER COLUMN {_ident(c)} TYPE {wanted[c]} USING {_ident(c)}::{wanted[c]}"
                 for c in retyped]
+        undo.append((t, dict(t.types)))
         for c in dropped:
             del t.types[c]
         for c in (*added, *retyped):

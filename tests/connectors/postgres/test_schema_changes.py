@@ -283,3 +283,33 @@ def test_a_stopped_sink_set_to_apply_applies_the_drop_on_restart(pg_dsn: str, na
         await conn.close()
 
     asyncio.run(go())
+
+
+def test_a_batch_retried_one_by_one_still_carries_its_schema_change(pg_dsn: str, name: str) -> None:
+    """The runtime re-offers a batch record by record after a RecordError: the ADD COLUMN must survive that."""
+    from millpond.errors import RecordError
+    from millpond.records import Record
+
+    old = {"id": "integer", "x": "text"}
+    new = {"id": "integer", "x": "text", "added": "date"}
+
+    async def go() -> None:
+        conn = await connect(pg_dsn)
+        sink = make_sink(pg_dsn, name, table=f"{name}_dst.t", auto_create=True)
+        await sink.start()
+        await sink.write([change("a", 0, {"id": 1, "x": "a"}, old)])
+        good = change("a", 1, {"id": 2, "x": "b", "added": "2024-02-29"}, new)
+        bad = Record(key={"id": 3}, value="not a row", topic="a", partition=0, offset=2)
+        with pytest.raises(RecordError):
+            await sink.write([good, bad])
+        await sink.write([good])  # as the runtime does: one by one, the bad one to its error policy
+        with pytest.raises(RecordError):
+            await sink.write([bad])
+        await sink.flush({TopicPartition("a", 0): 3})
+        await sink.stop()
+        assert (await column_types(conn, f"{name}_dst.t"))["added"] == "date"
+        assert str(await conn.fetchval(f"SELECT added FROM {name}_dst.t WHERE id = 2")) == "2024-02-29"
+        await conn.execute(f"DROP SCHEMA {name}_dst CASCADE")
+        await conn.close()
+
+    asyncio.run(go())
