@@ -279,6 +279,9 @@ class PostgresSink(Sink):
         conn = self._conn
         if conn is None:
             raise ConnectorError(f"{self._where}: flush before start")
+        # a schema change in the buffer moves a table's columns inside the transaction:
+        # if it rolls back, so do they (the buffer stays for a retry)
+        columns = [(t, t.columns) for t in self._targets.values()]
         try:
             async with conn.transaction():
                 written = await self._apply(conn, self._buffer)
@@ -291,10 +294,14 @@ class PostgresSink(Sink):
                         self.context.name,
                         [tp.topic for tp in offsets], [tp.partition for tp in offsets], list(offsets.values()),
                     )
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-            raise RetriableConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
-        except asyncpg.PostgresError as exc:
-            raise ConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+        except BaseException as exc:
+            for target, before in columns:
+                target.columns = before
+            if isinstance(exc, (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)):
+                raise RetriableConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+            if isinstance(exc, asyncpg.PostgresError):
+                raise ConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+            raise
         self._buffer = []
         self.rows_written += written
 
