@@ -22,6 +22,34 @@ numerics as strings...). Within one flush only the last change of each key
 is applied, which gives the same rows as applying them one by one. Columns a
 row does not carry (or carries as the source's "unavailable" TOAST marker)
 keep their current value.
+
+Column types and schema changes
+-------------------------------
+A ``postgres-cdc`` change names every column's SQL type in
+``source.column_types`` (``{"id": "bigint", "total": "numeric(12,2)"}``, the
+relation as the source last saw it). ``auto_create`` creates exactly those
+types, and ``schema_changes`` says what happens when they differ from the
+table's columns:
+
+- ``add`` (default): a column the source has and the table lacks is added
+  (``ALTER TABLE ... ADD COLUMN``); a column dropped or retyped at the source
+  while the sink runs stops the sink with a message naming table and column
+  (dropping data is never done unasked).
+- ``apply``: the table follows the source: columns are added, dropped and
+  retyped (``ALTER COLUMN ... TYPE ... USING col::type``).
+- ``fail``: any difference that needs a change to the table stops the sink.
+
+A drop or a type change is a change between two records of one topic, so a
+table's own extra columns or types (or those of another topic written into
+the same table) are left alone. A sink that stopped resumes from its last
+flush, before the change, so setting ``apply`` and restarting applies it.
+
+The changes run in the flush's transaction, in stream order: rows before an
+``ALTER`` are written before it, rows after it after it. A type the sink's
+database does not know (an enum of the source's) becomes ``text``, with a
+warning. Rows that existed before an ADD COLUMN get NULL there: pgoutput
+sends nothing for a DEFAULT the source filled them with (see the source's
+docstring), so such a default reaches the sink only row by row as rows change.
 """
 
 from __future__ import annotations
@@ -30,8 +58,8 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import asyncpg
 import orjson
@@ -41,8 +69,8 @@ from millpond.connector import ConnectorConfig, ConnectorContext, Guarantee, Sin
 from millpond.errors import ConfigError, ConnectorError, RecordError, RetriableConnectorError
 from millpond.records import Record, TopicPartition
 
-from .source import UNAVAILABLE, _ident, _mask, split_table
-from .types import SESSION_SETTINGS
+from .source import UNAVAILABLE
+from .sql import connect, ident as _ident, split_table
 
 log = logging.getLogger("millpond.connectors.postgres.sink")
 
@@ -68,6 +96,8 @@ class PostgresSinkConfig(ConnectorConfig):
     offsets_table: str = "millpond_sink_offsets"
     #: apply ``op: t`` (truncate) envelopes
     apply_truncate: bool = True
+    #: what a change of the source's columns does to the table (see the module's docstring)
+    schema_changes: Literal["add", "apply", "fail"] = "add"
 
 
 @dataclass(slots=True)
@@ -79,6 +109,9 @@ class _Target:
     #: the key is the table's primary key (ON CONFLICT works); else delete + insert
     unique: bool = True
     sql: str = ""
+    #: ``{column: SQL type}`` of the table as the buffered changes leave it (``columns`` is the
+    #: table as the last flush left it)
+    types: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sql = f"{_ident(self.schema)}.{_ident(self.name)}"
@@ -122,7 +155,7 @@ def _document(row: dict[str, Any]) -> str:
 
 class _Entry(NamedTuple):
     target: _Target
-    what: str  # "up" | "del" | "trunc"
+    what: str  # "up" | "del" | "trunc" | "ddl" (row: statements, why, the columns after, where)
     row: dict[str, Any] | None
     key: Any
 
@@ -153,19 +186,15 @@ class PostgresSink(Sink):
         self._buffer: list[_Entry] = []
         self._targets: dict[str, _Target] = {}
         self._by_topic: dict[str, _Target] = {}
+        #: per topic, the source's ``column_types`` of the last change seen
+        self._seen: dict[str, dict[str, str]] = {}
         self._where = f"postgres sink {context.name!r}"
         self.rows_written = 0
 
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> Mapping[TopicPartition, int] | None:
-        dsn = self.cfg.dsn.get_secret_value()
-        try:
-            self._conn = conn = await asyncpg.connect(dsn, server_settings=dict(SESSION_SETTINGS), timeout=30)
-        except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
-            raise RetriableConnectorError(f"{self._where}: cannot connect to {_mask(dsn)}: {exc}") from exc
-        except asyncpg.InvalidAuthorizationSpecificationError as exc:
-            raise ConnectorError(f"{self._where}: login refused at {_mask(dsn)}: {exc}") from exc
+        self._conn = conn = await connect(self.cfg.dsn.get_secret_value(), self._where)
         self._where = f"postgres sink {self.context.name!r} (database {await conn.fetchval('SELECT current_database()')!r})"
         offsets = self._offsets_sql()
         await conn.execute(
@@ -215,10 +244,28 @@ class PostgresSink(Sink):
     # -- write / flush ----------------------------------------------------------
 
     async def write(self, records: list[Record]) -> None:
-        """Check every record (raising RecordError before buffering any), then buffer them."""
+        """Check every record (raising RecordError before buffering any), then buffer them.
+
+        A failed call leaves no trace: what it learnt of the source's columns is
+        undone with its entries, so the runtime's one-by-one retry of the batch
+        sees (and buffers) a schema change again.
+        """
         conn = self._conn
         if conn is None:
             raise ConnectorError(f"{self._where}: write before start")
+        seen = dict(self._seen)
+        undo: list[tuple[_Target, dict[str, str]]] = []
+        try:
+            self._buffer.extend(await self._entries(conn, records, undo))
+        except BaseException:
+            self._seen = seen
+            for target, types in reversed(undo):
+                target.types = types
+            raise
+
+    async def _entries(
+        self, conn: asyncpg.Connection, records: list[Record], undo: list[tuple[_Target, dict[str, str]]]
+    ) -> list[_Entry]:
         entries: list[_Entry] = []
         by_topic = self._by_topic
         for record in records:
@@ -227,6 +274,14 @@ class PostgresSink(Sink):
             target = by_topic.get(record.topic or "")
             if target is None:
                 target = await self._target(conn, record, row if what == "up" else None)
+            value = record.value
+            if value.__class__ is dict and "op" in value:
+                source = value.get("source")
+                types = source.get("column_types") if source.__class__ is dict else None
+                if types is not None and types != self._seen.get(record.topic or ""):
+                    ddl = await self._schema_change(conn, target, types, record, undo)
+                    if ddl is not None:
+                        entries.append(ddl)
             if what == "up" and row.__class__ is dict and target.key:
                 # the common upsert, inline; a missing key column takes _entry's path for its error
                 assert row is not None
@@ -238,12 +293,15 @@ class PostgresSink(Sink):
             entry = self._entry(target, record, what, row)
             if entry is not None:
                 entries.append(entry)
-        self._buffer.extend(entries)
+        return entries
 
     async def flush(self, offsets: Mapping[TopicPartition, int]) -> None:
         conn = self._conn
         if conn is None:
             raise ConnectorError(f"{self._where}: flush before start")
+        # a schema change in the buffer moves a table's columns inside the transaction:
+        # if it rolls back, so do they (the buffer stays for a retry)
+        columns = [(t, t.columns) for t in self._targets.values()]
         try:
             async with conn.transaction():
                 written = await self._apply(conn, self._buffer)
@@ -256,10 +314,14 @@ class PostgresSink(Sink):
                         self.context.name,
                         [tp.topic for tp in offsets], [tp.partition for tp in offsets], list(offsets.values()),
                     )
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-            raise RetriableConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
-        except asyncpg.PostgresError as exc:
-            raise ConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+        except BaseException as exc:
+            for target, before in columns:
+                target.columns = before
+            if isinstance(exc, (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)):
+                raise RetriableConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+            if isinstance(exc, asyncpg.PostgresError):
+                raise ConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+            raise
         self._buffer = []
         self.rows_written += written
 
@@ -309,8 +371,8 @@ class PostgresSink(Sink):
         if oid is None:
             return None
         cols = await conn.fetch(
-            "SELECT attname FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped "
-            "AND attgenerated = '' ORDER BY attnum",
+            "SELECT attname, format_type(atttypid, atttypmod) AS sqltype FROM pg_attribute "
+            "WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
             oid,
         )
         key = await conn.fetch(
@@ -321,20 +383,115 @@ class PostgresSink(Sink):
         )
         key_columns = [r["attname"] for r in key]
         return _Target(schema, name, [r["attname"] for r in cols], key_columns or list(self.cfg.key_columns or []),
-                       unique=bool(key_columns))
+                       unique=bool(key_columns), types={r["attname"]: r["sqltype"] for r in cols})
 
     async def _create(
         self, conn: asyncpg.Connection, schema: str, name: str, record: Record, row: dict[str, Any]
     ) -> _Target:
+        """Create the table of ``record``: the source's column types when the change names them,
+        else types guessed from the JSON values of ``row``."""
         key = list(self.cfg.key_columns or (record.key.keys() if isinstance(record.key, dict) else []))
-        columns = dict.fromkeys([*key, *row])
-        defs = [f"{_ident(c)} {_sql_type(row.get(c, (record.key or {}).get(c)))}" for c in columns]
+        source = record.value.get("source") if isinstance(record.value, dict) else None
+        named = source.get("column_types") if isinstance(source, dict) else None
+        if isinstance(named, dict) and named:
+            known = await self._known_types(conn, named, f"{schema}.{name}")
+            columns = dict.fromkeys([*key, *named, *row])
+            types = {c: known.get(c) or _sql_type(row.get(c, (record.key or {}).get(c))) for c in columns}
+        else:
+            columns = dict.fromkeys([*key, *row])
+            types = {c: _sql_type(row.get(c, (record.key or {}).get(c))) for c in columns}
+        defs = [f"{_ident(c)} {typ}" for c, typ in types.items()]
         if key:
             defs.append(f"PRIMARY KEY ({', '.join(_ident(k) for k in key)})")
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
         await conn.execute(f"CREATE TABLE IF NOT EXISTS {_ident(schema)}.{_ident(name)} ({', '.join(defs)})")
         log.info("%s: created table %s.%s (%s)", self._where, schema, name, ", ".join(defs))
-        return _Target(schema, name, list(columns), key)
+        return _Target(schema, name, list(columns), key, types=types)
+
+    async def _known_types(self, conn: asyncpg.Connection, types: dict[str, str], table: str) -> dict[str, str]:
+        """``types`` with each type this database lacks (a source's enum, say) replaced by ``text``."""
+        rows = await conn.fetch(
+            "SELECT t, to_regtype(t) IS NOT NULL AS known FROM unnest($1::text[]) AS u(t)", sorted(set(types.values()))
+        )
+        known = {r["t"] for r in rows if r["known"]}
+        out = {}
+        for column, typ in types.items():
+            if typ not in known:
+                log.warning("%s: type %r of column %s.%s is unknown in this database; the column is text",
+                            self._where, typ, table, column)
+                typ = "text"
+            out[column] = typ
+        return out
+
+    async def _schema_change(
+        self, conn: asyncpg.Connection, t: _Target, types: dict[str, str], record: Record,
+        undo: list[tuple[_Target, dict[str, str]]],
+    ) -> _Entry | None:
+        """Compare the source's ``types`` with the table; the DDL to run in order, or a clear stop.
+
+        What the source said before on this topic tells the changes: a column
+        that was there and is gone was dropped at the source, one whose type
+        differs from before was retyped. Without an earlier view (the topic's
+        first change in this run) only missing columns are added.
+        """
+        topic = record.topic or ""
+        previous = self._seen.get(topic)
+        self._seen[topic] = types
+        mode = self.cfg.schema_changes
+        table = f"{t.schema}.{t.name}"
+        where = f"topic {record.topic!r} partition {record.partition} offset {record.offset}"
+        wanted = await self._known_types(conn, types, table)
+        added = [c for c in types if c not in t.types]
+        if previous is not None:
+            dropped = [c for c in previous if c not in types and c in t.types]
+            retyped = [c for c in types if c in t.types and c in previous and previous[c] != types[c]
+                       and wanted[c] != t.types[c]]
+        else:
+            dropped, retyped = [], []
+        if not (added or dropped or retyped):
+            return None
+        lost_key = [c for c in dropped if c in t.key]
+        if lost_key:
+            raise ConnectorError(
+                f"{self._where}: key column {table}.{lost_key[0]} was dropped at the source ({where}); "
+                "the sink cannot go on keyed by it. Change the table's primary key by hand, then restart"
+            )
+        problems = [(c, f"was added at the source (type {types[c]})") for c in added if mode == "fail"]
+        if mode != "apply":
+            problems += [(c, "was dropped at the source") for c in dropped]
+            problems += [(c, f"changed type at the source from {(previous or {}).get(c, t.types[c])} to {types[c]}")
+                         for c in retyped]
+        if problems:
+            column, what = problems[0]
+            more = f" (and {len(problems) - 1} more change(s))" if len(problems) > 1 else ""
+            raise ConnectorError(
+                f"{self._where}: column {table}.{column} {what} ({where}){more}; schema_changes is "
+                f"{mode!r}, so the sink stops. Change {table} by hand, or set schema_changes: apply, then restart"
+            )
+        sql = [f"ALTER TABLE {t.sql} ADD COLUMN IF NOT EXISTS {_ident(c)} {wanted[c]}" for c in added]
+        sql += [f"ALTER TABLE {t.sql} DROP COLUMN IF EXISTS {_ident(c)}" for c in dropped]
+        sql += [f"ALTER TABLE {t.sql} ALTER COLUMN {_ident(c)} TYPE {wanted[c]} USING {_ident(c)}::{wanted[c]}"
+                for c in retyped]
+        undo.append((t, dict(t.types)))
+        for c in dropped:
+            del t.types[c]
+        for c in (*added, *retyped):
+            t.types[c] = wanted[c]
+        why = ", ".join([*(f"add {c} {wanted[c]}" for c in added), *(f"drop {c}" for c in dropped),
+                         *(f"retype {c} to {wanted[c]}" for c in retyped)])
+        return _Entry(t, "ddl", {"sql": sql, "why": why, "columns": list(t.types), "at": where}, None)
+
+    async def _ddl(self, conn: asyncpg.Connection, t: _Target, change: dict[str, Any]) -> None:
+        for statement in change["sql"]:
+            try:
+                await conn.execute(statement)
+            except asyncpg.PostgresError as exc:
+                raise ConnectorError(
+                    f"{self._where}: cannot change {t.schema}.{t.name} as the source did "
+                    f"({change['why']}, {change['at']}): {exc}"
+                ) from exc
+        t.columns = list(change["columns"])
+        log.warning("%s: changed table %s.%s as the source did: %s", self._where, t.schema, t.name, change["why"])
 
     @staticmethod
     def _meaning(record: Record) -> tuple[str, dict[str, Any] | None]:
@@ -395,9 +552,17 @@ class PostgresSink(Sink):
         # per table: key -> ("up" | "del", doc), last change wins (merged onto an earlier upsert)
         pending: dict[str, dict[Any, tuple[str, dict[str, Any]]]] = {}
         targets: dict[str, _Target] = {}
+        written = 0
         for target, what, row, key in entries:
             tkey = target.sql
             targets[tkey] = target
+            if what == "ddl":
+                assert row is not None
+                before = pending.pop(tkey, None)
+                if before:  # the rows before the change go in with the table as it was
+                    written += await self._write_table(conn, target, before)
+                await self._ddl(conn, target, row)
+                continue
             if what == "trunc":
                 pending.pop(tkey, None)  # what came before the truncate is gone anyway
                 if self.cfg.apply_truncate:
@@ -415,7 +580,6 @@ class PostgresSink(Sink):
                 per_table[key] = ("up", doc)
             else:
                 per_table[key] = ("del", row)
-        written = 0
         for tkey, changes in pending.items():
             written += await self._write_table(conn, targets[tkey], changes)
         return written

@@ -39,6 +39,20 @@ silent null — and a sink keeps the value it has. When the key changed too,
 no sink has that value, so it is read back from the table (named in
 ``source.read_back``; see :meth:`PostgresSource._read_back`).
 
+Column types
+------------
+``source.column_types`` names every column's SQL type as ``format_type``
+prints it (``{"id": "bigint", "total": "numeric(12,2)", "tags": "text[]"}``),
+from the latest Relation message (stream) or the catalog (snapshot), in
+column order. It is one dict per table, replaced only when the relation
+changes, and the C path writes it as part of its fixed value template (no
+cost per row beyond its bytes, which zstd mostly takes back); a sink can
+create exact types and see ADD COLUMN, DROP COLUMN and type changes as they
+come (see the ``postgres`` sink). A relation change applies to the changes
+after it in the stream; pgoutput sends nothing for the rows a DDL itself
+rewrote or filled (an ADD COLUMN ... DEFAULT), so those reach a sink only
+through a later change of the row or a new snapshot.
+
 Offsets look like ``{"lsn": "0/16B3748", "snapshot_done": true, "snapshot":
 "xmin:xmax:xip"}`` (plus ``snapshot_table`` / ``snapshot_after`` while the
 copy runs). ``slot_lag_bytes`` / :meth:`PostgresSource.slot_lag` tell how much
@@ -53,7 +67,6 @@ import json
 import os
 import logging
 import re
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -65,18 +78,25 @@ from pydantic import Field, SecretStr
 
 from millpond.connector import ConnectorConfig, ConnectorContext, Guarantee, Source, SourceBatch
 from millpond.errors import ConfigError, ConnectorError, RetriableConnectorError
-from millpond.converters import JsonConverter
 from millpond.records import JsonRecords, Record
 
 from . import pgoutput as po
+from .sql import connect, copy_rows, ident as _ident, literal as _literal, split_table
+from .wire import (
+    OID, SLOT_COMMIT_MS, SLOT_LSN, SLOT_NOW_MS, SLOT_OLD, SLOT_ROW, SLOT_XID, TxnRecords, copy_is_empty,
+    copy_start, json_bytes, parse_row, scan_py, template,
+)
 
 try:
     from ._decode import scan as _scan
 except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
     _scan = None
-from .types import FAST_KINDS, SESSION_SETTINGS, TypeRegistry
+from .types import FAST_KINDS, TypeRegistry
 
 log = logging.getLogger("millpond.connectors.postgres.source")
+
+#: Tables up to this size are counted for snapshot progress when they have no statistics.
+_COUNT_BYTES = 256 * 1024 * 1024
 
 #: Stands for a TOASTed value that an update did not change and Postgres did not send.
 UNAVAILABLE = "__millpond_unavailable_value"
@@ -115,31 +135,12 @@ class PostgresSourceConfig(ConnectorConfig):
     idle_sleep_s: float = Field(default=0.2, ge=0)
 
 
-def _mask(dsn: str) -> str:
-    """The DSN with its password replaced, for messages."""
-    dsn = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn, flags=re.I)
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _slot_name(name: str) -> str:
     return ("millpond_" + re.sub(r"[^a-z0-9_]", "_", name.lower()))[:63]
 
 
 def _text_or_none(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def split_table(name: str) -> tuple[str, str]:
-    schema, _, table = name.rpartition(".")
-    return (schema or "public", table)
 
 
 @dataclass(slots=True)
@@ -158,6 +159,9 @@ class _Table:
     key_index: list[int] = field(default_factory=list)
     #: SQL types of the key columns (``format_type``), for resuming a snapshot copy by key
     key_types: list[str] = field(default_factory=list)
+    #: ``{column: SQL type}`` (``format_type``, e.g. ``numeric(12,2)``) in column order, carried in
+    #: every change's ``source.column_types``; one dict, replaced when the relation changes
+    column_types: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -252,7 +256,7 @@ class PostgresSource(Source):
         self._snap_txn: Any = None
         self._snap_rows = 0  # rows of the current table copied in this run, for progress
         self._snap_keyless_done = 0  # rows of a keyless table copied in this snapshot transaction
-        self._estimates: dict[int, int] = {}
+        self._estimates: dict[int, int | None] = {}
         # stream state
         self._ready: deque[tuple[list[JsonRecords], int, int]] = deque()  # (records, how many, end_lsn)
         self._window = config.window_bytes
@@ -267,17 +271,7 @@ class PostgresSource(Source):
     # -- lifecycle ------------------------------------------------------------
 
     async def _connect(self) -> asyncpg.Connection:
-        dsn = self.cfg.dsn.get_secret_value()
-        try:
-            return await asyncpg.connect(dsn, server_settings=dict(SESSION_SETTINGS), timeout=30)
-        except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError) as exc:
-            raise RetriableConnectorError(
-                f"postgres-cdc {self.context.name!r}: cannot connect to {_mask(dsn)}: {exc}"
-            ) from exc
-        except asyncpg.InvalidAuthorizationSpecificationError as exc:
-            raise ConnectorError(
-                f"postgres-cdc {self.context.name!r}: login refused at {_mask(dsn)}: {exc}"
-            ) from exc
+        return await connect(self.cfg.dsn.get_secret_value(), f"postgres-cdc {self.context.name!r}")
 
     async def start(self, offset: Any | None) -> None:
         self._conn = conn = await self._connect()
@@ -287,11 +281,15 @@ class PostgresSource(Source):
         self._utf8 = await conn.fetchval("SHOW server_encoding") == "UTF8"
         await self._check_server(conn)
         await self._load_tables(conn)
-        if self.cfg.snapshot_mode != "initial_only":
-            await self._ensure_publication(conn)
         self._restore(offset)
+        streaming = self.cfg.snapshot_mode != "initial_only"
+        if streaming and offset is not None:
+            # before anything is created: a refused start leaves no slot holding WAL behind
+            await self._check_slot_kept(conn)
+        if streaming:
+            await self._ensure_publication(conn)
         slot = None
-        if self.cfg.snapshot_mode != "initial_only":
+        if streaming:
             slot = await self._ensure_slot(conn)
         if offset is None:
             self._snapshot_done = self.cfg.snapshot_mode == "never"
@@ -302,7 +300,8 @@ class PostgresSource(Source):
                 raise ConnectorError(
                     f"{self._where}: the slot is at {po.format_lsn(slot)}, past the log's offset "
                     f"{po.format_lsn(self._committed_lsn)}; the changes between them are gone. "
-                    "Drop the slot (and the connector's offset) to start over with a new snapshot"
+                    f"To start over with a new snapshot, drop the slot (SELECT pg_drop_replication_slot("
+                    f"{_literal(self.slot)})) and reset the connector's checkpoint: {self._reset_command()}"
                 )
             if slot < self._committed_lsn:
                 await self._advance(self._committed_lsn)
@@ -311,6 +310,27 @@ class PostgresSource(Source):
             self._where, po.format_lsn(self._committed_lsn),
             "done" if self._snapshot_done else "to do", self.cfg.snapshot_mode,
             ", ".join(f"{t.schema}.{t.name}" for t in self._tables.values()),
+        )
+
+    def _reset_command(self) -> str:
+        log_dir = self.context.extra.get("log_dir") or "DIR"
+        return f"millpond groups reset {self.context.name} --to-earliest --execute --log {log_dir}"
+
+    async def _check_slot_kept(self, conn: asyncpg.Connection) -> None:
+        """Refuse to go on from a checkpoint whose slot is gone, creating nothing.
+
+        The log's checkpoint says where the stream stopped; without the slot the
+        server no longer keeps the WAL after it, so those changes are lost and a
+        new slot would silently skip them. Only a new snapshot can make the
+        topics whole again: the message says how to ask for one.
+        """
+        if await conn.fetchval("SELECT true FROM pg_replication_slots WHERE slot_name = $1", self.slot):
+            return
+        raise ConnectorError(
+            f"{self._where}: the replication slot is gone (dropped outside millpond?) but the log holds a "
+            f"checkpoint at {po.format_lsn(self._committed_lsn)}; the changes since then are lost to the "
+            f"stream. Nothing was created. To start over with a new snapshot, reset the connector's "
+            f"checkpoint: {self._reset_command()}"
         )
 
     def _restore(self, offset: Any | None) -> None:
@@ -580,7 +600,7 @@ class PostgresSource(Source):
             return None  # the rest of this read at the next poll
         self._cursor = None
         upto, flush = cursor.upto, cursor.flush
-        if not cursor.transactions and _copy_is_empty(cursor.buffer) and upto < flush:
+        if not cursor.transactions and copy_is_empty(cursor.buffer) and upto < flush:
             # nothing whole in this window: a transaction larger than it, so widen the next read
             self._window *= 2
             return None
@@ -691,6 +711,13 @@ class PostgresSource(Source):
         if unknown:
             await self._learn_types(unknown)
         table.replica_identity = rel.replica_identity
+        assert self._conn is not None
+        sql_types = await self._conn.fetchval(
+            "SELECT array_agg(format_type(t, m) ORDER BY n) FROM unnest($1::oid[], $2::int[]) "
+            "WITH ORDINALITY AS c(t, m, n)",
+            [c.type_oid for c in rel.columns], [c.typmod for c in rel.columns],
+        )
+        table.column_types = dict(zip((c.name for c in rel.columns), sql_types or ()))
         table.columns = [c.name for c in rel.columns]
         table.decoders = [self.types.decoder(c.type_oid) for c in rel.columns]
         if not table.key_columns:  # REPLICA IDENTITY FULL without a primary key: no key
@@ -716,15 +743,15 @@ class PostgresSource(Source):
             # C keeps PostgreSQL's text of floats and JSON, which orjson (the snapshot's
             # path) may write differently; keys must match byte for byte (compaction, partitions)
             return None
-        source = self._source_block(t, _SLOT_XID, _SLOT_COMMIT_MS)  # type: ignore[arg-type]
-        source["lsn"] = _SLOT_LSN
+        source = self._source_block(t, SLOT_XID, SLOT_COMMIT_MS)  # type: ignore[arg-type]
+        source["lsn"] = SLOT_LSN
         templates = [
-            _template({"before": before, "after": after, "op": op, "source": source, "ts_ms": _SLOT_NOW_MS})
-            for before, after, op in ((None, _SLOT_ROW, "c"), (None, _SLOT_ROW, "u"), (_SLOT_OLD, None, "d"))
+            template({"before": before, "after": after, "op": op, "source": source, "ts_ms": SLOT_NOW_MS})
+            for before, after, op in ((None, SLOT_ROW, "c"), (None, SLOT_ROW, "u"), (SLOT_OLD, None, "d"))
         ]
         if None in templates:
             return None
-        names = tuple(_json(name) + b":" for name in t.columns)  # type: ignore[operator]
+        names = tuple(json_bytes(name) + b":" for name in t.columns)  # type: ignore[operator]
         return (b"".join(kinds), names, tuple(t.key_index), t.topic, *templates)  # type: ignore[arg-type]
 
     async def _learn_types(self, oids: list[int]) -> None:
@@ -753,14 +780,14 @@ class PostgresSource(Source):
         Inserts, the bulk of most streams, are rendered straight into JSON by
         ``_decode.c`` (``scan``) when the table has a codec; ``scan`` hands
         every other message back, and those go through
-        :func:`pgoutput.decode` here. Without the C extension, ``_scan_py``
+        :func:`pgoutput.decode` here. Without the C extension, ``scan_py``
         hands back every message and inserts take a Python fast path.
         """
         decode = po.decode
-        parse_row = _parse_row
-        unpack_oid = _OID.unpack_from
-        step = _scan if _scan is not None and self._utf8 else _scan_py
-        txn = _TxnRecords()
+        parse = parse_row
+        unpack_oid = OID.unpack_from
+        step = _scan if _scan is not None and self._utf8 else scan_py
+        txn = TxnRecords()
         xid = 0
         commit_ms = 0
         skip = False
@@ -769,7 +796,7 @@ class PostgresSource(Source):
         bases: dict[int, dict[str, Any]] = {}
         now_ms = int(time.time() * 1000)
         if pos is None:
-            pos = _copy_start(buffer)
+            pos = copy_start(buffer)
         n = 0
         added = 0
         while True:
@@ -788,7 +815,7 @@ class PostgresSource(Source):
                     continue
                 if data[5] != 0x4E:
                     raise po.PgOutputError(f"insert without a new tuple ('N'), got {chr(data[5])!r}")
-                after, _, toast = parse_row(data, 6, t.columns, t.decoders)
+                after, _, toast = parse(data, 6, t.columns, t.decoders)
                 if toast:
                     after = {k: (UNAVAILABLE if v is po.UNCHANGED_TOAST else v) for k, v in after.items()}
                 base = bases.get(t.oid)
@@ -828,7 +855,7 @@ class PostgresSource(Source):
                         txn.append(Record(value=None, key=rec.key, topic=t.topic, timestamp=commit_ms))
             elif cls is po.Begin:
                 assert isinstance(msg, po.Begin)
-                txn = _TxnRecords()
+                txn = TxnRecords()
                 bases = {}
                 xid = msg.xid
                 commit_ms = po.pg_time_to_unix_ms(msg.commit_ts)
@@ -842,7 +869,7 @@ class PostgresSource(Source):
                 encoded = txn.encoded()
                 size = sum(len(records) for records in encoded)
                 self._ready.append((encoded, size, msg.end_lsn))
-                txn = _TxnRecords()
+                txn = TxnRecords()
                 added += size
                 if limit and added >= limit:
                     return pos  # between transactions: nothing else to keep
@@ -875,6 +902,7 @@ class PostgresSource(Source):
             "txid": xid,
             "commit_ts_ms": commit_ms,
             "snapshot": snapshot,
+            "column_types": t.column_types,
         }
 
     def _row(self, t: _Table, data: po.TupleData | None, fill: po.TupleData | None,
@@ -898,7 +926,7 @@ class PostgresSource(Source):
         return out
 
     async def _update(
-        self, t: _Table, msg: po.Update, lsn: str, xid: int, commit_ms: int, txn: _TxnRecords
+        self, t: _Table, msg: po.Update, lsn: str, xid: int, commit_ms: int, txn: TxnRecords
     ) -> None:
         full_old = msg.old if msg.old_kind == "O" else None
         after = self._row(t, msg.new, full_old)
@@ -936,7 +964,7 @@ class PostgresSource(Source):
         cols = ", ".join(f"src.{_ident(c)}" for c in missing)
         match = " AND ".join(f"src.{_ident(k)} = r.{_ident(k)}" for k in t.key_columns)
         key = json.dumps({k: after[k] for k in t.key_columns})
-        rows = await _copy_rows(
+        rows = await copy_rows(
             self._conn,
             f"SELECT {cols} FROM {rel} AS src, jsonb_populate_record(NULL::{rel}, {_literal(key)}::jsonb) r "
             f"WHERE {match}",
@@ -999,6 +1027,7 @@ class PostgresSource(Source):
             t.decoders = [self.types.decoder(c["atttypid"]) for c in cols]
             t.key_index = [t.columns.index(k) for k in t.key_columns]
             t.key_types = [cols[i]["sqltype"] for i in t.key_index]
+            t.column_types = {c["attname"]: c["sqltype"] for c in cols}
         select = ", ".join(f"src.{_ident(c)}" for c in t.columns)
         rel = f"{_ident(t.schema)}.{_ident(t.name)}"
         limit = self.cfg.snapshot_chunk_rows
@@ -1013,13 +1042,13 @@ class PostgresSource(Source):
                 sql = (f"SELECT {select} FROM {rel} AS src WHERE ({order}) > ({params}) "
                        f"ORDER BY {order} LIMIT {limit}")
                 args = [str(v) for v in self._snap_after]
-            rows = await _copy_rows(conn, sql, args)
+            rows = await copy_rows(conn, sql, args)
         else:  # no key to resume from: OFFSET in the same snapshot
             # No key to resume from: OFFSET within this snapshot's transaction only. After a
             # restart such a table is copied again from its start (its rows have no key, so a
             # consumer cannot tell repeats apart anyway; missing rows would be worse).
             done = self._snap_keyless_done
-            rows = await _copy_rows(conn, f"SELECT {select} FROM {rel} AS src OFFSET {done} LIMIT {limit}", [])
+            rows = await copy_rows(conn, f"SELECT {select} FROM {rel} AS src OFFSET {done} LIMIT {limit}", [])
         lsn_text = po.format_lsn(self._committed_lsn)
         records = []
         for row in rows:
@@ -1036,20 +1065,35 @@ class PostgresSource(Source):
             last = rows[-1]
             self._snap_after = [_text_or_none(last[i]) for i in t.key_index]
             self._snap_rows += len(rows)
-            log.info("%s: snapshot of %s.%s: %d of about %d rows copied, up to key %s", self._where, t.schema,
-                     t.name, self._snap_rows, await self._estimate(conn, t), self._snap_after)
+            total = await self._estimate(conn, t)
+            log.info("%s: snapshot of %s.%s: %d %s, up to key %s", self._where, t.schema, t.name,
+                     self._snap_rows, f"of about {total} rows copied" if total and total >= self._snap_rows
+                     else "rows copied so far", self._snap_after)
         else:
             self._snap_keyless_done += len(rows)
         if self._snap_table >= len(tables):
             await self._finish_snapshot(keep_offset=True)
         return SourceBatch(records, self._offset(self._committed_lsn))
 
-    async def _estimate(self, conn: asyncpg.Connection, t: _Table) -> int:
-        """The planner's row count of ``t`` (cheap; for progress messages only)."""
+    async def _estimate(self, conn: asyncpg.Connection, t: _Table) -> int | None:
+        """About how many rows ``t`` has, for progress messages; None when unknown.
+
+        The planner's ``reltuples`` costs nothing but is -1 (PostgreSQL 14+) or 0
+        before the first VACUUM or ANALYZE, as after a bulk load. Then a table of
+        up to :data:`_COUNT_BYTES` is counted (in the snapshot, so it is exact);
+        a larger one gets no total rather than a wrong one.
+        """
         if t.oid not in self._estimates:
-            self._estimates[t.oid] = int(
-                await conn.fetchval("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1", t.oid) or 0
+            row = await conn.fetchrow(
+                "SELECT reltuples::bigint AS tuples, pg_relation_size(oid) AS bytes FROM pg_class WHERE oid = $1",
+                t.oid,
             )
+            estimate: int | None = None
+            if row is not None and row["tuples"] > 0:
+                estimate = int(row["tuples"])
+            elif row is not None and row["bytes"] <= _COUNT_BYTES:
+                estimate = int(await conn.fetchval(f"SELECT count(*) FROM {_ident(t.schema)}.{_ident(t.name)}"))
+            self._estimates[t.oid] = estimate
         return self._estimates[t.oid]
 
     async def _finish_snapshot(self, keep_offset: bool = False) -> SourceBatch:
@@ -1064,159 +1108,3 @@ class PostgresSource(Source):
         self._snap_after = None
         log.info("%s: snapshot complete", self._where)
         return SourceBatch([], self._offset(self._committed_lsn))
-
-
-_OID = struct.Struct(">I")
-_NCOLS = struct.Struct(">H")
-_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-_COPY_HEADER = struct.Struct(">11sII")  # signature, flags, header extension length
-_COPY_ROW = struct.Struct(">hiQi")  # 2 fields; 8, the LSN; the message's length
-_COPY_FIELDS = struct.Struct(">h")
-
-
-def _copy_start(buffer: bytes) -> int:
-    """Where the rows of a binary COPY start (after its header)."""
-    if len(buffer) < _COPY_HEADER.size:
-        raise po.PgOutputError(f"binary COPY data too short ({len(buffer)} bytes)")
-    signature, _flags, extension = _COPY_HEADER.unpack_from(buffer)
-    if signature != _COPY_SIGNATURE:
-        raise po.PgOutputError(f"not binary COPY data: starts with {buffer[:11]!r}")
-    return _COPY_HEADER.size + extension
-
-
-def _copy_is_empty(buffer: bytes) -> bool:
-    start = _copy_start(buffer)
-    return _COPY_FIELDS.unpack_from(buffer, start)[0] == -1
-
-
-def _scan_py(
-    buffer: bytes, pos: int, codecs: Any, outputs: Any, xid: int, commit_ms: int, now_ms: int
-) -> tuple[int, int, bytes | None]:
-    """The next ``(lsn, data)`` row of a binary COPY: ``_decode.scan`` without its fast path."""
-    if _COPY_FIELDS.unpack_from(buffer, pos)[0] == -1:
-        return pos + 2, 0, None
-    fields, size, lsn, length = _COPY_ROW.unpack_from(buffer, pos)
-    if fields != 2 or size != 8 or length < 0:
-        raise po.PgOutputError(f"binary COPY row at byte {pos} is not (lsn, data)")
-    start = pos + _COPY_ROW.size
-    if start + length > len(buffer):
-        raise po.PgOutputError(f"binary COPY row at byte {pos} runs past the end of the data")
-    return start + length, lsn, buffer[start : start + length]
-
-
-_json = JsonConverter().serialize
-
-# markers for the per-row parts of a value template: _decode.c's SLOT_* numbers
-_SLOT_ROW, _SLOT_LSN, _SLOT_XID, _SLOT_COMMIT_MS, _SLOT_NOW_MS, _SLOT_OLD = (f"\ue000{i}\ue000" for i in range(6))
-_SLOT = re.compile('"\ue000([0-9])\ue000"'.encode())
-
-
-def _template(envelope: dict[str, Any]) -> tuple[bytes | int, ...] | None:
-    """The JSON of ``envelope`` as literal bytes and slot numbers (None if a marker is ambiguous)."""
-    rendered = _json(envelope)
-    assert rendered is not None
-    parts = _SLOT.split(rendered)
-    template: list[bytes | int] = [int(p) if i % 2 else p for i, p in enumerate(parts) if i % 2 or p]
-    markers = sum(isinstance(v, str) and v.startswith("\ue000") for v in (*envelope.values(), *envelope["source"].values()))
-    if len([x for x in template if isinstance(x, int)]) != markers:
-        return None  # a name holds a marker: leave this table to Python
-    return tuple(template)
-
-
-class _TxnRecords:
-    """One transaction's records as JSON columns per topic, in stream order.
-
-    ``outputs`` is shared with ``_decode.scan``, which appends the inserts it
-    renders; records decoded in Python are serialised and appended here.
-    """
-
-    __slots__ = ("outputs",)
-
-    def __init__(self) -> None:
-        self.outputs: dict[str, tuple[list[bytes | None], list[bytes | None], list[int]]] = {}
-
-    def append(self, record: Record) -> None:
-        assert record.topic is not None and record.timestamp is not None
-        columns = self.outputs.get(record.topic)
-        if columns is None:
-            columns = self.outputs[record.topic] = ([], [], [])
-        columns[0].append(_json(record.key))
-        columns[1].append(_json(record.value))
-        columns[2].append(record.timestamp)
-
-    def encoded(self) -> list[JsonRecords]:
-        return [JsonRecords(topic, *columns) for topic, columns in self.outputs.items()]
-
-
-def _parse_row(
-    data: bytes, pos: int, names: list[str], decoders: list[Callable[[bytes], Any]]
-) -> tuple[dict[str, Any], int, bool]:
-    """A pgoutput TupleData straight into ``{column: value}``; also whether a 'u' column was seen."""
-    (ncols,) = _NCOLS.unpack_from(data, pos)
-    if ncols != len(names):
-        raise po.PgOutputError(f"tuple has {ncols} columns, the relation {len(names)}")
-    pos += 2
-    out: dict[str, Any] = {}
-    toast = False
-    unpack = _OID.unpack_from
-    for name, decode in zip(names, decoders):
-        kind = data[pos]
-        if kind == 0x74:  # 't'
-            start = pos + 5
-            pos = start + unpack(data, pos + 1)[0]
-            out[name] = decode(data[start:pos])
-        elif kind == 0x6E:  # 'n'
-            out[name] = None
-            pos += 1
-        elif kind == 0x75:  # 'u'
-            out[name] = po.UNCHANGED_TOAST
-            toast = True
-            pos += 1
-        else:
-            raise po.PgOutputError(f"unsupported tuple column kind {chr(kind)!r}")
-    if pos > len(data):
-        raise po.PgOutputError("tuple data runs past the end of the message")
-    return out, pos, toast
-
-
-_COPY_ESCAPES = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v", b"\\": b"\\"}
-_COPY_ESCAPE = re.compile(rb"\\([bfnrtv\\]|[0-7]{1,3}|x[0-9a-fA-F]{1,2})")
-
-
-def _copy_unescape(match: re.Match[bytes]) -> bytes:
-    esc = match.group(1)
-    if esc in _COPY_ESCAPES:
-        return _COPY_ESCAPES[esc]
-    if esc[:1] == b"x":
-        return bytes([int(esc[1:], 16)])
-    return bytes([int(esc, 8) & 0xFF])
-
-
-def parse_copy_text(data: bytes) -> list[list[bytes | None]]:
-    """Rows of ``COPY ... TO STDOUT`` in text format: each value exactly as the type's output function wrote it."""
-    rows: list[list[bytes | None]] = []
-    lines = data.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()  # every row ends with a newline; an empty line is a row of one empty value
-    for line in lines:
-        row: list[bytes | None] = []
-        for cell in line.split(b"\t"):
-            if cell == b"\\N":
-                row.append(None)
-            elif b"\\" in cell:
-                row.append(_COPY_ESCAPE.sub(_copy_unescape, cell))
-            else:
-                row.append(cell)
-        rows.append(row)
-    return rows
-
-
-async def _copy_rows(conn: asyncpg.Connection, sql: str, args: list[Any]) -> list[list[bytes | None]]:
-    """Run ``sql`` through COPY: ``::text`` casts are not the output functions (bool, char(n), inet differ)."""
-    chunks: list[bytes] = []
-
-    async def sink(chunk: bytes) -> None:
-        chunks.append(bytes(chunk))
-
-    await conn.copy_from_query(sql, *args, output=sink, format="text")
-    return parse_copy_text(b"".join(chunks))

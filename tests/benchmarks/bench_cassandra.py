@@ -25,7 +25,6 @@ baseline), ``sink_direct_rows_per_s`` and ``direct_ratio``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -33,7 +32,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,8 @@ sys.path.insert(0, str(REPO))
 from millpond.connector import ConnectorContext  # noqa: E402
 from millpond.connectors.cassandra import CassandraSink  # noqa: E402
 from millpond.records import Record  # noqa: E402
+
+from tests.benchmarks import harness  # noqa: E402
 
 KEYSPACE = "bench_millpond"
 TOPIC = "bench"
@@ -93,9 +93,9 @@ def run_baseline(session: Any, records: list[Record], concurrency: int) -> float
         for r in records
         for v in (r.value,)
     ]
-    began = time.perf_counter()
-    results = execute_concurrent_with_args(session, prepared, rows, concurrency=concurrency, raise_on_first_error=True)
-    elapsed = time.perf_counter() - began
+    elapsed, results = harness.timed(
+        lambda: execute_concurrent_with_args(session, prepared, rows, concurrency=concurrency, raise_on_first_error=True)
+    )
     assert all(ok for ok, _ in results)
     return len(rows) / elapsed
 
@@ -112,12 +112,14 @@ def run_sink(host: str, port: int, records: list[Record], concurrency: int) -> f
     async def go() -> float:
         sink = CassandraSink(config, ConnectorContext(name="bench"))
         await sink.start()
-        try:
-            began = time.perf_counter()
+
+        async def write_all() -> None:
             for start in range(0, len(records), BATCH):
                 await sink.write(records[start : start + BATCH])
             await sink.flush({})
-            elapsed = time.perf_counter() - began
+
+        try:
+            elapsed, _ = await harness.timed_async(write_all())
         finally:
             await sink.stop()
         return len(records) / elapsed
@@ -153,11 +155,7 @@ def fill_log(directory: Path, records: list[Record]) -> None:
 
 def run_pipeline(host: str, port: int, directory: Path, n: int, concurrency: int, group: str) -> float:
     """Seconds from the worker's start until the sink flushed and committed all ``n`` records."""
-    from millpond.backends import open_backend
     from millpond.config import PipelineConfig
-    from millpond.runtime import RuntimeOptions, Worker
-    from millpond.runtime.sink_task import SinkTask
-    from millpond.runtime.worker import create_topics, preflight
 
     config = PipelineConfig.model_validate({
         "name": "bench-cassandra",
@@ -172,30 +170,8 @@ def run_pipeline(host: str, port: int, directory: Path, n: int, concurrency: int
     })
 
     async def go() -> float:
-        preflight(config)
-        backend = open_backend(config.log)
-        await backend.open()
-        try:
-            await create_topics(config, backend)
-            worker = Worker(config, backend, RuntimeOptions(install_signal_handlers=False))
-            sink = next(t for t in worker.tasks if isinstance(t, SinkTask))
-            began = time.perf_counter()
-            run = asyncio.create_task(worker.run())
-            while True:
-                await asyncio.sleep(0.005)
-                if run.done():
-                    await run
-                    raise RuntimeError("the pipeline stopped early")
-                if sink.records_in >= n and sink.flushes and not sink._unflushed:
-                    break
-            elapsed = time.perf_counter() - began
-            worker.stop()
-            await run
-            committed = await backend.committed(group)
-            assert sum(committed.values()) == n, committed
-            return elapsed
-        finally:
-            await backend.close()
+        times = await harness.run_pipeline(config, harness.sink_committed(n), poll_s=0.005)
+        return times.done_s
 
     return n / asyncio.run(go())
 
@@ -205,10 +181,8 @@ def count(session: Any, table: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20,000 rows instead of 200,000")
+    parser = harness.parser(__doc__ or "", quick="20,000 rows and 1 round instead of 200,000 and 3", rounds=0)
     parser.add_argument("--rows", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=128)
     args = parser.parse_args()
     n = args.rows or (20_000 if args.quick else 200_000)
@@ -249,8 +223,7 @@ def main() -> None:
         }
         for round_no in range(rounds):
             truncate(session)
-            order = list(runs)
-            order = order[round_no % 3 :] + order[: round_no % 3]  # no path always goes first
+            order = harness.rotate(list(runs), round_no)  # no path always goes first
             figures = {name: runs[name]() for name in order}
             for name, value in figures.items():
                 best[name] = max(best[name], value)
@@ -275,7 +248,7 @@ def main() -> None:
     print(f"{n:,} rows, concurrency {args.concurrency}: log -> runtime -> sink {best['sink']:,.0f} rows/s, "
           f"sink direct {best['direct']:,.0f} rows/s, driver execute_concurrent_with_args "
           f"{best['baseline']:,.0f} rows/s; ratio {ratio:.2f} (direct {direct_ratio:.2f}), target >= 0.7")
-    print(json.dumps({
+    harness.emit({
         "rows": n,
         "concurrency": args.concurrency,
         "sink_rows_per_s": round(best["sink"]),
@@ -283,7 +256,7 @@ def main() -> None:
         "ratio": round(ratio, 3),
         "sink_direct_rows_per_s": round(best["direct"]),
         "direct_ratio": round(direct_ratio, 3),
-    }))
+    })
 
 
 if __name__ == "__main__":

@@ -1,40 +1,40 @@
-"""Benchmark: Postgres change rows/s into the log, and log rows/s into Postgres.
+"""Benchmark: Postgres change rows/s into the log against the physical floor, and log rows/s into Postgres.
 
     python tests/benchmarks/bench_cdc.py [--quick] [--changes N] [--txn-rows R] [--rounds N] [--compression C]
 
 Uses ``MILLPOND_TEST_PG_DSN`` if set, else starts a throw-away server like
 the test fixture. One table (bigint key, int, text, numeric, timestamptz)
-gets N inserts in transactions of R rows, after two slots were created at
-the same point:
+gets N inserts in transactions of R rows, after four slots were created at
+the same point. Each reads the same stream once; the order of the four
+changes every round (:func:`harness.rotate`), so no path always runs first:
 
-* baseline: ``pg_logical_slot_get_binary_changes`` of the whole stream by
-  one plain client call (the server decodes the WAL, the client only
-  receives the bytes); also, for reference, the same call through a binary
-  ``COPY`` (how the source reads: no Python object per row);
-* CDC: the ``postgres-cdc`` source in the runtime (reads windows ahead
-  through a temporary copy of the slot, renders inserts to JSON in C, one
-  log transaction per batch with its LSN, the slot advanced behind the log)
-  into a fresh embedded log whose topic is compressed with zstd (as in
-  configs/postgres-cdc.yaml; ``--compression none`` for raw batches), timed
-  from the tasks running until the source has committed every change
-  (start-up is printed apart);
-* the source alone (start/poll/commit, no log) and the sink alone (fed
-  records directly), to show what the runtime adds;
-* sink: a ``postgres`` sink pipeline reading that topic back from the log
-  into an empty table (upserts + offsets per flush), timed until every row
-  is flushed; baseline: a plain binary ``COPY`` of the same rows into an
-  empty table.
+* server decode: ``SELECT count(*) FROM pg_logical_slot_get_binary_changes(..)``
+  — the server decodes the WAL and sends one number; no client can read the
+  stream faster than this (``baseline_server_decode_rows_per_s``);
+* raw fetch, the floor: the same call through a binary ``COPY`` into a
+  callback that only counts bytes — decoding plus the transfer, nothing
+  made of it (``baseline_raw_fetch_rows_per_s``; also under its former name
+  ``baseline_raw_copy_fetch_rows_per_s``);
+* CDC: the ``postgres-cdc`` source in the runtime into a fresh embedded log
+  whose topic is compressed with zstd (as configs/postgres-cdc.yaml;
+  ``--compression none`` for raw batches), timed from the worker's launch —
+  the source's start included — until it has stopped, which includes the
+  source's last slot advance (checked: the slot stands at the stream's end);
+* the source alone (start, poll, commit, stop; no log), to show what the
+  runtime adds;
+* sink: a ``postgres`` sink pipeline reading that topic back into an empty
+  table, timed until the group's committed offsets cover every row; baseline:
+  a plain binary ``COPY`` of the same rows into an empty table; the sink alone
+  fed records directly.
 
-The target table is checked against the source table. Last line: JSON.
+The target table is checked against the source table. Figures are medians
+over rounds. Last line: JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -46,16 +46,13 @@ sys.path.insert(0, str(REPO))
 
 import asyncpg  # noqa: E402
 
-from millpond.backends import open_backend  # noqa: E402
 from millpond.connector import ConnectorContext  # noqa: E402
 from millpond.connectors.postgres.sink import PostgresSink, PostgresSinkConfig  # noqa: E402
 from millpond.connectors.postgres.source import PostgresSource, PostgresSourceConfig  # noqa: E402
 from millpond.records import Record, TopicPartition  # noqa: E402
 from millpond.config import PipelineConfig  # noqa: E402
-from millpond.runtime import RuntimeOptions  # noqa: E402
-from millpond.runtime.sink_task import SinkTask  # noqa: E402
-from millpond.runtime.source_task import SourceTask  # noqa: E402
-from millpond.runtime.worker import Worker, create_topics, preflight  # noqa: E402
+
+from tests.benchmarks import harness  # noqa: E402
 
 TABLE = "bench_items"
 TOPIC = f"bench.public.{TABLE}"
@@ -86,58 +83,60 @@ def config(work: Path, dsn: str, source: bool, sink: bool, compression: str = "z
     })
 
 
-async def run_timed(cfg: PipelineConfig, done: Any) -> tuple[float, float]:
-    """(start-up seconds, seconds from the tasks running until ``done``).
-
-    Start-up (plugins, connections, slot checks) is a one-off and is reported
-    apart, as the raw fetch's connection is: the ratio compares throughput.
-    """
-    preflight(cfg)
-    backend = open_backend(cfg.log)
-    await backend.open()
-    try:
-        await create_topics(cfg, backend)
-        worker = Worker(cfg, backend, RuntimeOptions(install_signal_handlers=False))
-        launched = time.perf_counter()
-        run = asyncio.create_task(worker.run())
-        start = None
-        while True:
-            await asyncio.sleep(0.001)
-            if run.done():
-                await run
-                raise RuntimeError("the pipeline stopped early")
-            if start is None and worker.tasks and all(t.running for t in worker.tasks):
-                start = time.perf_counter()
-            if start is not None and done(worker):
-                break
-        elapsed = time.perf_counter() - start
-        worker.stop()
-        await run
-        return start - launched, elapsed
-    finally:
-        await backend.close()
+SLOTS = {"decode": "bench_decode", "fetch": "bench_fetch", "cdc": SLOT, "direct": "bench_direct"}
 
 
-def source_done(n: int) -> Any:
-    def check(worker: Worker) -> bool:
-        task = next(t for t in worker.tasks if isinstance(t, SourceTask))
-        return task.records_out >= n
-    return check
+async def _drop_slots(conn: asyncpg.Connection) -> None:
+    for slot in SLOTS.values():
+        await conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", slot)
 
 
-def sink_done(n: int) -> Any:
-    def check(worker: Worker) -> bool:
-        task = next(t for t in worker.tasks if isinstance(t, SinkTask))
-        return task.records_in >= n and task.flushes > 0 and not task._unflushed  # noqa: SLF001
-    return check
+async def server_decode(conn: asyncpg.Connection) -> int:
+    """Changes decoded by the server alone: one row (a count) comes back."""
+    return int(await conn.fetchval(
+        "SELECT count(*) FILTER (WHERE substr(data, 1, 1) = 'I'::bytea) FROM pg_logical_slot_get_binary_changes("
+        "$1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)", SLOTS["decode"], PUB,
+    ))
 
 
-async def bench(dsn: str, changes: int, txn_rows: int, work: Path, compression: str) -> dict[str, Any]:
+async def raw_fetch(conn: asyncpg.Connection) -> int:
+    """The stream as the source reads it (binary COPY of ``lsn, data``), only counted: bytes received."""
+    received = 0
+
+    async def count(chunk: bytes) -> None:
+        nonlocal received
+        received += len(chunk)
+
+    await conn.copy_from_query(
+        "SELECT lsn, data FROM pg_logical_slot_get_binary_changes($1, NULL, NULL, "
+        "'proto_version', '1', 'publication_names', $2)", SLOTS["fetch"], PUB, output=count, format="binary",
+    )
+    return received
+
+
+async def source_alone(dsn: str, changes: int) -> int:
+    """start, poll + commit until every change is out, stop (which advances the slot to the end)."""
+    source = PostgresSource(
+        PostgresSourceConfig(dsn=dsn, tables=[TABLE], snapshot_mode="never", slot=SLOTS["direct"],
+                             publication=PUB, idle_sleep_s=0),
+        ConnectorContext(name="bench_direct"),
+    )
+    await source.start(None)
+    seen = 0
+    while seen < changes:
+        batch = await source.poll()
+        if batch is not None:
+            seen += len(batch.records) + sum(len(e) for e in batch.encoded)
+            await source.commit(batch.offset)
+    await source.stop()
+    return seen
+
+
+async def bench(dsn: str, changes: int, txn_rows: int, work: Path, compression: str, round_no: int) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn)
     await conn.execute(f"DROP TABLE IF EXISTS {TABLE}, {TABLE}_copy, {TABLE}_copy2")
     await conn.execute(f"DROP PUBLICATION IF EXISTS {PUB}")
-    for slot in (SLOT, "bench_raw", "bench_rawcopy", "bench_direct"):
-        await conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", slot)
+    await _drop_slots(conn)
     await conn.execute(
         "CREATE TABLE IF NOT EXISTS millpond_sink_offsets (connector text, topic text, partition int, "
         "next_offset bigint, updated_at timestamptz DEFAULT now(), PRIMARY KEY (connector, topic, partition))"
@@ -149,10 +148,8 @@ async def bench(dsn: str, changes: int, txn_rows: int, work: Path, compression: 
     await conn.execute(f"CREATE TABLE {TABLE}_copy {ddl}")
     await conn.execute(f"CREATE TABLE {TABLE}_copy2 {ddl}")
     await conn.execute(f"CREATE PUBLICATION {PUB} FOR TABLE {TABLE}")
-    await conn.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", SLOT)
-    await conn.execute("SELECT pg_create_logical_replication_slot('bench_raw', 'pgoutput')")
-    await conn.execute("SELECT pg_create_logical_replication_slot('bench_rawcopy', 'pgoutput')")
-    await conn.execute("SELECT pg_create_logical_replication_slot('bench_direct', 'pgoutput')")
+    for slot in SLOTS.values():
+        await conn.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
     t0 = time.perf_counter()
     for lo in range(0, changes, txn_rows):
         hi = min(changes, lo + txn_rows)
@@ -161,56 +158,43 @@ async def bench(dsn: str, changes: int, txn_rows: int, work: Path, compression: 
             f"'2024-01-01'::timestamptz + g * interval '1 second' FROM generate_series({lo + 1}, {hi}) g"
         )
     load_s = time.perf_counter() - t0
+    end_lsn = await conn.fetchval("SELECT pg_current_wal_lsn()")
     wal = await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
-                              "FROM pg_replication_slots WHERE slot_name = 'bench_raw'")
+                              "FROM pg_replication_slots WHERE slot_name = $1", SLOTS["fetch"])
 
-    # baseline: one raw fetch of the same changes
-    t0 = time.perf_counter()
-    rows = await conn.fetch(
-        "SELECT data FROM pg_logical_slot_get_binary_changes('bench_raw', NULL, NULL, "
-        "'proto_version', '1', 'publication_names', $1)", PUB,
-    )
-    raw_s = time.perf_counter() - t0
-    raw_changes = sum(1 for r in rows if r[0][:1] == b"I")
-    del rows
-    assert raw_changes == changes, (raw_changes, changes)
+    async def run_decode() -> float:
+        seconds, decoded = await harness.timed_async(server_decode(conn))
+        assert decoded == changes, (decoded, changes)
+        return seconds
 
-    # reference: the same fetch as a binary COPY, as the source reads
-    received = 0
+    async def run_fetch() -> float:
+        seconds, received = await harness.timed_async(raw_fetch(conn))
+        assert received > changes * 40, received  # the whole stream came (an insert is > 40 bytes)
+        return seconds
 
-    async def count(chunk: bytes) -> None:
-        nonlocal received
-        received += len(chunk)
+    async def run_cdc() -> float:
+        times = await harness.run_pipeline(config(work, dsn, source=True, sink=False, compression=compression),
+                                           harness.source_emitted(changes))
+        figures["cdc_start_s"] = times.startup_s
+        return times.stopped_s
 
-    t0 = time.perf_counter()
-    await conn.copy_from_query(
-        "SELECT lsn, data FROM pg_logical_slot_get_binary_changes('bench_rawcopy', NULL, NULL, "
-        "'proto_version', '1', 'publication_names', $1)", PUB, output=count, format="binary",
-    )
-    raw_copy_s = time.perf_counter() - t0
+    async def run_direct() -> float:
+        seconds, seen = await harness.timed_async(source_alone(dsn, changes))
+        assert seen == changes, (seen, changes)
+        return seconds
 
-    # the source alone (poll + commit, no log), to show what the runtime adds
-    source = PostgresSource(
-        PostgresSourceConfig(dsn=dsn, tables=[TABLE], snapshot_mode="never", slot="bench_direct",
-                             publication=PUB, idle_sleep_s=0),
-        ConnectorContext(name="bench_direct"),
-    )
-    t0 = time.perf_counter()
-    await source.start(None)
-    seen = 0
-    while seen < changes:
-        batch = await source.poll()
-        if batch is not None:
-            seen += len(batch.records) + sum(len(e) for e in batch.encoded)
-            await source.commit(batch.offset)
-    direct_s = time.perf_counter() - t0
-    await source.stop()
-
-    # CDC source -> embedded log, through the runtime
-    cdc_start_s, cdc_s = await run_timed(config(work, dsn, source=True, sink=False, compression=compression), source_done(changes))
+    figures: dict[str, Any] = {}
+    steps = {"raw_s": run_fetch, "decode_s": run_decode, "cdc_s": run_cdc, "direct_s": run_direct}
+    for key in harness.rotate(list(steps), round_no):
+        figures[key] = await steps[key]()
+    # the CDC time included the source's last slot advance: the slot must stand at the stream's end
+    confirmed = await conn.fetchval("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1", SLOT)
+    if confirmed < end_lsn:
+        raise RuntimeError(f"the CDC slot stopped at {confirmed}, before the stream's end {end_lsn}")
 
     # log -> postgres sink, through the runtime
-    sink_start_s, sink_s = await run_timed(config(work, dsn, source=False, sink=True, compression=compression), sink_done(changes))
+    sink_times = await harness.run_pipeline(config(work, dsn, source=False, sink=True, compression=compression),
+                                            harness.sink_committed(changes))
     copied = await conn.fetchval(
         f"SELECT count(*) FROM (SELECT * FROM {TABLE} EXCEPT SELECT * FROM {TABLE}_copy) d"
     )
@@ -239,30 +223,22 @@ async def bench(dsn: str, changes: int, txn_rows: int, work: Path, compression: 
     await sink.stop()
 
     # baseline: plain COPY of the same rows into an empty table
-    t0 = time.perf_counter()
-    await conn.copy_records_to_table(f"{TABLE}_copy2", records=records)
-    copy_s = time.perf_counter() - t0
+    copy_s, _ = await harness.timed_async(conn.copy_records_to_table(f"{TABLE}_copy2", records=records))
     await conn.execute(f"DROP PUBLICATION IF EXISTS {PUB}")
-    for slot in (SLOT, "bench_raw", "bench_rawcopy", "bench_direct"):
-        await conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", slot)
+    await _drop_slots(conn)
     await conn.execute("DELETE FROM millpond_sink_offsets WHERE connector IN ('bench_sink', 'bench_direct')")
     await conn.execute(f"DROP TABLE IF EXISTS {TABLE}, {TABLE}_copy, {TABLE}_copy2")
     await conn.close()
     return {
-        "changes": changes, "txn_rows": txn_rows, "wal_bytes": wal, "load_s": load_s,
-        "raw_s": raw_s, "raw_copy_s": raw_copy_s, "cdc_s": cdc_s, "sink_s": sink_s, "copy_s": copy_s,
-        "direct_s": direct_s, "sink_direct_s": sink_direct_s,
-        "cdc_start_s": cdc_start_s, "sink_start_s": sink_start_s,
+        **figures, "wal_bytes": wal, "load_s": load_s, "sink_s": sink_times.done_s,
+        "sink_start_s": sink_times.startup_s, "copy_s": copy_s, "sink_direct_s": sink_direct_s,
     }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="100,000 changes instead of 1,000,000")
+    parser = harness.parser(__doc__ or "", quick="100,000 changes instead of 1,000,000")
     parser.add_argument("--changes", type=int)
     parser.add_argument("--txn-rows", type=int, default=1000, help="rows per source transaction")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="repeat the whole run and report the median time of each step (the machine is shared)")
     parser.add_argument("--compression", default="zstd", choices=("none", "gzip", "lz4", "zstd"),
                         help="the topic's compression.type (default zstd, as configs/postgres-cdc.yaml)")
     args = parser.parse_args()
@@ -276,46 +252,50 @@ def main() -> int:
         dsn = server.dsn
     try:
         runs = []
-        for _ in range(max(1, args.rounds)):
+        for round_no in range(max(1, args.rounds)):
             with tempfile.TemporaryDirectory(prefix="millpond-bench-cdc-") as tmp:
-                runs.append(asyncio.run(bench(dsn, changes, args.txn_rows, Path(tmp), args.compression)))
-        r = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+                runs.append(asyncio.run(bench(dsn, changes, args.txn_rows, Path(tmp), args.compression, round_no)))
+        r = harness.median(runs)
     finally:
         if server is not None:
             server.stop()
+    decode_rate = changes / r["decode_s"]
     raw_rate = changes / r["raw_s"]
     cdc_rate = changes / r["cdc_s"]
     sink_rate = changes / r["sink_s"]
     copy_rate = changes / r["copy_s"]
     print(f"topic compression: {args.compression}")
     print(f"{changes:,} inserts in transactions of {args.txn_rows} rows ({r['wal_bytes'] / 1e6:.0f} MB of WAL, "
-          f"loaded in {r['load_s']:.1f} s); median of {len(runs)} round(s)")
-    print(f"baseline raw slot fetch: {r['raw_s']:8.3f} s {raw_rate:12,.0f} rows/s")
-    print(f"  (the same fetch as a binary COPY: {changes / r['raw_copy_s']:,.0f} rows/s)")
-    print(f"postgres-cdc -> log:     {r['cdc_s']:8.3f} s {cdc_rate:12,.0f} rows/s  "
-          f"ratio {cdc_rate / raw_rate:.2f} (target >= 0.5); {cdc_rate * r['raw_copy_s'] / changes:.2f} "
-          "of the binary COPY fetch")
-    print(f"  (the source alone, poll + commit without the log: {changes / r['direct_s']:,.0f} rows/s; "
-          f"pipeline start-up {r['cdc_start_s']:.3f} s, not timed)")
-    print(f"baseline COPY:           {r['copy_s']:8.3f} s {copy_rate:12,.0f} rows/s")
-    print(f"log -> postgres sink:    {r['sink_s']:8.3f} s {sink_rate:12,.0f} rows/s  "
-          f"ratio {sink_rate / copy_rate:.2f} (target table verified equal)")
-    print(f"  (the sink alone, fed records directly: {changes / r['sink_direct_s']:,.0f} rows/s)")
-    print(json.dumps({
+          f"loaded in {r['load_s']:.1f} s); median of {len(runs)} round(s), order rotated per round")
+    print(harness.rate_line("server decode alone", changes, r["decode_s"]))
+    print(harness.rate_line("raw fetch (binary COPY; floor)", changes, r["raw_s"]))
+    print(harness.rate_line("postgres-cdc -> log", changes, r["cdc_s"],
+                            note=f"(start {r['cdc_start_s']:.3f} s and last slot advance included)"))
+    print(harness.rate_line("source alone, no log", changes, r["direct_s"], note="(start and stop included)"))
+    print(harness.ratio_line("cdc / raw fetch (floor)", cdc_rate, raw_rate, target=0.5))
+    print(harness.ratio_line("cdc / server decode", cdc_rate, decode_rate))
+    print(harness.rate_line("baseline COPY into a table", changes, r["copy_s"]))
+    print(harness.rate_line("log -> postgres sink", changes, r["sink_s"], note="(target table verified equal)"))
+    print(harness.rate_line("sink alone, fed records", changes, r["sink_direct_s"]))
+    print(harness.ratio_line("sink / COPY", sink_rate, copy_rate))
+    harness.emit({
         "changes": changes,
         "txn_rows": args.txn_rows,
         "compression": args.compression,
         "rounds": len(runs),
         "cdc_rows_per_s": round(cdc_rate),
         "baseline_raw_fetch_rows_per_s": round(raw_rate),
+        "baseline_server_decode_rows_per_s": round(decode_rate),
         "cdc_ratio": round(cdc_rate / raw_rate, 3),
-        "baseline_raw_copy_fetch_rows_per_s": round(changes / r["raw_copy_s"]),
+        "cdc_vs_server_decode_ratio": round(cdc_rate / decode_rate, 3),
+        "baseline_raw_copy_fetch_rows_per_s": round(raw_rate),
+        "cdc_start_s": round(r["cdc_start_s"], 3),
         "sink_rows_per_s": round(sink_rate),
         "baseline_copy_rows_per_s": round(copy_rate),
         "sink_ratio": round(sink_rate / copy_rate, 3),
         "source_only_rows_per_s": round(changes / r["direct_s"]),
         "sink_only_rows_per_s": round(changes / r["sink_direct_s"]),
-    }))
+    })
     return 0
 
 

@@ -1,16 +1,16 @@
 """Benchmark of the embedded log: append, sequential read, reopen, read memory.
 
-    python tests/benchmarks/bench_log.py [--quick] [--dir DIR]
+    python tests/benchmarks/bench_log.py [--quick] [--rounds N] [--dir DIR]
 
 Records of 16-byte keys and 100-byte values in batches of 1,000. The
 baseline, measured in the same run, writes the same bytes with plain
-buffered file writes. Last line: JSON with the figures.
+buffered file writes. With ``--rounds`` the append/read and the baseline
+swap places each round and each figure is the median. Last line: JSON with
+the figures.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import resource
@@ -21,8 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from millpond.log import LogStore
-from millpond.log.batch import Row
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from millpond.log import LogStore  # noqa: E402
+from millpond.log.batch import Row  # noqa: E402
+
+from tests.benchmarks import harness  # noqa: E402
 
 BATCH = 1_000
 KEY_BYTES = 16
@@ -39,11 +44,13 @@ def make_batches(records: int) -> list[list[Row]]:
 def bench_append(directory: Path, batches: list[list[Row]]) -> tuple[float, int]:
     store = LogStore(directory)
     partition = store.create_topic("bench", 1).partitions[0]
-    started = time.perf_counter()
-    for rows in batches:
-        partition.append(rows)
-    partition.flush(fsync=False)
-    elapsed = time.perf_counter() - started
+
+    def append() -> None:
+        for rows in batches:
+            partition.append(rows)
+        partition.flush(fsync=False)
+
+    elapsed, _ = harness.timed(append)
     size = partition.size_bytes
     store.close()
     return elapsed, size
@@ -52,17 +59,19 @@ def bench_append(directory: Path, batches: list[list[Row]]) -> tuple[float, int]
 def bench_read(directory: Path) -> tuple[float, int]:
     store = LogStore(directory)
     partition = store.partition("bench", 0)
-    started = time.perf_counter()
-    count, offset = 0, 0
-    while True:
-        result = partition.read(offset, 4 << 20)
-        for batch in result.batches:
-            for _ in batch.records():
-                count += 1
-        if result.next_offset == offset:
-            break
-        offset = result.next_offset
-    elapsed = time.perf_counter() - started
+
+    def read() -> int:
+        count, offset = 0, 0
+        while True:
+            result = partition.read(offset, 4 << 20)
+            for batch in result.batches:
+                for _ in batch.records():
+                    count += 1
+            if result.next_offset == offset:
+                return count
+            offset = result.next_offset
+
+    elapsed, count = harness.timed(read)
     store.close()
     return elapsed, count
 
@@ -70,11 +79,13 @@ def bench_read(directory: Path) -> tuple[float, int]:
 def bench_baseline(directory: Path, total_bytes: int, batches: int) -> float:
     chunk = os.urandom(total_bytes // batches)
     path = directory / "baseline.bin"
-    started = time.perf_counter()
-    with open(path, "wb") as f:
-        for _ in range(batches):
-            f.write(chunk)
-    elapsed = time.perf_counter() - started
+
+    def write() -> None:
+        with open(path, "wb") as f:
+            for _ in range(batches):
+                f.write(chunk)
+
+    elapsed, _ = harness.timed(write)
     path.unlink()
     return elapsed
 
@@ -115,9 +126,28 @@ print(int(hwm) / 1024, seen, count)
 """
 
 
+def one_round(root: Path, batches: list[list[Row]], records: int, round_no: int, size: int) -> dict[str, float]:
+    """Append + read back, and the baseline writes of ``size`` bytes (what the log wrote in
+    round 0, where the log goes first), in the round's order."""
+    figures: dict[str, float] = {}
+    log_dir = root / f"log{round_no}"
+
+    def log() -> None:
+        figures["append_s"], figures["size"] = bench_append(log_dir, batches)
+        figures["read_s"], count = bench_read(log_dir)
+        assert count == records, f"read back {count} of {records} records"
+
+    def baseline() -> None:
+        figures["baseline_s"] = bench_baseline(root, size or int(figures["size"]), len(batches))
+
+    for step in harness.rotate([log, baseline], round_no):
+        step()
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return figures
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer records: a run under a minute")
+    parser = harness.parser(__doc__ or "", quick="fewer records: a run under a minute")
     parser.add_argument("--dir", help="where to write (default: a temporary directory)")
     args = parser.parse_args()
     records = 200_000 if args.quick else 1_000_000
@@ -128,21 +158,23 @@ def main() -> None:
     try:
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
         batches = make_batches(records)
-        append_s, size = bench_append(root / "log", batches)
-        read_s, count = bench_read(root / "log")
-        assert count == records, f"read back {count} of {records} records"
-        baseline_s = bench_baseline(root, size, len(batches))
+        rounds = max(1, args.rounds)
+        runs = [one_round(root, batches, records, 0, 0)]
+        runs += [one_round(root, batches, records, n, int(runs[0]["size"])) for n in range(1, rounds)]
+        r = harness.median(runs)
+        append_s, read_s, baseline_s, size = r["append_s"], r["read_s"], r["baseline_s"], int(r["size"])
         append_rate, read_rate, base_rate = records / append_s, records / read_s, records / baseline_s
-        print(f"append:   {append_rate:>12,.0f} records/s  ({size / append_s / 1e6:,.0f} MB/s)")
-        print(f"read:     {read_rate:>12,.0f} records/s  (CRC-32C checked, records decoded)")
-        print(f"baseline: {base_rate:>12,.0f} records/s  (plain buffered writes of the same {size / 1e6:,.0f} MB)")
-        print(f"ratio append/baseline: {append_rate / base_rate:.2f}")
+        print(f"{records:,} records, median of {rounds} round(s)")
+        print(harness.rate_line("append", records, append_s, unit="records",
+                                note=f"({size / append_s / 1e6:,.0f} MB/s)"))
+        print(harness.rate_line("read", records, read_s, unit="records", note="(CRC-32C checked, records decoded)"))
+        print(harness.rate_line("baseline", records, baseline_s, unit="records",
+                                note=f"(plain buffered writes of the same {size / 1e6:,.0f} MB)"))
+        print(harness.ratio_line("append/baseline", append_rate, base_rate))
 
         fill(root / "big", big_records, 32 << 20)
-        started = time.perf_counter()
-        store = LogStore(root / "big")
+        reopen_s, store = harness.timed(LogStore, root / "big")
         end = store.partition("big", 0).log_end_offset
-        reopen_s = time.perf_counter() - started
         segments = len(store.partition("big", 0).segments)
         store.close()
         assert end == big_records
@@ -155,8 +187,7 @@ def main() -> None:
         rss_mb, seen = float(out[0]), int(out[1])
         print(f"read RSS: {rss_mb:.0f} MB peak while reading {seen / 1e6:,.0f} MB")
 
-        print(
-            json.dumps(
+        harness.emit(
                 {
                     "append_records_per_s": round(append_rate),
                     "read_records_per_s": round(read_rate),
@@ -168,8 +199,8 @@ def main() -> None:
                     "read_bytes": seen,
                     "records": records,
                     "quick": args.quick,
+                    "rounds": rounds,
                 }
-            )
         )
     finally:
         if not args.dir:

@@ -89,11 +89,25 @@ def copy_binary(messages: list[bytes], first_lsn: int = 0x1_6B37_4800) -> bytes:
     return out + struct.pack(">h", -1)
 
 
-def decode(buffer: bytes, columns: list[tuple[str, int, bool]], fast: bool) -> list[tuple[Any, Any, int]]:
-    """(key bytes, value bytes, timestamp) of every record the source makes of ``buffer``."""
+class _Catalog:
+    """Answers the one catalog query a Relation message makes (its columns' ``format_type``)."""
+
+    async def fetchval(self, sql: str, oids: list[int], typmods: list[int]) -> list[str]:
+        assert "format_type" in sql
+        return [f"type{oid}({typmod})" for oid, typmod in zip(oids, typmods)]
+
+
+def new_source() -> PostgresSource:
     src = PostgresSource(PostgresSourceConfig(dsn="postgresql://x@127.0.0.1/db", tables=["items"]),
                          ConnectorContext(name="cdc"))
     src._db, src._utf8 = "db", True  # noqa: SLF001 - what start() would have found
+    src._conn = _Catalog()  # type: ignore[assignment]  # noqa: SLF001
+    return src
+
+
+def decode(buffer: bytes, columns: list[tuple[str, int, bool]], fast: bool) -> list[tuple[Any, Any, int]]:
+    """(key bytes, value bytes, timestamp) of every record the source makes of ``buffer``."""
+    src = new_source()
     keys = [name for name, _, key in columns if key]
     table = _Table(0, "public", "items", "cdc.public.items", keys, "d")
     src._tables[0] = src._by_name[("public", "items")] = table  # noqa: SLF001
@@ -203,8 +217,7 @@ def test_a_read_decodes_a_batch_at_a_time_and_ends_the_same() -> None:
         messages.append(b"C" + struct.pack(">BQQq", 0, 0x2_0000_0000 + x, 0x2_0000_0100 + 256 * x, COMMIT_TS))
     buffer = copy_binary(messages)
     whole = decode(buffer, columns, fast=True)
-    src = PostgresSource(PostgresSourceConfig(dsn="postgresql://x@127.0.0.1/db", tables=["items"]),
-                         ConnectorContext(name="cdc"))
+    src = new_source()
     src._db, src._utf8 = "db", True  # noqa: SLF001
     src._tables[0] = src._by_name[("public", "items")] = _Table(0, "public", "items", "cdc.public.items", ["id"], "d")  # noqa: SLF001
     stops = []
@@ -222,8 +235,7 @@ def test_a_read_decodes_a_batch_at_a_time_and_ends_the_same() -> None:
 
 def test_updates_without_an_old_tuple_and_deletes_are_rendered_in_c() -> None:
     columns = [("id", 20, True), ("v", 25, False)]
-    src = PostgresSource(PostgresSourceConfig(dsn="postgresql://x@127.0.0.1/db", tables=["items"]),
-                         ConnectorContext(name="cdc"))
+    src = new_source()
     src._db, src._utf8 = "db", True  # noqa: SLF001
     src._tables[0] = src._by_name[("public", "items")] = _Table(0, "public", "items", "cdc.public.items", ["id"], "d")  # noqa: SLF001
     asyncio.run(src._decode(copy_binary([relation(columns)])))  # noqa: SLF001 - learns the relation
@@ -237,6 +249,8 @@ def test_updates_without_an_old_tuple_and_deletes_are_rendered_in_c() -> None:
     docs = [None if v is None else json.loads(v) for v in values]
     assert [d and d["op"] for d in docs] == ["c", "u", "d", None, "d", None]  # each delete, then its tombstone
     assert docs[2]["before"] == {"id": 1} and docs[4]["before"] == {"id": 2, "v": "c"}
+    # the relation's column types ride in every change, from the C path as from Python's
+    assert {json.dumps(d["source"]["column_types"]) for d in docs if d} == {'{"id": "type20(-1)", "v": "type25(-1)"}'}
     assert timestamps == [5] * 6
     # an update with the old key may move the row to another key: Python decides
     moved = b"U" + struct.pack(">I", REL_OID) + insert(["1", None], b"", b"K")[4:] + insert(["3", "x"], b"", b"N")[4:]

@@ -311,7 +311,7 @@ def test_too_few_replication_slots_is_a_clear_error(pg_dsn: str, name: str) -> N
 
 
 def test_dsn_password_is_masked() -> None:
-    from millpond.connectors.postgres.source import _mask
+    from millpond.connectors.postgres.sql import mask as _mask
 
     assert _mask("postgresql://u:s3cret@h:5/db") == "postgresql://u:***@h:5/db"
     assert "s3cret" not in _mask("host=h user=u password=s3cret dbname=d")

@@ -77,7 +77,7 @@ def test_malformed_array_raises() -> None:
 
 
 def test_copy_text_rows_unescape_exactly() -> None:
-    from millpond.connectors.postgres.source import parse_copy_text
+    from millpond.connectors.postgres.sql import parse_copy_text
 
     data = b"1\ta\\tb\\nc\\\\d\t\\N\n\n2\t\\x41\\101\t\n"
     assert parse_copy_text(data) == [
