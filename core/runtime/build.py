@@ -18,7 +18,14 @@ def make_context(config: PipelineConfig, spec: ConnectorSpec, task: int) -> Conn
     return ConnectorContext(
         name=spec.name,
         pipeline=config.name,
-        extra={"task": task, "tasks": spec.tasks, "topic": spec.topic, "topics": list(spec.topics)},
+        extra={
+            "task": task,
+            "tasks": spec.tasks,
+            "topic": spec.topic,
+            "topics": list(spec.topics),
+            # where the embedded log lives, for messages that name a command to run against it
+            "log_dir": config.log.embedded.dir if config.log.embedded is not None else None,
+        },
     )
 
 
