@@ -63,6 +63,7 @@ from typing import Any, ClassVar, Literal
 import asyncpg
 from pydantic import Field, SecretStr
 
+from millpond import speedups
 from millpond.connector import ConnectorConfig, ConnectorContext, Guarantee, Source, SourceBatch
 from millpond.errors import ConfigError, ConnectorError, RetriableConnectorError
 from millpond.converters import JsonConverter
@@ -71,6 +72,7 @@ from millpond.records import JsonRecords, Record
 from . import pgoutput as po
 
 try:
+    speedups.refuse()  # MILLPOND_PURE_PYTHON=1: the Python path, on purpose
     from ._decode import scan as _scan
 except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
     _scan = None
