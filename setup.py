@@ -36,8 +36,9 @@ class OptionalBuildExt(build_ext):
             # no usable compiler at all: nothing was built
             self._failed = [(ext.name, str(exc)) for ext in self.extensions]
         if self._failed:
-            names = ", ".join(name.rsplit(".", 1)[-1] for name, _ in self._failed)
-            reason = self._failed[0][1].strip().splitlines()[-1] if self._failed[0][1].strip() else "compiler failed"
+            names = ", ".join(name for name, _ in self._failed)
+            reason = " ".join(self._failed[0][1].split()) or "the compiler failed"
+            reason = reason if len(reason) <= 200 else reason[:200] + "..."
             print(FALLBACK.format(names=names, reason=reason), file=sys.stderr)
 
     def build_extension(self, ext: Extension) -> None:
