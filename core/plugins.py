@@ -207,9 +207,10 @@ def plugin_infos(registry: _Registry | None = None) -> list[PluginInfo]:
     reasons: dict[str, list[str]] = {}
     for item in provided(registry.pm):
         by_plugin.setdefault(item.plugin, {}).setdefault(item.kind, []).append(item.name)
-        if item.missing():
+        missing = item.missing()
+        if missing:
             assert isinstance(item.target, Deferred)
-            reason = f"needs {', '.join(item.missing())}" + (f": {item.target.install}" if item.target.install else "")
+            reason = f"needs {', '.join(missing)}" + (f": {item.target.install}" if item.target.install else "")
             if reason not in reasons.setdefault(item.plugin, []):
                 reasons[item.plugin].append(reason)
     infos = []
