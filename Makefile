@@ -14,9 +14,15 @@ $(BIN)/millpond: pyproject.toml setup.py $(wildcard core/*/*.c connectors/*/*.c)
 
 install: $(BIN)/millpond
 
+# The second lane runs the core tests again on the pure-Python paths (the C speedups
+# switched off), the paths an install without a C compiler runs; no server tests.
+PURE_PYTHON_TESTS := tests/log tests/connectors/postgres/test_pgoutput.py tests/runtime tests/test_speedups.py
+
 test: install
 	$(BIN)/mypy
 	$(BIN)/pytest
+	MILLPOND_PURE_PYTHON=1 $(BIN)/pytest -q -m "not postgres and not cassandra and not kafka and not slow" \
+		$(PURE_PYTHON_TESTS)
 
 quickstart: install
 	$(BIN)/millpond run configs/quickstart.yaml --until-idle

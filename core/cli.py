@@ -211,11 +211,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         for info in infos:
             print(json.dumps({"name": info.name, "distribution": info.distribution,
-                              "version": info.version, "provides": info.provides}))
+                              "version": info.version, "provides": info.provides,
+                              "unavailable": info.unavailable}))
         return 0
     rows = [
         (info.name, info.distribution or "-", info.version or "-",
-         "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.provides.items()) or "-")
+         ("; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.provides.items()) or "-")
+         + (f" (unavailable, {info.unavailable})" if info.unavailable else ""))
         for info in infos
     ]
     print(format_table(("PLUGIN", "DISTRIBUTION", "VERSION", "PROVIDES"), rows))
@@ -514,9 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr")
-    from . import __version__
+    from . import __version__, speedups
 
-    parser.add_argument("--version", action="version", version=f"millpond {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"millpond {__version__} (speedups: {speedups.describe()})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     log = argparse.ArgumentParser(add_help=False)

@@ -6,11 +6,17 @@ entry-point group, one entry point per plugin module. ``MILLPOND_PLUGINS``
 
 A plugin that fails to import does not take the others down: it is recorded
 in :func:`load_errors`, shown by ``millpond plugins``, and named when a type
-it might have provided is not found.
+it might have provided is not found. A type a plugin names as
+:class:`~millpond.hookspecs.Deferred` is imported only by :func:`lookup`, so a
+connector whose client library is not installed costs nothing until a
+pipeline uses it, and then a one-line :class:`PluginError` with the install
+command.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,6 +28,7 @@ import pluggy
 from . import hookspecs
 from .connector import Converter, Sink, Source, Transform
 from .errors import PluginError
+from .hookspecs import Deferred
 
 KINDS = {
     "source": "millpond_sources",
@@ -42,8 +49,40 @@ GROUP = "millpond"
 class Provided:
     kind: str
     name: str
-    cls: type[Any]
+    target: type[Any] | Deferred
     plugin: str
+
+    def missing(self) -> list[str]:
+        """The modules a deferred class needs that are not installed (found without importing them)."""
+        if not isinstance(self.target, Deferred):
+            return []
+        return [module for module in self.target.needs if importlib.util.find_spec(module) is None]
+
+    def unavailable(self) -> str | None:
+        """Why this type cannot be used here, with the command that fixes it; None when it can."""
+        missing = self.missing()
+        if not missing:
+            return None
+        assert isinstance(self.target, Deferred)
+        which = ", ".join(missing)
+        how = f"; install it with: {self.target.install}" if self.target.install else ""
+        return f"{self.kind} type {self.name!r} needs {which}, which is not installed{how}"
+
+    def load(self) -> type[Any]:
+        """The class itself, importing a deferred one now; PluginError (one line) when it cannot be."""
+        if not isinstance(self.target, Deferred):
+            return self.target
+        reason = self.unavailable()
+        if reason is not None:
+            raise PluginError(reason)
+        module_name, _, attr = self.target.target.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise PluginError(f"plugin {self.plugin!r}: {self.kind} type {self.name!r} ({self.target.target})"
+                              f" cannot be loaded: {type(exc).__name__}: {exc}") from exc
+        _check_class(self.plugin, self.kind, self.name, cls)
+        return cls  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +93,8 @@ class PluginInfo:
     distribution: str | None
     version: str | None
     provides: dict[str, list[str]] = field(default_factory=dict)
+    #: why some of what it provides cannot be used here, with the install command; None when all can
+    unavailable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +169,16 @@ def _plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
     return pm.get_name(plugin) or repr(plugin)
 
 
+def _check_class(plugin: str, kind: str, name: str, cls: object) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, BASES[kind])):
+        raise PluginError(
+            f"plugin {plugin!r} registers {kind} {name!r} as {cls!r}, which is not a subclass of {BASES[kind].__name__}"
+        )
+
+
 def provided(pm: pluggy.PluginManager | None = None) -> list[Provided]:
     """Everything every plugin provides, checking names are unique per kind and
-    classes are of the kind they are registered as."""
+    classes are of the kind they are registered as (a deferred one when it is loaded)."""
     pm = pm or plugin_manager()
     seen: dict[tuple[str, str], Provided] = {}
     for kind, hook_name in KINDS.items():
@@ -141,15 +189,12 @@ def provided(pm: pluggy.PluginManager | None = None) -> list[Provided]:
                 continue
             if not isinstance(mapping, dict):
                 raise PluginError(f"plugin {plugin!r}: {hook_name}() must return a dict of name -> class")
-            for name, cls in mapping.items():
-                if not (isinstance(cls, type) and issubclass(cls, BASES[kind])):
-                    raise PluginError(
-                        f"plugin {plugin!r} registers {kind} {name!r} as {cls!r},"
-                        f" which is not a subclass of {BASES[kind].__name__}"
-                    )
-                item = Provided(kind, name, cls, plugin)
+            for name, target in mapping.items():
+                if not isinstance(target, Deferred):
+                    _check_class(plugin, kind, name, target)
+                item = Provided(kind, name, target, plugin)
                 other = seen.get((kind, name))
-                if other is not None and other.cls is not cls:
+                if other is not None and other.target != target:
                     raise PluginError(f"{kind} {name!r} is registered by both {other.plugin!r} and {plugin!r}")
                 seen[(kind, name)] = item
     return list(seen.values())
@@ -159,14 +204,22 @@ def plugin_infos(registry: _Registry | None = None) -> list[PluginInfo]:
     """Each registered plugin with its distribution, version and what it provides."""
     registry = registry or _default_registry()
     by_plugin: dict[str, dict[str, list[str]]] = {}
+    reasons: dict[str, list[str]] = {}
     for item in provided(registry.pm):
         by_plugin.setdefault(item.plugin, {}).setdefault(item.kind, []).append(item.name)
+        missing = item.missing()
+        if missing:
+            assert isinstance(item.target, Deferred)
+            reason = f"needs {', '.join(missing)}" + (f": {item.target.install}" if item.target.install else "")
+            if reason not in reasons.setdefault(item.plugin, []):
+                reasons[item.plugin].append(reason)
     infos = []
     for plugin in registry.pm.get_plugins():
         name = _plugin_name(registry.pm, plugin)
         dist, version = registry.dists.get(name, (None, None))
         provides = {kind: sorted(names) for kind, names in sorted(by_plugin.get(name, {}).items())}
-        infos.append(PluginInfo(name, dist, version, provides))
+        unavailable = "; ".join(reasons.get(name, [])) or None
+        infos.append(PluginInfo(name, dist, version, provides, unavailable))
     return sorted(infos, key=lambda info: info.name)
 
 
@@ -176,7 +229,7 @@ def lookup(kind: str, name: str, pm: pluggy.PluginManager | None = None) -> type
     items = [p for p in everything if p.kind == kind]
     for item in items:
         if item.name == name:
-            return item.cls
+            return item.load()
     choices = ", ".join(sorted(p.name for p in items)) or "none"
     message = f"unknown {kind} type {name!r} (installed: {choices})"
     elsewhere = sorted(p.kind for p in everything if p.name == name)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from millpond import __version__, speedups
 from tests.servers.common import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,11 +42,11 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                  check=True, capture_output=True, text=True).stdout.strip()
         Path(purelib, "_borrowed_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     # build from copies: setuptools leaves build/ and *.egg-info beside the sources it builds
-    ignore = shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".*")
+    ignore = shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".*", "*.so")
     main_copy, plugin_copy = root.parent / "millpond", root.parent / "millpond-syslog"
     for name in ("core", "connectors"):
         shutil.copytree(REPO / name, main_copy / name, ignore=ignore)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):  # setup.py: the C speedups, as in the checkout
         shutil.copy(REPO / name, main_copy / name)
     shutil.copytree(PLUGIN, plugin_copy, ignore=ignore)
     install = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", str(main_copy)]
@@ -58,6 +59,10 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def millpond(venv: Path, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(venv / "bin" / "millpond"), *args], capture_output=True, text=True,
                           timeout=120, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+
+def test_the_install_runs_the_same_speedups_as_the_checkout(venv: Path) -> None:
+    assert millpond(venv, "--version").stdout.strip() == f"millpond {__version__} (speedups: {speedups.describe()})"
 
 
 def test_installed_plugin_is_listed(venv: Path) -> None:

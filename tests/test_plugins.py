@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -133,3 +136,88 @@ def test_unknown_type_lists_installed() -> None:
 def test_unknown_type_says_when_the_name_is_another_kind() -> None:
     with pytest.raises(PluginError, match="unknown source type 'mask'.*'mask' is a transform"):
         plugins.source_class("mask")
+
+
+# -- deferred classes: a connector whose client library is missing ------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Lazy:
+    """A plugin naming its classes without importing them, as the Postgres and Cassandra plugins do."""
+
+    @hookimpl
+    def millpond_transforms(self) -> dict[str, type[Transform] | hookspecs.Deferred]:
+        return {
+            "later": hookspecs.Deferred(f"{__name__}:NoOp"),
+            "never": hookspecs.Deferred(f"{__name__}:NoOp", ("mp_no_such_driver",), "pip install 'mp[never]'"),
+            "wrong": hookspecs.Deferred(f"{__name__}:Lazy"),
+        }
+
+
+def test_a_deferred_class_is_imported_when_looked_up_and_checked_then() -> None:
+    pm = _pm_with(Lazy())
+    assert plugins.lookup("transform", "later", pm) is NoOp
+    with pytest.raises(PluginError, match="registers transform 'wrong' as .*not a subclass of Transform"):
+        plugins.lookup("transform", "wrong", pm)
+
+
+def test_a_missing_client_library_is_one_line_with_the_install_command() -> None:
+    pm = _pm_with(Lazy())
+    with pytest.raises(PluginError) as caught:
+        plugins.lookup("transform", "never", pm)
+    assert str(caught.value) == (
+        "transform type 'never' needs mp_no_such_driver, which is not installed;"
+        " install it with: pip install 'mp[never]'"
+    )
+    registry = plugins.make_registry(load=False)
+    registry.pm.register(Lazy(), name="lazy")
+    (info,) = plugins.plugin_infos(registry)
+    assert info.provides == {"transform": ["later", "never", "wrong"]}
+    assert info.unavailable == "needs mp_no_such_driver: pip install 'mp[never]'"
+
+
+def _without_drivers(code: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` where asyncpg and cassandra-driver cannot be imported (as without the extras).
+
+    ``sys.modules[name] = None`` is what the import system itself uses for "not importable":
+    ``import`` raises ImportError and ``importlib.util.find_spec`` answers None.
+    """
+    prelude = "import sys\nfor m in ('asyncpg', 'cassandra'): sys.modules[m] = None\n"
+    return subprocess.run([sys.executable, "-c", prelude + code, *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+def test_without_the_extras_file_pipelines_resolve_and_plugins_lists_what_is_missing(tmp_path: Path) -> None:
+    done = _without_drivers(
+        "from millpond import plugins\n"
+        "assert plugins.source_class('file').__name__ == 'FileSource'\n"
+        "assert plugins.sink_class('file').__name__ == 'FileSink'\n"
+        "from millpond.cli import main\n"
+        "code = main(['plugins'])\n"
+        "print('DRIVERS', sorted(m for m in sys.modules if m.split('.')[0] in ('asyncpg', 'cassandra')"
+        " and sys.modules[m] is not None))\n"
+        "raise SystemExit(code)\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "DRIVERS []" in done.stdout  # resolving the file connector imported neither driver
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:] if line and line[0].isalpha()}
+    assert rows["postgres"].endswith(
+        "sink: postgres; source: postgres-cdc (unavailable, needs asyncpg: pip install 'millpond[postgres]')")
+    assert rows["cassandra"].endswith(
+        "sink: cassandra (unavailable, needs cassandra: pip install 'millpond[cassandra]')")
+    assert "unavailable" not in rows["file"]
+
+
+def test_without_the_extras_only_a_pipeline_that_uses_postgres_fails_with_one_line(tmp_path: Path) -> None:
+    pipeline = tmp_path / "pg.yaml"
+    shutil.copy(REPO / "configs" / "postgres-cdc.yaml", pipeline)
+    for command in ("validate", "run"):
+        done = _without_drivers("from millpond.cli import main; raise SystemExit(main(sys.argv[1:]))",
+                                command, str(pipeline), cwd=tmp_path)
+        assert done.returncode == 1, (command, done.stdout, done.stderr)
+        out = done.stdout + done.stderr
+        assert "Traceback" not in out
+        problems = [line for line in out.splitlines() if "needs asyncpg" in line]
+        assert problems, (command, out)
+        assert all(line.endswith("install it with: pip install 'millpond[postgres]'") for line in problems)

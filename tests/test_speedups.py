@@ -1,4 +1,5 @@
-"""The C speedups (setup.py) are built wherever a compiler is, and always in CI.
+"""The C speedups (setup.py) are built wherever a compiler is, and always in CI;
+``MILLPOND_PURE_PYTHON=1`` switches them off, and ``millpond --version`` says which path runs.
 
 They are optional at install time so millpond still installs without a C
 compiler (the pure-Python paths give the same records, slower). CI must
@@ -8,9 +9,16 @@ measure and test the compiled paths, so there a missing build fails.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
+
+import millpond
+from millpond import speedups
+from tests.ci import speedups_required
 
 MODULES = ["millpond.log._columns", "millpond.connectors.postgres._decode"]
 
@@ -20,6 +28,38 @@ def test_speedup_is_built(module: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError as exc:
-        if os.environ.get("CI"):
+        if speedups_required():
             pytest.fail(f"{module} was not built ({exc}); is a C compiler installed? see setup.py")
         pytest.skip(reason=f"{module} not built ({exc}); CI=true fails instead")
+
+
+def test_every_speedup_is_reported() -> None:
+    assert sorted(speedups.EXTENSIONS.values()) == sorted(MODULES)
+
+
+def _in_child(code: str, pure: bool) -> str:
+    env = {k: v for k, v in os.environ.items() if k != speedups.ENV}
+    if pure:
+        env[speedups.ENV] = "1"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_the_switch_reaches_both_import_sites_and_the_version(pure: bool) -> None:
+    built = {name: importlib.util.find_spec(module) is not None for name, module in speedups.EXTENSIONS.items()}
+    out = _in_child(
+        "from millpond.log import batch; from millpond.connectors.postgres import source;"
+        "from millpond.cli import main; import sys;"
+        "print(batch._columns is not None, source._scan is not None); main(['--version'])",
+        pure,
+    )
+    active, version = out.splitlines()
+    assert active == f"{built['columns'] and not pure} {built['pgoutput'] and not pure}"
+
+    def state(name: str) -> str:
+        return ("off" if pure else "C") if built[name] else "python"
+
+    speeds = f"columns={state('columns')}, pgoutput={state('pgoutput')}"
+    assert version == f"millpond {millpond.__version__} (speedups: {speeds})"

@@ -76,6 +76,7 @@ from typing import Any, ClassVar, Literal
 import asyncpg
 from pydantic import Field, SecretStr
 
+from millpond import speedups
 from millpond.connector import ConnectorConfig, ConnectorContext, Guarantee, Source, SourceBatch
 from millpond.errors import ConfigError, ConnectorError, RetriableConnectorError
 from millpond.records import JsonRecords, Record
@@ -88,6 +89,7 @@ from .wire import (
 )
 
 try:
+    speedups.refuse()  # MILLPOND_PURE_PYTHON=1: the Python path, on purpose
     from ._decode import scan as _scan
 except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
     _scan = None

@@ -35,10 +35,12 @@ from typing import Any, NamedTuple, Protocol
 import crc32c
 from aiokafka import codec
 
+from .. import speedups
 from ..errors import MillpondError
 from ..records import JsonRecords
 
 try:
+    speedups.refuse()  # MILLPOND_PURE_PYTHON=1: the Python path, on purpose
     from . import _columns
 except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
     _columns = None  # type: ignore[assignment]

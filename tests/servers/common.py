@@ -2,6 +2,7 @@
 
 The CI rule: under ``CI=true`` a server that cannot start fails the run with
 the reason; elsewhere the tests that need it are skipped with that reason.
+The flag is read by ``tests.ci.in_ci``, the one reading every test shares.
 """
 
 from __future__ import annotations
@@ -16,15 +17,13 @@ from typing import TypeVar
 
 import pytest
 
+from tests.ci import in_ci
+
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 #: Downloads (server jars) are cached here between runs; the Makefile names it too.
 CACHE_DIR = Path(os.environ.get("MILLPOND_CACHE", REPO / ".cache"))
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def server_unavailable(what: str, reason: str) -> None:

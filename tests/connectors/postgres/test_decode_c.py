@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import struct
 from typing import Any
 
@@ -22,10 +21,11 @@ from hypothesis import strategies as st
 from millpond.connector import ConnectorContext
 from millpond.connectors.postgres import source as source_module
 from millpond.connectors.postgres.source import PostgresSource, PostgresSourceConfig, _Table
+from tests.ci import speedups_required
 
 pytestmark = pytest.mark.skipif(
-    source_module._scan is None and not os.environ.get("CI"),  # noqa: SLF001
-    reason="C speedups not built (tests/test_speedups.py fails under CI=true)",
+    source_module._scan is None and not speedups_required(),  # noqa: SLF001
+    reason="C speedups not built or switched off (tests/test_speedups.py fails under CI=true)",
 )
 
 REL_OID = 16_500
