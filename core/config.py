@@ -261,8 +261,12 @@ def _error_loc(raw: tuple[Any, ...]) -> Loc:
     return tuple(p for p in raw if isinstance(p, int) or "[" not in str(p))
 
 
-def _model_problems(doc: YamlDocument, model: type[BaseModel], data: Any, base: Loc) -> Any:
-    """Validate ``data`` with ``model``; report each error at ``base`` + its loc. The model or None."""
+def _model_problems(doc: YamlDocument, model: type[BaseModel], data: Any, base: Loc, prefix: str = "") -> Any:
+    """Validate ``data`` with ``model``; report each error at ``base`` + its loc. The model or None.
+
+    ``prefix`` names the owner of a nested block (``connector 'tail', transform mask: ``)
+    where the YAML path alone gives only list indexes.
+    """
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -276,7 +280,7 @@ def _model_problems(doc: YamlDocument, model: type[BaseModel], data: Any, base: 
                 message = f"unknown key {rel[-1]!r}"
                 if len(rel) == 1:
                     message += f" (known: {', '.join(_known_keys(model))})"
-            doc.problem(loc, message)
+            doc.problem(loc, prefix + message)
         return None
 
 
@@ -302,7 +306,8 @@ def _plugin_problems(doc: YamlDocument) -> None:
         for j, item in enumerate(transforms if isinstance(transforms, list) else []):
             if isinstance(item, dict) and isinstance(item.get("type"), str):
                 at = here + ("transforms", j)
-                _check_plugin(doc, lookup, "transform", item["type"], item.get("config", {}), at)
+                owner = f"connector {spec.get('name')!r}, transform {item['type']}: "
+                _check_plugin(doc, lookup, "transform", item["type"], item.get("config", {}), at, owner)
         converter = spec.get("converter")
         if isinstance(converter, dict):
             for side in ("key", "value"):
@@ -314,7 +319,9 @@ def _plugin_problems(doc: YamlDocument) -> None:
                         doc.problem(here + ("converter", side), str(exc))
 
 
-def _check_plugin(doc: YamlDocument, lookup: Any, kind: str, name: str, config: Any, at: Loc) -> None:
+def _check_plugin(
+    doc: YamlDocument, lookup: Any, kind: str, name: str, config: Any, at: Loc, prefix: str = ""
+) -> None:
     try:
         cls = lookup(kind, name)
     except PluginError as exc:
@@ -322,7 +329,7 @@ def _check_plugin(doc: YamlDocument, lookup: Any, kind: str, name: str, config: 
         return
     model = getattr(cls, "config_model", None)
     if isinstance(model, type) and issubclass(model, BaseModel):
-        _model_problems(doc, model, {} if config is None else config, at + ("config",))
+        _model_problems(doc, model, {} if config is None else config, at + ("config",), prefix)
 
 
 def _topic_settings_problems(doc: YamlDocument, config: PipelineConfig) -> None:

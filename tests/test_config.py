@@ -90,7 +90,7 @@ connectors:
       dir: ./in
     transforms:
       - type: mask
-        config: {fields: [email]}
+        config: {fields: [email], salt: pepper}
   - name: out
     kind: sink
     type: demo
@@ -234,7 +234,7 @@ def test_unknown_guarantee_name() -> None:
 
 
 def test_transform_config_checked_against_its_model() -> None:
-    found = problems(GOOD.replace("config: {fields: [email]}", "config: {fields: email, bogus: 1}"))
+    found = problems(GOOD.replace("config: {fields: [email], salt: pepper}", "config: {fields: email, bogus: 1, salt: p}"))
     paths = {p.path for p in found}
     assert paths == {"connectors[0].transforms[0].config.fields", "connectors[0].transforms[0].config.bogus"}
     assert all(p.line == 18 for p in found)
@@ -304,3 +304,12 @@ def test_env_values_never_leak_into_messages(tail: str) -> None:
                          ids=lambda p: p.name)
 def test_shipped_pipelines_validate(path: Path) -> None:
     assert [p.format(path.name) for p in validate_file(path)] == []
+
+
+def test_mask_without_salt_is_refused_at_validate_naming_connector_and_transform() -> None:
+    (p,) = problems(GOOD.replace("config: {fields: [email], salt: pepper}", "config: {fields: [email]}"))
+    assert p.path == "connectors[0].transforms[0].config"
+    assert p.message == "connector 'tail', transform mask: mask needs a salt; set salt: ${MASK_SALT}"
+    # from the environment it is fine, and the fixed mode needs none
+    assert problems(GOOD.replace("salt: pepper", 'salt: "${MASK_SALT}"'), env={"MASK_SALT": "s3cret-salt"}) == []
+    assert problems(GOOD.replace("salt: pepper", "mode: fixed")) == []
