@@ -101,14 +101,33 @@ class Progress:
         print(f"{clear}{self.what} {self.count:,} records{suffix}", file=self.stream, flush=True)
 
 
-def parse_time(text: str) -> int:
-    """ISO-8601 (naive means UTC) or epoch milliseconds -> epoch milliseconds."""
+_RELATIVE = re.compile(r"([+-])(\d+)([smhdw])")
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_time(text: str, now_ms: int | None = None) -> int:
+    """A time on the command line -> epoch milliseconds.
+
+    ISO-8601 (naive means UTC), epoch milliseconds, ``now``, or a time
+    relative to now: ``-1h``, ``-30m``, ``-2d``, ``+10s`` (units s m h d w).
+    """
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    text = text.strip()
     if text.isdigit():
         return int(text)
+    if text == "now":
+        return now
+    relative = _RELATIVE.fullmatch(text)
+    if relative:
+        sign, amount, unit = relative.groups()
+        delta = int(amount) * _UNIT_MS[unit]
+        return now - delta if sign == "-" else now + delta
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise UsageError(f"not an ISO-8601 time: {text!r} (e.g. 2024-05-01T12:00:00Z)") from None
+        raise UsageError(
+            f"not a time: {text!r} (ISO-8601 such as 2024-05-01T12:00:00Z, epoch ms, now, or -1h / -30m / -2d)"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return int(moment.timestamp() * 1000)
@@ -315,32 +334,161 @@ def split_line(line: bytes, key_field: str | None, key_separator: str | None, nu
     return None, line
 
 
+#: kafka-console-producer's ``--property`` names -> this command's options
+PRODUCE_PROPERTIES = {
+    "parse.key": "parse_key", "key.separator": "key_separator", "parse.headers": "parse_headers",
+    "headers.delimiter": "headers_delimiter", "headers.separator": "headers_separator",
+    "headers.key.separator": "headers_key_separator", "null.marker": "null_marker",
+}
+#: kafka-console-consumer's formatter ``--property`` names -> this command's options
+CONSUME_PROPERTIES = {
+    "print.key": "print_key", "print.headers": "print_headers", "print.timestamp": "print_timestamp",
+    "print.offset": "print_offset", "print.partition": "print_partition", "print.value": "print_value",
+    "key.separator": "key_separator", "line.separator": "line_separator",
+    "headers.separator": "headers_separator", "headers.key.separator": "headers_key_separator",
+    "null.literal": "null_literal",
+}
+_BOOLEAN = {"true": True, "false": False}
+
+
+def apply_properties(args: argparse.Namespace, names: dict[str, str]) -> None:
+    """Fold Kafka-style ``--property name=value`` into the equivalent options (an option given too wins)."""
+    for text in getattr(args, "property", None) or []:
+        name, sep, value = text.partition("=")
+        if not sep or name not in names:
+            known = ", ".join(sorted(names))
+            raise UsageError(f"--property takes NAME=VALUE with NAME one of {known}; got {text!r}")
+        dest = names[name]
+        default = getattr(args, dest)
+        if isinstance(default, bool):
+            if value.lower() not in _BOOLEAN:
+                raise UsageError(f"--property {name} takes true or false, got {value!r}")
+            setattr(args, dest, _BOOLEAN[value.lower()])
+        elif default is None or dest.endswith("separator") or dest.endswith("delimiter"):
+            # "\t" as Kafka users write it on a shell line
+            setattr(args, dest, value.encode().decode("unicode_escape") if "\\" in value else value)
+        else:
+            setattr(args, dest, value)
+
+
+class LineReader:
+    """Parses one stdin line into a record, the way kafka-console-producer's LineMessageReader does:
+    ``[HEADERS<headers.delimiter>][KEY<key.separator>]VALUE``, where HEADERS is
+    ``k1:v1,k2:v2`` and a field equal to the null marker is null (a value of null is a tombstone)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.key_field: str | None = args.key_field
+        self.key_separator: str | None = args.key_separator
+        if args.parse_key and self.key_separator is None:
+            self.key_separator = "\t"
+        self.parse_headers: bool = args.parse_headers
+        self.headers_delimiter = args.headers_delimiter.encode()
+        self.headers_separator = args.headers_separator.encode()
+        self.headers_key_separator = args.headers_key_separator.encode()
+        self.null_marker = None if args.null_marker is None else args.null_marker.encode()
+        self.timestamp = None if args.timestamp is None else parse_time(args.timestamp)
+        self.timestamp_field: str | None = args.timestamp_field
+
+    def _null(self, data: bytes) -> bytes | None:
+        return None if self.null_marker is not None and data == self.null_marker else data
+
+    def record(self, line: bytes, number: int) -> Record:
+        headers: list[tuple[str, bytes | None]] = []
+        if self.parse_headers:
+            block, sep, line = line.partition(self.headers_delimiter)
+            if not sep:
+                raise MillpondError(f"line {number}: no headers delimiter {self.headers_delimiter.decode()!r}")
+            if block and block != self.null_marker:
+                for item in block.split(self.headers_separator):
+                    name, sep, value = item.partition(self.headers_key_separator)
+                    if not sep or not name:
+                        raise MillpondError(
+                            f"line {number}: header {item.decode(errors='replace')!r} is not "
+                            f"NAME{self.headers_key_separator.decode()}VALUE"
+                        )
+                    headers.append((name.decode(errors="surrogateescape"), self._null(value)))
+        key, value = split_line(line, self.key_field, self.key_separator, number)
+        timestamp = self.timestamp if self.timestamp is not None else int(time.time() * 1000)
+        if self.timestamp_field is not None:
+            timestamp = self._timestamp_of(value, number)
+        return Record(value=self._null(value), key=None if key is None else self._null(key),
+                      timestamp=timestamp, headers=headers)
+
+    def _timestamp_of(self, value: bytes, number: int) -> int:
+        try:
+            obj = json.loads(value)
+        except ValueError:
+            raise MillpondError(f"line {number}: not JSON (--timestamp-field needs JSON values)") from None
+        field = self.timestamp_field
+        if not isinstance(obj, dict) or obj.get(field) is None:
+            raise MillpondError(f"line {number}: no field {field!r} for the timestamp")
+        found = obj[field]
+        if isinstance(found, (int, float)) and not isinstance(found, bool):
+            return int(found)
+        try:
+            return parse_time(str(found))
+        except UsageError:
+            raise MillpondError(f"line {number}: field {field!r} is not a time: {found!r}") from None
+
+
 async def produce(args: argparse.Namespace, stdin: IO[bytes] | None = None) -> int:
+    """Stdin lines -> records, all-or-nothing per transaction.
+
+    Up to ``--transaction-records`` lines are parsed first, then written in
+    one transaction, so a bad line leaves nothing of that input in the log.
+    A larger input is written in several transactions; when a later one
+    stops at a bad line, the message says how many records went in and up
+    to which line.
+    """
+    apply_properties(args, PRODUCE_PROPERTIES)
+    reader = LineReader(args)
     stdin = stdin or sys.stdin.buffer
     progress = Progress(f"produced to {args.topic}:")
+    written_to = 0  # the last line number of the last committed transaction
     async with opened(args, readonly=False) as backend:
-        await backend.partitions_for(args.topic)  # fails early, naming the topic, if it does not exist
-        producer = backend.producer()
+        partitions = await backend.partitions_for(args.topic)  # fails early, naming the topic
+        if args.partition is not None and not 0 <= args.partition < partitions:
+            raise MillpondError(f"topic {args.topic!r} has partitions 0-{partitions - 1}, not {args.partition}")
+        producer = backend.producer(transactional_id=f"millpond-cli-produce-{args.topic}")
+        await producer.init()
         try:
-            pending = 0
+            batch: list[Record] = []
+            number = 0
             for number, raw in enumerate(stdin, 1):
                 line = raw.rstrip(b"\r\n")
                 if not line:
                     continue
-                key, value = split_line(line, args.key_field, args.key_separator, number)
-                record = Record(value=value, key=key, timestamp=int(time.time() * 1000))
-                await producer.send(args.topic, record, args.partition)
-                pending += 1
-                if pending >= 5000:
-                    await producer.flush()
-                    progress.add(pending)
-                    pending = 0
+                try:
+                    batch.append(reader.record(line, number))
+                except MillpondError as exc:
+                    if progress.count:
+                        raise MillpondError(
+                            f"{exc}; {progress.count:,} records of lines 1-{written_to} are in topic "
+                            f"{args.topic!r}, nothing from line {written_to + 1} on"
+                        ) from None
+                    raise MillpondError(f"{exc}; nothing was written to topic {args.topic!r}") from None
+                if len(batch) >= args.transaction_records:
+                    await _write(producer, args, batch)
+                    progress.add(len(batch))
+                    written_to, batch = number, []
+            if batch:
+                await _write(producer, args, batch)
+                progress.add(len(batch))
         finally:
-            await producer.flush()
-            progress.add(pending)
             await producer.close()
-            progress.done()
+    progress.done()
     return 0
+
+
+async def _write(producer: Any, args: argparse.Namespace, records: list[Record]) -> None:
+    await producer.begin()
+    try:
+        for record in records:
+            await producer.send(args.topic, record, args.partition)
+        await producer.commit()
+    except BaseException:
+        await producer.abort()
+        raise
 
 
 async def _start_offsets(backend: LogBackend, args: argparse.Namespace, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
@@ -349,22 +497,100 @@ async def _start_offsets(backend: LogBackend, args: argparse.Namespace, tps: lis
         return {}
     infos = {TopicPartition(p.topic, p.partition): p for t in args.topics for p in await backend.describe_topic(t)}
     start: dict[TopicPartition, int] = {}
+    from_ms = parse_time(args.from_time) if args.from_time else 0
     for tp in tps:
         info = infos[tp]
         if args.from_beginning:
             start[tp] = info.log_start_offset
+        elif args.offset is not None and args.offset < 0:
+            start[tp] = await _last_records_start(backend, tp, -args.offset, info.log_start_offset,
+                                                  info.last_stable_offset)
         elif args.offset is not None:
-            wanted = args.offset if args.offset >= 0 else info.log_end_offset + args.offset
-            start[tp] = min(max(wanted, info.log_start_offset), info.log_end_offset)
+            start[tp] = min(max(args.offset, info.log_start_offset), info.log_end_offset)
         else:
-            found = await backend.offset_for_time(tp, parse_time(args.from_time))
+            found = await backend.offset_for_time(tp, from_ms)
             start[tp] = info.log_end_offset if found is None else found
     return start
 
 
+async def _last_records_start(backend: LogBackend, tp: TopicPartition, n: int, log_start: int, end: int) -> int:
+    """The offset from which ``tp`` holds its last ``n`` committed records.
+
+    Offsets are not records: transaction markers, aborted batches and
+    compaction take or leave offsets, so the window is widened (doubling)
+    until it holds ``n`` records or reaches the log start.
+    """
+    width = n
+    while True:
+        start = max(log_start, end - width)
+        consumer = backend.consumer([tp.topic], group=None, isolation=IsolationLevel.read_committed)
+        offsets: list[int] = []
+        try:
+            for info in await backend.describe_topic(tp.topic):
+                if info.partition != tp.partition:  # nothing wanted from the other partitions
+                    await consumer.seek(TopicPartition(tp.topic, info.partition), info.log_end_offset)
+            await consumer.seek(tp, start)
+            empty = 0
+            while await consumer.position(tp) < end and empty < 25:
+                records = await consumer.poll(max_records=10_000, timeout=0.2)
+                offsets += [r.offset or 0 for r in records if r.topic_partition == tp and (r.offset or 0) < end]
+                empty = 0 if records else empty + 1
+        finally:
+            await consumer.close()
+        if len(offsets) >= n or start == log_start:
+            return offsets[-n] if len(offsets) >= n else start
+        width *= 2
+
+
+class TextFormatter:
+    """kafka-console-consumer's DefaultMessageFormatter: the value, optionally preceded by
+    ``CreateTime:TS``, ``Partition:P``, ``Offset:O``, the headers and the key, in that order,
+    separated by ``key.separator`` (TAB); null prints as ``null.literal``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.sep = args.key_separator
+        self.null = args.null_literal
+
+    def _text(self, data: bytes | None) -> str:
+        return self.null if data is None else data.decode("utf-8", "replace")
+
+    def __call__(self, record: Record) -> str:
+        a = self.args
+        parts = []
+        if a.print_timestamp:
+            parts.append("NO_TIMESTAMP" if record.timestamp is None else f"CreateTime:{record.timestamp}")
+        if a.print_partition:
+            parts.append(f"Partition:{record.partition}")
+        if a.print_offset:
+            parts.append(f"Offset:{record.offset}")
+        if a.print_headers:
+            parts.append(a.headers_separator.join(f"{k}{a.headers_key_separator}{self._text(v)}"
+                                                  for k, v in record.headers) or "NO_HEADERS")
+        if a.print_key:
+            parts.append(self._text(record.key))
+        if a.print_value:
+            parts.append(self._text(record.value))
+        return str(self.sep).join(parts)
+
+
+_PRINT_FLAGS = ("print_key", "print_headers", "print_timestamp", "print_offset", "print_partition")
+
+
 async def consume(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    """Print records until the end of the log (the last stable offsets when it started), ``--to-time``,
+    ``--max-messages`` or, with ``--follow``, ``--timeout-ms`` of silence; the count goes to stderr."""
+    apply_properties(args, CONSUME_PROPERTIES)
+    if args.format is None:  # Kafka's print.* properties mean the plain text form
+        args.format = "text" if any(getattr(args, f) for f in _PRINT_FLAGS) else "auto"
+    elif args.format != "text" and any(getattr(args, f) for f in _PRINT_FLAGS):
+        raise UsageError(f"--print-* options shape --format text, not --format {args.format}")
+    line_of: Callable[[Record], str] = (
+        TextFormatter(args) if args.format == "text" else lambda r: record_json(r, args.format))
     out = out or sys.stdout
+    to_ms = parse_time(args.to_time) if args.to_time else None
     progress = Progress(f"consumed from {', '.join(args.topics)}:")
+    reason = "the end of the log"
     async with opened(args, readonly=args.group is None) as backend:
         consumer = backend.consumer(args.topics, group=args.group, isolation=IsolationLevel.read_committed,
                                     reset="earliest" if args.from_beginning else "latest")
@@ -372,40 +598,66 @@ async def consume(args: argparse.Namespace, out: IO[str] | None = None) -> int:
             tps = sorted(consumer.assignment())
             for tp, offset in (await _start_offsets(backend, args, tps)).items():
                 await consumer.seek(tp, offset)
-            ends = {TopicPartition(p.topic, p.partition): p.last_stable_offset
-                    for t in args.topics for p in await backend.describe_topic(t)}
+            # where each partition stops: None = not known yet (--follow)
+            stops: dict[TopicPartition, int | None] = {tp: None for tp in tps}
+            if not args.follow:
+                stops.update({TopicPartition(p.topic, p.partition): p.last_stable_offset
+                              for t in args.topics for p in await backend.describe_topic(t)})
+            if to_ms is not None:
+                for tp in tps:
+                    found = await backend.offset_for_time(tp, to_ms)
+                    if found is not None:
+                        current = stops[tp]
+                        stops[tp] = found if current is None else min(current, found)
             stalled = 0
+            quiet_since = time.monotonic()
             while True:
-                if not args.follow:
-                    positions = [await consumer.position(tp) for tp in tps]
-                    if all(pos >= ends[tp] for pos, tp in zip(positions, tps)):
-                        break
+                positions = [await consumer.position(tp) for tp in tps]
+                bounded = [stops[tp] for tp in tps]
+                if all(stop is not None and pos >= stop for pos, stop in zip(positions, bounded)):
+                    reason = "--to-time" if to_ms is not None and args.follow else "the end of the log"
+                    break
                 records = await consumer.poll(max_records=1000, timeout=1.0 if args.follow else 0.2)
                 if not args.follow:
                     # a guard, not a rule: positions that stop moving short of the end mean stop
                     moved = records or positions != [await consumer.position(tp) for tp in tps]
                     stalled = 0 if moved else stalled + 1
                     if stalled >= 25:
-                        logging.getLogger(__name__).warning("no progress towards the end offsets %s; stopping", ends)
+                        logging.getLogger(__name__).warning("no progress towards the end offsets %s; stopping",
+                                                            stops)
                         break
+                elif records:
+                    quiet_since = time.monotonic()
+                elif args.timeout_ms is not None and time.monotonic() - quiet_since >= args.timeout_ms / 1000:
+                    reason = f"{args.timeout_ms} ms without a record (--timeout-ms)"
+                    break
+                shown = []
+                for r in records:
+                    tp = r.topic_partition
+                    stop = stops[tp]
+                    if stop is None and to_ms is not None and (r.timestamp or 0) >= to_ms:
+                        stops[tp] = stop = r.offset or 0
+                    if stop is None or (r.offset or 0) < stop:
+                        shown.append(r)
                 if args.max is not None:
-                    records = records[: args.max - progress.count]
-                for record in records:
-                    out.write(record_json(record, args.format) + "\n")
+                    shown = shown[: args.max - progress.count]
+                for record in shown:
+                    out.write(line_of(record) + args.line_separator)
                 out.flush()
-                progress.add(len(records))
-                if args.group and records:
+                progress.add(len(shown))
+                if args.group and shown:
                     nexts: dict[TopicPartition, int] = {}
-                    for r in records:
+                    for r in shown:
                         nexts[r.topic_partition] = max(nexts.get(r.topic_partition, 0), (r.offset or 0) + 1)
                     await consumer.commit(nexts)
                 if args.max is not None and progress.count >= args.max:
+                    reason = f"--max-messages {args.max}"
                     break
         finally:
             await consumer.close()
-    if not args.follow:
-        hint = "" if progress.count or args.from_beginning or args.group else " (use --from-beginning for older records)"
-        progress.done(hint)
+    hint = "" if progress.count or args.from_beginning or args.group or args.follow \
+        else " (use --from-beginning for older records)"
+    progress.done(f", stopped at {reason}{hint}")
     return 0
 
 
@@ -555,26 +807,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topics", nargs="+", metavar="TOPIC")
     p.set_defaults(func=_async(topics_delete))
 
-    p = sub.add_parser("produce", parents=[log], help="append stdin lines (empty ones skipped) to a topic")
+    p = sub.add_parser("produce", parents=[log], help="append stdin lines (empty ones skipped) to a topic",
+                       description="Append stdin lines to a topic, one record per line. Every line is checked "
+                       "before any is written: up to --transaction-records lines go in one transaction, so a "
+                       "bad line leaves nothing of that input in the log.")
     p.add_argument("topic")
     keys = p.add_mutually_exclusive_group()
     keys.add_argument("--key-field", metavar="FIELD", help="lines are JSON; the key is this field")
     keys.add_argument("--key-separator", metavar="SEP", help="lines are KEY<SEP>VALUE")
+    keys.add_argument("--parse-key", action="store_true", help="lines are KEY<TAB>VALUE (Kafka's parse.key)")
+    p.add_argument("--parse-headers", action="store_true",
+                   help="lines start with NAME:VALUE,NAME:VALUE<TAB> (Kafka's parse.headers)")
+    p.add_argument("--headers-delimiter", default="\t", metavar="SEP", help="after the headers (default TAB)")
+    p.add_argument("--headers-separator", default=",", metavar="SEP", help="between headers (default ,)")
+    p.add_argument("--headers-key-separator", default=":", metavar="SEP", help="in a header (default :)")
+    p.add_argument("--null-marker", metavar="TEXT",
+                   help="a key, value or header value equal to TEXT is null (a null value is a tombstone)")
+    stamp = p.add_mutually_exclusive_group()
+    stamp.add_argument("--timestamp", metavar="TIME", help="every record's timestamp (ISO, epoch ms, now, -1h)")
+    stamp.add_argument("--timestamp-field", metavar="FIELD",
+                       help="values are JSON; the timestamp is this field (epoch ms or ISO)")
     p.add_argument("--partition", type=int, help="this partition instead of the key's")
+    p.add_argument("--property", action="append", default=[], metavar="NAME=VALUE",
+                   help="kafka-console-producer's properties: " + ", ".join(PRODUCE_PROPERTIES))
+    p.add_argument("--transaction-records", type=int, default=100_000, metavar="N",
+                   help="lines per transaction (default 100000); a larger input is written in several")
     p.set_defaults(func=_async(produce))
 
-    p = sub.add_parser("consume", parents=[log], help="print records as JSON lines")
+    p = sub.add_parser("consume", parents=[log], help="print records (JSON lines, or text like Kafka's console consumer)",
+                       description="Print records from the start position to the end of the log as it was at "
+                       "start (or --to-time, --max-messages; with --follow, until Ctrl-C or --timeout-ms). "
+                       "Exit 0 with the count on stderr.")
     p.add_argument("topics", nargs="+", metavar="TOPIC")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--from-beginning", action="store_true")
     start.add_argument("--offset", type=int, metavar="N", help="start offset per partition; negative counts from the end")
-    start.add_argument("--from-time", metavar="ISO", help="first record at or after this time")
+    start.add_argument("--from-time", metavar="TIME", help="first record at or after TIME (ISO, epoch ms, now, -1h)")
+    p.add_argument("--to-time", metavar="TIME", help="stop before the first record at or after TIME (per partition)")
     p.add_argument("-f", "--follow", action="store_true", help="keep waiting for new records")
+    p.add_argument("--timeout-ms", type=int, metavar="MS", help="with --follow: stop after MS without a record")
     p.add_argument("-g", "--group", help="read as this consumer group and commit its offsets")
-    p.add_argument("-n", "--max", type=int, metavar="N", help="stop after N records")
-    p.add_argument("--format", choices=("auto", "json", "text", "base64"), default="auto",
-                   help="how values are printed (auto: JSON when they parse, else text)")
-    p.set_defaults(func=_async(consume))
+    p.add_argument("-n", "--max", "--max-messages", dest="max", type=int, metavar="N", help="stop after N records")
+    p.add_argument("--format", choices=("auto", "json", "text", "base64"), default=None,
+                   help="auto/json/base64: a JSON line per record, its value parsed as JSON when it is (auto), "
+                   "always (json) or never (base64); text: the value alone, as kafka-console-consumer prints it")
+    text = p.add_argument_group("--format text (kafka-console-consumer's formatter properties)")
+    for flag in ("timestamp", "partition", "offset", "headers", "key"):
+        text.add_argument(f"--print-{flag}", action="store_true", help=f"print the {flag} before the value")
+    text.add_argument("--no-print-value", dest="print_value", action="store_false", help="leave the value out")
+    text.add_argument("--key-separator", default="\t", metavar="SEP", help="between printed fields (default TAB)")
+    text.add_argument("--headers-separator", default=",", metavar="SEP", help="between headers (default ,)")
+    text.add_argument("--headers-key-separator", default=":", metavar="SEP", help="in a header (default :)")
+    text.add_argument("--null-literal", default="null", metavar="TEXT", help="how null prints (default null)")
+    p.add_argument("--property", action="append", default=[], metavar="NAME=VALUE",
+                   help="kafka-console-consumer's formatter properties: " + ", ".join(CONSUME_PROPERTIES))
+    p.set_defaults(func=_async(consume), line_separator="\n")
 
     groups = sub.add_parser("groups", help="list, describe (with lag), reset consumer groups").add_subparsers(
         dest="action", metavar="ACTION", required=True)
@@ -596,10 +883,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options whose value may be a relative time such as ``-1h``
+_TIME_OPTIONS = ("--from-time", "--to-time", "--timestamp", "--to-datetime", "--by-duration")
+
+
+def _glue_relative_times(argv: Sequence[str]) -> list[str]:
+    """``--from-time -1h`` -> ``--from-time=-1h``: argparse takes a value that starts with '-' for an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in _TIME_OPTIONS and _RELATIVE.fullmatch(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_glue_relative_times(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:
         return int(exc.code or 0)
     # `run` is long: its progress (records/s, lag) is logged at INFO, so show INFO there

@@ -83,8 +83,15 @@ def test_parse_time() -> None:
     assert parse_time("1970-01-01T00:00:01Z") == 1000
     assert parse_time("1970-01-01T00:00:01") == 1000
     assert parse_time("1500") == 1500
-    with pytest.raises(UsageError):
-        parse_time("yesterday")
+    now = 1_700_000_000_000
+    assert parse_time("now", now) == now
+    assert parse_time("-1h", now) == now - 3_600_000
+    assert parse_time("-30m", now) == now - 1_800_000
+    assert parse_time("-2d", now) == now - 2 * 86_400_000
+    assert parse_time("+10s", now) == now + 10_000
+    for bad in ("yesterday", "-1y", "1h", "--1h"):
+        with pytest.raises(UsageError, match="not a time"):
+            parse_time(bad)
 
 
 # -- exit codes ----------------------------------------------------------------
@@ -223,15 +230,91 @@ def test_produce_key_separator_and_bad_line(log_dir: str, monkeypatch: pytest.Mo
     assert code == 1 and "unknown topic 'missing'" in err
 
 
+def test_produce_headers_key_timestamp_and_tombstones_read_back_as_text(
+    log_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = b"trace:t1,src:cli\tk1\tv1\n\tk2\tNULL\nsrc:NULL\tNULL\tv3\n"
+    code, _, err = produce(monkeypatch, capsys, lines, "events", "--partition", "1", "--log", log_dir,
+                           "--property", "parse.headers=true", "--property", "parse.key=true",
+                           "--null-marker", "NULL", "--timestamp", "2024-05-01T00:00:00Z")
+    assert code == 0 and "3 records" in err, err
+    code, out, err = run(capsys, "consume", "events", "--from-beginning", "--print-key", "--print-headers",
+                         "--print-timestamp", "--print-offset", "--print-partition", "--log", log_dir)
+    assert code == 0 and "consumed from events: 3 records" in err
+    ts = "CreateTime:1714521600000"
+    assert out.splitlines() == [
+        f"{ts}\tPartition:1\tOffset:0\ttrace:t1,src:cli\tk1\tv1",
+        f"{ts}\tPartition:1\tOffset:1\tNO_HEADERS\tk2\tnull",  # a tombstone: null value
+        f"{ts}\tPartition:1\tOffset:2\tsrc:null\tnull\tv3",
+    ]
+    # --format text alone is the value alone; Kafka's property names work too
+    assert run(capsys, "consume", "events", "--from-beginning", "--format", "text", "--log", log_dir)[1] == \
+        "v1\nnull\nv3\n"
+    out = run(capsys, "consume", "events", "--from-beginning", "--property", "print.key=true",
+              "--property", "key.separator=|", "--log", log_dir)[1]
+    assert out == "k1|v1\nk2|null\nnull|v3\n"
+    (tomb,) = consume(capsys, "events", "--offset", "-2", "--max-messages", "1", "--log", log_dir)
+    assert tomb["value"] is None and tomb["key"] == "k2"
+
+
+def test_produce_timestamp_field_and_consume_time_window(
+    log_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = int(time.time() * 1000)
+    ages_h = [50, 30, 3, 2, 0.5]  # hours before now
+    data = b"".join(json.dumps({"at": now - int(h * 3_600_000), "n": i}).encode() + b"\n"
+                    for i, h in enumerate(ages_h))
+    assert produce(monkeypatch, capsys, data, "events", "--partition", "0", "--timestamp-field", "at",
+                   "--log", log_dir)[0] == 0
+    data = json.dumps({"at": "2024-05-01T00:00:00Z", "n": 9}).encode()
+    assert produce(monkeypatch, capsys, data, "events", "--partition", "1", "--timestamp-field", "at",
+                   "--log", log_dir)[0] == 0
+
+    def window(*argv: str) -> list[object]:
+        return [r["value"]["n"] for r in consume(capsys, "events", *argv, "--log", log_dir)]  # type: ignore[index]
+
+    assert window("--from-time", "-1h") == [4]
+    assert window("--from-time", "-2d", "--to-time", "-1h") == [1, 2, 3]
+    assert window("--from-time", "2024-04-30", "--to-time", "2024-05-02") == [9]
+    assert sorted(window("--from-beginning", "--to-time", "-2d")) == [0, 9]  # type: ignore[type-var]
+    assert window("--from-time", "now") == []
+    code, _, err = run(capsys, "consume", "events", "--from-time", "an hour ago", "--log", log_dir)
+    assert code == 2 and "not a time: 'an hour ago'" in err
+
+
+def test_produce_is_all_or_nothing_per_input(
+    log_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = b"".join(b"k%d:v%d\n" % (i, i) for i in range(7))
+    code, _, err = produce(monkeypatch, capsys, good + b"no separator here\n" + good, "events",
+                           "--key-separator", ":", "--log", log_dir)
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        "millpond: error: line 8: no key separator ':'; nothing was written to topic 'events'")
+    assert consume(capsys, "events", "--from-beginning", "--log", log_dir) == []
+    # too large for one transaction: what went in, and where it stopped
+    code, _, err = produce(monkeypatch, capsys, good + b"no separator here\n", "events",
+                           "--key-separator", ":", "--transaction-records", "3", "--log", log_dir)
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        "millpond: error: line 8: no key separator ':'; 6 records of lines 1-6 are in topic 'events', "
+        "nothing from line 7 on")
+    assert sorted(r["key"] for r in consume(capsys, "events", "--from-beginning", "--log", log_dir)) == \
+        [f"k{i}" for i in range(6)]
+    code, _, err = run(capsys, "consume", "events", "--format", "json", "--print-key", "--log", log_dir)
+    assert code == 2 and "--print-* options shape --format text" in err
+    code, _, err = produce(monkeypatch, capsys, b"x\n", "events", "--property", "nope=1", "--log", log_dir)
+    assert code == 2 and "--property takes NAME=VALUE" in err
+
+
 def test_groups_describe_and_reset(log_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     produce(monkeypatch, capsys, b"".join(b"line %d\n" % i for i in range(10)), "events", "--partition", "0",
             "--log", log_dir)
     assert len(consume(capsys, "events", "--group", "g", "--from-beginning", "-n", "4", "--log", log_dir)) == 4
     code, out, _ = run(capsys, "groups", "describe", "g", "--log", log_dir)
     rows = [line.split() for line in out.splitlines()[2:]]
-    assert rows[0] == ["events", "0", "4", "10", "6"] and rows[-1] == ["total", "6"]
+    # produce writes in a transaction: its commit marker takes offset 10, as in Kafka
+    assert rows[0] == ["events", "0", "4", "11", "7"] and rows[-1] == ["total", "7"]
     code, out, _ = run(capsys, "groups", "list", "--log", log_dir)
-    assert out.splitlines()[1].split() == ["g", "events", "6"]
+    assert out.splitlines()[1].split() == ["g", "events", "7"]
     # the group resumes where it committed
     again = consume(capsys, "events", "--group", "g", "--log", log_dir)
     assert [r["offset"] for r in again] == [4, 5, 6, 7, 8, 9]
@@ -242,7 +325,7 @@ def test_groups_describe_and_reset(log_dir: str, monkeypatch: pytest.MonkeyPatch
     assert [line.split()[3] for line in out.splitlines()[1:]] == ["0", "0"]
     assert [r["offset"] for r in consume(capsys, "events", "-g", "g", "-n", "2", "--log", log_dir)] == [0, 1]
     code, out, _ = run(capsys, "groups", "reset", "g", "--to-time", "2999-01-01", "--log", log_dir)
-    assert [line.split()[3] for line in out.splitlines()[1:]] == ["10", "0"]
+    assert [line.split()[3] for line in out.splitlines()[1:]] == ["11", "0"]
     code, _, err = run(capsys, "groups", "describe", "nobody", "--log", log_dir)
     assert code == 1 and "group 'nobody' has no committed offsets" in err
 
