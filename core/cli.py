@@ -693,6 +693,22 @@ async def groups_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+_ISO_DURATION = re.compile(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?")
+
+
+def parse_duration(text: str) -> int:
+    """``PnDTnHnMnS`` (kafka-consumer-groups' --by-duration) or ``1h`` / ``-1h`` / ``30m`` -> milliseconds."""
+    iso = _ISO_DURATION.fullmatch(text.upper())
+    if iso and text.upper() not in ("P", "PT"):
+        days, hours, minutes, seconds = iso.groups()
+        return int((int(days or 0) * 86_400 + int(hours or 0) * 3_600 + int(minutes or 0) * 60
+                    + float(seconds or 0)) * 1000)
+    relative = _RELATIVE.fullmatch(text if text[:1] in "+-" else "-" + text)
+    if relative:
+        return int(relative.group(2)) * _UNIT_MS[relative.group(3)]
+    raise UsageError(f"not a duration: {text!r} (e.g. P1DT2H30M, PT1H, 1h, -30m)")
+
+
 async def reset_plan(backend: LogBackend, args: argparse.Namespace) -> list[tuple[TopicPartition, int | None, int]]:
     """(partition, current committed offset, new offset) for each partition the reset touches."""
     committed = await backend.committed(args.group)
@@ -701,34 +717,82 @@ async def reset_plan(backend: LogBackend, args: argparse.Namespace) -> list[tupl
     else:
         tps = sorted(committed)
     if not tps:
-        raise MillpondError(f"group {args.group!r} has no committed offsets; name the partitions with --topic")
+        known = ", ".join(await backend.list_groups()) or "none"
+        raise MillpondError(f"group {args.group!r} has no committed offsets and no source connector of that name "
+                            f"has a checkpoint; name the partitions with --topic (groups: {known})")
+    at_ms = None
+    if args.to_time:
+        at_ms = parse_time(args.to_time)
+    elif args.by_duration:
+        at_ms = int(time.time() * 1000) - parse_duration(args.by_duration)
     plan = []
     for tp in tps:
         info = next(p for p in await backend.describe_topic(tp.topic) if p.partition == tp.partition)
+        current = committed.get(tp)
         if args.to_earliest:
             new = info.log_start_offset
         elif args.to_latest:
             new = info.log_end_offset
+        elif args.to_current:
+            new = info.log_end_offset if current is None else current
         elif args.to_offset is not None:
-            new = min(max(args.to_offset, info.log_start_offset), info.log_end_offset)
+            new = args.to_offset
+        elif args.shift_by is not None:
+            if current is None:
+                raise MillpondError(f"group {args.group!r} has no committed offset for {tp.topic}-{tp.partition} "
+                                    f"to shift; use --to-offset or --to-earliest")
+            new = current + args.shift_by
         else:
-            found = await backend.offset_for_time(tp, parse_time(args.to_time))
+            assert at_ms is not None
+            found = await backend.offset_for_time(tp, at_ms)
             new = info.log_end_offset if found is None else found
-        plan.append((tp, committed.get(tp), new))
+        # as kafka-consumer-groups does: a target outside the log is moved to its nearest end
+        plan.append((tp, current, min(max(new, info.log_start_offset), info.log_end_offset)))
     return plan
 
 
+async def _source_reset(backend: LogBackend, args: argparse.Namespace, execute: bool) -> int | None:
+    """Reset a source connector's checkpoints, or None when ``args.group`` names no source connector."""
+    from .runtime.offsets import delete_source_checkpoints, source_checkpoints
+
+    if args.topic:
+        return None
+    checkpoints = await source_checkpoints(backend, args.group)
+    if not checkpoints:
+        return None
+    if not args.to_earliest:
+        raise MillpondError(
+            f"{args.group!r} is a source connector: its checkpoint is a position in its source, not an offset in "
+            f"the log; --to-earliest drops it so the connector starts from the beginning (a Postgres source: a new "
+            f"snapshot)")
+    rows = [(key, json.dumps(value, sort_keys=True), "(none): from the beginning")
+            for key, value in checkpoints.items()]
+    print(format_table(("SOURCE TASK", "NEW", "CURRENT CHECKPOINT"), [(k, new, cur) for k, cur, new in rows]))
+    if not execute:
+        print(f"plan only: source connector {args.group!r} not changed (add --execute to apply)", file=sys.stderr)
+        return 0
+    await delete_source_checkpoints(backend, list(checkpoints))
+    print(f"dropped the checkpoint of {len(checkpoints)} task(s) of source connector {args.group!r}; "
+          f"it starts from the beginning at its next run", file=sys.stderr)
+    return 0
+
+
 async def groups_reset(args: argparse.Namespace) -> int:
-    async with opened(args, readonly=args.dry_run) as backend:
+    """A plan by default (kafka-consumer-groups' habit); ``--execute`` applies it."""
+    execute = bool(args.execute)
+    async with opened(args, readonly=not execute) as backend:
+        done = await _source_reset(backend, args, execute)
+        if done is not None:
+            return done
         plan = await reset_plan(backend, args)
-        if not args.dry_run:
+        if execute:
             await backend.reset_offsets(args.group, {tp: new for tp, _, new in plan})
     rows = [(tp.topic, tp.partition, "-" if cur is None else cur, new) for tp, cur, new in plan]
     print(format_table(("TOPIC", "PARTITION", "CURRENT", "NEW"), rows))
-    if args.dry_run:
-        print(f"dry run: group {args.group!r} not changed", file=sys.stderr)
-    else:
+    if execute:
         print(f"reset {len(plan)} partition(s) of group {args.group!r}", file=sys.stderr)
+    else:
+        print(f"plan only: group {args.group!r} not changed (add --execute to apply)", file=sys.stderr)
     return 0
 
 
@@ -750,7 +814,8 @@ examples:
   millpond topics describe lines -c configs/quickstart.yaml
   seq 10 | millpond produce lines --log ./data/quickstart
   millpond consume lines --from-time 2024-05-01T00:00:00Z --log ./data/quickstart
-  millpond groups reset out --to-earliest --dry-run --log ./data/quickstart
+  millpond groups reset out --to-earliest --log ./data/quickstart            # the plan
+  millpond groups reset out --to-earliest --execute --log ./data/quickstart  # apply it
 
 exit codes: 0 ok, 1 error (one line on stderr), 2 usage, 130 interrupted
 """
@@ -870,15 +935,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = groups.add_parser("describe", parents=[log], help="committed offset and lag per partition")
     p.add_argument("group")
     p.set_defaults(func=_async(groups_describe))
-    p = groups.add_parser("reset", parents=[log], help="move a group's committed offsets")
-    p.add_argument("group")
+    p = groups.add_parser("reset", parents=[log], help="move a group's offsets, or drop a source's checkpoint",
+                          description="Show the plan for moving a consumer group's committed offsets (or, for a "
+                          "source connector, dropping its checkpoint with --to-earliest); --execute applies it.")
+    p.add_argument("group", help="a consumer group (a sink connector's name) or a source connector's name")
     p.add_argument("--topic", action="append", help="reset every partition of this topic (repeatable)")
     to = p.add_mutually_exclusive_group(required=True)
     to.add_argument("--to-earliest", action="store_true")
     to.add_argument("--to-latest", action="store_true")
+    to.add_argument("--to-current", action="store_true", help="the committed offsets (the log end where none)")
     to.add_argument("--to-offset", type=int, metavar="N")
-    to.add_argument("--to-time", metavar="ISO")
-    p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+    to.add_argument("--shift-by", type=int, metavar="N", help="move the committed offsets by N (negative: back)")
+    to.add_argument("--to-time", "--to-datetime", dest="to_time", metavar="TIME",
+                    help="the first offset at or after TIME (ISO, epoch ms, now, -1h)")
+    to.add_argument("--by-duration", metavar="DURATION", help="the first offset at or after now minus DURATION "
+                    "(PnDTnHnM such as PT1H, or 1h, 30m, 2d)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--execute", action="store_true", help="apply the plan")
+    mode.add_argument("--dry-run", action="store_true", help="show the plan, change nothing (the default)")
     p.set_defaults(func=_async(groups_reset))
     return parser
 

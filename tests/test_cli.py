@@ -318,16 +318,81 @@ def test_groups_describe_and_reset(log_dir: str, monkeypatch: pytest.MonkeyPatch
     # the group resumes where it committed
     again = consume(capsys, "events", "--group", "g", "--log", log_dir)
     assert [r["offset"] for r in again] == [4, 5, 6, 7, 8, 9]
-    code, out, err = run(capsys, "groups", "reset", "g", "--to-offset", "2", "--dry-run", "--log", log_dir)
-    assert code == 0 and out.splitlines()[1].split() == ["events", "0", "10", "2"] and "dry run" in err
-    assert "10" == run(capsys, "groups", "describe", "g", "--log", log_dir)[1].splitlines()[2].split()[2]
-    code, out, _ = run(capsys, "groups", "reset", "g", "--to-earliest", "--topic", "events", "--log", log_dir)
+    # a plan by default, as kafka-consumer-groups; --dry-run says the same
+    for plan_only in ([], ["--dry-run"]):
+        code, out, err = run(capsys, "groups", "reset", "g", "--to-offset", "2", *plan_only, "--log", log_dir)
+        assert code == 0 and out.splitlines()[1].split() == ["events", "0", "10", "2"]
+        assert "plan only: group 'g' not changed (add --execute to apply)" in err
+        assert "10" == run(capsys, "groups", "describe", "g", "--log", log_dir)[1].splitlines()[2].split()[2]
+    code, out, _ = run(capsys, "groups", "reset", "g", "--to-earliest", "--topic", "events", "--execute",
+                       "--log", log_dir)
     assert [line.split()[3] for line in out.splitlines()[1:]] == ["0", "0"]
     assert [r["offset"] for r in consume(capsys, "events", "-g", "g", "-n", "2", "--log", log_dir)] == [0, 1]
-    code, out, _ = run(capsys, "groups", "reset", "g", "--to-time", "2999-01-01", "--log", log_dir)
+    code, out, _ = run(capsys, "groups", "reset", "g", "--to-time", "2999-01-01", "--execute", "--log", log_dir)
     assert [line.split()[3] for line in out.splitlines()[1:]] == ["11", "0"]
     code, _, err = run(capsys, "groups", "describe", "nobody", "--log", log_dir)
     assert code == 1 and "group 'nobody' has no committed offsets" in err
+
+
+def test_groups_reset_shift_duration_current_datetime(
+    log_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = int(time.time() * 1000)
+    data = b"".join(json.dumps({"at": now - h * 3_600_000}).encode() + b"\n" for h in (5, 4, 3, 2, 1))
+    produce(monkeypatch, capsys, data, "events", "--partition", "0", "--timestamp-field", "at", "--log", log_dir)
+    consume(capsys, "events", "-g", "g", "--from-beginning", "-n", "3", "--log", log_dir)  # committed 3
+
+    def plan(*argv: str) -> list[str]:
+        code, out, err = run(capsys, "groups", "reset", "g", *argv, "--log", log_dir)
+        assert code == 0, err
+        return [line.split()[3] for line in out.splitlines()[1:]]
+
+    assert plan("--shift-by", "-2") == ["1"]  # the partitions with committed offsets
+    assert plan("--shift-by", "100") == ["6"]  # clamped to the log end (5 records + the commit marker)
+    assert plan("--shift-by", "-100") == ["0"]
+    code, _, err = run(capsys, "groups", "reset", "g", "--shift-by", "1", "--topic", "events", "--log", log_dir)
+    assert code == 1 and "no committed offset for events-1 to shift" in err
+    assert plan("--to-current", "--topic", "events")[0] == "3"
+    assert plan("--by-duration", "PT2H30M", "--topic", "events")[0] == "3"
+    assert plan("--by-duration", "-150m", "--topic", "events")[0] == "3"
+    assert plan("--to-datetime", "-270m", "--topic", "events") == ["1", "0"]
+    code, _, err = run(capsys, "groups", "reset", "g", "--by-duration", "soon", "--log", log_dir)
+    assert code == 2 and "not a duration: 'soon'" in err
+    assert "3" == run(capsys, "groups", "describe", "g", "--log", log_dir)[1].splitlines()[2].split()[2]
+
+
+def test_groups_reset_drops_a_source_connectors_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.log").write_text("".join(f"line {i}\n" for i in range(5)))
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(textwrap.dedent(f"""\
+        name: copy
+        log: {{embedded: {{dir: {tmp_path / 'log'}, fsync: false}}}}
+        topics: [{{name: lines, partitions: 1}}]
+        connectors:
+          - {{name: tail, kind: source, type: file, topic: lines, config: {{path: "{tmp_path}/in/*.log"}},
+              converter: {{value: string}}, guarantee: exactly_once}}
+    """))
+    assert run(capsys, "run", str(pipeline), "--until-idle")[0] == 0
+    code, out, err = run(capsys, "groups", "reset", "tail", "--to-earliest", "-c", str(pipeline))
+    assert code == 0 and "plan only: source connector 'tail' not changed" in err
+    header, row = out.splitlines()
+    assert header.split() == ["SOURCE", "TASK", "NEW", "CURRENT", "CHECKPOINT"]
+    assert row.startswith("tail ") and "(none): from the beginning" in row
+    (checkpoint,) = json.loads(row[row.index("{"):])["files"]
+    assert checkpoint["path"] == str(tmp_path / "in" / "a.log") and checkpoint["position"] == 35
+    code, _, err = run(capsys, "groups", "reset", "tail", "--to-offset", "3", "-c", str(pipeline))
+    assert code == 1 and "'tail' is a source connector" in err
+    # a second run reads nothing new; after the reset it reads the file again from the start
+    assert run(capsys, "run", str(pipeline), "--until-idle")[0] == 0
+    assert len(consume(capsys, "lines", "--from-beginning", "-c", str(pipeline))) == 5
+    code, _, err = run(capsys, "groups", "reset", "tail", "--to-earliest", "--execute", "-c", str(pipeline))
+    assert code == 0 and "dropped the checkpoint of 1 task(s) of source connector 'tail'" in err
+    assert run(capsys, "run", str(pipeline), "--until-idle")[0] == 0
+    values = [r["value"] for r in consume(capsys, "lines", "--from-beginning", "-c", str(pipeline))]
+    assert values == [f"line {i}" for i in range(5)] * 2
+    code, _, err = run(capsys, "groups", "reset", "nobody", "--to-earliest", "-c", str(pipeline))
+    assert code == 1 and "group 'nobody' has no committed offsets and no source connector" in err
 
 
 def test_writes_refused_clearly_while_a_worker_holds_the_log(log_dir: str) -> None:
@@ -357,6 +422,12 @@ def test_writes_refused_clearly_while_a_worker_holds_the_log(log_dir: str) -> No
         listed = subprocess.run([*cli, "topics", "list", "--log", log_dir], text=True, capture_output=True,
                                 env=env, timeout=60)
         assert listed.returncode == 0 and "events" in listed.stdout
+        # a reset's plan is a read; --execute is a write and is refused the same way
+        reset = [*cli, "groups", "reset", "g", "--to-earliest", "--topic", "events", "--log", log_dir]
+        planned = subprocess.run(reset, text=True, capture_output=True, env=env, timeout=60)
+        assert planned.returncode == 0 and "plan only" in planned.stderr
+        refused = subprocess.run([*reset, "--execute"], text=True, capture_output=True, env=env, timeout=60)
+        assert refused.returncode == 1 and "held by another process" in refused.stderr
     finally:
         holder.communicate("", timeout=30)
 
