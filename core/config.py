@@ -332,12 +332,25 @@ def _check_plugin(
         _model_problems(doc, model, {} if config is None else config, at + ("config",), prefix)
 
 
-def _topic_settings_problems(doc: YamlDocument, config: PipelineConfig) -> None:
-    """Each topic's ``config:`` against the log's topic settings (Kafka names), field by field."""
+def _items(data: Any, key: str) -> list[tuple[int, dict[str, Any]]]:
+    """The mappings of the list under ``key`` in raw YAML data, with their indexes."""
+    items = data.get(key) if isinstance(data, dict) else None
+    return [(i, item) for i, item in enumerate(items if isinstance(items, list) else []) if isinstance(item, dict)]
+
+
+def _topic_settings_problems(doc: YamlDocument) -> None:
+    """Each topic's ``config:`` against the log's topic settings (Kafka names), field by field.
+
+    Works on the raw data, so these problems are reported together with every
+    other one, not only once the rest of the file is valid.
+    """
     from .log.settings import TopicSettings
 
-    for i, topic in enumerate(config.topics):
-        values = dict(topic.config)
+    for i, topic in _items(doc.data, "topics"):
+        values = topic.get("config")
+        if not isinstance(values, dict):
+            continue  # the model reports it
+        values = dict(values)
         # the short forms TopicSettings.parse accepts
         if "compression" in values:
             values["compression.type"] = values.pop("compression")
@@ -346,8 +359,30 @@ def _topic_settings_problems(doc: YamlDocument, config: PipelineConfig) -> None:
         _model_problems(doc, TopicSettings, values, ("topics", i, "config"))
 
 
+def _topic_reference_problems(doc: YamlDocument) -> None:
+    """A topic a connector reads or writes must be declared under ``topics:`` or be written by
+    this pipeline (a source's topic, a dead-letter topic): ``run`` would refuse it otherwise,
+    unless someone happened to create it in the log beforehand."""
+    declared = {t.get("name") for _, t in _items(doc.data, "topics")}
+    connectors = _items(doc.data, "connectors")
+    dead_letters = {spec["errors"].get("topic") for _, spec in connectors
+                    if isinstance(spec.get("errors"), dict) and spec["errors"].get("policy") == "dead_letter"}
+    for i, spec in connectors:
+        name = spec.get("name")
+        if spec.get("kind") == "source" and isinstance(spec.get("topic"), str):
+            if spec["topic"] not in declared:
+                doc.problem(("connectors", i, "topic"),
+                            f"source {name!r} writes topic {spec['topic']!r}, which is not declared under 'topics:'")
+        if spec.get("kind") == "sink" and isinstance(spec.get("topics"), list):
+            written = declared | dead_letters | {s.get("topic") for _, s in connectors if s.get("kind") == "source"}
+            for j, topic in enumerate(spec["topics"]):
+                if isinstance(topic, str) and topic not in written:
+                    doc.problem(("connectors", i, "topics", j),
+                                f"sink {name!r} reads topic {topic!r}, which is neither declared under 'topics:' "
+                                f"nor written by a source or a dead-letter policy of this pipeline")
+
+
 def _semantic_problems(doc: YamlDocument, config: PipelineConfig) -> None:
-    _topic_settings_problems(doc, config)
     seen: dict[str, int] = {}
     for i, topic in enumerate(config.topics):
         if topic.name in seen:
@@ -407,6 +442,8 @@ def parse_pipeline(
         return None, doc.problems
     config = _model_problems(doc, PipelineConfig, doc.data, ())
     _plugin_problems(doc)
+    _topic_settings_problems(doc)
+    _topic_reference_problems(doc)
     if isinstance(config, PipelineConfig):
         _semantic_problems(doc, config)
         config._secret_paths = set(doc.secret_paths)

@@ -205,8 +205,9 @@ def test_topic_names_like_kafka() -> None:
         assert topic_name_problem(bad), bad
     with pytest.raises(InvalidTopicError):
         check_topic_name("a b")
-    (p,) = problems(GOOD.replace("topics: [lines]", "topics: [\"li nes\"]"))
-    assert p.path == "connectors[1].topics[0]" and "li nes" in p.message
+    found = problems(GOOD.replace("topics: [lines]", "topics: [\"li nes\"]"))
+    assert {p.path for p in found} == {"connectors[1].topics[0]"}
+    assert any("may only use ASCII letters" in p.message for p in found)
 
 
 def test_duplicate_keys_and_names() -> None:
@@ -284,6 +285,28 @@ def test_topic_settings_checked_field_by_field() -> None:
     assert found['topics[0].config["retention.ms"]'].line == 9
     assert found["topics[0].config.colour"].line == 11
     assert "unknown key 'colour' (known: cleanup.policy, compression.type," in found["topics[0].config.colour"].message
+
+
+def test_undeclared_topics_fail_validate_not_only_run() -> None:
+    (p,) = problems(GOOD.replace("topics: [lines]", "topics: [lines, ghost]"))
+    assert p.path == "connectors[1].topics[1]" and p.line == 22
+    assert p.message == ("sink 'out' reads topic 'ghost', which is neither declared under 'topics:' nor written "
+                         "by a source or a dead-letter policy of this pipeline")
+    (p,) = problems(GOOD.replace("    topic: lines\n", "    topic: elsewhere\n"))
+    assert p.path == "connectors[0].topic" and "source 'tail' writes topic 'elsewhere'" in p.message
+    # a dead-letter topic is created by the run, so a sink may read it
+    dlq = GOOD.replace("    topic: lines\n", "    topic: lines\n    errors: {policy: dead_letter, topic: bad}\n")
+    assert problems(dlq.replace("topics: [lines]", "topics: [lines, bad]")) == []
+
+
+def test_validate_reports_every_problem_at_once() -> None:
+    text = (GOOD.replace("config: {retention.ms: 1000}", "config: {retention.ms: forever}")
+            .replace("partitions: 3", "partitions: many")
+            .replace("topics: [lines]", "topics: [lines, ghost]")
+            .replace("guarantee: exactly_once", "guarantee: always"))
+    paths = {p.path for p in problems(text)}
+    assert paths == {"topics[0].partitions", 'topics[0].config["retention.ms"]', "connectors[1].topics[1]",
+                     "connectors[1].guarantee"}
 
 
 @settings(max_examples=60, deadline=None)
