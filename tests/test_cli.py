@@ -455,14 +455,19 @@ def test_run_until_idle_copies_file_through_the_log(tmp_path: Path, capsys: pyte
 def test_consume_follow_sees_new_records_and_stops_on_ctrl_c(
     log_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    follower = subprocess.Popen([sys.executable, "-m", "millpond.cli", "consume", "events", "--follow", "--log", log_dir],
+    assert produce(monkeypatch, capsys, b"zero\n", "events", "--partition", "1", "--log", log_dir)[0] == 0
+    # from the beginning, so a slow start (a loaded machine) cannot miss what comes next
+    follower = subprocess.Popen([sys.executable, "-m", "millpond.cli", "consume", "events", "--follow",
+                                 "--from-beginning", "--log", log_dir],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)  # started at the end: only what comes next is printed
-        assert produce(monkeypatch, capsys, b"one\ntwo\n", "events", "--partition", "1", "--log", log_dir)[0] == 0
         assert follower.stdout is not None
+        first = json.loads(follower.stdout.readline())
+        assert (first["partition"], first["offset"], first["value"]) == (1, 0, "zero")
+        assert produce(monkeypatch, capsys, b"one\ntwo\n", "events", "--partition", "1", "--log", log_dir)[0] == 0
         lines = [json.loads(follower.stdout.readline()) for _ in range(2)]
-        assert [(r["partition"], r["offset"], r["value"]) for r in lines] == [(1, 0, "one"), (1, 1, "two")]
+        # offset 1 is the first transaction's commit marker
+        assert [(r["partition"], r["offset"], r["value"]) for r in lines] == [(1, 2, "one"), (1, 3, "two")]
     finally:
         follower.send_signal(signal.SIGINT)
         _, err = follower.communicate(timeout=30)
@@ -510,3 +515,15 @@ def test_run_applies_the_transform_chain_with_dead_letters(tmp_path: Path, capsy
     assert len(dead) == 2  # the bad time and the line that is not JSON
     assert all("c@x.io" not in json.dumps(r["headers"]) for r in dead)
     assert any("is not iso8601" in json.dumps(r["headers"]) for r in dead)
+    # each names the file, inode, byte position and line it came from, not "before the log"
+    lines = (tmp_path / "in" / "events.jsonl").read_bytes().splitlines(keepends=True)
+    inode = str((tmp_path / "in" / "events.jsonl").stat().st_ino)
+    for r, line in zip(dead, (3, 5)):
+        headers = dict(r["headers"])  # type: ignore[arg-type]
+        assert {k: v for k, v in headers.items() if k.startswith("millpond.error.source.")} == {
+            "millpond.error.source.path": str(tmp_path / "in" / "events.jsonl"),
+            "millpond.error.source.inode": inode,
+            "millpond.error.source.position": str(sum(len(x) for x in lines[: line - 1])),
+            "millpond.error.source.line": str(line),
+        }
+        assert headers["millpond.error.offset"].startswith("source 'events' at path=")
