@@ -282,13 +282,16 @@ async def topics_describe(args: argparse.Namespace) -> int:
             if settings:
                 pairs = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
                 print(textwrap.fill(pairs, width=100, initial_indent="Settings: ", subsequent_indent="  "))
+            # Kafka's DescribeLogDirs gives sizes but no segment count: "-", not a false 0
+            counted = getattr(backend, "reports_segments", True)
             rows: list[Sequence[Any]] = [
                 (p.partition, p.log_start_offset, p.log_end_offset, p.last_stable_offset,
-                 p.log_end_offset - p.log_start_offset, human_bytes(p.size_bytes), p.segments)
+                 p.log_end_offset - p.log_start_offset, human_bytes(p.size_bytes), p.segments if counted else "-")
                 for p in parts
             ]
             rows.append(("total", "", "", "", sum(p.log_end_offset - p.log_start_offset for p in parts),
-                         human_bytes(sum(p.size_bytes for p in parts)), sum(p.segments for p in parts)))
+                         human_bytes(sum(p.size_bytes for p in parts)),
+                         sum(p.segments for p in parts) if counted else "-"))
             print(format_table(("PARTITION", "START", "END", "STABLE", "OFFSETS", "SIZE", "SEGMENTS"), rows))
     return 0
 
