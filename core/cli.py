@@ -244,6 +244,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 # -- commands: topics --------------------------------------------------------
 
 
+def _partition_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"a topic has at least 1 partition, not {count}")
+    return count
+
+
 def _setting(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -866,7 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_async(topics_describe))
     p = topics.add_parser("create", parents=[log], help="create a topic")
     p.add_argument("topic")
-    p.add_argument("-p", "--partitions", type=int, default=1)
+    p.add_argument("-p", "--partitions", type=_partition_count, default=1)
     p.add_argument("--config", dest="setting", action="append", default=[], metavar="KEY=VALUE",
                    help="a topic setting such as retention.ms=86400000 (repeatable)")
     p.add_argument("--if-not-exists", action="store_true")
