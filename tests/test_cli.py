@@ -529,3 +529,52 @@ def test_run_applies_the_transform_chain_with_dead_letters(tmp_path: Path, capsy
             "millpond.error.source.line": str(line),
         }
         assert headers["millpond.error.offset"].startswith("source 'events' at path=")
+
+
+def test_rotations_while_stopped_keep_the_writers_order_through_run(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in").mkdir()
+    app = tmp_path / "in" / "app.log"
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(textwrap.dedent(f"""\
+        log: {{embedded: {{dir: {tmp_path / 'log'}, fsync: false}}}}
+        topics: [{{name: lines, partitions: 1}}]
+        connectors:
+          - {{name: tail, kind: source, type: file, topic: lines, config: {{path: "{app}*"}},
+              converter: {{value: string}}, guarantee: exactly_once}}
+    """))
+    n = 0
+
+    def write(lines: int) -> None:
+        nonlocal n
+        with open(app, "a") as f:
+            f.writelines(f"{n + i}\n" for i in range(lines))
+        n += lines
+
+    write(10)
+    assert run(capsys, "run", str(pipeline), "--until-idle")[0] == 0
+    for _ in range(12):  # logrotate while the worker is stopped: app.log.12 is the oldest
+        write(5)
+        for k in sorted((int(p.suffix[1:]) for p in app.parent.glob("app.log.*")), reverse=True):
+            os.rename(f"{app}.{k}", f"{app}.{k + 1}")
+        os.rename(app, f"{app}.1")
+    write(5)
+    assert run(capsys, "run", str(pipeline), "--until-idle")[0] == 0
+    values = [r["value"] for r in consume(capsys, "lines", "--from-beginning", "-c", str(pipeline))]
+    assert values == list(range(n))  # consume shows JSON-looking values as JSON
+
+
+def test_run_refuses_a_glob_of_a_directory_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in").mkdir()
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(textwrap.dedent(f"""\
+        log: {{embedded: {{dir: {tmp_path / 'log'}, fsync: false}}}}
+        topics: [{{name: lines}}]
+        connectors:
+          - {{name: tail, kind: source, type: file, topic: lines, config: {{path: "{tmp_path / 'in'}"}}}}
+    """))
+    code, _, err = run(capsys, "run", str(pipeline), "--until-idle")
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"millpond: error: file source 'tail': path '{tmp_path / 'in'}' matches no regular file "
+        f"({tmp_path / 'in'} is a directory); did you mean '{tmp_path / 'in' / '*'}'?")
