@@ -244,13 +244,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 # -- commands: topics --------------------------------------------------------
 
 
-def _partition_count(text: str) -> int:
+def _at_least_one(text: str) -> int:
+    """An argparse type; argparse names the option in its message."""
     try:
         count = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if count < 1:
-        raise argparse.ArgumentTypeError(f"a topic has at least 1 partition, not {count}")
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {count}")
     return count
 
 
@@ -365,7 +366,8 @@ _BOOLEAN = {"true": True, "false": False}
 
 
 def apply_properties(args: argparse.Namespace, names: dict[str, str]) -> None:
-    """Fold Kafka-style ``--property name=value`` into the equivalent options (an option given too wins)."""
+    """Fold Kafka-style ``--property name=value`` into the equivalent options; applied after them, so a
+    property given beside its option wins."""
     for text in getattr(args, "property", None) or []:
         name, sep, value = text.partition("=")
         if not sep or name not in names:
@@ -876,7 +878,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_async(topics_describe))
     p = topics.add_parser("create", parents=[log], help="create a topic")
     p.add_argument("topic")
-    p.add_argument("-p", "--partitions", type=_partition_count, default=1)
+    p.add_argument("-p", "--partitions", type=_at_least_one, default=1)
     p.add_argument("--config", dest="setting", action="append", default=[], metavar="KEY=VALUE",
                    help="a topic setting such as retention.ms=86400000 (repeatable)")
     p.add_argument("--if-not-exists", action="store_true")
@@ -908,7 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", type=int, help="this partition instead of the key's")
     p.add_argument("--property", action="append", default=[], metavar="NAME=VALUE",
                    help="kafka-console-producer's properties: " + ", ".join(PRODUCE_PROPERTIES))
-    p.add_argument("--transaction-records", type=int, default=100_000, metavar="N",
+    p.add_argument("--transaction-records", type=_at_least_one, default=100_000, metavar="N",
                    help="lines per transaction (default 100000); a larger input is written in several")
     p.set_defaults(func=_async(produce))
 
@@ -925,7 +927,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep waiting for new records")
     p.add_argument("--timeout-ms", type=int, metavar="MS", help="with --follow: stop after MS without a record")
     p.add_argument("-g", "--group", help="read as this consumer group and commit its offsets")
-    p.add_argument("-n", "--max", "--max-messages", dest="max", type=int, metavar="N", help="stop after N records")
+    p.add_argument("-n", "--max", "--max-messages", dest="max", type=_at_least_one, metavar="N",
+                   help="stop after N records")
     p.add_argument("--format", choices=("auto", "json", "text", "base64"), default=None,
                    help="auto/json/base64: a JSON line per record, its value parsed as JSON when it is (auto), "
                    "always (json) or never (base64); text: the value alone, as kafka-console-consumer prints it")

@@ -105,7 +105,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "groups", "reset", "g", "--log", "/tmp/x")
     assert code == 2 and "one of the arguments" in err
     code, _, err = run(capsys, "topics", "create", "t", "-p", "0", "--log", "/tmp/x")
-    assert code == 2 and "a topic has at least 1 partition, not 0" in err
+    assert code == 2 and "argument -p/--partitions: must be at least 1, not 0" in err
 
 
 def test_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
