@@ -618,19 +618,21 @@ async def consume(args: argparse.Namespace, out: IO[str] | None = None) -> int:
             if not args.follow:
                 stops.update({TopicPartition(p.topic, p.partition): p.last_stable_offset
                               for t in args.topics for p in await backend.describe_topic(t)})
+            timed: set[TopicPartition] = set()  # partitions that stop at --to-time, not at their end
             if to_ms is not None:
                 for tp in tps:
                     found = await backend.offset_for_time(tp, to_ms)
-                    if found is not None:
-                        current = stops[tp]
-                        stops[tp] = found if current is None else min(current, found)
+                    current = stops[tp]
+                    if found is not None and (current is None or found < current):
+                        stops[tp] = found
+                        timed.add(tp)
             stalled = 0
             quiet_since = time.monotonic()
             while True:
                 positions = [await consumer.position(tp) for tp in tps]
                 bounded = [stops[tp] for tp in tps]
                 if all(stop is not None and pos >= stop for pos, stop in zip(positions, bounded)):
-                    reason = "--to-time" if to_ms is not None and args.follow else "the end of the log"
+                    reason = "--to-time" if timed else "the end of the log"
                     break
                 records = await consumer.poll(max_records=1000, timeout=1.0 if args.follow else 0.2)
                 if not args.follow:
@@ -652,6 +654,7 @@ async def consume(args: argparse.Namespace, out: IO[str] | None = None) -> int:
                     stop = stops[tp]
                     if stop is None and to_ms is not None and (r.timestamp or 0) >= to_ms:
                         stops[tp] = stop = r.offset or 0
+                        timed.add(tp)
                     if stop is None or (r.offset or 0) < stop:
                         shown.append(r)
                 if args.max is not None:

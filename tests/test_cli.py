@@ -280,6 +280,14 @@ def test_produce_timestamp_field_and_consume_time_window(
     assert window("--from-time", "2024-04-30", "--to-time", "2024-05-02") == [9]
     assert sorted(window("--from-beginning", "--to-time", "-2d")) == [0, 9]  # type: ignore[type-var]
     assert window("--from-time", "now") == []
+    code, _, err = run(capsys, "consume", "events", "--from-time", "-2d", "--to-time", "-1h", "--log", log_dir)
+    assert code == 0 and "consumed from events: 3 records, stopped at --to-time" in err
+    code, _, err = run(capsys, "consume", "events", "--from-time", "-1h", "--to-time", "+1h", "--log", log_dir)
+    assert code == 0 and "consumed from events: 1 records, stopped at the end of the log" in err
+    started = time.monotonic()
+    code, out, err = run(capsys, "consume", "events", "--follow", "--timeout-ms", "500", "--log", log_dir)
+    assert code == 0 and out == "" and "0 records, stopped at 500 ms without a record (--timeout-ms)" in err
+    assert time.monotonic() - started < 10
     code, _, err = run(capsys, "consume", "events", "--from-time", "an hour ago", "--log", log_dir)
     assert code == 2 and "not a time: 'an hour ago'" in err
 
