@@ -697,9 +697,17 @@ async def groups_list(args: argparse.Namespace) -> int:
 
 
 async def groups_describe(args: argparse.Namespace) -> int:
+    from .runtime.offsets import source_checkpoints
+
     async with opened(args, readonly=True) as backend:
         offsets = await backend.describe_group(args.group)
         if not offsets:
+            checkpoints = await source_checkpoints(backend, args.group)
+            if checkpoints:  # a source connector: its progress is a checkpoint, not group offsets
+                print(f"Source connector: {args.group}")
+                print(format_table(("SOURCE TASK", "CHECKPOINT"),
+                                   [(k, json.dumps(v, sort_keys=True)) for k, v in checkpoints.items()]))
+                return 0
             known = ", ".join(await backend.list_groups()) or "none"
             raise MillpondError(f"group {args.group!r} has no committed offsets (groups: {known})")
     rows: list[Sequence[Any]] = [

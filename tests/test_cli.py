@@ -384,6 +384,8 @@ def test_groups_reset_drops_a_source_connectors_checkpoint(tmp_path: Path, capsy
               converter: {{value: string}}, guarantee: exactly_once}}
     """))
     assert run(capsys, "run", str(pipeline), "--until-idle")[0] == 0
+    code, out, _ = run(capsys, "groups", "describe", "tail", "-c", str(pipeline))
+    assert code == 0 and out.splitlines()[0] == "Source connector: tail" and '"position": 35' in out
     code, out, err = run(capsys, "groups", "reset", "tail", "--to-earliest", "-c", str(pipeline))
     assert code == 0 and "plan only: source connector 'tail' not changed" in err
     header, row = out.splitlines()
