@@ -13,8 +13,9 @@ or writing one record is handed to :class:`ErrorPolicyHandler`:
 Where a record came from: a record read from the log names its topic,
 partition and offset; a record a source rejected before it reached the log
 names its position in the source, one ``millpond.error.source.<field>``
-header per field the source gives (file: path, inode, position, line;
-Postgres: lsn, table), or the source's checkpoint of its batch when the
+header per field ``Source.origin_of`` gives (the file source: path, inode,
+position, line), or ``millpond.error.source.checkpoint``, the source's
+checkpoint after the record's batch (a Postgres source: its LSN), when the
 source cannot say more.
 """
 
@@ -22,8 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..config import ErrorPolicy
@@ -45,7 +46,8 @@ H_SOURCE = "millpond.error.source."
 
 def describe_origin(connector: str, origin: Mapping[str, Any]) -> str:
     """``source 'tail' at path=in/a.log inode=12 position=350 line=8``: one line for the log."""
-    fields = " ".join(f"{k}={v}" for k, v in origin.items())
+    fields = " ".join(f"{k}={v if isinstance(v, (str, int)) else json.dumps(v, sort_keys=True)}"
+                      for k, v in origin.items())
     return f"source {connector!r} at {fields}" if fields else f"source {connector!r}"
 
 
