@@ -8,6 +8,7 @@ broker without seeing each other. Waits are on conditions with generous deadline
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import signal
@@ -481,3 +482,25 @@ def test_aiokafka_log_filter_passes_each_message_once_per_interval() -> None:
     now[0] = 31.0
     again = record("Unable connect to node %s")
     assert flt.filter(again) and again.getMessage() == "Unable connect to node n (84 more like this in the last 30 s not shown)"
+
+
+def test_cli_produce_is_one_transaction_and_consume_prints_text(kafka_bootstrap: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    name = unique("cli")
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"log: {{kafka: {{bootstrap_servers: '{kafka_bootstrap}'}}}}\n")
+    assert main(["topics", "create", name, "-p", "2", "-c", str(pipeline)]) == 0
+
+    def produce(data: bytes, *argv: str) -> tuple[int, str]:
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+        code = main(["produce", name, "-c", str(pipeline), *argv])
+        return code, capsys.readouterr().err
+
+    code, err = produce(b"a:1\nb:NULL\nbroken\n", "--key-separator", ":", "--null-marker", "NULL")
+    assert code == 1 and "line 3: no key separator ':'; nothing was written" in err
+    code, err = produce(b"a:1\nb:NULL\n", "--key-separator", ":", "--null-marker", "NULL")
+    assert code == 0 and "2 records" in err
+    assert main(["consume", name, "--from-beginning", "--print-key", "-c", str(pipeline)]) == 0
+    out, err = capsys.readouterr()
+    assert sorted(out.splitlines()) == ["a\t1", "b\tnull"] and "2 records, stopped at the end of the log" in err
