@@ -404,30 +404,41 @@ class LineReader:
         self.timestamp = None if args.timestamp is None else parse_time(args.timestamp)
         self.timestamp_field: str | None = args.timestamp_field
 
-    def _null(self, data: bytes) -> bytes | None:
+    def _null(self, data: bytes | None) -> bytes | None:
         return None if self.null_marker is not None and data == self.null_marker else data
 
     def record(self, line: bytes, number: int) -> Record:
-        headers: list[tuple[str, bytes | None]] = []
+        headers: list[tuple[str, bytes | None]] = self._headers(line, number) if self.parse_headers else []
         if self.parse_headers:
-            block, sep, line = line.partition(self.headers_delimiter)
-            if not sep:
-                raise MillpondError(f"line {number}: no headers delimiter {self.headers_delimiter.decode()!r}")
-            if block and block != self.null_marker:
-                for item in block.split(self.headers_separator):
-                    name, sep, value = item.partition(self.headers_key_separator)
-                    if not sep or not name:
-                        raise MillpondError(
-                            f"line {number}: header {item.decode(errors='replace')!r} is not "
-                            f"NAME{self.headers_key_separator.decode()}VALUE"
-                        )
-                    headers.append((name.decode(errors="surrogateescape"), self._null(value)))
-        key, value = split_line(line, self.key_field, self.key_separator, number)
-        timestamp = self.timestamp if self.timestamp is not None else int(time.time() * 1000)
+            line = line.partition(self.headers_delimiter)[2]
+        key: bytes | None = None
+        value: bytes | None = line
+        if self.key_separator is not None or self.key_field is not None:
+            key, line = split_line(line, self.key_field, self.key_separator, number)
+            value = line
+        if self.null_marker is not None:
+            key, value = self._null(key), self._null(line)
         if self.timestamp_field is not None:
-            timestamp = self._timestamp_of(value, number)
-        return Record(value=self._null(value), key=None if key is None else self._null(key),
-                      timestamp=timestamp, headers=headers)
+            timestamp = self._timestamp_of(line, number)
+        else:
+            timestamp = self.timestamp if self.timestamp is not None else int(time.time() * 1000)
+        return Record(value, key, timestamp, headers)
+
+    def _headers(self, line: bytes, number: int) -> list[tuple[str, bytes | None]]:
+        block, sep, _ = line.partition(self.headers_delimiter)
+        if not sep:
+            raise MillpondError(f"line {number}: no headers delimiter {self.headers_delimiter.decode()!r}")
+        headers: list[tuple[str, bytes | None]] = []
+        if block and block != self.null_marker:
+            for item in block.split(self.headers_separator):
+                name, sep, value = item.partition(self.headers_key_separator)
+                if not sep or not name:
+                    raise MillpondError(
+                        f"line {number}: header {item.decode(errors='replace')!r} is not "
+                        f"NAME{self.headers_key_separator.decode()}VALUE"
+                    )
+                headers.append((name.decode(errors="surrogateescape"), self._null(value)))
+        return headers
 
     def _timestamp_of(self, value: bytes, number: int) -> int:
         try:
