@@ -792,7 +792,7 @@ async def _source_reset(backend: LogBackend, args: argparse.Namespace, execute: 
     """Reset a source connector's checkpoints, or None when ``args.group`` names no source connector."""
     from .runtime.offsets import delete_source_checkpoints, source_checkpoints
 
-    if args.topic:
+    if args.topic or await backend.committed(args.group):  # a consumer group's name wins
         return None
     checkpoints = await source_checkpoints(backend, args.group)
     if not checkpoints:
