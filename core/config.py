@@ -303,8 +303,12 @@ def _error_loc(raw: tuple[Any, ...]) -> Loc:
     return tuple(p for p in raw if isinstance(p, int) or "[" not in str(p))
 
 
-def _model_problems(doc: YamlDocument, model: type[BaseModel], data: Any, base: Loc) -> Any:
-    """Validate ``data`` with ``model``; report each error at ``base`` + its loc. The model or None."""
+def _model_problems(doc: YamlDocument, model: type[BaseModel], data: Any, base: Loc, prefix: str = "") -> Any:
+    """Validate ``data`` with ``model``; report each error at ``base`` + its loc. The model or None.
+
+    ``prefix`` names the owner of a nested block (``connector 'tail', transform mask: ``)
+    where the YAML path alone gives only list indexes.
+    """
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -318,7 +322,7 @@ def _model_problems(doc: YamlDocument, model: type[BaseModel], data: Any, base: 
                 message = f"unknown key {rel[-1]!r}"
                 if len(rel) == 1:
                     message += f" (known: {', '.join(_known_keys(model))})"
-            doc.problem(loc, message)
+            doc.problem(loc, prefix + message)
         return None
 
 
@@ -346,7 +350,8 @@ def _plugin_problems(doc: YamlDocument) -> dict[Loc, Resolved]:
         for j, item in enumerate(transforms if isinstance(transforms, list) else []):
             if isinstance(item, dict) and isinstance(item.get("type"), str):
                 at = here + ("transforms", j)
-                _check_plugin(doc, lookup, "transform", item["type"], item.get("config", {}), at, found)
+                owner = f"connector {spec.get('name')!r}, transform {item['type']}: "
+                _check_plugin(doc, lookup, "transform", item["type"], item.get("config", {}), at, found, owner)
         converter = spec.get("converter")
         if isinstance(converter, dict):
             for side in ("key", "value"):
@@ -360,24 +365,44 @@ def _plugin_problems(doc: YamlDocument) -> dict[Loc, Resolved]:
 
 
 def _check_plugin(
-    doc: YamlDocument, lookup: Any, kind: str, name: str, config: Any, at: Loc, found: dict[Loc, Resolved]
+    doc: YamlDocument,
+    lookup: Any,
+    kind: str,
+    name: str,
+    config: Any,
+    at: Loc,
+    found: dict[Loc, Resolved],
+    prefix: str = "",
 ) -> None:
     try:
         cls = lookup(kind, name)
     except PluginError as exc:
         doc.problem(at + ("type",), str(exc))
         return
-    settings = _model_problems(doc, cls.config_model, {} if config is None else config, at + ("config",))
+    settings = _model_problems(doc, cls.config_model, {} if config is None else config, at + ("config",), prefix)
     if settings is not None:
         found[at] = Resolved(cls, settings)
 
 
-def _topic_settings_problems(doc: YamlDocument, config: PipelineConfig) -> None:
-    """Each topic's ``config:`` against the log's topic settings (Kafka names), field by field."""
+def _items(data: Any, key: str) -> list[tuple[int, dict[str, Any]]]:
+    """The mappings of the list under ``key`` in raw YAML data, with their indexes."""
+    items = data.get(key) if isinstance(data, dict) else None
+    return [(i, item) for i, item in enumerate(items if isinstance(items, list) else []) if isinstance(item, dict)]
+
+
+def _topic_settings_problems(doc: YamlDocument) -> None:
+    """Each topic's ``config:`` against the log's topic settings (Kafka names), field by field.
+
+    Works on the raw data, so these problems are reported together with every
+    other one, not only once the rest of the file is valid.
+    """
     from .log.settings import TopicSettings
 
-    for i, topic in enumerate(config.topics):
-        values = dict(topic.config)
+    for i, topic in _items(doc.data, "topics"):
+        values = topic.get("config")
+        if not isinstance(values, dict):
+            continue  # the model reports it
+        values = dict(values)
         # the short forms TopicSettings.parse accepts
         if "compression" in values:
             values["compression.type"] = values.pop("compression")
@@ -386,8 +411,30 @@ def _topic_settings_problems(doc: YamlDocument, config: PipelineConfig) -> None:
         _model_problems(doc, TopicSettings, values, ("topics", i, "config"))
 
 
+def _topic_reference_problems(doc: YamlDocument) -> None:
+    """A topic a connector reads or writes must be declared under ``topics:`` or be written by
+    this pipeline (a source's topic, a dead-letter topic): ``run`` would refuse it otherwise,
+    unless someone happened to create it in the log beforehand."""
+    declared = {t.get("name") for _, t in _items(doc.data, "topics")}
+    connectors = _items(doc.data, "connectors")
+    dead_letters = {spec["errors"].get("topic") for _, spec in connectors
+                    if isinstance(spec.get("errors"), dict) and spec["errors"].get("policy") == "dead_letter"}
+    for i, spec in connectors:
+        name = spec.get("name")
+        if spec.get("kind") == "source" and isinstance(spec.get("topic"), str):
+            if spec["topic"] not in declared:
+                doc.problem(("connectors", i, "topic"),
+                            f"source {name!r} writes topic {spec['topic']!r}, which is not declared under 'topics:'")
+        if spec.get("kind") == "sink" and isinstance(spec.get("topics"), list):
+            written = declared | dead_letters | {s.get("topic") for _, s in connectors if s.get("kind") == "source"}
+            for j, topic in enumerate(spec["topics"]):
+                if isinstance(topic, str) and topic not in written:
+                    doc.problem(("connectors", i, "topics", j),
+                                f"sink {name!r} reads topic {topic!r}, which is neither declared under 'topics:' "
+                                f"nor written by a source or a dead-letter policy of this pipeline")
+
+
 def _semantic_problems(doc: YamlDocument, config: PipelineConfig) -> None:
-    _topic_settings_problems(doc, config)
     seen: dict[str, int] = {}
     for i, topic in enumerate(config.topics):
         if topic.name in seen:
@@ -447,6 +494,8 @@ def parse_pipeline(
         return None, doc.problems
     config = _model_problems(doc, PipelineConfig, doc.data, ())
     resolved = _plugin_problems(doc)
+    _topic_settings_problems(doc)
+    _topic_reference_problems(doc)
     if isinstance(config, PipelineConfig):
         for i, spec in enumerate(config.connectors):
             spec._resolved = resolved.get(("connectors", i))

@@ -104,6 +104,12 @@ class Source(ABC):
     async def stop(self) -> None:
         """Release resources. Called once, also after a failure."""
 
+    def origin_of(self, record: Record) -> dict[str, Any] | None:
+        """Where ``record`` (one of the last batch's records) came from, for a dead letter's headers:
+        a file's path, inode and byte position, a table and an LSN. Asked only for rejected records,
+        so it may be slow. None: the runtime names the batch's checkpoint instead."""
+        return None
+
 
 class Sink(ABC):
     """A sink task: writes records from the log into an external system.

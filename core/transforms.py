@@ -290,11 +290,10 @@ class Route(Transform):
 
 class MaskConfig(ConnectorConfig):
     fields: list[str] = Field(min_length=1)
-    #: hash: a stable SHA-256 (HMAC with ``salt`` when given), so masked values still join;
-    #: fixed: replace with ``replacement``
+    #: hash: HMAC-SHA256 keyed by ``salt``, so masked values still join; fixed: replace with ``replacement``
     mode: Literal["hash", "fixed"] = "hash"
     replacement: str = "****"
-    #: key for HMAC-SHA256; put it in the environment: salt: ${MASK_SALT}
+    #: the HMAC key; required for ``mode: hash`` and best kept in the environment: salt: ${MASK_SALT}
     salt: str | None = None
 
     @field_validator("fields")
@@ -303,6 +302,14 @@ class MaskConfig(ConnectorConfig):
         for path in value:
             _parts(path)
         return value
+
+    @model_validator(mode="after")
+    def _salt_is_chosen(self) -> MaskConfig:
+        # An unkeyed (or default-keyed) hash of an e-mail or card number is
+        # reversed by hashing candidates, so the key is the user's choice, never ours.
+        if self.mode == "hash" and not self.salt:
+            raise ValueError("mask needs a salt; set salt: ${MASK_SALT}")
+        return self
 
 
 class Mask(Transform):
@@ -322,9 +329,8 @@ class Mask(Transform):
             data = value.encode()
         else:
             data = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
-        if self.config.salt is not None:
-            return hmac.new(self.config.salt.encode(), data, hashlib.sha256).hexdigest()
-        return hashlib.sha256(data).hexdigest()
+        assert self.config.salt, "MaskConfig refuses mode 'hash' without a salt"
+        return hmac.new(self.config.salt.encode(), data, hashlib.sha256).hexdigest()
 
     def apply(self, record: Record) -> Iterable[Record]:
         value: Any = _object(record, "mask")

@@ -90,7 +90,7 @@ connectors:
       dir: ./in
     transforms:
       - type: mask
-        config: {fields: [email]}
+        config: {fields: [email], salt: pepper}
   - name: out
     kind: sink
     type: demo
@@ -205,8 +205,9 @@ def test_topic_names_like_kafka() -> None:
         assert topic_name_problem(bad), bad
     with pytest.raises(InvalidTopicError):
         check_topic_name("a b")
-    (p,) = problems(GOOD.replace("topics: [lines]", "topics: [\"li nes\"]"))
-    assert p.path == "connectors[1].topics[0]" and "li nes" in p.message
+    found = problems(GOOD.replace("topics: [lines]", "topics: [\"li nes\"]"))
+    assert {p.path for p in found} == {"connectors[1].topics[0]"}
+    assert any("may only use ASCII letters" in p.message for p in found)
 
 
 def test_duplicate_keys_and_names() -> None:
@@ -234,7 +235,7 @@ def test_unknown_guarantee_name() -> None:
 
 
 def test_transform_config_checked_against_its_model() -> None:
-    found = problems(GOOD.replace("config: {fields: [email]}", "config: {fields: email, bogus: 1}"))
+    found = problems(GOOD.replace("config: {fields: [email], salt: pepper}", "config: {fields: email, bogus: 1, salt: p}"))
     paths = {p.path for p in found}
     assert paths == {"connectors[0].transforms[0].config.fields", "connectors[0].transforms[0].config.bogus"}
     assert all(p.line == 18 for p in found)
@@ -286,6 +287,28 @@ def test_topic_settings_checked_field_by_field() -> None:
     assert "unknown key 'colour' (known: cleanup.policy, compression.type," in found["topics[0].config.colour"].message
 
 
+def test_undeclared_topics_fail_validate_not_only_run() -> None:
+    (p,) = problems(GOOD.replace("topics: [lines]", "topics: [lines, ghost]"))
+    assert p.path == "connectors[1].topics[1]" and p.line == 22
+    assert p.message == ("sink 'out' reads topic 'ghost', which is neither declared under 'topics:' nor written "
+                         "by a source or a dead-letter policy of this pipeline")
+    (p,) = problems(GOOD.replace("    topic: lines\n", "    topic: elsewhere\n"))
+    assert p.path == "connectors[0].topic" and "source 'tail' writes topic 'elsewhere'" in p.message
+    # a dead-letter topic is created by the run, so a sink may read it
+    dlq = GOOD.replace("    topic: lines\n", "    topic: lines\n    errors: {policy: dead_letter, topic: bad}\n")
+    assert problems(dlq.replace("topics: [lines]", "topics: [lines, bad]")) == []
+
+
+def test_validate_reports_every_problem_at_once() -> None:
+    text = (GOOD.replace("config: {retention.ms: 1000}", "config: {retention.ms: forever}")
+            .replace("partitions: 3", "partitions: many")
+            .replace("topics: [lines]", "topics: [lines, ghost]")
+            .replace("guarantee: exactly_once", "guarantee: always"))
+    paths = {p.path for p in problems(text)}
+    assert paths == {"topics[0].partitions", 'topics[0].config["retention.ms"]', "connectors[1].topics[1]",
+                     "connectors[1].guarantee"}
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40))
 def test_env_values_never_leak_into_messages(tail: str) -> None:
@@ -304,3 +327,12 @@ def test_env_values_never_leak_into_messages(tail: str) -> None:
                          ids=lambda p: p.name)
 def test_shipped_pipelines_validate(path: Path) -> None:
     assert [p.format(path.name) for p in validate_file(path)] == []
+
+
+def test_mask_without_salt_is_refused_at_validate_naming_connector_and_transform() -> None:
+    (p,) = problems(GOOD.replace("config: {fields: [email], salt: pepper}", "config: {fields: [email]}"))
+    assert p.path == "connectors[0].transforms[0].config"
+    assert p.message == "connector 'tail', transform mask: mask needs a salt; set salt: ${MASK_SALT}"
+    # from the environment it is fine, and the fixed mode needs none
+    assert problems(GOOD.replace("salt: pepper", 'salt: "${MASK_SALT}"'), env={"MASK_SALT": "s3cret-salt"}) == []
+    assert problems(GOOD.replace("salt: pepper", "mode: fixed")) == []

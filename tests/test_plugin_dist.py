@@ -98,7 +98,7 @@ def _pipeline(tmp_path: Path, port: int, guarantee: str) -> Path:
             guarantee: {guarantee}
             config: {{udp_port: {port}, tcp_port: {port}}}
             transforms:
-              - {{type: mask, config: {{fields: [structured_data.auth.user]}}}}
+              - {{type: mask, config: {{fields: [structured_data.auth.user], salt: pepper}}}}
     """))
     return path
 

@@ -109,15 +109,23 @@ def test_route_errors() -> None:
 
 def test_mask_hash_fixed_nested_and_salted() -> None:
     value = {"email": "a@b.c", "card": {"number": "4111"}, "items": [{"ssn": "1"}, {"ssn": None}]}
-    out = one(make(Mask, fields=["email", "card.number", "items.ssn"]), value)
-    assert out.value["email"] == hashlib.sha256(b"a@b.c").hexdigest()
-    assert out.value["card"]["number"] == hashlib.sha256(b"4111").hexdigest()
-    assert out.value["items"] == [{"ssn": hashlib.sha256(b"1").hexdigest()}, {"ssn": None}]
+    out = one(make(Mask, fields=["email", "card.number", "items.ssn"], salt="k"), value)
+
+    def keyed(data: bytes) -> str:
+        return hmac.new(b"k", data, hashlib.sha256).hexdigest()
+
+    assert out.value["email"] == keyed(b"a@b.c")
+    assert out.value["card"]["number"] == keyed(b"4111")
+    assert out.value["items"] == [{"ssn": keyed(b"1")}, {"ssn": None}]
     assert value["email"] == "a@b.c"
     fixed = one(make(Mask, fields=["email"], mode="fixed", replacement="[pii]"), value)
     assert fixed.value["email"] == "[pii]"
-    salted = one(make(Mask, fields=["email"], salt="k"), value)
-    assert salted.value["email"] == hmac.new(b"k", b"a@b.c", hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize("salt", [None, ""])
+def test_mask_hash_refuses_to_run_without_a_salt(salt: str | None) -> None:
+    with pytest.raises(ValidationError, match=r"mask needs a salt; set salt: \$\{MASK_SALT\}"):
+        Mask.config_model.model_validate({"fields": ["email"], "salt": salt})
 
 
 @pytest.mark.parametrize(
@@ -154,6 +162,6 @@ def test_timestamp_errors() -> None:
 @pytest.mark.parametrize("cls", [Rename, Drop, Route, Mask, Timestamp])
 def test_non_object_values_raise_record_error(cls: Any) -> None:
     config = {Rename: {"fields": {"a": "b"}}, Drop: {"fields": ["a"]}, Route: {"topic": "t.{a}"},
-              Mask: {"fields": ["a"]}, Timestamp: {"field": "a"}}[cls]
+              Mask: {"fields": ["a"], "salt": "k"}, Timestamp: {"field": "a"}}[cls]
     with pytest.raises(RecordError, match="needs a record whose value is a JSON object, got bytes"):
         list(make(cls, **config).apply(Record(value=b"raw")))

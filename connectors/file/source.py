@@ -3,10 +3,11 @@
 Source offset (JSON)::
 
     {"files": [{"path": "in/app.log", "origin": "in/app.log", "dev": 2049, "inode": 131,
-                "position": 8192, "fp": 1234567, "fp_len": 1024, "rotated": false}, ...]}
+                "position": 8192, "line": 310, "fp": 1234567, "fp_len": 1024, "rotated": false}, ...]}
 
 A file is identified by (dev, inode), not by name: ``position`` is the byte
-offset just after the last line handed to the log. ``fp``/``fp_len`` are a
+offset just after the last line handed to the log, ``line`` the number of
+complete lines before it (absent when unknown). ``fp``/``fp_len`` are a
 CRC-32 of the file's first bytes, which tells a file replaced in place (an
 inode number reused, or truncated and rewritten) from the one we read.
 
@@ -21,6 +22,19 @@ Rotation:
   shrinks below our position (or its first bytes change): reading restarts at
   0. The copy must not match the glob, or its lines are read twice — the same
   rule as for every tailer that follows files by inode.
+
+Order: the files of one writer (``app.log`` and its rotations ``app.log.1``,
+``app.log.2.gz``-less numeric suffixes, dated ones such as ``app.log-20240501``)
+are read one at a time, oldest first, by modification time and then by
+rotation order (``app.log.5`` before ``app.log.1`` before ``app.log``): never by
+name, so several rotations found at once (after a restart) keep the writer's
+order. Different writers are read side by side.
+
+A glob is resolved at start: if its directory does not exist, or it
+matches only things that are not regular files (a directory, a FIFO), the
+source refuses to start, naming the path: that is a mistake in ``path``. If
+it matches nothing yet, the source logs one WARNING and waits: tailing a
+directory before the application has written its first file is normal.
 
 With rename rotation, a glob that also matches the rotated names
 (``*.log*``) is the safe choice: files are followed by inode, so a renamed
@@ -45,6 +59,8 @@ import glob
 import json
 import logging
 import os
+import re
+import stat
 import time
 import zlib
 from dataclasses import dataclass
@@ -57,6 +73,35 @@ from millpond.records import Record
 log = logging.getLogger("millpond.connectors.file.source")
 
 FINGERPRINT_BYTES = 1024
+
+#: a rotation suffix: ``.5`` (logrotate's numbers) or a date / date-time (``-20240501``, ``.2024-05-01_13``)
+_ROTATION = re.compile(
+    r"(?P<base>.+?)(?:[.](?P<number>\d{1,6})|[.\-_](?P<date>\d{4}-?\d{2}-?\d{2}(?:[T_\-]?\d{2}(?:[:\-]?\d{2}){0,2})?"
+    r"|\d{10}))$"
+)
+
+
+def rotation_order(path: str) -> tuple[str, tuple[int, int, str]]:
+    """(the writer's file name, an order among its rotations, oldest first).
+
+    ``app.log.5`` < ``app.log.1`` < ``app.log``; ``app.log-20240501`` <
+    ``app.log-20240502`` < ``app.log``. A numbered and a dated rotation of
+    one writer (unusual) compare dated first.
+    """
+    m = _ROTATION.fullmatch(path)
+    if m is None:
+        return path, (2, 0, "")
+    if m.group("number") is not None:
+        return m.group("base"), (1, -int(m.group("number")), "")
+    return m.group("base"), (0, 0, re.sub(r"\D", "", m.group("date")))
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def _json_or_text(line: str) -> Any:
@@ -93,6 +138,8 @@ class TrackedFile:
     dev: int
     inode: int
     position: int = 0
+    #: complete lines before ``position``; None when unknown (a checkpoint from before it was kept)
+    line: int | None = 0
     fp: int = 0
     fp_len: int = 0
     rotated: bool = False
@@ -112,6 +159,7 @@ class TrackedFile:
             "dev": self.dev,
             "inode": self.inode,
             "position": self.position,
+            **({} if self.line is None else {"line": self.line}),
             "fp": self.fp,
             "fp_len": self.fp_len,
             "rotated": self.rotated,
@@ -166,12 +214,44 @@ class FileSource(Source):
                 dev=int(item["dev"]),
                 inode=int(item["inode"]),
                 position=int(item["position"]),
+                line=int(item["line"]) if "line" in item else (0 if int(item["position"]) == 0 else None),
                 fp=int(item.get("fp", 0)),
                 fp_len=int(item.get("fp_len", 0)),
                 rotated=bool(item.get("rotated", False)),
             )
             self._reopen(tf)
+        self._warned: set[str] = set()
+        #: (first index in the last batch's records, count, file, its position and line before them, the bytes)
+        self._chunks: list[tuple[int, int, TrackedFile, int, int | None, bytes]] = []
+        self._records: list[Record] = []
+        self._check_glob()
         self._scan(force=True)
+
+    def _check_glob(self) -> None:
+        """Refuse a ``path`` that cannot be meant; warn once about one that matches nothing yet."""
+        pattern = self.config.path
+        name = self.context.name
+        fixed = os.path.dirname(pattern.split("*")[0].split("?")[0].split("[")[0]) or "."
+        if not os.path.isdir(fixed):
+            raise ConfigError(f"file source {name!r}: path {pattern!r}: directory {fixed!r} does not exist")
+        matches = glob.glob(pattern, recursive=True)
+        others = []
+        hint = ""
+        for path in matches:
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                continue
+            if stat.S_ISREG(mode):
+                return
+            others.append(f"{path} is {_kind(mode)}")
+            if stat.S_ISDIR(mode) and not hint:
+                hint = f"; did you mean {os.path.join(path, '*')!r}?"
+        if others:
+            shown = "; ".join(others[:3]) + ("; ..." if len(others) > 3 else "")
+            raise ConfigError(f"file source {name!r}: path {pattern!r} matches no regular file ({shown}){hint}")
+        if not self.files:
+            log.warning("file source %r: no file matches %r yet; waiting for one to appear", name, pattern)
 
     async def stop(self) -> None:
         for tf in getattr(self, "files", {}).values():
@@ -223,6 +303,7 @@ class FileSource(Source):
         if not self._same_content(tf, st.st_size):
             log.info("%s was truncated or replaced since the checkpoint; reading it from the start", tf.path)
             tf.position = 0
+            tf.line = 0
             tf.fp = tf.fp_len = 0
         tf.size = st.st_size
         tf.last_growth = time.monotonic()
@@ -248,7 +329,11 @@ class FileSource(Source):
                 st = os.stat(path)
             except OSError:
                 continue
-            if not os.path.isfile(path):
+            if not stat.S_ISREG(st.st_mode):
+                if path not in self._warned:
+                    self._warned.add(path)
+                    log.warning("file source %r: %s matches %r but is %s; skipped", self.context.name, path,
+                                self.config.path, _kind(st.st_mode))
                 continue
             ident = (st.st_dev, st.st_ino)
             seen.add(ident)
@@ -298,30 +383,61 @@ class FileSource(Source):
         self._scan()
         budget = self.config.max_batch_lines
         records: list[Record] = []
+        self._records = records
+        self._chunks = []
         changed = False
-        rotated = [tf for tf in self.files.values() if tf.rotated]
-        active = sorted((tf for tf in self.files.values() if not tf.rotated), key=lambda t: t.path)
         now = time.monotonic()
-        # rotated files first, oldest data before newer: a writer's lines stay in order
-        for tf in rotated:
-            n, moved = self._read(tf, records, budget, now)
-            budget -= n
-            changed |= moved
-            if budget <= 0:
-                break
-        rotated_pending = any(tf.fd is not None and tf.position < tf.size for tf in rotated)
-        if budget > 0 and not rotated_pending and active:
-            self._rr = (self._rr + 1) % len(active)
-            for tf in active[self._rr :] + active[: self._rr]:
+        writers = self._by_writer()
+        if writers:
+            self._rr = (self._rr + 1) % len(writers)
+            writers = writers[self._rr :] + writers[: self._rr]
+        for files in writers:
+            # one writer's files one at a time, oldest first: a newer one waits while an older has data
+            for tf in files:
                 n, moved = self._read(tf, records, budget, now)
                 budget -= n
                 changed |= moved
-                if budget <= 0:
+                if tf.fd is not None and tf.position < tf.size:
                     break
+            if budget <= 0:
+                break
         changed |= self._retire(now)
         if not records and not changed:
             return None
         return SourceBatch(records, {"files": [tf.snapshot() for tf in self.files.values()]})
+
+    def _by_writer(self) -> list[list[TrackedFile]]:
+        """The tracked files grouped by writer (the name they were first seen under, rotation
+        suffix removed), each group oldest first: a file seen rotated away, then modification
+        time, then rotation order."""
+        groups: dict[str, list[tuple[tuple[bool, int, tuple[int, int, str]], TrackedFile]]] = {}
+        for tf in self.files.values():
+            base, order = rotation_order(tf.origin)
+            try:
+                mtime = os.fstat(tf.fd).st_mtime_ns if tf.fd is not None else 0
+            except OSError:
+                mtime = 0
+            # A file we saw renamed away is older than what replaced it, even when its writer
+            # appended to it a moment after the new file appeared (a newer mtime); among the
+            # others an older rotation was last written before the newer, and the name settles equal times.
+            groups.setdefault(base, []).append(((not tf.rotated, mtime, order), tf))
+        return [[tf for _, tf in sorted(group, key=lambda item: item[0])]
+                for _, group in sorted(groups.items())]
+
+    def origin_of(self, record: Record) -> dict[str, Any] | None:
+        """The file, inode, byte position and line number of one of the last batch's records."""
+        index = next((i for i, r in enumerate(self._records) if r is record), None)
+        if index is None:
+            return None
+        for first, count, tf, position, line, block in self._chunks:
+            if first <= index < first + count:
+                n = index - first
+                origin: dict[str, Any] = {"path": tf.path, "inode": tf.inode,
+                                          "position": position + self._bytes_of_lines(block, n)}
+                if line is not None:
+                    origin["line"] = line + n + 1
+                return origin
+        return None
 
     def _retire(self, now: float) -> bool:
         """Forget rotated files that were read to the end and stayed quiet (or were deleted)."""
@@ -355,6 +471,7 @@ class FileSource(Source):
         if size < tf.position or (tf.fp_len and not self._same_content(tf, size)):
             log.info("%s (inode %d) was truncated (copytruncate?); reading it from the start", tf.path, tf.inode)
             tf.position = 0
+            tf.line = 0
             tf.fp = tf.fp_len = 0
             tf.last_growth = now
             moved = True
@@ -383,6 +500,7 @@ class FileSource(Source):
                 else:
                     break
                 text = chunk.decode(cfg.encoding, "replace")
+                self._chunks.append((len(out), 1, tf, tf.position, tf.line, b""))
                 out.append(Record(_json_or_text(text) if cfg.format == "json" else text, key))
                 count += 1
                 self._advance(tf, len(chunk))
@@ -399,6 +517,9 @@ class FileSource(Source):
                 consumed = self._bytes_of_lines(block, len(lines))
             else:
                 consumed = end + 1
+            self._chunks.append((len(out), len(lines), tf, tf.position, tf.line, block))
+            if tf.line is not None:
+                tf.line += len(lines)
             if cfg.format == "json":
                 out.extend([Record(_json_or_text(line), key) for line in lines])
             elif key is None:

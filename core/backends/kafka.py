@@ -24,8 +24,9 @@ import asyncio
 import inspect
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -37,6 +38,8 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     for_code,
 )
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Int64, Schema, String
 from aiokafka.structs import TopicPartition as KafkaTP
 
 from ..errors import ConfigError, MillpondError, TopicExistsError, TransactionError, UnknownTopicError
@@ -56,6 +59,109 @@ RESERVED = frozenset({"bootstrap_servers", "client_id", "group_id", "isolation_l
 SETTINGS_WAIT_S = 10.0
 #: Longest a poll keeps waiting past its timeout for records the broker says exist.
 POLL_CAP_S = 30.0
+#: aiokafka's repeated error: one line per message template per this many seconds
+AIOKAFKA_LOG_INTERVAL_S = 30.0
+#: While the cluster is unreachable, how often to ask it whether it is back.
+RECHECK_S = 2.0
+#: The start of aiokafka's messages that mean a broker cannot be reached.
+UNREACHABLE_MESSAGES = ("Unable connect to", "Unable to update metadata", "Unable to request metadata",
+                        "Failed fetch messages from", "Failed fetch offsets from", "Cannot send")
+
+
+class AiokafkaLogFilter(logging.Filter):
+    """Keeps aiokafka's logging readable while a broker is down.
+
+    aiokafka logs every failed connection attempt and fetch at ERROR (about 85
+    lines a second with the broker gone). Each message template at WARNING or
+    above passes once per ``interval`` seconds; the next one to pass says how
+    many were held back. DEBUG and INFO pass untouched (they show only with -v).
+    Messages that mean a broker is unreachable are also reported to every open
+    :class:`KafkaBackend`, which says so once, in millpond's own words.
+    """
+
+    def __init__(self, interval: float = AIOKAFKA_LOG_INTERVAL_S, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self._passed: dict[tuple[str, Any], float] = {}
+        self._held: dict[tuple[str, Any], int] = {}
+        self.backends: weakref.WeakSet[KafkaBackend] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        if isinstance(record.msg, str) and record.msg.startswith(UNREACHABLE_MESSAGES):
+            for backend in list(self.backends):
+                backend.unreachable(record.getMessage())
+        key = (record.name, record.msg)
+        now = self.clock()
+        passed = self._passed.get(key)
+        if passed is not None and now - passed < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._passed[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like this in the last {self.interval:.0f} s not shown)"
+        return True
+
+
+_FILTER = AiokafkaLogFilter()
+
+
+def install_log_filter() -> AiokafkaLogFilter:
+    """Put the filter on every aiokafka logger (a logger's filter does not see its children's records);
+    the imports at the top of this module have created them all."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if (name == "aiokafka" or name.startswith("aiokafka.")) and isinstance(logger, logging.Logger):
+            if _FILTER not in logger.filters:
+                logger.addFilter(_FILTER)
+    return _FILTER
+
+
+# -- DescribeLogDirs (API key 35) ---------------------------------------------
+# aiokafka 0.14 has no admin call for it; v1 is the oldest version Kafka 4 still
+# serves (KIP-896) and has the same fields as v0.
+
+
+class _DescribeLogDirsResponse_v1(Response):  # type: ignore[misc]
+    API_KEY = 35
+    API_VERSION = 1
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("results", Array(
+            ("error_code", Int16),
+            ("log_dir", String("utf-8")),
+            ("topics", Array(
+                ("name", String("utf-8")),
+                ("partitions", Array(
+                    ("partition_index", Int32),
+                    ("partition_size", Int64),
+                    ("offset_lag", Int64),
+                    ("is_future_key", Boolean),
+                )),
+            )),
+        )),
+    )
+
+
+class _DescribeLogDirsRequest_v1(RequestStruct):  # type: ignore[misc]
+    API_KEY = 35
+    API_VERSION = 1
+    RESPONSE_TYPE = _DescribeLogDirsResponse_v1
+    SCHEMA = Schema(("topics", Array(("topic", String("utf-8")), ("partitions", Array(Int32)))))
+
+
+class DescribeLogDirsRequest(Request[_DescribeLogDirsRequest_v1]):  # type: ignore[misc]
+    """The sizes of the replicas a broker holds of the given partitions, per log directory."""
+
+    API_KEY = 35
+
+    def __init__(self, topic: str, partitions: list[int]) -> None:
+        self._topics = [(topic, partitions)]
+
+    def build(self, request_struct_class: type[_DescribeLogDirsRequest_v1]) -> _DescribeLogDirsRequest_v1:
+        return request_struct_class(self._topics)
 
 
 def _kafka_value(value: Any) -> str:
@@ -103,6 +209,9 @@ class KafkaBackend(Lifecycle):
         self._admin: AIOKafkaAdminClient | None = None
         self._probes: dict[IsolationLevel, AIOKafkaConsumer] = {}
         self._partitions: dict[str, int] = {}
+        #: since when aiokafka says a broker cannot be reached (None: reachable)
+        self.unreachable_since: float | None = None
+        self._recheck: asyncio.Task[None] | None = None
 
     def client_kwargs(self, cls: type) -> dict[str, Any]:
         return {"bootstrap_servers": self.bootstrap_servers, "client_id": self.client_id,
@@ -111,6 +220,7 @@ class KafkaBackend(Lifecycle):
     # -- lifecycle --
 
     async def open(self) -> None:
+        install_log_filter().backends.add(self)
         try:
             admin = AIOKafkaAdminClient(**self.client_kwargs(AIOKafkaAdminClient))
             self._admin = admin
@@ -129,12 +239,47 @@ class KafkaBackend(Lifecycle):
                                 f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
+        _FILTER.backends.discard(self)
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
         probes, self._probes = self._probes, {}
         for probe in probes.values():
             await probe.stop()
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
+
+    # -- reachability --
+
+    def unreachable(self, detail: str) -> None:
+        """aiokafka reports a broker it cannot reach: say so once, and watch for its return."""
+        if self.unreachable_since is not None or self._admin is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self.unreachable_since = time.monotonic()
+        log.warning("the Kafka log at %s is unreachable (%s); waiting for it to come back (aiokafka's repeated "
+                    "errors are shown once per %.0f s)", self.bootstrap_servers, detail, _FILTER.interval)
+        self._recheck = loop.create_task(self._until_reachable())
+
+    async def _until_reachable(self) -> None:
+        """Ask the cluster for its metadata every few seconds; say once when it answers."""
+        while True:
+            await asyncio.sleep(RECHECK_S)
+            try:
+                await asyncio.wait_for(self.admin.describe_cluster(), RECHECK_S * 5)
+            except (KafkaError, OSError, asyncio.TimeoutError):
+                continue
+            except RuntimeError:  # closed meanwhile
+                return
+            since, self.unreachable_since = self.unreachable_since, None
+            self._recheck = None
+            down = 0.0 if since is None else time.monotonic() - since
+            log.warning("the Kafka log at %s is reachable again (unreachable for %.0f s)", self.bootstrap_servers, down)
+            return
 
     @property
     def admin(self) -> AIOKafkaAdminClient:
@@ -261,13 +406,44 @@ class KafkaBackend(Lifecycle):
         self._partitions[topic] = len(parts)
         return len(parts)
 
+    #: DescribeLogDirs gives a partition's size, not its segment count: ``segments`` reads 0
+    reports_segments: ClassVar[bool] = False
+
     async def describe_topic(self, name: str) -> list[PartitionInfo]:
-        """Offsets per partition. Kafka's metadata does not give sizes or segments: those read 0."""
+        """Offsets per partition, and the size of each partition's leader replica on disk."""
         tps = [KafkaTP(name, p) for p in range(await self.partitions_for(name))]
         starts = await self._probes[IsolationLevel.read_committed].beginning_offsets(tps)
         stable = await self._probes[IsolationLevel.read_committed].end_offsets(tps)
         ends = await self._probes[IsolationLevel.read_uncommitted].end_offsets(tps)
-        return [PartitionInfo(name, tp.partition, starts[tp], ends[tp], ends[tp], stable[tp], 0, 0) for tp in tps]
+        sizes = await self._leader_sizes(name)
+        return [PartitionInfo(name, tp.partition, starts[tp], ends[tp], ends[tp], stable[tp],
+                              sizes.get(tp.partition, 0), 0) for tp in tps]
+
+    async def _leader_sizes(self, name: str) -> dict[int, int]:
+        """Bytes on disk per partition of ``name``, as its leader reports them (DescribeLogDirs).
+
+        Asked of each leader for the partitions it leads, so replicas are not
+        counted twice; a replica being moved between log directories (a
+        "future" replica) is left out for the same reason.
+        """
+        parts = (await self._metadata([name])).get(name) or []
+        by_leader: dict[int, list[int]] = {}
+        for p in parts:
+            if p["leader"] >= 0:
+                by_leader.setdefault(p["leader"], []).append(p["partition"])
+        sizes: dict[int, int] = {}
+        for leader, partitions in sorted(by_leader.items()):
+            # the admin client's own node connection (aiokafka exposes no public call for this request)
+            response = await self.admin._client.send(leader, DescribeLogDirsRequest(name, sorted(partitions)))
+            for code, log_dir, topics in response.results:
+                if code != 0:
+                    log.warning("broker %d: cannot describe log dir %s: %s", leader, log_dir, for_code(code).__name__)
+                    continue
+                for topic, partition_list in topics:
+                    for index, size, _lag, future in partition_list:
+                        if topic == name and index in partitions and not future:
+                            sizes[index] = sizes.get(index, 0) + size
+        return sizes
 
     def cached_partitions(self, topic: str) -> int:
         """Partition count without a round trip (``consumer()`` is synchronous)."""

@@ -9,12 +9,21 @@ or writing one record is handed to :class:`ErrorPolicyHandler`:
 - ``dead_letter``: build a record for the dead-letter topic carrying the
   original key and value plus headers naming the error, the connector, the
   stage and where the record came from; the caller appends it.
+
+Where a record came from: a record read from the log names its topic,
+partition and offset; a record a source rejected before it reached the log
+names its position in the source, one ``millpond.error.source.<field>``
+header per field ``Source.origin_of`` gives (the file source: path, inode,
+position, line), or ``millpond.error.source.checkpoint``, the source's
+checkpoint after the record's batch (a Postgres source: its LSN), when the
+source cannot say more.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +40,15 @@ H_CONNECTOR = "millpond.error.connector"
 H_TOPIC = "millpond.error.topic"
 H_PARTITION = "millpond.error.partition"
 H_OFFSET = "millpond.error.offset"
+#: prefix of the headers naming a source position (``millpond.error.source.path``, ...)
+H_SOURCE = "millpond.error.source."
+
+
+def describe_origin(connector: str, origin: Mapping[str, Any]) -> str:
+    """``source 'tail' at path=in/a.log inode=12 position=350 line=8``: one line for the log."""
+    fields = " ".join(f"{k}={v if isinstance(v, (str, int)) else json.dumps(v, sort_keys=True)}"
+                      for k, v in origin.items())
+    return f"source {connector!r} at {fields}" if fields else f"source {connector!r}"
 
 
 def _as_bytes(value: Any) -> bytes | None:
@@ -71,14 +89,18 @@ class ErrorPolicyHandler:
         *,
         where: str | None = None,
         topic: str | None = None,
+        source: Mapping[str, Any] | None = None,
     ) -> Record | None:
         """Apply the policy to ``record`` that failed at ``stage``.
 
         Returns the dead-letter record to append (policy ``dead_letter``), None
-        when the record is skipped, and re-raises under ``fail``. ``where``
-        describes the origin when the record has no topic/partition/offset yet
-        (a source record before it reaches the log).
+        when the record is skipped, and re-raises under ``fail``. A record that
+        has no topic/partition/offset yet (a source record before it reaches
+        the log) is described by ``source``, its position in the source, or
+        else by ``where``.
         """
+        if source is not None and where is None:
+            where = describe_origin(self.connector, source)
         origin = where or self._origin(record)
         if self.policy.policy == "fail":
             raise RecordError(
@@ -106,6 +128,8 @@ class ErrorPolicyHandler:
             (H_OFFSET, (b"" if record.offset is None else str(record.offset).encode()) if where is None
              else where.encode()),
         ]
+        headers += [(H_SOURCE + name, _as_bytes(value if isinstance(value, str) else json.dumps(value)))
+                    for name, value in (source or {}).items()]
         return Record(
             value=_as_bytes(record.value),
             key=_as_bytes(record.key),

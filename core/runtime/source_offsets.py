@@ -11,10 +11,11 @@ key.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from ..backends.base import IsolationLevel, LogBackend, TopicSpec
-from ..errors import ConnectorError
+from ..errors import ConnectorError, UnknownTopicError
 from ..records import Record, TopicPartition
 
 SOURCE_OFFSETS_TOPIC = "__source_offsets"
@@ -42,31 +43,31 @@ def encode_offset(key: str, offset: Any, timestamp: int) -> Record:
     return Record(value=value, key=key.encode(), timestamp=timestamp)
 
 
-async def read_source_offset(backend: LogBackend, key: str) -> Any | None:
-    """The last committed source offset stored under ``key``, or None if there is none.
+async def _latest_by_key(backend: LogBackend) -> dict[bytes, bytes | None]:
+    """The last committed value of every key in ``__source_offsets`` (None: a tombstone).
 
-    Reads ``__source_offsets`` from the start to the last stable offset with a
+    Reads the topic from the start to its last stable offset with a
     read-committed consumer that belongs to no group (it must not move any
     group's offsets). The topic is compacted, so the read stays short.
     """
-    infos = await backend.describe_topic(SOURCE_OFFSETS_TOPIC)
+    try:
+        infos = await backend.describe_topic(SOURCE_OFFSETS_TOPIC)
+    except UnknownTopicError:
+        return {}
     ends = {TopicPartition(i.topic, i.partition): i.last_stable_offset for i in infos}
+    latest: dict[bytes, bytes | None] = {}
     if all(end == 0 for end in ends.values()):
-        return None
+        return latest
     consumer = backend.consumer(
         [SOURCE_OFFSETS_TOPIC], group=None, isolation=IsolationLevel.read_committed, reset="earliest"
     )
-    wanted = key.encode()
-    found: bytes | None = None
-    seen = False
     try:
         empty_polls = 0
         while True:
             records = await consumer.poll(max_records=10_000, timeout=0.05)
             for r in records:
-                if r.key == wanted:
-                    found = r.value
-                    seen = True
+                if r.key is not None:
+                    latest[r.key] = r.value
             if records:
                 empty_polls = 0
                 continue
@@ -81,9 +82,51 @@ async def read_source_offset(backend: LogBackend, key: str) -> Any | None:
                 break
     finally:
         await consumer.close()
-    if not seen or found is None:
-        return None
+    return latest
+
+
+def _decode(key: str, value: bytes) -> Any:
     try:
-        return json.loads(found)
+        return json.loads(value)
     except ValueError as exc:
         raise ConnectorError(f"stored source offset for {key!r} in {SOURCE_OFFSETS_TOPIC} is not JSON: {exc}") from exc
+
+
+async def read_source_offset(backend: LogBackend, key: str) -> Any | None:
+    """The last committed checkpoint stored under ``key``, or None if there is none."""
+    found = (await _latest_by_key(backend)).get(key.encode())
+    return None if found is None else _decode(key, found)
+
+
+async def source_checkpoints(backend: LogBackend, connector: str) -> dict[str, Any]:
+    """Every live checkpoint of ``connector``'s tasks, by offset key (``name`` or ``name#N``)."""
+    out: dict[str, Any] = {}
+    for raw, value in (await _latest_by_key(backend)).items():
+        key = raw.decode("utf-8", "replace")
+        if value is not None and (key == connector or key.startswith(connector + "#")):
+            out[key] = _decode(key, value)
+    return dict(sorted(out.items()))
+
+
+async def delete_source_checkpoints(backend: LogBackend, keys: list[str]) -> None:
+    """A tombstone per offset key, in one transaction: the tasks start from the beginning
+    (a file source from position 0, a Postgres source with a new snapshot).
+
+    Must not run while a worker runs the connector: the task would write its
+    next checkpoint over the tombstone. The embedded log's writer lock
+    ensures that for the CLI.
+    """
+    now = int(time.time() * 1000)
+    producer = backend.producer(transactional_id="millpond-cli-source-offsets")
+    await producer.init()
+    try:
+        await producer.begin()
+        try:
+            for key in keys:
+                await producer.send(SOURCE_OFFSETS_TOPIC, Record(value=None, key=key.encode(), timestamp=now), 0)
+            await producer.commit()
+        except BaseException:
+            await producer.abort()
+            raise
+    finally:
+        await producer.close()

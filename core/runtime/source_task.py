@@ -77,6 +77,9 @@ class SourceTask(ConnectorTask):
         self._key_cache: dict[tuple[bytes, int], int] = {}
         self._txn_count = 0
         self.transactions = 0
+        # asked where a dead-lettered record came from
+        self._source: Source | None = None
+        self._batch_offset: Any = None
 
     # -- status -------------------------------------------------------------
 
@@ -97,6 +100,7 @@ class SourceTask(ConnectorTask):
         await producer.init()
         offset = await read_source_offset(self.backend, self.offset_key)
         source = self._source_factory()
+        self._source = source
         log.info("source %r starting from %s", self.name, "the beginning" if offset is None else "its committed offset")
         self.idle_since = None
         try:
@@ -115,7 +119,7 @@ class SourceTask(ConnectorTask):
                     self.observe("poll", time.perf_counter() - polled)
                     if batch is None:
                         break
-                    new_offset = batch.offset
+                    new_offset = self._batch_offset = batch.offset
                     if batch.records:
                         n, b = await self._prepare(batch.records, transforms, key_conv, value_conv, pending)
                         count += n
@@ -212,7 +216,7 @@ class SourceTask(ConnectorTask):
                     else:
                         value = vs(value)
                 except RecordError as exc:
-                    await self._dead_letter(pending, exc, r, "convert")
+                    await self._dead_letter(pending, exc, r, "convert", original)
                     continue
                 r.key = key
                 r.value = value
@@ -288,10 +292,13 @@ class SourceTask(ConnectorTask):
         return p
 
     async def _dead_letter(
-        self, pending: dict[tuple[str, int], list[Record] | JsonRecords], exc: RecordError, record: Record, stage: str
+        self, pending: dict[tuple[str, int], list[Record] | JsonRecords], exc: RecordError, record: Record, stage: str,
+        original: Record | None = None,
     ) -> None:
-        where = f"source {self.name!r} (before the log, target topic {record.topic or self.spec.topic!r})"
-        dlq = self.errors.handle(exc, record, stage, where=where, topic=record.topic or self.spec.topic)
+        origin = None if self._source is None else self._source.origin_of(original or record)
+        if origin is None:  # the source cannot say more than its checkpoint after this batch
+            origin = {"checkpoint": self._batch_offset}
+        dlq = self.errors.handle(exc, record, stage, topic=record.topic or self.spec.topic, source=origin)
         if dlq is None:
             return
         topic = self.errors.dead_letter_topic

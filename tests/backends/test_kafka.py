@@ -8,6 +8,8 @@ broker without seeing each other. Waits are on conditions with generous deadline
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import os
 import signal
 import threading
@@ -22,7 +24,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from millpond.backends import open_backend
 from millpond.backends.base import IsolationLevel, TopicSpec
-from millpond.backends.kafka import KafkaBackend, KafkaConsumer
+from millpond.backends.kafka import AiokafkaLogFilter, KafkaBackend, KafkaConsumer
+from millpond.cli import main
 from millpond.config import LogConfig, load_pipeline
 from millpond.errors import ConfigError, MillpondError, TopicExistsError, TransactionError, UnknownTopicError
 from millpond.records import JsonRecords, Record, TopicPartition, partition_for_key
@@ -406,3 +409,98 @@ def test_quickstart_pipeline_runs_on_kafka_exactly_once(
         assert sum(g.log_end_offset for g in rows) >= len(inputs) + 1
 
     with_backend(kafka_bootstrap, lag)
+
+
+def test_topics_describe_shows_the_brokers_sizes(kafka_bootstrap: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Sizes come from the broker's DescribeLogDirs: 0 for an empty partition, the batches' bytes after writes."""
+    name = unique("sizes")
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"log: {{kafka: {{bootstrap_servers: '{kafka_bootstrap}'}}}}\n")
+
+    async def body(backend: KafkaBackend) -> None:
+        await backend.create_topic(TopicSpec(name, 2))
+        assert [i.size_bytes for i in await backend.describe_topic(name)] == [0, 0]
+        producer = backend.producer()
+        for i in range(200):
+            await producer.send(name, Record(value=b"x" * 1000, key=None, timestamp=1), 0)
+        await producer.flush()
+        await producer.close()
+        deadline = time.monotonic() + DEADLINE_S
+        while (sizes := [i.size_bytes for i in await backend.describe_topic(name)])[0] == 0:
+            assert time.monotonic() < deadline, "the broker never reported the partition's size"
+            await asyncio.sleep(0.2)
+        # 200 values of 1000 bytes, plus batch and record headers; partition 1 is empty
+        assert 200_000 < sizes[0] < 230_000 and sizes[1] == 0
+
+    with_backend(kafka_bootstrap, body)
+    code = main(["topics", "describe", name, "-c", str(pipeline)])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert rows[1][0] == "0" and rows[1][-2:] == ["KiB", "-"]  # about 200 KiB, no segment count
+    assert rows[2][0] == "1" and rows[2][-3:] == ["0", "B", "-"]
+    assert rows[-1][0] == "total" and rows[-1][-2] == "KiB" and rows[-1][-1] == "-"
+
+
+def test_unreachable_broker_is_one_warning_and_back_is_another(kafka_bootstrap: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """aiokafka's own error about an unreachable broker puts the backend in the 'unreachable' state with
+    one WARNING; it asks the (live) broker until it answers and says once that it is back."""
+    caplog.set_level(logging.WARNING)
+
+    async def body(backend: KafkaBackend) -> None:
+        aiokafka_log = logging.getLogger("aiokafka")
+        for _ in range(50):  # what aiokafka logs while the broker is gone, many times a second
+            aiokafka_log.error("Unable connect to node with id %s: %s", 1, "Connection refused")
+        assert backend.unreachable_since is not None
+        deadline = time.monotonic() + DEADLINE_S
+        while backend.unreachable_since is not None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+
+    with_backend(kafka_bootstrap, body)
+    ours = [r.getMessage() for r in caplog.records if r.name == "millpond.backends.kafka"]
+    assert len(ours) == 2
+    assert ours[0].startswith(f"the Kafka log at {kafka_bootstrap} is unreachable (Unable connect to node with id 1")
+    assert ours[1].startswith(f"the Kafka log at {kafka_bootstrap} is reachable again")
+    theirs = [r for r in caplog.records if r.name == "aiokafka"]
+    assert len(theirs) == 1  # the other 49 held back
+
+
+def test_aiokafka_log_filter_passes_each_message_once_per_interval() -> None:
+    now = [0.0]
+    flt = AiokafkaLogFilter(interval=30.0, clock=lambda: now[0])
+
+    def record(msg: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord("aiokafka.conn", level, __file__, 1, msg, ("n",), None)
+
+    assert flt.filter(record("Unable connect to node %s"))
+    assert not any(flt.filter(record("Unable connect to node %s")) for _ in range(84))
+    assert flt.filter(record("Failed fetch messages from %s"))  # another message has its own budget
+    assert flt.filter(record("debug detail %s", logging.DEBUG))  # below WARNING: untouched
+    now[0] = 31.0
+    again = record("Unable connect to node %s")
+    assert flt.filter(again) and again.getMessage() == "Unable connect to node n (84 more like this in the last 30 s not shown)"
+
+
+def test_cli_produce_is_one_transaction_and_consume_prints_text(kafka_bootstrap: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    name = unique("cli")
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"log: {{kafka: {{bootstrap_servers: '{kafka_bootstrap}'}}}}\n")
+    assert main(["topics", "create", name, "-p", "2", "-c", str(pipeline)]) == 0
+
+    def produce(data: bytes, *argv: str) -> tuple[int, str]:
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+        code = main(["produce", name, "-c", str(pipeline), *argv])
+        return code, capsys.readouterr().err
+
+    code, err = produce(b"a:1\nb:NULL\nbroken\n", "--key-separator", ":", "--null-marker", "NULL")
+    assert code == 1 and "line 3: no key separator ':'; nothing was written" in err
+    code, err = produce(b"a:1\nb:NULL\n", "--key-separator", ":", "--null-marker", "NULL")
+    assert code == 0 and "2 records" in err
+    assert main(["consume", name, "--from-beginning", "--print-key", "-c", str(pipeline)]) == 0
+    out, err = capsys.readouterr()
+    assert sorted(out.splitlines()) == ["a\t1", "b\tnull"] and "2 records, stopped at the end of the log" in err

@@ -9,8 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from millpond.connector import ConnectorContext
 from millpond.connectors.file import FileSource, FileSourceConfig
+from millpond.connectors.file.source import rotation_order
+from millpond.errors import ConfigError
+from millpond.records import Record
 
 
 def make(tmp: Path, **cfg: Any) -> FileSource:
@@ -273,4 +278,133 @@ def test_crlf_line_ends_are_stripped(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     assert h.drain() == ["one", "two", "three"]
     assert h.offset["files"][0]["position"] == len(b"one\r\ntwo\r\nthree\n")
+    h.stop()
+
+
+# -- rotation order ------------------------------------------------------------
+
+
+def test_rotation_order_of_names() -> None:
+    names = ["app.log", "app.log.1", "app.log.10", "app.log.2", "app.log.5"]
+    assert sorted(names, key=lambda n: rotation_order(n)[1]) == [
+        "app.log.10", "app.log.5", "app.log.2", "app.log.1", "app.log"]
+    assert {rotation_order(n)[0] for n in names} == {"app.log"}
+    dated = ["app.log", "app.log-20240502", "app.log-20240501", "app.log.2024-04-30_23"]
+    assert sorted(dated, key=lambda n: rotation_order(n)[1]) == [
+        "app.log.2024-04-30_23", "app.log-20240501", "app.log-20240502", "app.log"]
+    assert rotation_order("in/b.log.3") == ("in/b.log", (1, -3, ""))
+
+
+class RotatingWriter:
+    """Writes numbered lines to ``app.log`` and rotates like logrotate (rename ``.N`` -> ``.N+1``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.n = 0
+
+    def write(self, lines: int) -> None:
+        with open(self.dir / "app.log", "a") as f:
+            for _ in range(lines):
+                f.write(f"{self.n}\n")
+                self.n += 1
+
+    def rotate(self) -> None:
+        rotated = sorted((int(p.name.rsplit(".", 1)[1]) for p in self.dir.glob("app.log.*")), reverse=True)
+        for k in rotated:
+            os.rename(self.dir / f"app.log.{k}", self.dir / f"app.log.{k + 1}")
+        os.rename(self.dir / "app.log", self.dir / "app.log.1")
+
+
+def rotating_harness(tmp: Path, offset: Any = None) -> Harness:
+    h = Harness.__new__(Harness)
+    h.source = FileSource(FileSourceConfig(path=str(tmp / "app.log*"), rescan_ms=0), ConnectorContext(name="tail"))
+    h.offset = offset
+    asyncio.run(h.source.start(offset))
+    return h
+
+
+def test_rotations_while_stopped_come_out_in_the_writers_order(tmp_path: Path) -> None:
+    writer = RotatingWriter(tmp_path)
+    writer.write(30)
+    h = rotating_harness(tmp_path)
+    assert h.drain() == [str(i) for i in range(30)]
+    writer.write(7)  # not read before the stop: app.log's tail, rotated away below
+    h.stop()
+    for _ in range(6):  # app.log.6 ... app.log.1, app.log: names sort the wrong way round
+        writer.rotate()
+        writer.write(25)
+    h = rotating_harness(tmp_path, h.offset)
+    assert h.drain() == [str(i) for i in range(30, writer.n)]
+    h.stop()
+
+
+def test_rotated_files_found_at_first_start_are_read_oldest_first_even_with_equal_mtimes(tmp_path: Path) -> None:
+    writer = RotatingWriter(tmp_path)
+    for _ in range(11):  # app.log.10 sorts between app.log.1 and app.log.2 by name
+        writer.write(3)
+        writer.rotate()
+    writer.write(3)
+    same = time.time() - 60
+    for path in tmp_path.iterdir():
+        os.utime(path, (same, same))  # a coarse clock: the rotation suffix decides
+    h = rotating_harness(tmp_path)
+    assert h.drain() == [str(i) for i in range(writer.n)]
+    h.stop()
+
+
+def test_dead_letter_origin_names_file_inode_position_and_line(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, "one\ntwo\nthree\n")
+    h = Harness(tmp_path)
+    batch = asyncio.run(h.source.poll())
+    assert batch is not None
+    third = batch.records[2]
+    assert h.source.origin_of(third) == {"path": str(log), "inode": os.stat(log).st_ino,
+                                         "position": len("one\ntwo\n"), "line": 3}
+    assert h.source.origin_of(Record("elsewhere")) is None
+    assert batch.offset["files"][0]["line"] == 3
+    h.stop()
+    write(log, "four\n")
+    h = Harness(tmp_path, batch.offset)
+    batch = asyncio.run(h.source.poll())
+    assert batch is not None and h.source.origin_of(batch.records[0]) == {
+        "path": str(log), "inode": os.stat(log).st_ino, "position": len("one\ntwo\nthree\n"), "line": 4}
+    h.stop()
+
+
+# -- paths that cannot be meant ------------------------------------------------
+
+
+def test_glob_of_a_missing_directory_a_directory_or_a_fifo_is_refused(tmp_path: Path) -> None:
+    def start(pattern: str) -> None:
+        source = FileSource(FileSourceConfig(path=pattern), ConnectorContext(name="tail"))
+        asyncio.run(source.start(None))
+
+    with pytest.raises(ConfigError, match=r"file source 'tail': path '.*/nowhere/\*\.log': directory '.*/nowhere' "
+                                          r"does not exist"):
+        start(str(tmp_path / "nowhere" / "*.log"))
+    (tmp_path / "in").mkdir()
+    with pytest.raises(ConfigError, match=r"matches no regular file \(.*/in is a directory\); did you mean '.*/in/\*'"):
+        start(str(tmp_path / "in"))
+    os.mkfifo(tmp_path / "in" / "pipe.log")
+    with pytest.raises(ConfigError, match=r"matches no regular file \(.*/pipe.log is a FIFO\)"):
+        start(str(tmp_path / "in" / "*.log"))
+
+
+def test_glob_that_matches_nothing_yet_warns_once_and_waits(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    os.mkfifo(tmp_path / "pipe.log")
+    write(tmp_path / "a.log", "x\n")
+    h = Harness(tmp_path)  # a FIFO beside a regular file is skipped with a warning, the file read
+    assert h.drain() == ["x"]
+    assert sum("pipe.log" in r.message and "is a FIFO; skipped" in r.message for r in caplog.records) == 1
+    h.stop()
+    caplog.clear()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    h = Harness(empty)
+    assert h.drain() == []
+    warnings = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"file source 'tail': no file matches {str(empty / '*.log')!r} yet; waiting for one to appear"]
+    write(empty / "late.log", "late\n")
+    assert h.drain() == ["late"]
     h.stop()
