@@ -48,6 +48,7 @@ from typing import Any
 from millpond.connector import ConnectorContext, Guarantee, Sink
 from millpond.errors import ConnectorError, RecordError, RetriableConnectorError
 from millpond.records import Record, TopicPartition
+from millpond.tls import client_context
 
 from .config import CassandraSinkConfig, TableMapping
 from .window import InFlightWindow, Job, retriable
@@ -289,6 +290,7 @@ class CassandraSink(Sink):
             auth_provider=auth,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             connect_timeout=cfg.connect_timeout_s,
+            ssl_context=self._ssl_context(),
             **({"protocol_version": cfg.protocol_version} if cfg.protocol_version else {}),
         )
         where_to = f"{','.join(cfg.contact_points)}:{cfg.port}"
@@ -311,6 +313,16 @@ class CassandraSink(Sink):
             cluster.shutdown()
             self._cluster = self._session = None
             raise
+
+    def _ssl_context(self) -> Any:
+        """The TLS context of ``tls:`` (None: plaintext); with check_hostname the driver checks each
+        node's certificate against the address it dials."""
+        if self.config.tls is None:
+            return None
+        try:
+            return client_context(self.config.tls)
+        except ValueError as exc:  # a file changed since the config was validated
+            raise ConnectorError(f"sink {self.context.name!r}: tls: {exc}") from None
 
     def _create_keyspace_cql(self) -> str:
         from cassandra.metadata import protect_name
