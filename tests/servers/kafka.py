@@ -240,26 +240,29 @@ class SecureKafka:
     """A broker with one listener per security protocol, and the certificates clients need.
 
     ``sasl_ssl``: SCRAM-SHA-256/512 and PLAIN over TLS; ``ssl``: TLS that requires a client
-    certificate (mutual TLS); ``sasl_plaintext``: SCRAM and PLAIN without TLS. All name
-    127.0.0.1, which the server certificate carries as an IP SAN.
+    certificate (mutual TLS); ``sasl_plaintext``: SCRAM and PLAIN without TLS. These name
+    127.0.0.1, which the server certificate carries as an IP SAN; ``misnamed`` does not.
     """
 
     server: KafkaServer
     sasl_ssl: str
     ssl: str
     sasl_plaintext: str
+    #: SASL_SSL at an address the certificate does not name: only ``check_hostname: false`` gets in
+    misnamed: str
     pki: Pki
 
 
 def start_secure_kafka(libs: Path, data_dir: Path) -> SecureKafka:
     pki = make_pki(data_dir / "pki")
-    ports = {name: free_port() for name in ("SASL_SSL", "SSL", "SASL_PLAINTEXT")}
-    listeners = ",".join(f"{name}://127.0.0.1:{port}" for name, port in ports.items())
+    ports = {name: free_port() for name in ("SASL_SSL", "SSL", "SASL_PLAINTEXT", "MISNAMED")}
+    # MISNAMED is SASL_SSL on 127.0.0.2, an address the server certificate does not carry
+    listeners = ",".join(f"{name}://127.0.0.{2 if name == 'MISNAMED' else 1}:{port}" for name, port in ports.items())
     extra = {
         "listeners": f"PLAINTEXT://127.0.0.1:{{port}},{listeners},CONTROLLER://127.0.0.1:{{controller_port}}",
         "advertised.listeners": f"PLAINTEXT://127.0.0.1:{{port}},{listeners}",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,"
-                                          "SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT",
+                                          "SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,MISNAMED:SASL_SSL",
         "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
         "ssl.keystore.type": "PKCS12",
         "ssl.keystore.location": str(pki.keystore),
@@ -270,14 +273,15 @@ def start_secure_kafka(libs: Path, data_dir: Path) -> SecureKafka:
         "ssl.truststore.password": STORE_PASSWORD,
         "listener.name.ssl.ssl.client.auth": "required",
     }
-    for listener in ("sasl_ssl", "sasl_plaintext"):
+    for listener in ("sasl_ssl", "sasl_plaintext", "misnamed"):
         extra[f"listener.name.{listener}.plain.sasl.jaas.config"] = _PLAIN
         for mechanism in ("scram-sha-256", "scram-sha-512"):
             extra[f"listener.name.{listener}.{mechanism}.sasl.jaas.config"] = _SCRAM
     scram = [arg for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
              for arg in ("--add-scram", f"{mechanism}=[name={SCRAM_USER},password={SCRAM_PASSWORD}]")]
     server = start_kafka(libs, data_dir, extra, scram)
-    return SecureKafka(server, *(f"127.0.0.1:{ports[n]}" for n in ("SASL_SSL", "SSL", "SASL_PLAINTEXT")), pki=pki)
+    return SecureKafka(server, *(f"127.0.0.1:{ports[n]}" for n in ("SASL_SSL", "SSL", "SASL_PLAINTEXT")),
+                       misnamed=f"127.0.0.2:{ports['MISNAMED']}", pki=pki)
 
 
 @pytest.fixture(scope="module")
