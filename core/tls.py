@@ -25,7 +25,10 @@ FROM_ENV_ONLY: JsonDict = {"from_env_only": True}
 
 
 class TlsSettings(BaseModel):
-    """Server verification (``ca_file``, ``check_hostname``) and an optional client certificate."""
+    """Server verification (``ca_file``, ``check_hostname``) and an optional client certificate.
+
+    Relative paths are from the working directory, as every path in a pipeline file.
+    """
 
     model_config = ConfigDict(extra="forbid")
 

@@ -75,9 +75,9 @@ def _accepted(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
 class KafkaBackend(Lifecycle):
     """A LogBackend on an Apache Kafka cluster at ``bootstrap_servers``.
 
-    ``config`` holds aiokafka client settings (security_protocol, sasl_*,
-    request_timeout_ms, ...), each passed to the clients that accept it, plus
-    ``replication_factor`` for new topics (default: min(3, brokers)).
+    ``config`` holds aiokafka client settings (request_timeout_ms, ...), each
+    passed to the clients that accept it, plus ``replication_factor`` for new
+    topics (default: min(3, brokers)); ``security`` (TLS, SASL) goes to every client.
     """
 
     @property
