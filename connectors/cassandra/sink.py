@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,15 @@ from .mapping import (
 )
 
 log = logging.getLogger("millpond.connectors.cassandra")
+
+
+def _tls_refused(exc: BaseException) -> bool:
+    """The driver's NoHostAvailable where every node failed certificate verification (the driver
+    re-raises that as an OSError carrying the SSL message)."""
+    errors = getattr(exc, "errors", None)
+    return isinstance(errors, dict) and bool(errors) and all(
+        isinstance(e, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e)
+        for e in errors.values())
 
 
 def write_timestamp(record: Record) -> int:
@@ -298,6 +308,9 @@ class CassandraSink(Sink):
             session = cluster.connect()
         except Exception as exc:
             cluster.shutdown()
+            if _tls_refused(exc):  # an untrusted certificate stays untrusted: restarting cannot help
+                raise ConnectorError(f"cannot connect to Cassandra at {where_to}: TLS: {exc} "
+                                     "(check tls.ca_file, tls.check_hostname)") from exc
             raise RetriableConnectorError(f"cannot connect to Cassandra at {where_to}: {exc}") from exc
         self._cluster = cluster
         self._session = session

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from millpond.config import parse_pipeline
-from millpond.errors import RetriableConnectorError
+from millpond.errors import ConnectorError, RetriableConnectorError
 from tests.servers.cassandra import SecureCassandra
 from tests.servers.certs import CLIENT_KEY_PASSWORD, make_pki
 
@@ -57,13 +57,15 @@ def test_the_sink_writes_over_mutual_tls_with_an_encrypted_key(
 
 
 @pytest.mark.cassandra
-@pytest.mark.parametrize(("overrides", "says"), [
-    ({"ca_file": "OTHER_CA"}, "certificate verify failed"),
-    ({"cert_file": None, "key_file": None, "key_password": None}, "cannot connect to Cassandra at 127.0.0.1:"),
+@pytest.mark.parametrize(("overrides", "says", "retriable"), [
+    ({"ca_file": "OTHER_CA"}, "certificate verify failed", False),
+    ({"cert_file": None, "key_file": None, "key_password": None}, "cannot connect to Cassandra at 127.0.0.1:", True),
 ], ids=["wrong-ca", "no-client-cert"])
 def test_a_refused_tls_connection_is_named(
-    secure_cassandra: SecureCassandra, tls_cql: Any, overrides: dict[str, Any], says: str
+    secure_cassandra: SecureCassandra, tls_cql: Any, overrides: dict[str, Any], says: str, retriable: bool
 ) -> None:
+    """An untrusted server certificate stops the sink (a restart cannot fix it); a connection the
+    server drops stays retriable, as any lost connection."""
     if overrides.get("ca_file") == "OTHER_CA":
         overrides = {"ca_file": str(secure_cassandra.pki.other_ca)}
     contact = (secure_cassandra.host, secure_cassandra.port)
@@ -72,8 +74,9 @@ def test_a_refused_tls_connection_is_named(
 
     async def go() -> str:
         sink = make_sink(config)
-        with pytest.raises(RetriableConnectorError) as caught:
+        with pytest.raises(ConnectorError) as caught:
             await sink.start()
+        assert isinstance(caught.value, RetriableConnectorError) == retriable
         return str(caught.value)
 
     message = asyncio.run(go())
