@@ -56,6 +56,7 @@ from pydantic import (
     model_validator,
 )
 
+from .backends.kafka_security import SECURITY_KEYS, KafkaSecurity
 from .connector import Guarantee
 from .errors import ConfigError, DeliveryGuaranteeError, InvalidTopicError, PluginError
 from .runtime.settings import ApiSettings, WorkerSettings
@@ -129,6 +130,16 @@ class KafkaLog(Model):
     bootstrap_servers: str
     client_id: str = "millpond"
     config: dict[str, Any] = Field(default_factory=dict)
+    #: TLS and SASL (see core/backends/kafka_security.py)
+    security: KafkaSecurity | None = None
+
+    @model_validator(mode="after")
+    def _security_in_its_block(self) -> KafkaLog:
+        owned = sorted(set(self.config) & SECURITY_KEYS)
+        if owned:
+            raise ValueError(f"config: {', '.join(owned)} belong(s) in the 'security:' block "
+                             "(protocol, ssl, sasl), which millpond turns into aiokafka's settings")
+        return self
 
 
 class LogConfig(Model):
@@ -471,6 +482,34 @@ def _guarantee_problems(config: PipelineConfig) -> Iterator[tuple[int, str]]:
             )
 
 
+def _from_env_only(model: BaseModel, loc: Loc) -> Iterator[Loc]:
+    """Where ``model`` (and the models inside it) holds a value of a field marked FROM_ENV_ONLY."""
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        here = loc + (info.alias or name,)
+        extra = info.json_schema_extra
+        if value is not None and isinstance(extra, dict) and extra.get("from_env_only"):
+            yield here
+        elif isinstance(value, BaseModel):
+            yield from _from_env_only(value, here)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from _from_env_only(item, here + (i,))
+
+
+def _literal_secret_problems(doc: YamlDocument, config: PipelineConfig) -> None:
+    """Refuse a password written in the file: files get committed, shared and printed."""
+    where: list[Loc] = list(_from_env_only(config, ()))
+    for i, spec in enumerate(config.connectors):
+        if spec._resolved is not None and isinstance(spec._resolved.settings, BaseModel):
+            where.extend(_from_env_only(spec._resolved.settings, ("connectors", i, "config")))
+    for loc in where:
+        if loc not in doc.secret_paths:
+            doc.problem(loc, f"{loc[-1]} is written in the file: give it from the environment, "
+                             f"e.g. {loc[-1]}: ${{MY_{str(loc[-1]).upper()}}}")
+
+
 def check_guarantees(config: PipelineConfig) -> None:
     """Refuse a pipeline that asks a connector for more than its class declares.
 
@@ -502,6 +541,7 @@ def parse_pipeline(
             for j, transform in enumerate(spec.transforms):
                 transform._resolved = resolved.get(("connectors", i, "transforms", j))
         _semantic_problems(doc, config)
+        _literal_secret_problems(doc, config)
         config._secret_paths = set(doc.secret_paths)
     problems = sorted(doc.problems, key=lambda p: (p.line or 0, p.path))
     return (config if not problems else None), problems

@@ -9,6 +9,12 @@ Example (inside a pipeline's sink connector)::
       create_keyspace: {replication_factor: 1}
       consistency: LOCAL_QUORUM
       concurrency: 128
+      tls:                              # client encryption (client_encryption_options)
+        ca_file: /etc/cassandra/ca.pem
+        cert_file: /etc/cassandra/client.pem    # only if the cluster requires client auth
+        key_file: /etc/cassandra/client.key
+        key_password: ${CASSANDRA_KEY_PASSWORD}
+        check_hostname: true
       tables:
         - topic: orders                 # one topic ...
           table: orders_by_id           # ... into several tables
@@ -42,6 +48,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from millpond.connector import ConnectorConfig
+from millpond.tls import TlsSettings
 
 Consistency = Literal[
     "ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE"
@@ -139,6 +146,8 @@ class CassandraSinkConfig(ConnectorConfig):
     protocol_version: int | None = Field(default=5, ge=3, le=5)
     username: str | None = None
     password: SecretStr | None = None
+    #: TLS to the native transport (the cluster's client_encryption_options); None: plaintext
+    tls: TlsSettings | None = None
     keyspace: str
     create_keyspace: CreateKeyspace | None = None
     tables: list[TableMapping] = Field(min_length=1)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ from typing import Any
 from millpond.connector import ConnectorContext, Guarantee, Sink
 from millpond.errors import ConnectorError, RecordError, RetriableConnectorError
 from millpond.records import Record, TopicPartition
+from millpond.tls import client_context
 
 from .config import CassandraSinkConfig, TableMapping
 from .window import InFlightWindow, Job, retriable
@@ -65,6 +67,15 @@ from .mapping import (
 )
 
 log = logging.getLogger("millpond.connectors.cassandra")
+
+
+def _tls_refused(exc: BaseException) -> bool:
+    """The driver's NoHostAvailable where every node failed certificate verification (the driver
+    re-raises that as an OSError carrying the SSL message)."""
+    errors = getattr(exc, "errors", None)
+    return isinstance(errors, dict) and bool(errors) and all(
+        isinstance(e, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e)
+        for e in errors.values())
 
 
 def write_timestamp(record: Record) -> int:
@@ -289,6 +300,7 @@ class CassandraSink(Sink):
             auth_provider=auth,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             connect_timeout=cfg.connect_timeout_s,
+            ssl_context=self._ssl_context(),
             **({"protocol_version": cfg.protocol_version} if cfg.protocol_version else {}),
         )
         where_to = f"{','.join(cfg.contact_points)}:{cfg.port}"
@@ -296,6 +308,9 @@ class CassandraSink(Sink):
             session = cluster.connect()
         except Exception as exc:
             cluster.shutdown()
+            if _tls_refused(exc):  # an untrusted certificate stays untrusted: restarting cannot help
+                raise ConnectorError(f"cannot connect to Cassandra at {where_to}: TLS: {exc} "
+                                     "(check tls.ca_file, tls.check_hostname)") from exc
             raise RetriableConnectorError(f"cannot connect to Cassandra at {where_to}: {exc}") from exc
         self._cluster = cluster
         self._session = session
@@ -311,6 +326,16 @@ class CassandraSink(Sink):
             cluster.shutdown()
             self._cluster = self._session = None
             raise
+
+    def _ssl_context(self) -> Any:
+        """The TLS context of ``tls:`` (None: plaintext); with check_hostname the driver checks each
+        node's certificate against the address it dials."""
+        if self.config.tls is None:
+            return None
+        try:
+            return client_context(self.config.tls)
+        except ValueError as exc:  # a file changed since the config was validated
+            raise ConnectorError(f"sink {self.context.name!r}: tls: {exc}") from None
 
     def _create_keyspace_cql(self) -> str:
         from cassandra.metadata import protect_name

@@ -20,7 +20,8 @@ def open_backend(log: LogConfig, *, readonly: bool = False) -> LogBackend:
     if log.kafka is not None:
         from .kafka import KafkaBackend
 
-        return KafkaBackend(log.kafka.bootstrap_servers, client_id=log.kafka.client_id, config=log.kafka.config)
+        return KafkaBackend(log.kafka.bootstrap_servers, client_id=log.kafka.client_id, config=log.kafka.config,
+                            security=log.kafka.security)
     raise ConfigError("log: give exactly one of 'embedded' or 'kafka'")
 
 

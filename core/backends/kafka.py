@@ -45,6 +45,7 @@ from aiokafka.structs import TopicPartition as KafkaTP
 from ..errors import ConfigError, MillpondError, TopicExistsError, TransactionError, UnknownTopicError
 from ..records import Record, TopicPartition
 from .base import GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, PartitionInfo, TopicSpec
+from .kafka_security import KafkaSecurity, connection_problem
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +181,9 @@ def _accepted(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
 class KafkaBackend(Lifecycle):
     """A LogBackend on an Apache Kafka cluster at ``bootstrap_servers``.
 
-    ``config`` holds aiokafka client settings (security_protocol, sasl_*,
-    request_timeout_ms, ...), each passed to the clients that accept it, plus
-    ``replication_factor`` for new topics (default: min(3, brokers)).
+    ``config`` holds aiokafka client settings (request_timeout_ms, ...), each
+    passed to the clients that accept it, plus ``replication_factor`` for new
+    topics (default: min(3, brokers)); ``security`` (TLS, SASL) goes to every client.
     """
 
     @property
@@ -190,8 +191,11 @@ class KafkaBackend(Lifecycle):
         return None  # brokers run retention and compaction themselves
 
     def __init__(self, bootstrap_servers: str, *, client_id: str = "millpond",
-                 config: Mapping[str, Any] | None = None) -> None:
+                 config: Mapping[str, Any] | None = None, security: KafkaSecurity | None = None) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.security = security
+        #: one SSLContext for all clients; built here so a bad file fails before anything connects
+        self._security_kwargs = security.client_kwargs() if security is not None else {}
         self.client_id = client_id
         settings = dict(config or {})
         self.replication_factor: int | None = settings.pop("replication_factor", None)
@@ -215,7 +219,7 @@ class KafkaBackend(Lifecycle):
 
     def client_kwargs(self, cls: type) -> dict[str, Any]:
         return {"bootstrap_servers": self.bootstrap_servers, "client_id": self.client_id,
-                **_accepted(cls, self.settings)}
+                **_accepted(cls, self.settings), **self._security_kwargs}
 
     # -- lifecycle --
 
@@ -235,8 +239,10 @@ class KafkaBackend(Lifecycle):
             await self.list_topics()
         except KafkaError as exc:
             await self.close()
-            raise MillpondError(f"cannot open the Kafka log at {self.bootstrap_servers}: "
-                                f"{type(exc).__name__}: {exc}") from exc
+            why = f"{type(exc).__name__}: {exc}"
+            if self.security is not None:  # aiokafka logs the handshake's failure but raises "Unable to bootstrap"
+                why = await connection_problem(self.bootstrap_servers, self._security_kwargs) or why
+            raise MillpondError(f"cannot open the Kafka log at {self.bootstrap_servers}: {why}") from exc
 
     async def close(self) -> None:
         _FILTER.backends.discard(self)

@@ -35,10 +35,13 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from .certs import STORE_PASSWORD, Pki, make_pki
 from .common import CACHE_DIR, free_port, server_unavailable, start_with_retry, tail, wait_for_port
 
 VERSION = os.environ.get("MILLPOND_CASSANDRA_VERSION", "5.0.6")
@@ -231,8 +234,12 @@ def cassandra_lib() -> Path:
 class CassandraServer:
     """One CassandraDaemon process with its data in a temporary directory."""
 
-    def __init__(self, lib: Path) -> None:
+    def __init__(self, lib: Path, extra_yaml: str = "", ssl_context: Any = None) -> None:
+        """``extra_yaml`` is appended to cassandra.yaml; ``ssl_context`` is what the readiness check
+        connects with (the TLS variant)."""
         self.lib = lib
+        self.extra_yaml = extra_yaml
+        self.ssl_context = ssl_context
         self.root = Path(tempfile.mkdtemp(prefix="millpond-cassandra-"))
         self.log = self.root / "cassandra.log"
         self.port = free_port()
@@ -250,6 +257,7 @@ class CassandraServer:
                 native_port=self.port,
                 data=self.root,
             )
+            + self.extra_yaml
         )
         (conf / "logback.xml").write_text(LOGBACK_XML)
         jamm = sorted(self.lib.glob("jamm-*.jar"))
@@ -304,7 +312,7 @@ class CassandraServer:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Cassandra exited with code {self.proc.returncode}")
-            cluster = Cluster(["127.0.0.1"], port=self.port, connect_timeout=5)
+            cluster = Cluster(["127.0.0.1"], port=self.port, connect_timeout=5, ssl_context=self.ssl_context)
             try:
                 session = cluster.connect()
                 row = session.execute("SELECT release_version FROM system.local").one()
@@ -368,6 +376,62 @@ def cassandra_contact() -> Iterator[tuple[str, int]]:
     )
     try:
         yield ("127.0.0.1", server.port)
+    finally:
+        server.stop()
+        for each in servers:
+            each.cleanup()
+
+
+CLIENT_ENCRYPTION_YAML = """\
+client_encryption_options:
+  enabled: true
+  optional: false
+  keystore: {keystore}
+  keystore_password: {password}
+  store_type: PKCS12
+  require_client_auth: true
+  truststore: {truststore}
+  truststore_password: {password}
+"""
+
+
+@dataclass
+class SecureCassandra:
+    """A node that speaks CQL only over TLS and requires a client certificate signed by ``pki.ca``."""
+
+    host: str
+    port: int
+    pki: Pki
+
+
+@pytest.fixture(scope="module")
+def secure_cassandra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCassandra]:
+    """A Cassandra of its own with client_encryption_options on (only for the tests that ask)."""
+    import ssl
+
+    servers: list[CassandraServer] = []
+    try:
+        pki = make_pki(tmp_path_factory.mktemp("cassandra-pki"))
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+        extra = CLIENT_ENCRYPTION_YAML.format(keystore=pki.keystore, truststore=pki.truststore,
+                                              password=STORE_PASSWORD)
+
+        def start() -> CassandraServer:
+            server = CassandraServer(cassandra_lib(), extra, context)
+            servers.append(server)
+            server.start()
+            return server
+
+        server = start_with_retry(start)
+    except Exception as exc:  # noqa: BLE001 - reported through the CI rule
+        log_tail = tail(servers[-1].log, 40) if servers else "(never started)"
+        for failed in servers:
+            failed.cleanup()
+        server_unavailable("Apache Cassandra (client encryption)", f"{exc}\nlast log lines:\n{log_tail}")
+        return
+    try:
+        yield SecureCassandra("127.0.0.1", server.port, pki)
     finally:
         server.stop()
         for each in servers:

@@ -18,12 +18,13 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.servers.certs import STORE_PASSWORD, Pki, make_pki
 from tests.servers.common import (
     CACHE_DIR,
     free_port,
@@ -96,8 +97,11 @@ def fetch_jars() -> Path:
     return libs
 
 
-def write_config(data_dir: Path, port: int, controller_port: int) -> Path:
-    """Write server.properties for one broker+controller node with its data under ``data_dir``."""
+def write_config(data_dir: Path, port: int, controller_port: int, extra: Mapping[str, str] | None = None) -> Path:
+    """Write server.properties for one broker+controller node with its data under ``data_dir``.
+
+    ``extra`` adds or replaces settings; ``{port}`` and ``{controller_port}`` in its values are filled in.
+    """
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -118,6 +122,8 @@ def write_config(data_dir: Path, port: int, controller_port: int) -> Path:
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
     }
+    for key, value in (extra or {}).items():
+        props[key] = value.format(port=port, controller_port=controller_port)
     path = data_dir / "server.properties"
     path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     (data_dir / "log4j2.properties").write_text(LOG4J2)
@@ -137,10 +143,15 @@ async def _metadata_ok(bootstrap: str) -> bool:
         await client.close()
 
 
-def start_kafka(libs: Path, data_dir: Path) -> KafkaServer:
-    """Format storage and launch the node; return once it answers a metadata request."""
+def start_kafka(libs: Path, data_dir: Path, extra: Mapping[str, str] | None = None,
+                format_args: Sequence[str] = ()) -> KafkaServer:
+    """Format storage and launch the node; return once it answers a metadata request.
+
+    ``extra`` goes to :func:`write_config`; ``format_args`` to kafka-storage's ``format``
+    (``--add-scram``). The readiness check uses the PLAINTEXT listener on ``port``.
+    """
     port, controller_port = free_port(), free_port()
-    config = write_config(data_dir, port, controller_port)
+    config = write_config(data_dir, port, controller_port, extra)
     java = ["java", "-Xms128m", "-Xmx512m", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={data_dir / 'log4j2.properties'}",
             "-cp", f"{libs}/*"]
@@ -149,7 +160,7 @@ def start_kafka(libs: Path, data_dir: Path) -> KafkaServer:
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     began = time.monotonic()
     fmt = subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                          "-c", str(config)], capture_output=True, text=True, timeout=120)
+                          "-c", str(config), *format_args], capture_output=True, text=True, timeout=120)
     if fmt.returncode != 0:
         raise RuntimeError(f"kafka.tools.StorageTool format failed:\n{(fmt.stdout + fmt.stderr)[-3000:]}")
     with log.open("wb") as out:
@@ -215,6 +226,79 @@ def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServ
 def kafka_bootstrap(kafka_server: KafkaServer) -> str:
     """``"127.0.0.1:PORT"`` of a running broker (see the module docstring)."""
     return kafka_server.bootstrap
+
+
+#: SCRAM users made at format time (both mechanisms) and the PLAIN user of the JAAS config.
+SCRAM_USER, SCRAM_PASSWORD = "millpond", "scram-test-pw"
+PLAIN_USER, PLAIN_PASSWORD = "alice", "plain-test-pw"
+_SCRAM = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+_PLAIN = f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{PLAIN_USER}="{PLAIN_PASSWORD}";'
+
+
+@dataclass
+class SecureKafka:
+    """A broker with one listener per security protocol, and the certificates clients need.
+
+    ``sasl_ssl``: SCRAM-SHA-256/512 and PLAIN over TLS; ``ssl``: TLS that requires a client
+    certificate (mutual TLS); ``sasl_plaintext``: SCRAM and PLAIN without TLS. These name
+    127.0.0.1, which the server certificate carries as an IP SAN; ``misnamed`` does not.
+    """
+
+    server: KafkaServer
+    sasl_ssl: str
+    ssl: str
+    sasl_plaintext: str
+    #: SASL_SSL at an address the certificate does not name: only ``check_hostname: false`` gets in
+    misnamed: str
+    pki: Pki
+
+
+def start_secure_kafka(libs: Path, data_dir: Path) -> SecureKafka:
+    pki = make_pki(data_dir / "pki")
+    ports = {name: free_port() for name in ("SASL_SSL", "SSL", "SASL_PLAINTEXT", "MISNAMED")}
+    # MISNAMED is SASL_SSL on 127.0.0.2, an address the server certificate does not carry
+    listeners = ",".join(f"{name}://127.0.0.{2 if name == 'MISNAMED' else 1}:{port}" for name, port in ports.items())
+    extra = {
+        "listeners": f"PLAINTEXT://127.0.0.1:{{port}},{listeners},CONTROLLER://127.0.0.1:{{controller_port}}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{{port}},{listeners}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,"
+                                          "SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,MISNAMED:SASL_SSL",
+        "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(pki.keystore),
+        "ssl.keystore.password": STORE_PASSWORD,
+        "ssl.key.password": STORE_PASSWORD,
+        "ssl.truststore.type": "PKCS12",
+        "ssl.truststore.location": str(pki.truststore),
+        "ssl.truststore.password": STORE_PASSWORD,
+        "listener.name.ssl.ssl.client.auth": "required",
+    }
+    for listener in ("sasl_ssl", "sasl_plaintext", "misnamed"):
+        extra[f"listener.name.{listener}.plain.sasl.jaas.config"] = _PLAIN
+        for mechanism in ("scram-sha-256", "scram-sha-512"):
+            extra[f"listener.name.{listener}.{mechanism}.sasl.jaas.config"] = _SCRAM
+    scram = [arg for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+             for arg in ("--add-scram", f"{mechanism}=[name={SCRAM_USER},password={SCRAM_PASSWORD}]")]
+    server = start_kafka(libs, data_dir, extra, scram)
+    return SecureKafka(server, *(f"127.0.0.1:{ports[n]}" for n in ("SASL_SSL", "SSL", "SASL_PLAINTEXT")),
+                       misnamed=f"127.0.0.2:{ports['MISNAMED']}", pki=pki)
+
+
+@pytest.fixture(scope="module")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    """A broker of its own with TLS, mutual-TLS and SASL listeners (only for the tests that ask)."""
+    if shutil.which("java") is None:
+        server_unavailable("Apache Kafka (TLS, SASL)", "java is not on the PATH")
+    try:
+        libs = fetch_jars()
+        secure = start_with_retry(lambda: start_secure_kafka(libs, tmp_path_factory.mktemp("kafka-tls")))
+    except Exception as exc:  # noqa: BLE001 - reported through the CI rule
+        server_unavailable("Apache Kafka (TLS, SASL)", f"Kafka {KAFKA_VERSION} with TLS listeners: {exc}")
+        raise  # unreachable: server_unavailable always raises
+    try:
+        yield secure
+    finally:
+        stop_kafka(secure.server)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from .certs import Pki, make_pki
 from .common import free_port, server_unavailable, start_with_retry, tail, wait_for_port
 
 ENV_DSN = "MILLPOND_TEST_PG_DSN"
@@ -67,6 +68,8 @@ class PostgresServer:
     """One throw-away PostgreSQL cluster. ``start()`` then ``stop()``."""
 
     wal_level: str = "logical"
+    #: serve TLS with these certificates and refuse connections without it (the ``ssl=on`` variant)
+    pki: Pki | None = None
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="millpond-pg-")))
     port: int = 0
     user: str | None = None
@@ -143,6 +146,8 @@ class PostgresServer:
             "logical_decoding_work_mem": "64MB",
             "log_min_messages": "warning",
         }
+        if self.pki is not None:
+            settings |= self._ssl_settings(self.pki)
         with open(self.datadir / "postgresql.conf", "a") as conf:
             conf.write("\n# millpond test server\n")
             for key, value in settings.items():
@@ -158,6 +163,22 @@ class PostgresServer:
         )
         self._psql(f"CREATE DATABASE {DATABASE} OWNER {ROLE}", database="postgres")
         self.startup_seconds = time.monotonic() - began
+
+    def _ssl_settings(self, pki: Pki) -> dict[str, str]:
+        """Copy the server's certificate and key into the data directory (the key must be the
+        server user's, mode 0600) and make TCP connections without TLS be rejected."""
+        for source, name in ((pki.server_cert, "server.crt"), (pki.server_key, "server.key"), (pki.ca, "ca.crt")):
+            target = self.datadir / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+            if self.user:
+                pw = pwd.getpwnam(self.user)
+                os.chown(target, pw.pw_uid, pw.pw_gid)
+        hba = self.datadir / "pg_hba.conf"
+        hba.write_text("hostnossl all all 0.0.0.0/0 reject\nhostnossl replication all 0.0.0.0/0 reject\n"
+                       + hba.read_text())
+        return {"ssl": "on", "ssl_cert_file": "'server.crt'", "ssl_key_file": "'server.key'",
+                "ssl_ca_file": "'ca.crt'"}
 
     def _psql(self, sql: str, database: str) -> None:
         psql = shutil.which("psql") or _binary("psql")
@@ -186,9 +207,9 @@ class PostgresServer:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def start_postgres(wal_level: str = "logical") -> PostgresServer:
+def start_postgres(wal_level: str = "logical", pki: Pki | None = None) -> PostgresServer:
     """Start a server (one retry); raise with the server log's tail if it cannot start."""
-    server = PostgresServer(wal_level=wal_level)
+    server = PostgresServer(wal_level=wal_level, pki=pki)
 
     def attempt() -> PostgresServer:
         try:
@@ -235,3 +256,18 @@ def pg_dsn(pg_server: PostgresServer | None) -> str:
     if pg_server is None:
         return os.environ[ENV_DSN]
     return pg_server.dsn
+
+
+@pytest.fixture(scope="module")
+def pg_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A server of its own with ``ssl=on`` that rejects TCP connections without TLS; its ``pki``
+    holds the CA a client verifies it with (``sslmode=verify-full sslrootcert=...``)."""
+    try:
+        server = start_postgres(pki=make_pki(tmp_path_factory.mktemp("pg-pki")))
+    except Exception as exc:  # noqa: BLE001 - reported through the CI rule
+        server_unavailable("PostgreSQL with ssl=on (initdb + pg_ctl)", str(exc))
+        raise AssertionError("unreachable") from exc
+    try:
+        yield server
+    finally:
+        server.stop()
