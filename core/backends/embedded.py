@@ -22,6 +22,7 @@ from ..log.partition import Partition
 from ..log.store import LogStore
 from ..offsets import GroupCoordinator
 from ..records import JsonRecords, Record, TopicPartition
+from ..storage import partition_writes
 from ..txn import TransactionCoordinator, TransactionState
 from .base import GroupOffset, IsolationLevel, Lifecycle, PartitionInfo, TopicSpec
 
@@ -259,13 +260,28 @@ class EmbeddedProducer:
         if self._in_transaction:
             raise TransactionError("flush inside a transaction: call commit() instead")
         self.backend._writer("produce")
-        pending, self._pending = self._pending, {}
-        for tp, rows in pending.items():
-            partition = self.backend.partition(tp)
-            for start in range(0, len(rows), BATCH_RECORDS):
-                partition.append(rows[start : start + BATCH_RECORDS])
-        if pending:
-            self.backend.notify()
+        appended = False
+        try:
+            # Records leave the buffer only once appended: after a failed write
+            # (disk full) the next flush sends exactly what was not written.
+            for tp in list(self._pending):
+                rows = self._pending[tp]
+                partition = self.backend.partition(tp)
+                done = 0
+                try:
+                    with partition_writes(partition):
+                        while done < len(rows):
+                            partition.append(rows[done : done + BATCH_RECORDS])
+                            done += BATCH_RECORDS
+                            appended = True
+                finally:
+                    if done >= len(rows):
+                        del self._pending[tp]
+                    elif done:
+                        self._pending[tp] = rows[done:]
+        finally:
+            if appended:
+                self.backend.notify()
 
     async def init(self) -> None:
         if self.transactional_id is not None and self._state is None:
@@ -293,8 +309,15 @@ class EmbeddedProducer:
         pending, offsets = self._pending, self._offsets
         self._pending, self._offsets = {}, {}
         self._in_transaction = False
-        self.backend._writer("commit").commit(self._state, self._epoch, pending, offsets)
-        self.backend.notify()
+        try:
+            self.backend._writer("commit").commit(self._state, self._epoch, pending, offsets)
+        except BaseException:
+            # The transaction ended (or is left to complete): the next begin()
+            # initialises the producer again, which completes it first.
+            self._state = None
+            raise
+        finally:
+            self.backend.notify()  # markers written either way move the last stable offset
 
     async def abort(self) -> None:
         # Nothing reached the log yet: records are appended only at commit.
