@@ -1,0 +1,414 @@
+"""A failed write anywhere on the transaction path: never half a transaction, never one twice.
+
+The workload commits transactions over three partitions plus group offsets
+(``send_offsets``). A clean run counts every write-ish OS call the commit of
+the second transaction makes under the log directory: ``os.write``,
+``os.pwrite``, ``os.fsync``, ``os.fdatasync``, ``os.ftruncate``,
+``os.replace``, ``os.rename`` and ``write``/``flush`` of files opened there.
+Patched at the ``os`` / ``open`` level, so the count holds whichever module
+the log routes its writes through. Then, for each call in turn and for ENOSPC
+and EIO, a fresh log fails that call (a failing write first writes half its
+bytes, as a short write before ENOSPC does) and:
+
+- ``once``: only that call fails;
+- ``full``: that call and every later one fail until "space returns";
+- ``crash``: as ``full``, but the process dies before space returns.
+
+The commit must raise the right error (``DiskFullError`` naming the file, or
+``StorageError`` for EIO). The same process then goes on after space returns
+(the same producer commits more), the log is closed or abandoned without a
+close (a crash) and reopened. The model: read_committed shows every committed
+transaction exactly once, in order, and nothing of the failed one unless it
+passed its commit point, in which case all of it; group offsets are those of
+the committed transactions; the reopened log agrees with what the process saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import errno
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from millpond.backends.base import IsolationLevel, TopicSpec
+from millpond.backends.embedded import EmbeddedBackend, EmbeddedProducer
+from millpond.errors import DiskFullError, StorageError, TransactionError
+from millpond.records import Record, TopicPartition
+from millpond.storage import human_bytes, storage_error
+from millpond.txn import TransactionCoordinator
+
+PARTITIONS = 3
+GROUP = "g"
+SOURCE = "src"  # the group's offsets name partitions of this (notional) source topic
+
+
+class Faults:
+    """Counts write-ish OS calls on files under ``root`` and fails the chosen ones."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)
+        self.active = False
+        self.calls: list[str] = []
+        self.fail_at = -1
+        self.sticky = False
+        self.full = False  # a sticky failure fired: everything fails until space returns
+        self.code = errno.ENOSPC
+        self.fired = 0
+
+    def arm(self, fail_at: int, code: int, sticky: bool) -> None:
+        self.active, self.calls, self.fail_at, self.code, self.sticky = True, [], fail_at, code, sticky
+        self.full, self.fired = False, 0
+
+    def space_returns(self) -> None:
+        self.active = self.full = False
+
+    def under_root(self, path: Any) -> bool:
+        try:
+            return os.path.abspath(os.fsdecode(path)).startswith(self.root)
+        except TypeError:
+            return False
+
+    def fd_under_root(self, fd: int) -> str | None:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None
+        return target if target.startswith(self.root) else None
+
+    def hit(self, label: str) -> bool:
+        """Count the call; True if it must fail."""
+        if not self.active:
+            return False
+        index = len(self.calls)
+        self.calls.append(label)
+        if self.full or index == self.fail_at:
+            self.full = self.sticky
+            self.fired += 1
+            return True
+        return False
+
+    def error(self) -> OSError:
+        return OSError(self.code, os.strerror(self.code))
+
+
+class _FaultyFile:
+    """A file opened for writing under the log directory: counts and fails write/flush."""
+
+    def __init__(self, file: Any, faults: Faults, path: str) -> None:
+        self._file = file
+        self._faults = faults
+        self._path = path
+
+    def write(self, data: Any) -> int:
+        if self._faults.hit(f"write {self._path}"):
+            self._file.write(data[: len(data) // 2])
+            raise self._faults.error()
+        return int(self._file.write(data))
+
+    def flush(self) -> None:
+        if self._faults.hit(f"flush {self._path}"):
+            raise self._faults.error()
+        self._file.flush()
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __enter__(self) -> _FaultyFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._file.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+@contextmanager
+def injected(faults: Faults) -> Iterator[None]:
+    """Patch the OS-level write calls (and ``open``) for the block."""
+    real_open = builtins.open
+    saved: dict[str, Any] = {}
+
+    def on_fd(name: str, partial: bool = False) -> Callable[..., Any]:
+        real = getattr(os, name)
+
+        def call(fd: int, *args: Any) -> Any:
+            if faults.active:
+                path = faults.fd_under_root(fd)
+                if path is not None and faults.hit(f"{name} {path}"):
+                    if partial and len(args[0]) > 1:
+                        half = memoryview(args[0])[: len(args[0]) // 2]
+                        real(fd, half, *args[1:])
+                    raise faults.error()
+            return real(fd, *args)
+
+        return call
+
+    def on_path(name: str) -> Callable[..., Any]:
+        real = getattr(os, name)
+
+        def call(src: Any, dst: Any, *args: Any, **kwargs: Any) -> Any:
+            if faults.active and faults.under_root(dst) and faults.hit(f"{name} {os.fsdecode(dst)}"):
+                raise faults.error()
+            return real(src, dst, *args, **kwargs)
+
+        return call
+
+    def faulty_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        f = real_open(file, mode, *args, **kwargs)
+        if faults.active and isinstance(file, (str, bytes, os.PathLike)) and faults.under_root(file) and any(
+            c in mode for c in "wax+"
+        ):
+            return _FaultyFile(f, faults, os.fsdecode(file))
+        return f
+
+    patches: dict[tuple[Any, str], Any] = {
+        (os, "write"): on_fd("write", partial=True),
+        (os, "pwrite"): on_fd("pwrite", partial=True),
+        (os, "fsync"): on_fd("fsync"),
+        (os, "fdatasync"): on_fd("fdatasync"),
+        (os, "ftruncate"): on_fd("ftruncate"),
+        (os, "replace"): on_path("replace"),
+        (os, "rename"): on_path("rename"),
+        (builtins, "open"): faulty_open,
+        (io, "open"): faulty_open,
+    }
+    for (module, name), fake in patches.items():
+        saved[f"{id(module)}.{name}"] = (module, name, getattr(module, name))
+        setattr(module, name, fake)
+    try:
+        yield
+    finally:
+        for module, name, real in saved.values():
+            setattr(module, name, real)
+
+
+# -- the workload and its model --
+
+
+def txn_values(k: int, partition: int) -> list[bytes]:
+    return [b"t%d-p%d-%d" % (k, partition, j) for j in range(2 + k % 3)]
+
+
+def txn_offsets(k: int) -> dict[TopicPartition, int]:
+    return {TopicPartition(SOURCE, 0): 10 * k, TopicPartition(SOURCE, k): k}
+
+
+async def open_backend(path: Path) -> EmbeddedBackend:
+    backend = EmbeddedBackend(path, fsync=True)
+    await backend.open()
+    await backend.create_topic(TopicSpec("data", PARTITIONS), exist_ok=True)
+    return backend
+
+
+async def send_txn(producer: EmbeddedProducer, k: int) -> None:
+    await producer.begin()
+    for p in range(PARTITIONS):
+        for value in txn_values(k, p):
+            await producer.send("data", Record(value, b"k"), partition=p)
+    await producer.send_offsets(GROUP, txn_offsets(k))
+    await producer.commit()
+
+
+def crash(backend: EmbeddedBackend) -> None:
+    """Abandon the store as a killed process would: no flush, no checkpoint, no clean-shutdown marker."""
+    store = backend.store
+    for partition in store.partitions():
+        for segment in partition.segments:
+            segment.close()
+    os.close(store._lock_fd)
+    backend._store = None
+
+
+async def observed(backend: EmbeddedBackend) -> tuple[list[list[bytes]], dict[TopicPartition, int]]:
+    """read_committed values of every partition, and the group's committed offsets."""
+    consumer = backend.consumer(["data"], None, IsolationLevel.read_committed)
+    by_partition: list[list[bytes]] = [[] for _ in range(PARTITIONS)]
+    while batch := await consumer.poll(timeout=0):
+        for r in batch:
+            by_partition[r.partition].append(r.value)
+    return by_partition, await backend.committed(GROUP)
+
+
+def model(committed: list[int]) -> tuple[list[list[bytes]], dict[TopicPartition, int]]:
+    values = [[v for k in committed for v in txn_values(k, p)] for p in range(PARTITIONS)]
+    offsets: dict[TopicPartition, int] = {}
+    for k in committed:
+        offsets.update(txn_offsets(k))
+    return values, offsets
+
+
+def check_error(exc: BaseException, code: int, root: Path) -> None:
+    if code == errno.ENOSPC:
+        assert isinstance(exc, DiskFullError), repr(exc)
+        assert str(exc).startswith("disk full writing ") and " free on " in str(exc), str(exc)
+    else:
+        assert isinstance(exc, StorageError) and not isinstance(exc, DiskFullError), repr(exc)
+        assert str(exc).startswith("cannot write "), str(exc)
+    assert exc.path.startswith(str(root)), exc.path  # names the file being written
+
+
+# -- the test --
+
+
+def count_commit_calls(root: Path, faults: Faults) -> tuple[list[str], int]:
+    """The write-ish calls of txn 2's commit in a clean run, and how many precede its commit point."""
+    commit_point = -1
+    real_write_state = TransactionCoordinator._write_state
+
+    def spy(self: TransactionCoordinator, state: Any, *, durable: bool) -> None:
+        nonlocal commit_point
+        real_write_state(self, state, durable=durable)
+        if state.state == "prepare_commit":
+            commit_point = len(faults.calls)  # calls [0, commit_point) happen before it
+
+    async def go() -> None:
+        backend = await open_backend(root)
+        producer = backend.producer("tx")
+        await send_txn(producer, 1)
+        faults.arm(-1, errno.ENOSPC, sticky=False)
+        await send_txn(producer, 2)
+        faults.space_returns()
+        await backend.close()
+
+    TransactionCoordinator._write_state = spy  # type: ignore[method-assign]
+    try:
+        asyncio.run(go())
+    finally:
+        TransactionCoordinator._write_state = real_write_state  # type: ignore[method-assign]
+    shutil.rmtree(root)
+    return faults.calls, commit_point
+
+
+def run_fault(
+    root: Path, faults: Faults, i: int, code: int, mode: str, *, crash_at_end: bool, commit_point: int
+) -> None:
+    """One fault point: see the module docstring."""
+
+    async def go() -> None:
+        backend = await open_backend(root)
+        producer = backend.producer("tx")
+        await send_txn(producer, 1)
+        faults.arm(i, code, sticky=mode != "once")
+        with pytest.raises(StorageError) as failed:
+            await send_txn(producer, 2)
+        assert faults.fired, "the fault did not fire"
+        check_error(failed.value, code, root)
+        if mode != "once":  # still failing: the producer stays unusable, with the same clear error
+            with pytest.raises(StorageError) as again:
+                await send_txn(producer, 99)
+            check_error(again.value, code, root)
+        if mode == "crash":
+            crash(backend)
+            faults.space_returns()
+            backend = await open_backend(root)
+            producer = backend.producer("tx")
+        faults.space_returns()
+        await send_txn(producer, 3)
+        await send_txn(producer, 4)
+        seen = await observed(backend)
+        if crash_at_end:
+            crash(backend)
+        else:
+            await backend.close()
+        backend = await open_backend(root)
+        after = await observed(backend)
+        for partition in backend.store.partitions():
+            assert partition.last_stable_offset == partition.high_watermark, f"{partition.name} left open"
+        await backend.close()
+        assert after == seen, "the reopened log disagrees with what the process saw"
+        committed = txn_values(2, 0)[0] in seen[0][0]
+        assert seen == model([1, 2, 3, 4] if committed else [1, 3, 4]), f"neither outcome of txn 2: {seen}"
+        if mode != "crash":
+            # before the commit point it is aborted for good; after it, it commits
+            assert committed == (i >= commit_point), f"committed={committed}, commit point after call {commit_point}"
+
+    asyncio.run(go())
+    shutil.rmtree(root)
+
+
+@pytest.fixture
+def fast_tmp(tmp_path: Path) -> Iterator[Path]:
+    """A folder in RAM where there is one: hundreds of logs are opened and fsynced here."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(prefix="millpond-txn-faults-", dir=shm))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_every_failed_write_in_a_commit_leaves_one_outcome(fast_tmp: Path) -> None:
+    root = fast_tmp / "log"
+    faults = Faults(fast_tmp)
+    with injected(faults):
+        calls, commit_point = count_commit_calls(root, faults)
+        assert 0 < commit_point < len(calls)
+        points = 0
+        for i in range(len(calls)):
+            for code in (errno.ENOSPC, errno.EIO):
+                for mode in ("once", "full", "crash"):
+                    try:
+                        run_fault(
+                            root, faults, i, code, mode, crash_at_end=(i + len(mode)) % 2 == 0, commit_point=commit_point
+                        )
+                    except BaseException as exc:
+                        raise AssertionError(
+                            f"fault at call {i} ({calls[i]}), {errno.errorcode[code]}, {mode}: {exc!r}"
+                        ) from exc
+                    points += 1
+    kinds = sorted({c.split()[0] for c in calls})
+    print(f"\ntransaction fault points: {len(calls)} write-ish calls in one commit ({', '.join(kinds)}), "
+          f"commit point after call {commit_point}; {points} runs (x ENOSPC/EIO x once/full/crash)")
+
+
+def test_disk_full_names_the_file_and_the_free_space(tmp_path: Path) -> None:
+    exc = storage_error(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "00000.log")
+    assert isinstance(exc, DiskFullError)
+    assert str(exc).startswith(f"disk full writing {tmp_path / '00000.log'} (")
+    assert str(exc).endswith(" free on /)") or " free on /" in str(exc)
+    assert exc.free_bytes == shutil.disk_usage(tmp_path).free or exc.free_bytes > 0
+    eio = storage_error(OSError(errno.EIO, "Input/output error", str(tmp_path / "x.index")), tmp_path)
+    assert type(eio) is StorageError and str(eio) == f"cannot write {tmp_path / 'x.index'}: Input/output error (errno 5)"
+    assert human_bytes(12 * 1024) == "12.0 KiB" and human_bytes(5) == "5 B"
+
+
+def test_a_producer_with_an_incomplete_transaction_refuses_to_commit(tmp_path: Path) -> None:
+    """The issue's doubling: an abort that could not be written must not be committed by the next transaction."""
+    faults = Faults(tmp_path)
+
+    async def go() -> None:
+        backend = await open_backend(tmp_path / "log")
+        producer = backend.producer("tx")
+        coordinator = backend._txns
+        assert coordinator is not None
+        state = coordinator.init_producer("raw")
+        faults.arm(0, errno.ENOSPC, sticky=True)  # the first data append and everything after fail
+        with pytest.raises(DiskFullError):
+            coordinator.commit(state, state.epoch, {TopicPartition("data", 0): [Record(b"lost", None)]}, {})
+        assert state.state == "prepare_abort" and not state.complete
+        faults.space_returns()
+        with pytest.raises(TransactionError, match="not complete .*prepare_abort.*disk full writing"):
+            coordinator.commit(state, state.epoch, {TopicPartition("data", 0): [Record(b"x", None)]}, {})
+        state = coordinator.init_producer("raw")  # completes the abort, then a new epoch
+        coordinator.commit(state, state.epoch, {TopicPartition("data", 0): [Record(b"kept", None)]}, {})
+        await send_txn(producer, 1)
+        values, _ = await observed(backend)
+        assert values[0] == [b"kept", *txn_values(1, 0)]
+        await backend.close()
+
+    with injected(faults):
+        asyncio.run(go())
