@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..log.partition import Partition
 from ..log.store import LogStore
 from ..offsets import GroupCoordinator
 from ..records import JsonRecords, Record, TopicPartition
-from ..storage import partition_writes
+from ..storage import partition_writes, storage_errors
 from ..txn import TransactionCoordinator, TransactionState
 from .base import GroupOffset, IsolationLevel, Lifecycle, PartitionInfo, TopicSpec
 
@@ -45,14 +46,25 @@ class EmbeddedBackend(Lifecycle):
     # -- lifecycle --
 
     async def open(self) -> None:
-        self._store = LogStore(self.directory, writable=not self.readonly)
-        self._groups = GroupCoordinator(self._store)
-        if not self.readonly:
-            self._txns = TransactionCoordinator(self._store, self._groups, fsync=self.fsync)
+        # Opening a writer writes too: recovery cuts torn tails and completes transactions.
+        with nullcontext() if self.readonly else storage_errors(self.directory):
+            store = LogStore(self.directory, writable=not self.readonly)
+            try:
+                self._groups = GroupCoordinator(store)
+                if not self.readonly:
+                    self._txns = TransactionCoordinator(store, self._groups, fsync=self.fsync)
+            except BaseException:
+                try:
+                    store.close()  # release the lock: opening again must not find it held by us
+                except Exception:  # noqa: BLE001 - the first error says what went wrong
+                    log.debug("closing %s after a failed open failed too", self.directory, exc_info=True)
+                raise
+        self._store = store
 
     async def close(self) -> None:
         if self._store is not None:
-            self._store.close()
+            with storage_errors(self.directory):
+                self._store.close()
             self._store = None
 
     @property
@@ -85,16 +97,19 @@ class EmbeddedBackend(Lifecycle):
         self._writer("create a topic")
         if exist_ok and spec.name in self.store.topics:
             return
-        self.store.create_topic(spec.name, spec.partitions, dict(spec.config))
+        with storage_errors(self.store.topics_dir / spec.name):
+            self.store.create_topic(spec.name, spec.partitions, dict(spec.config))
 
     async def alter_topic(self, spec: TopicSpec) -> dict[str, tuple[object, object]]:
         """Bring an existing topic's settings in line with ``spec``; returns what changed."""
         self._writer("change a topic")
-        return self.store.alter_topic(spec.name, spec.partitions, dict(spec.config))
+        with storage_errors(self.store.topics_dir / spec.name):
+            return self.store.alter_topic(spec.name, spec.partitions, dict(spec.config))
 
     async def delete_topic(self, name: str) -> None:
         self._writer("delete a topic")
-        self.store.delete_topic(name)
+        with storage_errors(self.store.topics_dir / name):
+            self.store.delete_topic(name)
 
     async def list_topics(self) -> list[str]:
         if self.readonly:
@@ -207,12 +222,14 @@ class EmbeddedBackend(Lifecycle):
         results = []
         for partition in self.store.partitions():
             if wanted(partition):
-                results.append(job(partition, now))
+                with partition_writes(partition):
+                    results.append(job(partition, now))
                 await asyncio.sleep(0)
         return results
 
     async def flush(self) -> None:
-        self.store.flush()
+        with storage_errors(self.directory):
+            self.store.flush()
 
 
 class EmbeddedProducer:
