@@ -209,9 +209,16 @@ class Partition:
 
     def _load_aborted_index(self) -> None:
         try:
-            lines = (self.directory / ABORTED_INDEX).read_text().splitlines()
+            text = (self.directory / ABORTED_INDEX).read_text()
         except FileNotFoundError:
             return
+        lines = text.splitlines()
+        if text and not text.endswith("\n"):
+            # An append that failed or was cut by a crash; its marker is past the
+            # recovery point (re-tracked on open). Appending after it would glue
+            # two lines together: the file is rewritten instead.
+            lines.pop()
+            self._aborted_index_torn = True
         for line in lines:
             parts = line.split()
             if len(parts) == 3:
@@ -227,8 +234,11 @@ class Partition:
         ranges.append((first, last))
         if self.writable:
             try:
-                with open(self.directory / ABORTED_INDEX, "a") as f:
-                    f.write(f"{producer_id} {first} {last}\n")
+                if self._aborted_index_torn:
+                    self._rewrite_aborted_index()
+                else:
+                    with open(self.directory / ABORTED_INDEX, "a") as f:
+                        f.write(f"{producer_id} {first} {last}\n")
             except BaseException:
                 # The ABORT marker is in the segment already: the checkpoint must
                 # not move past it until the index holds its range.

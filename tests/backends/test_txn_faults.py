@@ -59,12 +59,13 @@ class Faults:
         self.root = str(root)
         self.active = False
         self.calls: list[str] = []
-        self.fail_at = -1
+        self.fail_at: tuple[int, ...] = ()
         self.sticky = False
         self.full = False  # a sticky failure fired: everything fails until space returns
         self.code = errno.ENOSPC
 
-    def arm(self, fail_at: int, code: int, sticky: bool) -> None:
+    def arm(self, fail_at: tuple[int, ...], code: int, sticky: bool) -> None:
+        """Fail the calls numbered ``fail_at``; ``sticky``: and every call after the last of them."""
         self.active, self.calls, self.fail_at, self.code, self.sticky = True, [], fail_at, code, sticky
         self.full = False
 
@@ -90,8 +91,10 @@ class Faults:
             return False
         index = len(self.calls)
         self.calls.append(label)
-        if self.full or index == self.fail_at:
-            self.full = self.sticky
+        if self.full:
+            return True
+        if index in self.fail_at:
+            self.full = self.sticky and index == max(self.fail_at)
             return True
         return False
 
@@ -212,7 +215,8 @@ def injected(faults: Faults) -> Iterator[None]:
 
 
 def txn_values(k: int, partition: int) -> list[bytes]:
-    return [b"t%d-p%d-%d" % (k, partition, j) for j in range(2 + k % 3)]
+    """Values large enough that the offset index gets an entry every few batches."""
+    return [b"t%d-p%d-%d " % (k, partition, j) + b"x" * 600 for j in range(2 + k % 3)]
 
 
 def txn_offsets(k: int) -> dict[TopicPartition, int]:
@@ -273,51 +277,93 @@ def check_error(exc: BaseException, code: int, root: Path) -> None:
     assert exc.path.startswith(str(root)), exc.path  # names the file being written
 
 
-# -- the test --
+async def check_indexes(backend: EmbeddedBackend) -> None:
+    """Every record found through the offset index (a read from its offset) and the time index."""
+    for p in range(PARTITIONS):
+        partition = backend.partition(TopicPartition("data", p))
+        records = [r for batch in partition.read(0, 1 << 30).batches for r in batch.records()]
+        for r in records:
+            first = next(iter(partition.read(r.offset, 1).batches[0].records(r.offset)))
+            assert first.offset == r.offset, f"{partition.name}: a read from {r.offset} starts at {first.offset}"
+            expected = next(x.offset for x in records if x.timestamp >= r.timestamp)
+            assert partition.offset_for_time(r.timestamp) == expected, f"{partition.name}: time {r.timestamp}"
 
 
-def count_commit_calls(root: Path, faults: Faults) -> tuple[list[str], int]:
-    """The write-ish calls of txn 2's commit in a clean run, and how many precede its commit point."""
-    commit_point = -1
-    real_write_state = TransactionCoordinator._write_state
+# -- the tests --
 
-    def spy(self: TransactionCoordinator, state: Any, *, durable: bool) -> None:
-        nonlocal commit_point
-        real_write_state(self, state, durable=durable)
-        if state.state == "prepare_commit":
-            commit_point = len(faults.calls)  # calls [0, commit_point) happen before it
+
+class CommitCalls:
+    """The write-ish calls of txn 2's commit in a clean run, and where its state records start and end."""
+
+    def __init__(self, root: Path, faults: Faults) -> None:
+        self.prepare_start = self.commit_point = -1
+        real_write_state = TransactionCoordinator._write_state
+
+        def spy(coordinator: TransactionCoordinator, state: Any, *, durable: bool) -> None:
+            if state.state == "prepare_commit":
+                self.prepare_start = len(faults.calls)  # the first call writing the decision
+            real_write_state(coordinator, state, durable=durable)
+            if state.state == "prepare_commit":
+                self.commit_point = len(faults.calls)  # calls [0, commit_point) come before it
+
+        async def go() -> None:
+            backend = await open_backend(root)
+            producer = backend.producer("tx")
+            await send_txn(producer, 1)
+            faults.arm((), errno.ENOSPC, sticky=False)
+            await send_txn(producer, 2)
+            faults.space_returns()
+            await backend.close()
+
+        TransactionCoordinator._write_state = spy  # type: ignore[method-assign]
+        try:
+            asyncio.run(go())
+        finally:
+            TransactionCoordinator._write_state = real_write_state  # type: ignore[method-assign]
+        shutil.rmtree(root)
+        self.calls = faults.calls
+
+
+def abort_path_calls(root: Path, faults: Faults, first_fault: int) -> list[str]:
+    """The calls of txn 2's commit when call ``first_fault`` fails once: its abort path follows it."""
 
     async def go() -> None:
         backend = await open_backend(root)
         producer = backend.producer("tx")
         await send_txn(producer, 1)
-        faults.arm(-1, errno.ENOSPC, sticky=False)
-        await send_txn(producer, 2)
+        faults.arm((first_fault,), errno.ENOSPC, sticky=False)
+        with pytest.raises(DiskFullError):
+            await send_txn(producer, 2)
         faults.space_returns()
         await backend.close()
 
-    TransactionCoordinator._write_state = spy  # type: ignore[method-assign]
-    try:
-        asyncio.run(go())
-    finally:
-        TransactionCoordinator._write_state = real_write_state  # type: ignore[method-assign]
+    asyncio.run(go())
     shutil.rmtree(root)
-    return faults.calls, commit_point
+    return faults.calls
 
 
 def run_fault(
-    root: Path, faults: Faults, i: int, code: int, mode: str, *, calls: list[str], commit_point: int, crash_at_end: bool
+    root: Path,
+    faults: Faults,
+    fail_at: tuple[int, ...],
+    code: int,
+    mode: str,
+    *,
+    calls: list[str],
+    committed: bool | None,
+    crash_at_end: bool,
 ) -> None:
-    """One fault point: see the module docstring."""
+    """One fault point (see the module docstring); ``committed``: the outcome txn 2 must have (None: either)."""
+    last = max(fail_at)
 
-    async def go() -> None:
+    async def go() -> bool:
         backend = await open_backend(root)
         producer = backend.producer("tx")
         await send_txn(producer, 1)
-        faults.arm(i, code, sticky=mode != "once")
+        faults.arm(fail_at, code, sticky=mode != "once")
         with pytest.raises(StorageError) as failed:
             await send_txn(producer, 2)
-        assert faults.calls[: i + 1] == calls[: i + 1], "the workload's writes differ from the counted run"
+        assert faults.calls[: last + 1] == calls[: last + 1], "the workload's writes differ from the counted run"
         check_error(failed.value, code, root)
         if mode != "once":  # still failing: the producer stays unusable, with the same clear error
             with pytest.raises(StorageError) as again:
@@ -332,6 +378,7 @@ def run_fault(
         await send_txn(producer, 3)
         await send_txn(producer, 4)
         seen = await observed(backend)
+        await check_indexes(backend)
         if crash_at_end:
             crash(backend)
         else:
@@ -340,16 +387,46 @@ def run_fault(
         after = await observed(backend)
         for partition in backend.store.partitions():
             assert partition.last_stable_offset == partition.high_watermark, f"{partition.name} left open"
-        await backend.close()
         assert after == seen, "the reopened log disagrees with what the process saw"
-        committed = txn_values(2, 0)[0] in seen[0][0]
-        assert seen == model([1, 2, 3, 4] if committed else [1, 3, 4]), f"neither outcome of txn 2: {seen}"
-        if mode != "crash":
-            # before the commit point it is aborted for good; after it, it commits
-            assert committed == (i >= commit_point), f"committed={committed}, commit point after call {commit_point}"
+        has_txn2 = txn_values(2, 0)[0] in seen[0][0]
+        committed_txns = [1, 2, 3, 4] if has_txn2 else [1, 3, 4]
+        assert seen == model(committed_txns), f"neither outcome of txn 2: {seen}"
+        await send_txn(backend.producer("tx"), 5)  # appends after the reopen land after what is there
+        assert await observed(backend) == model([*committed_txns, 5])
+        await check_indexes(backend)
+        await backend.close()
+        return has_txn2
 
-    asyncio.run(go())
+    has_txn2 = asyncio.run(go())
     shutil.rmtree(root)
+    if committed is not None:
+        # before the commit point it is aborted for good; after it, it commits
+        assert has_txn2 == committed, f"txn 2 committed={has_txn2}, expected {committed}"
+
+
+CODES = (errno.ENOSPC, errno.EIO)
+MODES = ("once", "full", "crash")
+
+
+def enumerate_faults(
+    root: Path, faults: Faults, calls: list[str], points: list[tuple[tuple[int, ...], bool | None]]
+) -> int:
+    runs = 0
+    for fail_at, committed in points:
+        for code in CODES:
+            for mode in MODES:
+                try:
+                    run_fault(
+                        root, faults, fail_at, code, mode,
+                        calls=calls,
+                        committed=None if mode == "crash" else committed,
+                        crash_at_end=(sum(fail_at) + len(mode)) % 2 == 0,
+                    )
+                except BaseException as exc:
+                    where = ", then ".join(f"call {i} ({calls[i]})" for i in fail_at)
+                    raise AssertionError(f"fault at {where}, {errno.errorcode[code]}, {mode}: {exc!r}") from exc
+                runs += 1
+    return runs
 
 
 @pytest.fixture
@@ -366,30 +443,25 @@ def fast_tmp(tmp_path: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.mark.slow  # ~15 s alone; up to ~30 s on a busy machine
+@pytest.mark.slow  # ~20 s alone; more on a busy machine
 def test_every_failed_write_in_a_commit_leaves_one_outcome(fast_tmp: Path) -> None:
     root = fast_tmp / "log"
     faults = Faults(fast_tmp)
     with injected(faults):
-        calls, commit_point = count_commit_calls(root, faults)
-        assert 0 < commit_point < len(calls)
-        points = 0
-        for i in range(len(calls)):
-            for code in (errno.ENOSPC, errno.EIO):
-                for mode in ("once", "full", "crash"):
-                    try:
-                        run_fault(
-                            root, faults, i, code, mode,
-                            calls=calls, commit_point=commit_point, crash_at_end=(i + len(mode)) % 2 == 0,
-                        )
-                    except BaseException as exc:
-                        raise AssertionError(
-                            f"fault at call {i} ({calls[i]}), {errno.errorcode[code]}, {mode}: {exc!r}"
-                        ) from exc
-                    points += 1
-    kinds = sorted({c.split()[0] for c in calls})
-    print(f"\ntransaction fault points: {len(calls)} write-ish calls in one commit ({', '.join(kinds)}), "
-          f"commit point after call {commit_point}; {points} runs (x ENOSPC/EIO x once/full/crash)")
+        counted = CommitCalls(root, faults)
+        calls, commit_point = counted.calls, counted.commit_point
+        assert 0 < counted.prepare_start < commit_point < len(calls)
+        runs = enumerate_faults(root, faults, calls, [((i,), i >= commit_point) for i in range(len(calls))])
+        # The abort path's own writes: the decision's first write fails, then each later call in turn.
+        first = counted.prepare_start
+        aborting = abort_path_calls(root, faults, first)
+        runs += enumerate_faults(root, faults, aborting, [((first, j), False) for j in range(first + 1, len(aborting))])
+    kinds = sorted({c.split()[0] for c in calls + aborting})
+    print(
+        f"\ntransaction fault points: {len(calls)} write-ish calls in one commit "
+        f"(commit point after call {commit_point}) + {len(aborting) - first - 1} in its abort path "
+        f"({', '.join(kinds)}); {runs} runs (x ENOSPC/EIO x once/full/crash)"
+    )
 
 
 def test_disk_full_names_the_file_and_the_free_space(tmp_path: Path) -> None:
@@ -413,7 +485,7 @@ def test_a_producer_with_an_incomplete_transaction_refuses_to_commit(tmp_path: P
         coordinator = backend._txns
         assert coordinator is not None
         state = coordinator.init_producer("raw")
-        faults.arm(0, errno.ENOSPC, sticky=True)  # the first data append and everything after fail
+        faults.arm((0,), errno.ENOSPC, sticky=True)  # the first data append and everything after fail
         with pytest.raises(DiskFullError):
             coordinator.commit(state, state.epoch, {TopicPartition("data", 0): [Record(b"lost", None)]}, {})
         assert state.state == "prepare_abort" and not state.complete
