@@ -215,8 +215,13 @@ def injected(faults: Faults) -> Iterator[None]:
 
 
 def txn_values(k: int, partition: int) -> list[bytes]:
-    """Values large enough that the offset index gets an entry every few batches."""
-    return [b"t%d-p%d-%d " % (k, partition, j) + b"x" * 600 for j in range(2 + k % 3)]
+    """Values large enough that the offset index gets an entry every few batches.
+
+    Transaction 2 (the one that fails) is the largest: what a failed append
+    leaves of it is longer than everything appended after it before the close,
+    so a torn tail that is not cut would still be there at the reopen.
+    """
+    return [b"t%d-p%d-%d " % (k, partition, j) + b"x" * 600 for j in range(12 if k == 2 else 1 + k % 2)]
 
 
 def txn_offsets(k: int) -> dict[TopicPartition, int]:
@@ -413,14 +418,14 @@ def enumerate_faults(
 ) -> int:
     runs = 0
     for fail_at, committed in points:
-        for code in CODES:
-            for mode in MODES:
+        for c, code in enumerate(CODES):
+            for m, mode in enumerate(MODES):
                 try:
                     run_fault(
                         root, faults, fail_at, code, mode,
                         calls=calls,
                         committed=None if mode == "crash" else committed,
-                        crash_at_end=(sum(fail_at) + len(mode)) % 2 == 0,
+                        crash_at_end=(fail_at[-1] + c + m) % 2 == 0,  # each mode ends both ways at each call
                     )
                 except BaseException as exc:
                     where = ", then ".join(f"call {i} ({calls[i]})" for i in fail_at)
