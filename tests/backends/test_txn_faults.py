@@ -7,7 +7,7 @@ the second transaction makes under the log directory: ``os.write``,
 ``os.replace``, ``os.rename`` and ``write``/``flush`` of files opened there.
 Patched at the ``os`` / ``open`` level, so the count holds whichever module
 the log routes its writes through. Then, for each call in turn and for ENOSPC
-and EIO, a fresh log fails that call (a failing write first writes half its
+and EIO, a fresh log fails that call (a failing write first writes just over half its
 bytes, as a short write before ENOSPC does) and:
 
 - ``once``: only that call fails;
@@ -102,6 +102,12 @@ class Faults:
         return OSError(self.code, os.strerror(self.code))
 
 
+def torn_length(n: int) -> int:
+    """How much of an n-byte write lands before the error: past half, and never a whole
+    number of 8- or 12-byte index entries, so a torn write really tears one."""
+    return n // 2 + 1 if n > 1 else 0
+
+
 class _FaultyFile:
     """A file opened for writing under the log directory: counts and fails write/flush."""
 
@@ -112,7 +118,7 @@ class _FaultyFile:
 
     def write(self, data: Any) -> int:
         if self._faults.hit(f"write {self._path}"):
-            self._file.write(data[: len(data) // 2])
+            self._file.write(data[: torn_length(len(data))])
             raise self._faults.error()
         return int(self._file.write(data))
 
@@ -163,9 +169,8 @@ def injected(faults: Faults) -> Iterator[None]:
             if faults.active:
                 path = faults.fd_under_root(fd)
                 if path is not None and faults.hit(f"{name} {path}"):
-                    if partial and len(args[0]) > 1:
-                        half = memoryview(args[0])[: len(args[0]) // 2]
-                        real(fd, half, *args[1:])
+                    if partial:
+                        real(fd, memoryview(args[0])[: torn_length(len(args[0]))], *args[1:])
                     raise faults.error()
             return real(fd, *args)
 
