@@ -511,3 +511,54 @@ def test_a_producer_with_an_incomplete_transaction_refuses_to_commit(tmp_path: P
 
     with injected(faults):
         asyncio.run(go())
+
+
+def test_a_failed_flush_or_offset_commit_loses_and_doubles_nothing(fast_tmp: Path) -> None:
+    """Outside transactions: the producer keeps what it could not write, a group keeps its last offsets."""
+    root = fast_tmp / "log"
+    faults = Faults(fast_tmp)
+    expected = [[b"p%d-%d" % (p, j) for j in range(3)] for p in range(PARTITIONS)]
+    offsets = {TopicPartition("data", 0): 2, TopicPartition("data", 1): 3}
+
+    async def check(backend: EmbeddedBackend) -> None:
+        consumer = backend.consumer(["data"], None, IsolationLevel.read_uncommitted)
+        got: list[list[bytes]] = [[] for _ in range(PARTITIONS)]
+        while batch := await consumer.poll(timeout=0):
+            for r in batch:
+                got[r.partition].append(r.value)
+        assert got == expected
+        assert await backend.committed("g2") == offsets
+
+    async def workload(fail_at: tuple[int, ...], code: int) -> tuple[list[str], StorageError | None]:
+        backend = await open_backend(root)
+        producer = backend.producer()
+        for p in range(PARTITIONS):
+            for j in range(3):
+                await producer.send("data", Record(b"p%d-%d" % (p, j)), partition=p)
+        failed: StorageError | None = None
+        faults.arm(fail_at, code, sticky=True)
+        try:
+            await producer.flush()
+            await backend.consumer(["data"], "g2").commit(offsets)
+        except StorageError as exc:
+            failed = exc
+        calls = faults.calls
+        faults.space_returns()
+        await producer.flush()  # sends what the failed flush did not write, once
+        await backend.consumer(["data"], "g2").commit(offsets)
+        await check(backend)
+        await backend.close()
+        backend = await open_backend(root)
+        await check(backend)
+        await backend.close()
+        shutil.rmtree(root)
+        return calls, failed
+
+    with injected(faults):
+        calls, failed = asyncio.run(workload((), errno.ENOSPC))
+        assert failed is None and len(calls) >= PARTITIONS + 1
+        for i in range(len(calls)):
+            for code in CODES:
+                _, failed = asyncio.run(workload((i,), code))
+                assert failed is not None, f"call {i} ({calls[i]}) failed without an error"
+                check_error(failed, code, root)
