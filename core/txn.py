@@ -144,7 +144,14 @@ class TransactionCoordinator:
                 partition.flush()
 
     def _sync_markers(self) -> None:
-        """fsync partitions with COMMIT markers, before a durable state record can claim them."""
+        """fsync the segments holding COMMIT markers, before a durable state record can claim them.
+
+        After a power loss, a marker that did not reach the disk leaves its
+        data open, and recovery aborts open data unless ``__transaction_state``
+        still says ``prepare_commit``; the next durable state record may say
+        otherwise. Only the segment is fsynced (a roll since fsynced the older
+        ones): the checkpoint may lag, recovery re-reads past it.
+        """
         for tp in sorted(self._unsynced_markers):
             try:
                 partition = self.store.partition(tp.topic, tp.partition)
@@ -152,7 +159,7 @@ class TransactionCoordinator:
                 self._unsynced_markers.discard(tp)
                 continue
             with writing(partition):
-                partition.flush()
+                partition.active_segment.flush()
             self._unsynced_markers.discard(tp)
 
     def _recover(self) -> None:
