@@ -17,10 +17,19 @@ bytes, as a short write before ENOSPC does) and:
 The commit must raise the right error (``DiskFullError`` naming the file, or
 ``StorageError`` for EIO). The same process then goes on after space returns
 (the same producer commits more), the log is closed or abandoned without a
-close (a crash) and reopened. The model: read_committed shows every committed
-transaction exactly once, in order, and nothing of the failed one unless it
-passed its commit point, in which case all of it; group offsets are those of
-the committed transactions; the reopened log agrees with what the process saw.
+close (a crash) and reopened, and one more transaction is appended. The
+model: read_committed shows every committed transaction exactly once, in
+order, and nothing of the failed one unless it passed its commit point, in
+which case all of it; group offsets are those of the committed transactions;
+the reopened log agrees with what the process saw; every record is found
+through the offset and time indexes.
+
+The abort path has writes of its own (``prepare_abort``, ABORT markers,
+``aborted.txnindex``): a second enumeration fails the decision's first write,
+then each later call in turn.
+
+``time.time`` steps 1 ms per call, so every run makes the same writes (each
+run checks that its calls up to the fault are those counted).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import builtins
 import errno
 import io
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -44,7 +54,7 @@ from millpond.backends.base import IsolationLevel, TopicSpec
 from millpond.backends.embedded import EmbeddedBackend, EmbeddedProducer
 from millpond.errors import DiskFullError, StorageError, TransactionError
 from millpond.records import Record, TopicPartition
-from millpond.storage import human_bytes, storage_error
+from millpond.storage import human_bytes, mount_point, storage_error
 from millpond.txn import TransactionCoordinator
 
 PARTITIONS = 3
@@ -475,14 +485,19 @@ def test_every_failed_write_in_a_commit_leaves_one_outcome(fast_tmp: Path) -> No
 
 
 def test_disk_full_names_the_file_and_the_free_space(tmp_path: Path) -> None:
-    exc = storage_error(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "00000.log")
-    assert isinstance(exc, DiskFullError)
-    assert str(exc).startswith(f"disk full writing {tmp_path / '00000.log'} (")
-    assert str(exc).endswith(" free on /)") or " free on /" in str(exc)
-    assert exc.free_bytes == shutil.disk_usage(tmp_path).free or exc.free_bytes > 0
-    eio = storage_error(OSError(errno.EIO, "Input/output error", str(tmp_path / "x.index")), tmp_path)
-    assert type(eio) is StorageError and str(eio) == f"cannot write {tmp_path / 'x.index'}: Input/output error (errno 5)"
-    assert human_bytes(12 * 1024) == "12.0 KiB" and human_bytes(5) == "5 B"
+    segment = tmp_path / "00000.log"
+    exc = storage_error(OSError(errno.ENOSPC, "No space left on device"), segment)  # pwrite: no file name
+    assert isinstance(exc, DiskFullError) and exc.retriable and exc.path == str(segment)
+    mount = mount_point(tmp_path)
+    assert re.fullmatch(rf"disk full writing {re.escape(str(segment))} \(\d+(\.\d)? [KMGT]?i?B free on {re.escape(str(mount))}\)",
+                        str(exc)), str(exc)
+    assert abs(exc.free_bytes - shutil.disk_usage(tmp_path).free) < 1 << 30  # others write meanwhile
+    quota = storage_error(OSError(errno.EDQUOT, "Disk quota exceeded"), segment)
+    assert isinstance(quota, DiskFullError)
+    eio = storage_error(OSError(errno.EIO, "Input/output error", str(tmp_path / "x.index")), segment)
+    assert type(eio) is StorageError and eio.path == str(tmp_path / "x.index")  # the error's own file name wins
+    assert str(eio) == f"cannot write {tmp_path / 'x.index'}: Input/output error (errno {errno.EIO})"
+    assert human_bytes(12 * 1024) == "12.0 KiB" and human_bytes(5) == "5 B" and human_bytes(3 << 40) == "3.0 TiB"
 
 
 def test_a_producer_with_an_incomplete_transaction_refuses_to_commit(tmp_path: Path) -> None:
