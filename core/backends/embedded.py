@@ -63,9 +63,9 @@ class EmbeddedBackend(Lifecycle):
 
     async def close(self) -> None:
         if self._store is not None:
+            store, self._store = self._store, None  # closed even if a flush fails: the lock is let go
             with storage_errors(self.directory):
-                self._store.close()
-            self._store = None
+                store.close()
 
     @property
     def store(self) -> LogStore:

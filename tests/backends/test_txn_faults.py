@@ -577,3 +577,51 @@ def test_a_failed_flush_or_offset_commit_loses_and_doubles_nothing(fast_tmp: Pat
                 _, failed = asyncio.run(workload((i,), code))
                 assert failed is not None, f"call {i} ({calls[i]}) failed without an error"
                 check_error(failed, code, root)
+
+
+@pytest.mark.slow  # ~15 s: every write of a recovery at open
+def test_opening_on_a_full_disk_fails_cleanly_and_works_when_space_returns(fast_tmp: Path) -> None:
+    """Recovery at open writes: each of its writes failing is a DiskFullError, and the lock is let go."""
+    root = fast_tmp / "log"
+    faults = Faults(fast_tmp)
+
+    async def crashed_log() -> None:
+        backend = await open_backend(root)
+        producer = backend.producer("tx")
+        await send_txn(producer, 1)
+        await producer.begin()  # left open by the crash: recovery aborts it
+        await producer.send("data", Record(b"in flight"), partition=0)
+        coordinator = backend._txns
+        assert coordinator is not None and producer._state is not None
+        tp = TopicPartition("data", 0)
+        coordinator.store.partition("data", 0).append(
+            [Record(b"in flight")], producer_id=producer._state.producer_id, producer_epoch=0, transactional=True
+        )
+        assert backend.partition(tp).last_stable_offset < backend.partition(tp).high_watermark
+        crash(backend)
+
+    async def reopen(fail_at: tuple[int, ...]) -> tuple[list[str], StorageError | None]:
+        shutil.rmtree(root, ignore_errors=True)
+        await crashed_log()
+        failed: StorageError | None = None
+        faults.arm(fail_at, errno.ENOSPC, sticky=True)
+        try:
+            backend = EmbeddedBackend(root)
+            await backend.open()
+            await backend.close()
+        except StorageError as exc:
+            failed = exc
+        calls = faults.calls
+        faults.space_returns()
+        backend = await open_backend(root)  # not refused by a lock left behind
+        assert await observed(backend) == model([1])
+        await backend.close()
+        return calls, failed
+
+    with injected(faults):
+        calls, failed = asyncio.run(reopen(()))
+        assert failed is None and len(calls) > 2
+        print(f"\nopen after a crash: {len(calls)} write-ish calls")
+        for i in range(len(calls)):
+            _, failed = asyncio.run(reopen((i,)))
+            assert isinstance(failed, DiskFullError), f"call {i} ({calls[i]}): {failed!r}"
