@@ -589,12 +589,9 @@ def test_opening_on_a_full_disk_fails_cleanly_and_works_when_space_returns(fast_
         backend = await open_backend(root)
         producer = backend.producer("tx")
         await send_txn(producer, 1)
-        await producer.begin()  # left open by the crash: recovery aborts it
-        await producer.send("data", Record(b"in flight"), partition=0)
-        coordinator = backend._txns
-        assert coordinator is not None and producer._state is not None
+        assert producer._state is not None
         tp = TopicPartition("data", 0)
-        coordinator.store.partition("data", 0).append(
+        backend.partition(tp).append(  # a transaction left open by the crash: recovery aborts it
             [Record(b"in flight")], producer_id=producer._state.producer_id, producer_epoch=0, transactional=True
         )
         assert backend.partition(tp).last_stable_offset < backend.partition(tp).high_watermark
