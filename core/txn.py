@@ -19,18 +19,22 @@ aborted.
 A write can fail anywhere on this path (disk full, EIO). A transaction never
 ends half-way because of it:
 
-- before the commit point, the transaction is aborted: ``prepare_abort`` is
-  written durably *after* any ``prepare_commit`` that may have reached the
-  file (the last record of a transactional id wins), then the ABORT markers;
-- after the commit point, it commits;
+- before the commit point, ``commit`` raises and the transaction is aborted:
+  ``prepare_abort`` is written durably *after* any ``prepare_commit`` that may
+  have reached the file (the last record of a transactional id wins), then
+  the ABORT markers;
+- after the commit point, ``commit`` returns: the transaction is committed
+  (as in Kafka, where the markers are written after the commit returns);
 - whatever could not be written is retried, and until it is, the producer
   cannot start another transaction (its data would join the open one in the
   partitions): ``commit`` raises ``TransactionError``, and ``init_producer``
   completes the transaction first, raising ``StorageError`` while it still
   cannot. After a restart, recovery completes it the same way.
 
-So a ``commit`` that raised has an outcome the log decides: the caller reads
-its committed offsets back (after ``init_producer``) rather than assuming one.
+So ``commit`` returning means committed, and raising means aborted once the
+producer is initialised again. Only a crash before that can still commit a
+transaction whose commit raised: when its ``prepare_commit`` reached the disk
+but its fsync failed. Its source offsets then say so, as they are part of it.
 
 COMMIT markers are fsynced before the next durable write to
 ``__transaction_state``, so a ``complete_commit`` never reaches the disk ahead
@@ -75,9 +79,6 @@ class TransactionState:
     state: str = "empty"
     partitions: list[TopicPartition] = field(default_factory=list)
     # In memory only, for a transaction that is not complete:
-    #: group offsets to apply when its COMMIT markers are written (after a
-    #: restart they are read back from ``__consumer_offsets`` instead)
-    offsets: dict[str, dict[TopicPartition, int]] = field(default_factory=dict)
     #: False while a ``prepare_abort`` decided in memory is not yet durable
     decision_written: bool = True
     #: the error that left it incomplete, for the message on the next use
@@ -183,15 +184,22 @@ class TransactionCoordinator:
         state = self._states.get(transactional_id)
         if state is None:
             next_id = max((s.producer_id for s in self._states.values()), default=999) + 1
-            state = TransactionState(transactional_id, next_id, 0)
-        else:
-            if not state.complete:
-                self._settle(state)
-            state.epoch += 1
+            new = TransactionState(transactional_id, next_id, 0)
+            self._write_state(new, durable=False)
+            self._states[transactional_id] = new
+            return new
+        if not state.complete:
+            self._settle(state)
+        previous = state.state
+        state.epoch += 1
         state.state = "empty"
-        state.partitions = []
-        self._states[transactional_id] = state
-        self._write_state(state, durable=False)
+        try:
+            self._write_state(state, durable=False)
+        except BaseException:
+            # Not re-registered: the producer holding the current epoch is not fenced by this.
+            state.epoch -= 1
+            state.state = previous
+            raise
         return state
 
     def _check_epoch(self, state: TransactionState, epoch: int) -> None:
@@ -216,14 +224,15 @@ class TransactionCoordinator:
     ) -> None:
         """Append ``data`` and ``offsets`` as one transaction and commit it.
 
-        Raises ``StorageError`` (``DiskFullError``) when a write fails; the
-        transaction is then aborted if the failure came before the commit
-        point and committed if after, now or when it is retried.
+        Raises ``StorageError`` (``DiskFullError``) when a write before the
+        commit point fails: the transaction is aborted, now or when the
+        producer is initialised again. A failure after it does not raise (the
+        transaction is committed); the markers it left out are written when
+        the producer is initialised again.
         """
         self._check_epoch(state, epoch)
         state.state = "ongoing"
         state.partitions = sorted(set(data) | ({TopicPartition(OFFSETS_TOPIC, 0)} if offsets else set()))
-        state.offsets = {group: dict(group_offsets) for group, group_offsets in offsets.items()}
         try:
             for tp, rows in data.items():
                 partition = self.store.partition(tp.topic, tp.partition)
@@ -259,11 +268,19 @@ class TransactionCoordinator:
             state.decision_written = False
             self._abort_after(state, exc)
             raise
+        # Committed, whatever fails from here on.
+        for group, group_offsets in offsets.items():
+            self.groups.apply(group, group_offsets)
         try:
             self._complete(state, commit=True)
-        except BaseException as exc:
+        except Exception as exc:  # noqa: BLE001 - completed when the producer is initialised again
             state.failure = str(exc)
-            raise
+            log.warning(
+                "transaction of %r committed, but its markers are not all written yet (%s); "
+                "read_committed readers of its partitions wait until they are",
+                state.transactional_id,
+                exc,
+            )
 
     def _abort_after(self, state: TransactionState, exc: BaseException) -> None:
         state.failure = str(exc)
@@ -295,10 +312,6 @@ class TransactionCoordinator:
                     partition.append_control(state.producer_id, state.epoch, commit=commit)
                 if commit and self.fsync:
                     self._unsynced_markers.add(tp)
-        if commit:
-            for group, group_offsets in state.offsets.items():
-                self.groups.apply(group, group_offsets)
-        state.offsets = {}
         decided, partitions = state.state, state.partitions
         state.state = "complete_commit" if commit else "complete_abort"
         state.partitions = []

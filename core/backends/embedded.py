@@ -301,9 +301,13 @@ class EmbeddedProducer:
                 self.backend.notify()
 
     async def init(self) -> None:
-        if self.transactional_id is not None and self._state is None:
-            self._state = self.backend._writer("begin a transaction").init_producer(self.transactional_id)
-            self._epoch = self._state.epoch
+        """Register the producer; again when its last transaction did not complete, which completes it."""
+        if self.transactional_id is None:
+            return
+        if self._state is not None and (self._state.epoch != self._epoch or self._state.complete):
+            return  # ready, or fenced by a newer producer (commit() says so)
+        self._state = self.backend._writer("begin a transaction").init_producer(self.transactional_id)
+        self._epoch = self._state.epoch
 
     async def begin(self) -> None:
         if self.transactional_id is None:
@@ -327,12 +331,8 @@ class EmbeddedProducer:
         self._pending, self._offsets = {}, {}
         self._in_transaction = False
         try:
+            # A transaction this leaves incomplete is completed by the next begin() (see init()).
             self.backend._writer("commit").commit(self._state, self._epoch, pending, offsets)
-        except BaseException:
-            # The transaction ended (or is left to complete): the next begin()
-            # initialises the producer again, which completes it first.
-            self._state = None
-            raise
         finally:
             self.backend.notify()  # markers written either way move the last stable offset
 

@@ -135,6 +135,10 @@ def test_a_newer_producer_fences_the_older(tmp_path: Path) -> None:
             await old.commit()
         await new.send("t", Record(b"live"))
         await new.commit()
+        await old.begin()  # a fenced producer stays fenced: begin() does not register it again
+        await old.send("t", Record(b"zombie"))
+        with pytest.raises(TransactionError, match="fenced"):
+            await old.commit()
         assert await values(backend, IsolationLevel.read_committed) == [b"live"]
         await backend.close()
 

@@ -14,8 +14,10 @@ bytes, as a short write before ENOSPC does) and:
 - ``full``: that call and every later one fail until "space returns";
 - ``crash``: as ``full``, but the process dies before space returns.
 
-The commit must raise the right error (``DiskFullError`` naming the file, or
-``StorageError`` for EIO). The same process then goes on after space returns
+Before the commit point, the commit must raise the right error
+(``DiskFullError`` naming the file, or ``StorageError`` for EIO); after it, it
+returns (committed; the producer completes the markers on its next use). While
+the disk stays full, the next transaction raises the same error. The same process then goes on after space returns
 (the same producer commits more), the log is closed or abandoned without a
 close (a crash) and reopened, and one more transaction is appended. The
 model: read_committed shows every committed transaction exactly once, in
@@ -370,10 +372,16 @@ def run_fault(
     mode: str,
     *,
     calls: list[str],
-    committed: bool | None,
+    committed: bool,
     crash_at_end: bool,
 ) -> None:
-    """One fault point (see the module docstring); ``committed``: the outcome txn 2 must have (None: either)."""
+    """One fault point (see the module docstring).
+
+    ``committed``: whether the failure came after the commit point. Then the
+    commit returns and txn 2 is committed; else the commit raises and txn 2 is
+    aborted, except that a crash before space returns may still commit it
+    (its ``prepare_commit`` reached the file, its fsync failed).
+    """
     last = max(fail_at)
 
     async def go() -> bool:
@@ -381,10 +389,17 @@ def run_fault(
         producer = backend.producer("tx")
         await send_txn(producer, 1)
         faults.arm(fail_at, code, sticky=mode != "once")
-        with pytest.raises(StorageError) as failed:
+        failed: BaseException | None = None
+        try:
             await send_txn(producer, 2)
+        except StorageError as exc:
+            failed = exc
         assert faults.calls[: last + 1] == calls[: last + 1], "the workload's writes differ from the counted run"
-        check_error(failed.value, code, root)
+        if committed:
+            assert failed is None, f"the commit passed its commit point but raised {failed!r}"
+        else:
+            assert failed is not None, "the commit failed before its commit point but returned"
+            check_error(failed, code, root)
         if mode != "once":  # still failing: the producer stays unusable, with the same clear error
             with pytest.raises(StorageError) as again:
                 await send_txn(producer, 99)
@@ -419,8 +434,7 @@ def run_fault(
 
     has_txn2 = asyncio.run(go())
     shutil.rmtree(root)
-    if committed is not None:
-        # before the commit point it is aborted for good; after it, it commits
+    if committed or mode != "crash":
         assert has_txn2 == committed, f"txn 2 committed={has_txn2}, expected {committed}"
 
 
@@ -429,7 +443,7 @@ MODES = ("once", "full", "crash")
 
 
 def enumerate_faults(
-    root: Path, faults: Faults, calls: list[str], points: list[tuple[tuple[int, ...], bool | None]]
+    root: Path, faults: Faults, calls: list[str], points: list[tuple[tuple[int, ...], bool]]
 ) -> int:
     runs = 0
     for fail_at, committed in points:
@@ -439,7 +453,7 @@ def enumerate_faults(
                     run_fault(
                         root, faults, fail_at, code, mode,
                         calls=calls,
-                        committed=None if mode == "crash" else committed,
+                        committed=committed,
                         crash_at_end=(fail_at[-1] + c + m) % 2 == 0,  # each mode ends both ways at each call
                     )
                 except BaseException as exc:
