@@ -49,6 +49,7 @@ class _SparseIndex:
         self._first = [a for a, _ in entries]
         self._second = [b for _, b in entries]
         self._pending = bytearray()
+        self._torn = False  # a flush failed part-way: the file may end in a torn entry
 
     def __len__(self) -> int:
         return len(self._first)
@@ -64,9 +65,15 @@ class _SparseIndex:
         self.rewrite()
 
     def flush(self) -> None:
-        if self._pending:
-            with open(self.path, "ab") as f:
-                f.write(self._pending)
+        if self._torn:
+            self.rewrite()
+        elif self._pending:
+            try:
+                with open(self.path, "ab") as f:
+                    f.write(self._pending)
+            except BaseException:
+                self._torn = True  # appending the entries again would shift every later one
+                raise
             self._pending.clear()
 
     def rewrite(self) -> None:
@@ -76,6 +83,7 @@ class _SparseIndex:
             f.write(data)
         os.replace(tmp, self.path)
         self._pending.clear()
+        self._torn = False
 
 
 class OffsetIndex(_SparseIndex):

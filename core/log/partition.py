@@ -97,6 +97,8 @@ class Partition:
         if writable:
             directory.mkdir(parents=True, exist_ok=True)
         self._state = _ProducerState()
+        #: an aborted range is missing from (or torn in) aborted.txnindex; rewritten before the next checkpoint
+        self._aborted_index_torn = False
         self.recovery_point = 0
         self.log_start_offset = 0
         self._unflushed_messages = 0
@@ -207,9 +209,16 @@ class Partition:
 
     def _load_aborted_index(self) -> None:
         try:
-            lines = (self.directory / ABORTED_INDEX).read_text().splitlines()
+            text = (self.directory / ABORTED_INDEX).read_text()
         except FileNotFoundError:
             return
+        lines = text.splitlines()
+        if text and not text.endswith("\n"):
+            # An append that failed or was cut by a crash; its marker is past the
+            # recovery point (re-tracked on open). Appending after it would glue
+            # two lines together: the file is rewritten instead.
+            lines.pop()
+            self._aborted_index_torn = True
         for line in lines:
             parts = line.split()
             if len(parts) == 3:
@@ -224,8 +233,28 @@ class Partition:
             return
         ranges.append((first, last))
         if self.writable:
-            with open(self.directory / ABORTED_INDEX, "a") as f:
-                f.write(f"{producer_id} {first} {last}\n")
+            try:
+                if self._aborted_index_torn:
+                    self._rewrite_aborted_index()
+                else:
+                    with open(self.directory / ABORTED_INDEX, "a") as f:
+                        f.write(f"{producer_id} {first} {last}\n")
+            except BaseException:
+                # The ABORT marker is in the segment already: the checkpoint must
+                # not move past it until the index holds its range.
+                self._aborted_index_torn = True
+                raise
+
+    def _rewrite_aborted_index(self) -> None:
+        path = self.directory / ABORTED_INDEX
+        tmp = path.with_suffix(".tmp")
+        ranges = sorted((first, last, pid) for pid, pairs in self._state.aborted.items() for first, last in pairs)
+        with open(tmp, "w") as f:
+            f.writelines(f"{pid} {first} {last}\n" for first, last, pid in ranges)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._aborted_index_torn = False
 
     def _finish_interrupted_swaps(self) -> None:
         """A compaction swap interrupted by a crash: complete it if committed, else drop the leftovers.
@@ -351,6 +380,8 @@ class Partition:
         start = max(0, bisect.bisect_right(self._base_offsets, self.recovery_point) - 1)
         for segment in self.segments[start:]:
             segment.flush(fsync=fsync)
+        if self._aborted_index_torn:
+            self._rewrite_aborted_index()
         self.recovery_point = self.log_end_offset
         self._unflushed_messages = 0
         self._last_flush = time.monotonic()

@@ -57,6 +57,8 @@ class LogSegment:
         self._bytes_since_index = 0
         self.sealed = False
         self.deleted = False
+        #: a failed append may have left part of a batch past ``size``; cut before the next write
+        self._torn_tail = False
 
     # -- indexes (loaded on first use, so opening a partition reads no index) --
 
@@ -88,12 +90,25 @@ class LogSegment:
     # -- writing --
 
     def append(self, data: bytes | bytearray | memoryview, headers: list[BatchHeader]) -> None:
-        """Append whole batches (already carrying their offsets)."""
+        """Append whole batches (already carrying their offsets).
+
+        If the write fails (disk full), ``size`` stays where it was and the
+        bytes written past it are cut, now or before the next append or flush.
+        """
+        self._cut_torn_tail()
         position = self.size
         view = memoryview(data)
         written = 0
-        while written < len(view):
-            written += os.pwrite(self._fd, view[written:], position + written)
+        try:
+            while written < len(view):
+                written += os.pwrite(self._fd, view[written:], position + written)
+        except BaseException:
+            self._torn_tail = True
+            try:
+                self._cut_torn_tail()
+            except OSError:
+                pass  # still failing: cut before the next append or flush
+            raise
         index = self.index
         time_index = self.time_index
         max_ts = self.max_timestamp if self.size else -1
@@ -110,7 +125,14 @@ class LogSegment:
         self.size = position
         self.next_offset = headers[-1].next_offset
 
+    def _cut_torn_tail(self) -> None:
+        if self._torn_tail:
+            self.truncate(self.size)
+            self._torn_tail = False
+
     def flush(self, fsync: bool = True) -> None:
+        if self.writable:
+            self._cut_torn_tail()
         if self._index is not None:
             self._index.flush()
         if self._time_index is not None:

@@ -46,9 +46,13 @@ class LogStore:
                 raise UnknownTopicError(f"no millpond log at {self.directory}")
             self.clean_shutdown = True
         self.topics: dict[str, Topic] = {}
-        for path in sorted(self.topics_dir.iterdir()) if self.topics_dir.is_dir() else ():
-            if (path / TOPIC_FILE).exists():
-                self.topics[path.name] = Topic(path, writable=writable, clean_shutdown=self.clean_shutdown)
+        try:
+            for path in sorted(self.topics_dir.iterdir()) if self.topics_dir.is_dir() else ():
+                if (path / TOPIC_FILE).exists():
+                    self.topics[path.name] = Topic(path, writable=writable, clean_shutdown=self.clean_shutdown)
+        except BaseException:
+            self._unlock()  # recovery failed (disk full?): opening again, even in this process, must not be refused
+            raise
 
     def _lock(self) -> None:
         path = self.directory / LOCK
@@ -62,9 +66,18 @@ class LogStore:
                 f"the log at {self.directory} is held by another process (pid {holder}); "
                 "stop it, or run this command through it"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except BaseException:
+            self._unlock()  # a full disk: nobody must be left holding the lock
+            raise
+
+    def _unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     # -- topics --
 
@@ -133,9 +146,10 @@ class LogStore:
             partition.flush()
 
     def close(self) -> None:
-        for topic in self.topics.values():
-            topic.close()
-        if self.writable and self._lock_fd >= 0:
-            (self.directory / CLEAN_SHUTDOWN).touch()
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        try:
+            for topic in self.topics.values():
+                topic.close()
+            if self.writable and self._lock_fd >= 0:
+                (self.directory / CLEAN_SHUTDOWN).touch()
+        finally:
+            self._unlock()  # also when a flush failed: the next open recovers (no clean-shutdown marker)
