@@ -114,6 +114,7 @@ class EmbeddedBackend(Lifecycle):
                     p.last_stable_offset,
                     p.size_bytes,
                     len(p.segments),
+                    tuple(p.problems),
                 )
             )
         return infos

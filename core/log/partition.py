@@ -200,9 +200,10 @@ class Partition:
             self._recover(trusted)
             return
         if why and not damaged:
-            trusted = self._distrust(why)
             if self.recovery_point > self.log_end_offset:
-                self._problems.append(f"checkpoint claims more than the data holds: {why}")
+                self._damage = CorruptRecordError(f"{self.name}: {self.directory / CHECKPOINT} {why}")
+                self._problems.append(str(self._damage))
+            trusted = self._distrust(why)
         if not trusted:
             self._rebuild_producer_state()
         if damaged:
@@ -762,7 +763,12 @@ class Partition:
                     self._problems.append(str(self._damage))
             self.log_start_offset = max(self.log_start_offset, self.segments[0].base_offset)
         if self.log_end_offset > before:
-            self._replay_headers(before)
+            try:
+                self._replay_headers(before)
+            except CorruptRecordError as exc:
+                self._damage = exc
+                if str(exc) not in self._problems:
+                    self._problems.append(str(exc))
 
     # -- retention and compaction hooks --
 

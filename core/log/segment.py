@@ -298,9 +298,20 @@ class LogSegment:
         never a quiet end: only a batch running past the end of the *active*
         segment ends the walk quietly (a writer may be appending it).
         """
-        stop = yield from self._scan(start, self.size if end is None else end)
+        last: BatchHeader | None = None
+        scan = self._scan(start, self.size if end is None else end)
+        while True:
+            try:
+                position, last = next(scan)
+            except StopIteration as done:
+                stop: ScanStop | None = done.value
+                break
+            yield position, last
         if stop is not None and (self.sealed or not stop.torn):
             raise self.corrupt(stop.position, stop.why, self.label)
+        if end is None and self.sealed and self.contiguous and last is not None and last.next_offset != self.next_offset:
+            raise self.corrupt(self.size, f"the segment ends at offset {last.next_offset}, but the next one "
+                               f"starts at {self.next_offset}: it was cut short", self.label)
 
     def _verified_start(self, offset: int) -> int:
         """Where to start scanning for ``offset``: the offset index's entry, once the
