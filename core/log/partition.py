@@ -352,6 +352,21 @@ class Partition:
             out.append(reason)
         return out
 
+    def check_tails(self) -> list[str]:
+        """Damage at the end of each sealed segment, one line each: what ``topics describe`` checks
+        so that it does not show an end offset the data does not reach without saying so. Cheap:
+        the last index interval of each segment, not the whole log."""
+        out = []
+        for segment in list(self.segments[:-1]):
+            try:
+                stop = segment.check_tail()
+            except CorruptRecordError as exc:
+                out.append(str(exc))
+                continue
+            if stop is not None:
+                out.append(str(segment.corrupt(stop.position, stop.why, self.name)))
+        return out
+
     @property
     def problems(self) -> list[str]:
         """What is wrong with this partition's files, one line each (empty when nothing is)."""

@@ -54,6 +54,21 @@ def segment_name(base_offset: int) -> str:
     return f"{base_offset:020d}"
 
 
+def _misplaced(header: BatchHeader, expected: int, limit: int | None, contiguous: bool) -> str:
+    """Why a batch's offsets cannot be where they are ('' when they can). The base offset is
+    outside the CRC, so this is what catches a damaged one."""
+    span = f"batch offsets {header.base_offset}..{header.last_offset}"
+    if header.last_offset_delta < 0:
+        return f"{span}: negative last offset delta {header.last_offset_delta}"
+    if header.base_offset < expected:
+        return f"{span} go back before offset {expected}"
+    if contiguous and header.base_offset != expected:
+        return f"{span} leave a gap after offset {expected - 1}"
+    if limit is not None and header.next_offset > limit:
+        return f"{span} run past the segment's end (the next segment starts at {limit})"
+    return ""
+
+
 class LogSegment:
     def __init__(self, directory: Path, base_offset: int, *, writable: bool, label: str = "") -> None:
         self.directory = directory
@@ -250,18 +265,9 @@ class LogSegment:
             for offset_in_chunk, header in batch_format.walk(chunk, 0, len(chunk)):
                 if header.magic != MAGIC:
                     return ScanStop(position + offset_in_chunk, f"unknown magic {header.magic}", False)
-                if (
-                    header.base_offset < expected
-                    or (contiguous and not first and header.base_offset != expected)
-                    or header.last_offset_delta < 0
-                    or (limit is not None and header.next_offset > limit)
-                ):
-                    return ScanStop(
-                        position + offset_in_chunk,
-                        f"batch offsets {header.base_offset}..{header.last_offset} do not follow "
-                        f"offset {expected - 1}" + (f" or pass the segment's end {limit}" if limit else ""),
-                        False,
-                    )
+                misplaced = _misplaced(header, expected, limit, contiguous and not first)
+                if misplaced:
+                    return ScanStop(position + offset_in_chunk, misplaced, False)
                 yield position + offset_in_chunk, header
                 expected = header.next_offset
                 first = False
@@ -276,12 +282,9 @@ class LogSegment:
                 if position + size > end:
                     return ScanStop(position, f"batch of {size} bytes runs past the end ({end})", True)
                 chunk_size = HEADER_SIZE
-                # offsets checked on the next round, through batch_format.walk of a header-only chunk
-                if header.base_offset < expected or header.last_offset_delta < 0 or (
-                    limit is not None and header.next_offset > limit
-                ) or (contiguous and not first and header.base_offset != expected):
-                    return ScanStop(position, f"batch offsets {header.base_offset}..{header.last_offset} "
-                                    f"do not follow offset {expected - 1}", False)
+                misplaced = _misplaced(header, expected, limit, contiguous and not first)
+                if misplaced:
+                    return ScanStop(position, misplaced, False)
                 yield position, header
                 expected = header.next_offset
                 first = False
@@ -395,6 +398,26 @@ class LogSegment:
         if position < os.fstat(self._fd).st_size:
             os.ftruncate(self._fd, position)
         self.size = position
+
+    def check_tail(self) -> ScanStop | None:
+        """Where the last index interval of a sealed segment is damaged (cheap: from the last
+        index entry to the end), or None. Damage before it shows when it is read."""
+        last = self.index.last()
+        start = self._verified_start(last[0]) if last else 0
+        last = self.index.last()
+        expected = last[0] if last and start and start == last[1] else self.base_offset
+        scan = self._scan(start, self.size, expected)
+        end = expected
+        while True:
+            try:
+                end = next(scan)[1].next_offset
+            except StopIteration as done:
+                stop: ScanStop | None = done.value
+                break
+        if stop is None and self.contiguous and end != self.next_offset:
+            stop = ScanStop(self.size, f"the segment ends at offset {end}, but the next one starts at "
+                            f"{self.next_offset}: it was cut short", False)
+        return stop
 
     def scan_next_offset(self) -> ScanStop | None:
         """Set ``next_offset`` (the offset after the last batch), scanning from the last
