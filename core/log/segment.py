@@ -94,6 +94,8 @@ class LogSegment:
         self.deleted = False
         #: batches follow each other without offset gaps (never compacted); set by the partition
         self.contiguous = False
+        #: positions of offset-index entries already seen to point at their batch
+        self._verified: set[int] = set()
 
     # -- indexes (loaded on first use, so opening a partition reads no index) --
 
@@ -111,13 +113,21 @@ class LogSegment:
         assert self._time_index is not None
         return self._time_index
 
+    def _visible_size(self) -> int:
+        """The segment's size; for a read-only view of the active segment, what the writer has
+        written by now (its index entries may already cover more than the last refresh saw)."""
+        if self.writable or self.sealed or self._fd < 0:
+            return self.size
+        return max(self.size, os.fstat(self._fd).st_size)
+
     def _load_indexes(self) -> None:
         """Load both indexes; rebuild them from the segment when their entries are not sane."""
         index = OffsetIndex(self.index_path, self.base_offset)
         time_index = TimeIndex(self.time_index_path, self.base_offset)
         next_offset = self.next_offset if self.sealed else None
+        size = self._visible_size()  # after the index files were read: the data was written first
         for loaded in (index, time_index):
-            problem = loaded.problem(self.size, next_offset)
+            problem = loaded.problem(size, next_offset)
             if problem is not None:
                 self.rebuild_indexes(f"{loaded.path.name}: {problem}")
                 return
@@ -138,6 +148,7 @@ class LogSegment:
         self._index = OffsetIndex(self.index_path, self.base_offset, load=False)
         self._time_index = TimeIndex(self.time_index_path, self.base_offset, load=False)
         self._bytes_since_index = 0
+        self._verified.clear()
         self._index_headers(headers)
         if self.writable:
             self._index.rewrite()
@@ -265,9 +276,15 @@ class LogSegment:
             for offset_in_chunk, header in batch_format.walk(chunk, 0, len(chunk)):
                 if header.magic != MAGIC:
                     return ScanStop(position + offset_in_chunk, f"unknown magic {header.magic}", False)
-                misplaced = _misplaced(header, expected, limit, contiguous and not first)
-                if misplaced:
-                    return ScanStop(position + offset_in_chunk, misplaced, False)
+                base = header.base_offset
+                if (
+                    base < expected
+                    or header.last_offset_delta < 0
+                    or (contiguous and base != expected and not first)
+                    or (limit is not None and base + header.last_offset_delta >= limit)
+                ):
+                    why = _misplaced(header, expected, limit, contiguous and not first)
+                    return ScanStop(position + offset_in_chunk, why, False)
                 yield position + offset_in_chunk, header
                 expected = header.next_offset
                 first = False
@@ -325,12 +342,14 @@ class LogSegment:
         if entry is None:
             return 0
         entry_offset, position = entry
-        if position == 0 and entry_offset == self.base_offset:
-            return 0
+        if position in self._verified or (position == 0 and entry_offset == self.base_offset):
+            return position
         header = None
-        if 0 <= position <= self.size - HEADER_SIZE:
-            header = batch_format.read_header(self.read_bytes(position, HEADER_SIZE))
-        if header is None or header.base_offset != entry_offset or header.magic != MAGIC:
+        if 0 <= position <= self._visible_size() - HEADER_SIZE:
+            header = batch_format.read_header(os.pread(self._fd, HEADER_SIZE, position))
+        if header is not None and header.base_offset == entry_offset and header.magic == MAGIC:
+            self._verified.add(position)
+        else:
             self.rebuild_indexes(f"{self.index_path.name}: entry ({entry_offset}, {position}) "
                                  "does not point at that batch")
             entry = self.index.lookup_entry(offset)
@@ -379,6 +398,7 @@ class LogSegment:
         self._index = OffsetIndex(self.index_path, self.base_offset, load=False)
         self._time_index = TimeIndex(self.time_index_path, self.base_offset, load=False)
         self._bytes_since_index = 0
+        self._verified.clear()
         self._index_headers([header for _, header in valid])
         if self.writable:
             self._index.rewrite()
