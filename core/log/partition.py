@@ -158,6 +158,7 @@ class Partition:
         for segment, following in zip(self.segments, self.segments[1:]):
             segment.next_offset = following.base_offset
             segment.sealed = True
+        self.segments[-1].contiguous = True  # the active segment is never compacted
         if trusted and self.log_start_offset > self.segments[0].base_offset and (
             self.log_start_offset not in self._base_offsets  # retention moves it to a segment's base only
         ):
@@ -184,19 +185,21 @@ class Partition:
         active = self.segments[-1]
         stop = active.scan_next_offset()
         damaged = stop is not None and (self.writable or not stop.torn)
+        claims_more = trusted and self.recovery_point > self.log_end_offset
         why = ""
         if damaged:
             assert stop is not None
             why = f"segment {active.log_path.name} is damaged at position {stop.position} ({stop.why})"
-        elif trusted and self.recovery_point > self.log_end_offset:
+        elif claims_more:
             why = (f"it claims offsets up to {self.recovery_point} but the data ends at {self.log_end_offset}")
         elif trusted and not self._ongoing_ok():
             why = "an open transaction it names is not in the segments"
         if why and self.writable:
-            if not damaged:
-                trusted = self._distrust(why)
+            if damaged or claims_more:
+                # the data is short of what was fsynced: recovery quarantines or notes what is missing
+                log.warning("%s: %s; recovering it", self.name, why if damaged else f"{CHECKPOINT}: {why}")
             else:
-                log.warning("%s: %s; recovering it", self.name, why)
+                trusted = self._distrust(why)
             self._recover(trusted)
             return
         if why and not damaged:
@@ -255,6 +258,7 @@ class Partition:
             valid, stop = segment.check()
             if stop is not None:
                 first_bad = valid[-1][1].next_offset if valid else segment.base_offset
+                was_sealed = i < len(self.segments) - 1
                 if i == len(self.segments) - 1 and trusted and first_bad >= self.recovery_point:
                     log.warning(
                         "%s: cut the torn tail of segment %s at position %d (%d bytes from offset %d: %s); "
@@ -270,13 +274,36 @@ class Partition:
                 if header.base_offset >= self.recovery_point:
                     self._track(segment, header, position)
             if stop is not None:
+                if was_sealed and valid:
+                    # it may have been compacted (offset gaps): it stays sealed, appends go to a new segment
+                    self._base_offsets = [s.base_offset for s in self.segments]
+                    self.roll()
                 break
         self._base_offsets = [s.base_offset for s in self.segments]
         for segment in self.segments[:-1]:
             segment.seal()
         self._forget_from(self.log_end_offset)
+        if trusted and self.log_end_offset < self.recovery_point and not self._quarantined_since(self.log_end_offset):
+            self._record_lost(self.log_end_offset, self.recovery_point)
         self.recovery_point = min(self.recovery_point, self.log_end_offset)
         self.flush()
+
+    def _quarantined_since(self, offset: int) -> bool:
+        return any(q.get("first_offset") == offset for q in self.quarantined())
+
+    def _record_lost(self, first: int, end: int) -> None:
+        """Data the checkpoint says was fsynced is gone (a file cut short): nothing to move
+        aside, but said at ERROR and kept in a quarantine folder of its own, so describe shows it."""
+        now = datetime.now(timezone.utc)
+        folder = self.directory / QUARANTINE / now.strftime("%Y%m%dT%H%M%S%fZ")
+        folder.mkdir(parents=True)
+        why = (f"{CHECKPOINT} says offsets up to {end - 1} were written and fsynced, "
+               f"but the segments end at offset {first}: that data is gone")
+        reason = {"time": now.isoformat(), "topic": self.topic, "partition": self.partition, "reason": why,
+                  "first_offset": first, "end_offset": end, "files": []}
+        (folder / REASON).write_text(json.dumps(reason, indent=2) + "\n")
+        log.error("%s: %s (noted in %s; clear the note with: millpond topics repair %s --partition %d --discard)",
+                  self.name, why, folder, self.topic, self.partition)
 
     def _forget_from(self, offset: int) -> None:
         """Drop transaction state about offsets at or past ``offset`` (they were cut or moved aside)."""
@@ -656,6 +683,7 @@ class Partition:
         active.seal()
         segment = self._open_segment(active.next_offset)
         segment.next_offset = active.next_offset
+        segment.contiguous = True  # the active segment is never compacted
         self.segments.append(segment)
         self._base_offsets.append(segment.base_offset)
         return segment
@@ -762,6 +790,8 @@ class Partition:
             stem = path.name[:-4]
             if stem.isdigit() and int(stem) > last_base:
                 self.segments.append(self._open_segment(int(stem)))
+        if self.segments:
+            self.segments[-1].contiguous = True
         self._base_offsets = [s.base_offset for s in self.segments]
         for segment, following in zip(self.segments, self.segments[1:]):
             if not segment.sealed:

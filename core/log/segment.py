@@ -16,6 +16,7 @@ the segment keeps reading it after the files are unlinked or swapped.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import time
@@ -65,7 +66,7 @@ def _misplaced(header: BatchHeader, expected: int, limit: int | None, contiguous
     if contiguous and header.base_offset != expected:
         return f"{span} leave a gap after offset {expected - 1}"
     if limit is not None and header.next_offset > limit:
-        return f"{span} run past the segment's end (the next segment starts at {limit})"
+        return f"{span} run past offset {limit - 1}, the last this segment can hold"
     return ""
 
 
@@ -96,6 +97,7 @@ class LogSegment:
         self.contiguous = False
         #: positions of offset-index entries already seen to point at their batch
         self._verified: set[int] = set()
+        self._time_bases: list[int] | None = None
 
     # -- indexes (loaded on first use, so opening a partition reads no index) --
 
@@ -149,6 +151,7 @@ class LogSegment:
         self._time_index = TimeIndex(self.time_index_path, self.base_offset, load=False)
         self._bytes_since_index = 0
         self._verified.clear()
+        self._time_bases = None
         self._index_headers(headers)
         if self.writable:
             self._index.rewrite()
@@ -261,10 +264,12 @@ class LogSegment:
         larger than a chunk, only their 61-byte headers are read.
         """
         position = start
+        # from the start of the segment, or from a verified index entry, the first batch's base is known exactly
+        first = start != 0 and expected is None
         expected = self.base_offset if expected is None else expected
         contiguous = self.contiguous
-        first = True
-        limit = self.next_offset if self.sealed else None
+        # a sealed segment ends where the next begins; any segment holds at most 2**31 offsets (Kafka's rule)
+        limit: int | None = self.next_offset if self.sealed else self.base_offset + (1 << 31) - 1
         chunk_size = _SCAN_CHUNK
         while position < end:
             if position + HEADER_SIZE > end:
@@ -320,18 +325,36 @@ class LogSegment:
         """
         last: BatchHeader | None = None
         scan = self._scan(start, self.size if end is None else end)
+        # a compacted segment has offset gaps, so its batches' base offsets (outside the CRC) are
+        # checked against the time index instead: each entry names a batch's base offset
+        indexed = self._indexed_bases() if self.sealed and not self.contiguous else None
+        floor = self.base_offset if start == 0 else None  # where the previous batch ended, once known
         while True:
             try:
                 position, last = next(scan)
             except StopIteration as done:
                 stop: ScanStop | None = done.value
                 break
+            if indexed:
+                i = bisect.bisect_left(indexed, last.base_offset if floor is None else floor)
+                if i < len(indexed) and indexed[i] != last.base_offset and indexed[i] <= last.last_offset:
+                    raise self.corrupt(position, f"batch offsets {last.base_offset}..{last.last_offset} do not "
+                                       f"start at offset {indexed[i]}, where {self.time_index_path.name} says "
+                                       "a batch starts", self.label)
+                floor = last.next_offset
             yield position, last
         if stop is not None and (self.sealed or not stop.torn):
             raise self.corrupt(stop.position, stop.why, self.label)
         if end is None and self.sealed and self.contiguous and last is not None and last.next_offset != self.next_offset:
             raise self.corrupt(self.size, f"the segment ends at offset {last.next_offset}, but the next one "
                                f"starts at {self.next_offset}: it was cut short", self.label)
+
+    def _indexed_bases(self) -> list[int]:
+        """Base offsets of the batches the time index names (sorted)."""
+        if self._time_bases is None:
+            index = self.time_index
+            self._time_bases = sorted({index.base_offset + relative for relative in index._second})
+        return self._time_bases
 
     def _verified_start(self, offset: int) -> int:
         """Where to start scanning for ``offset``: the offset index's entry, once the
@@ -399,6 +422,7 @@ class LogSegment:
         self._time_index = TimeIndex(self.time_index_path, self.base_offset, load=False)
         self._bytes_since_index = 0
         self._verified.clear()
+        self._time_bases = None
         self._index_headers([header for _, header in valid])
         if self.writable:
             self._index.rewrite()

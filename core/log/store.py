@@ -208,6 +208,9 @@ class LogStore:
                 )
             folder = Path(event["folder"])
             part.close()
+            for segment in part.segments:  # empty segments started since (nothing was written: checked above)
+                if segment.base_offset >= first and segment.size == 0:
+                    segment.delete()
             for path in sorted(folder.iterdir()):
                 if path.name != REASON:
                     os.replace(path, part.directory / path.name)
