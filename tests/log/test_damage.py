@@ -375,3 +375,65 @@ def test_create_with_zero_partitions_is_one_line_and_exit_1(tmp_path: Path, caps
     assert main(["topics", "list", "--log", str(tmp_path / "file")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a file" in err[0]
+
+
+# -- found by the fuzzer --
+
+
+def _flip_base_offset(segment_path: Path, position: int, bit: int) -> None:
+    with open(segment_path, "r+b") as f:
+        f.seek(position)
+        base = struct.unpack(">q", f.read(8))[0]
+        f.seek(position)
+        f.write(struct.pack(">q", base ^ (1 << bit)))
+
+
+@pytest.mark.parametrize("bit", [0, 22, 40])
+def test_the_first_batch_of_the_active_segment_of_a_compacted_topic_keeps_its_offset(tmp_path: Path, bit: int) -> None:
+    store = LogStore(tmp_path)
+    partition = store.create_topic("c", 1, {"cleanup.policy": "compact", "segment.bytes": 1 << 20}).partitions[0]
+    partition.append(rows(5))
+    partition.roll()
+    partition.append(rows(5, 5))
+    active = partition.segments[-1]
+    store.close()
+    _flip_base_offset(active.log_path, 0, bit)
+    reader = LogStore(tmp_path, writable=False).partition("c", 0)
+    assert reader.problems and "batch offsets" in reader.problems[0]
+    with pytest.raises(CorruptRecordError):
+        read_all(reader)
+    writer = LogStore(tmp_path).partition("c", 0)  # recovers: the batch is moved aside, never renumbered
+    assert [r.offset for r in read_all(writer)] == list(range(5)) and writer.problems
+
+
+def test_a_compacted_segment_checks_base_offsets_against_its_time_index(tmp_path: Path) -> None:
+    from millpond.log.cleaner import compact
+
+    store = LogStore(tmp_path)
+    partition = store.create_topic("c", 1, {"cleanup.policy": "compact", "segment.bytes": 1 << 20}).partitions[0]
+    for i in range(12):  # keys repeat: compaction leaves gaps
+        partition.append([Row(b"k%d" % (i % 4), b"v%d" % i, 1_700_000_000_000 + i, [])])
+    partition.roll()
+    partition.append([Row(b"z", b"z", 1_700_000_001_000, [])])
+    compact(partition, 1_800_000_000_000, force=True)
+    sealed = partition.segments[0]
+    kept = [(pos, h.base_offset) for pos, h in sealed.walk(0)]
+    assert kept[0][1] > 0 and len(kept) >= 2  # a gap before the first kept batch
+    store.close()
+    _flip_base_offset(sealed.log_path, kept[0][0], 0)  # 8 -> 9 (or 9 -> 8): inside the gap, order kept
+    reader = LogStore(tmp_path, writable=False).partition("c", 0)
+    with pytest.raises(CorruptRecordError, match="time"):
+        read_all(reader)
+
+
+def test_fsynced_data_that_is_gone_is_noted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = filled(tmp_path)
+    active = store.partition("t", 0).segments[-1]
+    store.close()
+    with open(active.log_path, "r+b") as f:
+        f.truncate(0)  # at a batch boundary: nothing torn to find, but the checkpoint claims 80..84
+    with caplog.at_level(logging.ERROR):
+        partition = LogStore(tmp_path).partition("t", 0)
+    assert partition.log_end_offset == 80
+    assert any("offsets up to 84" in r.getMessage() for r in caplog.records)
+    assert partition.problems and "offsets 80..84" in partition.problems[0]
