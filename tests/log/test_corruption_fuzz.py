@@ -174,6 +174,11 @@ def _trial(root: Path, mode: str, model: Model, starts: dict[tuple[str, int], in
             return "refused at open"
         outcome = "read everything"
         try:
+            if mode != "reader":  # compaction over damaged files: c-0 is compacted already, so it keeps the model
+                try:
+                    compact(backend.partition(TopicPartition("c", 0)), 1_800_000_000_000, force=True)
+                except MillpondError as exc:
+                    assert _names_the_place(str(exc), root, model), f"error without a place: {exc}"
             for (topic, number), records in model.items():
                 try:
                     partition = backend.store.partition(topic, number)
