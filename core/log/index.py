@@ -156,6 +156,10 @@ class TimeIndex(_SparseIndex):
     def max_timestamp(self) -> int | None:
         return self._first[-1] if self._first else None
 
+    def offsets(self) -> list[int]:
+        """The offset of every entry: each is the base offset of a batch."""
+        return [self.base_offset + relative for relative in self._second]
+
     def maybe_append(self, max_timestamp: int, offset: int) -> None:
         """Add an entry when the segment's max timestamp grew."""
         if self._first and max_timestamp <= self._first[-1]:

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CorruptRecordError
@@ -34,6 +35,7 @@ _SCAN_CHUNK = 1 << 16
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
 class ScanStop:
     """Where and why a scan of a segment stopped before its end.
 
@@ -43,12 +45,9 @@ class ScanStop:
     batch header, offsets going backwards) is damage wherever it is.
     """
 
-    __slots__ = ("position", "why", "torn")
-
-    def __init__(self, position: int, why: str, torn: bool) -> None:
-        self.position = position
-        self.why = why
-        self.torn = torn
+    position: int
+    why: str
+    torn: bool
 
 
 def segment_name(base_offset: int) -> str:
@@ -353,7 +352,7 @@ class LogSegment:
         """Base offsets of the batches the time index names (sorted)."""
         if self._time_bases is None:
             index = self.time_index
-            self._time_bases = sorted({index.base_offset + relative for relative in index._second})
+            self._time_bases = sorted(set(index.offsets()))
         return self._time_bases
 
     def _verified_start(self, offset: int) -> int:
