@@ -45,7 +45,7 @@ from typing import Any
 
 import crc32c
 
-from ..errors import CorruptRecordError, MillpondError, OffsetOutOfRangeError
+from ..errors import CorruptRecordError, OffsetOutOfRangeError
 from . import batch as batch_format
 from .batch import BatchHeader, Encodable
 from .segment import LogSegment, ScanStop
@@ -126,6 +126,7 @@ class Partition:
         self._aborted_bytes = 0
         self._aborted_crc = 0
         self._rebuilding = False
+        self._rebuilt = False  # the producer state was rebuilt from every header at open
         self._unflushed_messages = 0
         self._last_flush = time.monotonic()
         self.segments: list[LogSegment] = []
@@ -207,7 +208,7 @@ class Partition:
                 self._damage = CorruptRecordError(f"{self.name}: {self.directory / CHECKPOINT} {why}")
                 self._problems.append(str(self._damage))
             trusted = self._distrust(why)
-        if not trusted:
+        if not trusted and not self._rebuilt:
             self._rebuild_producer_state()
         if damaged:
             assert stop is not None
@@ -426,7 +427,7 @@ class Partition:
         self._state = _ProducerState()
         if self.writable:
             self._rewrite_aborted_index()
-        self._rebuilding = True
+        self._rebuilt = self._rebuilding = True
         try:
             for segment in self.segments:
                 scan = segment._scan(0, segment.size)
@@ -486,7 +487,6 @@ class Partition:
     def _damaged_checkpoint(self, why: str) -> None:
         log.warning("%s is damaged: %s; treating %s as not cleanly shut down and recovering it from its segments",
                     self.directory / CHECKPOINT, why, self.name)
-        return None
 
     def _write_checkpoint(self) -> None:
         path = self.directory / CHECKPOINT
