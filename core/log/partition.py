@@ -45,7 +45,7 @@ from typing import Any
 
 import crc32c
 
-from ..errors import CorruptRecordError, OffsetOutOfRangeError
+from ..errors import CorruptRecordError, MillpondError, OffsetOutOfRangeError
 from . import batch as batch_format
 from .batch import BatchHeader, Encodable
 from .segment import LogSegment, ScanStop
@@ -127,6 +127,10 @@ class Partition:
         self._aborted_crc = 0
         self._rebuilding = False
         self._rebuilt = False  # the producer state was rebuilt from every header at open
+        #: offset ranges whose quarantined data was discarded for good: reads pass over them
+        self._discarded: list[tuple[int, int]] = []
+        #: offset ranges in quarantine, (first, end, folder, reason): reads into them fail until repaired
+        self._holes: list[tuple[int, int, str, str]] = []
         self._unflushed_messages = 0
         self._last_flush = time.monotonic()
         self.segments: list[LogSegment] = []
@@ -142,6 +146,7 @@ class Partition:
             self.recovery_point = checkpoint.get("recovery_point", 0)
             self.log_start_offset = checkpoint.get("log_start_offset", 0)
             self._state.ongoing = {int(k): v for k, v in checkpoint.get("ongoing", {}).items()}
+            self._discarded = [(first, end) for first, end in checkpoint.get("discarded", [])]
         aborted_ok = self._load_aborted_index(checkpoint)
         if self.writable:
             self._finish_interrupted_swaps()
@@ -160,6 +165,7 @@ class Partition:
             segment.next_offset = following.base_offset
             segment.sealed = True
         self.segments[-1].contiguous = True  # the active segment is never compacted
+        self._mark_holes()
         if trusted and self.log_start_offset > self.segments[0].base_offset and (
             self.log_start_offset not in self._base_offsets  # retention moves it to a segment's base only
         ):
@@ -242,9 +248,12 @@ class Partition:
 
     def _open_segment(self, base_offset: int) -> LogSegment:
         segment = LogSegment(self.directory, base_offset, writable=self.writable, label=self.name)
-        # never compacted: batches follow each other without offset gaps, which catches a damaged base offset
-        segment.contiguous = not self.settings.compact and not (self.directory / CLEANER_CHECKPOINT).exists()
+        segment.contiguous = self._open_segment_rule()
         return segment
+
+    def _open_segment_rule(self) -> bool:
+        """Never compacted: batches follow each other without offset gaps, which catches a damaged base offset."""
+        return not self.settings.compact and not (self.directory / CLEANER_CHECKPOINT).exists()
 
     def _recover(self, trusted: bool) -> None:
         """Re-validate segments from the one holding the recovery point (all of them when the
@@ -254,12 +263,14 @@ class Partition:
             self.recovery_point = 0
             self._state.ongoing = {}
         start = max(0, bisect.bisect_right(self._base_offsets, self.recovery_point) - 1)
+        hole_end = 0
         for i in range(start, len(self.segments)):
             segment = self.segments[i]
             valid, stop = segment.check()
             if stop is not None:
                 first_bad = valid[-1][1].next_offset if valid else segment.base_offset
                 was_sealed = i < len(self.segments) - 1
+                segment.data_end = None
                 if i == len(self.segments) - 1 and trusted and first_bad >= self.recovery_point:
                     log.warning(
                         "%s: cut the torn tail of segment %s at position %d (%d bytes from offset %d: %s); "
@@ -268,14 +279,14 @@ class Partition:
                         first_bad, stop.why,
                     )
                 else:
-                    self._quarantine(i, stop, first_bad)
+                    hole_end = self._quarantine(i, stop, first_bad)
                 segment.sealed = False
             segment.cut(valid)
             for position, header in valid:
                 if header.base_offset >= self.recovery_point:
                     self._track(segment, header, position)
             if stop is not None:
-                if was_sealed and valid:
+                if was_sealed and valid and hole_end <= segment.next_offset:
                     # it may have been compacted (offset gaps): it stays sealed, appends go to a new segment
                     self._base_offsets = [s.base_offset for s in self.segments]
                     self.roll()
@@ -283,14 +294,55 @@ class Partition:
         self._base_offsets = [s.base_offset for s in self.segments]
         for segment in self.segments[:-1]:
             segment.seal()
-        self._forget_from(self.log_end_offset)
-        if trusted and self.log_end_offset < self.recovery_point and not self._quarantined_since(self.log_end_offset):
-            self._record_lost(self.log_end_offset, self.recovery_point)
+        cut_at = self.log_end_offset
+        self._forget_from(cut_at)
+        if trusted and cut_at < self.recovery_point and hole_end <= cut_at:
+            # noted, but the offsets are given out again: the claim may be the damaged part
+            self._record_lost(cut_at, self.recovery_point)
+        if hole_end > cut_at:
+            self._skip_to(hole_end)
+        self._mark_holes()
         self.recovery_point = min(self.recovery_point, self.log_end_offset)
         self.flush()
 
-    def _quarantined_since(self, offset: int) -> bool:
-        return any(q.get("first_offset") == offset for q in self.quarantined())
+    def _skip_to(self, offset: int) -> None:
+        """Start a new active segment at ``offset``, past quarantined offsets: offsets are never
+        reused, so the quarantined data can be put back and a consumer past it never skips new records."""
+        active = self.segments[-1]
+        active.seal()
+        active.data_end = active.next_offset
+        active.next_offset = offset
+        segment = self._open_segment(offset)
+        segment.next_offset = offset
+        segment.contiguous = True
+        self.segments.append(segment)
+        self._base_offsets.append(offset)
+
+    def _mark_holes(self) -> None:
+        """Load the quarantined and discarded offset ranges; tell the segment before each where its data ends."""
+        self._holes = []
+        for q in self.quarantined():
+            first, end = q.get("first_offset"), q.get("end_offset")
+            if q.get("files") and type(first) is int and type(end) is int and first < end:
+                self._holes.append((first, end, q["folder"], str(q.get("reason"))))
+        for first, end in [(h[0], h[1]) for h in self._holes] + self._discarded:
+            i = self.segment_for(first)
+            if i + 1 < len(self.segments) and self.segments[i + 1].base_offset == end:
+                self.segments[i].data_end = max(first, self.segments[i].base_offset)
+
+    def _quarantined_error(self, hole: tuple[int, int, str, str]) -> CorruptRecordError:
+        first, end, folder, why = hole
+        return CorruptRecordError(
+            f"{self.name}: offsets {first}..{end - 1} are quarantined in {folder} ({why}); put them back "
+            f"or drop them with: millpond topics repair {self.topic} --partition {self.partition} --restore|--discard"
+        )
+
+    def _hole_between(self, low: int, high: int) -> tuple[int, int, str, str] | None:
+        """The quarantined range that offsets [low, high) reach into, if any."""
+        for hole in self._holes:
+            if hole[0] < max(high, low + 1) and low < hole[1]:
+                return hole
+        return None
 
     def _record_lost(self, first: int, end: int) -> None:
         """Data the checkpoint says was fsynced is gone (a file cut short): nothing to move
@@ -317,7 +369,7 @@ class Partition:
         if changed and self.writable:
             self._rewrite_aborted_index()
 
-    def _quarantine(self, i: int, stop: ScanStop, first_bad: int) -> None:
+    def _quarantine(self, i: int, stop: ScanStop, first_bad: int) -> int:
         """Move segment ``i`` (a copy: its good prefix stays) and every later segment aside, with the reason."""
         segment = self.segments[i]
         later = self.segments[i + 1 :]
@@ -362,6 +414,7 @@ class Partition:
             self.name, segment.log_path.name, stop.position, stop.why, first_bad, end - 1, folder,
             self.topic, self.partition,
         )
+        return end
 
     def quarantined(self) -> list[dict[str, Any]]:
         """reason.json of every quarantine folder (oldest first), each with its ``folder``."""
@@ -379,6 +432,63 @@ class Partition:
             reason["folder"] = str(folder)
             out.append(reason)
         return out
+
+    def discard_quarantine(self) -> None:
+        """Delete the quarantined files for good; their offsets stay absent (reads pass over them)."""
+        for first, end, _, _ in self._holes:
+            self._discarded.append((first, end))
+        shutil.rmtree(self.directory / QUARANTINE)
+        self._mark_holes()
+        self._write_checkpoint()
+
+    def restore_quarantine(self) -> None:
+        """Check the quarantined segments and put them back (then this object is closed: reopen the partition).
+
+        Refused, changing nothing, while any of them is still damaged or would
+        overlap what the partition holds now.
+        """
+        events = self.quarantined()
+        moves: list[tuple[Path, Path]] = []
+        live = {s.base_offset: s for s in self.segments}
+        for q in events:
+            folder = Path(q["folder"])
+            first, end = q.get("first_offset"), q.get("end_offset")
+            logs = sorted(folder.glob("*.log"))
+            if not logs or type(first) is not int or type(end) is not int:
+                raise MillpondError(f"cannot restore {folder}: it holds no segments to put back "
+                                    "(the data was gone, not moved aside); --discard clears the note")
+            bases = [int(path.name[:-4]) for path in logs]
+            for j, path in enumerate(logs):
+                segment = LogSegment(folder, bases[j], writable=False, label=self.name)
+                segment.contiguous = self._open_segment_rule()
+                segment.sealed = True
+                segment.next_offset = bases[j + 1] if j + 1 < len(bases) else end
+                try:
+                    valid, stop = segment.check()
+                finally:
+                    segment.close()
+                reached = valid[-1][1].next_offset if valid else segment.base_offset
+                if stop is not None:
+                    raise MillpondError(f"cannot restore {folder}: {path.name} is still damaged at position "
+                                        f"{stop.position} ({stop.why}); fix it and try again, or --discard")
+                if segment.contiguous and reached != segment.next_offset:
+                    raise MillpondError(f"cannot restore {folder}: {path.name} ends at offset {reached}, "
+                                        f"short of {segment.next_offset}; --discard, or put the rest there")
+            taken = [b for b in live if bases[0] < b < end]
+            if taken:
+                raise MillpondError(f"cannot restore {folder}: offsets {bases[0]}..{end - 1} are held by "
+                                    f"segment {taken[0]} of {self.name} now; copy the files out, or --discard")
+            moves += [(path, self.directory / path.name) for path in folder.iterdir() if path.name != REASON]
+        self.close()
+        for source, target in moves:
+            os.replace(source, target)
+        shutil.rmtree(self.directory / QUARANTINE)
+
+    def rebuild_producer_state(self) -> None:
+        """Aborted ranges and open transactions from every header (after segments were put back)."""
+        self._rebuild_producer_state()
+        self._forget_from(self.log_end_offset)
+        self._write_checkpoint()
 
     def check_tails(self) -> list[str]:
         """Damage at the end of each sealed segment, one line each: what ``topics describe`` checks
@@ -476,6 +586,13 @@ class Partition:
             if type(value) is not int or value < 0:
                 self._damaged_checkpoint(f"{key} is {value!r}, not an offset")
                 return None
+        discarded = data.get("discarded", [])
+        if not isinstance(discarded, list) or not all(
+            isinstance(r, list) and len(r) == 2 and all(type(x) is int and x >= 0 for x in r) and r[0] < r[1]
+            for r in discarded
+        ):
+            self._damaged_checkpoint(f"discarded is {discarded!r}, not offset ranges")
+            return None
         ongoing = data.get("ongoing", {})
         if not isinstance(ongoing, dict) or not all(
             isinstance(k, str) and k.lstrip("-").isdigit() and type(v) is int and v >= 0 for k, v in ongoing.items()
@@ -498,6 +615,7 @@ class Partition:
             # the aborted index is appended between checkpoints; this much of it is claimed
             "aborted_index_bytes": self._aborted_bytes,
             "aborted_index_crc32c": self._aborted_crc,
+            "discarded": [list(r) for r in self._discarded],
         }
         with open(tmp, "w") as f:
             json.dump(body, f)
@@ -736,10 +854,21 @@ class Partition:
                 break
             position = segment.position_of(next_offset)
             if position is None:
+                # quarantined offsets are never passed over: what comes before them is served, then an error
+                hole = self._hole_between(next_offset, segment.next_offset) if self._holes else None
+                if hole is not None:
+                    if batches:
+                        break
+                    raise self._quarantined_error(hole)
                 continue
             for pos, header in segment.walk(position):
                 if header.base_offset >= end or (batches and total + header.size > max_bytes):
                     break
+                hole = self._hole_between(next_offset, header.base_offset) if self._holes else None
+                if hole is not None:
+                    if batches:
+                        break
+                    raise self._quarantined_error(hole)
                 data = segment.read_bytes(pos, header.size)
                 if len(data) < header.size or not batch_format.crc_ok(data, 0, header):
                     raise segment.corrupt(pos, "CRC-32C mismatch or short batch", self.name)
@@ -755,6 +884,11 @@ class Partition:
                     continue
                 batches.append(FetchedBatch(header, data))
             else:
+                hole = self._hole_between(next_offset, min(segment.next_offset, end)) if self._holes else None
+                if hole is not None:
+                    if batches:
+                        break
+                    raise self._quarantined_error(hole)
                 continue
             break
         if self._damage is not None and not batches and next_offset >= self.log_end_offset:

@@ -94,6 +94,8 @@ class LogSegment:
         self.deleted = False
         #: batches follow each other without offset gaps (never compacted); set by the partition
         self.contiguous = False
+        #: where the data ends when quarantined or discarded offsets follow (next_offset is past them)
+        self.data_end: int | None = None
         #: positions of offset-index entries already seen to point at their batch
         self._verified: set[int] = set()
         self._time_bases: list[int] | None = None
@@ -344,7 +346,8 @@ class LogSegment:
             yield position, last
         if stop is not None and (self.sealed or not stop.torn):
             raise self.corrupt(stop.position, stop.why, self.label)
-        if end is None and self.sealed and self.contiguous and last is not None and last.next_offset != self.next_offset:
+        data_end = self.next_offset if self.data_end is None else self.data_end
+        if end is None and self.sealed and self.contiguous and last is not None and last.next_offset != data_end:
             raise self.corrupt(self.size, f"the segment ends at offset {last.next_offset}, but the next one "
                                f"starts at {self.next_offset}: it was cut short", self.label)
 
@@ -457,7 +460,7 @@ class LogSegment:
             except StopIteration as done:
                 stop: ScanStop | None = done.value
                 break
-        if stop is None and self.contiguous and end != self.next_offset:
+        if stop is None and self.contiguous and end != (self.next_offset if self.data_end is None else self.data_end):
             stop = ScanStop(self.size, f"the segment ends at offset {end}, but the next one starts at "
                             f"{self.next_offset}: it was cut short", False)
         return stop

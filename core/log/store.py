@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError, LogLockedError, MillpondError, TopicExistsError, UnknownTopicError
-from .partition import QUARANTINE, REASON, Partition
+from .partition import Partition
 from .settings import TopicSettings, validate_topic_name
 from .topic import TOPIC_FILE, Topic
 
@@ -179,9 +179,10 @@ class LogStore:
         """Put back (``restore``) or delete for good (``discard``) what recovery moved into
         quarantine, for one partition or all of the topic's; returns one line per partition acted on.
 
-        Restore puts the files back and recovers the partition again: useful once
-        the cause (a disk, a bad copy) is fixed. It is refused when records were
-        written since, at the offsets the quarantined data holds.
+        Restore checks the quarantined segments first (every batch, with its CRC)
+        and refuses while they are still damaged: useful once the cause (a disk, a
+        bad copy) is fixed. Offsets are never reused, so new records written since
+        do not stand in the way.
         """
         if not self.writable:
             raise LogLockedError(f"cannot repair {topic!r}: the log at {self.directory} is open read-only")
@@ -193,38 +194,16 @@ class LogStore:
             events = part.quarantined()
             if not events:
                 continue
-            root = part.directory / QUARANTINE
             if action == "discard":
-                shutil.rmtree(root)
+                part.discard_quarantine()
                 done.append(f"{part.name}: discarded " + ", ".join(Path(e["folder"]).name for e in events))
                 continue
-            event = events[-1]
-            first = event.get("first_offset")
-            if not isinstance(first, int) or part.log_end_offset != first:
-                raise MillpondError(
-                    f"cannot restore {event['folder']} into {part.name}: its data starts at offset {first}, "
-                    f"but the partition now ends at {part.log_end_offset} (records were written there since); "
-                    "copy the files out of that folder, or --discard them"
-                )
-            folder = Path(event["folder"])
-            part.close()
-            for segment in part.segments:  # empty segments started since (nothing was written: checked above)
-                if segment.base_offset >= first and segment.size == 0:
-                    segment.delete()
-            for path in sorted(folder.iterdir()):
-                if path.name != REASON:
-                    os.replace(path, part.directory / path.name)
-            shutil.rmtree(folder)
-            if not any(root.iterdir()):
-                root.rmdir()
-            reopened = Partition(part.directory, part.topic, part.partition, part.settings,
-                                 writable=True, clean_shutdown=False)
+            part.restore_quarantine()
+            reopened = Partition(part.directory, part.topic, part.partition, part.settings, writable=True)
+            reopened.rebuild_producer_state()
             chosen.partitions[number] = reopened
-            again = reopened.quarantined()
-            if len(again) >= len(events):
-                done.append(f"{part.name}: restored {folder.name}, but it is still damaged: {reopened.problems[-1]}")
-            else:
-                done.append(f"{part.name}: restored {folder.name}; the partition ends at {reopened.log_end_offset}")
+            done.append(f"{part.name}: restored " + ", ".join(Path(e["folder"]).name for e in events)
+                        + f"; offsets {reopened.log_start_offset}..{reopened.log_end_offset - 1} are readable")
         return done
 
     # -- lifecycle --

@@ -220,8 +220,11 @@ def test_recovery_quarantines_a_corrupt_middle_segment_and_what_follows(
     partition = reopened.partition("t", 0)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert errors and "offsets 25..84" in errors[0].getMessage() and corrupt.log_path.name in errors[0].getMessage()
-    assert partition.log_end_offset == 25
-    assert values(read_all(partition)) == list(range(25))
+    assert partition.log_end_offset == 85  # offsets are never reused: appends go on after the quarantined ones
+    served = partition.read(0)  # what comes before is served; reading into the quarantined offsets fails
+    assert values([r for b in served.batches for r in b.records()]) == list(range(25))
+    with pytest.raises(CorruptRecordError, match="offsets 25..84 are quarantined"):
+        read_all(partition)
     (folder,) = (partition.directory / QUARANTINE).iterdir()
     reason = json.loads((folder / REASON).read_text())
     assert (reason["first_offset"], reason["end_offset"], reason["position"]) == (25, 85, position)
@@ -235,15 +238,16 @@ def test_recovery_quarantines_a_corrupt_middle_segment_and_what_follows(
     fixed = bytearray((folder / corrupt.log_path.name).read_bytes())
     fixed[position + 70] = original[position + 70]
     (folder / corrupt.log_path.name).write_bytes(bytes(fixed))
+    partition.append(rows(3, 85))  # written meanwhile, after the quarantined offsets
     done = reopened.repair("t", 0, "restore")
-    assert done and "restored" in done[0] and "still" not in done[0]
+    assert done and "restored" in done[0]
     partition = reopened.partition("t", 0)
-    assert values(read_all(partition)) == list(range(85))
+    assert values(read_all(partition)) == list(range(88))
     assert not partition.problems and not (partition.directory / QUARANTINE).exists()
     reopened.close()
 
 
-def test_restore_is_refused_once_new_records_took_those_offsets_and_discard_deletes(tmp_path: Path) -> None:
+def test_restore_refuses_files_still_damaged_and_discard_passes_over_them(tmp_path: Path) -> None:
     store = filled(tmp_path)
     corrupt = store.partition("t", 0).segments[3]
     crash(store)
@@ -252,13 +256,17 @@ def test_restore_is_refused_once_new_records_took_those_offsets_and_discard_dele
         f.write(b"\x00" * 8)
     reopened = LogStore(tmp_path)
     partition = reopened.partition("t", 0)
-    assert partition.problems
+    assert partition.problems and partition.log_end_offset == 85
     partition.append(rows(1, 1000))
-    with pytest.raises(MillpondError, match="records were written there since"):
+    with pytest.raises(MillpondError, match="still damaged at position"):
         reopened.repair("t", 0, "restore")
+    assert partition.problems  # nothing changed
     assert reopened.repair("t", None, "discard")
     assert not (partition.directory / QUARANTINE).exists() and not partition.problems
+    assert values(read_all(partition)) == list(range(60)) + [1000]
     reopened.close()
+    reader = LogStore(tmp_path, writable=False).partition("t", 0)  # the discarded offsets stay absent
+    assert values(read_all(reader)) == list(range(60)) + [1000] and not reader.check_tails()
 
 
 def test_a_torn_tail_of_the_active_segment_is_cut_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -403,7 +411,7 @@ def test_the_first_batch_of_the_active_segment_of_a_compacted_topic_keeps_its_of
     with pytest.raises(CorruptRecordError):
         read_all(reader)
     writer = LogStore(tmp_path).partition("c", 0)  # recovers: the batch is moved aside, never renumbered
-    assert [r.offset for r in read_all(writer)] == list(range(5)) and writer.problems
+    assert [r.offset for b in writer.read(0).batches for r in b.records()] == list(range(5)) and writer.problems
 
 
 def test_a_compacted_segment_checks_base_offsets_against_its_time_index(tmp_path: Path) -> None:
@@ -434,6 +442,29 @@ def test_fsynced_data_that_is_gone_is_noted(tmp_path: Path, caplog: pytest.LogCa
         f.truncate(0)  # at a batch boundary: nothing torn to find, but the checkpoint claims 80..84
     with caplog.at_level(logging.ERROR):
         partition = LogStore(tmp_path).partition("t", 0)
-    assert partition.log_end_offset == 80
+    assert partition.log_end_offset == 80  # (the claim itself may be what is damaged: offsets go on from the data)
     assert any("offsets up to 84" in r.getMessage() for r in caplog.records)
     assert partition.problems and "offsets 80..84" in partition.problems[0]
+    partition.append(rows(1, 80))
+    assert values(read_all(partition)) == list(range(81))
+
+
+def test_compaction_never_hides_quarantined_offsets(tmp_path: Path) -> None:
+    from millpond.log.cleaner import compact
+
+    store = LogStore(tmp_path)
+    partition = store.create_topic("c", 1, {"cleanup.policy": "compact", "segment.bytes": 1 << 20}).partitions[0]
+    for i in range(3):
+        partition.append([Row(b"k", b"old%d" % i, 1_700_000_000_000 + i, [])])
+        partition.roll()
+    partition.append([Row(b"k%d" % i, b"new", 1_700_000_001_000 + i, []) for i in range(3)])
+    active = partition.segments[-1]
+    store.flush()  # fsynced and claimed: a damaged tail is not a crash's torn write
+    crash(store)
+    with open(active.log_path, "r+b") as f:
+        f.truncate(active.size - 10)
+    partition = LogStore(tmp_path).partition("c", 0)
+    assert partition.log_end_offset == 6 and partition.problems  # offsets 3..5 quarantined, not reused
+    compact(partition, 1_800_000_000_000, force=True)  # may merge the segments around the quarantined offsets
+    with pytest.raises(CorruptRecordError, match="offsets 3..5 are quarantined"):
+        read_all(partition)
