@@ -26,7 +26,8 @@ the checkpoint keeps is rebuilt from the transaction markers. Recovery never
 deletes: only the torn tail of the active segment past the recovery point is
 cut (a normal crash); a bad batch anywhere else moves the segment (a copy) and
 every later one into ``quarantine/``, for ``millpond topics repair`` to put back
-or discard.
+or discard. Offsets are never reused: appends go on after the quarantined ones,
+and reads fail when they reach them until they are put back or discarded.
 """
 
 from __future__ import annotations
@@ -486,7 +487,7 @@ class Partition:
 
     def rebuild_producer_state(self) -> None:
         """Aborted ranges and open transactions from every header (after segments were put back)."""
-        self._rebuild_producer_state()
+        self._rebuild_producer_state(logging.INFO)
         self._forget_from(self.log_end_offset)
         self._write_checkpoint()
 
@@ -528,12 +529,12 @@ class Partition:
                 if header.base_offset >= from_offset:
                     self._track(segment, header, position)
 
-    def _rebuild_producer_state(self) -> None:
+    def _rebuild_producer_state(self, level: int = logging.WARNING) -> None:
         """Open transactions and aborted ranges from every batch header of the partition
         (the aborted index or the checkpoint could not be trusted). A damaged segment
         ends its own scan, not the rebuild: reads of it fail on their own."""
-        log.warning("%s: rebuilding %s and the open transactions from the transaction markers in %s",
-                    self.name, ABORTED_INDEX, self.directory)
+        log.log(level, "%s: rebuilding %s and the open transactions from the transaction markers in %s",
+                self.name, ABORTED_INDEX, self.directory)
         self._state = _ProducerState()
         if self.writable:
             self._rewrite_aborted_index()
