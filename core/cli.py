@@ -308,6 +308,23 @@ async def topics_describe(args: argparse.Namespace) -> int:
                          human_bytes(sum(p.size_bytes for p in parts)),
                          sum(p.segments for p in parts) if counted else "-"))
             print(format_table(("PARTITION", "START", "END", "STABLE", "OFFSETS", "SIZE", "SEGMENTS"), rows))
+            for p in parts:
+                for problem in p.problems:
+                    print(f"DAMAGED partition {p.partition}: {problem}")
+    return 0
+
+
+async def topics_repair(args: argparse.Namespace) -> int:
+    from .backends.embedded import EmbeddedBackend
+
+    async with opened(args, readonly=False) as backend:
+        if not isinstance(backend, EmbeddedBackend):
+            raise UsageError("topics repair works on an embedded log (--log DIR)")
+        done = backend.store.repair(args.topic, args.partition, "restore" if args.restore else "discard")
+    for line in done:
+        print(line, file=sys.stderr)
+    if not done:
+        print(f"nothing is quarantined in topic {args.topic!r}", file=sys.stderr)
     return 0
 
 
@@ -898,7 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per plugin")
     p.set_defaults(func=cmd_plugins)
 
-    topics = sub.add_parser("topics", help="list, describe, create, delete topics").add_subparsers(
+    topics = sub.add_parser("topics", help="list, describe, create, delete, repair topics").add_subparsers(
         dest="action", metavar="ACTION", required=True)
     p = topics.add_parser("list", parents=[log], help="topics with partitions and size")
     p.add_argument("--all", action="store_true", help="include internal topics (__...)")
@@ -913,6 +930,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a topic setting such as retention.ms=86400000 (repeatable)")
     p.add_argument("--if-not-exists", action="store_true")
     p.set_defaults(func=_async(topics_create))
+    p = topics.add_parser("repair", parents=[log], help="put back or discard data recovery moved into quarantine")
+    p.add_argument("topic")
+    p.add_argument("--partition", type=int, help="only this partition (default: every quarantined one)")
+    action = p.add_mutually_exclusive_group(required=True)
+    action.add_argument("--restore", action="store_true", help="put the files back and recover again")
+    action.add_argument("--discard", action="store_true", help="delete the quarantined files for good")
+    p.set_defaults(func=_async(topics_repair))
     p = topics.add_parser("delete", parents=[log], help="delete topics and their data")
     p.add_argument("topics", nargs="+", metavar="TOPIC")
     p.set_defaults(func=_async(topics_delete))

@@ -39,6 +39,8 @@ class PartitionInfo:
     last_stable_offset: int
     size_bytes: int
     segments: int
+    #: what is wrong with the partition's files, one line each (quarantined data, damage)
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

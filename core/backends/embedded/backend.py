@@ -134,6 +134,7 @@ class EmbeddedBackend(Lifecycle):
                     p.last_stable_offset,
                     p.size_bytes,
                     len(p.segments),
+                    tuple(p.problems + p.check_tails()),
                 )
             )
         return infos
