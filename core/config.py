@@ -253,6 +253,67 @@ class ConnectorSpec(Model):
         return self
 
 
+_INTERVAL = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_INTERVAL_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def interval_seconds(value: str | float) -> float:
+    """``30s``, ``5m``, ``2h``, ``1d``, ``500ms`` or a number of seconds -> seconds; ValueError otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        found = _INTERVAL.fullmatch(str(value).strip())
+        if not found:
+            raise ValueError(f"{value!r} is not an interval (e.g. 30s, 5m, 2h, 1d, or seconds as a number)")
+        seconds = float(found[1]) * _INTERVAL_S[found[2]]
+    if seconds <= 0:
+        raise ValueError(f"an interval must be longer than 0, not {value!r}")
+    return seconds
+
+
+class Schedule(Model):
+    """When a maintenance job runs: ``interval: 5m`` or ``cron: "0 3 * * *"`` (APScheduler's triggers).
+
+    A cron expression is read in ``timezone`` (an IANA name such as ``Europe/Paris``; default UTC)."""
+
+    interval: str | float | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> Schedule:
+        if (self.interval is None) == (self.cron is None):
+            raise ValueError("give exactly one of 'interval' (e.g. 5m) or 'cron' (e.g. \"0 3 * * *\")")
+        if self.interval is not None:
+            interval_seconds(self.interval)
+        self.trigger()  # a bad cron expression or time zone is a problem of the file, found by validate
+        return self
+
+    def trigger(self) -> Any:
+        """The APScheduler trigger (IntervalTrigger or CronTrigger)."""
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        if self.interval is not None:
+            return IntervalTrigger(seconds=interval_seconds(self.interval), timezone=self.timezone)
+        assert self.cron is not None
+        try:
+            return CronTrigger.from_crontab(self.cron, timezone=self.timezone)
+        except (ValueError, LookupError) as exc:
+            raise ValueError(f"cron {self.cron!r} (timezone {self.timezone}): {exc}") from None
+
+
+class MaintenanceSettings(Model):
+    """The ``maintenance:`` block: when the embedded log's retention and compaction run.
+
+    A job left out runs on the default interval (retention every 5 minutes,
+    compaction every 10); both can also be run at once through the API
+    (``POST /admin/retention``) or the CLI (``millpond topics retain``)."""
+
+    retention: Schedule | None = None
+    compaction: Schedule | None = None
+
+
 class PipelineConfig(Model):
     name: str = "pipeline"
     log: LogConfig
@@ -260,6 +321,7 @@ class PipelineConfig(Model):
     connectors: list[ConnectorSpec] = Field(default_factory=list)
     api: ApiSettings = Field(default_factory=ApiSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
 
     #: paths (as tuples) whose values came from environment variables
     _secret_paths: set[tuple[str | int, ...]] = PrivateAttr(default_factory=set)

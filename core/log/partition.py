@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import OffsetOutOfRangeError
 from . import batch as batch_format
+from . import observe
 from .batch import BatchHeader, Encodable
 from .segment import LogSegment
 from .settings import TopicSettings
@@ -349,8 +350,11 @@ class Partition:
         if not self.writable:
             return
         start = max(0, bisect.bisect_right(self._base_offsets, self.recovery_point) - 1)
+        began = time.perf_counter()
         for segment in self.segments[start:]:
             segment.flush(fsync=fsync)
+        if fsync and observe.fsync_observer is not None:
+            observe.fsync_observer(time.perf_counter() - began)
         self.recovery_point = self.log_end_offset
         self._unflushed_messages = 0
         self._last_flush = time.monotonic()
