@@ -53,6 +53,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -280,13 +281,40 @@ class Schedule(Model):
     cron: str | None = None
     timezone: str = "UTC"
 
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            interval_seconds(value)
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        if value is not None:
+            try:
+                CronTrigger.from_crontab(value, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(f"cron {value!r} is not MINUTE HOUR DAY MONTH WEEKDAY: {exc}") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone (an IANA name such as UTC or Europe/Paris)") from None
+        return value
+
     @model_validator(mode="after")
     def _one_trigger(self) -> Schedule:
         if (self.interval is None) == (self.cron is None):
             raise ValueError("give exactly one of 'interval' (e.g. 5m) or 'cron' (e.g. \"0 3 * * *\")")
-        if self.interval is not None:
-            interval_seconds(self.interval)
-        self.trigger()  # a bad cron expression or time zone is a problem of the file, found by validate
         return self
 
     def trigger(self) -> Any:
@@ -297,10 +325,7 @@ class Schedule(Model):
         if self.interval is not None:
             return IntervalTrigger(seconds=interval_seconds(self.interval), timezone=self.timezone)
         assert self.cron is not None
-        try:
-            return CronTrigger.from_crontab(self.cron, timezone=self.timezone)
-        except (ValueError, LookupError) as exc:
-            raise ValueError(f"cron {self.cron!r} (timezone {self.timezone}): {exc}") from None
+        return CronTrigger.from_crontab(self.cron, timezone=self.timezone)
 
 
 class MaintenanceSettings(Model):

@@ -18,12 +18,13 @@ import pytest
 
 from millpond import cli
 from millpond.backends.base import TopicSpec
-from millpond.config import ErrorPolicy
+from millpond.config import ErrorPolicy, PipelineConfig
 from millpond.errors import RecordError
+from millpond.log import observe
 from millpond.records import Record, TopicPartition
 from millpond.runtime.policy import ErrorPolicyHandler
 
-from .test_worker_api import LINES, Running, config_for, drained, go, running, until
+from .test_worker_api import LINES, Running, config_for, drained, go, raw_config, running, until
 
 
 async def run_cli(*argv: str, stdin: str = "") -> tuple[int, str, str]:
@@ -225,5 +226,22 @@ def test_token_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             code, _, err = await run_cli("topics", "create", "extra", *log_of(w))
             assert code == 0, err
             assert "extra" in await w.backend.list_topics()
+
+    go(scenario())
+
+
+def test_fsync_latency_is_measured_in_the_logs_flush(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        raw = raw_config(tmp_path)
+        raw["log"]["embedded"]["fsync"] = True
+        async with running(tmp_path, PipelineConfig.model_validate(raw)) as w:
+            await until(lambda: drained(w), "the file's lines to reach the sink")
+            before = await w.metric("millpond_log_fsync_seconds_count") or 0
+            code, _, err = await run_cli("produce", "lines", *log_of(w), stdin="one more\n")
+            assert code == 0, err
+            after = await w.metric("millpond_log_fsync_seconds_count")
+            assert after is not None and after > before  # the produce's commit fsynced its partitions
+            assert (await w.metric("millpond_log_fsync_seconds_sum") or 0) > 0
+        assert observe.fsync_observer is None  # the worker took its hook away when it stopped
 
     go(scenario())
