@@ -1102,8 +1102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per plugin")
     p.set_defaults(func=cmd_plugins)
 
-    topics = sub.add_parser("topics", help="list, describe, create, delete topics").add_subparsers(
-        dest="action", metavar="ACTION", required=True)
+    topics = sub.add_parser("topics", help="list, describe, create, alter, delete topics; run retention or "
+                            "compaction").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = topics.add_parser("list", parents=[log], help="topics with partitions and size")
     p.add_argument("--all", action="store_true", help="include internal topics (__...)")
     p.set_defaults(func=_async(topics_list))

@@ -630,7 +630,8 @@ def test_dlq_replay_sends_a_source_reject_home_once(tmp_path: Path, capsys: pyte
         log: {{embedded: {{dir: {tmp_path / 'log'}, fsync: false}}}}
         topics: [{{name: lines}}, {{name: dlq}}]
         connectors:
-          - {{name: tail, kind: source, type: file, topic: lines, config: {{path: "{tmp_path}/in/*.jsonl", format: json}},
+          - {{name: tail, kind: source, type: file, topic: lines,
+              config: {{path: "{tmp_path}/in/*.jsonl", format: json}},
               errors: {{policy: dead_letter, topic: dlq}}, transforms: [{{type: timestamp, config: {{field: at}}}}]}}
     """))
     code, _, err = run(capsys, "run", str(pipeline), "--until-idle")

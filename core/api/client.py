@@ -135,5 +135,5 @@ def find_worker(log_dir: str | os.PathLike[str] | None) -> WorkerClient | None:
     shown = "unknown" if holder < 0 else str(holder)
     raise LogLockedError(
         f"the log at {directory} is held by another process (pid {shown}) that serves no API (a worker started "
-        f"with --api off?); stop it or restart it with the API"
+        f"with --api off, or one still starting); stop it or restart it with the API"
     )

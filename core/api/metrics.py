@@ -6,7 +6,9 @@ task, topic, partition, group). Counters are read at scrape time from the
 counters the task loops bump once per batch; the only thing the loops call
 is ``task.observe(operation, seconds)`` once per poll, write, flush or commit,
 so the per-record cost is nil. Log and lag figures are asked of the backend
-when scraped.
+when scraped. The embedded log's fsyncs are timed through the hook in
+``millpond.log.observe`` (``millpond_log_fsync_seconds``), set while the API
+serves; the maintenance jobs count runs and bytes reclaimed.
 """
 
 from __future__ import annotations

@@ -109,7 +109,8 @@ class PipelineJobs:
         if schedule is not None:
             trigger: BaseTrigger = schedule.trigger()
             return trigger
-        return IntervalTrigger(seconds=self.intervals.retention_s if job == "retention" else self.intervals.compaction_s)
+        seconds = self.intervals.retention_s if job == "retention" else self.intervals.compaction_s
+        return IntervalTrigger(seconds=seconds)
 
     def start(self) -> None:
         aps = logging.getLogger("apscheduler")
