@@ -360,6 +360,9 @@ async def topics_alter(args: argparse.Namespace) -> int:
         answer = client.request("PATCH", f"/topics/{_q(args.topic)}/config",
                                 {"set": settings, "delete": args.delete_config})
         changes = {k: (old, new) for k, (old, new) in answer["changes"].items()}
+        if changes and answer.get("declared_in_pipeline"):
+            print(f"note: the worker's pipeline file declares topic {args.topic!r}; its settings there apply "
+                  f"again when the worker restarts (change them in the file to keep them)", file=sys.stderr)
     else:
         async with opened(args, readonly=False) as backend:
             changes = await alter_topic_config(backend, args.topic, settings, args.delete_config)

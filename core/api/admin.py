@@ -209,8 +209,11 @@ class AdminApi:
                      ) -> web.Response:
         await self._known(topic)
         changes = await alter_topic_config(self.backend, topic, set_, delete, replace=replace)
+        # the worker makes a declared topic's settings the file's again at its next start
+        declared = any(t.name == topic for t in self.worker.config.topics)
         return web.json_response({"name": topic, "config": await self.backend.topic_settings(topic),
-                                  "changes": {k: [old, new] for k, (old, new) in sorted(changes.items())}})
+                                  "changes": {k: [old, new] for k, (old, new) in sorted(changes.items())},
+                                  "declared_in_pipeline": declared})
 
     async def delete_topic(self, request: web.Request) -> web.Response:
         topic = request.match_info["topic"]

@@ -245,3 +245,56 @@ def test_fsync_latency_is_measured_in_the_logs_flush(tmp_path: Path) -> None:
         assert observe.fsync_observer is None  # the worker took its hook away when it stopped
 
     go(scenario())
+
+
+def test_admin_endpoints_answer_bad_requests_in_connects_shape(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path) as w:
+            assert await w.call("POST", "/topics", 400, {"partitions": 1}) == {
+                "error_code": 400, "message": 'expected {"name": TOPIC, "partitions": N, "config": {...}}'}
+            await w.call("POST", "/topics", 400, {"name": "x", "partitions": 0})
+            await w.call("POST", "/topics", 400, {"name": "bad name!"})
+            made = await w.call("POST", "/topics", 201, {"name": "x", "partitions": 2,
+                                                          "config": {"retention.ms": 5000}})
+            assert made["partitions"] == 2 and made["config"]["retention.ms"] == 5000
+            await w.call("POST", "/topics", 409, {"name": "x"})
+            await w.call("POST", "/topics", 201, {"name": "x", "if_not_exists": True})
+            # PUT replaces the settings; PATCH changes some; a declared topic is flagged
+            put = await w.call("PUT", "/topics/x/config", 200, {"config": {"cleanup.policy": "compact"}})
+            assert put["changes"]["retention.ms"] == [5000, 7 * 86_400_000]
+            assert put["declared_in_pipeline"] is False
+            patched = await w.call("PATCH", "/topics/lines/config", 200, {"set": {"retention.ms": 60_000}})
+            assert patched["changes"] == {"retention.ms": [7 * 86_400_000, 60_000]}
+            assert patched["declared_in_pipeline"] is True
+            await w.call("PATCH", "/topics/x/config", 400, {"set": [1]})
+            await w.call("PUT", "/topics/nope/config", 404, {"config": {}})
+            # records: base64 bytes, one transaction, checked before anything is written
+            end = await end_of(w, "x", 1)
+            await w.call("POST", "/topics/x/records", 400, {"records": [{"value": "not base64!"}]})
+            await w.call("POST", "/topics/x/records", 400, {"records": [{"value": None, "partition": "1"}]})
+            await w.call("POST", "/topics/x/records", 400, {"records": [{"value": "eA==", "partition": 9}]})
+            assert await end_of(w, "x", 1) == end
+            sent = await w.call("POST", "/topics/x/records", 200, {"records": [
+                {"key": "aw==", "value": "AP8=", "headers": [["h", None]], "timestamp": 42, "partition": 1}]})
+            assert sent == {"topic": "x", "records": 1}
+            consumer = w.backend.consumer(["x"], group=None)
+            got = await consumer.poll(timeout=1.0)
+            await consumer.close()
+            assert [(r.partition, r.key, r.value, r.headers, r.timestamp) for r in got] == [
+                (1, b"k", b"\x00\xff", [("h", None)], 42)]
+            # group offsets: a connector's go through its own endpoint
+            await w.call("PATCH", "/groups/out/offsets", 409, {"offsets": []})
+            await w.call("PATCH", "/groups/g/offsets", 400, {"offsets": [{"topic": "x"}]})
+            await w.call("PATCH", "/groups/g/offsets", 200, {"offsets": [{"topic": "x", "partition": 1, "offset": 1}]})
+            assert await w.backend.committed("g") == {TopicPartition("x", 1): 1}
+            # maintenance now, and what it did
+            retention = await w.call("POST", "/admin/retention", 200)
+            assert set(retention) == {"job", "segments_deleted", "bytes_reclaimed", "seconds"}
+            compaction = await w.call("POST", "/admin/compaction", 200)
+            assert compaction["job"] == "compaction" and compaction["partitions_compacted"] >= 0
+            await w.call("DELETE", "/topics/lines", 409)
+            await w.call("DELETE", "/topics/x", 204)
+            await w.call("DELETE", "/topics/x", 404)
+            await w.call("POST", "/admin/dlq/x/replay", 404, {})
+
+    go(scenario())
