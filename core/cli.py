@@ -601,13 +601,19 @@ async def produce(args: argparse.Namespace, stdin: IO[bytes] | None = None) -> i
 
 
 def _through(client: WorkerClient, args: argparse.Namespace) -> Callable[[list[Record]], Awaitable[None]]:
-    """Write one transaction's records through the worker: one request each, all or nothing."""
-    from .api.admin import encode_records
+    """Write one transaction's records through the worker: one request each, all or nothing, in the
+    log's own batch format (encoded in C here, decoded in C there)."""
+    from urllib.parse import urlencode
+
+    from .api.admin import RECORD_BATCH, encode_batch
+
+    query = {"transactional_id": f"millpond-cli-produce-{args.topic}"}
+    if args.partition is not None:
+        query["partition"] = str(args.partition)
+    path = f"/topics/{_q(args.topic)}/records?{urlencode(query)}"
 
     async def write(records: list[Record]) -> None:
-        client.request("POST", f"/topics/{_q(args.topic)}/records",
-                       {"records": encode_records(records, args.partition),
-                        "transactional_id": f"millpond-cli-produce-{args.topic}"})
+        client.request("POST", path, data=encode_batch(records), content_type=RECORD_BATCH)
 
     return write
 

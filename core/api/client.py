@@ -48,12 +48,15 @@ class WorkerClient:
     pid: int
     token: str | None = None
 
-    def request(self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = (200, 201, 202, 204)) -> Any:
-        """Send one request; the decoded JSON answer (None when empty), or WorkerApiError naming the call."""
-        data = None if body is None else json.dumps(body).encode()
+    def request(self, method: str, path: str, body: Any = None, *, data: bytes | None = None,
+                content_type: str = "application/json", ok: tuple[int, ...] = (200, 201, 202, 204)) -> Any:
+        """Send one request (``body`` as JSON, or ``data`` as it is); the decoded JSON answer (None
+        when empty), or WorkerApiError naming the call."""
+        if body is not None:
+            data = json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
-            request.add_header("Content-Type", "application/json")
+            request.add_header("Content-Type", content_type)
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from millpond import cli
+from millpond.api.admin import RECORD_BATCH, encode_batch
 from millpond.backends.base import TopicSpec
 from millpond.config import ErrorPolicy, PipelineConfig
 from millpond.errors import RecordError
@@ -277,11 +278,18 @@ def test_admin_endpoints_answer_bad_requests_in_connects_shape(tmp_path: Path) -
             sent = await w.call("POST", "/topics/x/records", 200, {"records": [
                 {"key": "aw==", "value": "AP8=", "headers": [["h", None]], "timestamp": 42, "partition": 1}]})
             assert sent == {"topic": "x", "records": 1}
+            # the CLI's form: the log's own batch format; a torn or corrupt one is refused whole
+            batch = bytearray(encode_batch([Record(b"batched", b"k", 43, [])]))
+            for body, status in ((bytes(batch[:-3]), 400), (bytes(batch[:30]) + b"x" + bytes(batch[31:]), 400),
+                                 (bytes(batch), 200)):
+                async with w.http.post(w.url + "/topics/x/records?partition=1", data=body,
+                                       headers={"Content-Type": RECORD_BATCH}) as r:
+                    assert r.status == status, await r.text()
             consumer = w.backend.consumer(["x"], group=None)
             got = await consumer.poll(timeout=1.0)
             await consumer.close()
             assert [(r.partition, r.key, r.value, r.headers, r.timestamp) for r in got] == [
-                (1, b"k", b"\x00\xff", [("h", None)], 42)]
+                (1, b"k", b"\x00\xff", [("h", None)], 42), (1, b"k", b"batched", [], 43)]
             # group offsets: a connector's go through its own endpoint
             await w.call("PATCH", "/groups/out/offsets", 409, {"offsets": []})
             await w.call("PATCH", "/groups/g/offsets", 400, {"offsets": [{"topic": "x"}]})
