@@ -56,7 +56,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("millpond.api")
 
 WORKER_FILE = ".worker.json"
-#: a request body may hold one produce transaction (``--transaction-records`` lines, base64 in JSON)
+#: a request body may hold one produce transaction (``--transaction-records`` lines as a record batch,
+#: or fewer as base64 JSON); aiohttp's default (1 MiB) would cap a transaction at a few thousand lines
 MAX_BODY_BYTES = 256 << 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -41,7 +41,6 @@ class JobIntervals:
 
 
 Job = Literal["retention", "compaction"]
-JOBS: tuple[Job, ...] = ("retention", "compaction")
 
 
 @dataclass(frozen=True, slots=True)
