@@ -84,3 +84,19 @@ def test_scheduled_and_manual_runs_are_counted_once_each(tmp_path: Path) -> None
             await run_maintenance(None, "retention")
 
     asyncio.run(main())
+
+
+def test_a_worker_runs_maintenance_on_the_files_schedule(tmp_path: Path) -> None:
+    from millpond.runtime import RuntimeOptions, run_pipeline_async
+
+    c = config({"retention": {"interval": "50ms"}, "compaction": {"cron": "0 3 1 1 *"}}, tmp_path)
+    options = RuntimeOptions(install_signal_handlers=False, idle_seconds=0.1)
+    options.jobs = JobIntervals(retention_s=3600, compaction_s=0.05)  # the file's schedule wins over these
+
+    async def main() -> None:
+        worker = await run_pipeline_async(c, until_idle=True, options=options)
+        assert worker is not None and worker.jobs is not None
+        assert worker.jobs.runs["retention"] >= 2
+        assert worker.jobs.runs["compaction"] == 0  # next on January 1st at 03:00
+
+    asyncio.run(asyncio.wait_for(main(), 30))
