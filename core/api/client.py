@@ -94,7 +94,7 @@ def _lock_holder(log_dir: Path) -> int | None:
     path = log_dir / ".lock"
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:  # no log there yet, or not ours to read: the direct path says what is wrong
         return None
     try:
         try:
