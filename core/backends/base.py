@@ -125,6 +125,9 @@ class LogMaintenance(Protocol):
     """Housekeeping a log needs from its host process: the embedded log has it;
     Kafka brokers run their own retention and compaction, so that backend has none."""
 
+    #: bytes each job (``"retention"``, ``"compaction"``) has freed since the log was opened
+    bytes_reclaimed: dict[str, int]
+
     async def run_retention(self, now_ms: int | None = None) -> int:
         """Delete closed segments past ``retention.ms`` / ``retention.bytes``; returns segments deleted."""
 

@@ -48,6 +48,7 @@ import crc32c
 
 from ..errors import CorruptRecordError, MillpondError, OffsetOutOfRangeError
 from . import batch as batch_format
+from . import observe
 from .batch import BatchHeader, Encodable
 from .segment import LogSegment, ScanStop
 from .settings import TopicSettings
@@ -832,8 +833,11 @@ class Partition:
         if not self.writable:
             return
         start = max(0, bisect.bisect_right(self._base_offsets, self.recovery_point) - 1)
+        began = time.perf_counter()
         for segment in self.segments[start:]:
             segment.flush(fsync=fsync)
+        if fsync and observe.fsync_observer is not None:
+            observe.fsync_observer(time.perf_counter() - began)
         if self._aborted_index_torn:
             self._rewrite_aborted_index()
         self.recovery_point = self.log_end_offset

@@ -46,6 +46,7 @@ class EmbeddedBackend(Lifecycle):
         self._groups: GroupCoordinator | None = None
         self._txns: TransactionCoordinator | None = None
         self._appended = asyncio.Event()
+        self.bytes_reclaimed: dict[str, int] = {"retention": 0, "compaction": 0}
 
     # -- lifecycle --
 
@@ -202,6 +203,7 @@ class EmbeddedBackend(Lifecycle):
         results = await self._each_partition(
             "apply retention", lambda p: p.settings.delete, lambda p, now: enforce_retention(p, now), now_ms
         )
+        self.bytes_reclaimed["retention"] += sum(r.bytes_deleted for r in results)
         return sum(r.segments_deleted for r in results)
 
     async def run_compaction(self, now_ms: int | None = None) -> int:
@@ -211,6 +213,7 @@ class EmbeddedBackend(Lifecycle):
         results = await self._each_partition(
             "compact", lambda p: p.settings.compact, lambda p, now: compact(p, now), now_ms
         )
+        self.bytes_reclaimed["compaction"] += sum(r.bytes_before - r.bytes_after for r in results if r)
         return sum(1 for r in results if r)
 
     async def _each_partition(
