@@ -87,6 +87,7 @@ def test_a_refused_tls_connection_is_named(
 def test_validate_checks_the_tls_block_and_wants_its_key_password_from_the_environment(tmp_path: Path) -> None:
     ca = tmp_path / "nope.pem"
     text = f"""log: {{embedded: {{dir: ./d}}}}
+topics: [{{name: t}}]
 connectors:
   - name: out
     kind: sink
@@ -100,14 +101,14 @@ connectors:
 """
     _, found = parse_pipeline(text, {})
     assert [p.format("p.yaml") for p in found] == [
-        f"p.yaml:10: connectors[0].config.tls: ca_file {str(ca)!r} does not exist or is not a file"]
+        f"p.yaml:11: connectors[0].config.tls: ca_file {str(ca)!r} does not exist or is not a file"]
     pki = make_pki(tmp_path / "pki")
     files = (f"ca_file: {pki.ca}\n        cert_file: {pki.client_cert}\n"
              f"        key_file: {pki.client_key_encrypted}\n        key_password: ")
     literal = text.replace(f"ca_file: {ca}\n", files + CLIENT_KEY_PASSWORD + "\n")
     _, found = parse_pipeline(literal, {})
     assert [p.format("p.yaml") for p in found] == [
-        "p.yaml:14: connectors[0].config.tls.key_password: key_password is written in the file: "
+        "p.yaml:15: connectors[0].config.tls.key_password: key_password is written in the file: "
         "give it from the environment, e.g. key_password: ${MY_KEY_PASSWORD}"]
     from_env = text.replace(f"ca_file: {ca}\n", files + "${KEY_PASSWORD}\n")
     config, found = parse_pipeline(from_env, {"KEY_PASSWORD": CLIENT_KEY_PASSWORD})
