@@ -1000,6 +1000,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--execute", action="store_true", help="apply the plan")
     mode.add_argument("--dry-run", action="store_true", help="show the plan, change nothing (the default)")
     p.set_defaults(func=_async(groups_reset))
+
+    from . import top
+
+    top.add_parser(sub)
     return parser
 
 

@@ -18,6 +18,8 @@ Paths and JSON shapes are Kafka Connect's, so tools written for Connect work:
 ``GET|PATCH|DELETE .../offsets``         KIP-875 bodies, ``?dry_run=true``; while running
 ``GET /health``, ``GET /ready``          alive; every task running (else 503)
 ``GET /metrics``                         Prometheus text format
+``GET /history``, ``/topics``, ``/ui/``  for the views (``millpond top``, the dashboard);
+                                         see ``millpond.api.ui``
 =======================================  ==============================================
 
 Safe by default: it binds loopback; any other address is refused unless a
@@ -97,6 +99,9 @@ class ApiServer:
         from .metrics import WorkerMetrics
 
         self.metrics = WorkerMetrics(worker)
+        from .ui import Views
+
+        self.views = Views(worker)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -109,6 +114,7 @@ class ApiServer:
         site = web.SockSite(runner, sock)
         await site.start()
         self._runner = runner
+        self.views.start()
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{port}"
@@ -144,6 +150,7 @@ class ApiServer:
         return sock
 
     async def close(self) -> None:
+        await self.views.close()
         if self._file is not None:
             with contextlib.suppress(OSError, ValueError):
                 with open(self._file) as f:
@@ -178,10 +185,11 @@ class ApiServer:
         app.router.add_get("/connectors/{name}/offsets", offsets.get)
         app.router.add_patch("/connectors/{name}/offsets", offsets.patch)
         app.router.add_delete("/connectors/{name}/offsets", offsets.delete)
+        self.views.routes(app)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.token is not None:
+        if self.token is not None and not request.path.startswith("/ui"):  # the page's calls carry it
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
                 return _error(401, "a bearer token is required (Authorization: Bearer ...)")

@@ -1,0 +1,357 @@
+"""``millpond top``: a running worker at a glance, in a terminal (80 columns, over SSH).
+
+Everything shown comes from the worker's API: the worker samples itself once a
+second (``GET /history``) and computes the rates there, so ``top`` and the
+dashboard agree, and a first sample that has no predecessor shows ``-``, not a
+made-up ``0/s``. The live view is rich's ``Live`` redrawing in place; single
+keys are read from the tty in a thread (no curses), so it works wherever rich
+does. ``--once`` prints one snapshot as plain text for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import queue
+import select
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from .errors import MillpondError
+
+DEFAULT_API = "127.0.0.1:8083"
+TOKEN_ENV = "MILLPOND_API_TOKEN"
+#: samples kept for the lag trend (one a second)
+TREND_SAMPLES = 30
+SPARKS = "▁▂▃▄▅▆▇█"
+KEYS = "↑↓/1-9 select  p pause  r resume  R restart  q quit"
+
+
+class WorkerUnreachableError(MillpondError):
+    """The worker's API did not answer (not running, wrong address, bad token)."""
+
+    retriable = True
+
+
+class Api:
+    """A small blocking client for the worker's API (top polls once a second; nothing async needed)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 15.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def request(self, method: str, path: str) -> Any:
+        req = urllib.request.Request(self.url + path, method=method)
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                body = resp.read()
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("message", exc.reason)
+            except ValueError:
+                message = exc.reason
+            raise WorkerUnreachableError(f"{method} {self.url}{path}: {exc.code} {message}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise WorkerUnreachableError(f"no worker API answers at {self.url}: {reason}") from None
+        return json.loads(body) if body else None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+
+def find_api(api: str | None, log_dir: str | None) -> str:
+    """The API's URL: ``--api`` as given, else the one the worker on ``log_dir`` wrote, else the default."""
+    if api:
+        return api if "://" in api else f"http://{api}"
+    if log_dir:
+        path = os.path.join(log_dir, ".worker.json")
+        try:
+            with open(path) as f:
+                return str(json.load(f)["url"])
+        except FileNotFoundError:
+            raise WorkerUnreachableError(f"no worker runs on the log {log_dir} (no {path}); "
+                                         "start one with millpond run, or give --api HOST:PORT") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise WorkerUnreachableError(f"{path}: unreadable ({exc})") from None
+    return f"http://{DEFAULT_API}"
+
+
+# -- formatting ----------------------------------------------------------------------
+
+
+def fmt_rate(rate: float | None) -> str:
+    """Records per second as top prints them; ``-`` where there is no rate yet."""
+    if rate is None:
+        return "-"
+    return f"{rate:,.0f}" if rate >= 100 else f"{rate:.1f}"
+
+
+def fmt_count(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= 10 * size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def fmt_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def fmt_time(t: float) -> str:
+    """A sample's time as top prints it (UTC, milliseconds): scripts match it against ``/history``."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def sparkline(values: list[int]) -> str:
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1
+    return "".join(SPARKS[0] if high == low else SPARKS[(v - low) * (len(SPARKS) - 1) // span] for v in values)
+
+
+def trend(values: list[int]) -> str:
+    """The lag's last samples as a sparkline, and its change over them (``+120``, ``-50``, ``=``)."""
+    if len(values) < 2:
+        return "-"
+    change = values[-1] - values[0]
+    return f"{sparkline(values[-12:])} {'=' if change == 0 else f'{change:+,}'}"
+
+
+_STATE_STYLE = {"RUNNING": "green", "PAUSED": "yellow", "STOPPED": "yellow", "FAILED": "bold red",
+                "UNASSIGNED": "dim"}
+
+
+# -- the view --------------------------------------------------------------------------
+
+
+class View:
+    """What top knows: the worker's identity and the samples seen so far."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.samples: deque[dict[str, Any]] = deque(maxlen=TREND_SAMPLES)
+        self.root: dict[str, Any] = {}
+        self.failures: dict[str, str] = {}
+        self.selected = 0
+        self.message = ""
+
+    def refresh(self) -> None:
+        if not self.root:
+            self.root = self.api.get("/")
+        since = f"?since={self.samples[-1]['time']}" if self.samples else ""
+        self.samples.extend(self.api.get(f"/history{since}")["samples"])
+        self.failures = {}
+        for name, c in self.latest.get("connectors", {}).items():
+            if c["state"] == "FAILED" or "FAILED" in c.get("task_states", []):
+                status = self.api.get(f"/connectors/{name}/status")
+                traces = [t.get("trace", "") for t in status["tasks"] if t.get("trace")]
+                self.failures[name] = traces[0].strip().splitlines()[-1] if traces else "failed"
+
+    @property
+    def latest(self) -> dict[str, Any]:
+        return self.samples[-1] if self.samples else {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.latest.get("connectors", {}))
+
+    def render(self, *, interactive: bool = False) -> RenderableType:
+        latest = self.latest
+        head = Text()
+        head.append("millpond top", style="bold")
+        head.append(f"  {self.root.get('pipeline', '')}  {self.api.url}  worker {self.root.get('worker_id', '?')}")
+        head.append(f"\nsample {fmt_time(latest['time'])}" if latest else "\nno sample yet (the worker just started)")
+        parts: list[RenderableType] = [head]
+
+        conns = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
+        for col, justify in (("CONNECTOR", "left"), ("TYPE", "left"), ("STATE", "left"), ("IN/s", "right"),
+                             ("OUT/s", "right"), ("OUT", "right"), ("ERR", "right"), ("DLQ", "right"),
+                             ("RST", "right")):
+            conns.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        for i, (name, c) in enumerate(latest.get("connectors", {}).items()):
+            states = c.get("task_states", [])
+            state = Text(c["state"], style=_STATE_STYLE.get(c["state"], ""))
+            odd = [s for s in states if s != c["state"]]
+            if odd:
+                state.append(f" ({len(odd)}/{len(states)} {odd[0]})", style="red")
+            label = f"{'>' if interactive and i == self.selected else ' '}{name}"
+            conns.add_row(label, c["type"], state, fmt_rate(c.get("rate_in")), fmt_rate(c.get("rate_out")),
+                          fmt_count(c["records_out"]), str(c["errors"]), str(c["dead_letters"]),
+                          str(c["restarts"]),
+                          style="reverse" if interactive and i == self.selected else "")
+        parts.append(conns)
+        for name, line in self.failures.items():
+            parts.append(Text(f"{name} FAILED: {line}", style="red"))
+
+        lag = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for col, justify in (("GROUP", "left"), ("TOPIC", "left"), ("P", "right"), ("COMMITTED", "right"),
+                             ("END", "right"), ("LAG", "right"), ("TREND", "left")):
+            lag.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        history: dict[tuple[str, str, int], list[int]] = {}
+        for s in self.samples:
+            for g in s.get("lag", []):
+                history.setdefault((g["group"], g["topic"], g["partition"]), []).append(g["lag"])
+        for g in latest.get("lag", []):
+            where = (g["group"], g["topic"], g["partition"])
+            lag.add_row(g["group"], g["topic"], str(g["partition"]),
+                        "-" if g["committed"] is None else str(g["committed"]), str(g["log_end_offset"]),
+                        str(g["lag"]), trend(history.get(where, [])))
+        if latest.get("lag"):
+            parts.append(lag)
+
+        topics = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for col, justify in (("TOPIC", "left"), ("PARTITIONS", "right"), ("RECORDS", "right"), ("SIZE", "right")):
+            topics.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        for name, t in latest.get("topics", {}).items():
+            topics.add_row(name, str(t["partitions"]), fmt_count(t["records"]), fmt_bytes(t["size_bytes"]))
+        if latest.get("topics"):
+            parts.append(topics)
+        if interactive:
+            parts.append(Text(KEYS, style="dim"))
+            if self.message:
+                parts.append(Text(self.message, style="bold"))
+        return Group(*parts)
+
+    def act(self, key: str) -> None:
+        """Pause, resume or restart the selected connector (in a thread: the view keeps drawing)."""
+        names = self.names
+        if not names:
+            return
+        name = names[min(self.selected, len(names) - 1)]
+        method, path, what = {"p": ("PUT", "pause", "pause"), "r": ("PUT", "resume", "resume"),
+                              "R": ("POST", "restart?includeTasks=true", "restart")}[key]
+
+        def call() -> None:
+            try:
+                self.api.request(method, f"/connectors/{name}/{path}")
+                self.message = f"{what} {name}: done"
+            except MillpondError as exc:
+                self.message = f"{what} {name}: {exc}"
+
+        self.message = f"{what} {name} ..."
+        threading.Thread(target=call, daemon=True).start()
+
+    def key(self, key: str) -> bool:
+        """Handle one key; False to quit."""
+        n = len(self.names)
+        if key in ("q", "\x03"):
+            return False
+        if key in ("k", "UP") and n:
+            self.selected = (self.selected - 1) % n
+        elif key in ("j", "DOWN") and n:
+            self.selected = (self.selected + 1) % n
+        elif key.isdigit() and 1 <= int(key) <= n:
+            self.selected = int(key) - 1
+        elif key in ("p", "r", "R"):
+            self.act(key)
+        return True
+
+
+def _read_keys(keys: queue.Queue[str], stop: threading.Event) -> None:
+    """Single keys from the tty (cbreak mode, restored on exit); arrows arrive as UP / DOWN."""
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        while not stop.is_set():
+            if not select.select([fd], [], [], 0.1)[0]:
+                continue
+            ch = os.read(fd, 1).decode(errors="replace")
+            if ch == "\x1b":
+                rest = os.read(fd, 2).decode(errors="replace") if select.select([fd], [], [], 0.05)[0] else ""
+                ch = {"[A": "UP", "[B": "DOWN"}.get(rest, "")
+            if ch:
+                keys.put(ch)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def once(view: View, out: IO[str]) -> None:
+    view.refresh()
+    console = Console(file=out, width=80, no_color=True, highlight=False, force_terminal=False,
+                      legacy_windows=False, emoji=False)
+    console.print(view.render())
+
+
+def live(view: View, interval: float) -> None:
+    from rich.live import Live
+
+    keys: queue.Queue[str] = queue.Queue()
+    stop = threading.Event()
+    reader = None
+    if sys.stdin.isatty():
+        reader = threading.Thread(target=_read_keys, args=(keys, stop), daemon=True)
+        reader.start()
+    view.refresh()
+    try:
+        with Live(view.render(interactive=True), auto_refresh=False, screen=False) as screen:
+            next_poll = time.monotonic() + interval
+            while True:
+                with contextlib.suppress(queue.Empty):
+                    if not view.key(keys.get(timeout=0.1)):
+                        return
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + interval
+                    try:
+                        view.refresh()
+                    except WorkerUnreachableError as exc:
+                        view.message = str(exc)
+                screen.update(view.render(interactive=True), refresh=True)
+    finally:
+        stop.set()
+        if reader is not None:
+            reader.join(1.0)
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    view = View(Api(find_api(args.api, args.log), args.token or os.environ.get(TOKEN_ENV)))
+    if args.once:
+        once(view, sys.stdout)
+        return 0
+    try:
+        live(view, args.interval)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """The ``top`` subcommand (``sub`` is the CLI's subparsers)."""
+    p = sub.add_parser("top", help="a live view of a running worker: connectors, rates, lag, errors, log size",
+                       description="Connectors and tasks with state, records/s in and out, lag per group and "
+                       "partition with its trend, errors, dead letters and log size per topic, redrawn every "
+                       f"second. Keys: {KEYS}.")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--api", metavar="URL", help=f"the worker's API (default: the worker on --log, else {DEFAULT_API})")
+    where.add_argument("--log", metavar="DIR", default=os.environ.get("MILLPOND_LOG"),
+                       help="find the worker that holds this embedded log (<DIR>/.worker.json)")
+    p.add_argument("--token", help=f"the API's bearer token (default: ${TOKEN_ENV})")
+    p.add_argument("--once", action="store_true", help="print one snapshot as text and exit")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between redraws (default 1)")
+    p.set_defaults(func=cmd_top)

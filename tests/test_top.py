@@ -1,0 +1,124 @@
+"""``millpond top --once`` against a running worker, its figures checked against the API.
+
+The worker runs in-process (embedded log, file source -> file sink, API on a free
+loopback port) while lines keep arriving; ``millpond top`` runs as a real
+subprocess that finds the worker from the log directory, as a user would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from millpond.api.ui import Views
+from millpond.cli import main
+from millpond.top import Api, View, fmt_count, fmt_rate, fmt_time
+from tests.api.test_worker_api import Running, go, running, until
+
+
+async def feed(path: Path, stop: asyncio.Event) -> None:
+    """Keep appending lines so that the rates are not zero while top looks."""
+    n = 0
+    while not stop.is_set():
+        with path.open("a") as f:
+            f.write("".join(f"more {n + i}\n" for i in range(50)))
+        n += 50
+        await asyncio.sleep(0.05)
+
+
+async def flowing(w: Running) -> bool:
+    samples = (await w.get("/history"))["samples"]
+    if len(samples) < 2:
+        return False
+    c = samples[-1]["connectors"]
+    return all((c[n]["rate_out"] or 0) > 0 for n in ("tail", "out"))
+
+
+def rows(text: str, header: str) -> list[list[str]]:
+    """The rows of the table whose header line starts with ``header``, split on runs of spaces."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == [header])
+    out = []
+    for line in lines[start + 2:]:  # past the header and its rule
+        if not line.strip():
+            break
+        out.append(re.split(r"\s{2,}", line.strip()))
+    return out
+
+
+def test_top_once_prints_each_connector_with_the_apis_state_and_rates(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path) as w:
+            stop = asyncio.Event()
+            feeder = asyncio.create_task(feed(w.input, stop))
+            try:
+                await until(lambda: flowing(w), "both connectors to move records", timeout=30)
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "millpond.cli", "top", "--once", "--log", str(w.log_dir),
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                out, err = await proc.communicate()
+                assert proc.returncode == 0, err.decode()
+                counted = await w.metric("millpond_task_records_out_total", connector="tail", task="0")
+                history = (await w.get("/history"))["samples"]
+            finally:
+                stop.set()
+                await feeder
+        text = out.decode()
+        assert all(len(line) <= 80 for line in text.splitlines()), text
+        shown = re.search(r"sample (\S+)", text)
+        assert shown, text
+        i = next(i for i, s in enumerate(history) if fmt_time(s["time"]) == shown[1])
+        sample, before = history[i], history[i - 1]
+        table = {r[0]: r for r in rows(text, "CONNECTOR")}
+        assert sorted(table) == ["out", "tail"], text
+        for name, c in sample["connectors"].items():
+            _, kind, state, rate_in, rate_out, total, errors, dead, restarts = table[name]
+            assert (kind, state) == (c["type"], "RUNNING") and c["state"] == "RUNNING"
+            assert (rate_in, rate_out, total) == (fmt_rate(c["rate_in"]), fmt_rate(c["rate_out"]),
+                                                  fmt_count(c["records_out"]))
+            assert float(rate_out.replace(",", "")) > 0
+            # the API's rate is the counts' change over the two samples' times
+            dt = sample["time"] - before["time"]
+            expected = (c["records_out"] - before["connectors"][name]["records_out"]) / dt
+            assert abs(c["rate_out"] - expected) <= 0.051
+            assert (errors, dead, restarts) == ("0", "0", "0")
+        assert counted is not None and sample["connectors"]["tail"]["records_out"] <= counted
+        lag = rows(text, "GROUP")
+        assert [r[:6] for r in lag] == [
+            ["out", g["topic"], str(g["partition"]), str(g["committed"]), str(g["log_end_offset"]), str(g["lag"])]
+            for g in sample["lag"]]
+        topics = {r[0]: r for r in rows(text, "TOPIC")}
+        assert topics["lines"][1:3] == ["1", fmt_count(sample["topics"]["lines"]["records"])]
+
+    go(scenario())
+
+
+def test_a_first_sample_shows_no_rate_and_a_missing_worker_is_one_line(
+        tmp_path: Path, capsys: Any) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path) as w:
+            await until(lambda: flowing_once(w), "records to move")
+            first = await Views(w.worker).sample()  # a sampler of its own: no predecessor
+        assert all(c["rate_in"] is None and c["rate_out"] is None for c in first["connectors"].values())
+        view = View(Api("http://127.0.0.1:1"))  # rendering only: no call is made
+        view.samples.append(first)
+        buf = io.StringIO()
+        Console(file=buf, width=80, no_color=True).print(view.render())
+        table = {r[0]: r for r in rows(buf.getvalue(), "CONNECTOR")}
+        assert table["tail"][3:5] == ["-", "-"], buf.getvalue()
+        assert "0.0" not in " ".join(table["tail"][3:5])
+
+    go(scenario())
+    assert main(["top", "--once", "--log", str(tmp_path / "log")]) == 1  # the worker has stopped
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no worker runs on the log" in err[0] and ".worker.json" in err[0]
+
+
+async def flowing_once(w: Running) -> bool:
+    return bool(await w.metric("millpond_task_records_out_total", connector="out", task="0"))
