@@ -139,7 +139,9 @@ class Views:
             before = previous["connectors"].get(name) if previous else None
             for what in ("in", "out"):
                 rate = None
-                if before is not None and previous is not None and now > previous["time"]:
+                if what == "in" and c["type"] == "source":
+                    pass  # the runtime counts what a source hands to the log, not what it read: no rate
+                elif before is not None and previous is not None and now > previous["time"]:
                     # a restarted counter (never below zero) reads as no progress, not a negative rate
                     moved = max(0, c[f"records_{what}"] - before[f"records_{what}"])
                     rate = round(moved / (now - previous["time"]), 1)
