@@ -8,9 +8,13 @@ subprocess that finds the worker from the log directory, as a user would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import os
+import pty
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +126,51 @@ def test_a_first_sample_shows_no_rate_and_a_missing_worker_is_one_line(
 
 async def flowing_once(w: Running) -> bool:
     return bool(await w.metric("millpond_task_records_out_total", connector="out", task="0"))
+
+
+def test_keys_pause_and_resume_the_selected_connector(tmp_path: Path) -> None:
+    """The live view in a pseudo-terminal: ``2`` selects the second connector, ``p`` / ``r`` act on it."""
+
+    async def scenario() -> None:
+        async with running(tmp_path) as w:
+            await until(lambda: flowing_once(w), "records to move")
+            pid, fd = pty.fork()
+            if pid == 0:  # the child: millpond top on the pty, 80 columns
+                os.environ.update(COLUMNS="80", LINES="40")
+                try:
+                    os.execv(sys.executable, [sys.executable, "-m", "millpond.cli", "top", "--log", str(w.log_dir)])
+                finally:
+                    os._exit(127)
+            os.set_blocking(fd, False)
+            screen = bytearray()
+
+            async def shown(text: str) -> bool:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    screen.extend(os.read(fd, 65536))
+                return text.encode() in screen
+
+            async def state(name: str) -> str:
+                return str((await w.get(f"/connectors/{name}/status"))["connector"]["state"])
+
+            try:
+                await until(lambda: shown("q quit"), "top to draw")
+                os.write(fd, b"2p")
+                await until(lambda: shown("pause out: done"), "top to say the pause is done")
+                assert (await state("out"), await state("tail")) == ("PAUSED", "RUNNING")
+                os.write(fd, b"r")
+                await until(lambda: shown("resume out: done"), "top to say the resume is done")
+                assert await state("out") == "RUNNING"
+                os.write(fd, b"q")
+                deadline = time.monotonic() + 10
+                while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+                    assert time.monotonic() < deadline, "top did not quit on q"
+                    await shown("")
+                    await asyncio.sleep(0.05)
+                assert os.waitstatus_to_exitcode(done[1]) == 0, screen.decode(errors="replace")
+            finally:
+                with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                os.close(fd)
+
+    go(scenario())

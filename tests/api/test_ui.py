@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.servers.common import server_unavailable
@@ -159,9 +160,11 @@ def test_dashboard_shows_the_pipeline_and_pauses_and_resumes_the_source(
          "both connectors RUNNING")
     rate = wait(lambda: float(cell(browser, "tail", ".rate-out").replace(",", "") or 0), "a non-zero rate")
     assert rate > 0 and worker.state("tail") == "RUNNING"
-    nodes = {n.get_attribute("data-node") for n in browser.find_elements("css selector", "#graph g.node")}
-    assert nodes == {"tail", "t:lines", "out"}
-    assert len(browser.find_elements("css selector", "#graph path.edge")) == 2
+    # read in one script: the graph is redrawn every second, so elements found earlier go stale
+    graph = browser.execute_script("const g = document.getElementById('graph'); return ["
+                                   "[...g.querySelectorAll('g.node')].map(n => n.dataset.node),"
+                                   "g.querySelectorAll('path.edge').length]")
+    assert sorted(graph[0]) == ["out", "t:lines", "tail"] and graph[1] == 2
     assert browser.find_elements("css selector", "#rate-chart polyline[data-series='tail']")
 
     click(browser, "tail", "pause")
@@ -219,3 +222,55 @@ def test_dashboard_asks_for_the_token_and_sends_it(browser: Any, tmp_path: Path)
         browser.execute_script("sessionStorage.clear()")
     finally:
         w.close()
+
+
+def test_read_endpoints_answer_what_the_log_holds(tmp_path: Path) -> None:
+    """``/topics``, ``/topics/{t}/partitions/{p}/records`` and ``/history`` against the log itself."""
+    from millpond.records import TopicPartition
+    from tests.api.test_worker_api import LINES, config_for, drained, go, running, until
+
+    async def scenario() -> None:
+        async with running(tmp_path, config_for(tmp_path, token="t0ken"), token="t0ken") as w:
+            await until(lambda: drained(w), "the lines to arrive")
+            topics = await w.get("/topics")
+            assert [t["name"] for t in topics] == ["lines"]  # internal topics only with ?all=true
+            assert "__source_offsets" in [t["name"] for t in await w.get("/topics?all=true")]
+            infos = await w.backend.describe_topic("lines")
+            assert topics[0]["partitions"] == [
+                {"partition": p.partition, "log_start_offset": p.log_start_offset,
+                 "log_end_offset": p.log_end_offset, "high_watermark": p.high_watermark,
+                 "last_stable_offset": p.last_stable_offset, "size_bytes": p.size_bytes,
+                 "segments": p.segments} for p in infos]
+            page = await w.get("/topics/lines/partitions/0/records?offset=0&limit=7")
+            assert [r["value"] for r in page["records"]] == [{"text": f"line {i}"} for i in range(7)]
+            assert page["records"][0]["headers"] == [] and page["records"][0]["key"] is None
+            # by time: the first record at or after the 100th one's timestamp, as the log answers
+            later = (await w.get("/topics/lines/partitions/0/records?offset=100&limit=1"))["records"][0]
+            by_time = await w.get(f"/topics/lines/partitions/0/records?timestamp={later['timestamp']}&limit=1")
+            expected = await w.backend.offset_for_time(TopicPartition("lines", 0), later["timestamp"])
+            assert by_time["records"][0]["offset"] == expected <= later["offset"]
+            everything = await w.get("/topics/lines/partitions/0/records?limit=500")
+            assert len(everything["records"]) == LINES
+            await w.get("/topics/nope/partitions/0/records", status=404)
+            await w.get("/topics/lines/partitions/9/records", status=404)
+            await w.get("/topics/lines/partitions/0/records?limit=0", status=400)
+            await w.get("/topics/lines/partitions/0/records?offset=x", status=400)
+            await until(lambda: has_samples(w, 2), "two samples")
+            samples = (await w.get("/history"))["samples"]
+            assert samples[0]["connectors"]["out"]["rate_out"] is None  # the first has no predecessor
+            newer = (await w.get(f"/history?since={samples[-2]['time']}"))["samples"]
+            assert newer[0] == samples[-1]
+            # the page loads without the token (a browser cannot add it to a page load); the data does not
+            async with aiohttp.ClientSession() as anonymous:
+                async with anonymous.get(w.url + "/ui/") as r:
+                    assert r.status == 200 and "<title>millpond</title>" in await r.text()
+                async with anonymous.get(w.url + "/ui/app.js") as r:
+                    assert r.status == 200 and r.content_type == "text/javascript"
+                for path in ("/history", "/topics", "/ui/../history", "/ui/.hidden.js"):
+                    async with anonymous.get(w.url + path) as r:
+                        assert r.status in (401, 404), path
+
+    async def has_samples(w: Any, n: int) -> bool:
+        return len((await w.get("/history"))["samples"]) >= n
+
+    go(scenario())

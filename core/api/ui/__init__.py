@@ -54,10 +54,10 @@ def _http(status: int, message: str) -> NoReturn:
     raise cls(text=json.dumps({"error_code": status, "message": message}), content_type="application/json")
 
 
-def _int(request: web.Request, name: str, default: int | None = None) -> int | None:
+def _int(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
-        return default
+        return None
     try:
         return int(raw)
     except ValueError:
@@ -210,7 +210,9 @@ class Views:
         if partition not in infos:
             _http(404, f"Topic {topic} has no partition {partition}")
         info = infos[partition]
-        limit = _int(request, "limit", 50) or 50
+        limit = _int(request, "limit")
+        if limit is None:
+            limit = 50
         if not 1 <= limit <= MAX_RECORDS:
             _http(400, f"limit={limit} is not between 1 and {MAX_RECORDS}")
         tp = TopicPartition(topic, partition)

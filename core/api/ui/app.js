@@ -105,33 +105,51 @@ function render() {
 
 // -- connectors ----------------------------------------------------------------------
 
-function renderConnectors() {
+// Rows are made once per connector and updated in place: a redraw every second must not take a
+// button away from under the pointer (or from a test's click).
+function connectorRow(name) {
   const tbody = $("connectors").querySelector("tbody");
+  let tr = tbody.querySelector(`tr[data-connector="${CSS.escape(name)}"]`);
+  if (tr) return tr;
+  const actions = el("td", { class: "actions" });
+  for (const [action, label] of [["pause", "Pause"], ["resume", "Resume"], ["restart", "Restart"], ["offsets", "Offsets…"]]) {
+    actions.append(el("button", { "data-action": action, "data-connector": name, text: label }));
+  }
+  tr = el("tr", { "data-connector": name }, el("td", { text: name }), el("td", { class: "type" }),
+    el("td", { class: "state" }), el("td", { class: "tasks" }), el("td", { class: "num rate-in" }),
+    el("td", { class: "num rate-out" }), el("td", { class: "num records-out" }), el("td", { class: "num errors" }),
+    el("td", { class: "num dead-letters" }), el("td", { class: "num restarts" }), actions);
+  tbody.append(tr);
+  return tr;
+}
+
+function renderConnectors() {
   const sample = latest();
-  const rows = [];
-  for (const [name, status] of Object.entries(state.connectors)) {
+  const names = Object.keys(state.connectors);
+  for (const tr of $("connectors").querySelectorAll("tbody tr")) {
+    if (!names.includes(tr.dataset.connector)) tr.remove();
+  }
+  for (const name of names) {
+    const status = state.connectors[name];
     const c = (sample && sample.connectors[name]) || {};
     const st = status.connector.state;
-    const tasks = status.tasks.map(t => t.state).join(", ");
-    const actions = el("td", { class: "actions" });
-    for (const [action, label] of [["pause", "Pause"], ["resume", "Resume"], ["restart", "Restart"], ["offsets", "Offsets…"]]) {
-      const b = el("button", { "data-action": action, "data-connector": name, text: label });
-      if (action === "pause" && st !== "RUNNING") b.disabled = true;
-      if (action === "resume" && st === "RUNNING") b.disabled = true;
-      actions.append(b);
-    }
+    const tr = connectorRow(name);
+    const set = (css, text) => { tr.querySelector(css).textContent = text; };
+    set(".type", status.type);
+    set(".state", st);
+    tr.querySelector(".state").className = "state state-" + st;
     const failed = status.tasks.find(t => t.trace);
-    const stateCell = el("td", { class: "state state-" + st, text: st });
-    if (failed) stateCell.title = failed.trace;
-    rows.push(el("tr", { "data-connector": name },
-      el("td", { text: name }), el("td", { text: status.type }), stateCell, el("td", { text: tasks }),
-      el("td", { class: "num rate-in", text: fmtRate(c.rate_in) }),
-      el("td", { class: "num rate-out", text: fmtRate(c.rate_out) }),
-      el("td", { class: "num", text: c.records_out === undefined ? "-" : fmtCount(c.records_out) }),
-      el("td", { class: "num", text: c.errors ?? "-" }), el("td", { class: "num", text: c.dead_letters ?? "-" }),
-      el("td", { class: "num", text: c.restarts ?? "-" }), actions));
+    tr.querySelector(".state").title = failed ? failed.trace : "";
+    set(".tasks", status.tasks.map(t => t.state).join(", "));
+    set(".rate-in", fmtRate(c.rate_in));
+    set(".rate-out", fmtRate(c.rate_out));
+    set(".records-out", c.records_out === undefined ? "-" : fmtCount(c.records_out));
+    set(".errors", c.errors ?? "-");
+    set(".dead-letters", c.dead_letters ?? "-");
+    set(".restarts", c.restarts ?? "-");
+    tr.querySelector("button[data-action=pause]").disabled = st !== "RUNNING";
+    tr.querySelector("button[data-action=resume]").disabled = st === "RUNNING";
   }
-  tbody.replaceChildren(...rows);
 }
 
 async function connectorAction(name, action) {
