@@ -5,7 +5,8 @@ second (``GET /history``) and computes the rates there, so ``top`` and the
 dashboard agree, and a first sample that has no predecessor shows ``-``, not a
 made-up ``0/s``. The live view is rich's ``Live`` redrawing in place; single
 keys are read from the tty in a thread (no curses), so it works wherever rich
-does. ``--once`` prints one snapshot as plain text for scripts and tests.
+does. ``--once`` prints one snapshot as plain text for scripts and tests. Several
+``--api`` show the workers of a cluster together (the Kafka backend).
 """
 
 from __future__ import annotations
@@ -147,16 +148,15 @@ _STATE_STYLE = {"RUNNING": "green", "PAUSED": "yellow", "STOPPED": "yellow", "FA
 # -- the view --------------------------------------------------------------------------
 
 
-class View:
-    """What top knows: the worker's identity and the samples seen so far."""
+class Source:
+    """One worker as top sees it: its API, identity, samples so far, and why it is not answering."""
 
     def __init__(self, api: Api) -> None:
         self.api = api
-        self.samples: deque[dict[str, Any]] = deque(maxlen=TREND_SAMPLES)
         self.root: dict[str, Any] = {}
+        self.samples: deque[dict[str, Any]] = deque(maxlen=TREND_SAMPLES)
         self.failures: dict[str, str] = {}
-        self.selected = 0
-        self.message = ""
+        self.error: str | None = None
 
     def refresh(self) -> None:
         if not self.root:
@@ -169,6 +169,47 @@ class View:
                 status = self.api.get(f"/connectors/{name}/status")
                 traces = [t.get("trace", "") for t in status["tasks"] if t.get("trace")]
                 self.failures[name] = traces[0].strip().splitlines()[-1] if traces else "failed"
+        self.error = None
+
+    @property
+    def latest(self) -> dict[str, Any]:
+        return self.samples[-1] if self.samples else {}
+
+    @property
+    def label(self) -> str:
+        return str(self.root.get("worker_id") or self.api.url)
+
+
+class View:
+    """What top knows about one worker, or several running the same pipeline (a cluster on Kafka).
+
+    Connectors are listed per worker (a connector's tasks can be spread over workers); lag and topics
+    are the log's, the same from every worker, so they are shown once, from the newest sample.
+    A key acts on the selected connector on every worker that runs it.
+    """
+
+    def __init__(self, apis: Api | list[Api]) -> None:
+        self.sources = [Source(a) for a in (apis if isinstance(apis, list) else [apis])]
+        self.selected = 0
+        self.message = ""
+
+    def refresh(self) -> None:
+        """Ask every worker; one that does not answer is shown as such, unless none answers."""
+        for source in self.sources:
+            try:
+                source.refresh()
+            except WorkerUnreachableError as exc:
+                if len(self.sources) == 1:
+                    raise
+                source.error = str(exc)
+        if all(s.error for s in self.sources):
+            raise WorkerUnreachableError("; ".join(str(s.error) for s in self.sources))
+
+    @property
+    def samples(self) -> deque[dict[str, Any]]:
+        """The samples of the worker that sampled last (one worker: its samples)."""
+        newest = max(self.sources, key=lambda s: s.latest.get("time", 0.0))
+        return newest.samples
 
     @property
     def latest(self) -> dict[str, Any]:
@@ -176,13 +217,26 @@ class View:
 
     @property
     def names(self) -> list[str]:
-        return list(self.latest.get("connectors", {}))
+        names: dict[str, None] = {}
+        for source in self.sources:
+            names.update(dict.fromkeys(source.latest.get("connectors", {})))
+        return list(names)
 
     def render(self, *, interactive: bool = False) -> RenderableType:
         latest = self.latest
+        cluster = len(self.sources) > 1
         head = Text()
         head.append("millpond top", style="bold")
-        head.append(f"  {self.root.get('pipeline', '')}  {self.api.url}  worker {self.root.get('worker_id', '?')}")
+        pipeline = next((s.root["pipeline"] for s in self.sources if s.root.get("pipeline")), "")
+        if cluster:
+            head.append(f"  {pipeline}  {len(self.sources)} workers")
+            for source in self.sources:
+                head.append(f"\n  {source.label}  {source.api.url}")
+                if source.error:
+                    head.append(f"  {source.error}", style="red")
+        else:
+            source = self.sources[0]
+            head.append(f"  {pipeline}  {source.api.url}  worker {source.root.get('worker_id', '?')}")
         head.append(f"\nsample {fmt_time(latest['time'])}" if latest else "\nno sample yet (the worker just started)")
         parts: list[RenderableType] = [head]
 
@@ -191,34 +245,39 @@ class View:
                              ("OUT/s", "right"), ("OUT", "right"), ("ERR", "right"), ("DLQ", "right"),
                              ("RST", "right")):
             conns.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-        for i, (name, c) in enumerate(latest.get("connectors", {}).items()):
-            states = c.get("task_states", [])
-            state = Text(c["state"], style=_STATE_STYLE.get(c["state"], ""))
-            odd = [s for s in states if s != c["state"]]
-            if odd:
-                state.append(f" ({len(odd)}/{len(states)} {odd[0]})", style="red")
-            label = f"{'>' if interactive and i == self.selected else ' '}{name}"
-            conns.add_row(label, c["type"], state, fmt_rate(c.get("rate_in")), fmt_rate(c.get("rate_out")),
-                          fmt_count(c["records_out"]), str(c["errors"]), str(c["dead_letters"]),
-                          str(c["restarts"]),
-                          style="reverse" if interactive and i == self.selected else "")
+        names = self.names
+        chosen = names[min(self.selected, len(names) - 1)] if interactive and names else None
+        for source in self.sources:
+            if cluster:
+                conns.add_row(Text(f"@{source.label}", style="dim"))
+            for name, c in source.latest.get("connectors", {}).items():
+                states = c.get("task_states", [])
+                state = Text(c["state"], style=_STATE_STYLE.get(c["state"], ""))
+                odd = [s for s in states if s != c["state"]]
+                if odd:
+                    state.append(f" ({len(odd)}/{len(states)} {odd[0]})", style="red")
+                mark = ">" if name == chosen else " "
+                conns.add_row(f"{mark}{name}", c["type"], state, fmt_rate(c.get("rate_in")),
+                              fmt_rate(c.get("rate_out")), fmt_count(c["records_out"]), str(c["errors"]),
+                              str(c["dead_letters"]), str(c["restarts"]), style="reverse" if name == chosen else "")
         parts.append(conns)
-        for name, line in self.failures.items():
-            parts.append(Text(f"{name} FAILED: {line}", style="red"))
+        for source in self.sources:
+            for name, line in source.failures.items():
+                where = f"@{source.label}" if cluster else ""
+                parts.append(Text(f"{name}{where} FAILED: {line}", style="red"))
 
         lag = Table(box=box.SIMPLE_HEAD, pad_edge=False)
         for col, justify in (("GROUP", "left"), ("TOPIC", "left"), ("P", "right"), ("COMMITTED", "right"),
                              ("END", "right"), ("LAG", "right"), ("TREND", "left")):
             lag.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
         history: dict[tuple[str, str, int], list[int]] = {}
-        for s in self.samples:
-            for g in s.get("lag", []):
+        for sample in self.samples:
+            for g in sample.get("lag", []):
                 history.setdefault((g["group"], g["topic"], g["partition"]), []).append(g["lag"])
         for g in latest.get("lag", []):
-            where = (g["group"], g["topic"], g["partition"])
             lag.add_row(g["group"], g["topic"], str(g["partition"]),
                         "-" if g["committed"] is None else str(g["committed"]), str(g["log_end_offset"]),
-                        str(g["lag"]), trend(history.get(where, [])))
+                        str(g["lag"]), trend(history.get((g["group"], g["topic"], g["partition"]), [])))
         if latest.get("lag"):
             parts.append(lag)
 
@@ -236,20 +295,23 @@ class View:
         return Group(*parts)
 
     def act(self, key: str) -> None:
-        """Pause, resume or restart the selected connector (in a thread: the view keeps drawing)."""
+        """Pause, resume or restart the selected connector on every worker that runs it (in a thread)."""
         names = self.names
         if not names:
             return
         name = names[min(self.selected, len(names) - 1)]
         method, path, what = {"p": ("PUT", "pause", "pause"), "r": ("PUT", "resume", "resume"),
                               "R": ("POST", "restart?includeTasks=true", "restart")}[key]
+        targets = [s.api for s in self.sources if name in s.latest.get("connectors", {})]
 
         def call() -> None:
-            try:
-                self.api.request(method, f"/connectors/{name}/{path}")
-                self.message = f"{what} {name}: done"
-            except MillpondError as exc:
-                self.message = f"{what} {name}: {exc}"
+            problems = []
+            for api in targets:
+                try:
+                    api.request(method, f"/connectors/{name}/{path}")
+                except MillpondError as exc:
+                    problems.append(str(exc))
+            self.message = f"{what} {name}: " + ("; ".join(problems) if problems else "done")
 
         self.message = f"{what} {name} ..."
         threading.Thread(target=call, daemon=True).start()
@@ -330,7 +392,9 @@ def live(view: View, interval: float) -> None:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    view = View(Api(find_api(args.api, args.log), args.token or os.environ.get(TOKEN_ENV)))
+    token = args.token or os.environ.get(TOKEN_ENV)
+    view = View([Api(find_api(api, None), token) for api in args.api] if args.api
+                else Api(find_api(None, args.log), token))
     if args.once:
         once(view, sys.stdout)
         return 0
@@ -348,7 +412,9 @@ def add_parser(sub: Any) -> None:
                        "partition with its trend, errors, dead letters and log size per topic, redrawn every "
                        f"second. Keys: {KEYS}.")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--api", metavar="URL", help=f"the worker's API (default: the worker on --log, else {DEFAULT_API})")
+    where.add_argument("--api", metavar="URL", action="append",
+                       help=f"a worker's API; repeat it for each worker of a cluster "
+                       f"(default: the worker on --log, else {DEFAULT_API})")
     where.add_argument("--log", metavar="DIR", default=os.environ.get("MILLPOND_LOG"),
                        help="find the worker that holds this embedded log (<DIR>/.worker.json)")
     p.add_argument("--token", help=f"the API's bearer token (default: ${TOKEN_ENV})")

@@ -23,7 +23,7 @@ from rich.console import Console
 from millpond.api.ui import Views
 from millpond.cli import main
 from millpond.top import Api, View, fmt_count, fmt_rate, fmt_time
-from tests.api.test_worker_api import Running, go, running, until
+from tests.api.test_worker_api import Running, drained, go, running, until
 
 
 async def feed(path: Path, stop: asyncio.Event) -> None:
@@ -174,3 +174,57 @@ def test_keys_pause_and_resume_the_selected_connector(tmp_path: Path) -> None:
                 os.close(fd)
 
     go(scenario())
+
+
+def test_several_workers_show_together_and_a_key_acts_on_each(tmp_path: Path) -> None:
+    """Two workers (``--api`` twice): each one's connectors under its id, with its own figures;
+    pausing the selected connector pauses it on both."""
+
+    async def scenario() -> None:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        async with running(tmp_path / "a") as a, running(tmp_path / "b") as b:
+            for w in (a, b):
+                await until(lambda w=w: drained(w), "every line to be written")
+            now = time.time()  # from here on the counts stand still: wait for a sample that shows it
+            for w in (a, b):
+                await until(lambda w=w: sampled_after(w, now), "a sample after the drain")
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "millpond.cli", "top", "--once", "--api", a.url, "--api", b.url,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            text = out.decode()
+            ids = [(await w.get("/"))["worker_id"] for w in (a, b)]
+            table = rows(text, "CONNECTOR")
+            assert [r[0] for r in table] == [f"@{ids[0]}", "tail", "out", f"@{ids[1]}", "tail", "out"], text
+            for w, block in ((a, table[1:3]), (b, table[4:6])):
+                sample = (await w.get("/history"))["samples"]
+                counts = {n: c["records_out"] for n, c in sample[-1]["connectors"].items()}
+                # the drained pipelines stand still: each worker's own totals, as its API says
+                assert {r[0]: r[5] for r in block} == {n: fmt_count(v) for n, v in counts.items()}
+
+            view = View([Api(a.url), Api(b.url)])
+            await asyncio.to_thread(view.refresh)
+            assert view.names == ["tail", "out"]
+            view.key("2")
+            view.key("p")
+            for w in (a, b):
+                await until(lambda w=w: state_is(w, "out", "PAUSED"), "out paused on each worker")
+                assert (await w.get("/connectors/tail/status"))["connector"]["state"] == "RUNNING"
+            await until(lambda: said(view, "pause out: done"), "top to say it is done")
+
+    go(scenario())
+
+
+async def sampled_after(w: Running, t: float) -> bool:
+    samples = (await w.get("/history"))["samples"]
+    return len(samples) >= 2 and samples[-1]["time"] > t
+
+
+async def state_is(w: Running, name: str, state: str) -> bool:
+    return bool((await w.get(f"/connectors/{name}/status"))["connector"]["state"] == state)
+
+
+async def said(view: View, message: str) -> bool:
+    return view.message == message
