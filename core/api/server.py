@@ -189,7 +189,8 @@ class ApiServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.token is not None and not request.path.startswith("/ui"):  # the page's calls carry it
+        if self.token is not None and not (request.path == "/ui" or request.path.startswith("/ui/")):
+            # the dashboard's files load without it (a browser cannot add it to a page load); its calls carry it
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
                 return _error(401, "a bearer token is required (Authorization: Bearer ...)")
