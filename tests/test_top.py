@@ -13,6 +13,7 @@ import io
 import os
 import pty
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -134,13 +135,11 @@ def test_keys_pause_and_resume_the_selected_connector(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running(tmp_path) as w:
             await until(lambda: flowing_once(w), "records to move")
-            pid, fd = pty.fork()
-            if pid == 0:  # the child: millpond top on the pty, 80 columns
-                os.environ.update(COLUMNS="80", LINES="40")
-                try:
-                    os.execv(sys.executable, [sys.executable, "-m", "millpond.cli", "top", "--log", str(w.log_dir)])
-                finally:
-                    os._exit(127)
+            fd, tty_end = pty.openpty()  # top's terminal: 80 columns, keys typed into it
+            proc = subprocess.Popen([sys.executable, "-m", "millpond.cli", "top", "--log", str(w.log_dir)],
+                                    stdin=tty_end, stdout=tty_end, stderr=tty_end, start_new_session=True,
+                                    env={**os.environ, "COLUMNS": "80", "LINES": "40"})
+            os.close(tty_end)
             os.set_blocking(fd, False)
             screen = bytearray()
 
@@ -162,15 +161,15 @@ def test_keys_pause_and_resume_the_selected_connector(tmp_path: Path) -> None:
                 assert await state("out") == "RUNNING"
                 os.write(fd, b"q")
                 deadline = time.monotonic() + 10
-                while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+                while proc.poll() is None:
                     assert time.monotonic() < deadline, "top did not quit on q"
                     await shown("")
                     await asyncio.sleep(0.05)
-                assert os.waitstatus_to_exitcode(done[1]) == 0, screen.decode(errors="replace")
+                assert proc.returncode == 0, screen.decode(errors="replace")
             finally:
-                with contextlib.suppress(ProcessLookupError, ChildProcessError):
-                    os.kill(pid, 9)
-                    os.waitpid(pid, 0)
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
                 os.close(fd)
 
     go(scenario())
