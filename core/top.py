@@ -405,6 +405,16 @@ def cmd_top(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds between 0.1 and 3600")
+    return value
+
+
 def add_parser(sub: Any) -> None:
     """The ``top`` subcommand (``sub`` is the CLI's subparsers)."""
     p = sub.add_parser("top", help="a live view of a running worker: connectors, rates, lag, errors, log size",
@@ -419,5 +429,5 @@ def add_parser(sub: Any) -> None:
                        help="find the worker that holds this embedded log (<DIR>/.worker.json)")
     p.add_argument("--token", help=f"the API's bearer token (default: ${TOKEN_ENV})")
     p.add_argument("--once", action="store_true", help="print one snapshot as text and exit")
-    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between redraws (default 1)")
+    p.add_argument("--interval", type=_seconds, default=1.0, metavar="S", help="seconds between redraws (default 1)")
     p.set_defaults(func=cmd_top)
