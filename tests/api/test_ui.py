@@ -50,32 +50,29 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 class Worker:
-    """A ``millpond run`` subprocess with lines appended to its input while it runs."""
+    """The quickstart (configs/quickstart.yaml and its input, copied) as a ``millpond run`` subprocess
+    in ``tmp_path``, with lines appended to its input while it runs."""
 
     def __init__(self, tmp_path: Path, token: str | None = None) -> None:
-        (tmp_path / "in").mkdir()
-        self.input = tmp_path / "in" / "app.log"
-        self.input.write_text("".join(f"line {i}\n" for i in range(200)))
-        api = '{listen: 127.0.0.1:0, token: "${UI_TEST_TOKEN}"}' if token else "{listen: 127.0.0.1:0}"
-        (tmp_path / "pipeline.yaml").write_text(f"""
-name: quickstart
-log: {{embedded: {{dir: {tmp_path / 'log'}, fsync: false}}}}
-api: {api}
-topics: [{{name: lines, partitions: 3}}]
-connectors:
-  - {{name: tail, kind: source, type: file, topic: lines, guarantee: exactly_once,
-     config: {{path: "{tmp_path / 'in'}/*.log", key: path}}, converter: {{key: string, value: string}}}}
-  - {{name: out, kind: sink, type: file, topics: [lines], guarantee: exactly_once,
-     config: {{dir: {tmp_path / 'out'}, format: text, suffix: .txt, fsync: false}},
-     converter: {{key: string, value: string}}}}
-""")
-        env = {"UI_TEST_TOKEN": token} if token else {}
+        shutil.copytree(REPO / "configs" / "quickstart-input", tmp_path / "configs" / "quickstart-input")
+        pipeline = tmp_path / "configs" / "quickstart.yaml"
+        text = (REPO / "configs" / "quickstart.yaml").read_text()
+        command = [sys.executable, "-m", "millpond.cli", "run", str(pipeline)]
+        if token:  # the token comes from the environment, as the README says it must
+            text += '\napi: {listen: 127.0.0.1:0, token: "${UI_TEST_TOKEN}"}\n'
+        else:
+            command += ["--api", "127.0.0.1:0"]
+        pipeline.write_text(text)
+        self.input = tmp_path / "configs" / "quickstart-input" / "app.log"
         self.token = token
         with open(tmp_path / "worker.log", "w") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "millpond.cli", "run", str(tmp_path / "pipeline.yaml")],
-                                         env={**os.environ, **env}, stderr=log)
-        found = tmp_path / "log" / ".worker.json"
+            self.proc = subprocess.Popen(command, cwd=tmp_path, stderr=log,
+                                         env={**os.environ, "UI_TEST_TOKEN": token or ""})
+        found = tmp_path / "data" / "quickstart" / ".worker.json"
         deadline = time.monotonic() + 30
         while not found.exists():
             assert self.proc.poll() is None, (tmp_path / "worker.log").read_text()
@@ -192,7 +189,9 @@ def test_dashboard_shows_the_pipeline_and_pauses_and_resumes_the_source(
     browser.find_element("css selector", "#browse button[type=submit]").click()
     rows = wait(lambda: browser.find_elements("css selector", "#records tbody tr"), "records in the browser")
     first = [td.text for td in rows[0].find_elements("css selector", "td")]
-    assert first[2].endswith("app.log") and first[4] == "line 0", first  # key (the path) and value
+    # the key is the file's path (key: path), the value that file's first line
+    assert first[0] == "0" and first[2].startswith("./configs/quickstart-input/"), first
+    assert first[4] == (tmp_path / first[2]).read_text().splitlines()[0], first
 
     # offsets: the dry run is shown before anything can be applied
     click(browser, "out", "offsets")
@@ -202,6 +201,18 @@ def test_dashboard_shows_the_pipeline_and_pauses_and_resumes_the_source(
     wait(lambda: "Dry run" in browser.find_element("id", "offsets-result").text, "the dry run's answer")
     assert '"dry_run": true' in browser.find_element("id", "offsets-result").text
     assert browser.find_element("id", "offsets-apply").is_enabled()
+    browser.find_element("id", "offsets-body").send_keys(" ")  # an edited body needs its own dry run
+    assert not browser.find_element("id", "offsets-apply").is_enabled()
+    # reset all: the dry run lists each partition read so far going back to its log start; apply does it
+    assert not browser.find_element("id", "offsets-reset-apply").is_enabled()
+    browser.find_element("id", "offsets-reset-dry").click()
+    wait(lambda: browser.find_element("id", "offsets-reset-apply").is_enabled(), "the reset's dry run")
+    changes = json.loads(browser.find_element("id", "offsets-result").text.split("\n", 1)[1])["changes"]
+    assert busy in [c["partition"]["kafka_partition"] for c in changes], changes
+    assert all(c["to"] == {"kafka_offset": 0} and c["from"]["kafka_offset"] > 0 for c in changes), changes
+    browser.find_element("id", "offsets-reset-apply").click()
+    wait(lambda: browser.find_element("id", "offsets-result").text.startswith("Applied"), "the reset applied")
+    assert worker.state("out") == "RUNNING"
 
     browser.execute_script("window.scrollTo(0, 0)")
     shot = tmp_path / "dashboard.png"
