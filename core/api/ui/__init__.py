@@ -12,7 +12,11 @@
 
 Rates are computed here, once, between two samples the worker took itself, so
 ``millpond top`` and the dashboard show the same figures and neither has to invent
-a rate for its first look: a sample without a predecessor has ``null`` rates.
+a rate for its first look: a sample without a predecessor has ``null`` rates, and
+so has a source's ``rate_in`` (the runtime counts what a source hands to the log,
+not what it read). A negative ``offset`` counts offsets back from the log end, as
+``consume --offset`` does; transaction markers take offsets too, so it may answer
+fewer records than that.
 
 The dashboard's files are served without the bearer token (they hold no data and
 a browser cannot add a header to a page load); every call they make carries it.
@@ -154,7 +158,12 @@ class Views:
             if not group or group in seen:
                 continue
             seen.add(group)
-            for g in await backend.describe_group(group):
+            try:
+                offsets = await backend.describe_group(group)
+            except Exception as exc:  # not there yet (a sink that has not committed): no lag in this sample
+                log.debug("history: group %r not described: %s", group, exc)
+                continue
+            for g in offsets:
                 lag.append({"group": group, "topic": g.topic_partition.topic,
                             "partition": g.topic_partition.partition, "committed": g.committed,
                             "log_end_offset": g.log_end_offset, "lag": g.lag})
