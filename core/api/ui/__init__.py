@@ -14,9 +14,9 @@ Rates are computed here, once, between two samples the worker took itself, so
 ``millpond top`` and the dashboard show the same figures and neither has to invent
 a rate for its first look: a sample without a predecessor has ``null`` rates, and
 so has a source's ``rate_in`` (the runtime counts what a source hands to the log,
-not what it read). A negative ``offset`` counts offsets back from the log end, as
-``consume --offset`` does; transaction markers take offsets too, so it may answer
-fewer records than that.
+not what it read). A negative ``offset`` counts offsets back from the log end
+(``consume --offset -N`` counts records instead); transaction markers take offsets
+too, so it may answer fewer records than that.
 
 The dashboard's files are served without the bearer token (they hold no data and
 a browser cannot add a header to a page load); every call they make carries it.
@@ -233,7 +233,7 @@ class Views:
             given = _int(request, "offset")
             if given is None:
                 start = info.log_start_offset
-            elif given < 0:  # from the end, as consume --offset -N
+            elif given < 0:  # offsets back from the end
                 start = max(info.log_start_offset, info.log_end_offset + given)
             else:
                 start = max(given, info.log_start_offset)
