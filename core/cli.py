@@ -4,9 +4,11 @@ Exit codes: 0 ok, 1 a user error (one line, no traceback, for any
 ``MillpondError``), 2 a usage error, 130 interrupted.
 
 Commands that read the log (``topics list``, ``consume``, ``groups describe``)
-open it read-only, so they work beside a running worker; commands that write
-(``topics create``, ``produce``, ``groups reset``) need the writer lock and
-say so clearly when a worker holds it.
+open it read-only, so they work beside a running worker. Commands that write
+(``topics create|alter|delete|retain|compact``, ``produce``, ``groups reset
+--execute``, ``dlq replay --execute``) go through the API of the worker that
+holds an embedded log (``api/client.py``), and open the log themselves when
+no process holds it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +29,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import IO, Any
 
+from .api.client import WorkerClient
 from .backends.base import IsolationLevel, LogBackend, TopicSpec
 from .config import EmbeddedLog, LogConfig, PipelineFileError, load_pipeline, validate_file
 from .errors import MillpondError
@@ -193,6 +197,22 @@ async def opened(args: argparse.Namespace, *, readonly: bool) -> AsyncIterator[L
         await backend.close()
 
 
+def through_worker(args: argparse.Namespace) -> WorkerClient | None:
+    """The worker holding the embedded log these arguments name, or None: act directly.
+
+    LogLockedError when a process holds it without an API (``--api off``)."""
+    from .api.client import find_worker
+
+    config = log_config(args)
+    return find_worker(config.embedded.dir if config.embedded is not None else None)
+
+
+def _q(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
 # -- commands: pipelines -----------------------------------------------------
 
 
@@ -308,6 +328,23 @@ async def topics_describe(args: argparse.Namespace) -> int:
                          human_bytes(sum(p.size_bytes for p in parts)),
                          sum(p.segments for p in parts) if counted else "-"))
             print(format_table(("PARTITION", "START", "END", "STABLE", "OFFSETS", "SIZE", "SEGMENTS"), rows))
+            for p in parts:
+                for problem in p.problems:
+                    print(f"DAMAGED partition {p.partition}: {problem}")
+    return 0
+
+
+async def topics_repair(args: argparse.Namespace) -> int:
+    from .backends.embedded import EmbeddedBackend
+
+    async with opened(args, readonly=False) as backend:
+        if not isinstance(backend, EmbeddedBackend):
+            raise UsageError("topics repair works on an embedded log (--log DIR)")
+        done = backend.store.repair(args.topic, args.partition, "restore" if args.restore else "discard")
+    for line in done:
+        print(line, file=sys.stderr)
+    if not done:
+        print(f"nothing is quarantined in topic {args.topic!r}", file=sys.stderr)
     return 0
 
 
@@ -316,18 +353,80 @@ async def topics_create(args: argparse.Namespace) -> int:
 
     check_topic_name(args.topic)
     settings = dict(_setting(s) for s in args.setting)
-    async with opened(args, readonly=False) as backend:
-        await backend.create_topic(TopicSpec(args.topic, args.partitions, settings), exist_ok=args.if_not_exists)
+    client = through_worker(args)
+    if client is not None:
+        client.request("POST", "/topics", {"name": args.topic, "partitions": args.partitions, "config": settings,
+                                           "if_not_exists": args.if_not_exists})
+    else:
+        async with opened(args, readonly=False) as backend:
+            await backend.create_topic(TopicSpec(args.topic, args.partitions, settings),
+                                       exist_ok=args.if_not_exists)
     print(f"created topic {args.topic!r} with {args.partitions} partition(s)", file=sys.stderr)
     return 0
 
 
+async def topics_alter(args: argparse.Namespace) -> int:
+    """kafka-configs --alter: set some settings, put others back to their defaults; the rest stay."""
+    from .api.admin import alter_topic_config
+
+    settings = dict(_setting(s) for s in args.setting)
+    if not settings and not args.delete_config:
+        raise UsageError("say what to change: --config KEY=VALUE and/or --delete-config KEY")
+    client = through_worker(args)
+    if client is not None:
+        answer = client.request("PATCH", f"/topics/{_q(args.topic)}/config",
+                                {"set": settings, "delete": args.delete_config})
+        changes = {k: (old, new) for k, (old, new) in answer["changes"].items()}
+        if changes and answer.get("declared_in_pipeline"):
+            print(f"note: the worker's pipeline file declares topic {args.topic!r}; its settings there apply "
+                  f"again when the worker restarts (change them in the file to keep them)", file=sys.stderr)
+    else:
+        async with opened(args, readonly=False) as backend:
+            changes = await alter_topic_config(backend, args.topic, settings, args.delete_config)
+    for key, (old, new) in sorted(changes.items()):
+        print(f"topic {args.topic!r}: {key} {old} -> {new}", file=sys.stderr)
+    if not changes:
+        print(f"topic {args.topic!r}: nothing changed", file=sys.stderr)
+    return 0
+
+
 async def topics_delete(args: argparse.Namespace) -> int:
+    client = through_worker(args)
+    if client is not None:
+        for name in args.topics:
+            client.request("DELETE", f"/topics/{_q(name)}")
+            print(f"deleted topic {name!r}", file=sys.stderr)
+        return 0
     async with opened(args, readonly=False) as backend:
         for name in args.topics:
             await backend.delete_topic(name)
             print(f"deleted topic {name!r}", file=sys.stderr)
     return 0
+
+
+async def _maintenance(args: argparse.Namespace, job: str) -> int:
+    from .runtime.scheduler import MaintenanceReport, run_maintenance
+
+    client = through_worker(args)
+    if client is not None:
+        shape = client.request("POST", f"/admin/{job}")
+        report = MaintenanceReport(job, shape.get("segments_deleted", shape.get("partitions_compacted", 0)),
+                                   shape["bytes_reclaimed"], shape["seconds"])
+        where = f" (by the worker at {client.url})"
+    else:
+        async with opened(args, readonly=False) as backend:
+            report = await run_maintenance(backend.maintenance, "retention" if job == "retention" else "compaction")
+        where = ""
+    print(report.line() + where)
+    return 0
+
+
+async def topics_retain(args: argparse.Namespace) -> int:
+    return await _maintenance(args, "retention")
+
+
+async def topics_compact(args: argparse.Namespace) -> int:
+    return await _maintenance(args, "compaction")
 
 
 # -- commands: produce / consume ---------------------------------------------
@@ -475,39 +574,65 @@ async def produce(args: argparse.Namespace, stdin: IO[bytes] | None = None) -> i
     stdin = stdin or sys.stdin.buffer
     progress = Progress(f"produced to {args.topic}:")
     written_to = 0  # the last line number of the last committed transaction
-    async with opened(args, readonly=False) as backend:
-        partitions = await backend.partitions_for(args.topic)  # fails early, naming the topic
-        if args.partition is not None and not 0 <= args.partition < partitions:
-            raise MillpondError(f"topic {args.topic!r} has partitions 0-{partitions - 1}, not {args.partition}")
-        producer = backend.producer(transactional_id=f"millpond-cli-produce-{args.topic}")
-        await producer.init()
-        try:
-            batch: list[Record] = []
-            number = 0
-            for number, raw in enumerate(stdin, 1):
-                line = raw.rstrip(b"\r\n")
-                if not line:
-                    continue
-                try:
-                    batch.append(reader.record(line, number))
-                except MillpondError as exc:
-                    if progress.count:
-                        raise MillpondError(
-                            f"{exc}; {progress.count:,} records of lines 1-{written_to} are in topic "
-                            f"{args.topic!r}, nothing from line {written_to + 1} on"
-                        ) from None
-                    raise MillpondError(f"{exc}; nothing was written to topic {args.topic!r}") from None
-                if len(batch) >= args.transaction_records:
-                    await _write(producer, args, batch)
-                    progress.add(len(batch))
-                    written_to, batch = number, []
-            if batch:
-                await _write(producer, args, batch)
+    client = through_worker(args)
+    async with contextlib.AsyncExitStack() as stack:
+        write: Callable[[list[Record]], Awaitable[None]]
+        if client is not None:
+            write = _through(client, args)  # the worker checks the topic and partition at the first request
+        else:
+            backend = await stack.enter_async_context(opened(args, readonly=False))
+            partitions = await backend.partitions_for(args.topic)  # fails early, naming the topic
+            if args.partition is not None and not 0 <= args.partition < partitions:
+                raise MillpondError(f"topic {args.topic!r} has partitions 0-{partitions - 1}, not {args.partition}")
+            producer = backend.producer(transactional_id=f"millpond-cli-produce-{args.topic}")
+            await producer.init()
+            stack.push_async_callback(producer.close)
+
+            async def write(records: list[Record]) -> None:
+                await _write(producer, args, records)
+
+        batch: list[Record] = []
+        number = 0
+        for number, raw in enumerate(stdin, 1):
+            line = raw.rstrip(b"\r\n")
+            if not line:
+                continue
+            try:
+                batch.append(reader.record(line, number))
+            except MillpondError as exc:
+                if progress.count:
+                    raise MillpondError(
+                        f"{exc}; {progress.count:,} records of lines 1-{written_to} are in topic "
+                        f"{args.topic!r}, nothing from line {written_to + 1} on"
+                    ) from None
+                raise MillpondError(f"{exc}; nothing was written to topic {args.topic!r}") from None
+            if len(batch) >= args.transaction_records:
+                await write(batch)
                 progress.add(len(batch))
-        finally:
-            await producer.close()
+                written_to, batch = number, []
+        if batch:
+            await write(batch)
+            progress.add(len(batch))
     progress.done()
     return 0
+
+
+def _through(client: WorkerClient, args: argparse.Namespace) -> Callable[[list[Record]], Awaitable[None]]:
+    """Write one transaction's records through the worker: one request each, all or nothing, in the
+    log's own batch format (encoded in C here, decoded in C there)."""
+    from urllib.parse import urlencode
+
+    from .api.admin import RECORD_BATCH, encode_batch
+
+    query = {"transactional_id": f"millpond-cli-produce-{args.topic}"}
+    if args.partition is not None:
+        query["partition"] = str(args.partition)
+    path = f"/topics/{_q(args.topic)}/records?{urlencode(query)}"
+
+    async def write(records: list[Record]) -> None:
+        client.request("POST", path, data=encode_batch(records), content_type=RECORD_BATCH)
+
+    return write
 
 
 async def _write(producer: Any, args: argparse.Namespace, records: list[Record]) -> None:
@@ -792,9 +917,14 @@ async def reset_plan(backend: LogBackend, args: argparse.Namespace) -> list[tupl
     return plan
 
 
-async def _source_reset(backend: LogBackend, args: argparse.Namespace, execute: bool) -> int | None:
-    """Reset a source connector's checkpoints, or None when ``args.group`` names no source connector."""
-    from .runtime.source_offsets import delete_source_checkpoints, source_checkpoints
+Drop = Callable[[list[str]], Awaitable[None]]
+Move = Callable[[dict[TopicPartition, int]], Awaitable[None]]
+
+
+async def _source_reset(backend: LogBackend, args: argparse.Namespace, drop: Drop | None) -> int | None:
+    """Reset a source connector's checkpoints (plan only when ``drop`` is None), or None when
+    ``args.group`` names no source connector."""
+    from .runtime.source_offsets import source_checkpoints
 
     if args.topic or await backend.committed(args.group):  # a consumer group's name wins
         return None
@@ -809,31 +939,130 @@ async def _source_reset(backend: LogBackend, args: argparse.Namespace, execute: 
     rows = [(key, json.dumps(value, sort_keys=True), "(none): from the beginning")
             for key, value in checkpoints.items()]
     print(format_table(("SOURCE TASK", "NEW", "CURRENT CHECKPOINT"), [(k, new, cur) for k, cur, new in rows]))
-    if not execute:
+    if drop is None:
         print(f"plan only: source connector {args.group!r} not changed (add --execute to apply)", file=sys.stderr)
         return 0
-    await delete_source_checkpoints(backend, list(checkpoints))
+    await drop(list(checkpoints))
     print(f"dropped the checkpoint of {len(checkpoints)} task(s) of source connector {args.group!r}; "
           f"it starts from the beginning at its next run", file=sys.stderr)
     return 0
 
 
+def _worker_reset(client: WorkerClient, group: str) -> tuple[Drop, Move]:
+    """How a running worker applies a reset: a connector's offsets through ``/connectors/{name}/offsets``
+    (it pauses the connector, writes to the offsets' owner, resumes), another group through ``/groups``."""
+    kind = client.connector_type(group)
+
+    async def drop(keys: list[str]) -> None:
+        if kind != "source":
+            raise MillpondError(f"source connector {group!r} has a checkpoint, but the worker at {client.url} "
+                                f"(pid {client.pid}) does not run it; stop that worker to reset it")
+        client.request("DELETE", f"/connectors/{_q(group)}/offsets")
+
+    async def move(offsets: dict[TopicPartition, int]) -> None:
+        if kind == "sink":
+            client.request("PATCH", f"/connectors/{_q(group)}/offsets", {"offsets": [
+                {"partition": {"kafka_topic": tp.topic, "kafka_partition": tp.partition},
+                 "offset": {"kafka_offset": new}} for tp, new in sorted(offsets.items())]})
+        elif kind is None:
+            client.request("PATCH", f"/groups/{_q(group)}/offsets", {"offsets": [
+                {"topic": tp.topic, "partition": tp.partition, "offset": new} for tp, new in sorted(offsets.items())]})
+        else:
+            raise MillpondError(f"{group!r} is a source connector of the worker at {client.url}; its consumer "
+                                f"group offsets cannot be moved while it runs (stop the worker)")
+
+    return drop, move
+
+
 async def groups_reset(args: argparse.Namespace) -> int:
-    """A plan by default (kafka-consumer-groups' habit); ``--execute`` applies it."""
+    """A plan by default (kafka-consumer-groups' habit); ``--execute`` applies it, through the worker
+    that holds the log when one does."""
+    from .runtime.source_offsets import delete_source_checkpoints
+
     execute = bool(args.execute)
-    async with opened(args, readonly=not execute) as backend:
-        done = await _source_reset(backend, args, execute)
+    client = through_worker(args) if execute else None
+    async with opened(args, readonly=not execute or client is not None) as backend:
+        drop: Drop | None = None
+        move: Move | None = None
+        if client is not None:
+            drop, move = _worker_reset(client, args.group)
+        elif execute:
+            async def drop(keys: list[str]) -> None:
+                await delete_source_checkpoints(backend, keys)
+
+            async def move(offsets: dict[TopicPartition, int]) -> None:
+                await backend.reset_offsets(args.group, offsets)
+        done = await _source_reset(backend, args, drop)
         if done is not None:
             return done
         plan = await reset_plan(backend, args)
-        if execute:
-            await backend.reset_offsets(args.group, {tp: new for tp, _, new in plan})
+        if move is not None:
+            await move({tp: new for tp, _, new in plan})
     rows = [(tp.topic, tp.partition, "-" if cur is None else cur, new) for tp, cur, new in plan]
     print(format_table(("TOPIC", "PARTITION", "CURRENT", "NEW"), rows))
     if execute:
-        print(f"reset {len(plan)} partition(s) of group {args.group!r}", file=sys.stderr)
+        where = f" through the worker at {client.url}" if client is not None else ""
+        print(f"reset {len(plan)} partition(s) of group {args.group!r}{where}", file=sys.stderr)
     else:
         print(f"plan only: group {args.group!r} not changed (add --execute to apply)", file=sys.stderr)
+    return 0
+
+
+# -- commands: dlq ---------------------------------------------------------------
+
+DLQ_REPLAY_HELP = """\
+Re-feed a dead-letter topic's records to the stage that rejected them, once the cause is fixed.
+Shows the plan by default; --execute replays.
+
+  a record a SINK rejected is appended again to the topic and partition it was read from: its new
+    offset is after the sink's position, so the sink reads it again (as does every other reader
+    of that topic: it is a new record there);
+  a record a SOURCE rejected (before it reached the log) is appended to the source's target topic
+    as it was dead-lettered (partition by key); the source's converter and transforms do not run again.
+
+The millpond.error.* headers are removed. Exactly once: the records and the offsets of the consumer
+group DLQ.replay on the dead-letter topic are committed in one transaction, so a second replay
+replays nothing already replayed. With --connector, only that connector's dead letters are
+replayed, and the replay stops at the first dead letter of another connector in each partition.
+Goes through the worker that holds the log when one runs.
+"""
+
+
+async def dlq_replay(args: argparse.Namespace) -> int:
+    from .runtime.dlq import plan_replay, replay
+
+    execute = bool(args.execute)
+    client = through_worker(args) if execute else None
+    if client is not None:
+        shape = client.request("POST", f"/admin/dlq/{_q(args.topic)}/replay",
+                               {"connector": args.connector, "execute": True})
+    else:
+        async with opened(args, readonly=not execute) as backend:
+            plan = await plan_replay(backend, args.topic, args.connector)
+            if execute:
+                await replay(backend, plan)
+            shape = plan.shape(executed=execute)
+    records = shape["records"]
+    if records:
+        print(format_table(
+            ("DLQ PARTITION", "DLQ OFFSET", "CONNECTOR", "STAGE", "REJECTED BY", "FROM", "TO"),
+            [(r["dlq_partition"], r["dlq_offset"], r["connector"], r["stage"], r["rejected_by"], r["origin"],
+              r["topic"] + ("" if r["partition"] is None else f"-{r['partition']}") +
+              (" (by key)" if r["partition"] is None else "")) for r in records]))
+    for stop in shape["stopped"]:
+        print(f"partition {stop['partition']}: stops at offset {stop['offset']}, a dead letter of connector "
+              f"{stop['connector']!r} (replay it with --connector {stop['connector']}, or without --connector)",
+              file=sys.stderr)
+    group = shape["group"]
+    if not execute:
+        print(f"plan only: {len(records)} dead letter(s) of {args.topic!r} would be replayed "
+              f"(add --execute to apply)", file=sys.stderr)
+    elif records or shape["commit_to"]:
+        where = f" through the worker at {client.url}" if client is not None else ""
+        print(f"replayed {len(records)} dead letter(s) of {args.topic!r}{where}; group {group!r} committed with "
+              f"them", file=sys.stderr)
+    else:
+        print(f"nothing to replay: group {group!r} is at the end of {args.topic!r}", file=sys.stderr)
     return 0
 
 
@@ -857,6 +1086,7 @@ examples:
   millpond consume lines --from-time 2024-05-01T00:00:00Z --log ./data/quickstart
   millpond groups reset out --to-earliest --log ./data/quickstart            # the plan
   millpond groups reset out --to-earliest --execute --log ./data/quickstart  # apply it
+  millpond dlq replay lines-dlq --execute --log ./data/quickstart            # dead letters go home
 
 exit codes: 0 ok, 1 error (one line on stderr), 2 usage, 130 interrupted
 """
@@ -898,8 +1128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per plugin")
     p.set_defaults(func=cmd_plugins)
 
-    topics = sub.add_parser("topics", help="list, describe, create, delete topics").add_subparsers(
-        dest="action", metavar="ACTION", required=True)
+    topics = sub.add_parser("topics", help="list, describe, create, alter, delete, repair topics; run retention "
+                            "or compaction").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = topics.add_parser("list", parents=[log], help="topics with partitions and size")
     p.add_argument("--all", action="store_true", help="include internal topics (__...)")
     p.set_defaults(func=_async(topics_list))
@@ -913,9 +1143,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a topic setting such as retention.ms=86400000 (repeatable)")
     p.add_argument("--if-not-exists", action="store_true")
     p.set_defaults(func=_async(topics_create))
+    p = topics.add_parser("repair", parents=[log], help="put back or discard data recovery moved into quarantine")
+    p.add_argument("topic")
+    p.add_argument("--partition", type=int, help="only this partition (default: every quarantined one)")
+    action = p.add_mutually_exclusive_group(required=True)
+    action.add_argument("--restore", action="store_true", help="put the files back and recover again")
+    action.add_argument("--discard", action="store_true", help="delete the quarantined files for good")
+    p.set_defaults(func=_async(topics_repair))
+    p = topics.add_parser("alter", parents=[log], help="change a topic's settings (kafka-configs --alter)")
+    p.add_argument("topic")
+    p.add_argument("--config", dest="setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="set this setting (repeatable)")
+    p.add_argument("--delete-config", action="append", default=[], metavar="KEY",
+                   help="put this setting back to its default (repeatable)")
+    p.set_defaults(func=_async(topics_alter))
     p = topics.add_parser("delete", parents=[log], help="delete topics and their data")
     p.add_argument("topics", nargs="+", metavar="TOPIC")
     p.set_defaults(func=_async(topics_delete))
+    p = topics.add_parser("retain", parents=[log], help="run retention now (delete segments past retention.*)")
+    p.set_defaults(func=_async(topics_retain))
+    p = topics.add_parser("compact", parents=[log], help="run compaction now (topics with cleanup.policy=compact)")
+    p.set_defaults(func=_async(topics_compact))
 
     p = sub.add_parser("produce", parents=[log], help="append stdin lines (empty ones skipped) to a topic",
                        description="Append stdin lines to a topic, one record per line. Every line is checked "
@@ -1000,6 +1248,17 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--execute", action="store_true", help="apply the plan")
     mode.add_argument("--dry-run", action="store_true", help="show the plan, change nothing (the default)")
     p.set_defaults(func=_async(groups_reset))
+
+    dlq = sub.add_parser("dlq", help="replay dead letters").add_subparsers(dest="action", metavar="ACTION",
+                                                                          required=True)
+    p = dlq.add_parser("replay", parents=[log], help="re-feed a dead-letter topic to the stage that rejected it",
+                       description=DLQ_REPLAY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("topic", metavar="DLQ_TOPIC")
+    p.add_argument("--connector", metavar="NAME", help="only the dead letters of this connector")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--execute", action="store_true", help="replay (default: show the plan)")
+    mode.add_argument("--dry-run", action="store_true", help="show the plan, change nothing (the default)")
+    p.set_defaults(func=_async(dlq_replay))
 
     from . import top
 

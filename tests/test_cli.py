@@ -429,6 +429,7 @@ def test_writes_refused_clearly_while_a_worker_holds_the_log(log_dir: str) -> No
                               capture_output=True, env=env, timeout=60)
         assert done.returncode == 1, done.stderr
         assert "held by another process" in done.stderr and "Traceback" not in done.stderr
+        assert "serves no API" in done.stderr and "restart it with the API" in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
         # reading works beside the writer
         listed = subprocess.run([*cli, "topics", "list", "--log", log_dir], text=True, capture_output=True,
@@ -588,3 +589,66 @@ def test_run_refuses_a_glob_of_a_directory_in_one_line(tmp_path: Path, capsys: p
     assert err.strip().splitlines()[-1] == (
         f"millpond: error: file source 'tail': path '{tmp_path / 'in'}' matches no regular file "
         f"({tmp_path / 'in'} is a directory); did you mean '{tmp_path / 'in' / '*'}'?")
+
+
+# -- writing commands when no worker holds the log (the worker's side: tests/api/test_cli_through_worker.py)
+
+
+def test_topics_alter_retain_compact_directly(log_dir: str, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "topics", "alter", "events", "--config", "retention.bytes=2048",
+                       "--config", "segment.bytes=1024", "--log", log_dir)
+    assert code == 0, err
+    assert "retention.bytes -1 -> 2048" in err and "segment.bytes 1073741824 -> 1024" in err
+    code, _, err = run(capsys, "topics", "alter", "events", "--log", log_dir)
+    assert code == 2 and "--config KEY=VALUE and/or --delete-config KEY" in err
+    data = "".join(f"{i:04d} {'x' * 60}\n" for i in range(100)).encode()
+    code, _, err = produce(monkeypatch, capsys, data, "events", "--partition", "0", "--transaction-records", "10",
+                           "--log", log_dir)
+    assert code == 0, err
+    code, out, err = run(capsys, "topics", "retain", "--log", log_dir)
+    assert code == 0, err
+    assert out.startswith("retention: ") and "by the worker" not in out
+    deleted = int(out.split()[1])
+    assert deleted > 0
+    code, out, _ = run(capsys, "topics", "describe", "events", "--log", log_dir)
+    row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["0"])
+    assert int(row[1]) > 0  # partition 0's START: retention moved the log start
+    code, _, err = run(capsys, "topics", "alter", "events", "--delete-config", "retention.bytes",
+                       "--config", "cleanup.policy=compact", "--log", log_dir)
+    assert code == 0, err
+    code, out, err = run(capsys, "topics", "compact", "--log", log_dir)
+    assert code == 0 and out.startswith("compaction: "), err
+
+
+def test_dlq_replay_sends_a_source_reject_home_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text('{"n": 1, "at": "2024-05-01T00:00:00Z"}\n{"n": 2, "at": "not a time"}\n'
+                                             '{"n": 3, "at": "2024-05-01T00:00:03Z"}\n')
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(textwrap.dedent(f"""\
+        log: {{embedded: {{dir: {tmp_path / 'log'}, fsync: false}}}}
+        topics: [{{name: lines}}, {{name: dlq}}]
+        connectors:
+          - {{name: tail, kind: source, type: file, topic: lines,
+              config: {{path: "{tmp_path}/in/*.jsonl", format: json}},
+              errors: {{policy: dead_letter, topic: dlq}}, transforms: [{{type: timestamp, config: {{field: at}}}}]}}
+    """))
+    code, _, err = run(capsys, "run", str(pipeline), "--until-idle")
+    assert code == 0, err
+    assert [r["value"]["n"] for r in consume(capsys, "lines", "--from-beginning", "-c", str(pipeline))] == [1, 3]
+    code, out, err = run(capsys, "dlq", "replay", "dlq", "-c", str(pipeline))
+    assert code == 0 and "plan only: 1 dead letter(s)" in err
+    assert "tail" in out and "source" in out and "lines (by key)" in out and "line=2" in out
+    assert len(consume(capsys, "lines", "--from-beginning", "-c", str(pipeline))) == 2
+    code, out, err = run(capsys, "dlq", "replay", "dlq", "--execute", "-c", str(pipeline))
+    assert code == 0 and "replayed 1 dead letter(s) of 'dlq'; group 'dlq.replay'" in err
+    home = consume(capsys, "lines", "--from-beginning", "-c", str(pipeline))
+    # as it was dead-lettered: the transforms do not run again (a fixed record would come from the source)
+    assert [r["value"] for r in home][2] == {"n": 2, "at": "not a time"}
+    assert not any(k.startswith("millpond.error") for k, _ in home[2]["headers"])  # type: ignore[union-attr]
+    code, _, err = run(capsys, "dlq", "replay", "dlq", "--execute", "-c", str(pipeline))
+    assert code == 0 and "nothing to replay" in err
+    assert len(consume(capsys, "lines", "--from-beginning", "-c", str(pipeline))) == 3
+    code, _, err = run(capsys, "dlq", "replay", "nope", "-c", str(pipeline))
+    assert code == 1 and "nope" in err and len(err.strip().splitlines()) == 1

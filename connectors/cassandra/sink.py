@@ -44,7 +44,7 @@ import logging
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from millpond.connector import ConnectorContext, Guarantee, Sink
 from millpond.errors import ConnectorError, RecordError, RetriableConnectorError
@@ -149,7 +149,7 @@ class CassandraSink(Sink):
         segments = self._segments(records)  # raises RecordError before anything is sent
         for segment in segments:
             if segment and isinstance(segment[0], Job):
-                window.submit(segment)  # type: ignore[arg-type]
+                window.submit(segment)
                 await window.wait_low_water()
             elif segment:
                 await window.drain()  # a truncate comes after every write before it
@@ -186,8 +186,8 @@ class CassandraSink(Sink):
         """Statements for ``records``; a test hook (a truncate would need _segments)."""
         jobs: list[Job] = []
         for segment in self._segments(records):
-            assert isinstance(segment, list), "a truncate inside _jobs()"
-            jobs.extend(segment)
+            assert not segment or isinstance(segment[0], Job), "a truncate inside _jobs()"
+            jobs.extend(cast(list[Job], segment))
         return jobs
 
     def _segments(self, records: list[Record]) -> list[list[Job] | list[str]]:

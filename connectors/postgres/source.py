@@ -88,11 +88,18 @@ from .wire import (
     copy_start, json_bytes, parse_row, scan_py, template,
 )
 
-try:
-    speedups.refuse()  # MILLPOND_PURE_PYTHON=1: the Python path, on purpose
-    from ._decode import scan as _scan
-except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
-    _scan = None
+
+
+def _c_scan() -> Callable[[bytes, int, Any, Any, int, int, int], tuple[int, int, bytes | None]] | None:
+    try:
+        speedups.refuse()  # MILLPOND_PURE_PYTHON=1: the Python path, on purpose
+        from ._decode import scan
+    except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
+        return None
+    return scan
+
+
+_scan = _c_scan()
 from .types import FAST_KINDS, TypeRegistry
 
 log = logging.getLogger("millpond.connectors.postgres.source")

@@ -6,7 +6,9 @@ task, topic, partition, group). Counters are read at scrape time from the
 counters the task loops bump once per batch; the only thing the loops call
 is ``task.observe(operation, seconds)`` once per poll, write, flush or commit,
 so the per-record cost is nil. Log and lag figures are asked of the backend
-when scraped.
+when scraped. The embedded log's fsyncs are timed through the hook in
+``millpond.log.observe`` (``millpond_log_fsync_seconds``), set while the API
+serves; the maintenance jobs count runs and bytes reclaimed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..backends.base import GroupOffset, PartitionInfo
+from ..log import observe
 from ..runtime.task import ConnectorTask, TaskState
 
 if TYPE_CHECKING:
@@ -66,8 +69,22 @@ class WorkerMetrics(Collector):
         )
         for task in worker.tasks:
             task.observe = _observer(self.latency, task)
+        self.fsync = Histogram(
+            "millpond_log_fsync_seconds",
+            "Duration of one partition flush's fsync in the embedded log",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(self)
         self._snapshot = LogSnapshot()
+
+    def watch_fsync(self) -> None:
+        """Time the embedded log's fsyncs from now on (one process, one log: the last worker to ask wins)."""
+        observe.fsync_observer = self.fsync.observe
+
+    def unwatch_fsync(self) -> None:
+        if observe.fsync_observer == self.fsync.observe:
+            observe.fsync_observer = None
 
     async def handle(self, request: web.Request) -> web.Response:
         self._snapshot = await self.snapshot()
@@ -136,6 +153,12 @@ class WorkerMetrics(Collector):
                                       "Segments retention deleted", value=jobs.done["retention"])
             yield CounterMetricFamily("millpond_log_compacted_partitions", "Partitions compaction cleaned",
                                       value=jobs.done["compaction"])
+            reclaimed = CounterMetricFamily("millpond_log_reclaimed_bytes",
+                                            "Bytes the log's maintenance jobs freed (segments deleted, "
+                                            "compacted away)", labels=["job"])
+            for job, n in sorted(jobs.bytes_reclaimed.items()):
+                reclaimed.add_metric([job], n)
+            yield reclaimed
         yield GaugeMetricFamily("millpond_worker_disk_full", "1 while sources are paused for a full disk",
                                 value=1.0 if self.worker.disk_full is not None else 0.0)
 

@@ -18,6 +18,8 @@ Paths and JSON shapes are Kafka Connect's, so tools written for Connect work:
 ``GET|PATCH|DELETE .../offsets``         KIP-875 bodies, ``?dry_run=true``; while running
 ``GET /health``, ``GET /ready``          alive; every task running (else 503)
 ``GET /metrics``                         Prometheus text format
+``/topics``, ``/groups``, ``/admin``     what the CLI's writing commands do through a
+                                         worker (``admin.py``)
 ``GET /history``, ``/topics``, ``/ui/``  for the views (``millpond top``, the dashboard);
                                          see ``millpond.api.ui``
 =======================================  ==============================================
@@ -56,6 +58,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("millpond.api")
 
 WORKER_FILE = ".worker.json"
+#: a request body may hold one produce transaction (``--transaction-records`` lines as a record batch,
+#: or fewer as base64 JSON); aiohttp's default (1 MiB) would cap a transaction at a few thousand lines
+MAX_BODY_BYTES = 256 << 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -106,7 +111,7 @@ class ApiServer:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        app = web.Application(middlewares=[self._guard])
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY_BYTES)
         self._routes(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -114,6 +119,7 @@ class ApiServer:
         site = web.SockSite(runner, sock)
         await site.start()
         self._runner = runner
+        self.metrics.watch_fsync()
         self.views.start()
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
@@ -150,6 +156,7 @@ class ApiServer:
         return sock
 
     async def close(self) -> None:
+        self.metrics.unwatch_fsync()
         await self.views.close()
         if self._file is not None:
             with contextlib.suppress(OSError, ValueError):
@@ -185,6 +192,9 @@ class ApiServer:
         app.router.add_get("/connectors/{name}/offsets", offsets.get)
         app.router.add_patch("/connectors/{name}/offsets", offsets.patch)
         app.router.add_delete("/connectors/{name}/offsets", offsets.delete)
+        from .admin import AdminApi
+
+        AdminApi(self.worker).routes(app)
         self.views.routes(app)
 
     @web.middleware

@@ -39,6 +39,8 @@ class PartitionInfo:
     last_stable_offset: int
     size_bytes: int
     segments: int
+    #: what is wrong with the partition's files, one line each (quarantined data, damage)
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,9 @@ class Lifecycle:
 class LogMaintenance(Protocol):
     """Housekeeping a log needs from its host process: the embedded log has it;
     Kafka brokers run their own retention and compaction, so that backend has none."""
+
+    #: bytes each job (``"retention"``, ``"compaction"``) has freed since the log was opened
+    bytes_reclaimed: dict[str, int]
 
     async def run_retention(self, now_ms: int | None = None) -> int:
         """Delete closed segments past ``retention.ms`` / ``retention.bytes``; returns segments deleted."""

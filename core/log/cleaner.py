@@ -125,8 +125,11 @@ class _Checkpoint:
             return cls()
         except ValueError:  # unreadable: everything counts as dirty again, tombstones get a fresh time
             return cls()
-        ranges = [(int(end), int(at)) for end, at in data.get("tombstone_ranges", [])]
-        return cls(int(data.get("first_dirty_offset", 0)), ranges)
+        try:
+            ranges = [(int(end), int(at)) for end, at in data.get("tombstone_ranges", [])]
+            return cls(int(data.get("first_dirty_offset", 0)), ranges)
+        except (ValueError, TypeError, AttributeError):  # damaged the same way, in its shape
+            return cls()
 
     def write(self, directory: Path) -> None:
         body = {"first_dirty_offset": self.first_dirty_offset, "tombstone_ranges": self.tombstone_ranges}

@@ -12,7 +12,9 @@
 
 One entry is added after every ``index_interval_bytes`` of appended data, so
 an index is about 1/500 of its segment. Both are rebuilt from the segment
-when missing or when the segment is recovered, so they are never trusted
+when missing, when the segment is recovered, or when their entries disagree
+with the segment (``problem``, checked on load; ``LogSegment`` also checks the
+batch an offset entry points at before trusting it), so they are never trusted
 further than the segment's own bytes.
 """
 
@@ -28,13 +30,20 @@ _OFFSET_ENTRY = struct.Struct(">ii")
 _TIME_ENTRY = struct.Struct(">qi")
 
 
-def _load(path: Path, entry: struct.Struct) -> list[tuple[int, int]]:
+def _load(path: Path, entry: struct.Struct) -> tuple[list[tuple[int, int]], bool]:
+    """The whole entries of the file, and whether a torn (partial) last entry was left out."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return []
-    data = data[: len(data) - len(data) % entry.size]  # a torn last entry is dropped
-    return list(entry.iter_unpack(data))
+        return [], False
+    torn = len(data) % entry.size
+    return list(entry.iter_unpack(data[: len(data) - torn])), bool(torn)
+
+
+def _increasing(values: list[int], *, strictly: bool) -> bool:
+    if strictly:
+        return all(a < b for a, b in zip(values, values[1:]))
+    return all(a <= b for a, b in zip(values, values[1:]))
 
 
 class _SparseIndex:
@@ -42,13 +51,26 @@ class _SparseIndex:
 
     entry: ClassVar[struct.Struct]
 
-    def __init__(self, path: Path, base_offset: int) -> None:
+    def _problem(self, segment_size: int, relative_end: int | None) -> str | None:
+        raise NotImplementedError
+
+    def __init__(self, path: Path, base_offset: int, *, load: bool = True) -> None:
         self.path = path
         self.base_offset = base_offset
-        entries = _load(path, self.entry)
+        entries, self.torn = _load(path, self.entry) if load else ([], False)
         self._first = [a for a, _ in entries]
         self._second = [b for _, b in entries]
         self._pending = bytearray()
+        self._torn = False  # a flush failed part-way: the file may end in a torn entry
+
+    def problem(self, segment_size: int, next_offset: int | None) -> str | None:
+        """Why the loaded entries cannot belong to a segment of ``segment_size`` bytes
+        ending before ``next_offset`` (None: unknown yet), or None when they are sane.
+
+        Cheap: the entries only, no read of the segment."""
+        if self.torn:
+            return "torn last entry"
+        return self._problem(segment_size, None if next_offset is None else next_offset - self.base_offset)
 
     def __len__(self) -> int:
         return len(self._first)
@@ -64,9 +86,15 @@ class _SparseIndex:
         self.rewrite()
 
     def flush(self) -> None:
-        if self._pending:
-            with open(self.path, "ab") as f:
-                f.write(self._pending)
+        if self._torn:
+            self.rewrite()
+        elif self._pending:
+            try:
+                with open(self.path, "ab") as f:
+                    f.write(self._pending)
+            except BaseException:
+                self._torn = True  # appending the entries again would shift every later one
+                raise
             self._pending.clear()
 
     def rewrite(self) -> None:
@@ -76,6 +104,7 @@ class _SparseIndex:
             f.write(data)
         os.replace(tmp, self.path)
         self._pending.clear()
+        self._torn = False
 
 
 class OffsetIndex(_SparseIndex):
@@ -93,6 +122,24 @@ class OffsetIndex(_SparseIndex):
         """Position of the last indexed batch starting at or before ``offset`` (0 if none)."""
         i = bisect.bisect_right(self._first, offset - self.base_offset) - 1
         return self._second[i] if i >= 0 else 0
+
+    def lookup_entry(self, offset: int) -> tuple[int, int] | None:
+        """(offset, position) of the last entry at or before ``offset`` (None if none)."""
+        i = bisect.bisect_right(self._first, offset - self.base_offset) - 1
+        return (self.base_offset + self._first[i], self._second[i]) if i >= 0 else None
+
+    def _problem(self, segment_size: int, relative_end: int | None) -> str | None:
+        if not self._first:
+            return None
+        if self._first[0] < 0 or self._second[0] < 0:
+            return f"negative entry ({self._first[0]}, {self._second[0]})"
+        if not _increasing(self._first, strictly=True) or not _increasing(self._second, strictly=True):
+            return "entries out of order"
+        if self._second[-1] >= segment_size:
+            return f"position {self._second[-1]} is past the end of the segment ({segment_size} bytes)"
+        if relative_end is not None and self._first[-1] >= relative_end:
+            return f"offset {self.base_offset + self._first[-1]} is past the end of the segment"
+        return None
 
     def last(self) -> tuple[int, int] | None:
         """(offset, position) of the last entry."""
@@ -117,11 +164,26 @@ class TimeIndex(_SparseIndex):
     def max_timestamp(self) -> int | None:
         return self._first[-1] if self._first else None
 
+    def offsets(self) -> list[int]:
+        """The offset of every entry: each is the base offset of a batch."""
+        return [self.base_offset + relative for relative in self._second]
+
     def maybe_append(self, max_timestamp: int, offset: int) -> None:
         """Add an entry when the segment's max timestamp grew."""
         if self._first and max_timestamp <= self._first[-1]:
             return
         self._add(max_timestamp, offset - self.base_offset)
+
+    def _problem(self, segment_size: int, relative_end: int | None) -> str | None:
+        if not self._first:
+            return None
+        if self._second[0] < 0:
+            return f"negative offset in entry ({self._first[0]}, {self._second[0]})"
+        if not _increasing(self._first, strictly=True) or not _increasing(self._second, strictly=False):
+            return "entries out of order"
+        if segment_size == 0 or (relative_end is not None and self._second[-1] >= relative_end):
+            return f"offset {self.base_offset + self._second[-1]} is past the end of the segment"
+        return None
 
     def lookup(self, timestamp: int) -> int:
         """An offset at or before the first record with a timestamp >= ``timestamp``."""

@@ -10,33 +10,56 @@ Offsets of a partition (Kafka's names)::
 
 Files in the partition folder besides the segments::
 
-    partition.checkpoint   JSON {recovery_point, log_start_offset, ongoing}: the
-                           durable claims, rewritten atomically after an fsync
+    partition.checkpoint   JSON {recovery_point, log_start_offset, ongoing,
+                           aborted_index_bytes, aborted_index_crc32c}: the durable
+                           claims, rewritten atomically after an fsync
     aborted.txnindex       one line per aborted transaction: producer_id first last
+    quarantine/<when>/     segments moved aside by recovery, with reason.json
 
 Only segments past the recovery point are re-validated after an unclean stop,
 so opening a partition costs the same for ten records or ten million.
+
+What is read at open is checked before it is trusted, cheaply: a checkpoint
+that does not parse or claims more than the segments hold makes the partition
+recover from its segments; an aborted index that does not match the checksum
+the checkpoint keeps is rebuilt from the transaction markers. Recovery never
+deletes: only the torn tail of the active segment past the recovery point is
+cut (a normal crash); a bad batch anywhere else moves the segment (a copy) and
+every later one into ``quarantine/``, for ``millpond topics repair`` to put back
+or discard. Offsets are never reused: appends go on after the quarantined ones,
+and reads fail when they reach them until they are put back or discarded.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import OffsetOutOfRangeError
+import crc32c
+
+from ..errors import CorruptRecordError, MillpondError, OffsetOutOfRangeError
 from . import batch as batch_format
+from . import observe
 from .batch import BatchHeader, Encodable
-from .segment import LogSegment
+from .segment import LogSegment, ScanStop
 from .settings import TopicSettings
 
 CHECKPOINT = "partition.checkpoint"
 ABORTED_INDEX = "aborted.txnindex"
+QUARANTINE = "quarantine"
+REASON = "reason.json"
+CLEANER_CHECKPOINT = "cleaner-offset-checkpoint"  # written by cleaner.py once a partition was compacted
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -97,8 +120,21 @@ class Partition:
         if writable:
             directory.mkdir(parents=True, exist_ok=True)
         self._state = _ProducerState()
+        #: an aborted range is missing from (or torn in) aborted.txnindex; rewritten before the next checkpoint
+        self._aborted_index_torn = False
         self.recovery_point = 0
         self.log_start_offset = 0
+        #: damage a read-only view found and cannot repair (the writer's recovery will)
+        self._damage: CorruptRecordError | None = None
+        self._problems: list[str] = []
+        self._aborted_bytes = 0
+        self._aborted_crc = 0
+        self._rebuilding = False
+        self._rebuilt = False  # the producer state was rebuilt from every header at open
+        #: offset ranges whose quarantined data was discarded for good: reads pass over them
+        self._discarded: list[tuple[int, int]] = []
+        #: offset ranges in quarantine, (first, end, folder, reason): reads into them fail until repaired
+        self._holes: list[tuple[int, int, str, str]] = []
         self._unflushed_messages = 0
         self._last_flush = time.monotonic()
         self.segments: list[LogSegment] = []
@@ -109,10 +145,13 @@ class Partition:
 
     def _load(self, clean_shutdown: bool) -> None:
         checkpoint = self._read_checkpoint()
-        self.recovery_point = int(checkpoint.get("recovery_point", 0))
-        self.log_start_offset = int(checkpoint.get("log_start_offset", 0))
-        self._state.ongoing = {int(k): int(v) for k, v in checkpoint.get("ongoing", {}).items()}
-        self._load_aborted_index()
+        trusted = checkpoint is not None
+        if checkpoint is not None:
+            self.recovery_point = checkpoint.get("recovery_point", 0)
+            self.log_start_offset = checkpoint.get("log_start_offset", 0)
+            self._state.ongoing = {int(k): v for k, v in checkpoint.get("ongoing", {}).items()}
+            self._discarded = [(first, end) for first, end in checkpoint.get("discarded", [])]
+        aborted_ok = self._load_aborted_index(checkpoint)
         if self.writable:
             self._finish_interrupted_swaps()
         bases = sorted(
@@ -129,36 +168,358 @@ class Partition:
         for segment, following in zip(self.segments, self.segments[1:]):
             segment.next_offset = following.base_offset
             segment.sealed = True
-        active = self.segments[-1]
-        if clean_shutdown or not self.writable:
-            active.scan_next_offset()
-            self._replay_headers(self.recovery_point)
+        self.segments[-1].contiguous = True  # the active segment is never compacted
+        self._mark_holes()
+        if trusted and self.log_start_offset > self.segments[0].base_offset and (
+            self.log_start_offset not in self._base_offsets  # retention moves it to a segment's base only
+        ):
+            trusted = self._distrust(f"log_start_offset {self.log_start_offset} is not where a segment starts")
+        if not aborted_ok:
+            self._rebuild_producer_state()
+        if self.writable and not (clean_shutdown and trusted):
+            self._recover(trusted)
         else:
-            self._recover()
+            self._open_clean(trusted)
         self.log_start_offset = max(self.log_start_offset, self.segments[0].base_offset)
 
-    def _open_segment(self, base_offset: int) -> LogSegment:
-        return LogSegment(self.directory, base_offset, writable=self.writable, label=self.name)
+    def _distrust(self, why: str) -> bool:
+        """The checkpoint disagrees with the segments: forget its claims (returns False, for ``trusted``)."""
+        log.warning("%s: %s (%s); treating %s as not cleanly shut down and recovering it from its segments",
+                    self.directory / CHECKPOINT, why, self.name, self.name)
+        self.recovery_point = 0
+        self.log_start_offset = 0
+        self._state.ongoing = {}
+        return False
 
-    def _recover(self) -> None:
-        """Re-validate segments from the one holding the recovery point; cut a torn tail."""
+    def _open_clean(self, trusted: bool) -> None:
+        """Open without re-validating: find the log end from the last index entry, check the checkpoint's claims."""
+        active = self.segments[-1]
+        stop = active.scan_next_offset()
+        damaged = stop is not None and (self.writable or not stop.torn)
+        claims_more = trusted and self.recovery_point > self.log_end_offset
+        why = ""
+        if damaged:
+            assert stop is not None
+            why = f"segment {active.log_path.name} is damaged at position {stop.position} ({stop.why})"
+        elif claims_more:
+            why = (f"it claims offsets up to {self.recovery_point} but the data ends at {self.log_end_offset}")
+        elif trusted and not self._ongoing_ok():
+            why = "an open transaction it names is not in the segments"
+        if why and self.writable:
+            if damaged or claims_more:
+                # the data is short of what was fsynced: recovery quarantines or notes what is missing
+                log.warning("%s: %s; recovering it", self.name, why if damaged else f"{CHECKPOINT}: {why}")
+            else:
+                trusted = self._distrust(why)
+            self._recover(trusted)
+            return
+        if why and not damaged:
+            if self.recovery_point > self.log_end_offset:
+                self._damage = CorruptRecordError(f"{self.name}: {self.directory / CHECKPOINT} {why}")
+                self._problems.append(str(self._damage))
+            trusted = self._distrust(why)
+        if not trusted and not self._rebuilt:
+            self._rebuild_producer_state()
+        if damaged:
+            assert stop is not None
+            self._damage = active.corrupt(stop.position, stop.why, self.name)
+            self._problems.append(str(self._damage))
+            log.error("%s", self._damage)
+        try:
+            self._replay_headers(self.recovery_point)
+        except CorruptRecordError as exc:
+            if self.writable:
+                raise
+            self._damage = exc
+            self._problems.append(str(exc))
+
+    def _ongoing_ok(self) -> bool:
+        """Each open transaction the checkpoint names starts with a batch of that producer (one lookup each)."""
+        for producer_id, first in self._state.ongoing.items():
+            if not self.log_start_offset <= first < self.log_end_offset:
+                return False
+            segment = self.segments[self.segment_for(first)]
+            try:
+                position = segment.position_of(first)
+            except CorruptRecordError:
+                return False
+            if position is None:
+                return False
+            header = batch_format.read_header(segment.read_bytes(position, batch_format.HEADER_SIZE))
+            if header.base_offset != first or header.producer_id != producer_id or not header.is_transactional:
+                return False
+        return True
+
+    def _open_segment(self, base_offset: int) -> LogSegment:
+        segment = LogSegment(self.directory, base_offset, writable=self.writable, label=self.name)
+        segment.contiguous = self._open_segment_rule()
+        return segment
+
+    def _open_segment_rule(self) -> bool:
+        """Never compacted: batches follow each other without offset gaps, which catches a damaged base offset."""
+        return not self.settings.compact and not (self.directory / CLEANER_CHECKPOINT).exists()
+
+    def _recover(self, trusted: bool) -> None:
+        """Re-validate segments from the one holding the recovery point (all of them when the
+        checkpoint is not trusted). Cut a torn tail of the active segment; move anything else
+        that is bad, and every segment after it, into quarantine."""
+        if not trusted:
+            self.recovery_point = 0
+            self._state.ongoing = {}
         start = max(0, bisect.bisect_right(self._base_offsets, self.recovery_point) - 1)
+        hole_end = 0
         for i in range(start, len(self.segments)):
             segment = self.segments[i]
-            valid_end_before = segment.size
-            for position, header in segment.recover():
+            valid, stop = segment.check()
+            if stop is not None:
+                first_bad = valid[-1][1].next_offset if valid else segment.base_offset
+                was_sealed = i < len(self.segments) - 1
+                segment.data_end = None
+                if i == len(self.segments) - 1 and trusted and first_bad >= self.recovery_point:
+                    log.warning(
+                        "%s: cut the torn tail of segment %s at position %d (%d bytes from offset %d: %s); "
+                        "this is what a crash mid-append leaves",
+                        self.name, segment.log_path.name, stop.position, segment.size - stop.position,
+                        first_bad, stop.why,
+                    )
+                else:
+                    hole_end = self._quarantine(i, stop, first_bad)
+                segment.sealed = False
+            segment.cut(valid)
+            for position, header in valid:
                 if header.base_offset >= self.recovery_point:
                     self._track(segment, header, position)
-            if segment.size < valid_end_before and i + 1 < len(self.segments):
-                # Data after a corrupt point cannot be trusted: drop later segments (Kafka does too).
-                for later in self.segments[i + 1 :]:
-                    later.delete()
-                del self.segments[i + 1 :]
+            if stop is not None:
+                if was_sealed and valid and hole_end <= segment.next_offset:
+                    # it may have been compacted (offset gaps): it stays sealed, appends go to a new segment
+                    self._base_offsets = [s.base_offset for s in self.segments]
+                    self.roll()
                 break
         self._base_offsets = [s.base_offset for s in self.segments]
         for segment in self.segments[:-1]:
             segment.seal()
+        cut_at = self.log_end_offset
+        self._forget_from(cut_at)
+        if trusted and cut_at < self.recovery_point and hole_end <= cut_at:
+            # noted, but the offsets are given out again: the claim may be the damaged part
+            self._record_lost(cut_at, self.recovery_point)
+        if hole_end > cut_at:
+            self._skip_to(hole_end)
+        self._mark_holes()
+        self.recovery_point = min(self.recovery_point, self.log_end_offset)
         self.flush()
+
+    def _skip_to(self, offset: int) -> None:
+        """Start a new active segment at ``offset``, past quarantined offsets: offsets are never
+        reused, so the quarantined data can be put back and a consumer past it never skips new records."""
+        active = self.segments[-1]
+        active.seal()
+        active.data_end = active.next_offset
+        active.next_offset = offset
+        segment = self._open_segment(offset)
+        segment.next_offset = offset
+        segment.contiguous = True
+        self.segments.append(segment)
+        self._base_offsets.append(offset)
+
+    def _mark_holes(self) -> None:
+        """Load the quarantined and discarded offset ranges; tell the segment before each where its data ends."""
+        self._holes = []
+        for q in self.quarantined():
+            first, end = q.get("first_offset"), q.get("end_offset")
+            if q.get("files") and type(first) is int and type(end) is int and first < end:
+                self._holes.append((first, end, q["folder"], str(q.get("reason"))))
+        for first, end in [(h[0], h[1]) for h in self._holes] + self._discarded:
+            i = self.segment_for(first)
+            if i + 1 < len(self.segments) and self.segments[i + 1].base_offset == end:
+                self.segments[i].data_end = max(first, self.segments[i].base_offset)
+
+    def _quarantined_error(self, hole: tuple[int, int, str, str]) -> CorruptRecordError:
+        first, end, folder, why = hole
+        return CorruptRecordError(
+            f"{self.name}: offsets {first}..{end - 1} are quarantined in {folder} ({why}); put them back "
+            f"or drop them with: millpond topics repair {self.topic} --partition {self.partition} --restore|--discard"
+        )
+
+    def _hole_between(self, low: int, high: int) -> tuple[int, int, str, str] | None:
+        """The quarantined range that offsets [low, high) reach into, if any."""
+        for hole in self._holes:
+            if hole[0] < max(high, low + 1) and low < hole[1]:
+                return hole
+        return None
+
+    def _record_lost(self, first: int, end: int) -> None:
+        """Data the checkpoint says was fsynced is gone (a file cut short): nothing to move
+        aside, but said at ERROR and kept in a quarantine folder of its own, so describe shows it."""
+        now = datetime.now(timezone.utc)
+        folder = self.directory / QUARANTINE / now.strftime("%Y%m%dT%H%M%S%fZ")
+        folder.mkdir(parents=True)
+        why = (f"{CHECKPOINT} says offsets up to {end - 1} were written and fsynced, "
+               f"but the segments end at offset {first}: that data is gone")
+        reason = {"time": now.isoformat(), "topic": self.topic, "partition": self.partition, "reason": why,
+                  "first_offset": first, "end_offset": end, "files": []}
+        (folder / REASON).write_text(json.dumps(reason, indent=2) + "\n")
+        log.error("%s: %s (noted in %s; clear the note with: millpond topics repair %s --partition %d --discard)",
+                  self.name, why, folder, self.topic, self.partition)
+
+    def _forget_from(self, offset: int) -> None:
+        """Drop transaction state about offsets at or past ``offset`` (they were cut or moved aside)."""
+        self._state.ongoing = {pid: first for pid, first in self._state.ongoing.items() if first < offset}
+        changed = False
+        for pid, ranges in self._state.aborted.items():
+            kept = [(first, last) for first, last in ranges if first < offset]
+            changed = changed or len(kept) != len(ranges)
+            ranges[:] = kept
+        if changed and self.writable:
+            self._rewrite_aborted_index()
+
+    def _quarantine(self, i: int, stop: ScanStop, first_bad: int) -> int:
+        """Move segment ``i`` (a copy: its good prefix stays) and every later segment aside, with the reason."""
+        segment = self.segments[i]
+        later = self.segments[i + 1 :]
+        end = max(first_bad, self.recovery_point)
+        if later:
+            later[-1].sealed = False
+            later[-1].scan_next_offset()
+            end = max(end, later[-1].next_offset)
+        now = datetime.now(timezone.utc)
+        folder = self.directory / QUARANTINE / now.strftime("%Y%m%dT%H%M%S%fZ")
+        folder.mkdir(parents=True)
+        shutil.copyfile(segment.log_path, folder / segment.log_path.name)
+        moved = [segment.log_path.name]
+        for other in later:
+            other.close()
+            for path in (other.log_path, other.index_path, other.time_index_path):
+                if path.exists():
+                    os.replace(path, folder / path.name)
+                    moved.append(path.name)
+        reason = {
+            "time": now.isoformat(),
+            "topic": self.topic,
+            "partition": self.partition,
+            "reason": stop.why,
+            "segment": segment.log_path.name,
+            "position": stop.position,
+            "first_offset": first_bad,
+            "end_offset": end,
+            "files": moved,
+        }
+        (folder / REASON).write_text(json.dumps(reason, indent=2) + "\n")
+        for name in moved:
+            fd = os.open(folder / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        del self.segments[i + 1 :]
+        log.error(
+            "%s: segment %s is corrupt at position %d (%s); offsets %d..%d moved aside to %s "
+            "(put back or drop them with: millpond topics repair %s --partition %d --restore|--discard)",
+            self.name, segment.log_path.name, stop.position, stop.why, first_bad, end - 1, folder,
+            self.topic, self.partition,
+        )
+        return end
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        """reason.json of every quarantine folder (oldest first), each with its ``folder``."""
+        out: list[dict[str, Any]] = []
+        root = self.directory / QUARANTINE
+        if not root.is_dir():
+            return out
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            try:
+                reason = json.loads((folder / REASON).read_text())
+                if not isinstance(reason, dict):
+                    raise ValueError("not an object")
+            except (OSError, ValueError) as exc:
+                reason = {"reason": f"{folder / REASON} is unreadable ({exc})"}
+            reason["folder"] = str(folder)
+            out.append(reason)
+        return out
+
+    def discard_quarantine(self) -> None:
+        """Delete the quarantined files for good; their offsets stay absent (reads pass over them)."""
+        for first, end, _, _ in self._holes:
+            self._discarded.append((first, end))
+        shutil.rmtree(self.directory / QUARANTINE)
+        self._mark_holes()
+        self._write_checkpoint()
+
+    def restore_quarantine(self) -> None:
+        """Check the quarantined segments and put them back (then this object is closed: reopen the partition).
+
+        Refused, changing nothing, while any of them is still damaged or would
+        overlap what the partition holds now.
+        """
+        events = self.quarantined()
+        moves: list[tuple[Path, Path]] = []
+        live = {s.base_offset: s for s in self.segments}
+        for q in events:
+            folder = Path(q["folder"])
+            first, end = q.get("first_offset"), q.get("end_offset")
+            logs = sorted(folder.glob("*.log"))
+            if not logs or type(first) is not int or type(end) is not int:
+                raise MillpondError(f"cannot restore {folder}: it holds no segments to put back "
+                                    "(the data was gone, not moved aside); --discard clears the note")
+            bases = [int(path.name[:-4]) for path in logs]
+            for j, path in enumerate(logs):
+                segment = LogSegment(folder, bases[j], writable=False, label=self.name)
+                segment.contiguous = self._open_segment_rule()
+                segment.sealed = True
+                segment.next_offset = bases[j + 1] if j + 1 < len(bases) else end
+                try:
+                    valid, stop = segment.check()
+                finally:
+                    segment.close()
+                reached = valid[-1][1].next_offset if valid else segment.base_offset
+                if stop is not None:
+                    raise MillpondError(f"cannot restore {folder}: {path.name} is still damaged at position "
+                                        f"{stop.position} ({stop.why}); fix it and try again, or --discard")
+                if segment.contiguous and reached != segment.next_offset:
+                    raise MillpondError(f"cannot restore {folder}: {path.name} ends at offset {reached}, "
+                                        f"short of {segment.next_offset}; --discard, or put the rest there")
+            taken = [b for b in live if bases[0] < b < end]
+            if taken:
+                raise MillpondError(f"cannot restore {folder}: offsets {bases[0]}..{end - 1} are held by "
+                                    f"segment {taken[0]} of {self.name} now; copy the files out, or --discard")
+            moves += [(path, self.directory / path.name) for path in folder.iterdir() if path.name != REASON]
+        self.close()
+        for source, target in moves:
+            os.replace(source, target)
+        shutil.rmtree(self.directory / QUARANTINE)
+
+    def rebuild_producer_state(self) -> None:
+        """Aborted ranges and open transactions from every header (after segments were put back)."""
+        self._rebuild_producer_state(logging.INFO)
+        self._forget_from(self.log_end_offset)
+        self._write_checkpoint()
+
+    def check_tails(self) -> list[str]:
+        """Damage at the end of each sealed segment, one line each: what ``topics describe`` checks
+        so that it does not show an end offset the data does not reach without saying so. Cheap:
+        the last index interval of each segment, not the whole log."""
+        out = []
+        for segment in list(self.segments[:-1]):
+            try:
+                stop = segment.check_tail()
+            except CorruptRecordError as exc:
+                out.append(str(exc))
+                continue
+            if stop is not None:
+                out.append(str(segment.corrupt(stop.position, stop.why, self.name)))
+        return out
+
+    @property
+    def problems(self) -> list[str]:
+        """What is wrong with this partition's files, one line each (empty when nothing is)."""
+        out = list(self._problems)
+        for q in self.quarantined():
+            span = (f"offsets {q['first_offset']}..{q['end_offset'] - 1}"
+                    if isinstance(q.get("first_offset"), int) and isinstance(q.get("end_offset"), int)
+                    else "data")
+            out.append(f"{span} quarantined in {q['folder']}: {q.get('reason')} "
+                       f"(millpond topics repair {self.topic} --partition {self.partition} --restore|--discard)")
+        return out
 
     def _replay_headers(self, from_offset: int) -> None:
         """Rebuild open-transaction state from headers past ``from_offset`` (no CRC, headers only)."""
@@ -171,6 +532,28 @@ class Partition:
                 if header.base_offset >= from_offset:
                     self._track(segment, header, position)
 
+    def _rebuild_producer_state(self, level: int = logging.WARNING) -> None:
+        """Open transactions and aborted ranges from every batch header of the partition
+        (the aborted index or the checkpoint could not be trusted). A damaged segment
+        ends its own scan, not the rebuild: reads of it fail on their own."""
+        log.log(level, "%s: rebuilding %s and the open transactions from the transaction markers in %s",
+                self.name, ABORTED_INDEX, self.directory)
+        self._state = _ProducerState()
+        if self.writable:
+            self._rewrite_aborted_index()
+        self._rebuilt = self._rebuilding = True
+        try:
+            for segment in self.segments:
+                scan = segment._scan(0, segment.size)
+                while True:
+                    try:
+                        position, header = next(scan)
+                        self._track(segment, header, position)
+                    except (StopIteration, CorruptRecordError):
+                        break
+        finally:
+            self._rebuilding = False
+
     def _track(self, segment: LogSegment, header: BatchHeader, position: int) -> None:
         if not header.is_transactional:
             return
@@ -178,18 +561,53 @@ class Partition:
         if header.is_control:
             first = self._state.ongoing.pop(pid, None)
             if first is None:
-                return
-            if batch_format.control_type(segment.read_bytes(position, header.size)) == batch_format.CONTROL_ABORT:
+                if not self._rebuilding:
+                    return
+                first = self.segments[0].base_offset  # its first batch is gone (retention)
+            data = segment.read_bytes(position, header.size)
+            if len(data) < header.size or not batch_format.crc_ok(data, 0, header):
+                raise segment.corrupt(position, "CRC-32C mismatch in a transaction marker", self.name)
+            if batch_format.control_type(data) == batch_format.CONTROL_ABORT:
                 self._record_abort(pid, first, header.base_offset)
         elif pid not in self._state.ongoing:
             self._state.ongoing[pid] = header.base_offset
 
-    def _read_checkpoint(self) -> dict[str, Any]:
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint's claims, checked for shape; None when it is damaged (said in a WARNING)."""
+        path = self.directory / CHECKPOINT
         try:
-            data: dict[str, Any] = json.loads((self.directory / CHECKPOINT).read_text())
-            return data
+            data = json.loads(path.read_bytes())
         except FileNotFoundError:
             return {}
+        except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            self._damaged_checkpoint(f"it does not parse ({exc})")
+            return None
+        if not isinstance(data, dict):
+            self._damaged_checkpoint("it is not a JSON object")
+            return None
+        for key in ("recovery_point", "log_start_offset", "aborted_index_bytes", "aborted_index_crc32c"):
+            value = data.get(key, 0)
+            if type(value) is not int or value < 0:
+                self._damaged_checkpoint(f"{key} is {value!r}, not an offset")
+                return None
+        discarded = data.get("discarded", [])
+        if not isinstance(discarded, list) or not all(
+            isinstance(r, list) and len(r) == 2 and all(type(x) is int and x >= 0 for x in r) and r[0] < r[1]
+            for r in discarded
+        ):
+            self._damaged_checkpoint(f"discarded is {discarded!r}, not offset ranges")
+            return None
+        ongoing = data.get("ongoing", {})
+        if not isinstance(ongoing, dict) or not all(
+            isinstance(k, str) and k.lstrip("-").isdigit() and type(v) is int and v >= 0 for k, v in ongoing.items()
+        ):
+            self._damaged_checkpoint(f"ongoing is {ongoing!r}, not producer ids and offsets")
+            return None
+        return data
+
+    def _damaged_checkpoint(self, why: str) -> None:
+        log.warning("%s is damaged: %s; treating %s as not cleanly shut down and recovering it from its segments",
+                    self.directory / CHECKPOINT, why, self.name)
 
     def _write_checkpoint(self) -> None:
         path = self.directory / CHECKPOINT
@@ -198,6 +616,10 @@ class Partition:
             "recovery_point": self.recovery_point,
             "log_start_offset": self.log_start_offset,
             "ongoing": {str(k): v for k, v in self._state.ongoing.items()},
+            # the aborted index is appended between checkpoints; this much of it is claimed
+            "aborted_index_bytes": self._aborted_bytes,
+            "aborted_index_crc32c": self._aborted_crc,
+            "discarded": [list(r) for r in self._discarded],
         }
         with open(tmp, "w") as f:
             json.dump(body, f)
@@ -205,18 +627,67 @@ class Partition:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def _load_aborted_index(self) -> None:
+    def _load_aborted_index(self, checkpoint: dict[str, Any] | None) -> bool:
+        """Load the aborted ranges; False when the file cannot be trusted (then it is rebuilt).
+
+        Lines past the length the checkpoint claims were appended after it and are
+        left out: replaying the headers past the recovery point finds them again.
+        """
+        path = self.directory / ABORTED_INDEX
         try:
-            lines = (self.directory / ABORTED_INDEX).read_text().splitlines()
+            data = path.read_bytes()
         except FileNotFoundError:
-            return
-        for line in lines:
-            parts = line.split()
-            if len(parts) == 3:
-                pid, first, last = (int(p) for p in parts)
-                ranges = self._state.aborted.setdefault(pid, [])
+            data = b""
+        claimed = checkpoint.get("aborted_index_bytes") if checkpoint else None
+        problem = ""
+        if claimed is not None:
+            assert checkpoint is not None
+            if len(data) < claimed or crc32c.crc32c(data[:claimed]) != checkpoint.get("aborted_index_crc32c", 0):
+                problem = f"it does not match the length and checksum kept in {CHECKPOINT}"
+            elif len(data) > claimed:
+                data = data[:claimed]
+                if self.writable:
+                    with open(path, "r+b") as f:
+                        f.truncate(claimed)
+        aborted: dict[int, list[tuple[int, int]]] = {}
+        if not problem:
+            for number, line in enumerate(data.split(b"\n")[:-1] if data else [], 1):
+                parts = line.split()
+                try:
+                    pid, first, last = (int(p) for p in parts)
+                except ValueError:
+                    problem = f"line {number} ({line[:40]!r}) is not 'producer_id first last'"
+                    break
+                if first > last or first < 0:
+                    problem = f"line {number} ({line[:40]!r}) is not a range of offsets"
+                    break
+                ranges = aborted.setdefault(pid, [])
                 if (first, last) not in ranges:
                     ranges.append((first, last))
+            if not problem and data and not data.endswith(b"\n"):
+                problem = "its last line is cut short"
+        if problem:
+            log.warning("%s: %s", path, problem)
+            return False
+        self._state.aborted = aborted
+        self._aborted_bytes = len(data)
+        self._aborted_crc = crc32c.crc32c(data)
+        return True
+
+    def _rewrite_aborted_index(self) -> None:
+        lines = "".join(
+            f"{pid} {first} {last}\n" for pid, ranges in self._state.aborted.items() for first, last in ranges
+        ).encode()
+        path = self.directory / ABORTED_INDEX
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._aborted_bytes = len(lines)
+        self._aborted_crc = crc32c.crc32c(lines)
+        self._aborted_index_torn = False
 
     def _record_abort(self, producer_id: int, first: int, last: int) -> None:
         ranges = self._state.aborted.setdefault(producer_id, [])
@@ -224,8 +695,20 @@ class Partition:
             return
         ranges.append((first, last))
         if self.writable:
-            with open(self.directory / ABORTED_INDEX, "a") as f:
-                f.write(f"{producer_id} {first} {last}\n")
+            try:
+                if self._aborted_index_torn:
+                    self._rewrite_aborted_index()
+                else:
+                    line = f"{producer_id} {first} {last}\n".encode()
+                    with open(self.directory / ABORTED_INDEX, "ab") as f:
+                        f.write(line)
+                    self._aborted_bytes += len(line)
+                    self._aborted_crc = crc32c.crc32c(line, self._aborted_crc)
+            except BaseException:
+                # The ABORT marker is in the segment already: the checkpoint must
+                # not move past it until the index holds its range (rewritten whole).
+                self._aborted_index_torn = True
+                raise
 
     def _finish_interrupted_swaps(self) -> None:
         """A compaction swap interrupted by a crash: complete it if committed, else drop the leftovers.
@@ -332,6 +815,7 @@ class Partition:
         active.seal()
         segment = self._open_segment(active.next_offset)
         segment.next_offset = active.next_offset
+        segment.contiguous = True  # the active segment is never compacted
         self.segments.append(segment)
         self._base_offsets.append(segment.base_offset)
         return segment
@@ -349,8 +833,13 @@ class Partition:
         if not self.writable:
             return
         start = max(0, bisect.bisect_right(self._base_offsets, self.recovery_point) - 1)
+        began = time.perf_counter()
         for segment in self.segments[start:]:
             segment.flush(fsync=fsync)
+        if fsync and observe.fsync_observer is not None:
+            observe.fsync_observer(time.perf_counter() - began)
+        if self._aborted_index_torn:
+            self._rewrite_aborted_index()
         self.recovery_point = self.log_end_offset
         self._unflushed_messages = 0
         self._last_flush = time.monotonic()
@@ -384,10 +873,21 @@ class Partition:
                 break
             position = segment.position_of(next_offset)
             if position is None:
+                # quarantined offsets are never passed over: what comes before them is served, then an error
+                hole = self._hole_between(next_offset, segment.next_offset) if self._holes else None
+                if hole is not None:
+                    if batches:
+                        break
+                    raise self._quarantined_error(hole)
                 continue
             for pos, header in segment.walk(position):
                 if header.base_offset >= end or (batches and total + header.size > max_bytes):
                     break
+                hole = self._hole_between(next_offset, header.base_offset) if self._holes else None
+                if hole is not None:
+                    if batches:
+                        break
+                    raise self._quarantined_error(hole)
                 data = segment.read_bytes(pos, header.size)
                 if len(data) < header.size or not batch_format.crc_ok(data, 0, header):
                     raise segment.corrupt(pos, "CRC-32C mismatch or short batch", self.name)
@@ -403,8 +903,15 @@ class Partition:
                     continue
                 batches.append(FetchedBatch(header, data))
             else:
+                hole = self._hole_between(next_offset, min(segment.next_offset, end)) if self._holes else None
+                if hole is not None:
+                    if batches:
+                        break
+                    raise self._quarantined_error(hole)
                 continue
             break
+        if self._damage is not None and not batches and next_offset >= self.log_end_offset:
+            raise self._damage  # the data the writer wrote goes on past here: not a quiet end
         return FetchResult(batches, next_offset, self.high_watermark, self.last_stable_offset, self.log_start_offset)
 
     def offset_for_time(self, timestamp: int) -> int | None:
@@ -436,6 +943,8 @@ class Partition:
             stem = path.name[:-4]
             if stem.isdigit() and int(stem) > last_base:
                 self.segments.append(self._open_segment(int(stem)))
+        if self.segments:
+            self.segments[-1].contiguous = True
         self._base_offsets = [s.base_offset for s in self.segments]
         for segment, following in zip(self.segments, self.segments[1:]):
             if not segment.sealed:
@@ -445,10 +954,19 @@ class Partition:
         if self.segments:
             active = self.segments[-1]
             active.size = os.fstat(active._fd).st_size
-            active.scan_next_offset()
+            stop = active.scan_next_offset()
+            if stop is not None and not stop.torn:
+                self._damage = active.corrupt(stop.position, stop.why, self.name)
+                if str(self._damage) not in self._problems:
+                    self._problems.append(str(self._damage))
             self.log_start_offset = max(self.log_start_offset, self.segments[0].base_offset)
         if self.log_end_offset > before:
-            self._replay_headers(before)
+            try:
+                self._replay_headers(before)
+            except CorruptRecordError as exc:
+                self._damage = exc
+                if str(exc) not in self._problems:
+                    self._problems.append(str(exc))
 
     # -- retention and compaction hooks --
 

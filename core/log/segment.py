@@ -16,9 +16,12 @@ the segment keeps reading it after the files are unlinked or swapped.
 
 from __future__ import annotations
 
+import bisect
+import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CorruptRecordError
@@ -29,9 +32,41 @@ from .index import OffsetIndex, TimeIndex
 INDEX_INTERVAL_BYTES = 4096
 _SCAN_CHUNK = 1 << 16
 
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanStop:
+    """Where and why a scan of a segment stopped before its end.
+
+    ``torn`` is True for a batch that runs past the end (or a few bytes too few
+    for a header): the normal state of the active segment after a crash or
+    while a writer is appending. Anything else (a header that cannot be a
+    batch header, offsets going backwards) is damage wherever it is.
+    """
+
+    position: int
+    why: str
+    torn: bool
+
 
 def segment_name(base_offset: int) -> str:
     return f"{base_offset:020d}"
+
+
+def _misplaced(header: BatchHeader, expected: int, limit: int | None, contiguous: bool) -> str:
+    """Why a batch's offsets cannot be where they are ('' when they can). The base offset is
+    outside the CRC, so this is what catches a damaged one."""
+    span = f"batch offsets {header.base_offset}..{header.last_offset}"
+    if header.last_offset_delta < 0:
+        return f"{span}: negative last offset delta {header.last_offset_delta}"
+    if header.base_offset < expected:
+        return f"{span} go back before offset {expected}"
+    if contiguous and header.base_offset != expected:
+        return f"{span} leave a gap after offset {expected - 1}"
+    if limit is not None and header.next_offset > limit:
+        return f"{span} run past offset {limit - 1}, the last this segment can hold"
+    return ""
 
 
 class LogSegment:
@@ -57,26 +92,100 @@ class LogSegment:
         self._bytes_since_index = 0
         self.sealed = False
         self.deleted = False
+        #: a failed append may have left part of a batch past ``size``; cut before the next write
+        self._torn_tail = False
+        #: batches follow each other without offset gaps (never compacted); set by the partition
+        self.contiguous = False
+        #: where the data ends when quarantined or discarded offsets follow (next_offset is past them)
+        self.data_end: int | None = None
+        #: positions of offset-index entries already seen to point at their batch
+        self._verified: set[int] = set()
+        self._time_bases: list[int] | None = None
 
     # -- indexes (loaded on first use, so opening a partition reads no index) --
 
     @property
     def index(self) -> OffsetIndex:
         if self._index is None:
-            self._index = OffsetIndex(self.index_path, self.base_offset)
+            self._load_indexes()
+        assert self._index is not None
         return self._index
 
     @property
     def time_index(self) -> TimeIndex:
         if self._time_index is None:
-            self._time_index = TimeIndex(self.time_index_path, self.base_offset)
+            self._load_indexes()
+        assert self._time_index is not None
         return self._time_index
+
+    def _visible_size(self) -> int:
+        """The segment's size; for a read-only view of the active segment, what the writer has
+        written by now (its index entries may already cover more than the last refresh saw)."""
+        if self.writable or self.sealed or self._fd < 0:
+            return self.size
+        return max(self.size, os.fstat(self._fd).st_size)
+
+    def _load_indexes(self) -> None:
+        """Load both indexes; rebuild them from the segment when their entries are not sane."""
+        index = OffsetIndex(self.index_path, self.base_offset)
+        time_index = TimeIndex(self.time_index_path, self.base_offset)
+        next_offset = self.next_offset if self.sealed else None
+        size = self._visible_size()  # after the index files were read: the data was written first
+        for loaded in (index, time_index):
+            problem = loaded.problem(size, next_offset)
+            if problem is not None:
+                self.rebuild_indexes(f"{loaded.path.name}: {problem}")
+                return
+        self._index, self._time_index = index, time_index
+
+    def rebuild_indexes(self, why: str) -> None:
+        """Rebuild both indexes from the batches of the segment (Kafka does the same
+        with an index it cannot trust). Written back when the segment is writable."""
+        log.warning("%s: index of segment %s disagrees with its data (%s); rebuilding it from %s",
+                    self.label, self.log_path.name, why, self.log_path)
+        headers = []
+        scan = self._scan(0, self.size)
+        try:
+            while True:
+                headers.append(next(scan)[1])
+        except StopIteration:
+            pass
+        self._index = OffsetIndex(self.index_path, self.base_offset, load=False)
+        self._time_index = TimeIndex(self.time_index_path, self.base_offset, load=False)
+        self._bytes_since_index = 0
+        self._verified.clear()
+        self._time_bases = None
+        self._index_headers(headers)
+        if self.writable:
+            self._index.rewrite()
+            self._time_index.rewrite()
+
+    def _index_headers(self, headers: list[BatchHeader]) -> None:
+        """Add index entries for ``headers``, batches back to back from position 0."""
+        assert self._index is not None and self._time_index is not None
+        position = 0
+        max_ts = -1
+        for header in headers:
+            if self._bytes_since_index >= INDEX_INTERVAL_BYTES or position == 0:
+                self._index.append(header.base_offset, position)
+                self._bytes_since_index = 0
+            if header.max_timestamp > max_ts:
+                max_ts = header.max_timestamp
+                self._time_index.maybe_append(max_ts, header.base_offset)
+            self._bytes_since_index += header.size
+            position += header.size
+        self._max_timestamp = max_ts
 
     @property
     def max_timestamp(self) -> int:
         """Largest record timestamp in the segment (-1 when empty)."""
         if self._max_timestamp is None:
             indexed = self.time_index.max_timestamp
+            if indexed is not None and not self._time_entry_matches(indexed):
+                self.rebuild_indexes(f"{self.time_index_path.name}: last entry does not match its batch")
+                if self._max_timestamp is not None:
+                    return self._max_timestamp
+                indexed = self.time_index.max_timestamp
             last = self.index.last()
             start = last[1] if last else 0
             best = -1 if indexed is None else indexed
@@ -85,15 +194,42 @@ class LogSegment:
             self._max_timestamp = best
         return self._max_timestamp
 
+    def _time_entry_matches(self, timestamp: int) -> bool:
+        """The time index's last entry names a batch that starts at its offset and reaches its timestamp."""
+        offset = self.time_index.lookup(timestamp + 1) if timestamp < (1 << 63) - 1 else None
+        if offset is None:
+            return False
+        try:
+            position = self.position_of(offset)
+        except CorruptRecordError:
+            return False
+        if position is None:
+            return False
+        header = batch_format.read_header(self.read_bytes(position, HEADER_SIZE))
+        return header.base_offset == offset and header.max_timestamp == timestamp
+
     # -- writing --
 
     def append(self, data: bytes | bytearray | memoryview, headers: list[BatchHeader]) -> None:
-        """Append whole batches (already carrying their offsets)."""
+        """Append whole batches (already carrying their offsets).
+
+        If the write fails (disk full), ``size`` stays where it was and the
+        bytes written past it are cut, now or before the next append or flush.
+        """
+        self._cut_torn_tail()
         position = self.size
         view = memoryview(data)
         written = 0
-        while written < len(view):
-            written += os.pwrite(self._fd, view[written:], position + written)
+        try:
+            while written < len(view):
+                written += os.pwrite(self._fd, view[written:], position + written)
+        except BaseException:
+            self._torn_tail = True
+            try:
+                self._cut_torn_tail()
+            except OSError:
+                pass  # still failing: cut before the next append or flush
+            raise
         index = self.index
         time_index = self.time_index
         max_ts = self.max_timestamp if self.size else -1
@@ -110,7 +246,14 @@ class LogSegment:
         self.size = position
         self.next_offset = headers[-1].next_offset
 
+    def _cut_torn_tail(self) -> None:
+        if self._torn_tail:
+            self.truncate(self.size)
+            self._torn_tail = False
+
     def flush(self, fsync: bool = True) -> None:
+        if self.writable:
+            self._cut_torn_tail()
         if self._index is not None:
             self._index.flush()
         if self._time_index is not None:
@@ -126,42 +269,143 @@ class LogSegment:
     # -- reading --
 
     def read_bytes(self, position: int, length: int) -> bytes:
+        if position < 0:
+            raise self.corrupt(position, "negative position", self.label)
         length = max(0, min(length, self.size - position))
         return os.pread(self._fd, length, position)
 
-    def walk(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, BatchHeader]]:
-        """(position, header) of every complete batch from ``start``; headers only.
+    def _scan(
+        self, start: int, end: int, expected: int | None = None
+    ) -> Generator[tuple[int, BatchHeader], None, ScanStop | None]:
+        """(position, header) of each well-formed batch in [start, end); returns where and why
+        it stopped early (None when it reached ``end``).
 
-        Small batches are walked a 64 KiB chunk at a time; once batches turn out
+        Well-formed: a length that fits a header, magic 2, and offsets that only go
+        forward from ``expected`` (the segment's base offset unless told) and stay
+        inside the segment. The CRC is the reader's to check (it reads the bytes).
+        Small batches are read a 64 KiB chunk at a time; once batches turn out
         larger than a chunk, only their 61-byte headers are read.
         """
-        end = self.size if end is None else end
         position = start
+        # from the start of the segment, or from a verified index entry, the first batch's base is known exactly
+        first = start != 0 and expected is None
+        expected = self.base_offset if expected is None else expected
+        contiguous = self.contiguous
+        # a sealed segment ends where the next begins; any segment holds at most 2**31 offsets (Kafka's rule)
+        limit: int | None = self.next_offset if self.sealed else self.base_offset + (1 << 31) - 1
         chunk_size = _SCAN_CHUNK
-        while position + HEADER_SIZE <= end:
+        while position < end:
+            if position + HEADER_SIZE > end:
+                return ScanStop(position, f"{end - position} bytes after the last batch", True)
             chunk = os.pread(self._fd, min(chunk_size, end - position), position)
+            if len(chunk) < HEADER_SIZE:
+                return ScanStop(position, "the file is shorter than expected", True)
             advanced = 0
             for offset_in_chunk, header in batch_format.walk(chunk, 0, len(chunk)):
+                if header.magic != MAGIC:
+                    return ScanStop(position + offset_in_chunk, f"unknown magic {header.magic}", False)
+                base = header.base_offset
+                if (
+                    base < expected
+                    or header.last_offset_delta < 0
+                    or (contiguous and base != expected and not first)
+                    or (limit is not None and base + header.last_offset_delta >= limit)
+                ):
+                    why = _misplaced(header, expected, limit, contiguous and not first)
+                    return ScanStop(position + offset_in_chunk, why, False)
                 yield position + offset_in_chunk, header
+                expected = header.next_offset
+                first = False
                 advanced = offset_in_chunk + header.size
             if advanced == 0:
-                if len(chunk) < HEADER_SIZE:
-                    return
                 header = batch_format.read_header(chunk)
                 size = header.batch_length + LOG_OVERHEAD
-                if header.batch_length < HEADER_SIZE - LOG_OVERHEAD or position + size > end:
-                    return
-                yield position, header
-                advanced = size
+                if header.batch_length < HEADER_SIZE - LOG_OVERHEAD:
+                    return ScanStop(position, f"batch length {header.batch_length} is too small", False)
+                if header.magic != MAGIC:
+                    return ScanStop(position, f"unknown magic {header.magic}", False)
+                if position + size > end:
+                    return ScanStop(position, f"batch of {size} bytes runs past the end ({end})", True)
                 chunk_size = HEADER_SIZE
+                misplaced = _misplaced(header, expected, limit, contiguous and not first)
+                if misplaced:
+                    return ScanStop(position, misplaced, False)
+                yield position, header
+                expected = header.next_offset
+                first = False
+                advanced = size
             else:
                 chunk_size = _SCAN_CHUNK
             position += advanced
+        return None
+
+    def walk(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, BatchHeader]]:
+        """(position, header) of every batch from ``start``; headers only.
+
+        Damage is a :class:`CorruptRecordError` naming the segment and position,
+        never a quiet end: only a batch running past the end of the *active*
+        segment ends the walk quietly (a writer may be appending it).
+        """
+        last: BatchHeader | None = None
+        scan = self._scan(start, self.size if end is None else end)
+        # a compacted segment has offset gaps, so its batches' base offsets (outside the CRC) are
+        # checked against the time index instead: each entry names a batch's base offset
+        indexed = self._indexed_bases() if self.sealed and not self.contiguous else None
+        floor = self.base_offset if start == 0 else None  # where the previous batch ended, once known
+        while True:
+            try:
+                position, last = next(scan)
+            except StopIteration as done:
+                stop: ScanStop | None = done.value
+                break
+            if indexed:
+                i = bisect.bisect_left(indexed, last.base_offset if floor is None else floor)
+                if i < len(indexed) and indexed[i] != last.base_offset and indexed[i] <= last.last_offset:
+                    raise self.corrupt(position, f"batch offsets {last.base_offset}..{last.last_offset} do not "
+                                       f"start at offset {indexed[i]}, where {self.time_index_path.name} says "
+                                       "a batch starts", self.label)
+                floor = last.next_offset
+            yield position, last
+        if stop is not None and (self.sealed or not stop.torn):
+            raise self.corrupt(stop.position, stop.why, self.label)
+        data_end = self.next_offset if self.data_end is None else self.data_end
+        if end is None and self.sealed and self.contiguous and last is not None and last.next_offset != data_end:
+            raise self.corrupt(self.size, f"the segment ends at offset {last.next_offset}, but the next one "
+                               f"starts at {self.next_offset}: it was cut short", self.label)
+
+    def _indexed_bases(self) -> list[int]:
+        """Base offsets of the batches the time index names (sorted)."""
+        if self._time_bases is None:
+            index = self.time_index
+            self._time_bases = sorted(set(index.offsets()))
+        return self._time_bases
+
+    def _verified_start(self, offset: int) -> int:
+        """Where to start scanning for ``offset``: the offset index's entry, once the
+        batch it points at is seen to start at the entry's offset."""
+        if offset <= self.base_offset:
+            return 0
+        entry = self.index.lookup_entry(offset)
+        if entry is None:
+            return 0
+        entry_offset, position = entry
+        if position in self._verified or (position == 0 and entry_offset == self.base_offset):
+            return position
+        header = None
+        if 0 <= position <= self._visible_size() - HEADER_SIZE:
+            header = batch_format.read_header(os.pread(self._fd, HEADER_SIZE, position))
+        if header is not None and header.base_offset == entry_offset and header.magic == MAGIC:
+            self._verified.add(position)
+        else:
+            self.rebuild_indexes(f"{self.index_path.name}: entry ({entry_offset}, {position}) "
+                                 "does not point at that batch")
+            entry = self.index.lookup_entry(offset)
+            return entry[1] if entry else 0
+        return position
 
     def position_of(self, offset: int) -> int | None:
         """Position of the batch holding ``offset`` or the first one after it."""
-        start = self.index.lookup(offset) if offset > self.base_offset else 0
-        for position, header in self.walk(start):
+        for position, header in self.walk(self._verified_start(offset)):
             if header.last_offset >= offset:
                 return position
         return None
@@ -169,7 +413,7 @@ class LogSegment:
     def position_for_time(self, timestamp: int) -> int | None:
         """Position of the first batch whose max timestamp is >= ``timestamp``."""
         start_offset = self.time_index.lookup(timestamp)
-        start = self.index.lookup(start_offset) if start_offset > self.base_offset else 0
+        start = self._verified_start(start_offset)
         for position, header in self.walk(start):
             if header.max_timestamp >= timestamp:
                 return position
@@ -177,49 +421,45 @@ class LogSegment:
 
     # -- recovery --
 
+    def check(self) -> tuple[list[tuple[int, BatchHeader]], ScanStop | None]:
+        """Check every batch (structure, offsets, CRC) without changing anything.
+
+        Returns (position, header) of the valid batches up to the first bad one,
+        and where and why that one is bad (None when the whole segment is good).
+        """
+        valid: list[tuple[int, BatchHeader]] = []
+        scan = self._scan(0, self.size)
+        while True:
+            try:
+                position, header = next(scan)
+            except StopIteration as done:
+                stop: ScanStop | None = done.value
+                return valid, stop
+            if not batch_format.crc_ok(self.read_bytes(position, header.size), 0, header):
+                return valid, ScanStop(position, "CRC-32C mismatch", False)
+            valid.append((position, header))
+
+    def cut(self, valid: list[tuple[int, BatchHeader]]) -> None:
+        """Keep only the ``valid`` batches (a prefix, from ``check``); rebuild both indexes."""
+        self.truncate(valid[-1][0] + valid[-1][1].size if valid else 0)
+        self._index = OffsetIndex(self.index_path, self.base_offset, load=False)
+        self._time_index = TimeIndex(self.time_index_path, self.base_offset, load=False)
+        self._bytes_since_index = 0
+        self._verified.clear()
+        self._time_bases = None
+        self._index_headers([header for _, header in valid])
+        if self.writable:
+            self._index.rewrite()
+            self._time_index.rewrite()
+        self.next_offset = valid[-1][1].next_offset if valid else self.base_offset
+
     def recover(self) -> list[tuple[int, BatchHeader]]:
         """Check every batch (structure, offsets, CRC); truncate at the first bad one.
 
         Returns (position, header) of the valid batches and rebuilds both indexes.
         """
-        valid: list[tuple[int, BatchHeader]] = []
-        position = 0
-        expected = self.base_offset
-        for position_, header in self.walk(0):
-            if (
-                header.magic != MAGIC
-                or header.base_offset < expected
-                or header.last_offset_delta < 0
-                or not batch_format.crc_ok(self.read_bytes(position_, header.size), 0, header)
-            ):
-                break
-            valid.append((position_, header))
-            expected = header.next_offset
-            position = position_ + header.size
-        self.truncate(position)
-        self._index = OffsetIndex(self.index_path, self.base_offset)
-        self._time_index = TimeIndex(self.time_index_path, self.base_offset)
-        self._index.truncate_after(0)
-        self._time_index.truncate_after(self.base_offset)
-        self.size = 0
-        self._bytes_since_index = 0
-        self._max_timestamp = None
-        rebuilt_position = 0
-        max_ts = -1
-        for _, header in valid:
-            if self._bytes_since_index >= INDEX_INTERVAL_BYTES or rebuilt_position == 0:
-                self._index.append(header.base_offset, rebuilt_position)
-                self._bytes_since_index = 0
-            if header.max_timestamp > max_ts:
-                max_ts = header.max_timestamp
-                self._time_index.maybe_append(max_ts, header.base_offset)
-            self._bytes_since_index += header.size
-            rebuilt_position += header.size
-        self._index.flush()
-        self._time_index.flush()
-        self.size = rebuilt_position
-        self._max_timestamp = max_ts
-        self.next_offset = valid[-1][1].next_offset if valid else self.base_offset
+        valid, _ = self.check()
+        self.cut(valid)
         return valid
 
     def truncate(self, position: int) -> None:
@@ -227,15 +467,42 @@ class LogSegment:
             os.ftruncate(self._fd, position)
         self.size = position
 
-    def scan_next_offset(self) -> int:
-        """The offset after the last batch, found from the last index entry (cheap)."""
+    def check_tail(self) -> ScanStop | None:
+        """Where the last index interval of a sealed segment is damaged (cheap: from the last
+        index entry to the end), or None. Damage before it shows when it is read."""
         last = self.index.last()
-        start = last[1] if last and last[1] < self.size else 0
-        next_offset = self.base_offset
-        for _, header in self.walk(start):
-            next_offset = header.next_offset
-        self.next_offset = next_offset
-        return next_offset
+        start = self._verified_start(last[0]) if last else 0
+        last = self.index.last()
+        expected = last[0] if last and start and start == last[1] else self.base_offset
+        scan = self._scan(start, self.size, expected)
+        end = expected
+        while True:
+            try:
+                end = next(scan)[1].next_offset
+            except StopIteration as done:
+                stop: ScanStop | None = done.value
+                break
+        if stop is None and self.contiguous and end != (self.next_offset if self.data_end is None else self.data_end):
+            stop = ScanStop(self.size, f"the segment ends at offset {end}, but the next one starts at "
+                            f"{self.next_offset}: it was cut short", False)
+        return stop
+
+    def scan_next_offset(self) -> ScanStop | None:
+        """Set ``next_offset`` (the offset after the last batch), scanning from the last
+        index entry (cheap). Returns where the scan stopped early, if it did."""
+        last = self.index.last()
+        start = self._verified_start(last[0]) if last else 0
+        last = self.index.last()  # rebuilt if it did not match
+        expected = last[0] if last and start and start == last[1] else self.base_offset
+        next_offset = expected
+        scan = self._scan(start, self.size, expected)
+        while True:
+            try:
+                next_offset = next(scan)[1].next_offset
+            except StopIteration as done:
+                self.next_offset = next_offset
+                stop: ScanStop | None = done.value
+                return stop
 
     def corrupt(self, position: int, why: str, topic_partition: str) -> CorruptRecordError:
         return CorruptRecordError(

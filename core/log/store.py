@@ -9,67 +9,118 @@ Layout::
 
 Any number of read-only stores may open the same directory while a writer
 runs; they see what the writer has appended (see ``Partition.refresh``).
+
+A writer that finds the lock held waits a moment (``lock_timeout``) before it
+refuses, so a worker starting while a short CLI write holds the log starts
+once that write is done.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from ..errors import ConfigError, LogLockedError, TopicExistsError, UnknownTopicError
+from ..errors import ConfigError, LogLockedError, MillpondError, TopicExistsError, UnknownTopicError
 from .partition import Partition
 from .settings import TopicSettings, validate_topic_name
 from .topic import TOPIC_FILE, Topic
 
 CLEAN_SHUTDOWN = ".clean_shutdown"
 LOCK = ".lock"
+LOCK_TIMEOUT = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class LogStore:
-    def __init__(self, directory: str | Path, *, writable: bool = True) -> None:
+    def __init__(self, directory: str | Path, *, writable: bool = True, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.directory = Path(directory)
         self.writable = writable
         self.topics_dir = self.directory / "topics"
         self._lock_fd = -1
-        if writable:
-            self.topics_dir.mkdir(parents=True, exist_ok=True)
-            self._lock()
-            marker = self.directory / CLEAN_SHUTDOWN
-            self.clean_shutdown = marker.exists() or not any(self.topics_dir.iterdir())
-            marker.unlink(missing_ok=True)
-        else:
-            if not self.topics_dir.is_dir():
-                raise UnknownTopicError(f"no millpond log at {self.directory}")
-            self.clean_shutdown = True
+        if self.directory.exists() and not self.directory.is_dir():
+            raise MillpondError(f"the log directory {self.directory} is a file, not a directory")
+        try:
+            if writable:
+                self.topics_dir.mkdir(parents=True, exist_ok=True)
+                self._lock(lock_timeout)
+                marker = self.directory / CLEAN_SHUTDOWN
+                self.clean_shutdown = marker.exists() or not any(self.topics_dir.iterdir())
+                marker.unlink(missing_ok=True)
+            else:
+                if not self.topics_dir.is_dir():
+                    raise UnknownTopicError(f"no millpond log at {self.directory}")
+                self.clean_shutdown = True
+            names = sorted(self.topics_dir.iterdir()) if self.topics_dir.is_dir() else []
+        except (NotADirectoryError, FileExistsError, PermissionError) as exc:
+            self._unlock()
+            raise MillpondError(f"cannot open the log directory {self.directory}: {exc.strerror} "
+                                f"({exc.filename})") from None
         self.topics: dict[str, Topic] = {}
-        for path in sorted(self.topics_dir.iterdir()) if self.topics_dir.is_dir() else ():
-            if (path / TOPIC_FILE).exists():
-                self.topics[path.name] = Topic(path, writable=writable, clean_shutdown=self.clean_shutdown)
+        try:
+            for path in names:
+                if (path / TOPIC_FILE).exists():
+                    self.topics[path.name] = Topic(path, writable=writable, clean_shutdown=self.clean_shutdown)
+        except BaseException:
+            self._unlock()  # recovery failed (disk full?): opening again, even in this process, must not be refused
+            raise
 
-    def _lock(self) -> None:
+    def _lock(self, timeout: float) -> None:
         path = self.directory / LOCK
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise LogLockedError(
-                f"the log at {self.directory} is held by another process (pid {holder}); "
-                "stop it, or run this command through it"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        deadline = time.monotonic() + timeout
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = self._lock_holder(fd, path)
+                    os.close(fd)
+                    raise LogLockedError(
+                        f"the log at {self.directory} is held by another process ({holder}); "
+                        "stop it, or run this command through it"
+                    ) from None
+                if not waited:
+                    log.info("the log at %s is held by another process; waiting up to %.0f s", self.directory, timeout)
+                    waited = True
+                time.sleep(0.05)
         self._lock_fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except BaseException:
+            self._unlock()  # a full disk: nobody must be left holding the lock
+            raise
+
+    def _unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    @staticmethod
+    def _lock_holder(fd: int, path: Path) -> str:
+        """'pid N' from the lock file; the holder writes it right after taking the lock, so an
+        empty file is retried for a moment."""
+        for _ in range(20):
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            if text.isdigit():
+                return f"pid {text}"
+            time.sleep(0.01)
+        return f"it has not written its pid to {path}"
 
     # -- topics --
 
     def create_topic(self, name: str, partitions: int = 1, config: dict[str, Any] | None = None) -> Topic:
         validate_topic_name(name)
+        if type(partitions) is not int or partitions < 1:
+            raise ConfigError(f"topic {name!r}: partitions must be at least 1, got {partitions!r}")
         if name in self.topics:
             raise TopicExistsError(f"topic {name!r} already exists")
         settings = TopicSettings.parse(config or {}, name)
@@ -126,6 +177,39 @@ class LogStore:
     def partitions(self) -> list[Partition]:
         return [p for topic in self.topics.values() for p in topic.partitions]
 
+    # -- repair --
+
+    def repair(self, topic: str, partition: int | None, action: Literal["restore", "discard"]) -> list[str]:
+        """Put back (``restore``) or delete for good (``discard``) what recovery moved into
+        quarantine, for one partition or all of the topic's; returns one line per partition acted on.
+
+        Restore checks the quarantined segments first (every batch, with its CRC)
+        and refuses while they are still damaged: useful once the cause (a disk, a
+        bad copy) is fixed. Offsets are never reused, so new records written since
+        do not stand in the way.
+        """
+        if not self.writable:
+            raise LogLockedError(f"cannot repair {topic!r}: the log at {self.directory} is open read-only")
+        chosen = self.topic(topic)
+        numbers = range(len(chosen.partitions)) if partition is None else [self.partition(topic, partition).partition]
+        done: list[str] = []
+        for number in numbers:
+            part = chosen.partitions[number]
+            events = part.quarantined()
+            if not events:
+                continue
+            if action == "discard":
+                part.discard_quarantine()
+                done.append(f"{part.name}: discarded " + ", ".join(Path(e["folder"]).name for e in events))
+                continue
+            part.restore_quarantine()
+            reopened = Partition(part.directory, part.topic, part.partition, part.settings, writable=True)
+            reopened.rebuild_producer_state()
+            chosen.partitions[number] = reopened
+            done.append(f"{part.name}: restored " + ", ".join(Path(e["folder"]).name for e in events)
+                        + f"; offsets {reopened.log_start_offset}..{reopened.log_end_offset - 1} are readable")
+        return done
+
     # -- lifecycle --
 
     def flush(self) -> None:
@@ -133,9 +217,10 @@ class LogStore:
             partition.flush()
 
     def close(self) -> None:
-        for topic in self.topics.values():
-            topic.close()
-        if self.writable and self._lock_fd >= 0:
-            (self.directory / CLEAN_SHUTDOWN).touch()
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        try:
+            for topic in self.topics.values():
+                topic.close()
+            if self.writable and self._lock_fd >= 0:
+                (self.directory / CLEAN_SHUTDOWN).touch()
+        finally:
+            self._unlock()  # also when a flush failed: the next open recovers (no clean-shutdown marker)

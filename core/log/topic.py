@@ -1,4 +1,9 @@
-"""A topic: a name, its settings and its partitions, in ``topics/<name>/``."""
+"""A topic: a name, its settings and its partitions, in ``topics/<name>/``.
+
+``topic.json`` holds the partition count and the settings. It is checked
+before it is trusted: a file that does not parse, or a count that disagrees
+with the partition folders on disk, is a :class:`MillpondError` naming the file.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ import json
 import os
 from pathlib import Path
 
+from typing import Any
+
+from ..errors import ConfigError, MillpondError
 from ..records import partition_for_key
 from .partition import Partition
 from .settings import TopicSettings
@@ -18,8 +26,11 @@ class Topic:
     def __init__(self, directory: Path, *, writable: bool, clean_shutdown: bool = True) -> None:
         self.directory = directory
         self.name = directory.name
-        meta = json.loads((directory / TOPIC_FILE).read_text())
-        self.settings = TopicSettings.parse(meta.get("config", {}), self.name)
+        meta = self.read_meta(directory)
+        try:
+            self.settings = TopicSettings.parse(meta["config"], self.name)
+        except ConfigError as exc:
+            raise MillpondError(f"{directory / TOPIC_FILE} is damaged: {exc}") from None
         self.partitions = [
             Partition(
                 directory / str(p),
@@ -32,6 +43,28 @@ class Topic:
             for p in range(int(meta["partitions"]))
         ]
         self._round_robin = itertools.cycle(range(len(self.partitions)))
+
+    @staticmethod
+    def read_meta(directory: Path) -> dict[str, Any]:
+        """``topic.json``, checked: a partition count >= 1 that matches the folders, and a settings object."""
+        path = directory / TOPIC_FILE
+        try:
+            meta = json.loads(path.read_bytes())
+        except (ValueError, OSError) as exc:
+            raise MillpondError(f"{path} is damaged: it does not parse ({exc})") from None
+        if not isinstance(meta, dict):
+            raise MillpondError(f"{path} is damaged: it is not a JSON object")
+        count = meta.get("partitions")
+        if type(count) is not int or count < 1:
+            raise MillpondError(f"{path} is damaged: partitions is {count!r}, not a count >= 1")
+        if not isinstance(meta.get("config", {}), dict):
+            raise MillpondError(f"{path} is damaged: config is {meta.get('config')!r}, not an object")
+        if (directory / str(count)).is_dir():
+            raise MillpondError(
+                f"{path} is damaged: it says {count} partitions but partition folder {directory / str(count)} exists"
+            )
+        meta.setdefault("config", {})
+        return meta
 
     @staticmethod
     def write_meta(directory: Path, partitions: int, settings: TopicSettings, *, new: bool = True) -> None:

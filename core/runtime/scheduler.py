@@ -1,7 +1,10 @@
 """Periodic jobs of a running pipeline, on APScheduler's AsyncIOScheduler.
 
 - retention and compaction of the log (when the backend offers
-  ``run_retention`` / ``run_compaction``; Kafka does these itself);
+  ``run_retention`` / ``run_compaction``; Kafka does these itself), on the
+  interval or cron trigger of the file's ``maintenance:`` block, and on demand
+  (``POST /admin/retention``, ``millpond topics retain``), one run of a job at
+  a time;
 - a periodic flush request to every sink task, so offsets are committed and
   lag stays visible even while a sink sees a trickle of records;
 - progress logging: records/s per task and the lag of every sink's group.
@@ -9,14 +12,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
-from ..backends.base import LogBackend
+from ..backends.base import LogBackend, LogMaintenance
+from ..config import MaintenanceSettings
+from ..errors import ConfigError
 from .sink_task import SinkTask
 from .source_task import SourceTask
 
@@ -31,6 +40,44 @@ class JobIntervals:
     progress_s: float = 30.0
 
 
+Job = Literal["retention", "compaction"]
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceReport:
+    """What one run of a maintenance job did (the answer of ``POST /admin/<job>``)."""
+
+    job: str
+    #: retention: segments deleted; compaction: partitions cleaned
+    count: int
+    bytes_reclaimed: int
+    seconds: float
+
+    def shape(self) -> dict[str, Any]:
+        what = "segments_deleted" if self.job == "retention" else "partitions_compacted"
+        out = asdict(self)
+        out[what] = out.pop("count")
+        return out
+
+    def line(self) -> str:
+        what = "segment(s) deleted" if self.job == "retention" else "partition(s) compacted"
+        return f"{self.job}: {self.count} {what}, {self.bytes_reclaimed} bytes reclaimed in {self.seconds:.2f}s"
+
+
+async def run_maintenance(maintenance: LogMaintenance | None, job: Job) -> MaintenanceReport:
+    """Run ``job`` once on ``maintenance`` and say what it did; ConfigError when the log has none (Kafka)."""
+    if maintenance is None:
+        raise ConfigError(f"{job} is the Kafka brokers' job on this log; millpond runs it only on the embedded log")
+    before = maintenance.bytes_reclaimed.get(job, 0)
+    started = time.monotonic()
+    if job == "retention":
+        count = await maintenance.run_retention()
+    else:
+        count = await maintenance.run_compaction()
+    return MaintenanceReport(job, count, maintenance.bytes_reclaimed.get(job, 0) - before,
+                             time.monotonic() - started)
+
+
 class PipelineJobs:
     """Owns the scheduler and the job functions (kept as methods so tests can call them directly)."""
 
@@ -39,16 +86,30 @@ class PipelineJobs:
         backend: LogBackend,
         tasks: Sequence[SourceTask | SinkTask],
         intervals: JobIntervals | None = None,
+        maintenance: MaintenanceSettings | None = None,
     ) -> None:
         self.backend = backend
         self.tasks = list(tasks)
         self.intervals = intervals or JobIntervals()
+        #: the file's ``maintenance:`` block; a job it leaves out runs every ``intervals``' seconds
+        self.maintenance = maintenance or MaintenanceSettings()
         self.scheduler = AsyncIOScheduler()
         self._last_counts: dict[str, tuple[float, int]] = {}
         # for /metrics: runs of each maintenance job and what they did (segments deleted, partitions compacted)
         self.runs: dict[str, int] = {"retention": 0, "compaction": 0}
         self.failures: dict[str, int] = {"retention": 0, "compaction": 0}
         self.done: dict[str, int] = {"retention": 0, "compaction": 0}
+        self.bytes_reclaimed: dict[str, int] = {"retention": 0, "compaction": 0}
+        self._running: dict[str, asyncio.Lock] = {}
+
+    def trigger(self, job: Job) -> BaseTrigger:
+        """When ``job`` runs: the file's schedule, else every ``intervals`` seconds."""
+        schedule = self.maintenance.retention if job == "retention" else self.maintenance.compaction
+        if schedule is not None:
+            trigger: BaseTrigger = schedule.trigger()
+            return trigger
+        seconds = self.intervals.retention_s if job == "retention" else self.intervals.compaction_s
+        return IntervalTrigger(seconds=seconds)
 
     def start(self) -> None:
         aps = logging.getLogger("apscheduler")
@@ -57,8 +118,8 @@ class PipelineJobs:
         iv = self.intervals
         common = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         if self.backend.maintenance is not None:
-            self.scheduler.add_job(self.retention, "interval", seconds=iv.retention_s, id="retention", **common)
-            self.scheduler.add_job(self.compaction, "interval", seconds=iv.compaction_s, id="compaction", **common)
+            self.scheduler.add_job(self.retention, self.trigger("retention"), id="retention", **common)
+            self.scheduler.add_job(self.compaction, self.trigger("compaction"), id="compaction", **common)
         self.scheduler.add_job(self.flush_sinks, "interval", seconds=iv.sink_flush_s, id="sink-flush", **common)
         self.scheduler.add_job(self.progress, "interval", seconds=iv.progress_s, id="progress", **common)
         self.scheduler.start()
@@ -67,29 +128,32 @@ class PipelineJobs:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
 
+    async def run_now(self, job: Job) -> MaintenanceReport:
+        """Run ``job`` now (after a run in progress ends) and count it for ``/metrics``."""
+        lock = self._running.setdefault(job, asyncio.Lock())
+        async with lock:
+            try:
+                report = await run_maintenance(self.backend.maintenance, job)
+            except Exception:
+                self.failures[job] += 1
+                raise
+        self.runs[job] += 1
+        self.done[job] += report.count
+        self.bytes_reclaimed[job] += report.bytes_reclaimed
+        log.debug("%s", report.line())
+        return report
+
     async def retention(self) -> None:
-        try:
-            assert self.backend.maintenance is not None
-            result = await self.backend.maintenance.run_retention()
-            log.debug("retention: %s", result)
-            self._count("retention", result)
-        except Exception:
-            self.failures["retention"] += 1
-            log.exception("retention job failed; it runs again at the next interval")
+        await self._scheduled("retention")
 
     async def compaction(self) -> None:
-        try:
-            assert self.backend.maintenance is not None
-            result = await self.backend.maintenance.run_compaction()
-            log.debug("compaction: %s", result)
-            self._count("compaction", result)
-        except Exception:
-            self.failures["compaction"] += 1
-            log.exception("compaction job failed; it runs again at the next interval")
+        await self._scheduled("compaction")
 
-    def _count(self, job: str, result: int) -> None:
-        self.runs[job] += 1
-        self.done[job] += result
+    async def _scheduled(self, job: Job) -> None:
+        try:
+            await self.run_now(job)
+        except Exception:
+            log.exception("%s job failed; it runs again at its next scheduled time", job)
 
     async def flush_sinks(self) -> None:
         for task in self.tasks:

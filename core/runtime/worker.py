@@ -469,7 +469,7 @@ class Worker:
     async def run(self) -> None:
         """Run until stopped (signal, idle, terminal failure); raise the terminal failure if any."""
         _tune_gc()
-        jobs = self.jobs = PipelineJobs(self.backend, self.tasks, self.options.jobs)
+        jobs = self.jobs = PipelineJobs(self.backend, self.tasks, self.options.jobs, self.config.maintenance)
         jobs.start()
         supervisors = [
             asyncio.create_task(s.run(), name=f"millpond:{s.task.name}") for s in self.supervisors.values()

@@ -87,8 +87,8 @@ def test_abort_is_invisible_to_read_committed_only(tmp_path: Path) -> None:
                                       producer_epoch=state.epoch, transactional=True)
         assert backend.partition(TP0).last_stable_offset < backend.partition(TP0).high_watermark
         assert await values(backend, IsolationLevel.read_committed) == [b"committed"]  # stops at the LSO
-        state.partitions = [TP0]
-        backend._txns._end(state, commit=False)  # type: ignore[union-attr]
+        state.state, state.partitions = "ongoing", [TP0]
+        backend._txns._settle(state)  # type: ignore[union-attr]
         await producer.begin()
         await producer.send("t", Record(b"after"))
         await producer.commit()
@@ -135,6 +135,10 @@ def test_a_newer_producer_fences_the_older(tmp_path: Path) -> None:
             await old.commit()
         await new.send("t", Record(b"live"))
         await new.commit()
+        await old.begin()  # a fenced producer stays fenced: begin() does not register it again
+        await old.send("t", Record(b"zombie"))
+        with pytest.raises(TransactionError, match="fenced"):
+            await old.commit()
         assert await values(backend, IsolationLevel.read_committed) == [b"live"]
         await backend.close()
 

@@ -130,7 +130,7 @@ def test_topic_names_are_validated(store: LogStore) -> None:
 def test_one_writer_per_directory(tmp_path: Path) -> None:
     first = LogStore(tmp_path)
     with pytest.raises(LogLockedError, match=str(os.getpid())):
-        LogStore(tmp_path)
+        LogStore(tmp_path, lock_timeout=0.2)
     reader = LogStore(tmp_path, writable=False)  # readers are always welcome
     assert reader.topics == {}
     first.close()

@@ -106,6 +106,8 @@ class FakeBackend:
     def maintenance(self) -> FakeBackend:
         return self
 
+    bytes_reclaimed = {"retention": 0, "compaction": 0}
+
     async def run_retention(self, now_ms: int | None = None) -> int:
         self.retention_runs += 1
         return 0

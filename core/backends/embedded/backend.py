@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from ...log.store import LogStore
 from ...records import JsonRecords, Record, TopicPartition
 from ..base import GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, PartitionInfo, TopicSpec
 from .groups import GroupCoordinator
+from .storage import partition_writes, storage_errors
 from .transactions import TransactionCoordinator, TransactionState
 
 log = logging.getLogger(__name__)
@@ -44,19 +46,31 @@ class EmbeddedBackend(Lifecycle):
         self._groups: GroupCoordinator | None = None
         self._txns: TransactionCoordinator | None = None
         self._appended = asyncio.Event()
+        self.bytes_reclaimed: dict[str, int] = {"retention": 0, "compaction": 0}
 
     # -- lifecycle --
 
     async def open(self) -> None:
-        self._store = LogStore(self.directory, writable=not self.readonly)
-        self._groups = GroupCoordinator(self._store)
-        if not self.readonly:
-            self._txns = TransactionCoordinator(self._store, self._groups, fsync=self.fsync)
+        # Opening a writer writes too: recovery cuts torn tails and completes transactions.
+        with nullcontext() if self.readonly else storage_errors(self.directory):
+            store = LogStore(self.directory, writable=not self.readonly)
+            try:
+                self._groups = GroupCoordinator(store)
+                if not self.readonly:
+                    self._txns = TransactionCoordinator(store, self._groups, fsync=self.fsync)
+            except BaseException:
+                try:
+                    store.close()  # release the lock: opening again must not find it held by us
+                except Exception:  # noqa: BLE001 - the first error says what went wrong
+                    log.debug("closing %s after a failed open failed too", self.directory, exc_info=True)
+                raise
+        self._store = store
 
     async def close(self) -> None:
         if self._store is not None:
-            self._store.close()
-            self._store = None
+            store, self._store = self._store, None  # closed even if a flush fails: the lock is let go
+            with storage_errors(self.directory):
+                store.close()
 
     @property
     def store(self) -> LogStore:
@@ -88,16 +102,19 @@ class EmbeddedBackend(Lifecycle):
         self._writer("create a topic")
         if exist_ok and spec.name in self.store.topics:
             return
-        self.store.create_topic(spec.name, spec.partitions, dict(spec.config))
+        with storage_errors(self.store.topics_dir / spec.name):
+            self.store.create_topic(spec.name, spec.partitions, dict(spec.config))
 
     async def alter_topic(self, spec: TopicSpec) -> dict[str, tuple[object, object]]:
         """Bring an existing topic's settings in line with ``spec``; returns what changed."""
         self._writer("change a topic")
-        return self.store.alter_topic(spec.name, spec.partitions, dict(spec.config))
+        with storage_errors(self.store.topics_dir / spec.name):
+            return self.store.alter_topic(spec.name, spec.partitions, dict(spec.config))
 
     async def delete_topic(self, name: str) -> None:
         self._writer("delete a topic")
-        self.store.delete_topic(name)
+        with storage_errors(self.store.topics_dir / name):
+            self.store.delete_topic(name)
 
     async def list_topics(self) -> list[str]:
         if self.readonly:
@@ -118,6 +135,7 @@ class EmbeddedBackend(Lifecycle):
                     p.last_stable_offset,
                     p.size_bytes,
                     len(p.segments),
+                    tuple(p.problems + p.check_tails()),
                 )
             )
         return infos
@@ -185,6 +203,7 @@ class EmbeddedBackend(Lifecycle):
         results = await self._each_partition(
             "apply retention", lambda p: p.settings.delete, lambda p, now: enforce_retention(p, now), now_ms
         )
+        self.bytes_reclaimed["retention"] += sum(r.bytes_deleted for r in results)
         return sum(r.segments_deleted for r in results)
 
     async def run_compaction(self, now_ms: int | None = None) -> int:
@@ -194,6 +213,7 @@ class EmbeddedBackend(Lifecycle):
         results = await self._each_partition(
             "compact", lambda p: p.settings.compact, lambda p, now: compact(p, now), now_ms
         )
+        self.bytes_reclaimed["compaction"] += sum(r.bytes_before - r.bytes_after for r in results if r)
         return sum(1 for r in results if r)
 
     async def _each_partition(
@@ -210,12 +230,14 @@ class EmbeddedBackend(Lifecycle):
         results = []
         for partition in self.store.partitions():
             if wanted(partition):
-                results.append(job(partition, now))
+                with partition_writes(partition):
+                    results.append(job(partition, now))
                 await asyncio.sleep(0)
         return results
 
     async def flush(self) -> None:
-        self.store.flush()
+        with storage_errors(self.directory):
+            self.store.flush()
 
 
 class EmbeddedProducer:
@@ -263,18 +285,37 @@ class EmbeddedProducer:
         if self._in_transaction:
             raise TransactionError("flush inside a transaction: call commit() instead")
         self.backend._writer("produce")
-        pending, self._pending = self._pending, {}
-        for tp, rows in pending.items():
-            partition = self.backend.partition(tp)
-            for start in range(0, len(rows), BATCH_RECORDS):
-                partition.append(rows[start : start + BATCH_RECORDS])
-        if pending:
-            self.backend.notify()
+        appended = False
+        try:
+            # Records leave the buffer only once appended: after a failed write
+            # (disk full) the next flush sends exactly what was not written.
+            for tp in list(self._pending):
+                rows = self._pending[tp]
+                partition = self.backend.partition(tp)
+                done = 0
+                try:
+                    with partition_writes(partition):
+                        while done < len(rows):
+                            partition.append(rows[done : done + BATCH_RECORDS])
+                            done += BATCH_RECORDS
+                            appended = True
+                finally:
+                    if done >= len(rows):
+                        del self._pending[tp]
+                    elif done:
+                        self._pending[tp] = rows[done:]
+        finally:
+            if appended:
+                self.backend.notify()
 
     async def init(self) -> None:
-        if self.transactional_id is not None and self._state is None:
-            self._state = self.backend._writer("begin a transaction").init_producer(self.transactional_id)
-            self._epoch = self._state.epoch
+        """Register the producer; again when its last transaction did not complete, which completes it."""
+        if self.transactional_id is None:
+            return
+        if self._state is not None and (self._state.epoch != self._epoch or self._state.complete):
+            return  # ready, or fenced by a newer producer (commit() says so)
+        self._state = self.backend._writer("begin a transaction").init_producer(self.transactional_id)
+        self._epoch = self._state.epoch
 
     async def begin(self) -> None:
         if self.transactional_id is None:
@@ -297,8 +338,11 @@ class EmbeddedProducer:
         pending, offsets = self._pending, self._offsets
         self._pending, self._offsets = {}, {}
         self._in_transaction = False
-        self.backend._writer("commit").commit(self._state, self._epoch, pending, offsets)
-        self.backend.notify()
+        try:
+            # A transaction this leaves incomplete is completed by the next begin() (see init()).
+            self.backend._writer("commit").commit(self._state, self._epoch, pending, offsets)
+        finally:
+            self.backend.notify()  # markers written either way move the last stable offset
 
     async def abort(self) -> None:
         # Nothing reached the log yet: records are appended only at commit.

@@ -21,6 +21,7 @@ from ...log.batch import Row
 from ...log.partition import Partition
 from ...log.store import LogStore
 from ...records import TopicPartition
+from .storage import partition_writes
 
 OFFSETS_TOPIC = "__consumer_offsets"
 OFFSETS_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": 16 << 20}
@@ -89,7 +90,9 @@ class GroupCoordinator:
     def commit(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
         if not offsets:
             return
-        self._partition.append(offset_rows(group, offsets))
+        partition = self._partition
+        with partition_writes(partition):
+            partition.append(offset_rows(group, offsets))
         self.apply(group, offsets)
 
     def apply(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
@@ -103,8 +106,11 @@ class GroupCoordinator:
         return sorted(g for g, offsets in self._committed.items() if offsets)
 
     def delete(self, group: str) -> None:
-        offsets = self._committed.pop(group, {})
+        offsets = self._committed.get(group, {})
         if offsets:
-            self._partition.append(
-                [Row(json.dumps([group, tp.topic, tp.partition]).encode(), None, None, []) for tp in offsets]
-            )
+            partition = self._partition
+            with partition_writes(partition):
+                partition.append(
+                    [Row(json.dumps([group, tp.topic, tp.partition]).encode(), None, None, []) for tp in offsets]
+                )
+        self._committed.pop(group, None)  # forgotten in memory only once the tombstones are written

@@ -10,10 +10,35 @@ The protocol is Kafka's, on one machine:
 3. A COMMIT control batch is appended to every partition; offsets committed in
    the transaction take effect; ``complete_commit`` is recorded.
 
-Aborting writes ABORT markers instead, and the partitions remember the
-aborted range so read_committed readers skip it. On open, a decision that was
-made but not completed is completed, and every transaction still open in any
-partition (a crash before its decision) is aborted.
+Aborting writes a durable ``prepare_abort`` and ABORT markers instead, and the
+partitions remember the aborted range so read_committed readers skip it. On
+open, a decision that was made but not completed is completed, and every
+transaction still open in any partition (a crash before its decision) is
+aborted.
+
+A write can fail anywhere on this path (disk full, EIO). A transaction never
+ends half-way because of it:
+
+- before the commit point, ``commit`` raises and the transaction is aborted:
+  ``prepare_abort`` is written durably *after* any ``prepare_commit`` that may
+  have reached the file (the last record of a transactional id wins), then
+  the ABORT markers;
+- after the commit point, ``commit`` returns: the transaction is committed
+  (as in Kafka, where the markers are written after the commit returns);
+- whatever could not be written is retried, and until it is, the producer
+  cannot start another transaction (its data would join the open one in the
+  partitions): ``commit`` raises ``TransactionError``, and ``init_producer``
+  completes the transaction first, raising ``StorageError`` while it still
+  cannot. After a restart, recovery completes it the same way.
+
+So ``commit`` returning means committed, and raising means aborted once the
+producer is initialised again. Only a crash before that can still commit a
+transaction whose commit raised: when its ``prepare_commit`` reached the disk
+but its fsync failed. Its source offsets then say so, as they are part of it.
+
+COMMIT markers are fsynced before the next durable write to
+``__transaction_state``, so a ``complete_commit`` never reaches the disk ahead
+of its markers (recovery would otherwise abort data it was told committed).
 
 ``__transaction_state`` records::
 
@@ -24,20 +49,26 @@ partition (a crash before its decision) is aborted.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ...errors import TransactionError
+from ...errors import TransactionError, UnknownTopicError
 from ...log.batch import Encodable, Row
 from ...log.partition import Partition
 from ...log.store import LogStore
 from ...records import TopicPartition
 from .groups import OFFSETS_TOPIC, GroupCoordinator, offset_rows
+from .storage import partition_writes as writing
+
+log = logging.getLogger(__name__)
 
 STATE_TOPIC = "__transaction_state"
 STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": 16 << 20}
 MAX_BATCH_RECORDS = 10_000
+#: states in which the producer may start a transaction
+FINAL_STATES = frozenset({"empty", "complete_commit", "complete_abort"})
 
 
 @dataclass
@@ -47,6 +78,15 @@ class TransactionState:
     epoch: int
     state: str = "empty"
     partitions: list[TopicPartition] = field(default_factory=list)
+    # In memory only, for a transaction that is not complete:
+    #: False while a ``prepare_abort`` decided in memory is not yet durable
+    decision_written: bool = True
+    #: the error that left it incomplete, for the message on the next use
+    failure: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.state in FINAL_STATES
 
 
 class TransactionCoordinator:
@@ -57,6 +97,8 @@ class TransactionCoordinator:
         if STATE_TOPIC not in store.topics:
             store.create_topic(STATE_TOPIC, 1, STATE_TOPIC_CONFIG)
         self._states: dict[str, TransactionState] = {}
+        #: partitions holding COMMIT markers not yet fsynced
+        self._unsynced_markers: set[TopicPartition] = set()
         self._load()
         self._recover()
 
@@ -94,9 +136,32 @@ class TransactionCoordinator:
                 "partitions": [list(tp) for tp in state.partitions],
             }
         ).encode()
-        self._log.append([Row(state.transactional_id.encode(), value, int(time.time() * 1000), [])])
-        if durable and self.fsync:
-            self._log.flush()
+        if durable:
+            self._sync_markers()
+        partition = self._log
+        with writing(partition):
+            partition.append([Row(state.transactional_id.encode(), value, int(time.time() * 1000), [])])
+            if durable and self.fsync:
+                partition.flush()
+
+    def _sync_markers(self) -> None:
+        """fsync the segments holding COMMIT markers, before a durable state record can claim them.
+
+        After a power loss, a marker that did not reach the disk leaves its
+        data open, and recovery aborts open data unless ``__transaction_state``
+        still says ``prepare_commit``; the next durable state record may say
+        otherwise. Only the segment is fsynced (a roll since fsynced the older
+        ones): the checkpoint may lag, recovery re-reads past it.
+        """
+        for tp in sorted(self._unsynced_markers):
+            try:
+                partition = self.store.partition(tp.topic, tp.partition)
+            except UnknownTopicError:  # deleted since
+                self._unsynced_markers.discard(tp)
+                continue
+            with writing(partition):
+                partition.active_segment.flush()
+            self._unsynced_markers.discard(tp)
 
     def _recover(self) -> None:
         for state in self._states.values():
@@ -104,24 +169,37 @@ class TransactionCoordinator:
                 self._complete(state, commit=state.state == "prepare_commit")
         for partition in self.store.partitions():
             for producer_id in partition.ongoing_producers():
-                partition.append_control(producer_id, -1, commit=False)
-                partition.flush(fsync=self.fsync)
+                with writing(partition):
+                    partition.append_control(producer_id, -1, commit=False)
+                    partition.flush(fsync=self.fsync)
         self.groups.reload()  # offsets of transactions completed just now
 
     def init_producer(self, transactional_id: str) -> TransactionState:
-        """Register (or re-register, fencing the old epoch) a transactional producer."""
+        """Register (or re-register, fencing the old epoch) a transactional producer.
+
+        A transaction of this id that did not complete is completed first (see
+        the module docstring); while that still fails, this raises its
+        ``StorageError`` and the producer stays unusable.
+        """
         state = self._states.get(transactional_id)
         if state is None:
             next_id = max((s.producer_id for s in self._states.values()), default=999) + 1
-            state = TransactionState(transactional_id, next_id, 0)
-        else:
-            if state.state == "ongoing":
-                self._end(state, commit=False)
-            state.epoch += 1
+            new = TransactionState(transactional_id, next_id, 0)
+            self._write_state(new, durable=False)
+            self._states[transactional_id] = new
+            return new
+        if not state.complete:
+            self._settle(state)
+        previous = state.state
+        state.epoch += 1
         state.state = "empty"
-        state.partitions = []
-        self._states[transactional_id] = state
-        self._write_state(state, durable=False)
+        try:
+            self._write_state(state, durable=False)
+        except BaseException:
+            # Not re-registered: the producer holding the current epoch is not fenced by this.
+            state.epoch -= 1
+            state.state = previous
+            raise
         return state
 
     def _check_epoch(self, state: TransactionState, epoch: int) -> None:
@@ -129,6 +207,12 @@ class TransactionCoordinator:
         if current.epoch != epoch or current.producer_id != state.producer_id:
             raise TransactionError(
                 f"producer {state.transactional_id!r} epoch {epoch} was fenced by a newer one (epoch {current.epoch})"
+            )
+        if not current.complete:
+            raise TransactionError(
+                f"the last transaction of producer {state.transactional_id!r} is not complete "
+                f"({current.state}, after: {current.failure or 'an error'}); "
+                "initialise the producer again to complete it"
             )
 
     def commit(
@@ -138,51 +222,102 @@ class TransactionCoordinator:
         data: Mapping[TopicPartition, Sequence[Encodable]],
         offsets: Mapping[str, Mapping[TopicPartition, int]],
     ) -> None:
-        """Append ``data`` and ``offsets`` as one transaction and commit it."""
+        """Append ``data`` and ``offsets`` as one transaction and commit it.
+
+        Raises ``StorageError`` (``DiskFullError``) when a write before the
+        commit point fails: the transaction is aborted, now or when the
+        producer is initialised again. A failure after it does not raise (the
+        transaction is committed); the markers it left out are written when
+        the producer is initialised again.
+        """
         self._check_epoch(state, epoch)
         state.state = "ongoing"
         state.partitions = sorted(set(data) | ({TopicPartition(OFFSETS_TOPIC, 0)} if offsets else set()))
         try:
             for tp, rows in data.items():
                 partition = self.store.partition(tp.topic, tp.partition)
-                for start in range(0, len(rows), MAX_BATCH_RECORDS):
-                    partition.append(
-                        rows[start : start + MAX_BATCH_RECORDS],
+                with writing(partition):
+                    for start in range(0, len(rows), MAX_BATCH_RECORDS):
+                        partition.append(
+                            rows[start : start + MAX_BATCH_RECORDS],
+                            producer_id=state.producer_id,
+                            producer_epoch=epoch,
+                            transactional=True,
+                        )
+            offsets_partition = self.store.partition(OFFSETS_TOPIC, 0)
+            with writing(offsets_partition):
+                for group, group_offsets in offsets.items():
+                    offsets_partition.append(
+                        offset_rows(group, group_offsets),
                         producer_id=state.producer_id,
                         producer_epoch=epoch,
                         transactional=True,
                     )
-            offsets_partition = self.store.partition(OFFSETS_TOPIC, 0)
-            for group, group_offsets in offsets.items():
-                offsets_partition.append(
-                    offset_rows(group, group_offsets),
-                    producer_id=state.producer_id,
-                    producer_epoch=epoch,
-                    transactional=True,
-                )
-        except BaseException:
-            self._end(state, commit=False)
+            if self.fsync:
+                for tp in state.partitions:
+                    partition = self.store.partition(tp.topic, tp.partition)
+                    with writing(partition):
+                        partition.flush()
+                    self._unsynced_markers.discard(tp)  # fsynced with the data
+            state.state = "prepare_commit"
+            self._write_state(state, durable=True)  # the commit point, once it returns
+        except BaseException as exc:
+            # Not committed: a prepare_commit that failed to become durable is
+            # overwritten by the prepare_abort written after it.
+            state.state = "prepare_abort"
+            state.decision_written = False
+            self._abort_after(state, exc)
             raise
-        if self.fsync:
-            for tp in state.partitions:
-                self.store.partition(tp.topic, tp.partition).flush()
-        self._end(state, commit=True)
+        # Committed, whatever fails from here on.
         for group, group_offsets in offsets.items():
             self.groups.apply(group, group_offsets)
+        try:
+            self._complete(state, commit=True)
+        except Exception as exc:  # noqa: BLE001 - completed when the producer is initialised again
+            state.failure = str(exc)
+            log.warning(
+                "transaction of %r committed, but its markers are not all written yet (%s); "
+                "read_committed readers of its partitions wait until they are",
+                state.transactional_id,
+                exc,
+            )
 
-    def _end(self, state: TransactionState, *, commit: bool) -> None:
-        state.state = "prepare_commit" if commit else "prepare_abort"
-        self._write_state(state, durable=True)
-        self._complete(state, commit=commit)
+    def _abort_after(self, state: TransactionState, exc: BaseException) -> None:
+        state.failure = str(exc)
+        try:
+            self._settle(state)
+        except Exception:  # noqa: BLE001 - the caller raises the first error; the next init retries
+            log.debug("transaction of %r stays open until its abort can be written", state.transactional_id,
+                      exc_info=True)
+
+    def _settle(self, state: TransactionState) -> None:
+        """Complete a transaction whose commit or abort failed part-way (idempotent, retried)."""
+        if state.state == "ongoing":
+            state.state = "prepare_abort"
+            state.decision_written = False
+        if not state.decision_written:
+            self._write_state(state, durable=True)
+            state.decision_written = True
+        self._complete(state, commit=state.state == "prepare_commit")
 
     def _complete(self, state: TransactionState, *, commit: bool) -> None:
+        """Write the markers still missing, then the final state (every step may be repeated)."""
         for tp in state.partitions:
             try:
                 partition = self.store.partition(tp.topic, tp.partition)
-            except Exception:  # noqa: BLE001 - the topic was deleted since
+            except UnknownTopicError:  # the topic was deleted since
                 continue
             if state.producer_id in partition.ongoing_producers():
-                partition.append_control(state.producer_id, state.epoch, commit=commit)
+                with writing(partition):
+                    partition.append_control(state.producer_id, state.epoch, commit=commit)
+                if commit and self.fsync:
+                    self._unsynced_markers.add(tp)
+        decided, partitions = state.state, state.partitions
         state.state = "complete_commit" if commit else "complete_abort"
         state.partitions = []
-        self._write_state(state, durable=False)
+        try:
+            self._write_state(state, durable=False)
+        except BaseException:
+            state.state, state.partitions = decided, partitions
+            raise
+        state.failure = ""

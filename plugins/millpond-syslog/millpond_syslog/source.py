@@ -210,7 +210,7 @@ class SyslogSource(Source):
     async def poll(self) -> SourceBatch | None:
         if self._queue.empty():
             return None
-        records = []
+        records: list[Record] = []
         while len(records) < self.config.batch_records and not self._queue.empty():
             records.append(self._queue.get_nowait())
         self.received += len(records)
