@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import queue
 import select
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -31,10 +28,10 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from .api.client import TOKEN_ENV, WorkerClient, find_worker
 from .errors import MillpondError
 
 DEFAULT_API = "127.0.0.1:8083"
-TOKEN_ENV = "MILLPOND_API_TOKEN"
 #: samples kept for the lag trend (one a second)
 TREND_SAMPLES = 30
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -42,56 +39,22 @@ KEYS = "↑↓/1-9 select  p pause  r resume  R restart  q quit"
 
 
 class WorkerUnreachableError(MillpondError):
-    """The worker's API did not answer (not running, wrong address, bad token)."""
+    """No worker to look at: none holds the log, or none answers."""
 
     retriable = True
 
 
-class Api:
-    """A small blocking client for the worker's API (top polls once a second; nothing async needed)."""
-
-    def __init__(self, url: str, token: str | None = None, timeout: float = 15.0) -> None:
-        self.url = url.rstrip("/")
-        self.token = token
-        self.timeout = timeout
-
-    def request(self, method: str, path: str) -> Any:
-        req = urllib.request.Request(self.url + path, method=method)
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.loads(exc.read()).get("message", exc.reason)
-            except ValueError:
-                message = exc.reason
-            raise WorkerUnreachableError(f"{method} {self.url}{path}: {exc.code} {message}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise WorkerUnreachableError(f"no worker API answers at {self.url}: {reason}") from None
-        return json.loads(body) if body else None
-
-    def get(self, path: str) -> Any:
-        return self.request("GET", path)
-
-
-def find_api(api: str | None, log_dir: str | None) -> str:
-    """The API's URL: ``--api`` as given, else the one the worker on ``log_dir`` wrote, else the default."""
+def find_api(api: str | None, log_dir: str | None, token: str | None = None) -> WorkerClient:
+    """The worker to show: at ``--api`` as given, else the one holding ``log_dir``, else the default address."""
     if api:
-        return api if "://" in api else f"http://{api}"
+        return WorkerClient(api if "://" in api else f"http://{api}", token=token)
     if log_dir:
-        path = os.path.join(log_dir, ".worker.json")
-        try:
-            with open(path) as f:
-                return str(json.load(f)["url"])
-        except FileNotFoundError:
-            raise WorkerUnreachableError(f"no worker runs on the log {log_dir} (no {path}); "
-                                         "start one with millpond run, or give --api HOST:PORT") from None
-        except (OSError, ValueError, KeyError) as exc:
-            raise WorkerUnreachableError(f"{path}: unreadable ({exc})") from None
-    return f"http://{DEFAULT_API}"
+        found = find_worker(log_dir)
+        if found is None:
+            raise WorkerUnreachableError(f"no worker runs on the log {log_dir} (no process holds it); "
+                                         "start one with millpond run, or give --api HOST:PORT")
+        return WorkerClient(found.url, found.pid, token or found.token)
+    return WorkerClient(f"http://{DEFAULT_API}", token=token)
 
 
 # -- formatting ----------------------------------------------------------------------
@@ -151,7 +114,7 @@ _STATE_STYLE = {"RUNNING": "green", "PAUSED": "yellow", "STOPPED": "yellow", "FA
 class Source:
     """One worker as top sees it: its API, identity, samples so far, and why it is not answering."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: WorkerClient) -> None:
         self.api = api
         self.root: dict[str, Any] = {}
         self.samples: deque[dict[str, Any]] = deque(maxlen=TREND_SAMPLES)
@@ -160,13 +123,13 @@ class Source:
 
     def refresh(self) -> None:
         if not self.root:
-            self.root = self.api.get("/")
+            self.root = self.api.request("GET", "/")
         since = f"?since={self.samples[-1]['time']}" if self.samples else ""
-        self.samples.extend(self.api.get(f"/history{since}")["samples"])
+        self.samples.extend(self.api.request("GET", f"/history{since}")["samples"])
         self.failures = {}
         for name, c in self.latest.get("connectors", {}).items():
             if c["state"] == "FAILED" or "FAILED" in c.get("task_states", []):
-                status = self.api.get(f"/connectors/{name}/status")
+                status = self.api.request("GET", f"/connectors/{name}/status")
                 traces = [t.get("trace", "") for t in status["tasks"] if t.get("trace")]
                 self.failures[name] = traces[0].strip().splitlines()[-1] if traces else "failed"
         self.error = None
@@ -188,7 +151,7 @@ class View:
     A key acts on the selected connector on every worker that runs it.
     """
 
-    def __init__(self, apis: Api | list[Api]) -> None:
+    def __init__(self, apis: WorkerClient | list[WorkerClient]) -> None:
         self.sources = [Source(a) for a in (apis if isinstance(apis, list) else [apis])]
         self.selected = 0
         self.message = ""
@@ -198,7 +161,7 @@ class View:
         for source in self.sources:
             try:
                 source.refresh()
-            except WorkerUnreachableError as exc:
+            except MillpondError as exc:
                 if len(self.sources) == 1:
                     raise
                 source.error = str(exc)
@@ -382,7 +345,7 @@ def live(view: View, interval: float) -> None:
                     next_poll = time.monotonic() + interval
                     try:
                         view.refresh()
-                    except WorkerUnreachableError as exc:
+                    except MillpondError as exc:
                         view.message = str(exc)
                 screen.update(view.render(interactive=True), refresh=True)
     finally:
@@ -393,8 +356,7 @@ def live(view: View, interval: float) -> None:
 
 def cmd_top(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get(TOKEN_ENV)
-    view = View([Api(find_api(api, None), token) for api in args.api] if args.api
-                else Api(find_api(None, args.log), token))
+    view = View([find_api(api, None, token) for api in args.api] if args.api else find_api(None, args.log, token))
     if args.once:
         once(view, sys.stdout)
         return 0
