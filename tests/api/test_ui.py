@@ -9,6 +9,7 @@ Under CI=true a missing Chromium fails the test (tests/servers/common.py's rule)
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -253,8 +254,11 @@ def test_read_endpoints_answer_what_the_log_holds(tmp_path: Path) -> None:
                  "last_stable_offset": p.last_stable_offset, "size_bytes": p.size_bytes,
                  "segments": p.segments} for p in infos]
             page = await w.get("/topics/lines/partitions/0/records?offset=0&limit=7")
-            assert [r["value"] for r in page["records"]] == [{"text": f"line {i}"} for i in range(7)]
-            assert page["records"][0]["headers"] == [] and page["records"][0]["key"] is None
+            # the shape POST /topics/{t}/records takes, plus the offset
+            assert [base64.b64decode(r["value"]) for r in page["records"]] == [b"line %d" % i for i in range(7)]
+            assert page["records"][0] == {"offset": 0, "key": None, "value": page["records"][0]["value"],
+                                          "timestamp": page["records"][0]["timestamp"], "headers": [],
+                                          "partition": 0}
             # by time: the first record at or after the 100th one's timestamp, as the log answers
             later = (await w.get("/topics/lines/partitions/0/records?offset=100&limit=1"))["records"][0]
             by_time = await w.get(f"/topics/lines/partitions/0/records?timestamp={later['timestamp']}&limit=1")

@@ -5,8 +5,10 @@
                                                    per connector counts, rates and state; lag
                                                    per group and partition; log size per topic
 ``GET /topics`` (``?all=true``)                    topics and their partitions' offsets and size
-``GET /topics/{topic}/partitions/{p}/records``     ``?offset=N`` or ``?timestamp=MS``,
-                                                   ``&limit=`` (committed records; keys, headers)
+``GET /topics/{topic}/partitions/{p}/records``     ``?offset=N`` or ``?timestamp=MS``, ``&limit=``:
+                                                   committed records, each in the shape
+                                                   ``POST /topics/{topic}/records`` takes (bytes
+                                                   in base64) plus its ``offset``
 ``GET /ui/``                                       the dashboard (static files in this package)
 =================================================  ==========================================
 
@@ -25,7 +27,6 @@ a browser cannot add a header to a page load); every call they make carries it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import contextlib
 import json
@@ -38,6 +39,7 @@ from aiohttp import web
 
 from ...backends.base import IsolationLevel
 from ...records import TopicPartition
+from ..admin import encode_records
 
 if TYPE_CHECKING:
     from ...runtime.worker import Worker
@@ -66,19 +68,6 @@ def _int(request: web.Request, name: str) -> int | None:
         return int(raw)
     except ValueError:
         _http(400, f"query parameter {name}={raw!r} is not an integer")
-
-
-def _data(data: Any) -> dict[str, Any] | None:
-    """A key, value or header value as JSON: text when it is UTF-8, else base64."""
-    if data is None:
-        return None
-    if isinstance(data, str):
-        return {"text": data}
-    raw = bytes(data)
-    try:
-        return {"text": raw.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {"base64": base64.b64encode(raw).decode("ascii")}
 
 
 class Views:
@@ -250,12 +239,9 @@ class Views:
                 while len(records) < limit and await consumer.position(tp) < end and empty < 10:
                     batch = await consumer.poll(max_records=limit - len(records), timeout=0.1)
                     empty = 0 if batch else empty + 1
-                    for r in batch:
-                        if r.topic_partition == tp and len(records) < limit:
-                            records.append({
-                                "offset": r.offset, "timestamp": r.timestamp, "key": _data(r.key),
-                                "headers": [{"key": k, "value": _data(v)} for k, v in r.headers],
-                                "value": _data(r.value)})
+                    mine = [r for r in batch if r.topic_partition == tp][:limit - len(records)]
+                    for r, shaped in zip(mine, encode_records(mine, partition)):
+                        records.append({"offset": r.offset, **shaped})
             finally:
                 await consumer.close()
         return web.json_response({"topic": topic, "partition": partition, "start": start,

@@ -62,9 +62,16 @@ function fmtBytes(n) {
   return (i ? n.toFixed(1) : n) + " " + units[i];
 }
 
-function fmtData(d) {
-  if (d === null || d === undefined) return "null";
-  return d.text !== undefined ? d.text : "base64:" + d.base64;
+// Keys, values and header values come as base64 (the shape POST /topics/{t}/records takes):
+// shown as text when they are UTF-8, else as base64.
+function fmtData(b64) {
+  if (b64 === null || b64 === undefined) return "null";
+  const bytes = Uint8Array.from(atob(b64), ch => ch.charCodeAt(0));
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch (e) {
+    return "base64:" + b64;
+  }
 }
 
 // -- polling -------------------------------------------------------------------------
@@ -345,7 +352,7 @@ async function browse(ev) {
       el("td", { class: "num", text: r.offset }),
       el("td", { text: r.timestamp === null ? "-" : new Date(r.timestamp).toISOString() }),
       el("td", { text: fmtData(r.key) }),
-      el("td", { text: r.headers.map(h => h.key + "=" + fmtData(h.value)).join(", ") }),
+      el("td", { text: r.headers.map(([name, value]) => name + "=" + fmtData(value)).join(", ") }),
       el("td", { text: fmtData(r.value) }))));
   } catch (e) {
     $("b-info").textContent = e.message;
