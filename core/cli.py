@@ -1259,6 +1259,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--execute", action="store_true", help="replay (default: show the plan)")
     mode.add_argument("--dry-run", action="store_true", help="show the plan, change nothing (the default)")
     p.set_defaults(func=_async(dlq_replay))
+
+    from . import top
+
+    top.add_parser(sub)
     return parser
 
 

@@ -45,7 +45,7 @@ class WorkerClient:
     """The API of one running worker."""
 
     url: str
-    pid: int
+    pid: int | None = None  # None: reached by address (millpond top --api), not found from a log
     token: str | None = None
 
     def request(self, method: str, path: str, body: Any = None, *, data: bytes | None = None,
@@ -66,8 +66,8 @@ class WorkerClient:
             status, raw = exc.code, exc.read()
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise MillpondError(f"worker (pid {self.pid}) at {self.url} did not answer {method} {path}: {reason}") \
-                from None
+            who = "worker" if self.pid is None else f"worker (pid {self.pid})"
+            raise MillpondError(f"{who} at {self.url} did not answer {method} {path}: {reason}") from None
         try:
             decoded = json.loads(raw) if raw else None
         except ValueError:

@@ -20,6 +20,8 @@ Paths and JSON shapes are Kafka Connect's, so tools written for Connect work:
 ``GET /metrics``                         Prometheus text format
 ``/topics``, ``/groups``, ``/admin``     what the CLI's writing commands do through a
                                          worker (``admin.py``)
+``GET /history``, ``/topics``, ``/ui/``  for the views (``millpond top``, the dashboard);
+                                         see ``millpond.api.ui``
 =======================================  ==============================================
 
 Safe by default: it binds loopback; any other address is refused unless a
@@ -102,6 +104,9 @@ class ApiServer:
         from .metrics import WorkerMetrics
 
         self.metrics = WorkerMetrics(worker)
+        from .ui import Views
+
+        self.views = Views(worker)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -115,6 +120,7 @@ class ApiServer:
         await site.start()
         self._runner = runner
         self.metrics.watch_fsync()
+        self.views.start()
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{port}"
@@ -151,6 +157,7 @@ class ApiServer:
 
     async def close(self) -> None:
         self.metrics.unwatch_fsync()
+        await self.views.close()
         if self._file is not None:
             with contextlib.suppress(OSError, ValueError):
                 with open(self._file) as f:
@@ -188,10 +195,12 @@ class ApiServer:
         from .admin import AdminApi
 
         AdminApi(self.worker).routes(app)
+        self.views.routes(app)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.token is not None:
+        if self.token is not None and not (request.path == "/ui" or request.path.startswith("/ui/")):
+            # the dashboard's files load without it (a browser cannot add it to a page load); its calls carry it
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
                 return _error(401, "a bearer token is required (Authorization: Bearer ...)")

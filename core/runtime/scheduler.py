@@ -94,7 +94,10 @@ class PipelineJobs:
         #: the file's ``maintenance:`` block; a job it leaves out runs every ``intervals``' seconds
         self.maintenance = maintenance or MaintenanceSettings()
         self.scheduler = AsyncIOScheduler()
-        self._last_counts: dict[str, tuple[float, int]] = {}
+        # the first progress line's rate is over its first interval, not "0/s" from a sample with no predecessor
+        started = time.monotonic()
+        self._last_counts: dict[str, tuple[float, int]] = {
+            t.name: (started, t.records_out if isinstance(t, SourceTask) else t.records_in) for t in self.tasks}
         # for /metrics: runs of each maintenance job and what they did (segments deleted, partitions compacted)
         self.runs: dict[str, int] = {"retention": 0, "compaction": 0}
         self.failures: dict[str, int] = {"retention": 0, "compaction": 0}

@@ -16,6 +16,7 @@ from millpond.runtime import RuntimeOptions, run_pipeline_async
 from millpond.runtime.source_offsets import SOURCE_OFFSETS_TOPIC, read_source_offset
 from millpond.runtime.policy import H_CONNECTOR, H_ERROR, H_OFFSET, H_PARTITION, H_STAGE, H_TOPIC
 from millpond.runtime.scheduler import PipelineJobs
+from millpond.runtime.worker import Worker
 
 from .fakes import FakeBackend
 from .memory_connectors import ListSource, MemorySink
@@ -230,6 +231,18 @@ def test_scheduler_jobs_call_backend_retention_and_request_flushes() -> None:
 
     asyncio.run(go())
     assert (backend.retention_runs, backend.compaction_runs) == (1, 1)
+
+
+def test_the_first_progress_line_has_the_rate_of_its_first_interval(caplog: pytest.LogCaptureFixture) -> None:
+    backend = FakeBackend()
+    config = pipeline([1])
+    worker = Worker(config, backend)
+    jobs = PipelineJobs(backend, worker.tasks)
+    worker.tasks[0].records_out = 500  # the source moved records before the first progress line
+    with caplog.at_level(logging.INFO, logger="millpond.runtime.scheduler"):
+        asyncio.run(jobs.progress())
+    line = next(r.getMessage() for r in caplog.records if "'src'" in r.getMessage())
+    assert "500 records" in line and "(0/s)" not in line, line
 
 
 def test_source_offsets_topic_is_compacted() -> None:
