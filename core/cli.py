@@ -34,6 +34,7 @@ from .backends.base import IsolationLevel, LogBackend, TopicSpec
 from .config import EmbeddedLog, LogConfig, PipelineFileError, load_pipeline, validate_file
 from .errors import MillpondError
 from .records import Record, TopicPartition
+from .units import human_bytes
 
 
 class UsageError(Exception):
@@ -41,15 +42,6 @@ class UsageError(Exception):
 
 
 # -- output helpers ----------------------------------------------------------
-
-
-def human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 _SIZE = re.compile(r"\d+(\.\d)? (B|KiB|MiB|GiB|TiB)")
@@ -837,12 +829,12 @@ async def groups_list(args: argparse.Namespace) -> int:
 
 
 async def groups_describe(args: argparse.Namespace) -> int:
-    from .runtime.source_offsets import source_checkpoints
+    from .runtime.source_offsets import source_offsets_of
 
     async with opened(args, readonly=True) as backend:
         offsets = await backend.describe_group(args.group)
         if not offsets:
-            checkpoints = await source_checkpoints(backend, args.group)
+            checkpoints = await source_offsets_of(backend, args.group)
             if checkpoints:  # a source connector: its progress is a checkpoint, not group offsets
                 print(f"Source connector: {args.group}")
                 print(format_table(("SOURCE TASK", "CHECKPOINT"),
@@ -924,11 +916,11 @@ Move = Callable[[dict[TopicPartition, int]], Awaitable[None]]
 async def _source_reset(backend: LogBackend, args: argparse.Namespace, drop: Drop | None) -> int | None:
     """Reset a source connector's checkpoints (plan only when ``drop`` is None), or None when
     ``args.group`` names no source connector."""
-    from .runtime.source_offsets import source_checkpoints
+    from .runtime.source_offsets import source_offsets_of
 
     if args.topic or await backend.committed(args.group):  # a consumer group's name wins
         return None
-    checkpoints = await source_checkpoints(backend, args.group)
+    checkpoints = await source_offsets_of(backend, args.group)
     if not checkpoints:
         return None
     if not args.to_earliest:
@@ -977,7 +969,7 @@ def _worker_reset(client: WorkerClient, group: str) -> tuple[Drop, Move]:
 async def groups_reset(args: argparse.Namespace) -> int:
     """A plan by default (kafka-consumer-groups' habit); ``--execute`` applies it, through the worker
     that holds the log when one does."""
-    from .runtime.source_offsets import delete_source_checkpoints
+    from .runtime.source_offsets import write_source_offsets
 
     execute = bool(args.execute)
     client = through_worker(args) if execute else None
@@ -988,7 +980,7 @@ async def groups_reset(args: argparse.Namespace) -> int:
             drop, move = _worker_reset(client, args.group)
         elif execute:
             async def drop(keys: list[str]) -> None:
-                await delete_source_checkpoints(backend, keys)
+                await write_source_offsets(backend, "millpond-cli-source-offsets", dict.fromkeys(keys))
 
             async def move(offsets: dict[TopicPartition, int]) -> None:
                 await backend.reset_offsets(args.group, offsets)

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aiohttp import web
@@ -33,9 +32,9 @@ from aiohttp import web
 from .. import plugins
 from ..backends.base import LogBackend
 from ..config import ConnectorSpec, PipelineConfig
-from ..records import Record, TopicPartition
+from ..records import TopicPartition
 from ..runtime.build import make_sink
-from ..runtime.source_offsets import SOURCE_OFFSETS_TOPIC, encode_offset, read_source_offset
+from ..runtime.source_offsets import read_source_offset, write_source_offsets
 from ..runtime.source_task import SourceTask
 
 if TYPE_CHECKING:
@@ -181,7 +180,7 @@ class ConnectorOffsets:
         for c in changes:
             task = by_task[c.partition["task"]]
             assert isinstance(task, SourceTask)
-            await write_source_offset(self.worker.backend, task.transactional_id, task.offset_key, c.after)
+            await write_source_offsets(self.worker.backend, task.transactional_id, {task.offset_key: c.after})
             log.info("source %r: checkpoint %s", task.name, "removed (starts over)" if c.after is None else "replaced")
 
 
@@ -201,28 +200,6 @@ async def reset_sink_offsets(
     await backend.reset_offsets(spec.name, offsets)
     log.info("connector %r: offsets reset: %s", spec.name,
              ", ".join(f"{tp.topic}-{tp.partition}@{o}" for tp, o in sorted(offsets.items())))
-
-
-async def write_source_offset(backend: LogBackend, transactional_id: str, offset_key: str, offset: Any) -> None:
-    """Replace a source task's checkpoint in ``__source_offsets`` (None removes it: the task starts over).
-
-    Written in a transaction under the task's own transactional id, which fences any incarnation of
-    the task still holding it, as a restart would."""
-    now = int(time.time() * 1000)
-    record = (Record(value=None, key=offset_key.encode(), timestamp=now) if offset is None
-              else encode_offset(offset_key, offset, now))
-    producer = backend.producer(transactional_id=transactional_id)
-    try:
-        await producer.init()
-        await producer.begin()
-        try:
-            await producer.send(SOURCE_OFFSETS_TOPIC, record, None)
-            await producer.commit()
-        except BaseException:
-            await producer.abort()
-            raise
-    finally:
-        await producer.close()
 
 
 class OffsetsApi:

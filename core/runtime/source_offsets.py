@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ..backends.base import IsolationLevel, LogBackend, TopicSpec
@@ -93,13 +94,13 @@ def _decode(key: str, value: bytes) -> Any:
 
 
 async def read_source_offset(backend: LogBackend, key: str) -> Any | None:
-    """The last committed checkpoint stored under ``key``, or None if there is none."""
+    """The last committed source offset stored under ``key``, or None if there is none."""
     found = (await _latest_by_key(backend)).get(key.encode())
     return None if found is None else _decode(key, found)
 
 
-async def source_checkpoints(backend: LogBackend, connector: str) -> dict[str, Any]:
-    """Every live checkpoint of ``connector``'s tasks, by offset key (``name`` or ``name#N``)."""
+async def source_offsets_of(backend: LogBackend, connector: str) -> dict[str, Any]:
+    """Every live source offset of ``connector``'s tasks, by offset key (``name`` or ``name#N``)."""
     out: dict[str, Any] = {}
     for raw, value in (await _latest_by_key(backend)).items():
         key = raw.decode("utf-8", "replace")
@@ -108,22 +109,24 @@ async def source_checkpoints(backend: LogBackend, connector: str) -> dict[str, A
     return dict(sorted(out.items()))
 
 
-async def delete_source_checkpoints(backend: LogBackend, keys: list[str]) -> None:
-    """A tombstone per offset key, in one transaction: the tasks start from the beginning
-    (a file source from position 0, a Postgres source with a new snapshot).
+async def write_source_offsets(backend: LogBackend, transactional_id: str, offsets: Mapping[str, Any]) -> None:
+    """Replace source tasks' offsets in ``__source_offsets``, all in one transaction; None for a key
+    writes a tombstone, so that task starts from the beginning (a file source from position 0, a
+    Postgres source with a new snapshot).
 
-    Must not run while a worker runs the connector: the task would write its
-    next checkpoint over the tombstone. The embedded log's writer lock
-    ensures that for the CLI.
+    Written under ``transactional_id``: a task's own id fences any incarnation of it still running,
+    as a restart would. Without a worker, the embedded log's writer lock keeps the tasks away.
     """
     now = int(time.time() * 1000)
-    producer = backend.producer(transactional_id="millpond-cli-source-offsets")
-    await producer.init()
+    producer = backend.producer(transactional_id=transactional_id)
     try:
+        await producer.init()
         await producer.begin()
         try:
-            for key in keys:
-                await producer.send(SOURCE_OFFSETS_TOPIC, Record(value=None, key=key.encode(), timestamp=now), 0)
+            for key, offset in offsets.items():
+                record = (Record(value=None, key=key.encode(), timestamp=now) if offset is None
+                          else encode_offset(key, offset, now))
+                await producer.send(SOURCE_OFFSETS_TOPIC, record, 0)
             await producer.commit()
         except BaseException:
             await producer.abort()

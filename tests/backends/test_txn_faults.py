@@ -54,10 +54,11 @@ import pytest
 
 from millpond.backends.base import IsolationLevel, TopicSpec
 from millpond.backends.embedded import EmbeddedBackend, EmbeddedProducer
+from millpond.backends.embedded.storage import mount_point, storage_error
+from millpond.backends.embedded.transactions import TransactionCoordinator
 from millpond.errors import DiskFullError, StorageError, TransactionError
 from millpond.records import Record, TopicPartition
-from millpond.backends.embedded.storage import human_bytes, mount_point, storage_error
-from millpond.backends.embedded.transactions import TransactionCoordinator
+from millpond.units import human_bytes
 
 PARTITIONS = 3
 GROUP = "g"
