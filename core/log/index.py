@@ -19,10 +19,11 @@ further than the segment's own bytes.
 from __future__ import annotations
 
 import bisect
-import os
 import struct
 from pathlib import Path
 from typing import ClassVar
+
+from . import fsio
 
 _OFFSET_ENTRY = struct.Struct(">ii")
 _TIME_ENTRY = struct.Struct(">qi")
@@ -65,16 +66,12 @@ class _SparseIndex:
 
     def flush(self) -> None:
         if self._pending:
-            with open(self.path, "ab") as f:
-                f.write(self._pending)
+            fsio.append_file(self.path, bytes(self._pending))
             self._pending.clear()
 
     def rewrite(self) -> None:
         data = b"".join(self.entry.pack(a, b) for a, b in zip(self._first, self._second))
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self.path)
+        fsio.replace_file(self.path, data)
         self._pending.clear()
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import OffsetOutOfRangeError
 from . import batch as batch_format
+from . import fsio
 from .batch import BatchHeader, Encodable
 from .segment import LogSegment
 from .settings import TopicSettings
@@ -95,7 +96,7 @@ class Partition:
         self.writable = writable
         self.name = f"{topic}-{partition}"
         if writable:
-            directory.mkdir(parents=True, exist_ok=True)
+            fsio.mkdir(directory, parents=True, exist_ok=True)
         self._state = _ProducerState()
         self.recovery_point = 0
         self.log_start_offset = 0
@@ -192,18 +193,12 @@ class Partition:
             return {}
 
     def _write_checkpoint(self) -> None:
-        path = self.directory / CHECKPOINT
-        tmp = path.with_suffix(".tmp")
         body = {
             "recovery_point": self.recovery_point,
             "log_start_offset": self.log_start_offset,
             "ongoing": {str(k): v for k, v in self._state.ongoing.items()},
         }
-        with open(tmp, "w") as f:
-            json.dump(body, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fsio.replace_file(self.directory / CHECKPOINT, json.dumps(body).encode(), why="checkpoint")
 
     def _load_aborted_index(self) -> None:
         try:
@@ -224,8 +219,7 @@ class Partition:
             return
         ranges.append((first, last))
         if self.writable:
-            with open(self.directory / ABORTED_INDEX, "a") as f:
-                f.write(f"{producer_id} {first} {last}\n")
+            fsio.append_file(self.directory / ABORTED_INDEX, f"{producer_id} {first} {last}\n".encode())
 
     def _finish_interrupted_swaps(self) -> None:
         """A compaction swap interrupted by a crash: complete it if committed, else drop the leftovers.

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, LogLockedError, TopicExistsError, UnknownTopicError
+from . import fsio
 from .partition import Partition
 from .settings import TopicSettings, validate_topic_name
 from .topic import TOPIC_FILE, Topic
@@ -36,11 +37,11 @@ class LogStore:
         self.topics_dir = self.directory / "topics"
         self._lock_fd = -1
         if writable:
-            self.topics_dir.mkdir(parents=True, exist_ok=True)
+            fsio.mkdir(self.topics_dir, parents=True, exist_ok=True)
             self._lock()
             marker = self.directory / CLEAN_SHUTDOWN
             self.clean_shutdown = marker.exists() or not any(self.topics_dir.iterdir())
-            marker.unlink(missing_ok=True)
+            fsio.unlink(marker, missing_ok=True)
         else:
             if not self.topics_dir.is_dir():
                 raise UnknownTopicError(f"no millpond log at {self.directory}")
@@ -103,7 +104,7 @@ class LogStore:
         topic.close()
         del self.topics[name]
         trash = self.directory / f".deleted-{name}-{time.time_ns()}"
-        os.replace(topic.directory, trash)
+        fsio.replace(topic.directory, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
     def topic(self, name: str) -> Topic:
@@ -136,6 +137,6 @@ class LogStore:
         for topic in self.topics.values():
             topic.close()
         if self.writable and self._lock_fd >= 0:
-            (self.directory / CLEAN_SHUTDOWN).touch()
+            fsio.write_file(self.directory / CLEAN_SHUTDOWN, b"", sync=False)
             os.close(self._lock_fd)
             self._lock_fd = -1
