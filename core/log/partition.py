@@ -126,6 +126,7 @@ class Partition:
                 self._base_offsets = []
                 return
             self.segments.append(self._open_segment(max(self.log_start_offset, self.recovery_point)))
+            fsio.fsync_dir(self.directory, why="roll.dir")
         self._base_offsets = [s.base_offset for s in self.segments]
         for segment, following in zip(self.segments, self.segments[1:]):
             segment.next_offset = following.base_offset
@@ -219,7 +220,12 @@ class Partition:
             return
         ranges.append((first, last))
         if self.writable:
-            fsio.append_file(self.directory / ABORTED_INDEX, f"{producer_id} {first} {last}\n".encode())
+            path = self.directory / ABORTED_INDEX
+            new = not path.exists()
+            # durable before a checkpoint can claim the ABORT marker: past the recovery point nothing re-reads it
+            fsio.append_file(path, f"{producer_id} {first} {last}\n".encode(), sync=True)
+            if new:
+                fsio.fsync_dir(self.directory)
 
     def _finish_interrupted_swaps(self) -> None:
         """A compaction swap interrupted by a crash: complete it if committed, else drop the leftovers.
@@ -325,6 +331,7 @@ class Partition:
             return active
         active.seal()
         segment = self._open_segment(active.next_offset)
+        fsio.fsync_dir(self.directory, why="roll.dir")  # else a power cut may drop the file a checkpoint claims
         segment.next_offset = active.next_offset
         self.segments.append(segment)
         self._base_offsets.append(segment.base_offset)
