@@ -183,6 +183,12 @@ class TransactionCoordinator:
                 continue
             if state.producer_id in partition.ongoing_producers():
                 partition.append_control(state.producer_id, state.epoch, commit=commit)
+                if commit and self.fsync:  # the COMMIT marker is durable before complete_commit is written
+                    partition.active_segment.flush()
         state.state = "complete_commit" if commit else "complete_abort"
         state.partitions = []
         self._write_state(state, durable=False)
+        if commit and self.fsync:
+            # Durable before the next transaction appends: else recovery, seeing only prepare_commit,
+            # would commit that transaction's data as this one's.
+            self._log.active_segment.flush()
