@@ -177,6 +177,10 @@ def compact(
     due = (dirty > 0 and ratio >= settings.min_cleanable_dirty_ratio) or tombstones_due
     if not (force or due):
         return CleanResult(dirty_ratio=ratio, first_dirty_offset=first_dirty)
+    if partition.recovery_point < lso:
+        # A record may only supersede another once it is durable: else a power cut could take the
+        # new record and leave the old one cleaned away.
+        partition.flush()
 
     offset_map, mapped_end = _build_offset_map(
         partition, segments, min(first_dirty, cleanable_end), lso, max_map_keys
