@@ -41,7 +41,11 @@ class LogStore:
             self._lock()
             marker = self.directory / CLEAN_SHUTDOWN
             self.clean_shutdown = marker.exists() or not any(self.topics_dir.iterdir())
-            fsio.unlink(marker, missing_ok=True)
+            if marker.exists():
+                fsio.unlink(marker)
+                # Gone for good before anything is written: a marker back after a power cut would
+                # make the next open skip recovery and serve a torn tail.
+                fsio.fsync_dir(self.directory)
         else:
             if not self.topics_dir.is_dir():
                 raise UnknownTopicError(f"no millpond log at {self.directory}")
