@@ -49,8 +49,8 @@ Swapping cleaned segments in, crash-safe (see ``commit_swap`` and
     3. rename the index and replaces files .cleaned -> .swap; fsync the folder
     4. rename <base>.log.cleaned -> <base>.log.swap; fsync the folder   <- commit point
     5. delete the replaced segments (except <base>, which the renames overwrite),
-       rename the index files .swap -> final, then <base>.log.swap -> <base>.log,
-       then delete <base>.replaces.swap
+       rename the index files .swap -> final; fsync the folder; then
+       <base>.log.swap -> <base>.log; fsync the folder; delete <base>.replaces.swap
 
 On open, ``finish_interrupted_swaps`` deletes every ``*.cleaned`` file,
 redoes step 5 for every ``*.log.swap`` and deletes the other ``*.swap``
@@ -535,6 +535,10 @@ def complete_swap(directory: Path, base_offset: int) -> None:
         swap = _cleaned_path(directory, base_offset, suffix, "swap")
         if swap.exists():  # otherwise already renamed by an earlier attempt
             _rename(swap, directory / f"{name}{suffix}")
+    # The log's rename ends the swap (no .log.swap: nothing is redone on open), so what precedes it
+    # must be durable first: else a power cut could keep a replaced segment (its records served
+    # twice) or the old index beside the new log.
+    _fsync_directory(directory)
     _rename(log_swap, directory / f"{name}.log")
     _fsync_directory(directory)
     fsio.unlink(meta, missing_ok=True)
