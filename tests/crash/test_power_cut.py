@@ -19,20 +19,24 @@ from .simulator import CrashViolation, Workload, simulate
 from .workloads import Compaction, FileSinkCommits, Retention, Transactions
 
 #: workload and its share of the states
-WORKLOADS: dict[str, tuple[Callable[[], Workload], float]] = {
-    "transactions": (Transactions, 0.4),
-    "retention": (Retention, 0.2),
-    "compaction": (Compaction, 0.2),
-    "file_sink": (FileSinkCommits, 0.2),
+WORKLOADS: dict[str, tuple[Callable[[int], Workload], float]] = {
+    "transactions": (lambda scale: Transactions(24 * scale), 0.4),
+    "retention": (lambda scale: Retention(60 * scale), 0.2),
+    "compaction": (lambda scale: Compaction(40 * scale), 0.2),
+    "file_sink": (lambda scale: FileSinkCommits(40 * scale), 0.2),
 }
 
 
 def run(name: str, seed: int, states: int, tmp_path: Path) -> None:
     make, share = WORKLOADS[name]
+    scale = 1 if states <= 10_000 else 4  # the long run also runs longer workloads
+    failure = ""
     try:
-        result = simulate(name, seed, make, max(1, int(states * share)), work_dir=tmp_path)
+        result = simulate(name, seed, lambda: make(scale), max(1, int(states * share)), work_dir=tmp_path)
     except CrashViolation as exc:
-        pytest.fail(f"{exc}\nreplay: pytest tests/crash -k {name} --crash-seed {seed}", pytrace=False)
+        failure = f"{exc}\nreplay: pytest tests/crash -k {name} --crash-seed {seed} --crash-states {states}"
+    if failure:
+        pytest.fail(failure, pytrace=False)
     print(
         f"{name}: seed {seed}, {result.operations} operations ({result.fsyncs} fsyncs, "
         f"{result.dir_fsyncs} directory fsyncs), {result.states} crash states at {result.crash_points} points"
@@ -75,7 +79,7 @@ def test_the_simulator_catches_a_missing_fsync(
         work = tmp_path / str(attempt)
         work.mkdir()
         try:
-            simulate(why, crash_seed + attempt, make, 400, work_dir=work)
+            simulate(why, crash_seed + attempt, lambda: make(1), 400, work_dir=work)
         except CrashViolation as exc:
             print(f"without the {why!r} fsync: {exc}")
             return

@@ -55,6 +55,7 @@ def expect(condition: bool, message: str) -> None:
 IN = "in"
 OUT = "out"
 GROUP = "g"
+SINK_GROUP = "sink"
 SOURCE_KEY = b"src"
 TOPICS: list[tuple[str, int, dict[str, Any]]] = [
     (IN, 2, {}),
@@ -123,6 +124,9 @@ class Transactions:
                 self.aborted.add(i)
                 continue
             self.acked.add(i)
+            if rng.random() < 0.5:  # a sink's plain commit of what it read (appended, not fsynced)
+                ends = {TopicPartition(OUT, p): store.partition(OUT, p).last_stable_offset for p in range(3)}
+                groups.commit(SINK_GROUP, ends)
         store.close()
 
     def check(self, state_root: Path) -> None:
@@ -172,9 +176,10 @@ class Transactions:
                 expect(checkpoints[-1] == last, f"source checkpoint {checkpoints[-1]} != last visible transaction {last}")
             else:
                 expect(committed == {}, f"group offsets {committed} with no transaction visible")
-            for tp, offset in committed.items():
-                end = store.partition(tp.topic, tp.partition).log_end_offset
-                expect(offset <= end, f"group offset {offset} of {tp} is past the log end offset {end}")
+            for group in (GROUP, SINK_GROUP):
+                for tp, offset in groups.committed(group).items():
+                    end = store.partition(tp.topic, tp.partition).last_stable_offset
+                    expect(offset <= end, f"{group}'s offset {offset} of {tp} is past the last stable offset {end}")
         finally:
             store.close()
 
