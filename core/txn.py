@@ -32,7 +32,7 @@ from .errors import TransactionError
 from .log.batch import Encodable, Row
 from .log.partition import Partition
 from .log.store import LogStore
-from .offsets import OFFSETS_TOPIC, GroupCoordinator, offset_rows
+from .offsets import OFFSETS_TOPIC, GroupCoordinator, flush_claimed, offset_rows
 from .records import TopicPartition
 
 STATE_TOPIC = "__transaction_state"
@@ -154,6 +154,8 @@ class TransactionCoordinator:
                     )
             offsets_partition = self.store.partition(OFFSETS_TOPIC, 0)
             for group, group_offsets in offsets.items():
+                if self.fsync:
+                    flush_claimed(self.store, group_offsets)
                 offsets_partition.append(
                     offset_rows(group, group_offsets),
                     producer_id=state.producer_id,

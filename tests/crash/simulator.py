@@ -315,6 +315,7 @@ class PowerCutRecorder:
                     try:
                         self.check(target)
                     except Exception as exc:
+                        self.check = None  # no more crash points while the violation unwinds the workload
                         raise CrashViolation(
                             f"{self.label}: crash before operation {index} (state {n}, state seed {seed}): "
                             f"{type(exc).__name__}: {exc}"

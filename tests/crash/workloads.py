@@ -109,7 +109,13 @@ class Transactions:
             data[TopicPartition(SOURCE_OFFSETS_TOPIC, 0)] = [
                 Row(SOURCE_KEY, json.dumps({"txn": i}).encode(), None, [])
             ]
-            position = [min(self.in_acked[p], position[p] + rng.randint(0, 5)) for p in range(2)]
+            if rng.random() < 0.3:  # more input, not flushed: offsets may claim it all the same
+                for p in range(2):
+                    partition = store.partition(IN, p)
+                    start = partition.log_end_offset
+                    partition.append([Row(b"i", b"in-%d-%d" % (p, o), None, []) for o in range(start, start + 3)])
+            ends = [store.partition(IN, p).log_end_offset for p in range(2)]
+            position = [min(ends[p], position[p] + rng.randint(0, 5)) for p in range(2)]
             offsets = {GROUP: {TopicPartition(IN, p): position[p] for p in range(2)}}
             abort = rng.random() < 0.2
             if abort:  # a row that cannot be encoded: the coordinator aborts what was appended
