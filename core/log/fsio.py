@@ -48,7 +48,8 @@ class Recorder(Protocol):
 #: None in production; a crash test installs its recorder here
 recorder: Recorder | None = None
 
-#: test-only switches that leave out one fsync on purpose, to prove the crash tests would notice
+#: test-only: fsyncs to leave out on purpose, by the ``why`` their callers give (segment, checkpoint,
+#: checkpoint.dir, roll.dir, cleaned, swap.dir, file-sink, file-sink.dir), to prove the crash tests notice
 skip_fsyncs: frozenset[str] = frozenset()
 
 
