@@ -33,10 +33,11 @@ from itertools import groupby
 from operator import attrgetter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 from millpond.connector import ConnectorConfig, Guarantee, Sink
 from millpond.errors import ConfigError, RecordError
+from millpond.log import fsio
 from millpond.records import Record, TopicPartition
 
 log = logging.getLogger("millpond.connectors.file.sink")
@@ -73,7 +74,7 @@ def parse_committed(name: str) -> tuple[TopicPartition, int, int] | None:
 class OpenFile:
     tp: TopicPartition
     path: str
-    handle: IO[bytes]
+    handle: fsio.FileWriter
     first: int
     last: int = -1
     records: int = 0
@@ -92,7 +93,7 @@ class FileSink(Sink):
         self.open_files: dict[TopicPartition, OpenFile] = {}
         directory = self.config.dir
         try:
-            os.makedirs(directory, exist_ok=True)
+            fsio.mkdir(directory, parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"file sink {self.context.name!r}: cannot create output dir {directory!r}: {exc}") from exc
         topics = set(self.context.extra.get("topics") or [])
@@ -100,7 +101,7 @@ class FileSink(Sink):
         self._resets = self._load_resets()
         for name in os.listdir(directory):
             if name.startswith(TEMP_PREFIX):
-                os.unlink(os.path.join(directory, name))
+                fsio.unlink(os.path.join(directory, name))
                 log.info("removed uncommitted temp file %s (its records are read again)", name)
                 continue
             parsed = parse_committed(name)
@@ -215,7 +216,7 @@ class FileSink(Sink):
         for f in getattr(self, "open_files", {}).values():
             try:
                 f.handle.close()
-                os.unlink(f.path)
+                fsio.unlink(f.path)
             except OSError:
                 pass
         self.open_files = {}
@@ -258,7 +259,7 @@ class FileSink(Sink):
 
     def _open(self, tp: TopicPartition, first: int) -> OpenFile:
         path = os.path.join(self.config.dir, f"{TEMP_PREFIX}{tp.topic}-{tp.partition}-{uuid.uuid4().hex}")
-        handle = open(path, "wb", buffering=1 << 20)  # noqa: SIM115 - closed at commit/stop
+        handle = fsio.FileWriter(path)  # closed at commit/stop
         f = OpenFile(tp, path, handle, first)
         self.open_files[tp] = f
         return f
@@ -267,17 +268,13 @@ class FileSink(Sink):
         """Write out, fsync and rename one file (runs in a worker thread; the runtime awaits it)."""
         f.handle.flush()
         if self.config.fsync:
-            os.fsync(f.handle.fileno())
+            fsio.fsync(f.handle.fileno(), why="file-sink")
         f.handle.close()
         final = os.path.join(self.config.dir, committed_name(f.tp.topic, f.tp.partition, f.first, last, self._suffix(f.tp)))
-        os.rename(f.path, final)
+        fsio.replace(f.path, final)
         del self.open_files[f.tp]
 
     def _sync_dir(self) -> None:
         if not self.config.fsync:
             return
-        fd = os.open(self.config.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsio.fsync_dir(self.config.dir, why="file-sink.dir")

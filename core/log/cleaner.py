@@ -49,8 +49,8 @@ Swapping cleaned segments in, crash-safe (see ``commit_swap`` and
     3. rename the index and replaces files .cleaned -> .swap; fsync the folder
     4. rename <base>.log.cleaned -> <base>.log.swap; fsync the folder   <- commit point
     5. delete the replaced segments (except <base>, which the renames overwrite),
-       rename the index files .swap -> final, then <base>.log.swap -> <base>.log,
-       then delete <base>.replaces.swap
+       rename the index files .swap -> final; fsync the folder; then
+       <base>.log.swap -> <base>.log; fsync the folder; delete <base>.replaces.swap
 
 On open, ``finish_interrupted_swaps`` deletes every ``*.cleaned`` file,
 redoes step 5 for every ``*.log.swap`` and deletes the other ``*.swap``
@@ -61,7 +61,6 @@ leftovers. Readers that hold the old segments keep their open descriptors
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -71,6 +70,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.record._crecords import DefaultRecordBatchBuilder  # batch.py checked it is the C one
 
 from . import batch as batch_format
+from . import fsio
 from .batch import BatchHeader
 from .index import OffsetIndex, TimeIndex
 from .segment import INDEX_INTERVAL_BYTES, LogSegment, segment_name
@@ -133,13 +133,7 @@ class _Checkpoint:
 
     def write(self, directory: Path) -> None:
         body = {"first_dirty_offset": self.first_dirty_offset, "tombstone_ranges": self.tombstone_ranges}
-        path = directory / CLEANER_CHECKPOINT
-        tmp = directory / (CLEANER_CHECKPOINT + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(body, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fsio.replace_file(directory / CLEANER_CHECKPOINT, json.dumps(body).encode())
 
 
 def read_checkpoint(partition: Partition) -> tuple[int, list[tuple[int, int]]]:
@@ -186,6 +180,10 @@ def compact(
     due = (dirty > 0 and ratio >= settings.min_cleanable_dirty_ratio) or tombstones_due
     if not (force or due):
         return CleanResult(dirty_ratio=ratio, first_dirty_offset=first_dirty)
+    if partition.recovery_point < lso:
+        # A record may only supersede another once it is durable: else a power cut could take the
+        # new record and leave the old one cleaned away.
+        partition.flush()
 
     offset_map, mapped_end = _build_offset_map(
         partition, segments, min(first_dirty, cleanable_end), lso, max_map_keys
@@ -417,13 +415,13 @@ class _CleanedSegmentWriter:
         index_path = _cleaned_path(directory, base_offset, ".index", "cleaned")
         time_index_path = _cleaned_path(directory, base_offset, ".timeindex", "cleaned")
         for path in (self.log_path, index_path, time_index_path):
-            path.unlink(missing_ok=True)
+            fsio.unlink(path, missing_ok=True)
         # Both index files exist even when empty: a committed swap must never leave the old ones in place.
-        index_path.touch()
-        time_index_path.touch()
+        fsio.write_file(index_path, b"", sync=False)
+        fsio.write_file(time_index_path, b"", sync=False)
         self.index = OffsetIndex(index_path, base_offset)
         self.time_index = TimeIndex(time_index_path, base_offset)
-        self._file = open(self.log_path, "wb", buffering=1 << 20)
+        self._file = fsio.FileWriter(self.log_path)
         self.position = 0
         self._since_index = 0
         self._max_timestamp = -1
@@ -441,22 +439,17 @@ class _CleanedSegmentWriter:
 
     def finish(self) -> None:
         """Flush and fsync the three files (the swap must only ever claim durable bytes)."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self._file.sync(why="cleaned")
         self._file.close()
         self.index.flush()
         self.time_index.flush()
         for path in (self.index.path, self.time_index.path):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsio.sync_file(path)
 
     def abandon(self) -> None:
         self._file.close()
         for path in (self.log_path, self.index.path, self.time_index.path):
-            path.unlink(missing_ok=True)
+            fsio.unlink(path, missing_ok=True)
 
 
 def _clean_group(group: Sequence[LogSegment], keep: _BatchFilter, name: str) -> _CleanedSegmentWriter | None:
@@ -498,15 +491,11 @@ def _clean_group(group: Sequence[LogSegment], keep: _BatchFilter, name: str) -> 
 
 def _rename(source: Path, target: Path) -> None:
     """One rename of the swap protocol (a seam for the crash tests)."""
-    os.replace(source, target)
+    fsio.replace(source, target)
 
 
 def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsio.fsync_dir(directory, why="swap.dir")
 
 
 _SEGMENT_SUFFIXES = (".log", ".index", ".timeindex")
@@ -515,10 +504,7 @@ _SEGMENT_SUFFIXES = (".log", ".index", ".timeindex")
 def commit_swap(directory: Path, base_offset: int, replaced: Sequence[int], next_offset: int) -> None:
     """Steps 2-4: from here on the cleaned segment replaces ``replaced``, crash or not."""
     meta = _cleaned_path(directory, base_offset, ".replaces", "cleaned")
-    with open(meta, "w") as f:
-        json.dump({"replaces": list(replaced), "next_offset": next_offset}, f)
-        f.flush()
-        os.fsync(f.fileno())
+    fsio.write_file(meta, json.dumps({"replaces": list(replaced), "next_offset": next_offset}).encode())
     for suffix in (".index", ".timeindex", ".replaces"):
         _rename(
             _cleaned_path(directory, base_offset, suffix, "cleaned"),
@@ -547,14 +533,18 @@ def complete_swap(directory: Path, base_offset: int) -> None:
         if old == base_offset:
             continue  # its files are overwritten by the renames below
         for suffix in _SEGMENT_SUFFIXES:
-            (directory / f"{segment_name(old)}{suffix}").unlink(missing_ok=True)
+            fsio.unlink(directory / f"{segment_name(old)}{suffix}", missing_ok=True)
     for suffix in (".index", ".timeindex"):
         swap = _cleaned_path(directory, base_offset, suffix, "swap")
         if swap.exists():  # otherwise already renamed by an earlier attempt
             _rename(swap, directory / f"{name}{suffix}")
+    # The log's rename ends the swap (no .log.swap: nothing is redone on open), so what precedes it
+    # must be durable first: else a power cut could keep a replaced segment (its records served
+    # twice) or the old index beside the new log.
+    _fsync_directory(directory)
     _rename(log_swap, directory / f"{name}.log")
     _fsync_directory(directory)
-    meta.unlink(missing_ok=True)
+    fsio.unlink(meta, missing_ok=True)
 
 
 def _bases_covered_by(directory: Path, log_swap: Path) -> list[int]:
@@ -570,8 +560,8 @@ def _bases_covered_by(directory: Path, log_swap: Path) -> list[int]:
 def finish_interrupted_swaps(directory: Path) -> None:
     """On open: drop uncommitted cleanings, complete committed swaps."""
     for path in directory.glob("*.cleaned"):
-        path.unlink(missing_ok=True)
+        fsio.unlink(path, missing_ok=True)
     for path in sorted(directory.glob("*.log.swap")):
         complete_swap(directory, int(path.name[:20]))
     for path in directory.glob("*.swap"):  # index or meta files of a swap that never committed
-        path.unlink(missing_ok=True)
+        fsio.unlink(path, missing_ok=True)

@@ -21,10 +21,11 @@ further than the segment's own bytes.
 from __future__ import annotations
 
 import bisect
-import os
 import struct
 from pathlib import Path
 from typing import ClassVar
+
+from . import fsio
 
 _OFFSET_ENTRY = struct.Struct(">ii")
 _TIME_ENTRY = struct.Struct(">qi")
@@ -90,8 +91,7 @@ class _SparseIndex:
             self.rewrite()
         elif self._pending:
             try:
-                with open(self.path, "ab") as f:
-                    f.write(self._pending)
+                fsio.append_file(self.path, bytes(self._pending))
             except BaseException:
                 self._torn = True  # appending the entries again would shift every later one
                 raise
@@ -99,10 +99,7 @@ class _SparseIndex:
 
     def rewrite(self) -> None:
         data = b"".join(self.entry.pack(a, b) for a, b in zip(self._first, self._second))
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self.path)
+        fsio.replace_file(self.path, data)
         self._pending.clear()
         self._torn = False
 

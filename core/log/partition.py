@@ -49,6 +49,7 @@ import crc32c
 from ..errors import CorruptRecordError, MillpondError, OffsetOutOfRangeError
 from . import batch as batch_format
 from . import observe
+from . import fsio
 from .batch import BatchHeader, Encodable
 from .segment import LogSegment, ScanStop
 from .settings import TopicSettings
@@ -118,7 +119,7 @@ class Partition:
         self.writable = writable
         self.name = f"{topic}-{partition}"
         if writable:
-            directory.mkdir(parents=True, exist_ok=True)
+            fsio.mkdir(directory, parents=True, exist_ok=True)
         self._state = _ProducerState()
         #: an aborted range is missing from (or torn in) aborted.txnindex; rewritten before the next checkpoint
         self._aborted_index_torn = False
@@ -164,6 +165,7 @@ class Partition:
                 self._base_offsets = []
                 return
             self.segments.append(self._open_segment(max(self.log_start_offset, self.recovery_point)))
+            fsio.fsync_dir(self.directory, why="roll.dir")
         self._base_offsets = [s.base_offset for s in self.segments]
         for segment, following in zip(self.segments, self.segments[1:]):
             segment.next_offset = following.base_offset
@@ -353,12 +355,12 @@ class Partition:
         aside, but said at ERROR and kept in a quarantine folder of its own, so describe shows it."""
         now = datetime.now(timezone.utc)
         folder = self.directory / QUARANTINE / now.strftime("%Y%m%dT%H%M%S%fZ")
-        folder.mkdir(parents=True)
+        fsio.mkdir(folder, parents=True)
         why = (f"{CHECKPOINT} says offsets up to {end - 1} were written and fsynced, "
                f"but the segments end at offset {first}: that data is gone")
         reason = {"time": now.isoformat(), "topic": self.topic, "partition": self.partition, "reason": why,
                   "first_offset": first, "end_offset": end, "files": []}
-        (folder / REASON).write_text(json.dumps(reason, indent=2) + "\n")
+        fsio.write_file(folder / REASON, (json.dumps(reason, indent=2) + "\n").encode())
         log.error("%s: %s (noted in %s; clear the note with: millpond topics repair %s --partition %d --discard)",
                   self.name, why, folder, self.topic, self.partition)
 
@@ -384,14 +386,14 @@ class Partition:
             end = max(end, later[-1].next_offset)
         now = datetime.now(timezone.utc)
         folder = self.directory / QUARANTINE / now.strftime("%Y%m%dT%H%M%S%fZ")
-        folder.mkdir(parents=True)
+        fsio.mkdir(folder, parents=True)
         shutil.copyfile(segment.log_path, folder / segment.log_path.name)
         moved = [segment.log_path.name]
         for other in later:
             other.close()
             for path in (other.log_path, other.index_path, other.time_index_path):
                 if path.exists():
-                    os.replace(path, folder / path.name)
+                    fsio.replace(path, folder / path.name)
                     moved.append(path.name)
         reason = {
             "time": now.isoformat(),
@@ -404,13 +406,11 @@ class Partition:
             "end_offset": end,
             "files": moved,
         }
-        (folder / REASON).write_text(json.dumps(reason, indent=2) + "\n")
+        fsio.write_file(folder / REASON, (json.dumps(reason, indent=2) + "\n").encode())
         for name in moved:
-            fd = os.open(folder / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsio.sync_file(folder / name)
+        fsio.fsync_dir(folder)
+        fsio.fsync_dir(self.directory)
         del self.segments[i + 1 :]
         log.error(
             "%s: segment %s is corrupt at position %d (%s); offsets %d..%d moved aside to %s "
@@ -485,7 +485,8 @@ class Partition:
             moves += [(path, self.directory / path.name) for path in folder.iterdir() if path.name != REASON]
         self.close()
         for source, target in moves:
-            os.replace(source, target)
+            fsio.replace(source, target)
+        fsio.fsync_dir(self.directory)
         shutil.rmtree(self.directory / QUARANTINE)
 
     def rebuild_producer_state(self) -> None:
@@ -610,8 +611,6 @@ class Partition:
                     self.directory / CHECKPOINT, why, self.name)
 
     def _write_checkpoint(self) -> None:
-        path = self.directory / CHECKPOINT
-        tmp = path.with_suffix(".tmp")
         body = {
             "recovery_point": self.recovery_point,
             "log_start_offset": self.log_start_offset,
@@ -621,11 +620,7 @@ class Partition:
             "aborted_index_crc32c": self._aborted_crc,
             "discarded": [list(r) for r in self._discarded],
         }
-        with open(tmp, "w") as f:
-            json.dump(body, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fsio.replace_file(self.directory / CHECKPOINT, json.dumps(body).encode(), why="checkpoint")
 
     def _load_aborted_index(self, checkpoint: dict[str, Any] | None) -> bool:
         """Load the aborted ranges; False when the file cannot be trusted (then it is rebuilt).
@@ -647,8 +642,11 @@ class Partition:
             elif len(data) > claimed:
                 data = data[:claimed]
                 if self.writable:
-                    with open(path, "r+b") as f:
-                        f.truncate(claimed)
+                    fd = fsio.open(path, os.O_WRONLY)
+                    try:
+                        fsio.ftruncate(fd, claimed)
+                    finally:
+                        fsio.close(fd)
         aborted: dict[int, list[tuple[int, int]]] = {}
         if not problem:
             for number, line in enumerate(data.split(b"\n")[:-1] if data else [], 1):
@@ -678,13 +676,7 @@ class Partition:
         lines = "".join(
             f"{pid} {first} {last}\n" for pid, ranges in self._state.aborted.items() for first, last in ranges
         ).encode()
-        path = self.directory / ABORTED_INDEX
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fsio.replace_file(self.directory / ABORTED_INDEX, lines, why="aborted index")
         self._aborted_bytes = len(lines)
         self._aborted_crc = crc32c.crc32c(lines)
         self._aborted_index_torn = False
@@ -699,9 +691,14 @@ class Partition:
                 if self._aborted_index_torn:
                     self._rewrite_aborted_index()
                 else:
+                    path = self.directory / ABORTED_INDEX
+                    new = not path.exists()
                     line = f"{producer_id} {first} {last}\n".encode()
-                    with open(self.directory / ABORTED_INDEX, "ab") as f:
-                        f.write(line)
+                    # durable before a checkpoint can claim the ABORT marker: past the recovery point
+                    # nothing re-reads it
+                    fsio.append_file(path, line, sync=True)
+                    if new:
+                        fsio.fsync_dir(self.directory)
                     self._aborted_bytes += len(line)
                     self._aborted_crc = crc32c.crc32c(line, self._aborted_crc)
             except BaseException:
@@ -814,6 +811,7 @@ class Partition:
             return active
         active.seal()
         segment = self._open_segment(active.next_offset)
+        fsio.fsync_dir(self.directory, why="roll.dir")  # else a power cut may drop the file a checkpoint claims
         segment.next_offset = active.next_offset
         segment.contiguous = True  # the active segment is never compacted
         self.segments.append(segment)

@@ -22,9 +22,9 @@ segment keeps reading it through its open descriptor.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
+from . import fsio
 from .partition import ABORTED_INDEX, Partition
 
 
@@ -81,11 +81,6 @@ def prune_aborted_transactions(partition: Partition) -> int:
             aborted[producer_id] = kept
     if dropped:
         path = partition.directory / ABORTED_INDEX
-        tmp = path.with_name(ABORTED_INDEX + ".tmp")
         lines = [f"{pid} {first} {last}\n" for pid, ranges in aborted.items() for first, last in ranges]
-        with open(tmp, "w") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fsio.replace_file(path, "".join(lines).encode())
     return dropped

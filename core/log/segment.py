@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..errors import CorruptRecordError
 from . import batch as batch_format
+from . import fsio
 from .batch import HEADER_SIZE, LOG_OVERHEAD, MAGIC, BatchHeader
 from .index import OffsetIndex, TimeIndex
 
@@ -79,7 +80,7 @@ class LogSegment:
         self.index_path = directory / f"{name}.index"
         self.time_index_path = directory / f"{name}.timeindex"
         flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
-        self._fd = os.open(self.log_path, flags, 0o644)
+        self._fd = fsio.open(self.log_path, flags, 0o644)
         self.writable = writable
         stat = os.fstat(self._fd)
         self.size = stat.st_size
@@ -222,7 +223,7 @@ class LogSegment:
         written = 0
         try:
             while written < len(view):
-                written += os.pwrite(self._fd, view[written:], position + written)
+                written += fsio.pwrite(self._fd, view[written:], position + written)
         except BaseException:
             self._torn_tail = True
             try:
@@ -259,7 +260,7 @@ class LogSegment:
         if self._time_index is not None:
             self._time_index.flush()
         if fsync and self.writable:
-            os.fsync(self._fd)
+            fsio.fsync(self._fd, why="segment")
 
     def seal(self) -> None:
         """No more appends: flush the indexes."""
@@ -464,7 +465,7 @@ class LogSegment:
 
     def truncate(self, position: int) -> None:
         if position < os.fstat(self._fd).st_size:
-            os.ftruncate(self._fd, position)
+            fsio.ftruncate(self._fd, position)
         self.size = position
 
     def check_tail(self) -> ScanStop | None:
@@ -513,21 +514,18 @@ class LogSegment:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            fsio.close(self._fd)
             self._fd = -1
 
     def delete(self) -> None:
         """Unlink the files. The descriptor stays open for readers still holding this segment."""
         self.deleted = True
         for path in (self.log_path, self.index_path, self.time_index_path):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+            fsio.unlink(path, missing_ok=True)
 
     def __del__(self) -> None:
         try:
             if self._fd >= 0:
-                os.close(self._fd)
+                fsio.close(self._fd)
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass

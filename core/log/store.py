@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError, LogLockedError, MillpondError, TopicExistsError, UnknownTopicError
+from . import fsio
 from .partition import Partition
 from .settings import TopicSettings, validate_topic_name
 from .topic import TOPIC_FILE, Topic
@@ -47,11 +48,15 @@ class LogStore:
             raise MillpondError(f"the log directory {self.directory} is a file, not a directory")
         try:
             if writable:
-                self.topics_dir.mkdir(parents=True, exist_ok=True)
+                fsio.mkdir(self.topics_dir, parents=True, exist_ok=True)
                 self._lock(lock_timeout)
                 marker = self.directory / CLEAN_SHUTDOWN
                 self.clean_shutdown = marker.exists() or not any(self.topics_dir.iterdir())
-                marker.unlink(missing_ok=True)
+                if marker.exists():
+                    fsio.unlink(marker)
+                    # Gone for good before anything is written: a marker back after a power cut would
+                    # make the next open skip recovery and serve a torn tail.
+                    fsio.fsync_dir(self.directory)
             else:
                 if not self.topics_dir.is_dir():
                     raise UnknownTopicError(f"no millpond log at {self.directory}")
@@ -154,7 +159,7 @@ class LogStore:
         topic.close()
         del self.topics[name]
         trash = self.directory / f".deleted-{name}-{time.time_ns()}"
-        os.replace(topic.directory, trash)
+        fsio.replace(topic.directory, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
     def topic(self, name: str) -> Topic:
@@ -221,6 +226,6 @@ class LogStore:
             for topic in self.topics.values():
                 topic.close()
             if self.writable and self._lock_fd >= 0:
-                (self.directory / CLEAN_SHUTDOWN).touch()
+                fsio.write_file(self.directory / CLEAN_SHUTDOWN, b"", sync=False)
         finally:
             self._unlock()  # also when a flush failed: the next open recovers (no clean-shutdown marker)

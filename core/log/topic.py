@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from pathlib import Path
 
 from typing import Any
 
 from ..errors import ConfigError, MillpondError
 from ..records import partition_for_key
+from . import fsio
 from .partition import Partition
 from .settings import TopicSettings
 
@@ -68,10 +68,9 @@ class Topic:
 
     @staticmethod
     def write_meta(directory: Path, partitions: int, settings: TopicSettings, *, new: bool = True) -> None:
-        directory.mkdir(parents=True, exist_ok=not new)
-        tmp = directory / (TOPIC_FILE + ".tmp")
-        tmp.write_text(json.dumps({"partitions": partitions, "config": settings.as_kafka()}, indent=2))
-        os.replace(tmp, directory / TOPIC_FILE)
+        fsio.mkdir(directory, parents=True, exist_ok=not new)
+        meta = json.dumps({"partitions": partitions, "config": settings.as_kafka()}, indent=2)
+        fsio.replace_file(directory / TOPIC_FILE, meta.encode())
 
     def alter(self, settings: TopicSettings) -> dict[str, tuple[object, object]]:
         """Apply new settings; returns {kafka name: (old, new)} of what changed."""

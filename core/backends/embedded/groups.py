@@ -40,6 +40,23 @@ def offset_rows(group: str, offsets: Mapping[TopicPartition, int]) -> list[Row]:
     ]
 
 
+def flush_claimed(store: LogStore, offsets: Mapping[TopicPartition, int]) -> None:
+    """fsync the records that committed offsets claim, before the offsets are written.
+
+    An offset that reaches the disk before the records below it would, after a
+    power cut, point past the log end offset: the group would skip the records
+    written at those offsets next.
+    """
+    for tp, offset in offsets.items():
+        topic = store.topics.get(tp.topic)
+        if topic is None or not 0 <= tp.partition < len(topic.partitions):
+            continue
+        partition = topic.partitions[tp.partition]
+        if partition.writable and offset > partition.recovery_point:
+            with partition_writes(partition):
+                partition.flush()
+
+
 class GroupCoordinator:
     """The committed offsets of every group, materialised from ``__consumer_offsets``."""
 
@@ -90,6 +107,7 @@ class GroupCoordinator:
     def commit(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
         if not offsets:
             return
+        flush_claimed(self.store, offsets)
         partition = self._partition
         with partition_writes(partition):
             partition.append(offset_rows(group, offsets))

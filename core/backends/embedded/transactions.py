@@ -36,9 +36,11 @@ producer is initialised again. Only a crash before that can still commit a
 transaction whose commit raised: when its ``prepare_commit`` reached the disk
 but its fsync failed. Its source offsets then say so, as they are part of it.
 
-COMMIT markers are fsynced before the next durable write to
-``__transaction_state``, so a ``complete_commit`` never reaches the disk ahead
-of its markers (recovery would otherwise abort data it was told committed).
+COMMIT markers are fsynced before ``complete_commit`` is written, and that
+record before ``commit`` returns: a ``complete_commit`` never reaches the disk
+ahead of its markers (recovery would abort data it was told committed), and a
+lost one never lets recovery commit the next transaction's data as this one's
+(found by the power-cut tests, tests/crash).
 
 ``__transaction_state`` records::
 
@@ -59,7 +61,7 @@ from ...log.batch import Encodable, Row
 from ...log.partition import Partition
 from ...log.store import LogStore
 from ...records import TopicPartition
-from .groups import OFFSETS_TOPIC, GroupCoordinator, offset_rows
+from .groups import OFFSETS_TOPIC, GroupCoordinator, flush_claimed, offset_rows
 from .storage import partition_writes as writing
 
 log = logging.getLogger(__name__)
@@ -98,7 +100,6 @@ class TransactionCoordinator:
             store.create_topic(STATE_TOPIC, 1, STATE_TOPIC_CONFIG)
         self._states: dict[str, TransactionState] = {}
         #: partitions holding COMMIT markers not yet fsynced
-        self._unsynced_markers: set[TopicPartition] = set()
         self._load()
         self._recover()
 
@@ -136,32 +137,11 @@ class TransactionCoordinator:
                 "partitions": [list(tp) for tp in state.partitions],
             }
         ).encode()
-        if durable:
-            self._sync_markers()
         partition = self._log
         with writing(partition):
             partition.append([Row(state.transactional_id.encode(), value, int(time.time() * 1000), [])])
             if durable and self.fsync:
                 partition.flush()
-
-    def _sync_markers(self) -> None:
-        """fsync the segments holding COMMIT markers, before a durable state record can claim them.
-
-        After a power loss, a marker that did not reach the disk leaves its
-        data open, and recovery aborts open data unless ``__transaction_state``
-        still says ``prepare_commit``; the next durable state record may say
-        otherwise. Only the segment is fsynced (a roll since fsynced the older
-        ones): the checkpoint may lag, recovery re-reads past it.
-        """
-        for tp in sorted(self._unsynced_markers):
-            try:
-                partition = self.store.partition(tp.topic, tp.partition)
-            except UnknownTopicError:  # deleted since
-                self._unsynced_markers.discard(tp)
-                continue
-            with writing(partition):
-                partition.active_segment.flush()
-            self._unsynced_markers.discard(tp)
 
     def _recover(self) -> None:
         for state in self._states.values():
@@ -247,6 +227,8 @@ class TransactionCoordinator:
             offsets_partition = self.store.partition(OFFSETS_TOPIC, 0)
             with writing(offsets_partition):
                 for group, group_offsets in offsets.items():
+                    if self.fsync:
+                        flush_claimed(self.store, group_offsets)
                     offsets_partition.append(
                         offset_rows(group, group_offsets),
                         producer_id=state.producer_id,
@@ -258,7 +240,6 @@ class TransactionCoordinator:
                     partition = self.store.partition(tp.topic, tp.partition)
                     with writing(partition):
                         partition.flush()
-                    self._unsynced_markers.discard(tp)  # fsynced with the data
             state.state = "prepare_commit"
             self._write_state(state, durable=True)  # the commit point, once it returns
         except BaseException as exc:
@@ -310,13 +291,19 @@ class TransactionCoordinator:
             if state.producer_id in partition.ongoing_producers():
                 with writing(partition):
                     partition.append_control(state.producer_id, state.epoch, commit=commit)
-                if commit and self.fsync:
-                    self._unsynced_markers.add(tp)
+                if commit and self.fsync:  # durable before complete_commit can claim it
+                    with writing(partition):
+                        partition.active_segment.flush()
         decided, partitions = state.state, state.partitions
         state.state = "complete_commit" if commit else "complete_abort"
         state.partitions = []
         try:
             self._write_state(state, durable=False)
+            if commit and self.fsync:
+                # Durable before the next transaction appends: recovery that saw only prepare_commit
+                # would otherwise commit that transaction's data as this one's.
+                with writing(self._log):
+                    self._log.active_segment.flush()
         except BaseException:
             state.state, state.partitions = decided, partitions
             raise
