@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple, overload
+from typing import Any, ClassVar, NamedTuple, cast, overload
 
 
 class TopicPartition(NamedTuple):
@@ -41,6 +41,35 @@ class Record:
         return TopicPartition(self.topic, self.partition)
 
 
+@dataclass(slots=True)
+class PartitionBatches:
+    """Record batches of one partition as the log stores them (Kafka RecordBatch v2), undecoded.
+
+    What a consumer that reads batches (``BatchConsumer.poll_batches``) returns
+    for a sink that takes them (``Sink.takes_batches``): committed data
+    batches only (no control batches, nothing aborted), CRC-checked, in offset
+    order. Records before ``from_offset`` in the first batch were read before
+    and are not part of it.
+    """
+
+    tp: TopicPartition
+    batches: list[bytes]
+    from_offset: int
+
+    def records(self) -> list[Record]:
+        """The records, decoded (the path every sink can take)."""
+        from .log.batch import iter_records  # the log imports this module
+
+        topic, partition = self.tp
+        start = self.from_offset
+        return [
+            Record(r.value, r.key, r.timestamp, r.headers, topic, partition, r.offset)
+            for data in self.batches
+            for r in iter_records(data)
+            if r.offset >= start
+        ]
+
+
 class JsonRecords(Sequence["Record"]):
     """Records of one topic whose key and value are already JSON, held as columns.
 
@@ -57,6 +86,10 @@ class JsonRecords(Sequence["Record"]):
     """
 
     __slots__ = ("topic", "keys", "values", "timestamps")
+
+    #: the converter whose bytes the columns hold: the runtime appends them as they are only when the
+    #: connector's key and value converters are of this name (and no transform wants the records)
+    converter: ClassVar[str] = "json"
 
     def __init__(
         self,
@@ -93,7 +126,7 @@ class JsonRecords(Sequence["Record"]):
     def __getitem__(self, index: slice) -> JsonRecords: ...
     def __getitem__(self, index: int | slice) -> Record | JsonRecords:  # noqa: D105
         if isinstance(index, slice):
-            return JsonRecords(self.topic, self.keys[index], self.values[index], self.timestamps[index])
+            return type(self)(self.topic, self.keys[index], self.values[index], self.timestamps[index])
         return Record(self.values[index], self.keys[index], self.timestamps[index], topic=self.topic)
 
     def __iter__(self) -> Iterator[Record]:
@@ -102,7 +135,30 @@ class JsonRecords(Sequence["Record"]):
             yield Record(value, key, timestamp, topic=topic)
 
     def __repr__(self) -> str:
-        return f"JsonRecords(topic={self.topic!r}, {len(self)} records)"
+        return f"{type(self).__name__}(topic={self.topic!r}, {len(self)} records)"
+
+
+class LineRecords(JsonRecords):
+    """Lines of text held as columns: each value is one line's UTF-8 bytes, as the ``string``
+    converter would serialise it.
+
+    A text source (the file source) splits a block of lines with one
+    ``bytes.split`` and returns them in this form when the pipeline wants
+    nothing else (``ConnectorContext.encoded_as == "string"``): no
+    :class:`Record` and no ``str`` per line. The runtime appends the columns
+    as they are, like :class:`JsonRecords`; every backend that takes
+    JsonRecords takes these. Keys are UTF-8 bytes or None.
+    """
+
+    __slots__ = ()
+
+    converter: ClassVar[str] = "string"
+
+    @classmethod
+    def of(cls, topic: str, lines: list[bytes], key: bytes | None, timestamp: int) -> LineRecords:
+        """``lines`` with one key and one timestamp for all of them (the columns are built in C)."""
+        n = len(lines)
+        return cls(topic, [key] * n, cast(list[bytes | None], lines), [timestamp] * n)
 
 
 _MASK = 0xFFFFFFFF

@@ -51,10 +51,15 @@ records. Set ``partial_line_ms: null`` to only emit it at rotation.
 
 Lines are split on b"\\n" (so the encoding must be ASCII-compatible: UTF-8,
 Latin-1, ...); the value of a record is the line without its newline, a str.
+When the pipeline has no transforms and string converters (``text`` format),
+the lines go out as :class:`~millpond.records.LineRecords` instead: a block
+is split with one ``bytes.split`` and its UTF-8 bytes go to the log as they
+are, the bytes the records would have become.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 import logging
@@ -68,7 +73,7 @@ from typing import Any, Literal
 
 from millpond.connector import ConnectorConfig, Guarantee, Source, SourceBatch
 from millpond.errors import ConfigError
-from millpond.records import Record
+from millpond.records import LineRecords, Record
 
 log = logging.getLogger("millpond.connectors.file.source")
 
@@ -102,6 +107,14 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a regular file"
+
+
+def _valid_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _json_or_text(line: str) -> Any:
@@ -224,6 +237,13 @@ class FileSource(Source):
         #: (first index in the last batch's records, count, file, its position and line before them, the bytes)
         self._chunks: list[tuple[int, int, TrackedFile, int, int | None, bytes]] = []
         self._records: list[Record] = []
+        self._encoded: list[LineRecords] = []
+        self._utf8 = codecs.lookup(self.config.encoding).name == "utf-8"
+        topic = self.context.extra.get("topic")
+        #: the topic of lines handed over as bytes (LineRecords); None: lines become records
+        self._lines_topic: str | None = (
+            topic if self.context.encoded_as == "string" and self.config.format == "text" and topic else None
+        )
         self._check_glob()
         self._scan(force=True)
 
@@ -384,6 +404,7 @@ class FileSource(Source):
         budget = self.config.max_batch_lines
         records: list[Record] = []
         self._records = records
+        self._encoded = []
         self._chunks = []
         changed = False
         now = time.monotonic()
@@ -402,9 +423,9 @@ class FileSource(Source):
             if budget <= 0:
                 break
         changed |= self._retire(now)
-        if not records and not changed:
+        if not records and not self._encoded and not changed:
             return None
-        return SourceBatch(records, {"files": [tf.snapshot() for tf in self.files.values()]})
+        return SourceBatch(records, {"files": [tf.snapshot() for tf in self.files.values()]}, self._encoded)
 
     def _by_writer(self) -> list[list[TrackedFile]]:
         """The tracked files grouped by writer (the name they were first seen under, rotation
@@ -500,13 +521,24 @@ class FileSource(Source):
                 else:
                     break
                 text = chunk.decode(cfg.encoding, "replace")
-                self._chunks.append((len(out), 1, tf, tf.position, tf.line, b""))
-                out.append(Record(_json_or_text(text) if cfg.format == "json" else text, key))
+                if self._lines_topic is not None:
+                    self._emit_lines(tf, [text.encode()])
+                else:
+                    self._chunks.append((len(out), 1, tf, tf.position, tf.line, b""))
+                    out.append(Record(_json_or_text(text) if cfg.format == "json" else text, key))
                 count += 1
                 self._advance(tf, len(chunk))
                 moved = True
                 continue
             block = data[:end]
+            if self._lines_topic is not None:
+                n, consumed = self._block_lines(tf, block, budget - count)
+                if tf.line is not None:
+                    tf.line += n
+                count += n
+                self._advance(tf, consumed)
+                moved = True
+                continue
             text = block.decode(cfg.encoding, "replace")
             lines = text.split("\n")
             if cfg.strip_cr and "\r" in text:
@@ -530,6 +562,32 @@ class FileSource(Source):
             self._advance(tf, consumed)
             moved = True
         return count, moved
+
+    def _block_lines(self, tf: TrackedFile, block: bytes, budget: int) -> tuple[int, int]:
+        """Up to ``budget`` lines of ``block`` (complete lines without the last newline) as
+        LineRecords; returns (lines, bytes of ``block`` they took, newlines included).
+
+        The values are the bytes ``Record(line)`` would have become under the string converter:
+        the block itself when it is ASCII or valid UTF-8, else decoded (``replace``) and encoded.
+        """
+        clean = block.isascii() or (self._utf8 and _valid_utf8(block))
+        text = block if clean else block.decode(self.config.encoding, "replace").encode()
+        lines = text.split(b"\n")
+        if len(lines) <= budget:
+            consumed = len(block) + 1
+        else:
+            lines = lines[:budget]
+            # measured on the block's bytes: ``position`` stays exact even for lossy decodes
+            consumed = sum(map(len, lines)) + budget if clean else self._bytes_of_lines(block, budget)
+        if self.config.strip_cr and b"\r" in text:
+            lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        self._emit_lines(tf, lines)
+        return len(lines), consumed
+
+    def _emit_lines(self, tf: TrackedFile, lines: list[bytes]) -> None:
+        assert self._lines_topic is not None
+        key = tf.origin.encode() if self.config.key == "path" else None
+        self._encoded.append(LineRecords.of(self._lines_topic, lines, key, int(time.time() * 1000)))
 
     @staticmethod
     def _bytes_of_lines(block: bytes, n: int) -> int:

@@ -178,7 +178,116 @@ fail:
     return NULL;
 }
 
+/* A zigzag varint at *p (below end); advances *p. -1 on a truncated or overlong one. */
+static int get_varint(const unsigned char **p, const unsigned char *end, int64_t *out) {
+    uint64_t v = 0;
+    int shift = 0;
+    while (*p < end && shift < 64) {
+        unsigned char b = *(*p)++;
+        v |= (uint64_t)(b & 0x7F) << shift;
+        if (!(b & 0x80)) {
+            *out = (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
+            return 0;
+        }
+        shift += 7;
+    }
+    return -1;
+}
+
+static uint64_t get_be(const unsigned char *p, int bytes) {
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/*
+ * lines(batches, from_offset): the values of uncompressed batches, each followed by "\n", in one
+ * bytes object, skipping records before from_offset. Returns (data, count, first_offset,
+ * last_offset, ascii), or None when a batch is compressed or a value is null or holds a newline
+ * (such records are not lines; the caller decodes them instead). Malformed bytes raise ValueError.
+ */
+static PyObject *lines(PyObject *self, PyObject *args) {
+    PyObject *batches;
+    long long from_offset;
+    if (!PyArg_ParseTuple(args, "O!L", &PyList_Type, &batches, &from_offset))
+        return NULL;
+    Py_ssize_t nb = PyList_GET_SIZE(batches);
+    Py_ssize_t bound = 0;
+    for (Py_ssize_t b = 0; b < nb; b++) {
+        PyObject *item = PyList_GET_ITEM(batches, b);
+        if (!PyBytes_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "batches[%zd] must be bytes", b);
+            return NULL;
+        }
+        bound += PyBytes_GET_SIZE(item); /* a value and its newline never outgrow their record */
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, bound);
+    if (out == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    unsigned char high = 0;
+    long long count = 0, first = -1, last = -1;
+    for (Py_ssize_t b = 0; b < nb; b++) {
+        PyObject *item = PyList_GET_ITEM(batches, b);
+        const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(item);
+        Py_ssize_t size = PyBytes_GET_SIZE(item);
+        if (size < HEADER_SIZE)
+            goto malformed;
+        if (get_be(data + 21, 2) & 0x07)
+            goto not_lines; /* compressed */
+        int64_t base = (int64_t)get_be(data, 8);
+        int64_t n = (int32_t)get_be(data + 57, 4);
+        const unsigned char *p = data + HEADER_SIZE, *end = data + size;
+        for (int64_t i = 0; i < n; i++) {
+            int64_t length, skip, delta, klen, vlen, nh;
+            if (get_varint(&p, end, &length) < 0 || length < 0 || length > end - p)
+                goto malformed;
+            const unsigned char *rend = p + length;
+            p++; /* record attributes */
+            if (get_varint(&p, rend, &skip) < 0 || get_varint(&p, rend, &delta) < 0 ||
+                get_varint(&p, rend, &klen) < 0 || klen > rend - p)
+                goto malformed;
+            if (klen > 0)
+                p += klen;
+            if (get_varint(&p, rend, &vlen) < 0 || vlen > rend - p)
+                goto malformed;
+            int64_t offset = base + delta;
+            if (offset >= from_offset) {
+                if (vlen < 0 || memchr(p, '\n', (size_t)vlen) != NULL)
+                    goto not_lines;
+                for (int64_t j = 0; j < vlen; j++)
+                    high |= p[j];
+                memcpy(o, p, (size_t)vlen);
+                o += vlen;
+                *o++ = '\n';
+                if (first < 0)
+                    first = offset;
+                last = offset;
+                count++;
+            }
+            p += vlen > 0 ? vlen : 0;
+            if (get_varint(&p, rend, &nh) < 0 || nh < 0)
+                goto malformed;
+            p = rend; /* headers: not part of a line */
+        }
+    }
+    if (_PyBytes_Resize(&out, o - PyBytes_AS_STRING(out)) < 0)
+        return NULL;
+    return Py_BuildValue("(NLLLO)", out, count, first, last, (high & 0x80) ? Py_False : Py_True);
+not_lines:
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+malformed:
+    Py_DECREF(out);
+    PyErr_SetString(PyExc_ValueError, "malformed record batch");
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"lines", lines, METH_VARARGS,
+     "lines(batches, from_offset) -> (data, count, first_offset, last_offset, ascii) | None\n\n"
+     "The values of uncompressed batches as newline-ended lines; None if one is null or holds a newline."},
     {"build", build, METH_VARARGS,
      "build(keys, values, timestamps, producer_id, producer_epoch, attributes) -> bytearray\n\n"
      "An uncompressed RecordBatch v2 without headers; base offset and CRC are zero."},

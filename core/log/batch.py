@@ -256,6 +256,44 @@ def iter_records(batch: bytes) -> Iterator[Any]:
     return iter(_CBatch(batch))
 
 
+class Lines(NamedTuple):
+    """The values of some batches as newline-ended lines (what :func:`lines` returns)."""
+
+    data: bytes
+    records: int
+    first_offset: int
+    last_offset: int
+    #: the data is ASCII (else the caller checks that it is UTF-8 if it needs to)
+    ascii: bool
+
+
+def lines(batches: list[bytes], from_offset: int = 0) -> Lines | None:
+    """Every value of ``batches`` at or after ``from_offset``, each followed by a newline, in one
+    bytes object: a text sink writes it as it is. None when a value is null or holds a newline
+    (it is not a line), so the caller decodes the records instead.
+
+    ``_columns.c`` does it without a Python object per record; the fallback decodes them.
+    """
+    if _columns is not None:
+        result = _columns.lines(batches, from_offset)
+        return None if result is None else Lines(*result)
+    parts: list[bytes] = []
+    first = last = -1
+    for data in batches:
+        for record in iter_records(data):
+            if record.offset < from_offset:
+                continue
+            value = record.value
+            if value is None or b"\n" in value:
+                return None
+            parts.append(value)
+            if first < 0:
+                first = record.offset
+            last = record.offset
+    joined = b"\n".join(parts) + b"\n" if parts else b""
+    return Lines(joined, len(parts), first, last, joined.isascii())
+
+
 def walk(buf: Any, start: int, end: int) -> Iterator[tuple[int, BatchHeader]]:
     """(position, header) of each complete batch in ``buf[start:end]``.
 

@@ -36,21 +36,35 @@ _NOTHING = object()
 class SourceLimits:
     """Bounds of one transaction: whichever is reached first closes it."""
 
-    max_records: int = 50_000
-    max_bytes: int = 16 * 1024 * 1024
+    #: records and bytes bound the memory a transaction holds; ``max_ms`` bounds its latency. Each
+    #: commit costs about six fsyncs (the data, ``__source_offsets`` and the transaction state, each
+    #: with its partition checkpoint), so a fast source fills transactions up to ``max_ms``
+    max_records: int = 250_000
+    max_bytes: int = 64 * 1024 * 1024
     max_ms: float = 250.0
     #: pause between polls while the source has nothing
     idle_poll_s: float = 0.05
 
 
 def decode_json(encoded: JsonRecords) -> list[Record]:
-    """Records a source serialised as JSON, back as values (for transforms and other converters)."""
-    loads = JsonConverter().deserialize
+    """Records a source serialised as JSON (or as lines), back as values (for transforms and other converters)."""
+    loads = JsonConverter().deserialize if encoded.converter == "json" else StringConverter().deserialize
     topic = encoded.topic
     return [
         Record(loads(value), loads(key), timestamp, topic=topic)
         for key, value, timestamp in zip(encoded.keys, encoded.values, encoded.timestamps)
     ]
+
+
+def encoded_as(transforms: list[Transform], key_conv: Converter, value_conv: Converter) -> str | None:
+    """The converter whose bytes a source may hand over as columns (``ConnectorContext.encoded_as``):
+    the pipeline's, when no transform wants records and key and value use the same built-in one."""
+    if transforms:
+        return None
+    for name, cls in (("json", JsonConverter), ("string", StringConverter)):
+        if type(key_conv) is cls and type(value_conv) is cls:
+            return name
+    return None
 
 
 class SourceTask(ConnectorTask):
@@ -91,8 +105,8 @@ class SourceTask(ConnectorTask):
     async def run(self, stop: asyncio.Event) -> None:
         transforms = make_transforms(self.spec)
         key_conv, value_conv = make_converters(self.spec)
-        # records a source serialised as JSON itself go to the log as they are
-        as_is = not transforms and type(key_conv) is JsonConverter and type(value_conv) is JsonConverter
+        # records a source serialised itself go to the log as they are
+        as_is = encoded_as(transforms, key_conv, value_conv)
         producer = self.backend.producer(transactional_id=self.transactional_id)
         # Fence the previous incarnation and let its last transaction settle
         # before the checkpoint is read: on Kafka the markers land a moment
@@ -100,6 +114,7 @@ class SourceTask(ConnectorTask):
         await producer.init()
         offset = await read_source_offset(self.backend, self.offset_key)
         source = self._source_factory()
+        source.context.encoded_as = as_is
         self._source = source
         log.info("source %r starting from %s", self.name, "the beginning" if offset is None else "its committed offset")
         self.idle_since = None
@@ -125,9 +140,9 @@ class SourceTask(ConnectorTask):
                         count += n
                         size += b
                     for encoded in batch.encoded:
-                        if as_is:
+                        if encoded.converter == as_is:
                             n, b = await self._prepare_encoded(encoded, pending)
-                        else:  # transforms or other converters want the values, not JSON
+                        else:  # transforms or other converters want the values, not their bytes
                             n, b = await self._prepare(
                                 decode_json(encoded), transforms, key_conv, value_conv, pending
                             )
@@ -256,8 +271,12 @@ class SourceTask(ConnectorTask):
         """Partition records that are already JSON into ``pending``, as columns."""
         topic = encoded.topic
         n = self._partitions.get(topic) or await self._partition_count(topic)
+        keys = encoded.keys
         if n == 1:
             parts = {0: encoded}
+        elif keys and keys.count(keys[0]) == len(keys):  # one key for all (lines of one file)
+            key = keys[0]
+            parts = {self._sticky_partition(topic, n) if key is None else self._key_partition(key, n): encoded}
         else:
             parts = {}
             for key, value, timestamp in zip(encoded.keys, encoded.values, encoded.timestamps):
