@@ -69,6 +69,7 @@ import stat
 import time
 import zlib
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
 from millpond.connector import ConnectorConfig, Guarantee, Source, SourceBatch
@@ -117,8 +118,18 @@ def _valid_utf8(data: bytes) -> bool:
     return True
 
 
+#: the stdlib's C scanner, which json.loads calls after checks that cost as much as it on short lines
+_scan_json: Callable[[str, int], tuple[Any, int]] = getattr(json.JSONDecoder(), "scan_once")
+
+
 def _json_or_text(line: str) -> Any:
     try:
+        value, end = _scan_json(line, 0)
+        if end == len(line):
+            return value
+    except (StopIteration, ValueError, RecursionError):
+        pass
+    try:  # whitespace around the document, or not JSON: json.loads decides
         return json.loads(line)
     except ValueError:
         return line

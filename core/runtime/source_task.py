@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
+
 from ..backends.base import LogBackend, Producer
 from ..config import ConnectorSpec, PipelineConfig
 from ..connector import Converter, Source, Transform
@@ -207,13 +209,22 @@ class SourceTask(ConnectorTask):
         vs = value_conv.serialize
         # str values under the string converter: encode inline (the hot path of text sources)
         encode_str = type(value_conv) is StringConverter
+        # dicts under the JSON converter: its first attempt, inline (the hot path of JSON sources)
+        dumps = orjson.dumps if type(value_conv) is JsonConverter else None
         default_bucket: list[Record] | None = None
         outs: Iterable[Record]
         one: list[Record] = [records[0]] if records else []  # reused: no container per record without transforms
+        # one transform (the common case): called directly, without the chain's containers per record
+        single = transforms[0].apply if len(transforms) == 1 else None
         for original in records:
             if transforms:
                 try:
-                    outs = list(apply_transforms(transforms, original))
+                    if single is not None:
+                        outs = single(original)
+                        if outs.__class__ is not list:  # a generator raises as it is consumed
+                            outs = list(outs)
+                    else:
+                        outs = list(apply_transforms(transforms, original))
                 except RecordError as exc:
                     await self._dead_letter(pending, exc, original, "transform")
                     continue
@@ -228,6 +239,11 @@ class SourceTask(ConnectorTask):
                         key = ks(key)
                     if encode_str and value.__class__ is str:
                         value = value.encode()
+                    elif dumps is not None and value.__class__ is dict:
+                        try:
+                            value = dumps(value, default=str)
+                        except TypeError:  # what orjson refuses: the converter's other attempts
+                            value = vs(value)
                     else:
                         value = vs(value)
                 except RecordError as exc:
