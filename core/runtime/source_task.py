@@ -69,6 +69,27 @@ def encoded_as(transforms: list[Transform], key_conv: Converter, value_conv: Con
     return None
 
 
+def as_columns(topic: str, records: list[Record] | JsonRecords) -> list[Record] | JsonRecords:
+    """Serialised records without headers as columns, which the embedded log encodes in one C call
+    instead of one builder call per record (a third of the cost of a record that was transformed)."""
+    if records.__class__ is not list or not records:
+        return records
+    keys = []
+    values = []
+    timestamps = []
+    for r in records:
+        key = r.key
+        value = r.value
+        if (r.headers or r.timestamp.__class__ is not int or (value is not None and value.__class__ is not bytes)
+                or (key is not None and key.__class__ is not bytes)):
+            return records  # what the C encoder does not take: the builder does
+        keys.append(key)
+        values.append(value)
+        timestamps.append(r.timestamp)
+    # the columns hold the connector's converter's bytes, whatever its name: nothing reads the tag past here
+    return JsonRecords(topic, keys, values, timestamps)
+
+
 class SourceTask(ConnectorTask):
     """Runs one task of a source connector until ``stop`` is set."""
 
@@ -353,7 +374,7 @@ class SourceTask(ConnectorTask):
         await producer.begin()
         try:
             for (topic, partition), records in pending.items():
-                await producer.send_batch(topic, partition, records)
+                await producer.send_batch(topic, partition, as_columns(topic, records))
             await producer.send(SOURCE_OFFSETS_TOPIC, marker, None)
             await producer.commit()
         except BaseException:
