@@ -357,17 +357,24 @@ class Mask(Transform):
         d[k] = self._mask(d[k])
 
     def apply(self, record: Record) -> Iterable[Record]:
-        original: Any = _object(record, "mask")
+        original: Any = record.value
+        if original.__class__ is not dict:
+            original = _object(record, "mask")
         value = original
+        memo = self._memo
         for parts in self._paths:
-            if len(parts) == 1:  # a top-level field: what _update does, without its calls
-                if parts[0] in value:
+            if len(parts) == 1:  # a top-level field: what _update and _change do, without their calls
+                field = parts[0]
+                if field in value:
                     if value is original:
                         value = dict(value)
-                    self._change(value, parts[0])
+                    current = value[field]
+                    masked = memo.get(current) if current.__class__ is str else None
+                    value[field] = self._mask(current) if masked is None else masked
             else:
                 value = _update(value, parts, self._change)
-        return [_with_value(record, value)]
+        return [Record(value, record.key, record.timestamp, record.headers, record.topic, record.partition,
+                       record.offset)]
 
 
 # -- timestamp ---------------------------------------------------------------
