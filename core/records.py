@@ -9,8 +9,8 @@ JSON-ready value.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, cast, overload
 
 
@@ -150,15 +150,42 @@ class LineRecords(JsonRecords):
     JsonRecords takes these. Keys are UTF-8 bytes or None.
     """
 
-    __slots__ = ()
+    __slots__ = ("_value_bytes",)
 
     converter: ClassVar[str] = "string"
 
+    def __init__(
+        self,
+        topic: str,
+        keys: list[bytes | None] | None = None,
+        values: list[bytes | None] | None = None,
+        timestamps: list[int] | None = None,
+        value_bytes: int | None = None,
+    ) -> None:
+        super().__init__(topic, keys, values, timestamps)
+        #: the size of ``values``, when the source knew it (the block it split)
+        self._value_bytes = value_bytes
+
     @classmethod
-    def of(cls, topic: str, lines: list[bytes], key: bytes | None, timestamp: int) -> LineRecords:
+    def of(cls, topic: str, lines: list[bytes], key: bytes | None, timestamp: int,
+           value_bytes: int | None = None) -> LineRecords:
         """``lines`` with one key and one timestamp for all of them (the columns are built in C)."""
         n = len(lines)
-        return cls(topic, [key] * n, cast(list[bytes | None], lines), [timestamp] * n)
+        return cls(topic, [key] * n, cast(list[bytes | None], lines), [timestamp] * n, value_bytes)
+
+    @property
+    def value_bytes(self) -> int:
+        if self._value_bytes is None:
+            self._value_bytes = sum(map(len, filter(None, self.values)))
+        return self._value_bytes
+
+    def append(self, key: bytes | None, value: bytes | None, timestamp: int) -> None:
+        super().append(key, value, timestamp)
+        self._value_bytes = None
+
+    def extend(self, other: JsonRecords) -> None:
+        super().extend(other)
+        self._value_bytes = None
 
 
 _MASK = 0xFFFFFFFF

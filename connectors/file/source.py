@@ -584,21 +584,24 @@ class FileSource(Source):
         clean = block.isascii() or (self._utf8 and _valid_utf8(block))
         text = block if clean else block.decode(self.config.encoding, "replace").encode()
         lines = text.split(b"\n")
+        size: int | None = None
         if len(lines) <= budget:
             consumed = len(block) + 1
+            size = len(text) - len(lines) + 1  # the newlines between them
         else:
             lines = lines[:budget]
             # measured on the block's bytes: ``position`` stays exact even for lossy decodes
             consumed = sum(map(len, lines)) + budget if clean else self._bytes_of_lines(block, budget)
         if self.config.strip_cr and b"\r" in text:
             lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
-        self._emit_lines(tf, lines)
+            size = None
+        self._emit_lines(tf, lines, size)
         return len(lines), consumed
 
-    def _emit_lines(self, tf: TrackedFile, lines: list[bytes]) -> None:
+    def _emit_lines(self, tf: TrackedFile, lines: list[bytes], size: int | None = None) -> None:
         assert self._lines_topic is not None
         key = tf.origin.encode() if self.config.key == "path" else None
-        self._encoded.append(LineRecords.of(self._lines_topic, lines, key, int(time.time() * 1000)))
+        self._encoded.append(LineRecords.of(self._lines_topic, lines, key, int(time.time() * 1000), size))
 
     @staticmethod
     def _bytes_of_lines(block: bytes, n: int) -> int:

@@ -324,12 +324,14 @@ class SourceTask(ConnectorTask):
                 if part is None:
                     part = parts[p] = JsonRecords(topic)
                 part.append(key, value, timestamp)
+        size = encoded.value_bytes
         for p, part in parts.items():
             bucket = pending.get((topic, p))
             if bucket is None:
-                pending[(topic, p)] = bucket = JsonRecords(topic)
-            bucket.extend(part)  # a list when records of this transaction came one by one
-        return len(encoded), encoded.value_bytes
+                pending[(topic, p)] = part  # the source is done with it: no copy of its columns
+            else:
+                bucket.extend(part)  # a list when records of this transaction came one by one
+        return len(encoded), size
 
     def _key_partition(self, key: bytes, n: int) -> int:
         """Kafka's murmur2 partition of ``key``, memoised: keys repeat (a path, a user id)."""

@@ -43,6 +43,7 @@ def drain(tmp: Path, lines_mode: bool, **cfg: Any) -> tuple[list[tuple[bytes | N
                 for encoded in batch.encoded:
                     assert isinstance(encoded, LineRecords) and encoded.topic == "lines"
                     assert len(set(encoded.timestamps)) == 1
+                    assert encoded.value_bytes == sum(len(v) for v in encoded.values if v is not None)
                     out += [(k, v) for k, v in zip(encoded.keys, encoded.values)]  # type: ignore[misc]
             else:
                 assert not batch.encoded
