@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple, cast, overload
+from typing import Any, ClassVar, NamedTuple, overload
 
 
 class TopicPartition(NamedTuple):
@@ -139,53 +139,132 @@ class JsonRecords(Sequence["Record"]):
 
 
 class LineRecords(JsonRecords):
-    """Lines of text held as columns: each value is one line's UTF-8 bytes, as the ``string``
+    """Lines of text held as blocks: each value is one line's UTF-8 bytes, as the ``string``
     converter would serialise it.
 
-    A text source (the file source) splits a block of lines with one
-    ``bytes.split`` and returns them in this form when the pipeline wants
-    nothing else (``ConnectorContext.encoded_as == "string"``): no
-    :class:`Record` and no ``str`` per line. The runtime appends the columns
-    as they are, like :class:`JsonRecords`; every backend that takes
-    JsonRecords takes these. Keys are UTF-8 bytes or None.
+    A text source (the file source) hands over what it read as it is, a block
+    of newline-ended lines with one key and one timestamp, when the pipeline
+    wants nothing else (``ConnectorContext.encoded_as == "string"``): no
+    :class:`Record`, no ``str`` and no ``bytes`` per line. The embedded log
+    encodes the blocks into a batch in one C call (``_columns.build_lines``).
+    Everything else sees the columns of a :class:`JsonRecords` (``keys``,
+    ``values``, ``timestamps``), split from the blocks when first asked for,
+    so every backend that takes JsonRecords takes these. Keys are UTF-8 bytes
+    or None.
     """
 
-    __slots__ = ("_value_bytes",)
+    __slots__ = ("blocks", "counts", "block_keys", "block_timestamps", "_count", "_value_bytes", "_columns")
 
     converter: ClassVar[str] = "string"
 
     def __init__(
         self,
         topic: str,
+        blocks: list[bytes] | None = None,
+        counts: list[int] | None = None,
         keys: list[bytes | None] | None = None,
-        values: list[bytes | None] | None = None,
         timestamps: list[int] | None = None,
-        value_bytes: int | None = None,
     ) -> None:
-        super().__init__(topic, keys, values, timestamps)
-        #: the size of ``values``, when the source knew it (the block it split)
-        self._value_bytes = value_bytes
+        self.topic = topic
+        #: each block is ``counts[i]`` lines, every one ended by a newline that is not part of its value
+        self.blocks: list[bytes] = [] if blocks is None else blocks
+        self.counts: list[int] = [] if counts is None else counts
+        self.block_keys: list[bytes | None] = [] if keys is None else keys
+        self.block_timestamps: list[int] = [] if timestamps is None else timestamps
+        self._count = sum(self.counts)
+        self._value_bytes = sum(map(len, self.blocks)) - self._count
+        self._columns: tuple[list[bytes | None], list[bytes | None], list[int]] | None = None
 
     @classmethod
-    def of(cls, topic: str, lines: list[bytes], key: bytes | None, timestamp: int,
-           value_bytes: int | None = None) -> LineRecords:
-        """``lines`` with one key and one timestamp for all of them (the columns are built in C)."""
-        n = len(lines)
-        return cls(topic, [key] * n, cast(list[bytes | None], lines), [timestamp] * n, value_bytes)
+    def of(cls, topic: str, block: bytes, count: int, key: bytes | None, timestamp: int) -> LineRecords:
+        """``count`` newline-ended lines in ``block``, with one key and one timestamp."""
+        return cls(topic, [block], [count], [key], [timestamp])
+
+    def _split(self) -> tuple[list[bytes | None], list[bytes | None], list[int]]:
+        if self._columns is None:
+            keys: list[bytes | None] = []
+            values: list[bytes | None] = []
+            timestamps: list[int] = []
+            for block, count, key, timestamp in zip(self.blocks, self.counts, self.block_keys, self.block_timestamps):
+                if count:
+                    values += block[:-1].split(b"\n")
+                    keys += [key] * count
+                    timestamps += [timestamp] * count
+            self._columns = (keys, values, timestamps)
+        return self._columns
+
+    @property
+    def keys(self) -> list[bytes | None]:  # type: ignore[override]  # read-only: split from the blocks
+        return self._split()[0]
+
+    @property
+    def values(self) -> list[bytes | None]:  # type: ignore[override]  # read-only: split from the blocks
+        return self._split()[1]
+
+    @property
+    def timestamps(self) -> list[int]:  # type: ignore[override]  # read-only: split from the blocks
+        return self._split()[2]
 
     @property
     def value_bytes(self) -> int:
-        if self._value_bytes is None:
-            self._value_bytes = sum(map(len, filter(None, self.values)))
         return self._value_bytes
 
+    def __len__(self) -> int:
+        return self._count
+
+    def _add(self, block: bytes, count: int, key: bytes | None, timestamp: int) -> None:
+        self.blocks.append(block)
+        self.counts.append(count)
+        self.block_keys.append(key)
+        self.block_timestamps.append(timestamp)
+        self._count += count
+        self._value_bytes += len(block) - count
+        self._columns = None
+
     def append(self, key: bytes | None, value: bytes | None, timestamp: int) -> None:
-        super().append(key, value, timestamp)
-        self._value_bytes = None
+        if value is None or b"\n" in value:
+            raise ValueError("a LineRecords value is one line of bytes")
+        self._add(value + b"\n", 1, key, timestamp)
 
     def extend(self, other: JsonRecords) -> None:
-        super().extend(other)
-        self._value_bytes = None
+        if not isinstance(other, LineRecords):
+            raise TypeError(f"LineRecords extends with LineRecords, not {type(other).__name__}")
+        for block, count, key, timestamp in zip(other.blocks, other.counts, other.block_keys, other.block_timestamps):
+            self._add(block, count, key, timestamp)
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+    @overload
+    def __getitem__(self, index: slice) -> LineRecords: ...
+    def __getitem__(self, index: int | slice) -> Record | LineRecords:  # noqa: D105
+        if not isinstance(index, slice):
+            return Record(self.values[index], self.keys[index], self.timestamps[index], topic=self.topic)
+        start, stop, step = index.indices(self._count)
+        if step != 1:
+            raise ValueError("LineRecords slices are contiguous")
+        out = LineRecords(self.topic)
+        first = 0  # the index of the block's first line
+        for block, count, key, timestamp in zip(self.blocks, self.counts, self.block_keys, self.block_timestamps):
+            lo, hi = max(start, first) - first, min(stop, first + count) - first
+            if lo < hi:
+                if lo == 0 and hi == count:
+                    out._add(block, count, key, timestamp)
+                else:
+                    a, b = _line_start(block, lo), _line_start(block, hi)
+                    out._add(block[a:b], hi - lo, key, timestamp)
+            first += count
+            if first >= stop:
+                break
+        return out
+
+
+def _line_start(block: bytes, n: int) -> int:
+    """Where line ``n`` of ``block`` starts (its length when ``n`` is the line count)."""
+    position = 0
+    find = block.find
+    for _ in range(n):
+        position = find(b"\n", position) + 1
+    return position
 
 
 _MASK = 0xFFFFFFFF

@@ -533,7 +533,7 @@ class FileSource(Source):
                     break
                 text = chunk.decode(cfg.encoding, "replace")
                 if self._lines_topic is not None:
-                    self._emit_lines(tf, [text.encode()])
+                    self._emit_block(tf, text.encode() + b"\n", 1)
                 else:
                     self._chunks.append((len(out), 1, tf, tf.position, tf.line, b""))
                     out.append(Record(_json_or_text(text) if cfg.format == "json" else text, key))
@@ -541,15 +541,15 @@ class FileSource(Source):
                 self._advance(tf, len(chunk))
                 moved = True
                 continue
-            block = data[:end]
             if self._lines_topic is not None:
-                n, consumed = self._block_lines(tf, block, budget - count)
+                n, consumed = self._block_lines(tf, data[: end + 1], budget - count)
                 if tf.line is not None:
                     tf.line += n
                 count += n
                 self._advance(tf, consumed)
                 moved = True
                 continue
+            block = data[:end]
             text = block.decode(cfg.encoding, "replace")
             lines = text.split("\n")
             if cfg.strip_cr and "\r" in text:
@@ -575,33 +575,33 @@ class FileSource(Source):
         return count, moved
 
     def _block_lines(self, tf: TrackedFile, block: bytes, budget: int) -> tuple[int, int]:
-        """Up to ``budget`` lines of ``block`` (complete lines without the last newline) as
+        """Up to ``budget`` lines of ``block`` (complete lines, the last newline included) as
         LineRecords; returns (lines, bytes of ``block`` they took, newlines included).
 
         The values are the bytes ``Record(line)`` would have become under the string converter:
         the block itself when it is ASCII or valid UTF-8, else decoded (``replace``) and encoded.
+        Nothing is split: the log encodes the block as it is.
         """
         clean = block.isascii() or (self._utf8 and _valid_utf8(block))
         text = block if clean else block.decode(self.config.encoding, "replace").encode()
-        lines = text.split(b"\n")
-        size: int | None = None
-        if len(lines) <= budget:
-            consumed = len(block) + 1
-            size = len(text) - len(lines) + 1  # the newlines between them
+        count = text.count(b"\n")
+        if count <= budget:
+            consumed = len(block)
         else:
-            lines = lines[:budget]
+            count = budget
+            text = text[: self._bytes_of_lines(text, budget)]
             # measured on the block's bytes: ``position`` stays exact even for lossy decodes
-            consumed = sum(map(len, lines)) + budget if clean else self._bytes_of_lines(block, budget)
+            consumed = len(text) if clean else self._bytes_of_lines(block, budget)
         if self.config.strip_cr and b"\r" in text:
-            lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
-            size = None
-        self._emit_lines(tf, lines, size)
-        return len(lines), consumed
+            lines = [line[:-1] if line.endswith(b"\r") else line for line in text[:-1].split(b"\n")]
+            text = b"\n".join(lines) + b"\n"
+        self._emit_block(tf, text, count)
+        return count, consumed
 
-    def _emit_lines(self, tf: TrackedFile, lines: list[bytes], size: int | None = None) -> None:
+    def _emit_block(self, tf: TrackedFile, block: bytes, count: int) -> None:
         assert self._lines_topic is not None
         key = tf.origin.encode() if self.config.key == "path" else None
-        self._encoded.append(LineRecords.of(self._lines_topic, lines, key, int(time.time() * 1000), size))
+        self._encoded.append(LineRecords.of(self._lines_topic, block, count, key, int(time.time() * 1000)))
 
     @staticmethod
     def _bytes_of_lines(block: bytes, n: int) -> int:

@@ -21,8 +21,9 @@ Byte layout of a batch (big-endian), as Kafka writes it::
 
 Records are encoded and decoded by aiokafka's C implementation; this module
 never encodes a varint in Python except for the one-record control batches.
-Records already held as columns (:class:`~millpond.records.JsonRecords`) are
-encoded by ``_columns.c`` in one call (then compressed like the builder does).
+Records already held as columns (:class:`~millpond.records.JsonRecords`) or
+blocks of lines (:class:`~millpond.records.LineRecords`) are encoded by
+``_columns.c`` in one call (then compressed like the builder does).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from aiokafka import codec
 
 from .. import speedups
 from ..errors import MillpondError
-from ..records import JsonRecords
+from ..records import JsonRecords, LineRecords
 
 try:
     speedups.refuse()  # MILLPOND_PURE_PYTHON=1: the Python path, on purpose
@@ -198,8 +199,12 @@ def build_batch(
     """
     buf: bytearray
     if _columns is not None and isinstance(rows, JsonRecords) and len(rows):
-        buf = _columns.build(rows.keys, rows.values, rows.timestamps, producer_id, producer_epoch,
-                             TRANSACTIONAL_MASK if transactional else 0)
+        attributes = TRANSACTIONAL_MASK if transactional else 0
+        if isinstance(rows, LineRecords):  # blocks of lines: no object per line on the way
+            buf = _columns.build_lines(rows.blocks, rows.counts, rows.block_keys, rows.block_timestamps,
+                                       producer_id, producer_epoch, attributes)
+        else:
+            buf = _columns.build(rows.keys, rows.values, rows.timestamps, producer_id, producer_epoch, attributes)
         if compression:
             _compress(buf, compression)
         if log_append_time is None:

@@ -24,7 +24,7 @@ from ..config import ConnectorSpec, PipelineConfig
 from ..connector import Converter, Source, Transform
 from ..converters import JsonConverter, StringConverter
 from ..errors import RecordError
-from ..records import JsonRecords, Record, partition_for_key
+from ..records import JsonRecords, LineRecords, Record, partition_for_key
 from .build import apply_transforms, make_converters, make_source, make_transforms
 from .source_offsets import SOURCE_OFFSETS_TOPIC, encode_offset, offset_key, read_source_offset
 from .task import ConnectorTask
@@ -310,7 +310,8 @@ class SourceTask(ConnectorTask):
         """Partition records that are already JSON into ``pending``, as columns."""
         topic = encoded.topic
         n = self._partitions.get(topic) or await self._partition_count(topic)
-        keys = encoded.keys
+        # blocks of lines carry a key per block: no need to split them to know
+        keys = encoded.block_keys if isinstance(encoded, LineRecords) else encoded.keys
         if n == 1:
             parts = {0: encoded}
         elif keys and keys.count(keys[0]) == len(keys):  # one key for all (lines of one file)
@@ -329,8 +330,10 @@ class SourceTask(ConnectorTask):
             bucket = pending.get((topic, p))
             if bucket is None:
                 pending[(topic, p)] = part  # the source is done with it: no copy of its columns
-            else:
-                bucket.extend(part)  # a list when records of this transaction came one by one
+                continue
+            if isinstance(bucket, JsonRecords) and type(bucket) is not type(part):
+                pending[(topic, p)] = bucket = list(bucket)  # columns of two kinds: records from here on
+            bucket.extend(part)  # a list when records of this transaction came one by one
         return len(encoded), size
 
     def _key_partition(self, key: bytes, n: int) -> int:

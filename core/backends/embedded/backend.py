@@ -245,8 +245,8 @@ class EmbeddedProducer:
         if isinstance(records, JsonRecords):  # kept as columns: encoded in one call at commit
             pending = self._pending.get(tp)
             if pending is None:
-                self._pending[tp] = pending = JsonRecords(topic)
-            if isinstance(pending, JsonRecords):
+                self._pending[tp] = pending = type(records)(topic)
+            if type(pending) is type(records):
                 pending.extend(records)
                 return
         self._bucket(tp).extend(records)
