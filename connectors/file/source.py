@@ -74,6 +74,7 @@ from typing import Any, Literal
 
 from millpond.connector import ConnectorConfig, Guarantee, Source, SourceBatch
 from millpond.errors import ConfigError
+from millpond.log.batch import line_end
 from millpond.records import LineRecords, Record
 
 log = logging.getLogger("millpond.connectors.file.source")
@@ -605,12 +606,9 @@ class FileSource(Source):
 
     @staticmethod
     def _bytes_of_lines(block: bytes, n: int) -> int:
-        """Bytes taken by the first ``n`` lines of ``block`` (newlines included)."""
-        pos = 0
-        for _ in range(n):
-            nl = block.find(b"\n", pos)
-            pos = len(block) + 1 if nl < 0 else nl + 1
-        return pos
+        """Bytes taken by the first ``n`` lines of ``block`` (newlines included; a last line
+        without one counts its length + 1)."""
+        return line_end(block, n)
 
     def _emit_partial(self, tf: TrackedFile, now: float) -> bool:
         """A last line without newline goes out when its file is retired, or after the quiet period."""

@@ -293,6 +293,27 @@ static PyObject *build_lines(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* line_end(block, n): the position just after the n-th newline of block (len(block) + 1 if fewer). */
+static PyObject *line_end(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y*n", &view, &n))
+        return NULL;
+    const char *start = view.buf, *p = start, *end = start + view.len;
+    Py_ssize_t position = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *nl = p < end ? memchr(p, '\n', (size_t)(end - p)) : NULL;
+        if (nl == NULL) {
+            position = view.len + 1;
+            break;
+        }
+        p = nl + 1;
+        position = p - start;
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(position);
+}
+
 /* A zigzag varint at *p (below end); advances *p. -1 on a truncated or overlong one. */
 static int get_varint(const unsigned char **p, const unsigned char *end, int64_t *out) {
     uint64_t v = 0;
@@ -400,6 +421,8 @@ malformed:
 }
 
 static PyMethodDef methods[] = {
+    {"line_end", line_end, METH_VARARGS,
+     "line_end(block, n) -> int\n\nThe position just after the n-th newline (len(block) + 1 if there are fewer)."},
     {"build_lines", build_lines, METH_VARARGS,
      "build_lines(blocks, counts, keys, timestamps, producer_id, producer_epoch, attributes) -> bytearray\n\n"
      "build() for blocks of newline-ended lines, one key and timestamp per block."},

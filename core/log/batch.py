@@ -299,6 +299,20 @@ def lines(batches: list[bytes], from_offset: int = 0) -> Lines | None:
     return Lines(joined, len(parts), first, last, joined.isascii())
 
 
+def line_end(block: bytes, n: int) -> int:
+    """The position just after the ``n``-th newline of ``block`` (``len(block) + 1`` if it has fewer):
+    where a block of lines is cut after ``n`` of them."""
+    if _columns is not None:
+        return _columns.line_end(block, n)
+    position = 0
+    for _ in range(n):
+        nl = block.find(b"\n", position)
+        if nl < 0:
+            return len(block) + 1
+        position = nl + 1
+    return position
+
+
 def walk(buf: Any, start: int, end: int) -> Iterator[tuple[int, BatchHeader]]:
     """(position, header) of each complete batch in ``buf[start:end]``.
 

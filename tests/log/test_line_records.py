@@ -61,3 +61,12 @@ def test_build_lines_refuses_a_miscounted_block() -> None:
     for block, count in ((b"a\nb\n", 3), (b"a\nb\n", 1), (b"a\nb", 2)):
         with pytest.raises(ValueError):
             columns_c.build_lines([block], [count], [None], [1], -1, -1, 0)
+
+
+def test_line_end_in_c_and_in_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = [(b"", 0), (b"", 1), (b"a\nbb\nc", 0), (b"a\nbb\nc", 1), (b"a\nbb\nc", 2), (b"a\nbb\nc", 3),
+             (b"a\nbb\nc", 9), (b"\n\n", 2), (b"\n\n", 3)]
+    want = [0, 1, 0, 2, 5, 7, 7, 2, 3]
+    assert [batch_format.line_end(b, n) for b, n in cases] == want
+    monkeypatch.setattr(batch_format, "_columns", None)
+    assert [batch_format.line_end(b, n) for b, n in cases] == want
