@@ -40,6 +40,9 @@ def test_columns_slices_and_batches_match_plain_columns() -> None:
         assert len(lines[a:b]) == b - a and lines[a:b].value_bytes == plain[a:b].value_bytes
         if b > a:
             assert batch_format.build_batch(lines[a:b]) == batch_format.build_batch(plain[a:b])
+            codec = batch_format.CODECS[rng.choice(["none", "lz4", "zstd"])]  # gzip stamps the time
+            kwargs = {"compression": codec, "producer_id": 7, "producer_epoch": 1, "transactional": True}
+            assert batch_format.build_batch(lines[a:b], **kwargs) == batch_format.build_batch(plain[a:b], **kwargs)
 
 
 def test_append_and_what_it_refuses() -> None:
