@@ -52,9 +52,10 @@ records. Set ``partial_line_ms: null`` to only emit it at rotation.
 Lines are split on b"\\n" (so the encoding must be ASCII-compatible: UTF-8,
 Latin-1, ...); the value of a record is the line without its newline, a str.
 When the pipeline has no transforms and string converters (``text`` format),
-the lines go out as :class:`~millpond.records.LineRecords` instead: a block
-is split with one ``bytes.split`` and its UTF-8 bytes go to the log as they
-are, the bytes the records would have become.
+the lines go out as :class:`~millpond.records.LineRecords` instead: the block
+read, as it is (re-encoded only if it is not UTF-8, ``\r`` dropped if asked),
+which the log encodes in C: the bytes the records would have become, without
+an object per line.
 """
 
 from __future__ import annotations
