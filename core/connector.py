@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from .records import JsonRecords, Record, TopicPartition
+from .records import JsonRecords, PartitionBatches, Record, TopicPartition
 
 
 class Guarantee(enum.IntEnum):
@@ -60,6 +60,10 @@ class ConnectorContext:
     name: str
     pipeline: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: set by the runtime before ``Source.start``: the converter (``"json"``, ``"string"``) whose bytes
+    #: the log takes as they are in ``SourceBatch.encoded`` columns; None when the pipeline wants
+    #: records (transforms, other converters), so a source that can do both returns records
+    encoded_as: str | None = None
 
 
 class Source(ABC):
@@ -125,6 +129,10 @@ class Sink(ABC):
     #: the sink keeps its offsets in its own store (``start`` returns them): an offset reset must be
     #: written there, through ``reset_offsets``, or the sink would ignore it. Checked at start-up.
     owns_offsets: ClassVar[bool] = False
+    #: the sink can take what the log holds undecoded (``write_batches``); the runtime hands it
+    #: batches when the pipeline has no transforms, string converters and a backend that reads
+    #: batches, and records otherwise
+    takes_batches: ClassVar[bool] = False
 
     def __init__(self, config: Any, context: ConnectorContext) -> None:
         self.config = config
@@ -139,6 +147,15 @@ class Sink(ABC):
         as new output; what was written before stays, and must not be overwritten by the replay.
         """
         raise NotImplementedError(f"{type(self).__name__} declares owns_offsets but no reset_offsets")
+
+    async def write_batches(self, polled: list[PartitionBatches]) -> int | None:
+        """Write committed record batches as the log stores them (a ``takes_batches`` sink).
+
+        Returns the number of records written, or None, having written nothing, when some record
+        is not one the sink can take as it is (the runtime then decodes them and calls ``write``,
+        which applies the error policy).
+        """
+        return None
 
     async def start(self) -> Mapping[TopicPartition, int] | None:
         """Open the sink.

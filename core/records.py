@@ -9,9 +9,9 @@ JSON-ready value.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple, overload
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple, overload
 
 
 class TopicPartition(NamedTuple):
@@ -41,6 +41,35 @@ class Record:
         return TopicPartition(self.topic, self.partition)
 
 
+@dataclass(slots=True)
+class PartitionBatches:
+    """Record batches of one partition as the log stores them (Kafka RecordBatch v2), undecoded.
+
+    What a consumer that reads batches (``BatchConsumer.poll_batches``) returns
+    for a sink that takes them (``Sink.takes_batches``): committed data
+    batches only (no control batches, nothing aborted), CRC-checked, in offset
+    order. Records before ``from_offset`` in the first batch were read before
+    and are not part of it.
+    """
+
+    tp: TopicPartition
+    batches: list[bytes]
+    from_offset: int
+
+    def records(self) -> list[Record]:
+        """The records, decoded (the path every sink can take)."""
+        from .log.batch import iter_records  # the log imports this module
+
+        topic, partition = self.tp
+        start = self.from_offset
+        return [
+            Record(r.value, r.key, r.timestamp, r.headers, topic, partition, r.offset)
+            for data in self.batches
+            for r in iter_records(data)
+            if r.offset >= start
+        ]
+
+
 class JsonRecords(Sequence["Record"]):
     """Records of one topic whose key and value are already JSON, held as columns.
 
@@ -57,6 +86,10 @@ class JsonRecords(Sequence["Record"]):
     """
 
     __slots__ = ("topic", "keys", "values", "timestamps")
+
+    #: the converter whose bytes the columns hold: the runtime appends them as they are only when the
+    #: connector's key and value converters are of this name (and no transform wants the records)
+    converter: ClassVar[str] = "json"
 
     def __init__(
         self,
@@ -93,7 +126,7 @@ class JsonRecords(Sequence["Record"]):
     def __getitem__(self, index: slice) -> JsonRecords: ...
     def __getitem__(self, index: int | slice) -> Record | JsonRecords:  # noqa: D105
         if isinstance(index, slice):
-            return JsonRecords(self.topic, self.keys[index], self.values[index], self.timestamps[index])
+            return type(self)(self.topic, self.keys[index], self.values[index], self.timestamps[index])
         return Record(self.values[index], self.keys[index], self.timestamps[index], topic=self.topic)
 
     def __iter__(self) -> Iterator[Record]:
@@ -102,7 +135,134 @@ class JsonRecords(Sequence["Record"]):
             yield Record(value, key, timestamp, topic=topic)
 
     def __repr__(self) -> str:
-        return f"JsonRecords(topic={self.topic!r}, {len(self)} records)"
+        return f"{type(self).__name__}(topic={self.topic!r}, {len(self)} records)"
+
+
+class LineRecords(JsonRecords):
+    """Lines of text held as blocks: each value is one line's UTF-8 bytes, as the ``string``
+    converter would serialise it.
+
+    A text source (the file source) hands over what it read as it is, a block
+    of newline-ended lines with one key and one timestamp, when the pipeline
+    wants nothing else (``ConnectorContext.encoded_as == "string"``): no
+    :class:`Record`, no ``str`` and no ``bytes`` per line. The embedded log
+    encodes the blocks into a batch in one C call (``_columns.build_lines``).
+    Everything else sees the columns of a :class:`JsonRecords` (``keys``,
+    ``values``, ``timestamps``), split from the blocks when first asked for,
+    so every backend that takes JsonRecords takes these. Keys are UTF-8 bytes
+    or None.
+    """
+
+    __slots__ = ("blocks", "counts", "block_keys", "block_timestamps", "_count", "_value_bytes", "_columns")
+
+    converter: ClassVar[str] = "string"
+
+    def __init__(
+        self,
+        topic: str,
+        blocks: list[bytes] | None = None,
+        counts: list[int] | None = None,
+        keys: list[bytes | None] | None = None,
+        timestamps: list[int] | None = None,
+    ) -> None:
+        self.topic = topic
+        #: each block is ``counts[i]`` lines, every one ended by a newline that is not part of its value
+        self.blocks: list[bytes] = [] if blocks is None else blocks
+        self.counts: list[int] = [] if counts is None else counts
+        self.block_keys: list[bytes | None] = [] if keys is None else keys
+        self.block_timestamps: list[int] = [] if timestamps is None else timestamps
+        self._count = sum(self.counts)
+        self._value_bytes = sum(map(len, self.blocks)) - self._count
+        self._columns: tuple[list[bytes | None], list[bytes | None], list[int]] | None = None
+
+    @classmethod
+    def of(cls, topic: str, block: bytes, count: int, key: bytes | None, timestamp: int) -> LineRecords:
+        """``count`` newline-ended lines in ``block``, with one key and one timestamp."""
+        return cls(topic, [block], [count], [key], [timestamp])
+
+    def _split(self) -> tuple[list[bytes | None], list[bytes | None], list[int]]:
+        if self._columns is None:
+            keys: list[bytes | None] = []
+            values: list[bytes | None] = []
+            timestamps: list[int] = []
+            for block, count, key, timestamp in zip(self.blocks, self.counts, self.block_keys, self.block_timestamps):
+                if count:
+                    values += block[:-1].split(b"\n")
+                    keys += [key] * count
+                    timestamps += [timestamp] * count
+            self._columns = (keys, values, timestamps)
+        return self._columns
+
+    @property
+    def keys(self) -> list[bytes | None]:  # type: ignore[override]  # read-only: split from the blocks
+        return self._split()[0]
+
+    @property
+    def values(self) -> list[bytes | None]:  # type: ignore[override]  # read-only: split from the blocks
+        return self._split()[1]
+
+    @property
+    def timestamps(self) -> list[int]:  # type: ignore[override]  # read-only: split from the blocks
+        return self._split()[2]
+
+    @property
+    def value_bytes(self) -> int:
+        return self._value_bytes
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _add(self, block: bytes, count: int, key: bytes | None, timestamp: int) -> None:
+        self.blocks.append(block)
+        self.counts.append(count)
+        self.block_keys.append(key)
+        self.block_timestamps.append(timestamp)
+        self._count += count
+        self._value_bytes += len(block) - count
+        self._columns = None
+
+    def append(self, key: bytes | None, value: bytes | None, timestamp: int) -> None:
+        if value is None or b"\n" in value:
+            raise ValueError("a LineRecords value is one line of bytes")
+        self._add(value + b"\n", 1, key, timestamp)
+
+    def extend(self, other: JsonRecords) -> None:
+        if not isinstance(other, LineRecords):
+            raise TypeError(f"LineRecords extends with LineRecords, not {type(other).__name__}")
+        for block, count, key, timestamp in zip(other.blocks, other.counts, other.block_keys, other.block_timestamps):
+            self._add(block, count, key, timestamp)
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+    @overload
+    def __getitem__(self, index: slice) -> LineRecords: ...
+    def __getitem__(self, index: int | slice) -> Record | LineRecords:  # noqa: D105
+        if not isinstance(index, slice):
+            return Record(self.values[index], self.keys[index], self.timestamps[index], topic=self.topic)
+        start, stop, step = index.indices(self._count)
+        if step != 1:
+            raise ValueError("LineRecords slices are contiguous")
+        out = LineRecords(self.topic)
+        first = 0  # the index of the block's first line
+        for block, count, key, timestamp in zip(self.blocks, self.counts, self.block_keys, self.block_timestamps):
+            lo, hi = max(start, first) - first, min(stop, first + count) - first
+            if lo < hi:
+                if lo == 0 and hi == count:
+                    out._add(block, count, key, timestamp)
+                else:
+                    a, b = _line_start(block, lo), _line_start(block, hi)
+                    out._add(block[a:b], hi - lo, key, timestamp)
+            first += count
+            if first >= stop:
+                break
+        return out
+
+
+def _line_start(block: bytes, n: int) -> int:
+    """Where line ``n`` of ``block`` starts (its length when ``n`` is the line count)."""
+    from .log.batch import line_end  # the log imports this module
+
+    return line_end(block, n)
 
 
 _MASK = 0xFFFFFFFF

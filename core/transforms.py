@@ -12,7 +12,6 @@ connector's error policy decides (fail, skip, dead-letter).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
 import json
 import re
@@ -86,7 +85,8 @@ def _set(node: dict[str, Any], parts: list[str], value: Any) -> dict[str, Any]:
 
 
 def _with_value(record: Record, value: Any) -> Record:
-    return dataclasses.replace(record, value=value)
+    # what dataclasses.replace(record, value=value) gives, at a fifth of its cost (it runs per record)
+    return Record(value, record.key, record.timestamp, record.headers, record.topic, record.partition, record.offset)
 
 
 class _PathsConfig(ConnectorConfig):
@@ -312,35 +312,69 @@ class MaskConfig(ConnectorConfig):
         return self
 
 
+_MASK_MEMO = 65_536
+
+
 class Mask(Transform):
     """Hide personal data: each listed field (nested, through lists) is hashed or replaced."""
 
     config_model: ClassVar[type[ConnectorConfig]] = MaskConfig
     config: MaskConfig
 
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        # per record, only the work that depends on the record
+        self._paths = [_parts(path) for path in self.config.fields]
+        self._salt = (self.config.salt or "").encode()
+        #: masked str values already hashed: the same user or e-mail comes back record after record,
+        #: and an HMAC of a short value costs ~20x a lookup. Bounded; cleared when full.
+        self._memo: dict[str, str] = {}
+
     def _mask(self, value: Any) -> Any:
         if value is None:
             return None
         if self.config.mode == "fixed":
             return self.config.replacement
-        if isinstance(value, bytes):
-            data = value
-        elif isinstance(value, str):
+        if isinstance(value, str):
+            hit = self._memo.get(value)
+            if hit is not None:
+                return hit
             data = value.encode()
+        elif isinstance(value, bytes):
+            data = value
         else:
             data = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
-        assert self.config.salt, "MaskConfig refuses mode 'hash' without a salt"
-        return hmac.new(self.config.salt.encode(), data, hashlib.sha256).hexdigest()
+        assert self._salt, "MaskConfig refuses mode 'hash' without a salt"
+        # hmac.digest: OpenSSL's one-shot HMAC, the same bytes as hmac.new(...).digest() without its objects
+        digest = hmac.digest(self._salt, data, "sha256").hex()
+        if isinstance(value, str):
+            if len(self._memo) >= _MASK_MEMO:
+                self._memo.clear()
+            self._memo[value] = digest
+        return digest
+
+    def _change(self, d: dict[str, Any], k: str) -> None:
+        d[k] = self._mask(d[k])
 
     def apply(self, record: Record) -> Iterable[Record]:
-        value: Any = _object(record, "mask")
-
-        def change(d: dict[str, Any], k: str) -> None:
-            d[k] = self._mask(d[k])
-
-        for path in self.config.fields:
-            value = _update(value, _parts(path), change)
-        return [_with_value(record, value)]
+        original: Any = record.value
+        if original.__class__ is not dict:
+            original = _object(record, "mask")
+        value = original
+        memo = self._memo
+        for parts in self._paths:
+            if len(parts) == 1:  # a top-level field: what _update and _change do, without their calls
+                field = parts[0]
+                if field in value:
+                    if value is original:
+                        value = dict(value)
+                    current = value[field]
+                    masked = memo.get(current) if current.__class__ is str else None
+                    value[field] = self._mask(current) if masked is None else masked
+            else:
+                value = _update(value, parts, self._change)
+        return [Record(value, record.key, record.timestamp, record.headers, record.topic, record.partition,
+                       record.offset)]
 
 
 # -- timestamp ---------------------------------------------------------------

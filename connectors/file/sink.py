@@ -38,7 +38,8 @@ from typing import Any, Literal
 from millpond.connector import ConnectorConfig, Guarantee, Sink
 from millpond.errors import ConfigError, RecordError
 from millpond.log import fsio
-from millpond.records import Record, TopicPartition
+from millpond.log.batch import lines as batch_lines
+from millpond.records import PartitionBatches, Record, TopicPartition
 
 log = logging.getLogger("millpond.connectors.file.sink")
 
@@ -86,6 +87,7 @@ class FileSink(Sink):
     guarantee = Guarantee.exactly_once
     config_model = FileSinkConfig
     owns_offsets = True
+    takes_batches = True
 
     config: FileSinkConfig
 
@@ -131,21 +133,49 @@ class FileSink(Sink):
             runs = [(TopicPartition(*tp), list(group)) for tp, group in groupby(records, key=_topic_partition)]
         # encode everything first: a RecordError leaves nothing of this batch written
         encoded = [(tp, run, self._encode(run)) for tp, run in runs]
-        cfg = self.config
         for tp, run, data in encoded:
-            f = self.open_files.get(tp)
-            if f is None:
-                f = self._open(tp, run[0].offset)  # type: ignore[arg-type]
-            f.handle.write(data)
-            f.records += len(run)
-            f.size += len(data)
-            f.last = run[-1].offset  # type: ignore[assignment]
-            if (
-                f.records >= cfg.roll_records
-                or f.size >= cfg.roll_bytes
-                or time.monotonic() - f.opened >= cfg.roll_ms / 1000.0
-            ):
-                await asyncio.to_thread(self._commit_files, [(f, f.last)])
+            await self._append(tp, data, len(run), run[0].offset, run[-1].offset)  # type: ignore[arg-type]
+
+    async def write_batches(self, polled: list[PartitionBatches]) -> int | None:
+        """Text and auto formats: the log's values are the lines, copied out of its batches in C.
+
+        Only when every value is one line of UTF-8 (what ``write`` would write as it is); otherwise
+        nothing is written and the runtime offers the records to ``write``.
+        """
+        if self.config.format == "json":
+            return None
+        taken = []
+        for part in polled:
+            found = batch_lines(part.batches, part.from_offset)
+            if found is None:
+                return None
+            if not found.ascii:
+                try:
+                    found.data.decode()
+                except UnicodeDecodeError:
+                    return None
+            if found.records:
+                taken.append((part.tp, found))
+        for tp, found in taken:
+            await self._append(tp, found.data, found.records, found.first_offset, found.last_offset)
+        return sum(found.records for _, found in taken)
+
+    async def _append(self, tp: TopicPartition, data: bytes, count: int, first: int, last: int) -> None:
+        """Add ``count`` encoded records (offsets ``first``..``last``) to the partition's open file."""
+        cfg = self.config
+        f = self.open_files.get(tp)
+        if f is None:
+            f = self._open(tp, first)
+        f.handle.write(data)
+        f.records += count
+        f.size += len(data)
+        f.last = last
+        if (
+            f.records >= cfg.roll_records
+            or f.size >= cfg.roll_bytes
+            or time.monotonic() - f.opened >= cfg.roll_ms / 1000.0
+        ):
+            await asyncio.to_thread(self._commit_files, [(f, f.last)])
 
     async def flush(self, offsets: Mapping[TopicPartition, int]) -> None:
         work = []
@@ -179,15 +209,8 @@ class FileSink(Sink):
             log.info("file sink %r: %s-%d resumes from offset %d, written as generation %d (%s)",
                      self.context.name, tp.topic, tp.partition, offset, generation + 1, self._suffix(tp, generation + 1))
         data = {f"{tp.topic}/{tp.partition}": {"offset": o, "generation": g} for tp, (o, g) in sorted(resets.items())}
-        path = os.path.join(self.config.dir, RESETS_FILE)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            if self.config.fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self._sync_dir()
+        # rare and decisive: always all-or-nothing and durable, whatever ``fsync`` says for data files
+        fsio.replace_file(os.path.join(self.config.dir, RESETS_FILE), json.dumps(data, indent=1).encode())
         self._resets = resets
 
     def _load_resets(self) -> dict[TopicPartition, tuple[int, int]]:

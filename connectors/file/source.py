@@ -51,10 +51,16 @@ records. Set ``partial_line_ms: null`` to only emit it at rotation.
 
 Lines are split on b"\\n" (so the encoding must be ASCII-compatible: UTF-8,
 Latin-1, ...); the value of a record is the line without its newline, a str.
+When the pipeline has no transforms and string converters (``text`` format),
+the lines go out as :class:`~millpond.records.LineRecords` instead: the block
+read, as it is (re-encoded only if it is not UTF-8, ``\r`` dropped if asked),
+which the log encodes in C: the bytes the records would have become, without
+an object per line.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 import logging
@@ -63,12 +69,14 @@ import re
 import stat
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from millpond.connector import ConnectorConfig, Guarantee, Source, SourceBatch
 from millpond.errors import ConfigError
-from millpond.records import Record
+from millpond.log.batch import line_end
+from millpond.records import LineRecords, Record
 
 log = logging.getLogger("millpond.connectors.file.source")
 
@@ -104,8 +112,26 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def _valid_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+#: the stdlib's C scanner, which json.loads calls after checks that cost as much as it on short lines
+_scan_json: Callable[[str, int], tuple[Any, int]] = getattr(json.JSONDecoder(), "scan_once")
+
+
 def _json_or_text(line: str) -> Any:
     try:
+        value, end = _scan_json(line, 0)
+        if end == len(line):
+            return value
+    except (StopIteration, ValueError, RecursionError):
+        pass
+    try:  # whitespace around the document, or not JSON: json.loads decides
         return json.loads(line)
     except ValueError:
         return line
@@ -224,6 +250,13 @@ class FileSource(Source):
         #: (first index in the last batch's records, count, file, its position and line before them, the bytes)
         self._chunks: list[tuple[int, int, TrackedFile, int, int | None, bytes]] = []
         self._records: list[Record] = []
+        self._encoded: list[LineRecords] = []
+        self._utf8 = codecs.lookup(self.config.encoding).name == "utf-8"
+        topic = self.context.extra.get("topic")
+        #: the topic of lines handed over as bytes (LineRecords); None: lines become records
+        self._lines_topic: str | None = (
+            topic if self.context.encoded_as == "string" and self.config.format == "text" and topic else None
+        )
         self._check_glob()
         self._scan(force=True)
 
@@ -384,6 +417,7 @@ class FileSource(Source):
         budget = self.config.max_batch_lines
         records: list[Record] = []
         self._records = records
+        self._encoded = []
         self._chunks = []
         changed = False
         now = time.monotonic()
@@ -402,9 +436,9 @@ class FileSource(Source):
             if budget <= 0:
                 break
         changed |= self._retire(now)
-        if not records and not changed:
+        if not records and not self._encoded and not changed:
             return None
-        return SourceBatch(records, {"files": [tf.snapshot() for tf in self.files.values()]})
+        return SourceBatch(records, {"files": [tf.snapshot() for tf in self.files.values()]}, list(self._encoded))
 
     def _by_writer(self) -> list[list[TrackedFile]]:
         """The tracked files grouped by writer (the name they were first seen under, rotation
@@ -500,10 +534,21 @@ class FileSource(Source):
                 else:
                     break
                 text = chunk.decode(cfg.encoding, "replace")
-                self._chunks.append((len(out), 1, tf, tf.position, tf.line, b""))
-                out.append(Record(_json_or_text(text) if cfg.format == "json" else text, key))
+                if self._lines_topic is not None:
+                    self._emit_block(tf, text.encode() + b"\n", 1)
+                else:
+                    self._chunks.append((len(out), 1, tf, tf.position, tf.line, b""))
+                    out.append(Record(_json_or_text(text) if cfg.format == "json" else text, key))
                 count += 1
                 self._advance(tf, len(chunk))
+                moved = True
+                continue
+            if self._lines_topic is not None:
+                n, consumed = self._block_lines(tf, data[: end + 1], budget - count)
+                if tf.line is not None:
+                    tf.line += n
+                count += n
+                self._advance(tf, consumed)
                 moved = True
                 continue
             block = data[:end]
@@ -531,14 +576,40 @@ class FileSource(Source):
             moved = True
         return count, moved
 
+    def _block_lines(self, tf: TrackedFile, block: bytes, budget: int) -> tuple[int, int]:
+        """Up to ``budget`` lines of ``block`` (complete lines, the last newline included) as
+        LineRecords; returns (lines, bytes of ``block`` they took, newlines included).
+
+        The values are the bytes ``Record(line)`` would have become under the string converter:
+        the block itself when it is ASCII or valid UTF-8, else decoded (``replace``) and encoded.
+        Nothing is split: the log encodes the block as it is.
+        """
+        clean = block.isascii() or (self._utf8 and _valid_utf8(block))
+        text = block if clean else block.decode(self.config.encoding, "replace").encode()
+        count = text.count(b"\n")
+        if count <= budget:
+            consumed = len(block)
+        else:
+            count = budget
+            text = text[: self._bytes_of_lines(text, budget)]
+            # measured on the block's bytes: ``position`` stays exact even for lossy decodes
+            consumed = len(text) if clean else self._bytes_of_lines(block, budget)
+        if self.config.strip_cr and b"\r" in text:
+            lines = [line[:-1] if line.endswith(b"\r") else line for line in text[:-1].split(b"\n")]
+            text = b"\n".join(lines) + b"\n"
+        self._emit_block(tf, text, count)
+        return count, consumed
+
+    def _emit_block(self, tf: TrackedFile, block: bytes, count: int) -> None:
+        assert self._lines_topic is not None
+        key = tf.origin.encode() if self.config.key == "path" else None
+        self._encoded.append(LineRecords.of(self._lines_topic, block, count, key, int(time.time() * 1000)))
+
     @staticmethod
     def _bytes_of_lines(block: bytes, n: int) -> int:
-        """Bytes taken by the first ``n`` lines of ``block`` (newlines included)."""
-        pos = 0
-        for _ in range(n):
-            nl = block.find(b"\n", pos)
-            pos = len(block) + 1 if nl < 0 else nl + 1
-        return pos
+        """Bytes taken by the first ``n`` lines of ``block`` (newlines included; a last line
+        without one counts its length + 1)."""
+        return line_end(block, n)
 
     def _emit_partial(self, tf: TrackedFile, now: float) -> bool:
         """A last line without newline goes out when its file is retired, or after the quiet period."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
-from ..records import Record, TopicPartition
+from ..records import PartitionBatches, Record, TopicPartition
 
 
 class IsolationLevel(str, enum.Enum):
@@ -102,6 +102,15 @@ class Consumer(Protocol):
         """Store ``offsets`` (next offsets to read) as the group's committed offsets."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchConsumer(Consumer, Protocol):
+    """A consumer that can also hand over the log's batches undecoded (the embedded log), for a
+    sink that takes them (``Sink.takes_batches``). Checked once when a sink task starts."""
+
+    async def poll_batches(self, max_records: int = 10_000, timeout: float = 1.0) -> list[PartitionBatches]:
+        """What ``poll`` would return, as batches per partition; moves the positions the same way."""
 
 
 class Lifecycle:

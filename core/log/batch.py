@@ -21,8 +21,9 @@ Byte layout of a batch (big-endian), as Kafka writes it::
 
 Records are encoded and decoded by aiokafka's C implementation; this module
 never encodes a varint in Python except for the one-record control batches.
-Records already held as columns (:class:`~millpond.records.JsonRecords`) are
-encoded by ``_columns.c`` in one call (then compressed like the builder does).
+Records already held as columns (:class:`~millpond.records.JsonRecords`) or
+blocks of lines (:class:`~millpond.records.LineRecords`) are encoded by
+``_columns.c`` in one call (then compressed like the builder does).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from aiokafka import codec
 
 from .. import speedups
 from ..errors import MillpondError
-from ..records import JsonRecords
+from ..records import JsonRecords, LineRecords
 
 try:
     speedups.refuse()  # MILLPOND_PURE_PYTHON=1: the Python path, on purpose
@@ -198,8 +199,12 @@ def build_batch(
     """
     buf: bytearray
     if _columns is not None and isinstance(rows, JsonRecords) and len(rows):
-        buf = _columns.build(rows.keys, rows.values, rows.timestamps, producer_id, producer_epoch,
-                             TRANSACTIONAL_MASK if transactional else 0)
+        attributes = TRANSACTIONAL_MASK if transactional else 0
+        if isinstance(rows, LineRecords):  # blocks of lines: no object per line on the way
+            buf = _columns.build_lines(rows.blocks, rows.counts, rows.block_keys, rows.block_timestamps,
+                                       producer_id, producer_epoch, attributes)
+        else:
+            buf = _columns.build(rows.keys, rows.values, rows.timestamps, producer_id, producer_epoch, attributes)
         if compression:
             _compress(buf, compression)
         if log_append_time is None:
@@ -254,6 +259,58 @@ def iter_records(batch: bytes) -> Iterator[Any]:
     Each has ``offset``, ``timestamp``, ``key``, ``value`` and ``headers``.
     """
     return iter(_CBatch(batch))
+
+
+class Lines(NamedTuple):
+    """The values of some batches as newline-ended lines (what :func:`lines` returns)."""
+
+    data: bytes
+    records: int
+    first_offset: int
+    last_offset: int
+    #: the data is ASCII (else the caller checks that it is UTF-8 if it needs to)
+    ascii: bool
+
+
+def lines(batches: list[bytes], from_offset: int = 0) -> Lines | None:
+    """Every value of ``batches`` at or after ``from_offset``, each followed by a newline, in one
+    bytes object: a text sink writes it as it is. None when a value is null or holds a newline
+    (it is not a line), so the caller decodes the records instead.
+
+    ``_columns.c`` does it without a Python object per record; the fallback decodes them.
+    """
+    if _columns is not None:
+        result = _columns.lines(batches, from_offset)
+        return None if result is None else Lines(*result)
+    parts: list[bytes] = []
+    first = last = -1
+    for data in batches:
+        for record in iter_records(data):
+            if record.offset < from_offset:
+                continue
+            value = record.value
+            if value is None or b"\n" in value:
+                return None
+            parts.append(value)
+            if first < 0:
+                first = record.offset
+            last = record.offset
+    joined = b"\n".join(parts) + b"\n" if parts else b""
+    return Lines(joined, len(parts), first, last, joined.isascii())
+
+
+def line_end(block: bytes, n: int) -> int:
+    """The position just after the ``n``-th newline of ``block`` (``len(block) + 1`` if it has fewer):
+    where a block of lines is cut after ``n`` of them."""
+    if _columns is not None:
+        return _columns.line_end(block, n)
+    position = 0
+    for _ in range(n):
+        nl = block.find(b"\n", position)
+        if nl < 0:
+            return len(block) + 1
+        position = nl + 1
+    return position
 
 
 def walk(buf: Any, start: int, end: int) -> Iterator[tuple[int, BatchHeader]]:

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from typing import Any
 from dataclasses import dataclass
 
-from ..backends.base import Consumer, IsolationLevel, LogBackend, Producer
+from ..backends.base import BatchConsumer, Consumer, IsolationLevel, LogBackend, Producer
 from ..config import ConnectorSpec, PipelineConfig
 from ..connector import Sink, Transform
 from ..converters import StringConverter
 from ..errors import RecordError
-from ..records import Record, TopicPartition, partition_for_key
+from ..records import PartitionBatches, Record, TopicPartition, partition_for_key
 from .build import apply_transforms, make_converters, make_sink, make_transforms
 from .task import ConnectorTask
 
@@ -39,6 +39,11 @@ class SinkLimits:
     #: once the log has nothing more, flush what is pending at most this often
     #: (low latency without a file or a commit per trickling record)
     idle_flush_s: float = 1.0
+    #: ... but at once when this much is pending: a backlog that was just caught up with is worth a
+    #: file or a commit of its own, and waiting for ``idle_flush_s`` would only delay it
+    idle_flush_records: int = 10_000
+    #: how long the log must stay quiet before that backlog counts as caught up
+    caught_up_s: float = 0.01
 
 
 class SinkTask(ConnectorTask):
@@ -101,6 +106,8 @@ class SinkTask(ConnectorTask):
         keep_raw = self.spec.errors.policy == "dead_letter"
         # text in, text out, nothing in between: decode a whole poll in one pass
         fast = not transforms and type(value_conv) is StringConverter and type(key_conv) is StringConverter
+        # ... and a sink that writes the log's bytes as they are: no record objects at all
+        batches = consumer if fast and sink.takes_batches and isinstance(consumer, BatchConsumer) else None
         try:
             own = await sink.start()
             if own:
@@ -116,16 +123,31 @@ class SinkTask(ConnectorTask):
             last_flush = time.monotonic()
             while not stop.is_set():
                 polled = time.perf_counter()
-                records = await consumer.poll(self.limits.max_poll_records, self.limits.poll_timeout_s)
+                records: list[Record] = []
+                count: int | None = 0
+                backlog = self._unflushed >= self.limits.idle_flush_records
+                timeout = self.limits.caught_up_s if backlog else self.limits.poll_timeout_s
+                if batches is not None:
+                    taken = await batches.poll_batches(self.limits.max_poll_records, timeout)
+                    if taken:
+                        self.observe("poll", time.perf_counter() - polled)
+                        count = await self._write_batches(sink, taken)
+                        if count is None:  # not all plain lines: as records, with the error policy
+                            records = [r for part in taken for r in part.records()]
+                else:
+                    records = await consumer.poll(self.limits.max_poll_records, timeout)
+                    if records:
+                        self.observe("poll", time.perf_counter() - polled)
                 if records:
-                    self.observe("poll", time.perf_counter() - polled)
-                    self.idle_since = None
                     if fast and self._decode_strings(records):
                         await self._write(sink, dlq, records, None)
                     else:
                         await self._convert_and_write(records, sink, dlq, transforms, kd, vd, keep_raw)
-                    self._unflushed += len(records)
-                    self.records_in += len(records)
+                    count = len(records)
+                if count:
+                    self.idle_since = None
+                    self._unflushed += count
+                    self.records_in += count
                 else:
                     if self.idle_since is None:
                         self.idle_since = time.monotonic()
@@ -136,7 +158,7 @@ class SinkTask(ConnectorTask):
                     self._flush_requested
                     or self._unflushed >= self.limits.flush_records
                     or time.monotonic() - last_flush >= self.limits.flush_interval_s
-                    or (not records and time.monotonic() - last_flush >= self.limits.idle_flush_s)
+                    or (not count and (backlog or time.monotonic() - last_flush >= self.limits.idle_flush_s))
                 ):
                     await self._flush(sink, consumer, dlq)
                     last_flush = time.monotonic()
@@ -221,6 +243,15 @@ class SinkTask(ConnectorTask):
                     raws.append((raw_key, raw_value))
         if out:
             await self._write(sink, dlq, out, raws)
+
+    async def _write_batches(self, sink: Sink, taken: list[PartitionBatches]) -> int | None:
+        """Hand a poll's batches to the sink; the records written, or None if it took none."""
+        writing = time.perf_counter()
+        count = await sink.write_batches(taken)
+        if count is not None:
+            self.observe("write", time.perf_counter() - writing)
+            self.records_out += count
+        return count
 
     async def _write(
         self,
