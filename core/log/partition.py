@@ -712,7 +712,7 @@ class Partition:
 
         The protocol (and which old segment files a completed swap deletes) is in cleaner.py.
         """
-        from .cleaner import finish_interrupted_swaps
+        from .swap import finish_interrupted_swaps
 
         finish_interrupted_swaps(self.directory)
 
@@ -991,7 +991,7 @@ class Partition:
         old bytes: their descriptors stay open and their indexes are loaded
         before the files under those names change.
         """
-        from .cleaner import commit_swap, complete_swap
+        from .swap import commit_swap, complete_swap
 
         i = self.segments.index(old[0])
         n = len(old)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from millpond.log import LogStore, Partition
 from millpond.log import cleaner as cleaner_module
+from millpond.log import swap as swap_module
 from millpond.log.batch import CODECS, Row, iter_records
 from millpond.log.cleaner import compact, read_checkpoint
 from millpond.log.segment import LogSegment
@@ -360,7 +361,7 @@ def test_crash_mid_swap_recovers_a_consistent_log(tmp_path: Path, crash_after: i
     _workload(partition)
     partition.flush()
     renames = 0
-    real_rename = cleaner_module._rename
+    real_rename = swap_module._rename
 
     def crashing_rename(source: Path, target: Path) -> None:
         nonlocal renames
@@ -369,13 +370,13 @@ def test_crash_mid_swap_recovers_a_consistent_log(tmp_path: Path, crash_after: i
         renames += 1
         real_rename(source, target)
 
-    monkeypatch.setattr(cleaner_module, "_rename", crashing_rename)
+    monkeypatch.setattr(swap_module, "_rename", crashing_rename)
     try:
         compact(partition, 1000, force=True)
         crashed = False
     except _Crash:
         crashed = True
-    monkeypatch.setattr(cleaner_module, "_rename", real_rename)
+    monkeypatch.setattr(swap_module, "_rename", real_rename)
     directory = partition.directory
     store._lock_fd, lock_fd = -1, store._lock_fd  # abandon the store as a killed process would
     import os
