@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from millpond.errors import MillpondError
+from millpond.log import LogStore
 from tests.faults import kill_repeatedly, millpond_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -124,9 +126,23 @@ def test_quickstart_survives_sigkill(tmp_path: Path) -> None:
     writer = Writer(inputs, seed)
     command = millpond_command() + ["run", "configs/quickstart.yaml"]
     logfile = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+    progress: list[int] = []  # the log end of topic `lines` after each kill (source commits)
+
+    def committed_lines() -> None:
+        try:
+            store = LogStore(tmp_path / "data" / "quickstart", writable=False)
+        except MillpondError:  # killed before the log existed
+            progress.append(0)
+            return
+        try:
+            progress.append(sum(p.log_end_offset for p in store.topic("lines").partitions))
+        finally:
+            store.close()
+
     writer.start()
     try:
-        kills = kill_repeatedly(command, cwd=tmp_path, logfile=logfile, kills=KILLS, rng=rng, alive_s=(0.3, 2.5))
+        kills = kill_repeatedly(command, cwd=tmp_path, logfile=logfile, kills=KILLS, rng=rng, alive_s=(0.3, 4.0),
+                                after_kill=committed_lines)
     finally:
         writer.stop_flag.set()
         writer.join()
@@ -136,6 +152,8 @@ def test_quickstart_survives_sigkill(tmp_path: Path) -> None:
     logfile.close()
     assert final.returncode == 0, (tmp_path / "worker.log").read_text()[-3000:]
     assert kills >= 20 and writer.rotations >= 5 and writer.small_files >= 5
+    # the kills landed between commits of a pipeline at work, not only during start-ups
+    assert len(set(progress)) >= 5, f"the log barely moved between kills: {progress}"
 
     output = read_output(tmp_path / "out")
     all_out = [line for lines in output.values() for line in lines]
