@@ -110,17 +110,20 @@ class RuntimeOptions:
     api_listen_is_default: bool = False
     #: signals caught before the loop started (``StopSignals.install``), honoured once it runs
     early_signals: StopSignals | None = None
+    #: this worker's id (``--worker-id``); None takes ``worker: {id: ...}``, else ``host:pid``
+    worker_id: str | None = None
+
+
+def worker_id(options: RuntimeOptions, settings: WorkerSettings) -> str:
+    """This worker's id: ``--worker-id``, else the file's ``worker: {id: ...}``, else ``host:pid``
+    (unique among the live workers of a cluster without anyone choosing names)."""
+    return options.worker_id or settings.id or f"{socket.gethostname()}:{os.getpid()}"
 
 
 def preflight(config: PipelineConfig) -> None:
     """Fail fast, before the log is opened, on anything a restart cannot fix."""
     check_guarantees(config)
     for spec in config.connectors:
-        if spec.kind == "sink" and spec.tasks > 1 and config.log.embedded is not None:
-            raise ConfigError(
-                f"connector {spec.name!r}: tasks: {spec.tasks} needs a log that splits a group's partitions "
-                f"between members (Kafka); on the embedded log one sink task reads every partition, use tasks: 1"
-            )
         cls = spec.resolve().cls
         if spec.kind == "sink" and cls.owns_offsets and cls.reset_offsets is Sink.reset_offsets:
             raise ConfigError(
@@ -328,7 +331,7 @@ class Worker:
         self.settings = self.options.worker or config.worker
         self.stop_event = asyncio.Event()
         self.failure: BaseException | None = None
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker_id = worker_id(self.options, self.settings)
         self.api: ApiServer | None = None
         self.tasks: list[SourceTask | SinkTask] = []
         for spec in config.connectors:
@@ -336,7 +339,9 @@ class Worker:
                 if spec.kind == "source":
                     self.tasks.append(SourceTask(config, spec, backend, i, self.options.source_limits))
                 else:
-                    self.tasks.append(SinkTask(config, spec, backend, i, self.options.sink_limits))
+                    sink = SinkTask(config, spec, backend, i, self.options.sink_limits)
+                    sink.client_id = f"millpond-{self.worker_id}"
+                    self.tasks.append(sink)
         self.supervisors = {t.name: Supervisor(self, t) for t in self.tasks}
         #: the DiskFullError that paused the sources, while the disk is full
         self.disk_full: DiskFullError | None = None
@@ -639,6 +644,7 @@ def run_pipeline(
     options: RuntimeOptions | None = None,
     api: str | None = None,
     signals: StopSignals | None = None,
+    worker_id: str | None = None,
 ) -> None:
     """Run a pipeline until SIGTERM/SIGINT (or, with ``until_idle``, until it has nothing left to do).
 
@@ -657,6 +663,12 @@ def run_pipeline(
         options.api_listen = config.api.listen
         options.api_listen_is_default = "listen" not in config.api.model_fields_set
     options.early_signals = signals
+    if worker_id is not None:
+        try:
+            WorkerSettings(id=worker_id)
+        except ValueError:
+            raise ConfigError(f"--worker-id {worker_id!r}: use letters, digits and . _ : @ - only") from None
+        options.worker_id = worker_id
     asyncio.run(run_pipeline_async(config, until_idle=until_idle, options=options))
 
 
