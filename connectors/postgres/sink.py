@@ -203,12 +203,21 @@ class PostgresSink(Sink):
             "PRIMARY KEY (connector, topic, partition))"
         )
         await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (doc jsonb) ON COMMIT DELETE ROWS")
-        rows = await conn.fetch(
-            f"SELECT topic, partition, next_offset FROM {offsets} WHERE connector = $1", self.context.name
-        )
-        stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+        stored = await self.stored_offsets()
         log.info("%s: resuming from %d stored offset(s)", self._where, len(stored))
         return stored
+
+    async def stored_offsets(self) -> dict[TopicPartition, int]:
+        """The offsets table as it is now (after a rebalance, another worker may have moved partitions on)."""
+        conn = self._conn
+        if conn is None:
+            raise ConnectorError(f"{self._where}: stored_offsets before start")
+        try:
+            rows = await conn.fetch(f"SELECT topic, partition, next_offset FROM {self._offsets_sql()} "
+                                    "WHERE connector = $1", self.context.name)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            raise RetriableConnectorError(f"{self._where}: cannot read the stored offsets: {exc}") from exc
+        return {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
 
     async def stop(self) -> None:
         if self._conn is not None and not self._conn.is_closed():

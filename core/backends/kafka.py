@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
+    CommitFailedError,
     InvalidProducerEpoch,
     KafkaError,
     ProducerFenced,
@@ -47,7 +48,15 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Int64, Schema, String
 from aiokafka.structs import TopicPartition as KafkaTP
 
-from ..errors import ConfigError, MillpondError, TopicExistsError, TransactionError, UnknownTopicError
+from ..errors import (
+    ConfigError,
+    GroupRebalancedError,
+    MillpondError,
+    ProducerFencedError,
+    TopicExistsError,
+    TransactionError,
+    UnknownTopicError,
+)
 from ..records import Record, TopicPartition
 from .base import GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, Membership, PartitionInfo, TopicSpec
 from .kafka_security import KafkaSecurity, connection_problem
@@ -534,7 +543,7 @@ class KafkaProducer:
         except (ProducerFenced, InvalidProducerEpoch) as exc:
             # aiokafka's transaction state is now fatal: nothing is left to abort
             self._fenced_out, self._in_transaction = True, False
-            raise TransactionError(
+            raise ProducerFencedError(
                 f"producer {self.transactional_id!r} was fenced by a newer one during {what}: {exc}") from exc
 
     async def _started(self) -> AIOKafkaProducer:
@@ -729,7 +738,13 @@ class KafkaConsumer:
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if self.group is None:
             raise TransactionError("commit() needs a consumer with a group")
-        await (await self._started()).commit({KafkaTP(*tp): offset for tp, offset in offsets.items()})
+        consumer = await self._started()
+        try:
+            await consumer.commit({KafkaTP(*tp): offset for tp, offset in offsets.items()})
+        except CommitFailedError as exc:
+            raise GroupRebalancedError(
+                f"group {self.group!r}: commit of {', '.join(f'{tp.topic}-{tp.partition}' for tp in sorted(offsets))} "
+                f"refused, the group is rebalancing or moved them to another member") from exc
 
     async def close(self) -> None:
         if self._consumer is not None:

@@ -30,7 +30,7 @@ from ..backends.base import Consumer, IsolationLevel, LogBackend, Membership, Pr
 from ..config import ConnectorSpec, PipelineConfig
 from ..connector import Sink, Transform
 from ..converters import StringConverter
-from ..errors import RecordError, RetriableConnectorError
+from ..errors import GroupRebalancedError, RecordError, RetriableConnectorError
 from ..records import Record, TopicPartition, partition_for_key
 from .build import apply_transforms, make_converters, make_sink, make_transforms
 from .task import ConnectorTask
@@ -222,17 +222,35 @@ class SinkTask(ConnectorTask):
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Seek the partitions the group gave this task to where the sink resumes them.
 
-        A sink that keeps its own offsets is asked again (``stored_offsets``) from the
-        second assignment on: meanwhile another worker may have written these partitions.
-        A sink that cannot be asked resumes those from the group's committed offsets,
-        which its previous owner committed right after flushing.
+        A sink that keeps its own offsets is asked again (``stored_offsets``) at every
+        assignment a group coordinator makes (and from the second on otherwise): since
+        ``start`` another worker may have written these partitions. A sink that cannot
+        be asked resumes those from the group's committed offsets, which their previous
+        owner committed right after flushing. Waits for the poll in hand to be written
+        (the turn): the sink's connection serves one call at a time.
         """
-        self._assignments += 1
-        sink, consumer = self._sink, self._consumer
-        if sink is None or consumer is None:
-            return
+        async with self._turn:
+            self._assignments += 1
+            sink, consumer = self._sink, self._consumer
+            if sink is None or consumer is None:
+                return
+            try:
+                sought = await self._seek_own(assigned, sink, consumer)
+            except Exception as exc:  # noqa: BLE001 - reported by the task loop, not by aiokafka's logger
+                self._lost = exc
+                log.warning("sink %r could not read where %s resume (%s: %s); restarting", self.name,
+                            _fmt_tps(assigned), type(exc).__name__, exc)
+                return
+        if consumer.rebalances or self.spec.tasks > 1:
+            log.info("sink %r owns %s%s", self.name, _fmt_tps(assigned) or "no partition (idle until a rebalance)",
+                     f"; resumes from its own offsets {_fmt(sought)}" if sought else "")
+        elif sought:
+            log.info("sink %r resumes from its own offsets %s", self.name, _fmt(sought))
+
+    async def _seek_own(self, assigned: set[TopicPartition], sink: Sink, consumer: Consumer) -> dict[TopicPartition, int]:
         own = self._own
-        if own is not None and self._assignments > 1:
+        # on a group protocol even the first assignment comes after other members moved partitions on
+        if own is not None and (self._assignments > 1 or consumer.rebalances):
             if isinstance(sink, StoredOffsets):
                 own = {TopicPartition(*tp): o for tp, o in (await sink.stored_offsets()).items()}
             else:
@@ -244,11 +262,7 @@ class SinkTask(ConnectorTask):
                     await consumer.seek(tp, own[tp])
                     sought[tp] = own[tp]
         self._positions = dict(sought)
-        if consumer.rebalances or self.spec.tasks > 1:
-            log.info("sink %r owns %s%s", self.name, _fmt_tps(assigned) or "no partition (idle until a rebalance)",
-                     f"; resumes from its own offsets {_fmt(sought)}" if sought else "")
-        elif sought:
-            log.info("sink %r resumes from its own offsets %s", self.name, _fmt(sought))
+        return sought
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Flush and commit before ``revoked`` move to another member, then let go of them.
@@ -264,7 +278,7 @@ class SinkTask(ConnectorTask):
             try:
                 offsets = await self._known_positions(consumer)
                 if self._unflushed or any(self._positions.get(tp) != o for tp, o in offsets.items()):
-                    await self._flush(sink, consumer, self._dlq, offsets)
+                    await self._flush(sink, consumer, self._dlq, offsets, revoking=True)
             except Exception as exc:  # noqa: BLE001 - reported by the task loop, not by aiokafka's logger
                 self._lost = exc
                 log.warning("sink %r could not flush before %s moved away (%s: %s); restarting from committed "
@@ -399,7 +413,7 @@ class SinkTask(ConnectorTask):
         return False
 
     async def _flush(self, sink: Sink, consumer: Consumer, dlq: Producer | None,
-                     offsets: dict[TopicPartition, int] | None = None) -> None:
+                     offsets: dict[TopicPartition, int] | None = None, revoking: bool = False) -> None:
         # the consumer's positions, not last offset + 1: they also step over
         # transaction markers, so a caught-up group shows lag 0
         if offsets is None:
@@ -412,7 +426,16 @@ class SinkTask(ConnectorTask):
         await sink.flush(offsets)
         self.observe("flush", time.perf_counter() - flushing)
         committing = time.perf_counter()
-        await consumer.commit(offsets)
+        try:
+            await consumer.commit(offsets)
+        except GroupRebalancedError as exc:
+            if not consumer.rebalances or revoking:
+                raise
+            # the sink holds the records; the revocation that is coming commits them (or, if
+            # this member was dropped from the group, the partitions are no longer its to commit)
+            log.debug("sink %r: %s; committed when the partitions are revoked", self.name, exc)
+            self._unflushed = 0
+            return
         self.observe("commit", time.perf_counter() - committing)
         self._positions = offsets
         self._unflushed = 0

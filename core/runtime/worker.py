@@ -61,7 +61,15 @@ from typing import TYPE_CHECKING
 from ..backends.base import LogBackend, TopicSpec
 from ..config import PipelineConfig, check_guarantees
 from ..connector import Sink
-from ..errors import ConfigError, ConnectorError, DiskFullError, MillpondError, RetriableConnectorError
+from ..errors import (
+    ConfigError,
+    ConnectorError,
+    DiskFullError,
+    MillpondError,
+    ProducerFencedError,
+    RetriableConnectorError,
+)
+from .assignment import SourceAssignment
 from .build import make_converters, make_transforms
 from .scheduler import JobIntervals, PipelineJobs
 from .settings import WorkerSettings, check_listen, parse_listen
@@ -195,6 +203,8 @@ class Supervisor:
         self._failures: deque[float] = deque()
         #: incarnations started so far (a restart waits for the next one)
         self.incarnation = 0
+        #: False while the task is another worker's (a source task in a cluster, see ``assignment.py``)
+        self.assigned = True
 
     # -- control (the API, the worker) ---------------------------------------
 
@@ -221,6 +231,19 @@ class Supervisor:
         self._wake.set()
         return self.incarnation
 
+    def assign(self) -> None:
+        """The cluster gave this worker the task: run it (unless held for another reason)."""
+        self.assigned = True
+        self._wake.set()
+
+    async def unassign(self) -> None:
+        """The cluster takes the task away: end its incarnation (its transaction in hand is
+        committed or aborted) and return once nothing of it runs here."""
+        self.assigned = False
+        self.halt()
+        self._wake.set()
+        await self._between.wait()
+
     async def settled(self, timeout: float, after: int = -1) -> bool:
         """Wait until the task is where it was asked to be: out of its incarnation, or running
         (in an incarnation that started after incarnation ``after``, when given)."""
@@ -242,10 +265,21 @@ class Supervisor:
             return TaskState.FAILED
         if self.target is not TaskState.RUNNING:
             return self.target
+        if not self.assigned:
+            return TaskState.UNASSIGNED
         if self.worker.disk_full is not None and (self.task.kind == "source" or self.waiting_for_space):
             return TaskState.PAUSED
         self.waiting_for_space = False
         return None
+
+    def _terminal(self, exc: MillpondError) -> None:
+        """A failure no restart can fix: mark the task FAILED and stop the worker with ``exc``."""
+        task = self.task
+        task.state = TaskState.FAILED
+        task.trace = "".join(traceback.format_exception(exc))
+        self.failed = True
+        log.error("%s %r failed and cannot recover: %s", task.kind, task.name, exc)
+        self.worker.fail(exc)
 
     async def run(self) -> None:
         worker = self.worker
@@ -272,13 +306,18 @@ class Supervisor:
             except DiskFullError as exc:
                 self.waiting_for_space = True
                 worker.on_disk_full(exc)
+            except ProducerFencedError as exc:
+                if worker.assignment is None:
+                    self._terminal(exc)
+                    return
+                # another worker runs the task now; the group tells this one soon, if it has not yet
+                self.assigned = False
+                log.warning("%s %r was taken over by another worker (its producer was fenced); it runs "
+                            "there now", task.kind, task.name)
+                continue
             except MillpondError as exc:
                 if not exc.retriable:
-                    task.state = TaskState.FAILED
-                    task.trace = "".join(traceback.format_exception(exc))
-                    self.failed = True
-                    log.error("%s %r failed and cannot recover: %s", task.kind, task.name, exc)
-                    worker.fail(exc)
+                    self._terminal(exc)
                     return
                 reason = exc
             except Exception as exc:
@@ -349,6 +388,8 @@ class Worker:
         self._space_watch: asyncio.Task[None] | None = None
         #: the periodic jobs (retention, compaction, sink flushes, progress) while running
         self.jobs: PipelineJobs | None = None
+        #: which source tasks run here, when several workers share the pipeline (Kafka); None: all of them
+        self.assignment: SourceAssignment | None = None
 
     @property
     def restarts(self) -> dict[str, int]:
@@ -390,8 +431,9 @@ class Worker:
         return TaskState.RUNNING
 
     def ready(self) -> bool:
-        """Every task is running (what ``GET /ready`` answers)."""
-        return not self.stop_event.is_set() and all(t.state is TaskState.RUNNING and t.running for t in self.tasks)
+        """Every task this worker owns is running (what ``GET /ready`` answers)."""
+        return not self.stop_event.is_set() and all(
+            s.task.state is TaskState.RUNNING and s.task.running for s in self.supervisors.values() if s.assigned)
 
     async def set_state(self, connector: str, state: TaskState, timeout: float = 10.0) -> bool:
         """Pause, stop or resume every task of ``connector``; True once all got there within ``timeout``."""
@@ -476,6 +518,7 @@ class Worker:
         _tune_gc()
         jobs = self.jobs = PipelineJobs(self.backend, self.tasks, self.options.jobs)
         jobs.start()
+        await self._join_cluster()
         supervisors = [
             asyncio.create_task(s.run(), name=f"millpond:{s.task.name}") for s in self.supervisors.values()
         ]
@@ -492,6 +535,9 @@ class Worker:
                 t.cancel()
             await asyncio.gather(*supervisors, *extra, return_exceptions=True)
             jobs.shutdown()
+            if self.assignment is not None:
+                # after the sources stopped: leaving hands their tasks over at once
+                await self.assignment.close()
         if self.failure is not None:
             raise self.failure
         failed = [t for t in self.tasks if t.state is TaskState.FAILED]
@@ -499,6 +545,24 @@ class Worker:
             raise ConnectorError(
                 "stopped with failed tasks: " + "; ".join(f"{t.kind} {t.name!r} ({_last_line(t.trace)})" for t in failed)
             )
+
+    async def _join_cluster(self) -> None:
+        """On Kafka, let the pipeline's source-task group decide which source tasks run here."""
+        sources = [s for s in self.supervisors.values() if s.task.kind == "source"]
+        if self.config.log.kafka is None or not sources:
+            return
+        for s in sources:
+            s.assigned = False
+
+        def start(i: int) -> None:
+            sources[i].assign()
+
+        async def stop(i: int) -> None:
+            await sources[i].unassign()
+
+        self.assignment = SourceAssignment(self.backend, self.config.name, [s.task.name for s in sources],
+                                           f"millpond-{self.worker_id}", start, stop)
+        await self.assignment.open()
 
     async def _watch_idle(self) -> None:
         """For ``until_idle``: stop once sources are idle and sinks caught up, twice in a row."""
@@ -516,7 +580,7 @@ class Worker:
     async def _idle(self) -> bool:
         for sup in self.supervisors.values():
             task = sup.task
-            if sup.failed or sup.target is not TaskState.RUNNING:
+            if sup.failed or sup.target is not TaskState.RUNNING or not sup.assigned:
                 continue  # held on purpose: nothing more will come from it
             if isinstance(task, SourceTask):
                 if self.disk_full is not None or not task.is_idle(self.options.idle_seconds):
