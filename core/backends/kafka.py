@@ -739,6 +739,12 @@ class KafkaConsumer:
         if self.group is None:
             raise TransactionError("commit() needs a consumer with a group")
         consumer = await self._started()
+        if self.membership is not None:
+            foreign = sorted(set(offsets) - set(self._assignment))
+            if foreign:
+                raise GroupRebalancedError(
+                    f"group {self.group!r}: commit of {', '.join(f'{tp.topic}-{tp.partition}' for tp in foreign)} "
+                    f"refused, this member does not own them")
         try:
             await consumer.commit({KafkaTP(*tp): offset for tp, offset in offsets.items()})
         except CommitFailedError as exc:

@@ -62,7 +62,7 @@ class SourceAssignment:
         backend: LogBackend,
         pipeline: str,
         tasks: Sequence[str],
-        client_id: str,
+        worker_id: str,
         start: Callable[[int], None],
         stop: Callable[[int], Awaitable[None]],
     ) -> None:
@@ -70,7 +70,7 @@ class SourceAssignment:
         self.pipeline = pipeline
         #: task names by index, for messages
         self.tasks = list(tasks)
-        self.client_id = client_id
+        self.worker_id = worker_id
         self._start = start
         self._stop = stop
         self.topic = tasks_topic(pipeline)
@@ -100,7 +100,7 @@ class SourceAssignment:
         await self.ensure_topic()
         self._consumer = self.backend.consumer(
             [self.topic], group=self.group, isolation=IsolationLevel.read_uncommitted, reset="latest",
-            membership=Membership(self, client_id=self.client_id),
+            membership=Membership(self, client_id=f"millpond-{self.worker_id}"),
         )
         self._loop = asyncio.create_task(self._keep_alive(), name="millpond-source-assignment")
 
@@ -135,7 +135,7 @@ class SourceAssignment:
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         mine = {tp.partition for tp in assigned if tp.partition < len(self.tasks)}
         self.owned = mine
-        log.info("worker %s runs source task(s) %s", self.client_id,
+        log.info("worker %s runs source task(s) %s", self.worker_id,
                  ", ".join(repr(self.tasks[i]) for i in sorted(mine)) or "none (others run them)")
         for i in sorted(mine):
             self._start(i)

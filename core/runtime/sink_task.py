@@ -91,6 +91,7 @@ class SinkTask(ConnectorTask):
         self._dlq: Producer | None = None
         self._own: dict[TopicPartition, int] | None = None
         self._assignments = 0
+        self._revocations = 0
         #: a rebalance callback's failure, raised by the task loop (the callbacks run inside the consumer)
         self._lost: Exception | None = None
         #: held while a poll's records are written or flushed, so a rebalance waits for the turn to end
@@ -147,13 +148,17 @@ class SinkTask(ConnectorTask):
             last_flush = time.monotonic()
             while not stop.is_set():
                 polled = time.perf_counter()
+                revocations = self._revocations
                 records = await consumer.poll(self.limits.max_poll_records, self.limits.poll_timeout_s)
-                # no await between the poll and taking the turn: a rebalance cannot slip in between
                 async with self._turn:
                     if self._lost is not None:
                         lost, self._lost = self._lost, None
                         raise RetriableConnectorError(f"sink {self.name!r}: partitions moved away before their "
                                                       f"flush: {lost}") from lost
+                    if records and self._revocations != revocations:
+                        # a revocation got the turn first: what this poll holds of those partitions is not ours
+                        owned = consumer.assignment()
+                        records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]  # type: ignore[arg-type]
                     last_flush = await self._turn_with(records, polled, last_flush, consumer, sink, dlq,
                                                        transforms, kd, vd, keep_raw, fast)
             async with self._turn:
@@ -262,6 +267,9 @@ class SinkTask(ConnectorTask):
                     await consumer.seek(tp, own[tp])
                     sought[tp] = own[tp]
         self._positions = dict(sought)
+        if not consumer.rebalances:  # a fixed share: positions are local, so note where each starts
+            for tp in assigned:
+                self._positions[tp] = await consumer.position(tp)
         return sought
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -272,6 +280,7 @@ class SinkTask(ConnectorTask):
         dropping them, and the next one starts from committed offsets.
         """
         async with self._turn:
+            self._revocations += 1
             sink, consumer = self._sink, self._consumer
             if sink is None or consumer is None or not self.running:
                 return

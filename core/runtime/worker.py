@@ -561,7 +561,7 @@ class Worker:
             await sources[i].unassign()
 
         self.assignment = SourceAssignment(self.backend, self.config.name, [s.task.name for s in sources],
-                                           f"millpond-{self.worker_id}", start, stop)
+                                           self.worker_id, start, stop)
         await self.assignment.open()
 
     async def _watch_idle(self) -> None:

@@ -241,8 +241,9 @@ def test_source_offsets_topic_is_compacted() -> None:
 def test_several_sink_tasks_split_the_partitions_and_each_record_is_written_once() -> None:
     backend = FakeBackend()
     values = [{"n": i} for i in range(40)]
-    run(pipeline(values, sink={"tasks": 3}, partitions=4), backend)
+    run(pipeline(values, source={"config": {"values": values, "keyed": True}}, sink={"tasks": 3}, partitions=4), backend)
     assert sorted(r.value["n"] for r in MemorySink.durable["dst"]) == list(range(40))
-    # every partition committed to its end, by the one task that owns it
-    assert backend.groups["dst"] == {TopicPartition("t", p): len(backend.logs[TopicPartition("t", p)])
-                                     for p in range(4)}
+    # every partition that holds records committed to its end, by the one task that owns it
+    ends = {TopicPartition("t", p): len(backend.logs[TopicPartition("t", p)]) for p in range(4)}
+    assert len([n for n in ends.values() if n]) >= 3
+    assert {tp: o for tp, o in backend.groups["dst"].items() if o} == {tp: n for tp, n in ends.items() if n}
