@@ -18,7 +18,8 @@ Failover: two workers drain a topic that a producer keeps appending to. The
 worker owning partitions (from its log's "owns" line) is SIGKILLed; the pause
 is the time until each of its partitions moves on again in the sink's offsets
 table, on the other worker (so about the session timeout, 6 s here, plus the
-rebalance). A new worker is started after each kill. Median over K kills.
+rebalance). A new worker is started after each kill. Median over K kills
+(5; ``--quick`` takes 3 to stay near a minute: each kill costs a session timeout).
 
 Embedded: ``tasks: 1`` and ``tasks: 3`` of the same ``postgres`` sink in one
 worker on the embedded log (the topic filled beforehand), timed from the
@@ -228,8 +229,8 @@ async def failovers(kills: int, bootstrap: str, dsn: str, tmp: Path) -> dict[str
     async def feed() -> None:
         nonlocal produced
         while not stop.is_set():
-            await fill(backend, topic, produced, 600)
-            produced += 600
+            await fill(backend, topic, produced, 300)
+            produced += 300
             await asyncio.sleep(0.1)
 
     pauses: list[float] = []
@@ -323,9 +324,10 @@ async def _offsets(conn: asyncpg.Connection, connector: str) -> dict[int, int]:
 def main() -> None:
     parser = harness.parser(__doc__ or "", quick="fewer records (about a minute in all)")
     parser.add_argument("--records", type=int)
-    parser.add_argument("--failovers", type=int, default=5, help="kills for the failover median (default 5)")
+    parser.add_argument("--failovers", type=int, help="kills for the failover median (default 5; 3 with --quick)")
     args = parser.parse_args()
     n = args.records or (60_000 if args.quick else 300_000)
+    kills = args.failovers or (3 if args.quick else 5)
     started: list[Any] = []
     bootstrap = os.environ.get("MILLPOND_TEST_KAFKA")
     dsn = os.environ.get("MILLPOND_TEST_PG_DSN")
@@ -342,7 +344,7 @@ def main() -> None:
             pg = start_postgres()
             started.append(pg.stop)
             dsn = pg.dsn
-        figures = asyncio.run(bench(n, args.failovers, bootstrap, dsn))
+        figures = asyncio.run(bench(n, kills, bootstrap, dsn))
     finally:
         for stop in reversed(started):
             stop()
