@@ -16,6 +16,9 @@ ends that task's incarnation (its transaction in hand is committed or aborted)
 and only then lets the rebalance go on. And a worker that lost a task without
 knowing it (paused past its session timeout) cannot commit any more: the new
 owner's producer, with the same transactional id, fences it at ``init``.
+aiokafka speaks the eager rebalance protocol: every rebalance takes all tasks
+back and gives them out anew, so a worker's tasks pause briefly (a transaction
+and a restart) whenever a worker joins or leaves, even those it keeps.
 
 On the embedded log there is only ever one worker (it holds the log's lock), so
 no assignment runs there and every source task is simply this worker's.
@@ -121,11 +124,13 @@ class SourceAssignment:
                 await asyncio.sleep(POLL_S)
 
     async def close(self) -> None:
-        """Leave the group: the other workers take this worker's tasks at once (no session timeout)."""
+        """Stop this worker's tasks, then leave the group: the other workers take them at once
+        (no session timeout). Leaving calls no revocation, so the tasks are stopped here first."""
         if self._loop is not None:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
             self._loop = None
+        await self._hand_over(sorted(self.owned))
         if self._consumer is not None:
             await self._consumer.close()
             self._consumer = None
@@ -141,7 +146,10 @@ class SourceAssignment:
             self._start(i)
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        gone = sorted(tp.partition for tp in revoked if tp.partition in self.owned)
+        await self._hand_over(sorted(tp.partition for tp in revoked if tp.partition in self.owned))
+
+    async def _hand_over(self, gone: list[int]) -> None:
+        """Stop the tasks ``gone`` and wait (bounded) until their transactions are settled."""
         self.owned -= set(gone)
         if not gone:
             return
