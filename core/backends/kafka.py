@@ -5,7 +5,7 @@ LogBackend calls onto Kafka's admin, producer and consumer clients. Retention
 and compaction are the broker's job, so ``run_retention``/``run_compaction``
 are deliberately absent.
 
-Two choices follow from the runtime's contract:
+Choices that follow from the runtime's contract:
 
 - A consumer without a membership owns every partition of its topics (manual
   assignment, as in the embedded log) and uses its group only to store
@@ -654,7 +654,6 @@ class _Relay(ConsumerRebalanceListener):  # type: ignore[misc]
         owner = self.owner
         assert owner.membership is not None
         owner._assignment = sorted(TopicPartition(tp.topic, tp.partition) for tp in assigned)
-        owner.generation += 1
         await owner.membership.listener.on_partitions_assigned(set(owner._assignment))
 
 
@@ -673,8 +672,6 @@ class KafkaConsumer:
         self.rebalances = membership is not None
         if membership is not None and group is None:
             raise ValueError("a consumer with a membership needs a group")
-        #: assignments received so far (a member's view of the group's generations)
-        self.generation = 0
         self._assignment = [] if membership is not None else \
             [TopicPartition(t, p) for t in topics for p in range(backend.cached_partitions(t))]
         self._consumer: AIOKafkaConsumer | None = None
@@ -697,10 +694,6 @@ class KafkaConsumer:
                 consumer.assign([KafkaTP(*tp) for tp in self._assignment])
             self._consumer = consumer
         return self._consumer
-
-    async def join(self) -> None:
-        """Start the consumer now (a member joins its group in the background from here on)."""
-        await self._started()
 
     async def seek(self, tp: TopicPartition, offset: int) -> None:
         (await self._started()).seek(KafkaTP(*tp), offset)
@@ -726,7 +719,7 @@ class KafkaConsumer:
             fetched = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=max_records)
             if fetched and self.membership is not None:
                 # records fetched before a rebalance took their partition away are the new owner's
-                owned = self._assignment
+                owned = set(self._assignment)
                 fetched = {tp: rows for tp, rows in fetched.items() if TopicPartition(tp.topic, tp.partition) in owned}
             if fetched:
                 return [Record(r.value, r.key, r.timestamp, list(r.headers), r.topic, r.partition, r.offset)

@@ -516,9 +516,9 @@ class Worker:
     async def run(self) -> None:
         """Run until stopped (signal, idle, terminal failure); raise the terminal failure if any."""
         _tune_gc()
+        await self._join_cluster()
         jobs = self.jobs = PipelineJobs(self.backend, self.tasks, self.options.jobs)
         jobs.start()
-        await self._join_cluster()
         supervisors = [
             asyncio.create_task(s.run(), name=f"millpond:{s.task.name}") for s in self.supervisors.values()
         ]
