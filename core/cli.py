@@ -215,7 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_pipeline(args.file)
     from .runtime import run_pipeline  # lazily: the runtime pulls in the scheduler
 
-    run_pipeline(config, until_idle=args.until_idle, api=args.api, signals=signals)
+    run_pipeline(config, until_idle=args.until_idle, api=args.api, signals=signals, worker_id=args.worker_id)
     return 0
 
 
@@ -1109,6 +1109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until-idle", action="store_true", help="stop once every source is drained and sinks caught up")
     p.add_argument("--api", metavar="HOST:PORT", help="where the worker's HTTP API listens (port 0: a free one), "
                    "or 'off' (default: the file's api: block, else 127.0.0.1:8083)")
+    p.add_argument("--worker-id", metavar="ID", help="this worker's name in status and in groups describe "
+                   "(default: the file's worker: {id: ...}, else HOST:PID)")
     p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output (tracebacks)")
     p.set_defaults(func=cmd_run)
 

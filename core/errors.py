@@ -46,6 +46,18 @@ class TransactionError(MillpondError):
     """A transaction was used after it ended, or could not commit."""
 
 
+class GroupRebalancedError(MillpondError):
+    """A consumer group member's commit came while (or after) the group moved its partitions:
+    the commit was refused, so a partition it may no longer own is never committed by it."""
+
+    retriable = True
+
+
+class ProducerFencedError(TransactionError):
+    """A newer producer with the same transactional id started (another worker took the task over):
+    this one can never commit again. Terminal for the producer, not for a worker in a cluster."""
+
+
 class DeliveryGuaranteeError(ConfigError):
     """A pipeline asks for a stronger guarantee than its connectors give."""
 

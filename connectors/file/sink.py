@@ -14,6 +14,17 @@ temp file, which ``start`` deletes; its records are read again. A crash after
 it loses nothing and doubles nothing. Reading the committed files of a
 partition in name order gives its records in offset order.
 
+Several writers may share ``dir`` (the tasks of one connector, on one worker
+or on several sharing a file system); the group gives each partition to one
+of them at a time. Temp names are unique (a random part), and each temp file
+is locked (``flock``) while its writer lives, so ``start`` deletes only temp
+files nobody holds. A writer that lost its partition without knowing it (a
+paused or partitioned worker, a "zombie") must not commit what the new owner
+writes too: a commit never replaces a file (it links the temp file to its
+name, which fails if the name exists) and refuses a range that overlaps a
+committed file of the partition; the zombie's task then restarts from what
+is committed.
+
 Format: one line per record. ``text``: the value as text (str as is, bytes
 decoded as UTF-8). ``json``: the value as JSON. ``auto`` (default): str values
 as is, other values as JSON (a str holding a newline is written as JSON so a
@@ -23,6 +34,8 @@ record stays one line).
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -36,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from millpond.connector import ConnectorConfig, Guarantee, Sink
-from millpond.errors import ConfigError, RecordError
+from millpond.errors import ConfigError, RecordError, RetriableConnectorError
 from millpond.log import fsio
 from millpond.log.batch import lines as batch_lines
 from millpond.records import PartitionBatches, Record, TopicPartition
@@ -98,14 +111,18 @@ class FileSink(Sink):
             fsio.mkdir(directory, parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"file sink {self.context.name!r}: cannot create output dir {directory!r}: {exc}") from exc
+        for name in os.listdir(directory):
+            if name.startswith(TEMP_PREFIX) and _abandoned(os.path.join(directory, name)):
+                log.info("removed uncommitted temp file %s (its records are read again)", name)
+        return await self.stored_offsets()
+
+    async def stored_offsets(self) -> Mapping[TopicPartition, int]:
+        """Per partition, the offset after the highest committed range (read from the names now:
+        after a rebalance another writer may have committed more since ``start``)."""
         topics = set(self.context.extra.get("topics") or [])
         resume: dict[TopicPartition, int] = {}
         self._resets = self._load_resets()
-        for name in os.listdir(directory):
-            if name.startswith(TEMP_PREFIX):
-                fsio.unlink(os.path.join(directory, name))
-                log.info("removed uncommitted temp file %s (its records are read again)", name)
-                continue
+        for name in os.listdir(self.config.dir):
             parsed = parse_committed(name)
             if parsed is None:
                 continue
@@ -188,8 +205,9 @@ class FileSink(Sink):
             await asyncio.to_thread(self._commit_files, work)
 
     def _commit_files(self, work: list[tuple[OpenFile, int]]) -> None:
+        committed = os.listdir(self.config.dir)  # once per batch: what other writers committed
         for f, last in work:
-            self._commit(f, last)
+            self._commit(f, last, committed)
         self._sync_dir()
 
     async def reset_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -283,21 +301,69 @@ class FileSink(Sink):
     def _open(self, tp: TopicPartition, first: int) -> OpenFile:
         path = os.path.join(self.config.dir, f"{TEMP_PREFIX}{tp.topic}-{tp.partition}-{uuid.uuid4().hex}")
         handle = fsio.FileWriter(path)  # closed at commit/stop
+        # held until the handle closes (also when the process dies): ``start`` elsewhere leaves it alone
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         f = OpenFile(tp, path, handle, first)
         self.open_files[tp] = f
         return f
 
-    def _commit(self, f: OpenFile, last: int) -> None:
+    def _commit(self, f: OpenFile, last: int, committed: list[str]) -> None:
         """Write out, fsync and rename one file (runs in a worker thread; the runtime awaits it)."""
         f.handle.flush()
         if self.config.fsync:
             fsio.fsync(f.handle.fileno(), why="file-sink")
-        f.handle.close()
-        final = os.path.join(self.config.dir, committed_name(f.tp.topic, f.tp.partition, f.first, last, self._suffix(f.tp)))
-        fsio.replace(f.path, final)
+        name = committed_name(f.tp.topic, f.tp.partition, f.first, last, self._suffix(f.tp))
+        final = os.path.join(self.config.dir, name)
+        try:
+            taken = self._overlapping(f.tp, f.first, last, committed)
+            if taken is None and not fsio.place(f.path, final):
+                taken = os.path.basename(final)  # another writer committed the same range
+        except BaseException:
+            f.handle.close()
+            raise
+        f.handle.close()  # after the link: the lock keeps other writers' ``start`` off the temp file until here
         del self.open_files[f.tp]
+        if taken is not None:
+            fsio.unlink(f.path)
+            raise RetriableConnectorError(
+                f"file sink {self.context.name!r}: {f.tp.topic}-{f.tp.partition} offsets {f.first}..{last} overlap "
+                f"{taken} in {self.config.dir}, committed by another writer: the partition moved away from this "
+                f"task; nothing of this range is committed here")
+
+    def _overlapping(self, tp: TopicPartition, first: int, last: int, committed: list[str]) -> str | None:
+        """A file of ``committed`` holding ``tp`` (current generation) whose range meets ``first..last``."""
+        prefix = f"{tp.topic}-{tp.partition}-"
+        suffix = self._suffix(tp)
+        for name in committed:
+            if not name.startswith(prefix) or not name.endswith(suffix):
+                continue
+            parsed = parse_committed(name)
+            if parsed is not None and parsed[0] == tp and parsed[1] <= last and first <= parsed[2]:
+                return name
+        return None
 
     def _sync_dir(self) -> None:
         if not self.config.fsync:
             return
         fsio.fsync_dir(self.config.dir, why="file-sink.dir")
+
+
+def _abandoned(path: str) -> bool:
+    """Delete the temp file at ``path`` if no live writer holds its lock; True when deleted."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # another task (here or on another worker) is writing it
+        try:
+            fsio.unlink(path)
+        except FileNotFoundError:
+            return False
+        return True
+    finally:
+        os.close(fd)
+

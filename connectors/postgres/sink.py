@@ -190,6 +190,8 @@ class PostgresSink(Sink):
         self._seen: dict[str, dict[str, str]] = {}
         self._where = f"postgres sink {context.name!r}"
         self.rows_written = 0
+        #: the stored offsets as this sink last read or wrote them (see ``_check_owner``)
+        self._expected: dict[TopicPartition, int] = {}
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -197,17 +199,31 @@ class PostgresSink(Sink):
         self._conn = conn = await connect(self.cfg.dsn.get_secret_value(), self._where)
         self._where = f"postgres sink {self.context.name!r} (database {await conn.fetchval('SELECT current_database()')!r})"
         offsets = self._offsets_sql()
-        await conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {offsets} (connector text NOT NULL, topic text NOT NULL, "
-            "partition int NOT NULL, next_offset bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), "
-            "PRIMARY KEY (connector, topic, partition))"
-        )
+        try:
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {offsets} (connector text NOT NULL, topic text NOT NULL, "
+                "partition int NOT NULL, next_offset bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), "
+                "PRIMARY KEY (connector, topic, partition))"
+            )
+        except (asyncpg.UniqueViolationError, asyncpg.DuplicateTableError):
+            pass  # another worker's task created it at the same moment (IF NOT EXISTS does not lock)
         await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (doc jsonb) ON COMMIT DELETE ROWS")
-        rows = await conn.fetch(
-            f"SELECT topic, partition, next_offset FROM {offsets} WHERE connector = $1", self.context.name
-        )
-        stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+        stored = await self.stored_offsets()
         log.info("%s: resuming from %d stored offset(s)", self._where, len(stored))
+        return stored
+
+    async def stored_offsets(self) -> dict[TopicPartition, int]:
+        """The offsets table as it is now (after a rebalance, another worker may have moved partitions on)."""
+        conn = self._conn
+        if conn is None:
+            raise ConnectorError(f"{self._where}: stored_offsets before start")
+        try:
+            rows = await conn.fetch(f"SELECT topic, partition, next_offset FROM {self._offsets_sql()} "
+                                    "WHERE connector = $1", self.context.name)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            raise RetriableConnectorError(f"{self._where}: cannot read the stored offsets: {exc}") from exc
+        stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+        self._expected = dict(stored)
         return stored
 
     async def stop(self) -> None:
@@ -234,6 +250,7 @@ class PostgresSink(Sink):
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise RetriableConnectorError(f"{self._where}: offsets not reset, nothing changed: {exc}") from exc
+        self._expected.update({TopicPartition(*tp): o for tp, o in offsets.items()})
         log.info("%s: offsets reset to %s", self._where,
                  ", ".join(f"{tp[0]}-{tp[1]}@{o}" for tp, o in sorted(offsets.items())))
 
@@ -304,6 +321,8 @@ class PostgresSink(Sink):
         columns = [(t, t.columns) for t in self._targets.values()]
         try:
             async with conn.transaction():
+                if offsets:
+                    await self._check_owner(conn, offsets)
                 written = await self._apply(conn, self._buffer)
                 if offsets:
                     await conn.execute(
@@ -324,6 +343,27 @@ class PostgresSink(Sink):
             raise
         self._buffer = []
         self.rows_written += written
+        self._expected.update(offsets)
+
+    async def _check_owner(self, conn: asyncpg.Connection, offsets: Mapping[TopicPartition, int]) -> None:
+        """Lock this sink's offset rows of the partitions in ``offsets`` and check that each stands
+        where this sink last read or wrote it. When several workers share a topic, a writer that lost
+        a partition without knowing it (paused past its group session) must not write over what the
+        new owner wrote since: its flush fails here, nothing of it is written, and its task restarts
+        from the stored offsets."""
+        rows = await conn.fetch(
+            f"SELECT topic, partition, next_offset FROM {self._offsets_sql()} WHERE connector = $1 AND "
+            "(topic, partition) IN (SELECT * FROM unnest($2::text[], $3::int[])) FOR UPDATE",
+            self.context.name, [tp.topic for tp in offsets], [tp.partition for tp in offsets],
+        )
+        stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+        moved = [tp for tp in offsets if stored.get(tp) != self._expected.get(tp)]
+        if moved:
+            tp = moved[0]
+            raise RetriableConnectorError(
+                f"{self._where}: {tp.topic}-{tp.partition} was moved on to offset {stored.get(tp)} by another "
+                f"writer (this one last saw {self._expected.get(tp)}): the partition is no longer this task's; "
+                f"nothing was written")
 
     # -- applying records -----------------------------------------------------
 

@@ -124,7 +124,6 @@ class ApiServer:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{port}"
-        self.worker.worker_id = f"{socket.gethostname()}:{port}"
         log.info("worker API listening on %s%s", self.url, " (bearer token required)" if self.token else "")
         embedded = self.worker.config.log.embedded
         if embedded is not None:

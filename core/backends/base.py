@@ -86,8 +86,56 @@ class Producer(Protocol):
     async def close(self) -> None: ...
 
 
+class RebalanceListener(Protocol):
+    """What a group member does when the group moves partitions (Kafka's ConsumerRebalanceListener).
+
+    Called from inside the consumer while it rebalances: between the two calls the
+    member owns nothing, so a sink flushes and commits in ``on_partitions_revoked``
+    and never again for those partitions, and seeks in ``on_partitions_assigned``.
+    """
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """``revoked`` go to the group: make their work durable and commit it now (positions are still valid)."""
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """The group gave this member ``assigned`` (all it owns now): seek them where work resumes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """How a consumer shares its group's partitions with the group's other members.
+
+    ``member`` of ``members`` names this consumer's place among the tasks of one
+    connector; ``listener`` hears of every change. A backend with a group protocol
+    (Kafka) lets the group coordinator split the partitions among whoever is
+    alive, on any worker; one without (the embedded log, one process) gives
+    member i the partitions whose index modulo ``members`` is i, once.
+    ``client_id`` names the worker, so ``groups describe`` shows who holds what.
+    """
+
+    listener: RebalanceListener
+    member: int = 0
+    members: int = 1
+    client_id: str | None = None
+
+
+def static_share(partitions: Sequence[TopicPartition], member: int, members: int) -> list[TopicPartition]:
+    """Member ``member``'s fixed share of ``partitions`` when no coordinator splits them: every
+    ``members``-th partition of each topic, so members differ by at most one partition per topic."""
+    return [tp for tp in partitions if tp.partition % members == member]
+
+
 class Consumer(Protocol):
-    """Reads records of a set of topics for one consumer group (or none)."""
+    """Reads records of a set of topics for one consumer group (or none).
+
+    Without a :class:`Membership` the consumer owns every partition and uses the
+    group only to store offsets; with one, ``assignment()`` is this member's share
+    (empty until the group has assigned it) and changes only through the listener.
+    """
+
+    #: True when the assignment moves through a group protocol (the listener is called by the
+    #: consumer); False when it is fixed at creation (the caller treats it as assigned once)
+    rebalances: bool
 
     def assignment(self) -> set[TopicPartition]: ...
 
@@ -179,6 +227,7 @@ class LogBackend(Protocol):
         group: str | None = None,
         isolation: IsolationLevel = IsolationLevel.read_committed,
         reset: str = "earliest",
+        membership: Membership | None = None,
     ) -> Consumer: ...
 
     async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int | None:

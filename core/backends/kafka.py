@@ -5,14 +5,19 @@ LogBackend calls onto Kafka's admin, producer and consumer clients. Retention
 and compaction are the broker's job, so ``run_retention``/``run_compaction``
 are deliberately absent.
 
-Two choices follow from the runtime's contract:
+Choices that follow from the runtime's contract:
 
-- A consumer owns every partition of its topics (manual assignment, as in the
-  embedded log) and uses its group only to store committed offsets. The
-  runtime asks for ``assignment()`` synchronously and does not handle
-  rebalances, so the group protocol would give it nothing it can use yet.
-  Partition counts are therefore cached: loaded at ``open`` and refreshed by
-  every topic call.
+- A consumer without a membership owns every partition of its topics (manual
+  assignment, as in the embedded log) and uses its group only to store
+  committed offsets: the CLI's readers and the source checkpoint reader want
+  all partitions. Its ``assignment()`` is synchronous, so partition counts are
+  cached: loaded at ``open`` and refreshed by every topic call.
+- A consumer with a membership (a sink task) subscribes and lets Kafka's
+  group protocol split the partitions among the live members on every worker
+  (heartbeats, session timeout, rebalances); the runtime's listener flushes
+  and commits before partitions are revoked and seeks after they are assigned.
+  Its client id names the worker, which ``kafka-consumer-groups --describe``
+  shows as CLIENT-ID.
 - ``poll`` answers "nothing" only once the consumer has heard from the broker
   for every partition and knows nothing is waiting: callers (the source
   checkpoint reader) treat a few empty polls as "at the end".
@@ -28,10 +33,11 @@ import weakref
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
+    CommitFailedError,
     InvalidProducerEpoch,
     KafkaError,
     ProducerFenced,
@@ -42,9 +48,17 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Int64, Schema, String
 from aiokafka.structs import TopicPartition as KafkaTP
 
-from ..errors import ConfigError, MillpondError, TopicExistsError, TransactionError, UnknownTopicError
+from ..errors import (
+    ConfigError,
+    GroupRebalancedError,
+    MillpondError,
+    ProducerFencedError,
+    TopicExistsError,
+    TransactionError,
+    UnknownTopicError,
+)
 from ..records import Record, TopicPartition
-from .base import GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, PartitionInfo, TopicSpec
+from .base import GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, Membership, PartitionInfo, TopicSpec
 from .kafka_security import KafkaSecurity, connection_problem
 
 log = logging.getLogger(__name__)
@@ -470,8 +484,9 @@ class KafkaBackend(Lifecycle):
         group: str | None = None,
         isolation: IsolationLevel = IsolationLevel.read_committed,
         reset: str = "earliest",
+        membership: Membership | None = None,
     ) -> KafkaConsumer:
-        return KafkaConsumer(self, topics, group, isolation, reset)
+        return KafkaConsumer(self, topics, group, isolation, reset, membership)
 
     async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
         await self.partitions_for(tp.topic)  # names a missing topic rather than letting the broker create it
@@ -528,7 +543,7 @@ class KafkaProducer:
         except (ProducerFenced, InvalidProducerEpoch) as exc:
             # aiokafka's transaction state is now fatal: nothing is left to abort
             self._fenced_out, self._in_transaction = True, False
-            raise TransactionError(
+            raise ProducerFencedError(
                 f"producer {self.transactional_id!r} was fenced by a newer one during {what}: {exc}") from exc
 
     async def _started(self) -> AIOKafkaProducer:
@@ -619,16 +634,46 @@ class KafkaProducer:
                 self._producer = None
 
 
+class _Relay(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands aiokafka's rebalance callbacks to the runtime's listener, in millpond's partition names."""
+
+    def __init__(self, owner: KafkaConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[KafkaTP]) -> None:
+        owner = self.owner
+        assert owner.membership is not None
+        gone = {TopicPartition(tp.topic, tp.partition) for tp in revoked}
+        try:
+            if gone:
+                await owner.membership.listener.on_partitions_revoked(gone)
+        finally:
+            owner._assignment = [tp for tp in owner._assignment if tp not in gone]
+
+    async def on_partitions_assigned(self, assigned: set[KafkaTP]) -> None:
+        owner = self.owner
+        assert owner.membership is not None
+        owner._assignment = sorted(TopicPartition(tp.topic, tp.partition) for tp in assigned)
+        await owner.membership.listener.on_partitions_assigned(set(owner._assignment))
+
+
 class KafkaConsumer:
-    """Every partition of its topics, assigned manually; the group only stores offsets."""
+    """Every partition of its topics, assigned manually, the group only storing offsets; or,
+    with a membership, this member's share of the group's partitions (Kafka's subscribe)."""
 
     def __init__(self, backend: KafkaBackend, topics: Sequence[str], group: str | None,
-                 isolation: IsolationLevel, reset: str) -> None:
+                 isolation: IsolationLevel, reset: str, membership: Membership | None = None) -> None:
         self.backend = backend
         self.group = group
         self.isolation = isolation
         self.reset = reset
-        self._assignment = [TopicPartition(t, p) for t in topics for p in range(backend.cached_partitions(t))]
+        self.membership = membership
+        self.topics = list(topics)
+        self.rebalances = membership is not None
+        if membership is not None and group is None:
+            raise ValueError("a consumer with a membership needs a group")
+        self._assignment = [] if membership is not None else \
+            [TopicPartition(t, p) for t in topics for p in range(backend.cached_partitions(t))]
         self._consumer: AIOKafkaConsumer | None = None
 
     def assignment(self) -> set[TopicPartition]:
@@ -636,11 +681,17 @@ class KafkaConsumer:
 
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            consumer = AIOKafkaConsumer(**self.backend.client_kwargs(AIOKafkaConsumer), group_id=self.group,
+            kwargs = self.backend.client_kwargs(AIOKafkaConsumer)
+            if self.membership is not None and self.membership.client_id:
+                kwargs["client_id"] = self.membership.client_id
+            consumer = AIOKafkaConsumer(**kwargs, group_id=self.group,
                                         isolation_level=self.isolation.value, enable_auto_commit=False,
                                         auto_offset_reset=self.reset)
             await consumer.start()
-            consumer.assign([KafkaTP(*tp) for tp in self._assignment])
+            if self.membership is not None:
+                consumer.subscribe(self.topics, listener=_Relay(self))
+            else:
+                consumer.assign([KafkaTP(*tp) for tp in self._assignment])
             self._consumer = consumer
         return self._consumer
 
@@ -666,6 +717,10 @@ class KafkaConsumer:
         wait = timeout
         while True:
             fetched = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=max_records)
+            if fetched and self.membership is not None:
+                # records fetched before a rebalance took their partition away are the new owner's
+                owned = set(self._assignment)
+                fetched = {tp: rows for tp, rows in fetched.items() if TopicPartition(tp.topic, tp.partition) in owned}
             if fetched:
                 return [Record(r.value, r.key, r.timestamp, list(r.headers), r.topic, r.partition, r.offset)
                         for rows in fetched.values() for r in rows]
@@ -676,7 +731,19 @@ class KafkaConsumer:
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if self.group is None:
             raise TransactionError("commit() needs a consumer with a group")
-        await (await self._started()).commit({KafkaTP(*tp): offset for tp, offset in offsets.items()})
+        consumer = await self._started()
+        if self.membership is not None:
+            foreign = sorted(set(offsets) - set(self._assignment))
+            if foreign:
+                raise GroupRebalancedError(
+                    f"group {self.group!r}: commit of {', '.join(f'{tp.topic}-{tp.partition}' for tp in foreign)} "
+                    f"refused, this member does not own them")
+        try:
+            await consumer.commit({KafkaTP(*tp): offset for tp, offset in offsets.items()})
+        except CommitFailedError as exc:
+            raise GroupRebalancedError(
+                f"group {self.group!r}: commit of {', '.join(f'{tp.topic}-{tp.partition}' for tp in sorted(offsets))} "
+                f"refused, the group is rebalancing or moved them to another member") from exc
 
     async def close(self) -> None:
         if self._consumer is not None:

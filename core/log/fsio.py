@@ -24,6 +24,7 @@ The rules the callers follow (what the crash tests check):
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Protocol
@@ -119,6 +120,28 @@ def replace(source: StrPath, target: StrPath) -> None:
     os.replace(source, target)
     if recorder is not None:
         recorder.renamed(os.fspath(source), os.fspath(target))
+
+
+def place(source: StrPath, target: StrPath) -> bool:
+    """Give ``source`` the name ``target`` unless a file of that name exists (False then, nothing moved).
+
+    A hard link and an unlink, so an existing ``target`` is never replaced (``replace`` would);
+    a file system without hard links falls back to a rename. Recorded as a rename: after a
+    power cut the new name is there only if the folder was fsynced, like a rename's.
+    """
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        os.rename(source, target)
+    else:
+        os.unlink(source)
+    if recorder is not None:
+        recorder.renamed(os.fspath(source), os.fspath(target))
+    return True
 
 
 def unlink(path: StrPath, *, missing_ok: bool = False) -> None:
@@ -242,6 +265,16 @@ class FileWriter:
             finally:
                 close(self._fd)
                 self._fd = -1
+
+    def __del__(self) -> None:
+        # dropped without close(): let the descriptor (and any lock on it) go, buffered bytes
+        # lost as in a crash
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
 
     def __enter__(self) -> FileWriter:
         return self

@@ -72,6 +72,9 @@ class WorkerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: this worker's name in status and in ``groups describe`` (Kafka's client id); default ``host:pid``.
+    #: Workers of one pipeline need different ids, so a shared file leaves it out (or uses ``--worker-id``)
+    id: str | None = Field(default=None, min_length=1, pattern=r"^[A-Za-z0-9._:@-]+$")
     #: a task that fails this many times within ``restart_window_s`` is marked FAILED instead of restarted
     max_restarts: int = Field(default=10, ge=0)
     restart_window_s: float = Field(default=300.0, gt=0)

@@ -6,6 +6,14 @@ offsets with its data returns them from ``start()`` and the consumer seeks
 there; otherwise the group's committed offsets apply. ``flush(offsets)`` makes
 the sink durable up to ``offsets``, and only then does the group commit the
 same offsets, so the lag the CLI shows never claims more than the sink holds.
+
+The task is a member of its group (see :class:`~core.backends.base.Membership`):
+on Kafka the group coordinator gives it a share of the partitions and moves
+them between the tasks of every worker; on the embedded log task i of N takes
+a fixed share. Before partitions are revoked the task flushes and commits what
+it holds of them, and after that it neither writes nor commits them. Newly
+assigned partitions of a sink that keeps its own offsets are read back from the
+sink (another worker may have moved them on) and sought.
 """
 
 from __future__ import annotations
@@ -14,19 +22,31 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
-from ..backends.base import BatchConsumer, Consumer, IsolationLevel, LogBackend, Producer
+from ..backends.base import BatchConsumer, Consumer, IsolationLevel, LogBackend, Membership, Producer
 from ..config import ConnectorSpec, PipelineConfig
 from ..connector import Sink, Transform
 from ..converters import StringConverter
-from ..errors import RecordError
+from ..errors import GroupRebalancedError, RecordError, RetriableConnectorError
 from ..records import PartitionBatches, Record, TopicPartition, partition_for_key
 from .build import apply_transforms, make_converters, make_sink, make_transforms
 from .task import ConnectorTask
 
 log = logging.getLogger("millpond.runtime.sink")
+
+#: while partitions are being revoked, how long to wait for the position of one never read yet
+REVOKE_POSITION_WAIT_S = 2.0
+
+
+@runtime_checkable
+class StoredOffsets(Protocol):
+    """A sink that keeps its offsets and can read them again while open (not only at ``start``):
+    after a rebalance another worker may have moved a partition on."""
+
+    async def stored_offsets(self) -> Mapping[TopicPartition, int]: ...
 
 
 @dataclass(slots=True)
@@ -69,6 +89,18 @@ class SinkTask(ConnectorTask):
         self._positions: dict[TopicPartition, int] = {}
         self._unflushed = 0
         self.flushes = 0
+        #: worker id, for the group member's client id (``groups describe``); the worker sets it
+        self.client_id: str | None = None
+        # membership state, used by the rebalance callbacks (which run inside the consumer's poll)
+        self._sink: Sink | None = None
+        self._dlq: Producer | None = None
+        self._own: dict[TopicPartition, int] | None = None
+        self._assignments = 0
+        self._revocations = 0
+        #: a rebalance callback's failure, raised by the task loop (the callbacks run inside the consumer)
+        self._lost: Exception | None = None
+        #: held while a poll's records are written or flushed, so a rebalance waits for the turn to end
+        self._turn = asyncio.Lock()
 
     def request_flush(self) -> None:
         """Ask for a flush at the next turn of the loop (the scheduler's periodic commit)."""
@@ -94,13 +126,19 @@ class SinkTask(ConnectorTask):
         kd = key_conv.deserialize
         vd = value_conv.deserialize
         sink = self._sink_factory()
+        membership = Membership(self, self.task, self.spec.tasks, client_id=self.client_id)
         consumer = self.backend.consumer(
-            self.spec.topics, group=self.group, isolation=IsolationLevel.read_committed, reset="earliest"
+            self.spec.topics, group=self.group, isolation=IsolationLevel.read_committed, reset="earliest",
+            membership=membership,
         )
         dlq: Producer | None = self.backend.producer() if self.errors.dead_letter_topic else None
         self._consumer = consumer
+        self._sink = sink
+        self._dlq = dlq
         self._positions = {}
         self._unflushed = 0
+        self._assignments = 0
+        self._lost = None
         self.idle_since = None
         failed = False
         keep_raw = self.spec.errors.policy == "dead_letter"
@@ -110,66 +148,43 @@ class SinkTask(ConnectorTask):
         batches = consumer if fast and sink.takes_batches and isinstance(consumer, BatchConsumer) else None
         try:
             own = await sink.start()
-            if own:
-                assigned = consumer.assignment()
-                for tp, offset in own.items():
-                    tp = TopicPartition(*tp)
-                    if tp in assigned:
-                        await consumer.seek(tp, offset)
-                log.info("sink %r resumes from its own offsets %s", self.name, _fmt(own))
-            for tp in consumer.assignment():
-                self._positions[tp] = await consumer.position(tp)
+            self._own = {TopicPartition(*tp): o for tp, o in own.items()} if own is not None else None
+            if not consumer.rebalances:
+                await self.on_partitions_assigned(consumer.assignment())
             self.running = True
             last_flush = time.monotonic()
             while not stop.is_set():
                 polled = time.perf_counter()
-                records: list[Record] = []
-                count: int | None = 0
+                revocations = self._revocations
                 backlog = self._unflushed >= self.limits.idle_flush_records
                 timeout = self.limits.caught_up_s if backlog else self.limits.poll_timeout_s
+                taken: list[PartitionBatches] = []
+                records: list[Record] = []
                 if batches is not None:
                     taken = await batches.poll_batches(self.limits.max_poll_records, timeout)
-                    if taken:
-                        self.observe("poll", time.perf_counter() - polled)
-                        count = await self._write_batches(sink, taken)
-                        if count is None:  # not all plain lines: as records, with the error policy
-                            records = [r for part in taken for r in part.records()]
                 else:
                     records = await consumer.poll(self.limits.max_poll_records, timeout)
-                    if records:
-                        self.observe("poll", time.perf_counter() - polled)
-                if records:
-                    if fast and self._decode_strings(records):
-                        await self._write(sink, dlq, records, None)
-                    else:
-                        await self._convert_and_write(records, sink, dlq, transforms, kd, vd, keep_raw)
-                    count = len(records)
-                if count:
-                    self.idle_since = None
-                    self._unflushed += count
-                    self.records_in += count
-                else:
-                    if self.idle_since is None:
-                        self.idle_since = time.monotonic()
-                    if not self._unflushed and await self._positions_moved(consumer):
-                        # only transaction markers were passed: commit so the lag reads 0
-                        self._unflushed = 1
-                if self._unflushed and (
-                    self._flush_requested
-                    or self._unflushed >= self.limits.flush_records
-                    or time.monotonic() - last_flush >= self.limits.flush_interval_s
-                    or (not count and (backlog or time.monotonic() - last_flush >= self.limits.idle_flush_s))
-                ):
+                async with self._turn:
+                    if self._lost is not None:
+                        lost, self._lost = self._lost, None
+                        raise RetriableConnectorError(f"sink {self.name!r}: partitions moved away before their "
+                                                      f"flush: {lost}") from lost
+                    if (records or taken) and self._revocations != revocations:
+                        # a revocation got the turn first: what this poll holds of those partitions is not ours
+                        owned = consumer.assignment()
+                        records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]  # type: ignore[arg-type]
+                        taken = [part for part in taken if part.tp in owned]
+                    last_flush = await self._turn_with(records, taken, polled, last_flush, backlog, consumer, sink,
+                                                       dlq, transforms, kd, vd, keep_raw, fast)
+            async with self._turn:
+                if self._unflushed:
                     await self._flush(sink, consumer, dlq)
-                    last_flush = time.monotonic()
-                self._flush_requested = False
-            if self._unflushed:
-                await self._flush(sink, consumer, dlq)
         except BaseException:
             failed = True
             raise
         finally:
             self.running = False
+            self._sink = None
             try:
                 await sink.stop()
             finally:
@@ -180,6 +195,145 @@ class SinkTask(ConnectorTask):
                         await dlq.close()
             if failed:
                 log.debug("sink %r stopped after a failure; unflushed work is redone from committed offsets", self.name)
+
+    async def _turn_with(
+        self,
+        records: list[Record],
+        taken: list[PartitionBatches],
+        polled: float,
+        last_flush: float,
+        backlog: bool,
+        consumer: Consumer,
+        sink: Sink,
+        dlq: Producer | None,
+        transforms: list[Transform],
+        kd: Callable[[bytes | None], Any],
+        vd: Callable[[bytes | None], Any],
+        keep_raw: bool,
+        fast: bool,
+    ) -> float:
+        """Write one poll (raw batches or records) and flush when due; returns when the last flush was."""
+        count: int | None = 0
+        if taken:
+            self.observe("poll", time.perf_counter() - polled)
+            count = await self._write_batches(sink, taken)
+            if count is None:  # not all plain lines: as records, with the error policy
+                records = [r for part in taken for r in part.records()]
+        elif records:
+            self.observe("poll", time.perf_counter() - polled)
+        if records:
+            if fast and self._decode_strings(records):
+                await self._write(sink, dlq, records, None)
+            else:
+                await self._convert_and_write(records, sink, dlq, transforms, kd, vd, keep_raw)
+            count = len(records)
+        if count:
+            self.idle_since = None
+            self._unflushed += count
+            self.records_in += count
+        else:
+            if self.idle_since is None:
+                self.idle_since = time.monotonic()
+            if not self._unflushed and await self._positions_moved(consumer):
+                # only transaction markers were passed: commit so the lag reads 0
+                self._unflushed = 1
+        if self._unflushed and (
+            self._flush_requested
+            or self._unflushed >= self.limits.flush_records
+            or time.monotonic() - last_flush >= self.limits.flush_interval_s
+            or (not count and (backlog or time.monotonic() - last_flush >= self.limits.idle_flush_s))
+        ):
+            await self._flush(sink, consumer, dlq)
+            last_flush = time.monotonic()
+        self._flush_requested = False
+        return last_flush
+
+    # -- group membership: the consumer calls these while its group rebalances --
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Seek the partitions the group gave this task to where the sink resumes them.
+
+        A sink that keeps its own offsets is asked again (``stored_offsets``) at every
+        assignment a group coordinator makes (and from the second on otherwise): since
+        ``start`` another worker may have written these partitions. A sink that cannot
+        be asked resumes those from the group's committed offsets, which their previous
+        owner committed right after flushing. Waits for the poll in hand to be written
+        (the turn): the sink's connection serves one call at a time.
+        """
+        async with self._turn:
+            self._assignments += 1
+            sink, consumer = self._sink, self._consumer
+            if sink is None or consumer is None:
+                return
+            try:
+                sought = await self._seek_own(assigned, sink, consumer)
+            except Exception as exc:  # noqa: BLE001 - reported by the task loop, not by aiokafka's logger
+                self._lost = exc
+                log.warning("sink %r could not read where %s resume (%s: %s); restarting", self.name,
+                            _fmt_tps(assigned), type(exc).__name__, exc)
+                return
+        if consumer.rebalances or self.spec.tasks > 1:
+            log.info("sink %r owns %s%s", self.name, _fmt_tps(assigned) or "no partition (idle until a rebalance)",
+                     f"; resumes from its own offsets {_fmt(sought)}" if sought else "")
+        elif sought:
+            log.info("sink %r resumes from its own offsets %s", self.name, _fmt(sought))
+
+    async def _seek_own(self, assigned: set[TopicPartition], sink: Sink, consumer: Consumer) -> dict[TopicPartition, int]:
+        own = self._own
+        # on a group protocol even the first assignment comes after other members moved partitions on
+        if own is not None and (self._assignments > 1 or consumer.rebalances):
+            if isinstance(sink, StoredOffsets):
+                own = {TopicPartition(*tp): o for tp, o in (await sink.stored_offsets()).items()}
+            else:
+                own = None
+        sought: dict[TopicPartition, int] = {}
+        if own:
+            for tp in sorted(assigned):
+                if tp in own:
+                    await consumer.seek(tp, own[tp])
+                    sought[tp] = own[tp]
+        self._positions = dict(sought)
+        if not consumer.rebalances:  # a fixed share: positions are local, so note where each starts
+            for tp in assigned:
+                self._positions[tp] = await consumer.position(tp)
+        return sought
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Flush and commit before ``revoked`` move to another member, then let go of them.
+
+        Waits for the poll in hand to be written (the turn). A failure here leaves the
+        sink holding records it may no longer write: the task then ends its incarnation,
+        dropping them, and the next one starts from committed offsets.
+        """
+        async with self._turn:
+            self._revocations += 1
+            sink, consumer = self._sink, self._consumer
+            if sink is None or consumer is None or not self.running:
+                return
+            try:
+                offsets = await self._known_positions(consumer)
+                if self._unflushed or any(self._positions.get(tp) != o for tp, o in offsets.items()):
+                    await self._flush(sink, consumer, self._dlq, offsets, revoking=True)
+            except Exception as exc:  # noqa: BLE001 - reported by the task loop, not by aiokafka's logger
+                self._lost = exc
+                log.warning("sink %r could not flush before %s moved away (%s: %s); restarting from committed "
+                            "offsets", self.name, _fmt_tps(revoked), type(exc).__name__, exc)
+                return
+            for tp in revoked:
+                self._positions.pop(tp, None)
+            log.info("sink %r hands over %s (flushed and committed)", self.name, _fmt_tps(revoked))
+
+    async def _known_positions(self, consumer: Consumer) -> dict[TopicPartition, int]:
+        """Positions of the assigned partitions, leaving out any the consumer has not positioned
+        yet (nothing of them was read, so there is nothing to commit, and waiting for one
+        inside a rebalance could outlast it)."""
+        out: dict[TopicPartition, int] = {}
+        for tp in consumer.assignment():
+            try:
+                out[tp] = await asyncio.wait_for(consumer.position(tp), REVOKE_POSITION_WAIT_S)
+            except asyncio.TimeoutError:
+                continue
+        return out
 
     @staticmethod
     def _decode_strings(records: list[Record]) -> bool:
@@ -302,10 +456,12 @@ class SinkTask(ConnectorTask):
                 return True
         return False
 
-    async def _flush(self, sink: Sink, consumer: Consumer, dlq: Producer | None) -> None:
+    async def _flush(self, sink: Sink, consumer: Consumer, dlq: Producer | None,
+                     offsets: dict[TopicPartition, int] | None = None, revoking: bool = False) -> None:
         # the consumer's positions, not last offset + 1: they also step over
         # transaction markers, so a caught-up group shows lag 0
-        offsets = {tp: await consumer.position(tp) for tp in consumer.assignment()}
+        if offsets is None:
+            offsets = {tp: await consumer.position(tp) for tp in consumer.assignment()}
         if dlq is not None:
             # dead letters first: a crash after this replays those records (at
             # least once into the dead-letter topic), never loses them
@@ -314,7 +470,16 @@ class SinkTask(ConnectorTask):
         await sink.flush(offsets)
         self.observe("flush", time.perf_counter() - flushing)
         committing = time.perf_counter()
-        await consumer.commit(offsets)
+        try:
+            await consumer.commit(offsets)
+        except GroupRebalancedError as exc:
+            if not consumer.rebalances or revoking:
+                raise
+            # the sink holds the records; the revocation that is coming commits them (or, if
+            # this member was dropped from the group, the partitions are no longer its to commit)
+            log.debug("sink %r: %s; committed when the partitions are revoked", self.name, exc)
+            self._unflushed = 0
+            return
         self.observe("commit", time.perf_counter() - committing)
         self._positions = offsets
         self._unflushed = 0
@@ -337,3 +502,7 @@ def _fmt(offsets: object) -> str:
     if isinstance(offsets, dict):
         return ", ".join(f"{TopicPartition(*tp)}@{o}" for tp, o in sorted(offsets.items()))
     return str(offsets)
+
+
+def _fmt_tps(tps: set[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(tps))

@@ -61,7 +61,15 @@ from typing import TYPE_CHECKING
 from ..backends.base import LogBackend, TopicSpec
 from ..config import PipelineConfig, check_guarantees
 from ..connector import Sink
-from ..errors import ConfigError, ConnectorError, DiskFullError, MillpondError, RetriableConnectorError
+from ..errors import (
+    ConfigError,
+    ConnectorError,
+    DiskFullError,
+    MillpondError,
+    ProducerFencedError,
+    RetriableConnectorError,
+)
+from .assignment import SourceAssignment
 from .build import make_converters, make_transforms
 from .scheduler import JobIntervals, PipelineJobs
 from .settings import WorkerSettings, check_listen, parse_listen
@@ -110,17 +118,20 @@ class RuntimeOptions:
     api_listen_is_default: bool = False
     #: signals caught before the loop started (``StopSignals.install``), honoured once it runs
     early_signals: StopSignals | None = None
+    #: this worker's id (``--worker-id``); None takes ``worker: {id: ...}``, else ``host:pid``
+    worker_id: str | None = None
+
+
+def worker_id(options: RuntimeOptions, settings: WorkerSettings) -> str:
+    """This worker's id: ``--worker-id``, else the file's ``worker: {id: ...}``, else ``host:pid``
+    (unique among the live workers of a cluster without anyone choosing names)."""
+    return options.worker_id or settings.id or f"{socket.gethostname()}:{os.getpid()}"
 
 
 def preflight(config: PipelineConfig) -> None:
     """Fail fast, before the log is opened, on anything a restart cannot fix."""
     check_guarantees(config)
     for spec in config.connectors:
-        if spec.kind == "sink" and spec.tasks > 1 and config.log.embedded is not None:
-            raise ConfigError(
-                f"connector {spec.name!r}: tasks: {spec.tasks} needs a log that splits a group's partitions "
-                f"between members (Kafka); on the embedded log one sink task reads every partition, use tasks: 1"
-            )
         cls = spec.resolve().cls
         if spec.kind == "sink" and cls.owns_offsets and cls.reset_offsets is Sink.reset_offsets:
             raise ConfigError(
@@ -192,6 +203,8 @@ class Supervisor:
         self._failures: deque[float] = deque()
         #: incarnations started so far (a restart waits for the next one)
         self.incarnation = 0
+        #: False while the task is another worker's (a source task in a cluster, see ``assignment.py``)
+        self.assigned = True
 
     # -- control (the API, the worker) ---------------------------------------
 
@@ -218,6 +231,19 @@ class Supervisor:
         self._wake.set()
         return self.incarnation
 
+    def assign(self) -> None:
+        """The cluster gave this worker the task: run it (unless held for another reason)."""
+        self.assigned = True
+        self._wake.set()
+
+    async def unassign(self) -> None:
+        """The cluster takes the task away: end its incarnation (its transaction in hand is
+        committed or aborted) and return once nothing of it runs here."""
+        self.assigned = False
+        self.halt()
+        self._wake.set()
+        await self._between.wait()
+
     async def settled(self, timeout: float, after: int = -1) -> bool:
         """Wait until the task is where it was asked to be: out of its incarnation, or running
         (in an incarnation that started after incarnation ``after``, when given)."""
@@ -239,10 +265,21 @@ class Supervisor:
             return TaskState.FAILED
         if self.target is not TaskState.RUNNING:
             return self.target
+        if not self.assigned:
+            return TaskState.UNASSIGNED
         if self.worker.disk_full is not None and (self.task.kind == "source" or self.waiting_for_space):
             return TaskState.PAUSED
         self.waiting_for_space = False
         return None
+
+    def _terminal(self, exc: MillpondError) -> None:
+        """A failure no restart can fix: mark the task FAILED and stop the worker with ``exc``."""
+        task = self.task
+        task.state = TaskState.FAILED
+        task.trace = "".join(traceback.format_exception(exc))
+        self.failed = True
+        log.error("%s %r failed and cannot recover: %s", task.kind, task.name, exc)
+        self.worker.fail(exc)
 
     async def run(self) -> None:
         worker = self.worker
@@ -269,13 +306,18 @@ class Supervisor:
             except DiskFullError as exc:
                 self.waiting_for_space = True
                 worker.on_disk_full(exc)
+            except ProducerFencedError as exc:
+                if worker.assignment is None:
+                    self._terminal(exc)
+                    return
+                # another worker runs the task now; the group tells this one soon, if it has not yet
+                self.assigned = False
+                log.warning("%s %r was taken over by another worker (its producer was fenced); it runs "
+                            "there now", task.kind, task.name)
+                continue
             except MillpondError as exc:
                 if not exc.retriable:
-                    task.state = TaskState.FAILED
-                    task.trace = "".join(traceback.format_exception(exc))
-                    self.failed = True
-                    log.error("%s %r failed and cannot recover: %s", task.kind, task.name, exc)
-                    worker.fail(exc)
+                    self._terminal(exc)
                     return
                 reason = exc
             except Exception as exc:
@@ -328,7 +370,7 @@ class Worker:
         self.settings = self.options.worker or config.worker
         self.stop_event = asyncio.Event()
         self.failure: BaseException | None = None
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker_id = worker_id(self.options, self.settings)
         self.api: ApiServer | None = None
         self.tasks: list[SourceTask | SinkTask] = []
         for spec in config.connectors:
@@ -336,7 +378,9 @@ class Worker:
                 if spec.kind == "source":
                     self.tasks.append(SourceTask(config, spec, backend, i, self.options.source_limits))
                 else:
-                    self.tasks.append(SinkTask(config, spec, backend, i, self.options.sink_limits))
+                    sink = SinkTask(config, spec, backend, i, self.options.sink_limits)
+                    sink.client_id = f"millpond-{self.worker_id}"
+                    self.tasks.append(sink)
         self.supervisors = {t.name: Supervisor(self, t) for t in self.tasks}
         #: the DiskFullError that paused the sources, while the disk is full
         self.disk_full: DiskFullError | None = None
@@ -344,6 +388,8 @@ class Worker:
         self._space_watch: asyncio.Task[None] | None = None
         #: the periodic jobs (retention, compaction, sink flushes, progress) while running
         self.jobs: PipelineJobs | None = None
+        #: which source tasks run here, when several workers share the pipeline (Kafka); None: all of them
+        self.assignment: SourceAssignment | None = None
 
     @property
     def restarts(self) -> dict[str, int]:
@@ -385,8 +431,9 @@ class Worker:
         return TaskState.RUNNING
 
     def ready(self) -> bool:
-        """Every task is running (what ``GET /ready`` answers)."""
-        return not self.stop_event.is_set() and all(t.state is TaskState.RUNNING and t.running for t in self.tasks)
+        """Every task this worker owns is running (what ``GET /ready`` answers)."""
+        return not self.stop_event.is_set() and all(
+            s.task.state is TaskState.RUNNING and s.task.running for s in self.supervisors.values() if s.assigned)
 
     async def set_state(self, connector: str, state: TaskState, timeout: float = 10.0) -> bool:
         """Pause, stop or resume every task of ``connector``; True once all got there within ``timeout``."""
@@ -469,6 +516,7 @@ class Worker:
     async def run(self) -> None:
         """Run until stopped (signal, idle, terminal failure); raise the terminal failure if any."""
         _tune_gc()
+        await self._join_cluster()
         jobs = self.jobs = PipelineJobs(self.backend, self.tasks, self.options.jobs, self.config.maintenance)
         jobs.start()
         supervisors = [
@@ -487,6 +535,9 @@ class Worker:
                 t.cancel()
             await asyncio.gather(*supervisors, *extra, return_exceptions=True)
             jobs.shutdown()
+            if self.assignment is not None:
+                # after the sources stopped: leaving hands their tasks over at once
+                await self.assignment.close()
         if self.failure is not None:
             raise self.failure
         failed = [t for t in self.tasks if t.state is TaskState.FAILED]
@@ -494,6 +545,24 @@ class Worker:
             raise ConnectorError(
                 "stopped with failed tasks: " + "; ".join(f"{t.kind} {t.name!r} ({_last_line(t.trace)})" for t in failed)
             )
+
+    async def _join_cluster(self) -> None:
+        """On Kafka, let the pipeline's source-task group decide which source tasks run here."""
+        sources = [s for s in self.supervisors.values() if s.task.kind == "source"]
+        if self.config.log.kafka is None or not sources:
+            return
+        for s in sources:
+            s.assigned = False
+
+        def start(i: int) -> None:
+            sources[i].assign()
+
+        async def stop(i: int) -> None:
+            await sources[i].unassign()
+
+        self.assignment = SourceAssignment(self.backend, self.config.name, [s.task.name for s in sources],
+                                           self.worker_id, start, stop)
+        await self.assignment.open()
 
     async def _watch_idle(self) -> None:
         """For ``until_idle``: stop once sources are idle and sinks caught up, twice in a row."""
@@ -511,7 +580,7 @@ class Worker:
     async def _idle(self) -> bool:
         for sup in self.supervisors.values():
             task = sup.task
-            if sup.failed or sup.target is not TaskState.RUNNING:
+            if sup.failed or sup.target is not TaskState.RUNNING or not sup.assigned:
                 continue  # held on purpose: nothing more will come from it
             if isinstance(task, SourceTask):
                 if self.disk_full is not None or not task.is_idle(self.options.idle_seconds):
@@ -639,6 +708,7 @@ def run_pipeline(
     options: RuntimeOptions | None = None,
     api: str | None = None,
     signals: StopSignals | None = None,
+    worker_id: str | None = None,
 ) -> None:
     """Run a pipeline until SIGTERM/SIGINT (or, with ``until_idle``, until it has nothing left to do).
 
@@ -657,6 +727,12 @@ def run_pipeline(
         options.api_listen = config.api.listen
         options.api_listen_is_default = "listen" not in config.api.model_fields_set
     options.early_signals = signals
+    if worker_id is not None:
+        try:
+            WorkerSettings(id=worker_id)
+        except ValueError:
+            raise ConfigError(f"--worker-id {worker_id!r}: use letters, digits and . _ : @ - only") from None
+        options.worker_id = worker_id
     asyncio.run(run_pipeline_async(config, until_idle=until_idle, options=options))
 
 

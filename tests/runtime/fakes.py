@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from millpond.backends.base import GroupOffset, IsolationLevel, PartitionInfo, TopicSpec
+from millpond.backends.base import GroupOffset, IsolationLevel, Membership, PartitionInfo, TopicSpec
 from millpond.errors import TopicExistsError, TransactionError, UnknownTopicError
 from millpond.records import Record, TopicPartition, partition_for_key
 
@@ -79,8 +79,9 @@ class FakeBackend:
         group: str | None = None,
         isolation: IsolationLevel = IsolationLevel.read_committed,
         reset: str = "earliest",
+        membership: Membership | None = None,
     ) -> FakeConsumer:
-        return FakeConsumer(self, list(topics), group, reset)
+        return FakeConsumer(self, list(topics), group, reset, membership)
 
     async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
         for i, r in enumerate(self.logs[tp]):
@@ -212,7 +213,10 @@ class FakeProducer:
 
 
 class FakeConsumer:
-    def __init__(self, backend: FakeBackend, topics: list[str], group: str | None, reset: str) -> None:
+    rebalances = False
+
+    def __init__(self, backend: FakeBackend, topics: list[str], group: str | None, reset: str,
+                 membership: Membership | None = None) -> None:
         self.backend = backend
         self.group = group
         self.positions: dict[TopicPartition, int] = {}
@@ -224,6 +228,9 @@ class FakeConsumer:
                     self.positions[tp] = committed[tp]
                 else:
                     self.positions[tp] = 0 if reset == "earliest" else len(backend.logs[tp])
+        if membership is not None:  # a fixed share, as on the embedded log
+            self.positions = {tp: o for tp, o in self.positions.items()
+                              if tp.partition % membership.members == membership.member}
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.positions)

@@ -251,7 +251,12 @@ def test_source_offsets_topic_is_compacted() -> None:
     assert backend.topics[SOURCE_OFFSETS_TOPIC].config["cleanup.policy"] == "compact"
 
 
-def test_several_sink_tasks_on_the_embedded_log_are_refused() -> None:
+def test_several_sink_tasks_split_the_partitions_and_each_record_is_written_once() -> None:
     backend = FakeBackend()
-    with pytest.raises(ConfigError, match="tasks: 2"):
-        run(pipeline([1], sink={"tasks": 2}), backend)
+    values = [{"n": i} for i in range(40)]
+    run(pipeline(values, source={"config": {"values": values, "keyed": True}}, sink={"tasks": 3}, partitions=4), backend)
+    assert sorted(r.value["n"] for r in MemorySink.durable["dst"]) == list(range(40))
+    # every partition that holds records committed to its end, by the one task that owns it
+    ends = {TopicPartition("t", p): len(backend.logs[TopicPartition("t", p)]) for p in range(4)}
+    assert len([n for n in ends.values() if n]) >= 3
+    assert {tp: o for tp, o in backend.groups["dst"].items() if o} == {tp: n for tp, n in ends.items() if n}

@@ -22,7 +22,9 @@ from ...errors import LogLockedError, OffsetOutOfRangeError, TransactionError, U
 from ...log.partition import Partition
 from ...log.store import LogStore
 from ...records import JsonRecords, PartitionBatches, Record, TopicPartition
-from ..base import GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, PartitionInfo, TopicSpec
+from ..base import (
+    GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, Membership, PartitionInfo, TopicSpec, static_share,
+)
 from .groups import GroupCoordinator
 from .storage import partition_writes, storage_errors
 from .transactions import TransactionCoordinator, TransactionState
@@ -160,8 +162,9 @@ class EmbeddedBackend(Lifecycle):
         group: str | None = None,
         isolation: IsolationLevel = IsolationLevel.read_committed,
         reset: str = "earliest",
+        membership: Membership | None = None,
     ) -> EmbeddedConsumer:
-        return EmbeddedConsumer(self, topics, group, isolation, reset)
+        return EmbeddedConsumer(self, topics, group, isolation, reset, membership)
 
     async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
         return self.partition(tp).offset_for_time(timestamp_ms)
@@ -357,7 +360,10 @@ class EmbeddedProducer:
 
 
 class EmbeddedConsumer:
-    """Owns every partition of its topics (one member per group in one process)."""
+    """Owns every partition of its topics, or with a membership its fixed share of them
+    (the members of a group all live in this one process, so no coordinator is needed)."""
+
+    rebalances = False
 
     def __init__(
         self,
@@ -366,6 +372,7 @@ class EmbeddedConsumer:
         group: str | None,
         isolation: IsolationLevel,
         reset: str,
+        membership: Membership | None = None,
     ) -> None:
         self.backend = backend
         self.group = group
@@ -375,6 +382,8 @@ class EmbeddedConsumer:
         self._assignment = [
             TopicPartition(topic, p) for topic in topics for p in range(len(backend.store.topic(topic).partitions))
         ]
+        if membership is not None:
+            self._assignment = static_share(self._assignment, membership.member, membership.members)
         self._next = 0  # round-robin start, so no partition starves
 
     def assignment(self) -> set[TopicPartition]:
