@@ -33,6 +33,7 @@ from .api.client import WorkerClient
 from .backends.base import IsolationLevel, LogBackend, TopicSpec
 from .config import EmbeddedLog, LogConfig, PipelineFileError, load_pipeline, validate_file
 from .errors import MillpondError
+from .progress import Progress
 from .records import Record, TopicPartition
 from .units import human_bytes
 
@@ -70,31 +71,6 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
         ]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
-
-
-class Progress:
-    """Counts on stderr while a long operation runs: in place on a terminal, a
-    line every few seconds otherwise, and a closing line at the end."""
-
-    def __init__(self, what: str, stream: IO[str] | None = None) -> None:
-        self.what = what
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.count = 0
-        self._last = time.monotonic()
-        self._every = 0.5 if self.tty else 5.0
-
-    def add(self, n: int = 1) -> None:
-        self.count += n
-        now = time.monotonic()
-        if now - self._last >= self._every:
-            self._last = now
-            end = "\r" if self.tty else "\n"
-            print(f"{self.what} {self.count:,} records", end=end, file=self.stream, flush=True)
-
-    def done(self, suffix: str = "") -> None:
-        clear = "\r\033[K" if self.tty else ""
-        print(f"{clear}{self.what} {self.count:,} records{suffix}", file=self.stream, flush=True)
 
 
 _RELATIVE = re.compile(r"([+-])(\d+)([smhdw])")
@@ -564,7 +540,7 @@ async def produce(args: argparse.Namespace, stdin: IO[bytes] | None = None) -> i
     apply_properties(args, PRODUCE_PROPERTIES)
     reader = LineReader(args)
     stdin = stdin or sys.stdin.buffer
-    progress = Progress(f"produced to {args.topic}:")
+    progress = Progress(f"produced to {args.topic}")
     written_to = 0  # the last line number of the last committed transaction
     client = through_worker(args)
     async with contextlib.AsyncExitStack() as stack:
@@ -736,7 +712,7 @@ async def consume(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         TextFormatter(args) if args.format == "text" else lambda r: record_json(r, args.format))
     out = out or sys.stdout
     to_ms = parse_time(args.to_time) if args.to_time else None
-    progress = Progress(f"consumed from {', '.join(args.topics)}:")
+    progress = Progress(f"consumed from {', '.join(args.topics)}")
     reason = "the end of the log"
     async with opened(args, readonly=args.group is None) as backend:
         consumer = backend.consumer(args.topics, group=args.group, isolation=IsolationLevel.read_committed,
@@ -758,6 +734,12 @@ async def consume(args: argparse.Namespace, out: IO[str] | None = None) -> int:
                     if found is not None and (current is None or found < current):
                         stops[tp] = found
                         timed.add(tp)
+            if tps and all(stops[tp] is not None for tp in tps):
+                # the bar's total: offsets to go, "about" because control records and aborted ones are not shown
+                progress.approximate = True
+                progress.total = sum([max(0, (stops[tp] or 0) - await consumer.position(tp)) for tp in tps])
+                if args.max is not None:
+                    progress.total = min(progress.total, args.max)
             stalled = 0
             quiet_since = time.monotonic()
             while True:
