@@ -308,7 +308,9 @@ async def topics_repair(args: argparse.Namespace) -> int:
     async with opened(args, readonly=False) as backend:
         if not isinstance(backend, EmbeddedBackend):
             raise UsageError("topics repair works on an embedded log (--log DIR)")
-        done = backend.store.repair(args.topic, args.partition, "restore" if args.restore else "discard")
+        with Progress(f"checking quarantined segments of {args.topic}", unit="bytes") as checking:
+            done = backend.store.repair(args.topic, args.partition, "restore" if args.restore else "discard",
+                                        checking)
     for line in done:
         print(line, file=sys.stderr)
     if not done:
@@ -1012,9 +1014,11 @@ async def dlq_replay(args: argparse.Namespace) -> int:
                                {"connector": args.connector, "execute": True})
     else:
         async with opened(args, readonly=not execute) as backend:
-            plan = await plan_replay(backend, args.topic, args.connector)
+            with Progress(f"reading dead letters of {args.topic}", approximate=True) as reading:
+                plan = await plan_replay(backend, args.topic, args.connector, reading)
             if execute:
-                await replay(backend, plan)
+                with Progress(f"replaying dead letters of {args.topic}", total=len(plan.letters)) as writing:
+                    await replay(backend, plan, writing)
             shape = plan.shape(executed=execute)
     records = shape["records"]
     if records:

@@ -225,6 +225,14 @@ class Progress:
         self.stream.flush()
         self._next = math.inf  # nothing more after the end
 
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Clear the bar, also when the work failed (its error line then starts on a clean line)."""
+        if self._next != math.inf:
+            self.close()
+
     def done(self, suffix: str = "") -> None:
         """Close with the CLI's closing line: ``what: N unit`` and ``suffix``."""
         self.close(f"{self.what}: {self.count:,} {self.unit}{suffix}")
