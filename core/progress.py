@@ -165,18 +165,25 @@ class Progress:
             parts.append(f"about {format_duration(left)} left")
         return ", ".join(parts)
 
+    def _short(self, n: float) -> str:
+        """A bar's amounts: ``950``, ``50.0k``, ``1.2M`` (bytes as ``human_bytes``), so the label keeps its room."""
+        if self.unit == "bytes":
+            return human_bytes(int(n))
+        return f"{n:,.0f}" if abs(n) < 10_000 else format_count(n) if abs(n) >= 1_000_000 else f"{n / 1000:.1f}k"
+
     def bar(self, now: float | None = None) -> str:
-        """The terminal form, at most ``width - 1`` columns (the last column would wrap on some terminals)."""
+        """The terminal form, at most ``width - 1`` columns (the last column would wrap on some terminals):
+        ``consumed from ev [#####.....]  48% 24.1k/~50.0k 70.2k/s ETA 1 s``."""
         now = self.clock() if now is None else now
         rate = self.rate(now)
         tail: list[str] = []
         if self.total is not None:
             about = "~" if self.approximate else ""
-            tail.append(f"{self._amount(self.count)}/{about}{self._amount(self.total)}")
+            tail.append(f"{self._short(self.count)}/{about}{self._short(self.total)}")
         else:
-            tail.append(f"{self._amount(self.count)}{'' if self.unit == 'bytes' else ' ' + self.unit}")
+            tail.append(f"{self._short(self.count)}{'' if self.unit == 'bytes' else ' ' + self.unit}")
         if rate is not None:
-            tail.append(self._per_second(rate))
+            tail.append(f"{self._short(rate)}/s")
         left = self.remaining(now)
         if left is not None:
             tail.append(f"ETA {format_duration(left)}")
@@ -186,10 +193,10 @@ class Progress:
             fraction = min(1.0, self.count / self.total)
             pct = f"{int(fraction * 100):3d}%"
             room = limit - len(right) - len(pct) - 5  # " [" and "] " around the bar, a space after pct
-            label_room = max(0, room // 3)
-            label = self.what[:label_room]
-            cells = room - len(label)
-            if cells >= 10:
+            cells = max(16, room - len(self.what))
+            label = self.what if len(self.what) <= room - cells else self.what[:max(0, room - cells - 2)] + ".."
+            if room - len(label) >= 10:
+                cells = room - len(label)
                 filled = int(fraction * cells)
                 return f"{label} [{'#' * filled}{'.' * (cells - filled)}] {pct} {right}"[:limit]
         return f"{self.what}: {right}"[:limit]
