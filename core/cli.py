@@ -546,6 +546,7 @@ async def produce(args: argparse.Namespace, stdin: IO[bytes] | None = None) -> i
     written_to = 0  # the last line number of the last committed transaction
     client = through_worker(args)
     async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(progress)  # an error clears the bar first
         write: Callable[[list[Record]], Awaitable[None]]
         if client is not None:
             write = _through(client, args)  # the worker checks the topic and partition at the first request
@@ -716,7 +717,7 @@ async def consume(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     to_ms = parse_time(args.to_time) if args.to_time else None
     progress = Progress(f"consumed from {', '.join(args.topics)}")
     reason = "the end of the log"
-    async with opened(args, readonly=args.group is None) as backend:
+    async with opened(args, readonly=args.group is None) as backend, progress:  # an error clears the bar first
         consumer = backend.consumer(args.topics, group=args.group, isolation=IsolationLevel.read_committed,
                                     reset="earliest" if args.from_beginning else "latest")
         try:

@@ -240,6 +240,12 @@ class Progress:
         if self._next != math.inf:
             self.close()
 
+    async def __aenter__(self) -> Progress:  # beside an async resource: ``async with opened(...) as b, progress:``
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__(*exc)
+
     def done(self, suffix: str = "") -> None:
         """Close with the CLI's closing line: ``what: N unit`` and ``suffix``."""
         self.close(f"{self.what}: {self.count:,} {self.unit}{suffix}")

@@ -308,3 +308,11 @@ def test_consume_on_a_real_pty_draws_the_bar_and_clears_it(
     bars = [f for f in frames if re.search(r"^consumed from events \[[#.]+\]\s+\d+% [\d.]+k/~30.0k ", f)]
     assert bars, text
     assert text.endswith("\r\033[Kconsumed from events: 30,000 records, stopped at the end of the log\r\n"), text
+
+
+def test_a_failure_inside_the_block_clears_the_bar_before_the_error_line() -> None:
+    clock, out = Clock(step=0.2), TtyBuffer()
+    with pytest.raises(RuntimeError), Progress("scan", total=10, stream=out, clock=clock) as p:
+        p.add(3)
+        raise RuntimeError("the disk went away")
+    assert out.getvalue().startswith("\rscan [") and out.getvalue().endswith("\r\033[K")
