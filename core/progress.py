@@ -16,8 +16,10 @@ between two real samples, the first of which is the start: a report never says
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import sys
 import time
 from collections import deque
@@ -60,7 +62,7 @@ class Progress:
     ``count`` is the units done so far, ``total`` may be set or changed later
     (when it becomes known). ``tty`` forces the bar (True) or the lines (False);
     None asks the stream. With a ``logger`` the lines go to it at INFO instead
-    of the stream (the worker's log); the bar always goes to the stream.
+    of the stream (the worker's log), and there is no bar unless ``tty=True``.
     """
 
     def __init__(
@@ -93,6 +95,10 @@ class Progress:
         self.tty = tty
         self.interval = interval
         self.redraw = redraw
+        if tty:  # a narrower terminal than ``width``: fit it, or every redraw wraps onto a new line
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                columns = os.get_terminal_size(self.stream.fileno()).columns
+                width = min(width, columns) if columns >= 20 else width  # 0: a pty that was never sized
         self.width = width
         self.window = window
         self.clock = clock
@@ -101,7 +107,7 @@ class Progress:
         self._samples: deque[tuple[float, int]] = deque([(self.started, 0)])
         self._next = self.started + (redraw if tty else first)
         self._drawn = False  # a bar is on the terminal line
-        self.lines = 0  # reports made (lines logged or bars drawn), for tests and the closing line
+        self.lines = 0  # reports made (lines logged or bars drawn)
 
     # -- counting --
 

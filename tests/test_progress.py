@@ -316,3 +316,23 @@ def test_a_failure_inside_the_block_clears_the_bar_before_the_error_line() -> No
         p.add(3)
         raise RuntimeError("the disk went away")
     assert out.getvalue().startswith("\rscan [") and out.getvalue().endswith("\r\033[K")
+
+
+def test_the_bar_fits_a_narrower_terminal(tmp_path: Path) -> None:
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 50, 0, 0))
+    with os.fdopen(follower, "w") as stream:
+        clock = Clock()
+        p = Progress("scan of something", total=1000, stream=stream, clock=clock)
+        assert p.tty and p.width == 50
+        clock.now += 1
+        p.update(400)
+        assert len(p.bar()) <= 49 and "[" in p.bar()
+        p.close()
+    os.close(leader)

@@ -205,6 +205,9 @@ class PipelineJobs:
             log.info("%s %r: %d records, catching up a lag of %d", task.kind, task.name, count, lag)
             return True
         start, progress = running
+        if count < start:  # the task started over (its counters too): measure again from here
+            del self._catch_ups[task.name]
+            return self._catch_up(task, count, lag)
         if 0 <= lag < CATCH_UP_RECORDS // 10:
             progress.close()
             del self._catch_ups[task.name]
