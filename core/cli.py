@@ -33,6 +33,7 @@ from .api.client import WorkerClient
 from .backends.base import IsolationLevel, LogBackend, TopicSpec
 from .config import EmbeddedLog, LogConfig, PipelineFileError, load_pipeline, validate_file
 from .errors import MillpondError
+from .progress import Progress
 from .records import Record, TopicPartition
 from .units import human_bytes
 
@@ -70,31 +71,6 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
         ]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
-
-
-class Progress:
-    """Counts on stderr while a long operation runs: in place on a terminal, a
-    line every few seconds otherwise, and a closing line at the end."""
-
-    def __init__(self, what: str, stream: IO[str] | None = None) -> None:
-        self.what = what
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.count = 0
-        self._last = time.monotonic()
-        self._every = 0.5 if self.tty else 5.0
-
-    def add(self, n: int = 1) -> None:
-        self.count += n
-        now = time.monotonic()
-        if now - self._last >= self._every:
-            self._last = now
-            end = "\r" if self.tty else "\n"
-            print(f"{self.what} {self.count:,} records", end=end, file=self.stream, flush=True)
-
-    def done(self, suffix: str = "") -> None:
-        clear = "\r\033[K" if self.tty else ""
-        print(f"{clear}{self.what} {self.count:,} records{suffix}", file=self.stream, flush=True)
 
 
 _RELATIVE = re.compile(r"([+-])(\d+)([smhdw])")
@@ -332,7 +308,9 @@ async def topics_repair(args: argparse.Namespace) -> int:
     async with opened(args, readonly=False) as backend:
         if not isinstance(backend, EmbeddedBackend):
             raise UsageError("topics repair works on an embedded log (--log DIR)")
-        done = backend.store.repair(args.topic, args.partition, "restore" if args.restore else "discard")
+        with Progress(f"checking quarantined segments of {args.topic}", unit="bytes") as checking:
+            done = backend.store.repair(args.topic, args.partition, "restore" if args.restore else "discard",
+                                        checking)
     for line in done:
         print(line, file=sys.stderr)
     if not done:
@@ -564,10 +542,11 @@ async def produce(args: argparse.Namespace, stdin: IO[bytes] | None = None) -> i
     apply_properties(args, PRODUCE_PROPERTIES)
     reader = LineReader(args)
     stdin = stdin or sys.stdin.buffer
-    progress = Progress(f"produced to {args.topic}:")
+    progress = Progress(f"produced to {args.topic}")
     written_to = 0  # the last line number of the last committed transaction
     client = through_worker(args)
     async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(progress)  # an error clears the bar first
         write: Callable[[list[Record]], Awaitable[None]]
         if client is not None:
             write = _through(client, args)  # the worker checks the topic and partition at the first request
@@ -736,9 +715,9 @@ async def consume(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         TextFormatter(args) if args.format == "text" else lambda r: record_json(r, args.format))
     out = out or sys.stdout
     to_ms = parse_time(args.to_time) if args.to_time else None
-    progress = Progress(f"consumed from {', '.join(args.topics)}:")
+    progress = Progress(f"consumed from {', '.join(args.topics)}")
     reason = "the end of the log"
-    async with opened(args, readonly=args.group is None) as backend:
+    async with opened(args, readonly=args.group is None) as backend, progress:  # an error clears the bar first
         consumer = backend.consumer(args.topics, group=args.group, isolation=IsolationLevel.read_committed,
                                     reset="earliest" if args.from_beginning else "latest")
         try:
@@ -758,6 +737,12 @@ async def consume(args: argparse.Namespace, out: IO[str] | None = None) -> int:
                     if found is not None and (current is None or found < current):
                         stops[tp] = found
                         timed.add(tp)
+            if tps and all(stops[tp] is not None for tp in tps):
+                # the bar's total: offsets to go, "about" because control records and aborted ones are not shown
+                progress.approximate = True
+                progress.total = sum([max(0, (stops[tp] or 0) - await consumer.position(tp)) for tp in tps])
+                if args.max is not None:
+                    progress.total = min(progress.total, args.max)
             stalled = 0
             quiet_since = time.monotonic()
             while True:
@@ -1030,9 +1015,11 @@ async def dlq_replay(args: argparse.Namespace) -> int:
                                {"connector": args.connector, "execute": True})
     else:
         async with opened(args, readonly=not execute) as backend:
-            plan = await plan_replay(backend, args.topic, args.connector)
+            with Progress(f"reading dead letters of {args.topic}", approximate=True) as reading:
+                plan = await plan_replay(backend, args.topic, args.connector, reading)
             if execute:
-                await replay(backend, plan)
+                with Progress(f"replaying dead letters of {args.topic}", total=len(plan.letters)) as writing:
+                    await replay(backend, plan, writing)
             shape = plan.shape(executed=execute)
     records = shape["records"]
     if records:

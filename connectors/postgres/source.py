@@ -79,6 +79,7 @@ from pydantic import Field, SecretStr
 from millpond import speedups
 from millpond.connector import ConnectorConfig, ConnectorContext, Guarantee, Source, SourceBatch
 from millpond.errors import ConfigError, ConnectorError, RetriableConnectorError
+from millpond.progress import Progress
 from millpond.records import JsonRecords, Record
 
 from . import pgoutput as po
@@ -106,6 +107,9 @@ log = logging.getLogger("millpond.connectors.postgres.source")
 
 #: Tables up to this size are counted for snapshot progress when they have no statistics.
 _COUNT_BYTES = 256 * 1024 * 1024
+#: a table's copy logs its progress after this many seconds, then every PROGRESS_EVERY_S (rows, rate, estimate)
+PROGRESS_FIRST_S = 2.0
+PROGRESS_EVERY_S = 10.0
 
 #: Stands for a TOASTed value that an update did not change and Postgres did not send.
 UNAVAILABLE = "__millpond_unavailable_value"
@@ -266,6 +270,7 @@ class PostgresSource(Source):
         self._snap_rows = 0  # rows of the current table copied in this run, for progress
         self._snap_keyless_done = 0  # rows of a keyless table copied in this snapshot transaction
         self._estimates: dict[int, int | None] = {}
+        self._snap_progress: Progress | None = None  # of the table being copied
         # stream state
         self._ready: deque[tuple[list[JsonRecords], int, int]] = deque()  # (records, how many, end_lsn)
         self._window = config.window_bytes
@@ -1039,6 +1044,10 @@ class PostgresSource(Source):
             t.column_types = {c["attname"]: c["sqltype"] for c in cols}
         select = ", ".join(f"src.{_ident(c)}" for c in t.columns)
         rel = f"{_ident(t.schema)}.{_ident(t.name)}"
+        if self._snap_progress is None:  # rows copied in this run against the planner's estimate, if any
+            self._snap_progress = Progress(
+                f"{self._where}: snapshot of {t.schema}.{t.name}", unit="rows", total=await self._estimate(conn, t),
+                approximate=True, logger=log, first=PROGRESS_FIRST_S, interval=PROGRESS_EVERY_S)
         limit = self.cfg.snapshot_chunk_rows
         if t.key_columns:
             # qualified: a bare name would sort by the ::text output column of that name
@@ -1063,7 +1072,10 @@ class PostgresSource(Source):
         for row in rows:
             after = {name: (None if v is None else dec(v)) for name, dec, v in zip(t.columns, t.decoders, row)}
             records.append(self._change(t, "r", None, after, lsn_text, 0, 0, snapshot=True))
+        self._snap_progress.update(self._snap_rows + len(rows))
         if len(rows) < limit:
+            self._snap_progress.close()
+            self._snap_progress = None
             self._snap_keyless_done = 0
             log.info("%s: snapshot of %s.%s done (%d rows in this run)", self._where, t.schema, t.name,
                      self._snap_rows + len(rows))
@@ -1074,11 +1086,10 @@ class PostgresSource(Source):
             last = rows[-1]
             self._snap_after = [_text_or_none(last[i]) for i in t.key_index]
             self._snap_rows += len(rows)
-            total = await self._estimate(conn, t)
-            log.info("%s: snapshot of %s.%s: %d %s, up to key %s", self._where, t.schema, t.name,
-                     self._snap_rows, f"of about {total} rows copied" if total and total >= self._snap_rows
-                     else "rows copied so far", self._snap_after)
+            log.debug("%s: snapshot of %s.%s: %d rows, up to key %s", self._where, t.schema, t.name,
+                      self._snap_rows, self._snap_after)
         else:
+            self._snap_rows += len(rows)
             self._snap_keyless_done += len(rows)
         if self._snap_table >= len(tables):
             await self._finish_snapshot(keep_offset=True)
@@ -1115,5 +1126,8 @@ class PostgresSource(Source):
         self._snapshot_done = True
         self._snap_table = 0
         self._snap_after = None
+        if self._snap_progress is not None:
+            self._snap_progress.close()
+            self._snap_progress = None
         log.info("%s: snapshot complete", self._where)
         return SourceBatch([], self._offset(self._committed_lsn))

@@ -48,6 +48,7 @@ Cleaned segments are swapped in by ``Partition.replace_segments``, crash-safe
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -56,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.record._crecords import DefaultRecordBatchBuilder  # batch.py checked it is the C one
 
+from ..progress import Progress
 from . import batch as batch_format
 from . import fsio
 from .batch import BatchHeader
@@ -69,6 +71,11 @@ if TYPE_CHECKING:
 CLEANER_CHECKPOINT = "cleaner-offset-checkpoint"
 #: about 150 MB of Python dict at 16-byte keys
 MAX_MAP_KEYS = 1_000_000
+#: a pass that takes longer than this logs its progress (bytes of the cleanable range), then every PROGRESS_EVERY_S
+PROGRESS_FIRST_S = 2.0
+PROGRESS_EVERY_S = 10.0
+
+log = logging.getLogger(__name__)
 _MAX_RELATIVE_OFFSET = (1 << 31) - 1
 _LEADER_EPOCH_POSITION = 12
 
@@ -184,8 +191,11 @@ def compact(
         total = sum(s.size for s in cleanable)
     cleaner = _BatchFilter(offset_map, partition, horizon, first_dirty)
     result = CleanResult(cleaned=True, dirty_ratio=ratio, segments_before=len(cleanable), bytes_before=total)
+    progress = Progress(f"compaction of {partition.name}", unit="bytes", total=total, logger=log,
+                        first=PROGRESS_FIRST_S, interval=PROGRESS_EVERY_S)
     for group in _group_segments(cleanable, settings.segment_bytes):
         written = _clean_group(group, cleaner, partition.name)
+        progress.add(sum(seg.size for seg in group))
         if written is None:  # nothing to drop and nothing to merge: leave the segment as it is
             result.segments_after += 1
             result.bytes_after += group[0].size
@@ -193,6 +203,7 @@ def compact(
         new = partition.replace_segments(group)
         result.segments_after += 1
         result.bytes_after += new.size
+    progress.close()
     result.records_removed = cleaner.records_removed
     result.tombstones_removed = cleaner.tombstones_removed
 

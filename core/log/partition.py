@@ -47,6 +47,7 @@ from typing import Any
 import crc32c
 
 from ..errors import CorruptRecordError, MillpondError, OffsetOutOfRangeError
+from ..progress import Progress
 from . import batch as batch_format
 from . import observe
 from . import fsio
@@ -445,11 +446,11 @@ class Partition:
         self._mark_holes()
         self._write_checkpoint()
 
-    def restore_quarantine(self) -> None:
+    def restore_quarantine(self, progress: Progress | None = None) -> None:
         """Check the quarantined segments and put them back (then this object is closed: reopen the partition).
 
         Refused, changing nothing, while any of them is still damaged or would
-        overlap what the partition holds now.
+        overlap what the partition holds now. ``progress`` counts the bytes checked.
         """
         events = self.quarantined()
         moves: list[tuple[Path, Path]] = []
@@ -471,6 +472,8 @@ class Partition:
                     valid, stop = segment.check()
                 finally:
                     segment.close()
+                if progress is not None:
+                    progress.add(path.stat().st_size)
                 reached = valid[-1][1].next_offset if valid else segment.base_offset
                 if stop is not None:
                     raise MillpondError(f"cannot restore {folder}: {path.name} is still damaged at position "

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError, LogLockedError, MillpondError, TopicExistsError, UnknownTopicError
+from ..progress import Progress
 from . import fsio
 from .partition import Partition
 from .settings import TopicSettings, validate_topic_name
@@ -184,20 +185,25 @@ class LogStore:
 
     # -- repair --
 
-    def repair(self, topic: str, partition: int | None, action: Literal["restore", "discard"]) -> list[str]:
+    def repair(self, topic: str, partition: int | None, action: Literal["restore", "discard"],
+               progress: Progress | None = None) -> list[str]:
         """Put back (``restore``) or delete for good (``discard``) what recovery moved into
         quarantine, for one partition or all of the topic's; returns one line per partition acted on.
 
         Restore checks the quarantined segments first (every batch, with its CRC)
         and refuses while they are still damaged: useful once the cause (a disk, a
         bad copy) is fixed. Offsets are never reused, so new records written since
-        do not stand in the way.
+        do not stand in the way. ``progress`` counts the bytes checked of all to check.
         """
         if not self.writable:
             raise LogLockedError(f"cannot repair {topic!r}: the log at {self.directory} is open read-only")
         chosen = self.topic(topic)
         numbers = range(len(chosen.partitions)) if partition is None else [self.partition(topic, partition).partition]
         done: list[str] = []
+        if progress is not None and action == "restore":
+            progress.total = sum(path.stat().st_size for number in numbers
+                                 for event in chosen.partitions[number].quarantined()
+                                 for path in Path(event["folder"]).glob("*.log"))
         for number in numbers:
             part = chosen.partitions[number]
             events = part.quarantined()
@@ -207,7 +213,7 @@ class LogStore:
                 part.discard_quarantine()
                 done.append(f"{part.name}: discarded " + ", ".join(Path(e["folder"]).name for e in events))
                 continue
-            part.restore_quarantine()
+            part.restore_quarantine(progress)
             reopened = Partition(part.directory, part.topic, part.partition, part.settings, writable=True)
             reopened.rebuild_producer_state()
             chosen.partitions[number] = reopened

@@ -35,6 +35,7 @@ from typing import Any
 
 from ..backends.base import IsolationLevel, LogBackend
 from ..errors import MillpondError
+from ..progress import Progress
 from ..records import Record, TopicPartition
 from .policy import H_CONNECTOR, H_ERROR, H_OFFSET, H_PARTITION, H_SOURCE, H_STAGE, H_TOPIC
 
@@ -128,9 +129,10 @@ def _letter(record: Record) -> DeadLetter:
                       int(partition), again)
 
 
-async def plan_replay(backend: LogBackend, dlq_topic: str, connector: str | None = None) -> ReplayPlan:
+async def plan_replay(backend: LogBackend, dlq_topic: str, connector: str | None = None,
+                      progress: Progress | None = None) -> ReplayPlan:
     """The dead letters of ``dlq_topic`` not replayed yet (of ``connector`` only, when given),
-    up to the topic's last stable offsets now."""
+    up to the topic's last stable offsets now; ``progress`` counts the offsets read of those to read."""
     plan = ReplayPlan(dlq_topic, connector)
     infos = await backend.describe_topic(dlq_topic)
     committed = await backend.committed(plan.group)
@@ -143,6 +145,9 @@ async def plan_replay(backend: LogBackend, dlq_topic: str, connector: str | None
             ends[tp] = info.last_stable_offset
             await consumer.seek(tp, start)
         open_ = {tp for tp, end in ends.items() if await consumer.position(tp) < end}
+        starts = {tp: await consumer.position(tp) for tp in ends}
+        if progress is not None:
+            progress.total = sum(max(0, ends[tp] - starts[tp]) for tp in ends)
         stalled = 0
         while open_ and stalled < 25:
             records = await consumer.poll(max_records=10_000, timeout=0.2)
@@ -159,6 +164,8 @@ async def plan_replay(backend: LogBackend, dlq_topic: str, connector: str | None
                     continue
                 plan.letters.append(letter)
                 plan.commit_to[tp] = offset + 1
+            if progress is not None:
+                progress.update(sum([min(await consumer.position(tp), ends[tp]) - starts[tp] for tp in ends]))
             for tp in list(open_):
                 if await consumer.position(tp) >= ends[tp]:
                     open_.discard(tp)
@@ -184,8 +191,9 @@ async def plan_replay(backend: LogBackend, dlq_topic: str, connector: str | None
     return plan
 
 
-async def replay(backend: LogBackend, plan: ReplayPlan) -> int:
-    """Append the plan's records and commit the replay group's offsets with them; returns records replayed."""
+async def replay(backend: LogBackend, plan: ReplayPlan, progress: Progress | None = None) -> int:
+    """Append the plan's records and commit the replay group's offsets with them; returns records replayed
+    (``progress`` counts them, a transaction at a time)."""
     if not plan.letters and not plan.commit_to:
         return 0
     producer = backend.producer(transactional_id=transactional_id(plan.dlq_topic))
@@ -205,6 +213,8 @@ async def replay(backend: LogBackend, plan: ReplayPlan) -> int:
                     await producer.send(d.topic, d.record, d.partition)
                 await producer.send_offsets(plan.group, offsets)
                 await producer.commit()
+                if progress is not None:
+                    progress.add(len(chunk))
             except BaseException:
                 await producer.abort()
                 raise

@@ -7,7 +7,10 @@
   a time;
 - a periodic flush request to every sink task, so offsets are committed and
   lag stays visible even while a sink sees a trickle of records;
-- progress logging: records/s per task and the lag of every sink's group.
+- progress logging: records/s per task and the lag of every sink's group;
+  a sink that finds a lag of at least ``CATCH_UP_RECORDS`` reports its
+  catch-up instead (records written of the lag at start, rate, estimate)
+  until the lag is down to a tenth of that.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -26,10 +29,14 @@ from apscheduler.triggers.interval import IntervalTrigger
 from ..backends.base import LogBackend, LogMaintenance
 from ..config import MaintenanceSettings
 from ..errors import ConfigError
+from ..progress import Progress
 from .sink_task import SinkTask
 from .source_task import SourceTask
 
 log = logging.getLogger("millpond.runtime.scheduler")
+
+#: a sink this far behind is catching up: its progress lines say how far along it is and when it will be done
+CATCH_UP_RECORDS = 100_000
 
 
 @dataclass(slots=True)
@@ -104,6 +111,8 @@ class PipelineJobs:
         self.done: dict[str, int] = {"retention": 0, "compaction": 0}
         self.bytes_reclaimed: dict[str, int] = {"retention": 0, "compaction": 0}
         self._running: dict[str, asyncio.Lock] = {}
+        self._catch_ups: dict[str, tuple[int, Progress]] = {}  # sink name -> (records_in at start, its progress)
+        self.clock: Callable[[], float] = time.monotonic  # of the catch-up reports (a test's fake clock)
 
     def trigger(self, job: Job) -> BaseTrigger:
         """When ``job`` runs: the file's schedule, else every ``intervals`` seconds."""
@@ -175,7 +184,35 @@ class PipelineJobs:
                     lag = sum(g.lag for g in await self.backend.describe_group(task.group))
                 except Exception:
                     lag = -1
+                if self._catch_up(task, count, lag):
+                    continue
                 log.info("%s %r: %d records (%.0f/s), lag %s", task.kind, task.name, count, rate,
                          lag if lag >= 0 else "unknown")
             else:
                 log.info("%s %r: %d records (%.0f/s)", task.kind, task.name, count, rate)
+
+    def _catch_up(self, task: SinkTask, count: int, lag: int) -> bool:
+        """Report ``task``'s catch-up of a large lag; False when it is not catching up (the plain line then)."""
+        running = self._catch_ups.get(task.name)
+        if running is None:
+            if lag < CATCH_UP_RECORDS:
+                return False
+            # the first sample is now: the first line with a rate comes at the next run, never "0/s"
+            progress = Progress(f"{task.kind} {task.name!r} catching up", total=lag, logger=log, tty=False,
+                                first=0.0, interval=0.0, window=4 * self.intervals.progress_s,
+                                clock=self.clock)
+            self._catch_ups[task.name] = (count, progress)
+            log.info("%s %r: %d records, catching up a lag of %d", task.kind, task.name, count, lag)
+            return True
+        start, progress = running
+        if count < start:  # the task started over (its counters too): measure again from here
+            del self._catch_ups[task.name]
+            return self._catch_up(task, count, lag)
+        if 0 <= lag < CATCH_UP_RECORDS // 10:
+            progress.close()
+            del self._catch_ups[task.name]
+            log.info("%s %r: caught up, %d records written in %.0f s, lag %d", task.kind, task.name,
+                     count - start, progress.clock() - progress.started, lag)
+            return True
+        progress.update(count - start)
+        return True

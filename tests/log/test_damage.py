@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from millpond.errors import ConfigError, CorruptRecordError, LogLockedError, Mil
 from millpond.log import LogStore, Partition
 from millpond.log.batch import Row
 from millpond.log.partition import ABORTED_INDEX, CHECKPOINT, QUARANTINE, REASON
+from millpond.progress import Progress
 
 from .conftest import read_all, rows
 
@@ -239,8 +241,11 @@ def test_recovery_quarantines_a_corrupt_middle_segment_and_what_follows(
     fixed[position + 70] = original[position + 70]
     (folder / corrupt.log_path.name).write_bytes(bytes(fixed))
     partition.append(rows(3, 85))  # written meanwhile, after the quarantined offsets
-    done = reopened.repair("t", 0, "restore")
+    checked = Progress("checking", unit="bytes", stream=io.StringIO())
+    quarantined_bytes = sum(p.stat().st_size for p in folder.glob("*.log"))
+    done = reopened.repair("t", 0, "restore", checked)
     assert done and "restored" in done[0]
+    assert checked.count == checked.total == quarantined_bytes  # the check's progress: every byte, once
     partition = reopened.partition("t", 0)
     assert values(read_all(partition)) == list(range(88))
     assert not partition.problems and not (partition.directory / QUARANTINE).exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from typing import Any
 
@@ -103,6 +104,8 @@ def test_snapshot_progress_without_statistics(
 ) -> None:
     """No "N of about 0 rows": a small table is counted; a large one (here: any) gets no total."""
     monkeypatch.setattr(source_module, "_COUNT_BYTES", count_limit)
+    monkeypatch.setattr(source_module, "PROGRESS_FIRST_S", 0.0)  # a progress line for every chunk
+    monkeypatch.setattr(source_module, "PROGRESS_EVERY_S", 0.0)
 
     async def go() -> None:
         conn = await connect(pg_dsn)
@@ -118,10 +121,11 @@ def test_snapshot_progress_without_statistics(
 
     with caplog.at_level(logging.INFO, logger="millpond.connectors.postgres.source"):
         asyncio.run(go())
-    progress = [r.getMessage() for r in caplog.records if ", up to key" in r.getMessage()]
-    assert len(progress) == 2, progress
+    progress = [r.getMessage() for r in caplog.records if f"snapshot of public.{name}: " in r.getMessage()]
+    assert len(progress) == 3, progress  # chunks of 10, 10 and 5 rows
     if count_limit:
-        assert "10 of about 25 rows copied" in progress[0] and "20 of about 25 rows copied" in progress[1], progress
+        assert f"snapshot of public.{name}: 10 of about 25 rows (40%)" in progress[0], progress
+        assert f"snapshot of public.{name}: 20 of about 25 rows (80%)" in progress[1], progress
     else:
-        assert "10 rows copied so far" in progress[0], progress
-    assert not any("about 0 rows" in m for m in progress)
+        assert f"snapshot of public.{name}: 10 rows" in progress[0] and "%" not in progress[0], progress
+    assert not any("about 0 rows" in m or re.search(r"\b0 rows/s", m) for m in progress)
