@@ -267,8 +267,9 @@ class PostgresSource(Source):
         self._snap_keyless_done = 0  # rows of a keyless table copied in this snapshot transaction
         self._estimates: dict[int, int | None] = {}
         self._snap_chunk = 0  # chunks of the current table copied in this run
-        #: the last snapshot batch's chunk, for ``origin_of``: (table, chunk number, key it starts after)
-        self._last_chunk: tuple[str, int, list[Any] | None] | None = None
+        #: the last snapshot batch's chunk, for ``origin_of``: table, chunk number, and where it starts
+        #: (``snapshot_after``: the key it follows; a keyless table: ``snapshot_offset``, the rows before it)
+        self._last_chunk: tuple[str, int, dict[str, Any]] | None = None
         # stream state
         self._ready: deque[tuple[list[JsonRecords], int, int]] = deque()  # (records, how many, end_lsn)
         self._window = config.window_bytes
@@ -1006,7 +1007,8 @@ class PostgresSource(Source):
     def origin_of(self, record: Record) -> dict[str, Any] | None:
         """Where a change came from, read from its envelope's ``source`` block: the table, the LSN
         of the change and the transaction id; for a snapshot row the table, the snapshot, and the
-        chunk (its number in this run and the key it starts after, null for the table's first).
+        chunk: its number in this run and where it starts (the key it follows, null for the table's
+        first; for a table without a key, the rows copied before it).
 
         The envelope is what a sink sees too, so a dead letter and the row it would have become
         name the same change. None when a transform replaced the envelope before it failed: the
@@ -1030,7 +1032,7 @@ class PostgresSource(Source):
         chunk = self._last_chunk
         if chunk is not None and chunk[0] == table:
             origin["snapshot_chunk"] = chunk[1]
-            origin["snapshot_after"] = chunk[2]
+            origin.update(chunk[2])
         return origin
 
     # -- snapshot ------------------------------------------------------------------
@@ -1093,7 +1095,8 @@ class PostgresSource(Source):
             rows = await copy_rows(conn, f"SELECT {select} FROM {rel} AS src OFFSET {done} LIMIT {limit}", [])
         lsn_text = po.format_lsn(self._committed_lsn)
         self._snap_chunk += 1
-        self._last_chunk = (f"{t.schema}.{t.name}", self._snap_chunk, self._snap_after)
+        start = {"snapshot_after": self._snap_after} if t.key_columns else {"snapshot_offset": self._snap_keyless_done}
+        self._last_chunk = (f"{t.schema}.{t.name}", self._snap_chunk, start)
         records = []
         for row in rows:
             after = {name: (None if v is None else dec(v)) for name, dec, v in zip(t.columns, t.decoders, row)}
