@@ -271,6 +271,10 @@ class PostgresSource(Source):
         self._snap_keyless_done = 0  # rows of a keyless table copied in this snapshot transaction
         self._estimates: dict[int, int | None] = {}
         self._snap_progress: Progress | None = None  # of the table being copied
+        self._snap_chunk = 0  # chunks of the current table copied in this run
+        #: the last snapshot batch's chunk, for ``origin_of``: table, chunk number, and where it starts
+        #: (``snapshot_after``: the key it follows; a keyless table: ``snapshot_offset``, the rows before it)
+        self._last_chunk: tuple[str, int, dict[str, Any]] | None = None
         # stream state
         self._ready: deque[tuple[list[JsonRecords], int, int]] = deque()  # (records, how many, end_lsn)
         self._window = config.window_bytes
@@ -1005,6 +1009,37 @@ class PostgresSource(Source):
                  "ts_ms": int(time.time() * 1000)}
         return Record(value=value, key=record_key, topic=t.topic, timestamp=commit_ms)
 
+    def origin_of(self, record: Record) -> dict[str, Any] | None:
+        """Where a change came from, read from its envelope's ``source`` block: the table, the LSN
+        of the change and the transaction id; for a snapshot row the table, the snapshot, and the
+        chunk: its number in this run and where it starts (the key it follows, null for the table's
+        first; for a table without a key, the rows copied before it).
+
+        The envelope is what a sink sees too, so a dead letter and the row it would have become
+        name the same change. None when a transform replaced the envelope before it failed: the
+        runtime then names the batch's checkpoint.
+        """
+        value = record.value
+        if isinstance(value, (bytes, str)):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None
+        source = value.get("source") if isinstance(value, dict) else None
+        if not isinstance(source, dict) or source.get("connector") != "postgres-cdc" or "table" not in source:
+            return None
+        table = f"{source.get('schema')}.{source['table']}"
+        if not source.get("snapshot"):
+            return {"table": table, "lsn": source.get("lsn"), "txid": source.get("txid")}
+        origin: dict[str, Any] = {"table": table}
+        if self._snapshot is not None:
+            origin["snapshot"] = self._snapshot.text()
+        chunk = self._last_chunk
+        if chunk is not None and chunk[0] == table:
+            origin["snapshot_chunk"] = chunk[1]
+            origin.update(chunk[2])
+        return origin
+
     # -- snapshot ------------------------------------------------------------------
 
     async def _snapshot_chunk(self) -> SourceBatch:
@@ -1068,6 +1103,9 @@ class PostgresSource(Source):
             done = self._snap_keyless_done
             rows = await copy_rows(conn, f"SELECT {select} FROM {rel} AS src OFFSET {done} LIMIT {limit}", [])
         lsn_text = po.format_lsn(self._committed_lsn)
+        self._snap_chunk += 1
+        start = {"snapshot_after": self._snap_after} if t.key_columns else {"snapshot_offset": self._snap_keyless_done}
+        self._last_chunk = (f"{t.schema}.{t.name}", self._snap_chunk, start)
         records = []
         for row in rows:
             after = {name: (None if v is None else dec(v)) for name, dec, v in zip(t.columns, t.decoders, row)}
@@ -1080,6 +1118,7 @@ class PostgresSource(Source):
             log.info("%s: snapshot of %s.%s done (%d rows in this run)", self._where, t.schema, t.name,
                      self._snap_rows + len(rows))
             self._snap_rows = 0
+            self._snap_chunk = 0
             self._snap_table += 1
             self._snap_after = None
         elif t.key_columns:

@@ -113,6 +113,8 @@ class WorkerMetrics(Collector):
         counters = {
             "records_in": ("Records a task read (a sink from the log, a source from its system)", "records_in"),
             "records_out": ("Records a task handed on (a source to the log, a sink to its store)", "records_out"),
+            "bytes_in": ("Bytes a sink read from the log: its record batches as stored where the sink takes "
+                         "batches, else the records' key and value bytes", "bytes_in"),
             "bytes_out": ("Value bytes a source appended to the log", "bytes_out"),
             "restarts": ("Restarts of a task after a failure", "restarts"),
         }

@@ -14,9 +14,10 @@ Where a record came from: a record read from the log names its topic,
 partition and offset; a record a source rejected before it reached the log
 names its position in the source, one ``millpond.error.source.<field>``
 header per field ``Source.origin_of`` gives (the file source: path, inode,
-position, line), or ``millpond.error.source.checkpoint``, the source's
-checkpoint after the record's batch (a Postgres source: its LSN), when the
-source cannot say more.
+position, line; the Postgres source: table, lsn, txid, or for a snapshot row
+the table, snapshot and chunk; syslog: transport, peer, message number), or
+``millpond.error.source.checkpoint``, the source's checkpoint after the
+record's batch, when the source cannot say more.
 """
 
 from __future__ import annotations

@@ -99,6 +99,7 @@ class SyslogSource(Source):
         self.dropped = 0
         self.malformed = 0
         self._warned = 0.0
+        self._last: list[Record] = []  # the last batch, for ``origin_of``
 
     @property
     def addresses(self) -> dict[str, tuple[str, int]]:
@@ -214,7 +215,21 @@ class SyslogSource(Source):
         while len(records) < self.config.batch_records and not self._queue.empty():
             records.append(self._queue.get_nowait())
         self.received += len(records)
+        self._last = records
         return SourceBatch(records, {"received": self.received})
+
+    def origin_of(self, record: Record) -> dict[str, Any] | None:
+        """The transport and peer a message came over, and its number among the messages received
+        (the count the offset keeps): a sender's address is all syslog can say about a message's origin."""
+        index = next((i for i, r in enumerate(self._last) if r is record), None)
+        if index is None:
+            return None
+        origin: dict[str, Any] = {}
+        for name, value in record.headers or []:
+            if name in ("syslog.transport", "syslog.peer") and value is not None:
+                origin[name.removeprefix("syslog.")] = value.decode(errors="replace")
+        origin["message"] = self.received - len(self._last) + index + 1
+        return origin
 
     async def stop(self) -> None:
         if self._udp is not None:

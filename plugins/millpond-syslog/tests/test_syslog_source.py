@@ -171,3 +171,26 @@ def test_restart_keeps_counting_from_the_offset() -> None:
             await source.stop()
 
     assert asyncio.run(scenario()) == 42
+
+
+def test_origin_of_names_transport_peer_and_message_number() -> None:
+    """What a dead letter of a syslog record says about where it came from."""
+    async def scenario() -> None:
+        source = make(udp_port=None)
+        await source.start({"received": 10})  # ten came before this run
+        try:
+            host, port = source.addresses["tcp"]
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"<13>Jan  2 03:04:06 web2 cron: one\n<13>Jan  2 03:04:07 web2 cron: two\n")
+            await writer.drain()
+            local = writer.get_extra_info("sockname")
+            records = await drain(source, 2)
+            writer.close()
+            assert [r.value["message"] for r in records] == ["one", "two"]
+            assert source.origin_of(records[1]) == {"transport": "tcp", "peer": f"{local[0]}:{local[1]}",
+                                                    "message": 12}
+            assert source.origin_of(Record("not from this batch")) is None
+        finally:
+            await source.stop()
+
+    asyncio.run(scenario())
