@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export MILLPOND_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: install typecheck browser test quickstart bench clean
+.PHONY: install typecheck lint browser test quickstart bench clean
 
 $(BIN)/millpond: pyproject.toml setup.py $(wildcard core/*/*.c connectors/*/*.c)
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,16 @@ typecheck: install
 	ln -s $(CURDIR)/connectors build/typecheck/millpond/connectors
 	$(BIN)/mypy
 
+lint: install
+	$(BIN)/ruff check .
+
 # tests/api/test_ui.py drives the dashboard in Debian's headless Chromium; installed when missing
 browser:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	fi
 
-test: typecheck browser
+test: typecheck lint browser
 	$(BIN)/pytest
 	MILLPOND_PURE_PYTHON=1 $(BIN)/pytest -q -m "not postgres and not cassandra and not kafka and not slow" \
 		$(PURE_PYTHON_TESTS)

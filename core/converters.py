@@ -12,7 +12,6 @@ from .connector import Converter
 from .errors import RecordError
 from .hookspecs import hookimpl
 
-
 _stdlib_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 #: the C scanner of a default decoder, as json.loads uses (its memo is cleared per call)

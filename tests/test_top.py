@@ -21,9 +21,9 @@ from typing import Any
 
 from rich.console import Console
 
+from millpond.api.client import WorkerClient
 from millpond.api.ui import Views
 from millpond.cli import main
-from millpond.api.client import WorkerClient
 from millpond.top import View, fmt_count, fmt_rate, fmt_time
 from tests.api.test_worker_api import Running, drained, go, running, until
 

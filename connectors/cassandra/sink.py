@@ -52,7 +52,6 @@ from millpond.records import Record, TopicPartition
 from millpond.tls import client_context
 
 from .config import CassandraSinkConfig, TableMapping
-from .window import InFlightWindow, Job, retriable
 from .mapping import (
     MISSING,
     TRUNCATE,
@@ -65,6 +64,7 @@ from .mapping import (
     compile_source,
     where,
 )
+from .window import InFlightWindow, Job, retriable
 
 log = logging.getLogger("millpond.connectors.cassandra")
 

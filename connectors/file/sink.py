@@ -34,7 +34,6 @@ record stays one line).
 from __future__ import annotations
 
 import asyncio
-import errno
 import fcntl
 import json
 import logging
@@ -42,10 +41,10 @@ import os
 import re
 import time
 import uuid
-from itertools import groupby
-from operator import attrgetter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import attrgetter
 from typing import Any, Literal
 
 from millpond.connector import ConnectorConfig, Guarantee, Sink

@@ -70,7 +70,8 @@ from millpond.errors import ConfigError, ConnectorError, RecordError, RetriableC
 from millpond.records import Record, TopicPartition
 
 from .source import UNAVAILABLE
-from .sql import connect, ident as _ident, split_table
+from .sql import connect, split_table
+from .sql import ident as _ident
 
 log = logging.getLogger("millpond.connectors.postgres.sink")
 

@@ -64,8 +64,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import logging
+import os
 import re
 import time
 from collections import deque
@@ -83,12 +83,25 @@ from millpond.progress import Progress
 from millpond.records import JsonRecords, Record
 
 from . import pgoutput as po
-from .sql import connect, copy_rows, ident as _ident, literal as _literal, split_table
+from .sql import connect, copy_rows, split_table
+from .sql import ident as _ident
+from .sql import literal as _literal
 from .wire import (
-    OID, SLOT_COMMIT_MS, SLOT_LSN, SLOT_NOW_MS, SLOT_OLD, SLOT_ROW, SLOT_XID, TxnRecords, copy_is_empty,
-    copy_start, json_bytes, parse_row, scan_py, template,
+    OID,
+    SLOT_COMMIT_MS,
+    SLOT_LSN,
+    SLOT_NOW_MS,
+    SLOT_OLD,
+    SLOT_ROW,
+    SLOT_XID,
+    TxnRecords,
+    copy_is_empty,
+    copy_start,
+    json_bytes,
+    parse_row,
+    scan_py,
+    template,
 )
-
 
 
 def _c_scan() -> Callable[[bytes, int, Any, Any, int, int, int], tuple[int, int, bytes | None]] | None:

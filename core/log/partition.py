@@ -49,8 +49,7 @@ import crc32c
 from ..errors import CorruptRecordError, MillpondError, OffsetOutOfRangeError
 from ..progress import Progress
 from . import batch as batch_format
-from . import observe
-from . import fsio
+from . import fsio, observe
 from .batch import BatchHeader, Encodable
 from .segment import LogSegment, ScanStop
 from .settings import TopicSettings

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-
 from typing import Any
 
 from ..errors import ConfigError, MillpondError

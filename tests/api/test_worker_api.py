@@ -24,11 +24,11 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from millpond.api.server import ApiServer
 from millpond.backends import open_backend
 from millpond.backends.base import LogBackend
 from millpond.config import PipelineConfig
 from millpond.errors import ConfigError
-from millpond.api.server import ApiServer
 from millpond.runtime import RuntimeOptions, Worker, run_pipeline_async
 from millpond.runtime.worker import create_topics
 

@@ -41,7 +41,6 @@ sys.path.insert(0, str(REPO))
 from millpond.connector import ConnectorContext  # noqa: E402
 from millpond.connectors.cassandra import CassandraSink  # noqa: E402
 from millpond.records import Record  # noqa: E402
-
 from tests.benchmarks import harness  # noqa: E402
 
 KEYSPACE = "bench_millpond"

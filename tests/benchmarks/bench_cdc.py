@@ -46,12 +46,11 @@ sys.path.insert(0, str(REPO))
 
 import asyncpg  # noqa: E402
 
+from millpond.config import PipelineConfig  # noqa: E402
 from millpond.connector import ConnectorContext  # noqa: E402
 from millpond.connectors.postgres.sink import PostgresSink, PostgresSinkConfig  # noqa: E402
 from millpond.connectors.postgres.source import PostgresSource, PostgresSourceConfig  # noqa: E402
 from millpond.records import Record, TopicPartition  # noqa: E402
-from millpond.config import PipelineConfig  # noqa: E402
-
 from tests.benchmarks import harness  # noqa: E402
 
 TABLE = "bench_items"

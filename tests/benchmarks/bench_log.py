@@ -26,7 +26,6 @@ sys.path.insert(0, str(REPO))
 
 from millpond.log import LogStore  # noqa: E402
 from millpond.log.batch import Row  # noqa: E402
-
 from tests.benchmarks import harness  # noqa: E402
 
 BATCH = 1_000

@@ -41,7 +41,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from millpond.config import PipelineConfig  # noqa: E402
-
 from tests.benchmarks import harness  # noqa: E402
 
 LINE_BYTES = 200

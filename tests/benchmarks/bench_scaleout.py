@@ -56,7 +56,6 @@ import asyncpg  # noqa: E402
 from millpond.backends.base import LogBackend, TopicSpec  # noqa: E402
 from millpond.backends.kafka import KafkaBackend  # noqa: E402
 from millpond.records import Record  # noqa: E402
-
 from tests.benchmarks import harness  # noqa: E402
 
 PARTITIONS = 6

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from millpond.config import PipelineConfig
-
 from tests.benchmarks import harness
 
 

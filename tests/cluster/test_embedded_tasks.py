@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from millpond.backends import open_backend
-from millpond.config import PipelineConfig
 from millpond.backends.base import TopicSpec
+from millpond.config import PipelineConfig
 from millpond.records import Record, TopicPartition
 from millpond.runtime import RuntimeOptions, run_pipeline_async
 

@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from millpond.backends.embedded.groups import GroupCoordinator
+from millpond.backends.embedded.transactions import TransactionCoordinator
 from millpond.connector import ConnectorContext
 from millpond.connectors.file import FileSink, FileSinkConfig
 from millpond.connectors.file.sink import TEMP_PREFIX, parse_committed
@@ -23,10 +25,8 @@ from millpond.log.batch import Row
 from millpond.log.cleaner import compact
 from millpond.log.partition import Partition
 from millpond.log.retention import enforce_retention
-from millpond.backends.embedded.groups import GroupCoordinator
 from millpond.records import Record, TopicPartition
 from millpond.runtime.source_offsets import SOURCE_OFFSETS_TOPIC
-from millpond.backends.embedded.transactions import TransactionCoordinator
 
 
 def read_all(partition: Partition, *, read_committed: bool = False) -> list[Any]:

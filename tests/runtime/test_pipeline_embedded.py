@@ -122,8 +122,8 @@ def test_undecodable_records_under_dead_letter_policy(tmp_path: Path) -> None:
 def test_scheduler_compaction_keeps_the_latest_source_offset(tmp_path: Path) -> None:
     """Many transactions leave many checkpoints in __source_offsets; compaction keeps the last."""
     from millpond.backends.base import TopicSpec
-    from millpond.runtime.source_offsets import SOURCE_OFFSETS_TOPIC, encode_offset, ensure_source_offsets_topic
     from millpond.runtime.scheduler import PipelineJobs
+    from millpond.runtime.source_offsets import SOURCE_OFFSETS_TOPIC, encode_offset, ensure_source_offsets_topic
 
     async def go() -> None:
         backend = open_backend(config(tmp_path).log)

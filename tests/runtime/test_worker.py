@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from millpond.config import PipelineConfig
-from millpond.errors import DeliveryGuaranteeError, RecordError, ConfigError
+from millpond.errors import ConfigError, DeliveryGuaranteeError, RecordError
 from millpond.records import TopicPartition
 from millpond.runtime import RuntimeOptions, run_pipeline_async
-from millpond.runtime.source_offsets import SOURCE_OFFSETS_TOPIC, read_source_offset
 from millpond.runtime.policy import H_CONNECTOR, H_ERROR, H_OFFSET, H_PARTITION, H_STAGE, H_TOPIC
 from millpond.runtime.scheduler import PipelineJobs
+from millpond.runtime.source_offsets import SOURCE_OFFSETS_TOPIC, read_source_offset
 from millpond.runtime.worker import Worker
 
 from .fakes import FakeBackend

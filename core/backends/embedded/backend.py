@@ -23,7 +23,14 @@ from ...log.partition import Partition
 from ...log.store import LogStore
 from ...records import JsonRecords, PartitionBatches, Record, TopicPartition
 from ..base import (
-    GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, Membership, PartitionInfo, TopicSpec, static_share,
+    GroupOffset,
+    IsolationLevel,
+    Lifecycle,
+    LogMaintenance,
+    Membership,
+    PartitionInfo,
+    TopicSpec,
+    static_share,
 )
 from .groups import GroupCoordinator
 from .storage import partition_writes, storage_errors

@@ -27,7 +27,6 @@ from millpond.connector import ConnectorContext
 from millpond.connectors.postgres.sink import PostgresSink, PostgresSinkConfig
 from millpond.errors import ConnectorError
 from millpond.records import TopicPartition
-
 from tests.faults import millpond_command
 
 from .conftest import connect, drain, make_source

@@ -9,12 +9,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from millpond.connectors.postgres.pgoutput import parse_lsn
 from millpond.connectors.postgres.source import UNAVAILABLE, PostgresSource
 from millpond.errors import ConfigError, ConnectorError
-
 from tests.servers.postgres import _binary
-
-from millpond.connectors.postgres.pgoutput import parse_lsn
 
 from .conftest import connect, drain, make_source, records_of
 
