@@ -25,7 +25,7 @@ from millpond.api.server import ApiServer
 from millpond.backends import open_backend
 from millpond.config import PipelineConfig
 from millpond.runtime import RuntimeOptions, Worker
-from millpond.runtime.worker import create_topics, preflight
+from millpond.runtime.launch import create_topics, preflight
 
 
 def make_input(path: Path, lines: int) -> None:

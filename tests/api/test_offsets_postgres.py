@@ -21,7 +21,7 @@ from millpond.backends import open_backend
 from millpond.config import PipelineConfig
 from millpond.records import Record
 from millpond.runtime import RuntimeOptions, Worker
-from millpond.runtime.worker import create_topics
+from millpond.runtime.launch import create_topics
 
 from ..connectors.postgres.conftest import connect
 from ..connectors.postgres.conftest import name as name  # noqa: F401 - the fixture

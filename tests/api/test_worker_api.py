@@ -30,7 +30,7 @@ from millpond.backends.base import LogBackend
 from millpond.config import PipelineConfig
 from millpond.errors import ConfigError
 from millpond.runtime import RuntimeOptions, Worker, run_pipeline_async
-from millpond.runtime.worker import create_topics
+from millpond.runtime.launch import create_topics
 
 LINES = 500
 

@@ -34,9 +34,10 @@ from millpond.backends import open_backend
 from millpond.backends.base import LogBackend
 from millpond.config import PipelineConfig
 from millpond.runtime import RuntimeOptions
+from millpond.runtime.launch import create_topics, preflight
 from millpond.runtime.sink_task import SinkTask
 from millpond.runtime.source_task import SourceTask
-from millpond.runtime.worker import Worker, create_topics, preflight
+from millpond.runtime.worker import Worker
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from millpond.config import PipelineConfig
 from millpond.connectors.file import FileSink
 from millpond.records import Record
 from millpond.runtime import RuntimeOptions, run_pipeline_async
-from millpond.runtime.worker import create_topics
+from millpond.runtime.launch import create_topics
 
 
 def config(tmp: Path, value_converter: str = "string") -> PipelineConfig:

@@ -12,7 +12,7 @@ from millpond.errors import ConfigError
 from millpond.hookspecs import hookimpl
 from millpond.plugins import plugin_manager
 from millpond.records import Record, TopicPartition
-from millpond.runtime.worker import preflight
+from millpond.runtime.launch import preflight
 
 from .test_worker import pipeline
 

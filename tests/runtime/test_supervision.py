@@ -66,7 +66,7 @@ def test_a_failed_task_leaves_the_rest_of_the_pipeline_running() -> None:
         broken = config.connectors[0].model_copy(update={"name": "broken", "config": {"values": [9], "fail_always": True}})
         config.connectors.append(broken)
         worker = Worker(config, backend, options)
-        from millpond.runtime.worker import create_topics
+        from millpond.runtime.launch import create_topics
 
         await create_topics(config, backend)
         run = asyncio.create_task(worker.run())
