@@ -58,7 +58,7 @@ class PartitionBatches:
 
     def records(self) -> list[Record]:
         """The records, decoded (the path every sink can take)."""
-        from .log.batch import iter_records  # the log imports this module
+        from .log.codec import iter_records  # the log imports this module
 
         topic, partition = self.tp
         start = self.from_offset
@@ -260,7 +260,7 @@ class LineRecords(JsonRecords):
 
 def _line_start(block: bytes, n: int) -> int:
     """Where line ``n`` of ``block`` starts (its length when ``n`` is the line count)."""
-    from .log.batch import line_end  # the log imports this module
+    from .log.codec import line_end  # the log imports this module
 
     return line_end(block, n)
 

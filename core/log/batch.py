@@ -36,25 +36,13 @@ from typing import Any, NamedTuple, Protocol
 import crc32c
 from aiokafka import codec
 
-from .. import speedups
 from ..errors import MillpondError
 from ..records import JsonRecords, LineRecords
-
-try:
-    speedups.refuse()  # MILLPOND_PURE_PYTHON=1: the Python path, on purpose
-    from . import _columns
-except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
-    _columns = None  # type: ignore[assignment]
-
-try:
-    from aiokafka.record._crecords import DefaultRecordBatch as _CBatch
-    from aiokafka.record._crecords import DefaultRecordBatchBuilder as _CBuilder
-except ImportError as exc:  # pragma: no cover - depends on the installed wheel
-    raise MillpondError(
-        "aiokafka's C record extension is not available (the pure-Python fallback "
-        "is ~60x slower and is refused): reinstall aiokafka from a binary wheel "
-        f"and unset AIOKAFKA_NO_EXTENSIONS ({exc})"
-    ) from exc
+from .codec import CBatch as _CBatch
+from .codec import CBuilder as _CBuilder
+from .codec import columns as _columns
+from .codec import iter_records as iter_records
+from .codec import line_end as line_end
 
 HEADER = struct.Struct(">qiibIhiqqqhii")
 HEADER_SIZE = HEADER.size  # 61
@@ -253,14 +241,6 @@ def control_type(batch: bytes | bytearray | memoryview) -> int:
     raise MillpondError("control batch without a record")
 
 
-def iter_records(batch: bytes) -> Iterator[Any]:
-    """The records of one (already CRC-checked) batch, decoded by the C codec.
-
-    Each has ``offset``, ``timestamp``, ``key``, ``value`` and ``headers``.
-    """
-    return iter(_CBatch(batch))
-
-
 class Lines(NamedTuple):
     """The values of some batches as newline-ended lines (what :func:`lines` returns)."""
 
@@ -297,20 +277,6 @@ def lines(batches: list[bytes], from_offset: int = 0) -> Lines | None:
             last = record.offset
     joined = b"\n".join(parts) + b"\n" if parts else b""
     return Lines(joined, len(parts), first, last, joined.isascii())
-
-
-def line_end(block: bytes, n: int) -> int:
-    """The position just after the ``n``-th newline of ``block`` (``len(block) + 1`` if it has fewer):
-    where a block of lines is cut after ``n`` of them."""
-    if _columns is not None:
-        return _columns.line_end(block, n)
-    position = 0
-    for _ in range(n):
-        nl = block.find(b"\n", position)
-        if nl < 0:
-            return len(block) + 1
-        position = nl + 1
-    return position
 
 
 def walk(buf: Any, start: int, end: int) -> Iterator[tuple[int, BatchHeader]]:

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from millpond.log import batch as batch_format
+from millpond.log import codec
 from millpond.records import JsonRecords, LineRecords
 
 
@@ -71,5 +72,5 @@ def test_line_end_in_c_and_in_python(monkeypatch: pytest.MonkeyPatch) -> None:
              (b"a\nbb\nc", 9), (b"\n\n", 2), (b"\n\n", 3)]
     want = [0, 1, 0, 2, 5, 7, 7, 2, 3]
     assert [batch_format.line_end(b, n) for b, n in cases] == want
-    monkeypatch.setattr(batch_format, "_columns", None)
+    monkeypatch.setattr(codec, "columns", None)
     assert [batch_format.line_end(b, n) for b, n in cases] == want

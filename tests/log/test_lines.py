@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from millpond.log import batch as batch_format
+from millpond.log import codec
 from millpond.records import JsonRecords, Record
 
 
@@ -18,6 +19,7 @@ def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
             pytest.skip("the C extension is not built")
     else:
         monkeypatch.setattr(batch_format, "_columns", None)
+        monkeypatch.setattr(codec, "columns", None)
     yield str(request.param)
 
 
