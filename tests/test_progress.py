@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from millpond import cli
+from millpond.cli import console as cli_console
 from millpond.log import LogStore
 from millpond.log import cleaner as cleaner_module
 from millpond.log.batch import Row
@@ -246,7 +247,7 @@ def test_consume_draws_a_bar_on_a_terminal(
     err = TtyBuffer()
     monkeypatch.setattr(sys, "stderr", err)
     # a clock that moves 0.2 s a read: every update is due for a redraw
-    monkeypatch.setattr(cli, "Progress", functools.partial(Progress, clock=Clock(step=0.2)))
+    monkeypatch.setattr(cli_console, "Progress", functools.partial(Progress, clock=Clock(step=0.2)))
     assert cli.main(["consume", "events", "--from-beginning", "--log", log]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3000
     text = err.getvalue()
