@@ -173,12 +173,12 @@ class EmbeddedBackend(Lifecycle):
 
     async def list_groups(self) -> list[str]:
         if self.readonly:
-            self.groups.reload()
+            self.groups.follow()
         return self.groups.groups()
 
     async def committed(self, group: str) -> dict[TopicPartition, int]:
         if self.readonly:
-            self.groups.reload()
+            self.groups.follow()
         return self.groups.committed(group)
 
     async def describe_group(self, group: str) -> list[GroupOffset]:
