@@ -103,3 +103,36 @@ def test_groups_list_reads_the_offsets_topic_once(tmp_path: Path, monkeypatch: p
         await reader.close()
 
     run(go())
+
+
+def test_a_writer_reads_the_offsets_topic_once_at_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transaction coordinator's recovery follows the groups' state from where its load stopped, and
+    offsets of a transaction completed by that recovery still count."""
+
+    async def go() -> None:
+        writer = await writer_at(tmp_path)
+        for g in range(20):
+            await writer.reset_offsets(f"g{g:02d}", {TopicPartition("t", 0): g})
+        producer = writer.producer("tx")
+        await producer.init()
+        await producer.begin()
+        await producer.send_offsets("late", {TopicPartition("t", 1): 7})
+        await producer.commit()
+        await writer.close()
+
+        read_from: list[int] = []
+        real_read = Partition.read
+
+        def counting_read(self: Partition, offset: int, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            if self.topic == OFFSETS_TOPIC:
+                read_from.append(offset)
+            return real_read(self, offset, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Partition, "read", counting_read)
+        again = await writer_at(tmp_path)
+        assert read_from.count(0) == 1, read_from
+        assert await again.committed("late") == {TopicPartition("t", 1): 7}
+        assert await again.committed("g19") == {TopicPartition("t", 0): 19}
+        await again.close()
+
+    run(go())
