@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -39,12 +40,34 @@ LOCK_TIMEOUT = 5.0
 log = logging.getLogger(__name__)
 
 
+def raise_open_files_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit, where it may.
+
+    Every segment holds a file descriptor while its store is open, so a log of
+    a few thousand partitions or segments passes the common soft limit of 1,024
+    (``OSError: Too many open files``) long before the hard limit, which the
+    soft one may be raised to without privileges (as the Go runtime does at
+    start). A limit that cannot be raised is left as it is: opening then fails
+    as before, with the file it could not open.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return
+        wanted = max(soft, 1 << 20) if hard == resource.RLIM_INFINITY else hard
+        if soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as exc:
+        log.debug("could not raise the limit on open files: %s", exc)
+
+
 class LogStore:
     def __init__(self, directory: str | Path, *, writable: bool = True, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.directory = Path(directory)
         self.writable = writable
         self.topics_dir = self.directory / "topics"
         self._lock_fd = -1
+        raise_open_files_limit()
         if self.directory.exists() and not self.directory.is_dir():
             raise MillpondError(f"the log directory {self.directory} is a file, not a directory")
         try:

@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 
+from ...errors import UnknownTopicError
 from ...log.batch import Row
 from ...log.partition import Partition
 from ...log.store import LogStore
@@ -63,24 +64,46 @@ class GroupCoordinator:
     def __init__(self, store: LogStore) -> None:
         self.store = store
         self._committed: dict[str, dict[TopicPartition, int]] = {}
+        #: the offset of ``__consumer_offsets`` read up to (None: not read yet)
+        self._position: int | None = None
         if store.writable and OFFSETS_TOPIC not in store.topics:
             store.create_topic(OFFSETS_TOPIC, 1, OFFSETS_TOPIC_CONFIG)
-        self.reload()
+        self.follow()
 
     @property
     def _partition(self) -> Partition:
         return self.store.partition(OFFSETS_TOPIC, 0)
 
     def reload(self) -> None:
-        """Read the whole topic (read_committed) into memory."""
+        """Forget what is in memory and read the whole topic (read_committed) again."""
+        self._committed = {}
+        self._position = None
+        self.follow()
+
+    def follow(self) -> None:
+        """Apply what was committed to the topic since the last read (the first call reads it all).
+
+        A read-only store (every CLI command) asks again before each answer:
+        it tails the topic from where it stopped rather than replaying it, so
+        ``groups list`` over many groups costs one pass, not one per group.
+        A read_committed read stops at the last stable offset, so what lies
+        below the position is settled and never needs reading again. When
+        the position is no longer in the log (retention moved the log start
+        past it), the topic is read from its start once more.
+        """
         if OFFSETS_TOPIC not in self.store.topics and not self.store.writable:
             try:
                 self.store.topic(OFFSETS_TOPIC)
-            except Exception:  # noqa: BLE001 - a log without groups yet
+            except UnknownTopicError:  # a log without groups yet
                 return
         partition = self._partition
-        committed: dict[str, dict[TopicPartition, int]] = {}
-        offset = partition.log_start_offset
+        if not partition.writable:
+            partition.refresh()
+        offset = self._position
+        if offset is None or not partition.log_start_offset <= offset <= partition.log_end_offset:
+            self._committed = {}
+            offset = partition.log_start_offset
+        committed = self._committed
         while True:
             result = partition.read(offset, 4 << 20, read_committed=True)
             for batch in result.batches:
@@ -88,7 +111,7 @@ class GroupCoordinator:
             if result.next_offset == offset:
                 break
             offset = result.next_offset
-        self._committed = committed
+        self._position = offset
 
     @staticmethod
     def _apply(

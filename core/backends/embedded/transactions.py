@@ -152,7 +152,7 @@ class TransactionCoordinator:
                 with writing(partition):
                     partition.append_control(producer_id, -1, commit=False)
                     partition.flush(fsync=self.fsync)
-        self.groups.reload()  # offsets of transactions completed just now
+        self.groups.follow()  # the offsets of transactions completed just now, past where its load stopped
 
     def init_producer(self, transactional_id: str) -> TransactionState:
         """Register (or re-register, fencing the old epoch) a transactional producer.
