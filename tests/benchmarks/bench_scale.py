@@ -40,8 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from millpond.backends.embedded import EmbeddedBackend  # noqa: E402
 from millpond.backends.base import TopicSpec  # noqa: E402
+from millpond.backends.embedded import EmbeddedBackend  # noqa: E402
 from millpond.log import LogStore  # noqa: E402
 from millpond.log.batch import Row  # noqa: E402
 from millpond.log.store import CLEAN_SHUTDOWN  # noqa: E402
@@ -52,7 +52,6 @@ from millpond.runtime.source_offsets import (  # noqa: E402
     ensure_source_offsets_topic,
     read_source_offset,
 )
-
 from tests.benchmarks import harness  # noqa: E402
 
 #: (key size, full sizes, quick sizes): the key names the full run's largest size
