@@ -2,13 +2,18 @@
 
 ``NNN.index`` (offset index), entries of 8 bytes, big-endian::
 
-    0  4  relative_offset   offset - segment.base_offset (of a batch's first record)
+    0  4  relative_offset   offset - segment.base_offset, of a batch's LAST record
     4  4  position          byte position of that batch in the .log file
 
 ``NNN.timeindex`` (time index), entries of 12 bytes, big-endian::
 
     0  8  timestamp         the largest timestamp seen in the segment so far
-    8  4  relative_offset   first offset of the batch where it was reached
+    8  4  relative_offset   last offset of the batch where it was reached
+
+Entries name a batch's last offset, as Kafka's do (``DumpLogSegments
+--verify-index-only`` checks exactly that): an entry at or before an offset
+still points at or before the batch holding it, so a lookup scans forward from
+there.
 
 One entry is added after every ``index_interval_bytes`` of appended data, so
 an index is about 1/500 of its segment. Both are rebuilt from the segment
@@ -112,11 +117,13 @@ class OffsetIndex(_SparseIndex):
 
     entry = _OFFSET_ENTRY
 
-    def append(self, offset: int, position: int) -> None:
-        self._add(offset - self.base_offset, position)
+    def append(self, last_offset: int, position: int) -> None:
+        """Index the batch at ``position`` by its last offset."""
+        self._add(last_offset - self.base_offset, position)
 
     def lookup(self, offset: int) -> int:
-        """Position of the last indexed batch starting at or before ``offset`` (0 if none)."""
+        """Position of the last indexed batch ending at or before ``offset`` (0 if none): the
+        batch holding ``offset`` starts there or later."""
         i = bisect.bisect_right(self._first, offset - self.base_offset) - 1
         return self._second[i] if i >= 0 else 0
 
@@ -162,11 +169,12 @@ class TimeIndex(_SparseIndex):
         return self._first[-1] if self._first else None
 
     def offsets(self) -> list[int]:
-        """The offset of every entry: each is the base offset of a batch."""
+        """The offset of every entry: each is the last offset of a batch."""
         return [self.base_offset + relative for relative in self._second]
 
     def maybe_append(self, max_timestamp: int, offset: int) -> None:
-        """Add an entry when the segment's max timestamp grew."""
+        """Add an entry when the segment's max timestamp grew; ``offset`` is the last offset
+        of the batch that reached it."""
         if self._first and max_timestamp <= self._first[-1]:
             return
         self._add(max_timestamp, offset - self.base_offset)

@@ -99,8 +99,8 @@ class LogSegment:
         self.contiguous = False
         #: where the data ends when quarantined or discarded offsets follow (next_offset is past them)
         self.data_end: int | None = None
-        #: positions of offset-index entries already seen to point at their batch
-        self._verified: set[int] = set()
+        #: positions of offset-index entries already seen to point at their batch -> its base offset
+        self._verified: dict[int, int] = {}
         self._time_bases: list[int] | None = None
 
     # -- indexes (loaded on first use, so opening a partition reads no index) --
@@ -168,11 +168,12 @@ class LogSegment:
         max_ts = -1
         for header in headers:
             if self._bytes_since_index >= INDEX_INTERVAL_BYTES or position == 0:
-                self._index.append(header.base_offset, position)
+                self._index.append(header.last_offset, position)
+                self._verified[position] = header.base_offset  # read from the segment just now
                 self._bytes_since_index = 0
             if header.max_timestamp > max_ts:
                 max_ts = header.max_timestamp
-                self._time_index.maybe_append(max_ts, header.base_offset)
+                self._time_index.maybe_append(max_ts, header.last_offset)
             self._bytes_since_index += header.size
             position += header.size
         self._max_timestamp = max_ts
@@ -207,7 +208,7 @@ class LogSegment:
         if position is None:
             return False
         header = batch_format.read_header(self.read_bytes(position, HEADER_SIZE))
-        return header.base_offset == offset and header.max_timestamp == timestamp
+        return header.last_offset == offset and header.max_timestamp == timestamp
 
     # -- writing --
 
@@ -236,11 +237,12 @@ class LogSegment:
         max_ts = self.max_timestamp if self.size else -1
         for header in headers:
             if self._bytes_since_index >= INDEX_INTERVAL_BYTES or position == 0:
-                index.append(header.base_offset, position)
+                index.append(header.last_offset, position)
+                self._verified[position] = header.base_offset
                 self._bytes_since_index = 0
             if header.max_timestamp > max_ts:
                 max_ts = header.max_timestamp
-                time_index.maybe_append(max_ts, header.base_offset)
+                time_index.maybe_append(max_ts, header.last_offset)
             self._bytes_since_index += header.size
             position += header.size
         self._max_timestamp = max_ts
@@ -350,7 +352,7 @@ class LogSegment:
         last: BatchHeader | None = None
         scan = self._scan(start, self.size if end is None else end)
         # a compacted segment has offset gaps, so its batches' base offsets (outside the CRC) are
-        # checked against the time index instead: each entry names a batch's base offset
+        # checked against the time index instead: each entry names a batch's last offset
         indexed = self._indexed_bases() if self.sealed and not self.contiguous else None
         floor = self.base_offset if start == 0 else None  # where the previous batch ended, once known
         while True:
@@ -361,10 +363,10 @@ class LogSegment:
                 break
             if indexed:
                 i = bisect.bisect_left(indexed, last.base_offset if floor is None else floor)
-                if i < len(indexed) and indexed[i] != last.base_offset and indexed[i] <= last.last_offset:
+                if i < len(indexed) and indexed[i] != last.last_offset and indexed[i] <= last.last_offset:
                     raise self.corrupt(position, f"batch offsets {last.base_offset}..{last.last_offset} do not "
-                                       f"start at offset {indexed[i]}, where {self.time_index_path.name} says "
-                                       "a batch starts", self.label)
+                                       f"end at offset {indexed[i]}, where {self.time_index_path.name} says "
+                                       "a batch ends", self.label)
                 floor = last.next_offset
             yield position, last
         if stop is not None and (self.sealed or not stop.torn):
@@ -375,7 +377,7 @@ class LogSegment:
                                f"starts at {self.next_offset}: it was cut short", self.label)
 
     def _indexed_bases(self) -> list[int]:
-        """Base offsets of the batches the time index names (sorted)."""
+        """Last offsets of the batches the time index names (sorted)."""
         if self._time_bases is None:
             index = self.time_index
             self._time_bases = sorted(set(index.offsets()))
@@ -383,23 +385,24 @@ class LogSegment:
 
     def _verified_start(self, offset: int) -> int:
         """Where to start scanning for ``offset``: the offset index's entry, once the
-        batch it points at is seen to start at the entry's offset."""
+        batch it points at is seen to end at the entry's offset (Kafka's entries name
+        a batch's last offset). The batch holding ``offset`` is at or after it."""
         if offset <= self.base_offset:
             return 0
         entry = self.index.lookup_entry(offset)
         if entry is None:
             return 0
         entry_offset, position = entry
-        if position in self._verified or (position == 0 and entry_offset == self.base_offset):
+        if position in self._verified:
             return position
         header = None
         if 0 <= position <= self._visible_size() - HEADER_SIZE:
             header = batch_format.read_header(os.pread(self._fd, HEADER_SIZE, position))
-        if header is not None and header.base_offset == entry_offset and header.magic == MAGIC:
-            self._verified.add(position)
+        if header is not None and header.last_offset == entry_offset and header.magic == MAGIC:
+            self._verified[position] = header.base_offset
         else:
             self.rebuild_indexes(f"{self.index_path.name}: entry ({entry_offset}, {position}) "
-                                 "does not point at that batch")
+                                 "does not point at the batch ending at that offset")
             entry = self.index.lookup_entry(offset)
             return entry[1] if entry else 0
         return position
@@ -473,8 +476,7 @@ class LogSegment:
         index entry to the end), or None. Damage before it shows when it is read."""
         last = self.index.last()
         start = self._verified_start(last[0]) if last else 0
-        last = self.index.last()
-        expected = last[0] if last and start and start == last[1] else self.base_offset
+        expected = self._verified.get(start, self.base_offset) if start else self.base_offset
         scan = self._scan(start, self.size, expected)
         end = expected
         while True:
@@ -493,8 +495,7 @@ class LogSegment:
         index entry (cheap). Returns where the scan stopped early, if it did."""
         last = self.index.last()
         start = self._verified_start(last[0]) if last else 0
-        last = self.index.last()  # rebuilt if it did not match
-        expected = last[0] if last and start and start == last[1] else self.base_offset
+        expected = self._verified.get(start, self.base_offset) if start else self.base_offset
         next_offset = expected
         scan = self._scan(start, self.size, expected)
         while True:
