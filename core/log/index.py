@@ -172,6 +172,10 @@ class TimeIndex(_SparseIndex):
         """The offset of every entry: each is the last offset of a batch."""
         return [self.base_offset + relative for relative in self._second]
 
+    def timestamps(self) -> list[int]:
+        """The timestamp of every entry: the largest in the segment up to its batch, and that batch's own."""
+        return list(self._first)
+
     def maybe_append(self, max_timestamp: int, offset: int) -> None:
         """Add an entry when the segment's max timestamp grew; ``offset`` is the last offset
         of the batch that reached it."""
@@ -197,3 +201,75 @@ class TimeIndex(_SparseIndex):
 
     def truncate_after(self, offset: int) -> None:
         self._keep(bisect.bisect_left(self._second, offset - self.base_offset))
+
+
+# -- the transaction index --
+
+#: ``NNN.txnindex``: one entry per aborted transaction whose ABORT marker is in segment NNN, in
+#: Kafka's layout (``AbortedTxn``), 34 bytes, big-endian::
+#:
+#:     0   2  version             0
+#:     2   8  producer_id
+#:     10  8  first_offset        the transaction's first offset
+#:     18  8  last_offset         the offset of its ABORT marker
+#:     26  8  last_stable_offset  the partition's last stable offset once the marker was written
+#:
+#: Entries follow in the order of their markers. Kafka's fetch collects a fetch range's aborted
+#: transactions from these files, and stops at the first entry whose last_stable_offset shows no
+#: earlier open transaction can reach past it; a broker given the partition folder reads them as is.
+ABORTED_TXN = struct.Struct(">hqqqq")
+ABORTED_TXN_VERSION = 0
+
+
+class AbortedTxn(tuple[int, int, int, int]):
+    """(producer_id, first_offset, last_offset, last_stable_offset) of one aborted transaction."""
+
+    __slots__ = ()
+
+    def __new__(cls, producer_id: int, first_offset: int, last_offset: int, last_stable_offset: int) -> AbortedTxn:
+        return super().__new__(cls, (producer_id, first_offset, last_offset, last_stable_offset))
+
+    @property
+    def producer_id(self) -> int:
+        return self[0]
+
+    @property
+    def first_offset(self) -> int:
+        return self[1]
+
+    @property
+    def last_offset(self) -> int:
+        return self[2]
+
+    @property
+    def last_stable_offset(self) -> int:
+        return self[3]
+
+    def encode(self) -> bytes:
+        return ABORTED_TXN.pack(ABORTED_TXN_VERSION, *self)
+
+
+def encode_aborted(entries: list[AbortedTxn]) -> bytes:
+    return b"".join(entry.encode() for entry in entries)
+
+
+def parse_aborted(data: bytes, base_offset: int) -> tuple[list[AbortedTxn], str | None]:
+    """The entries of a ``.txnindex`` of the segment at ``base_offset``, and why the file cannot
+    be trusted (None when it can). A torn last entry (a crash mid-append) is a problem too:
+    its transaction may be any."""
+    entries: list[AbortedTxn] = []
+    whole = len(data) - len(data) % ABORTED_TXN.size
+    previous = -1
+    for number, (version, pid, first, last, lso) in enumerate(ABORTED_TXN.iter_unpack(data[:whole]), 1):
+        if version != ABORTED_TXN_VERSION:
+            return entries, f"entry {number} has version {version}, not {ABORTED_TXN_VERSION}"
+        if not 0 <= first <= last or last < base_offset or lso < 0:
+            return entries, (f"entry {number} (producer {pid}, offsets {first}..{last}, last stable offset {lso}) "
+                             f"is not an aborted transaction ending in this segment")
+        if last <= previous:
+            return entries, f"entry {number} ends at offset {last}, not after the one before ({previous})"
+        previous = last
+        entries.append(AbortedTxn(pid, first, last, lso))
+    if whole != len(data):
+        return entries, f"{len(data) - whole} bytes of a torn last entry"
+    return entries, None

@@ -5,6 +5,7 @@ Files, named by the segment's ``base_offset`` (the first offset it may hold)::
     00000000000000000000.log        batches, back to back (see batch.py)
     00000000000000000000.index      sparse offset -> position (see index.py)
     00000000000000000000.timeindex  sparse max timestamp -> offset
+    00000000000000000000.txnindex   aborted transactions whose marker is here (only if any)
 
 Batches are written with ``os.pwrite`` at the segment's known size and read
 with ``os.pread``. Not mmap: a long sequential read through a mapping leaves
@@ -79,6 +80,8 @@ class LogSegment:
         self.log_path = directory / f"{name}.log"
         self.index_path = directory / f"{name}.index"
         self.time_index_path = directory / f"{name}.timeindex"
+        #: aborted transactions whose ABORT marker is in this segment (the partition reads and writes it)
+        self.txn_index_path = directory / f"{name}.txnindex"
         flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
         self._fd = fsio.open(self.log_path, flags, 0o644)
         self.writable = writable
@@ -102,6 +105,7 @@ class LogSegment:
         #: positions of offset-index entries already seen to point at their batch -> its base offset
         self._verified: dict[int, int] = {}
         self._time_bases: list[int] | None = None
+        self._time_stamps: dict[int, int] = {}
 
     # -- indexes (loaded on first use, so opening a partition reads no index) --
 
@@ -139,11 +143,11 @@ class LogSegment:
                 return
         self._index, self._time_index = index, time_index
 
-    def rebuild_indexes(self, why: str) -> None:
+    def rebuild_indexes(self, why: str, *, level: int = logging.WARNING) -> None:
         """Rebuild both indexes from the batches of the segment (Kafka does the same
         with an index it cannot trust). Written back when the segment is writable."""
-        log.warning("%s: index of segment %s disagrees with its data (%s); rebuilding it from %s",
-                    self.label, self.log_path.name, why, self.log_path)
+        log.log(level, "%s: index of segment %s disagrees with its data (%s); rebuilding it from %s",
+                self.label, self.log_path.name, why, self.log_path)
         headers = []
         scan = self._scan(0, self.size)
         try:
@@ -364,10 +368,18 @@ class LogSegment:
             if indexed:
                 i = bisect.bisect_left(indexed, last.base_offset if floor is None else floor)
                 if i < len(indexed) and indexed[i] != last.last_offset and indexed[i] <= last.last_offset:
-                    raise self.corrupt(position, f"batch offsets {last.base_offset}..{last.last_offset} do not "
-                                       f"end at offset {indexed[i]}, where {self.time_index_path.name} says "
-                                       "a batch ends", self.label)
-                floor = last.next_offset
+                    # The entry names this batch or a later one, so its timestamp (the segment's largest
+                    # up to that batch) is at least this batch's; if so, this batch's offsets are wrong.
+                    if self._time_stamps.get(indexed[i], -1) >= last.max_timestamp:
+                        raise self.corrupt(position, f"batch offsets {last.base_offset}..{last.last_offset} do "
+                                           f"not end at offset {indexed[i]}, where {self.time_index_path.name} "
+                                           "says a batch ends", self.label)
+                    # else the entry names no batch (a power cut can leave zeros in an index): the index is wrong
+                    self.rebuild_indexes(f"{self.time_index_path.name}: entry at offset {indexed[i]} names no "
+                                         "batch of the segment")
+                    indexed = None
+                else:
+                    floor = last.next_offset
             yield position, last
         if stop is not None and (self.sealed or not stop.torn):
             raise self.corrupt(stop.position, stop.why, self.label)
@@ -377,10 +389,12 @@ class LogSegment:
                                f"starts at {self.next_offset}: it was cut short", self.label)
 
     def _indexed_bases(self) -> list[int]:
-        """Last offsets of the batches the time index names (sorted)."""
+        """Last offsets of the batches the time index names (sorted); ``_time_stamps`` maps each
+        to the timestamp its entry says that batch reached."""
         if self._time_bases is None:
             index = self.time_index
-            self._time_bases = sorted(set(index.offsets()))
+            self._time_stamps = dict(zip(index.offsets(), index.timestamps()))
+            self._time_bases = sorted(self._time_stamps)
         return self._time_bases
 
     def _verified_start(self, offset: int) -> int:
@@ -521,7 +535,7 @@ class LogSegment:
     def delete(self) -> None:
         """Unlink the files. The descriptor stays open for readers still holding this segment."""
         self.deleted = True
-        for path in (self.log_path, self.index_path, self.time_index_path):
+        for path in (self.log_path, self.index_path, self.time_index_path, self.txn_index_path):
             fsio.unlink(path, missing_ok=True)
 
     def __del__(self) -> None:
