@@ -5,6 +5,7 @@ broker tests use. Every kind of topic is written: uncompressed, gzip, lz4 and zs
 transactional with aborted and committed transactions, compacted, LogAppendTime; each
 with batches of several records over several segments, so the indexes' offsets (a
 batch's last offset, Kafka's semantics) are checked where they differ from its first.
+Kafka also reads the ``.txnindex`` files: one entry per ABORT marker, in its segment.
 """
 
 from __future__ import annotations
@@ -104,7 +105,31 @@ def test_dump_log_segments_finds_nothing_wrong(tmp_path: Path) -> None:
     assert "isTransactional: true" in out and "endTxnMarker: ABORT" in out and "endTxnMarker: COMMIT" in out
     assert "compresscodec: zstd" in out.lower() or "compresscodec: ZSTD" in out
 
-    out = dump(libs, indexes, "--verify-index-only")
+    aborts = {int(m.group(1)) for m in re.finditer(r"\| offset: (\d+) .*endTxnMarker: ABORT", out)}
+    assert len(aborts) == 10  # transactions 0, 4, ..., 36
+
+    # every ABORT marker has its entry in the .txnindex of its own segment, which Kafka reads
+    txn_indexes = sorted(root.glob("*/*/*.txnindex"))
+    assert {p.parent.parent.name for p in txn_indexes} == {"txn"}
+    out = dump(libs, txn_indexes)
     trouble = [line for line in out.splitlines() if TROUBLE.search(line)]
     assert not trouble, "\n".join(trouble[:20])
-    assert out.count("Dumping ") == len(indexes)
+    bases = sorted(int(p.name[:-4]) for p in root.glob("txn/0/*.log"))
+    entries = re.findall(r"Dumping .*/(\d+)\.txnindex|version: 0 producerId: (\d+) firstOffset: (\d+) "
+                         r"lastOffset: (\d+) lastStableOffset: (\d+)", out)
+    seen = set()
+    base = -1
+    for name, pid, first, last, lso in entries:
+        if name:
+            base = int(name)
+            continue
+        following = [b for b in bases if b > base]
+        assert base <= int(last) < (following[0] if following else 1 << 62), (name, last)
+        assert int(pid) in (1000, 1001, 1002) and int(first) < int(last) < int(lso)
+        seen.add(int(last))
+    assert seen == aborts
+
+    out = dump(libs, indexes + txn_indexes, "--verify-index-only")
+    trouble = [line for line in out.splitlines() if TROUBLE.search(line)]
+    assert not trouble, "\n".join(trouble[:20])
+    assert out.count("Dumping ") == len(indexes) + len(txn_indexes)
