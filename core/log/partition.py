@@ -134,6 +134,9 @@ class Partition:
         self._aborted_index_torn = False
         #: segment base offset -> its aborted transactions, as in its .txnindex
         self._txn: dict[int, list[AbortedTxn]] = {}
+        #: segment base offset -> its entries encoded (a checkpoint's claim is a CRC of them); a stale
+        #: one is caught by its length, and every place that replaces entries drops it
+        self._txn_encoded: dict[int, bytes] = {}
         self.recovery_point = 0
         self.log_start_offset = 0
         #: damage a read-only view found and cannot repair (the writer's recovery will)
@@ -413,6 +416,7 @@ class Partition:
             changed = changed or len(kept) != len(ranges)
             ranges[:] = kept
         bases = set(self._base_offsets) | {s.base_offset for s in self.segments}
+        self._txn_encoded = {}
         for base in list(self._txn):
             entries = self._txn[base]
             kept_txns = [t for t in entries if t.first_offset < offset] if base in bases else []
@@ -593,6 +597,7 @@ class Partition:
                 self.name, ABORTED_INDEX, self.directory)
         self._state = _ProducerState()
         self._txn = {}
+        self._txn_encoded = {}
         self._rebuilt = self._rebuilding = True
         try:
             for segment in self.segments:
@@ -685,9 +690,17 @@ class Partition:
         for i, base in enumerate(bases):
             if i + 1 < len(bases) and bases[i + 1] <= self.log_start_offset:
                 continue
-            claimed = [t for t in self._txn.get(base, ()) if t.last_offset < self.recovery_point]
-            count += len(claimed)
-            crc = crc32c.crc32c(encode_aborted(claimed), crc)
+            entries = self._txn.get(base)
+            if not entries:
+                continue
+            claimed = len(entries)
+            while claimed and entries[claimed - 1].last_offset >= self.recovery_point:
+                claimed -= 1  # in marker order: only the newest can be past the recovery point
+            data = self._txn_encoded.get(base)
+            if data is None or len(data) != len(entries) * ABORTED_TXN.size:
+                data = self._txn_encoded[base] = encode_aborted(entries)
+            count += claimed
+            crc = crc32c.crc32c(data[: claimed * ABORTED_TXN.size], crc)
         return {"txn_index_entries": count, "txn_index_crc32c": crc}
 
     def _load_aborted_index(self, checkpoint: dict[str, Any] | None) -> bool:
@@ -723,6 +736,7 @@ class Partition:
                 txn[segment.base_offset] = kept
         if not problem:
             self._txn = txn
+            self._txn_encoded = {}
             claim = self._txn_claim()
             expected = {key: checkpoint.get(key, 0) for key in claim}
             if claim != expected:
@@ -763,6 +777,8 @@ class Partition:
         others = [start for pid, start in self._state.ongoing.items() if pid != producer_id]
         entry = AbortedTxn(producer_id, first, last, min([last + 1, *others]))
         self._txn.setdefault(segment.base_offset, []).append(entry)
+        if segment.base_offset in self._txn_encoded:
+            self._txn_encoded[segment.base_offset] += entry.encode()
         if self.writable and not self._rebuilding:
             try:
                 if self._aborted_index_torn:
@@ -1053,6 +1069,7 @@ class Partition:
         self.log_start_offset = max(self.log_start_offset, self.segments[0].base_offset)
         for segment in gone:
             self._txn.pop(segment.base_offset, None)  # its .txnindex goes with it
+            self._txn_encoded.pop(segment.base_offset, None)
         self._write_checkpoint()
         for segment in gone:
             segment.delete()
@@ -1084,6 +1101,7 @@ class Partition:
         commit_swap(self.directory, base, [s.base_offset for s in old], old[-1].next_offset)
         for segment in old:
             self._txn.pop(segment.base_offset, None)
+            self._txn_encoded.pop(segment.base_offset, None)
         if merged:
             self._txn[base] = merged
         complete_swap(self.directory, base)
