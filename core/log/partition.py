@@ -415,7 +415,7 @@ class Partition:
             kept = [(first, last) for first, last in ranges if first < offset]
             changed = changed or len(kept) != len(ranges)
             ranges[:] = kept
-        bases = set(self._base_offsets) | {s.base_offset for s in self.segments}
+        bases = {s.base_offset for s in self.segments}  # a segment moved to quarantine took its entries
         self._txn_encoded = {}
         for base in list(self._txn):
             entries = self._txn[base]
