@@ -423,11 +423,11 @@ class _CleanedSegmentWriter:
 
     def write(self, header: BatchHeader, data: bytes | bytearray) -> None:
         if self.position == 0 or self._since_index >= INDEX_INTERVAL_BYTES:
-            self.index.append(header.base_offset, self.position)
+            self.index.append(header.last_offset, self.position)
             self._since_index = 0
         if header.max_timestamp > self._max_timestamp:
             self._max_timestamp = header.max_timestamp
-            self.time_index.maybe_append(header.max_timestamp, header.base_offset)
+            self.time_index.maybe_append(header.max_timestamp, header.last_offset)
         self._file.write(data)
         self._since_index += header.size
         self.position += header.size

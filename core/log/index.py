@@ -2,13 +2,18 @@
 
 ``NNN.index`` (offset index), entries of 8 bytes, big-endian::
 
-    0  4  relative_offset   offset - segment.base_offset (of a batch's first record)
+    0  4  relative_offset   offset - segment.base_offset, of a batch's LAST record
     4  4  position          byte position of that batch in the .log file
 
 ``NNN.timeindex`` (time index), entries of 12 bytes, big-endian::
 
     0  8  timestamp         the largest timestamp seen in the segment so far
-    8  4  relative_offset   first offset of the batch where it was reached
+    8  4  relative_offset   last offset of the batch where it was reached
+
+Entries name a batch's last offset, as Kafka's do (``DumpLogSegments
+--verify-index-only`` checks exactly that): an entry at or before an offset
+still points at or before the batch holding it, so a lookup scans forward from
+there.
 
 One entry is added after every ``index_interval_bytes`` of appended data, so
 an index is about 1/500 of its segment. Both are rebuilt from the segment
@@ -112,11 +117,13 @@ class OffsetIndex(_SparseIndex):
 
     entry = _OFFSET_ENTRY
 
-    def append(self, offset: int, position: int) -> None:
-        self._add(offset - self.base_offset, position)
+    def append(self, last_offset: int, position: int) -> None:
+        """Index the batch at ``position`` by its last offset."""
+        self._add(last_offset - self.base_offset, position)
 
     def lookup(self, offset: int) -> int:
-        """Position of the last indexed batch starting at or before ``offset`` (0 if none)."""
+        """Position of the last indexed batch ending at or before ``offset`` (0 if none): the
+        batch holding ``offset`` starts there or later."""
         i = bisect.bisect_right(self._first, offset - self.base_offset) - 1
         return self._second[i] if i >= 0 else 0
 
@@ -162,11 +169,16 @@ class TimeIndex(_SparseIndex):
         return self._first[-1] if self._first else None
 
     def offsets(self) -> list[int]:
-        """The offset of every entry: each is the base offset of a batch."""
+        """The offset of every entry: each is the last offset of a batch."""
         return [self.base_offset + relative for relative in self._second]
 
+    def timestamps(self) -> list[int]:
+        """The timestamp of every entry: the largest in the segment up to its batch, and that batch's own."""
+        return list(self._first)
+
     def maybe_append(self, max_timestamp: int, offset: int) -> None:
-        """Add an entry when the segment's max timestamp grew."""
+        """Add an entry when the segment's max timestamp grew; ``offset`` is the last offset
+        of the batch that reached it."""
         if self._first and max_timestamp <= self._first[-1]:
             return
         self._add(max_timestamp, offset - self.base_offset)
@@ -189,3 +201,75 @@ class TimeIndex(_SparseIndex):
 
     def truncate_after(self, offset: int) -> None:
         self._keep(bisect.bisect_left(self._second, offset - self.base_offset))
+
+
+# -- the transaction index --
+
+#: ``NNN.txnindex``: one entry per aborted transaction whose ABORT marker is in segment NNN, in
+#: Kafka's layout (``AbortedTxn``), 34 bytes, big-endian::
+#:
+#:     0   2  version             0
+#:     2   8  producer_id
+#:     10  8  first_offset        the transaction's first offset
+#:     18  8  last_offset         the offset of its ABORT marker
+#:     26  8  last_stable_offset  the partition's last stable offset once the marker was written
+#:
+#: Entries follow in the order of their markers. Kafka's fetch collects a fetch range's aborted
+#: transactions from these files, and stops at the first entry whose last_stable_offset shows no
+#: earlier open transaction can reach past it; a broker given the partition folder reads them as is.
+ABORTED_TXN = struct.Struct(">hqqqq")
+ABORTED_TXN_VERSION = 0
+
+
+class AbortedTxn(tuple[int, int, int, int]):
+    """(producer_id, first_offset, last_offset, last_stable_offset) of one aborted transaction."""
+
+    __slots__ = ()
+
+    def __new__(cls, producer_id: int, first_offset: int, last_offset: int, last_stable_offset: int) -> AbortedTxn:
+        return super().__new__(cls, (producer_id, first_offset, last_offset, last_stable_offset))
+
+    @property
+    def producer_id(self) -> int:
+        return self[0]
+
+    @property
+    def first_offset(self) -> int:
+        return self[1]
+
+    @property
+    def last_offset(self) -> int:
+        return self[2]
+
+    @property
+    def last_stable_offset(self) -> int:
+        return self[3]
+
+    def encode(self) -> bytes:
+        return ABORTED_TXN.pack(ABORTED_TXN_VERSION, *self)
+
+
+def encode_aborted(entries: list[AbortedTxn]) -> bytes:
+    return b"".join(entry.encode() for entry in entries)
+
+
+def parse_aborted(data: bytes, base_offset: int) -> tuple[list[AbortedTxn], str | None]:
+    """The entries of a ``.txnindex`` of the segment at ``base_offset``, and why the file cannot
+    be trusted (None when it can). A torn last entry (a crash mid-append) is a problem too:
+    its transaction may be any."""
+    entries: list[AbortedTxn] = []
+    whole = len(data) - len(data) % ABORTED_TXN.size
+    previous = -1
+    for number, (version, pid, first, last, lso) in enumerate(ABORTED_TXN.iter_unpack(data[:whole]), 1):
+        if version != ABORTED_TXN_VERSION:
+            return entries, f"entry {number} has version {version}, not {ABORTED_TXN_VERSION}"
+        if not 0 <= first <= last or last < base_offset or lso < 0:
+            return entries, (f"entry {number} (producer {pid}, offsets {first}..{last}, last stable offset {lso}) "
+                             f"is not an aborted transaction ending in this segment")
+        if last <= previous:
+            return entries, f"entry {number} ends at offset {last}, not after the one before ({previous})"
+        previous = last
+        entries.append(AbortedTxn(pid, first, last, lso))
+    if whole != len(data):
+        return entries, f"{len(data) - whole} bytes of a torn last entry"
+    return entries, None

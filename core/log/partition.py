@@ -10,10 +10,11 @@ Offsets of a partition (Kafka's names)::
 
 Files in the partition folder besides the segments::
 
-    partition.checkpoint   JSON {recovery_point, log_start_offset, ongoing,
-                           aborted_index_bytes, aborted_index_crc32c}: the durable
+    partition.checkpoint   JSON {recovery_point, log_start_offset, ongoing, index_format,
+                           txn_index_entries, txn_index_crc32c}: the durable
                            claims, rewritten atomically after an fsync
-    aborted.txnindex       one line per aborted transaction: producer_id first last
+    NNN.txnindex           beside segment NNN: its aborted transactions, in Kafka's
+                           layout (see index.py), so a broker can adopt the folder
     quarantine/<when>/     segments moved aside by recovery, with reason.json
 
 Only segments past the recovery point are re-validated after an unclean stop,
@@ -22,7 +23,10 @@ so opening a partition costs the same for ten records or ten million.
 What is read at open is checked before it is trusted, cheaply: a checkpoint
 that does not parse or claims more than the segments hold makes the partition
 recover from its segments; an aborted index that does not match the checksum
-the checkpoint keeps is rebuilt from the transaction markers. Recovery never
+the checkpoint keeps is rebuilt from the transaction markers. A log written by
+an older millpond (no ``index_format`` in its checkpoint: index entries named a
+batch's first offset, and one text ``aborted.txnindex`` per partition) is
+upgraded in place at open; see ``_upgrade``. Recovery never
 deletes: only the torn tail of the active segment past the recovery point is
 cut (a normal crash); a bad batch anywhere else moves the segment (a copy) and
 every later one into ``quarantine/``, for ``millpond topics repair`` to put back
@@ -51,11 +55,15 @@ from ..progress import Progress
 from . import batch as batch_format
 from . import fsio, observe
 from .batch import BatchHeader, Encodable
+from .index import ABORTED_TXN, AbortedTxn, encode_aborted, parse_aborted
 from .segment import LogSegment, ScanStop
 from .settings import TopicSettings
 
 CHECKPOINT = "partition.checkpoint"
+#: the per-partition text file of aborted transactions that older millpond logs kept (upgraded at open)
 ABORTED_INDEX = "aborted.txnindex"
+#: 2: Kafka's index semantics (entries name a batch's last offset) and a .txnindex per segment
+INDEX_FORMAT = 2
 QUARANTINE = "quarantine"
 REASON = "reason.json"
 CLEANER_CHECKPOINT = "cleaner-offset-checkpoint"  # written by cleaner.py once a partition was compacted
@@ -123,15 +131,18 @@ class Partition:
         if writable:
             fsio.mkdir(directory, parents=True, exist_ok=True)
         self._state = _ProducerState()
-        #: an aborted range is missing from (or torn in) aborted.txnindex; rewritten before the next checkpoint
+        #: an aborted transaction is missing from (or torn in) a .txnindex; rewritten before the next checkpoint
         self._aborted_index_torn = False
+        #: segment base offset -> its aborted transactions, as in its .txnindex
+        self._txn: dict[int, list[AbortedTxn]] = {}
+        #: segment base offset -> its entries encoded (a checkpoint's claim is a CRC of them); a stale
+        #: one is caught by its length, and every place that replaces entries drops it
+        self._txn_encoded: dict[int, bytes] = {}
         self.recovery_point = 0
         self.log_start_offset = 0
         #: damage a read-only view found and cannot repair (the writer's recovery will)
         self._damage: CorruptRecordError | None = None
         self._problems: list[str] = []
-        self._aborted_bytes = 0
-        self._aborted_crc = 0
         self._rebuilding = False
         self._rebuilt = False  # the producer state was rebuilt from every header at open
         #: offset ranges whose quarantined data was discarded for good: reads pass over them
@@ -156,7 +167,6 @@ class Partition:
             self.log_start_offset = checkpoint.get("log_start_offset", 0)
             self._state.ongoing = {int(k): v for k, v in checkpoint.get("ongoing", {}).items()}
             self._discarded = [(first, end) for first, end in checkpoint.get("discarded", [])]
-        aborted_ok = self._load_aborted_index(checkpoint)
         if self.writable:
             self._finish_interrupted_swaps()
         bases = sorted(
@@ -176,6 +186,15 @@ class Partition:
             segment.sealed = True
         self.segments[-1].contiguous = True  # the active segment is never compacted
         self._mark_holes()
+        legacy = (self.directory / ABORTED_INDEX).exists()
+        if (checkpoint or legacy) and (checkpoint or {}).get("index_format", 1) < INDEX_FORMAT:
+            self._upgrade()
+            aborted_ok = True
+        else:
+            aborted_ok = self._load_aborted_index(checkpoint)
+            if legacy and self.writable:  # an upgrade stopped after its checkpoint: finish it
+                fsio.unlink(self.directory / ABORTED_INDEX, missing_ok=True)
+                fsio.fsync_dir(self.directory, why="upgrade.dir")
         if trusted and self.log_start_offset > self.segments[0].base_offset and (
             self.log_start_offset not in self._base_offsets  # retention moves it to a segment's base only
         ):
@@ -187,6 +206,29 @@ class Partition:
         else:
             self._open_clean(trusted)
         self.log_start_offset = max(self.log_start_offset, self.segments[0].base_offset)
+
+    def _upgrade(self) -> None:
+        """Bring a log written by an older millpond to Kafka's layout, in place.
+
+        Every segment's indexes are rebuilt with entries naming a batch's last offset, and
+        the aborted transactions are found again from the markers (the old text file has no
+        last stable offsets) and written to each segment's .txnindex. Crash-safe without a
+        journal: each file is replaced atomically, the checkpoint naming ``index_format`` is
+        written only after all of them are durable, and only then is ``aborted.txnindex``
+        removed; a crash before the checkpoint redoes the whole upgrade at the next open,
+        one after it only removes the old file. A read-only view upgrades in memory.
+        """
+        log.info("%s: upgrading %s to Kafka's index layout (index entries name a batch's last offset; "
+                 "aborted transactions in a .txnindex per segment)", self.name, self.directory)
+        for segment in self.segments:
+            if segment.size:
+                segment.rebuild_indexes("written by an older millpond, entries name a batch's first offset",
+                                        level=logging.INFO)
+        self._rebuild_producer_state(logging.INFO)
+        if self.writable:
+            self._write_checkpoint()
+            fsio.unlink(self.directory / ABORTED_INDEX, missing_ok=True)
+            fsio.fsync_dir(self.directory, why="upgrade.dir")
 
     def _distrust(self, why: str) -> bool:
         """The checkpoint disagrees with the segments: forget its claims (returns False, for ``trusted``)."""
@@ -376,6 +418,17 @@ class Partition:
             kept = [(first, last) for first, last in ranges if first < offset]
             changed = changed or len(kept) != len(ranges)
             ranges[:] = kept
+        bases = {s.base_offset for s in self.segments}  # a segment moved to quarantine took its entries
+        self._txn_encoded = {}
+        for base in list(self._txn):
+            entries = self._txn[base]
+            kept_txns = [t for t in entries if t.first_offset < offset] if base in bases else []
+            if len(kept_txns) != len(entries):
+                changed = True
+                if kept_txns:
+                    self._txn[base] = kept_txns
+                else:
+                    del self._txn[base]
         if changed and self.writable:
             self._rewrite_aborted_index()
 
@@ -395,7 +448,7 @@ class Partition:
         moved = [segment.log_path.name]
         for other in later:
             other.close()
-            for path in (other.log_path, other.index_path, other.time_index_path):
+            for path in (other.log_path, other.index_path, other.time_index_path, other.txn_index_path):
                 if path.exists():
                     fsio.replace(path, folder / path.name)
                     moved.append(path.name)
@@ -546,8 +599,8 @@ class Partition:
         log.log(level, "%s: rebuilding %s and the open transactions from the transaction markers in %s",
                 self.name, ABORTED_INDEX, self.directory)
         self._state = _ProducerState()
-        if self.writable:
-            self._rewrite_aborted_index()
+        self._txn = {}
+        self._txn_encoded = {}
         self._rebuilt = self._rebuilding = True
         try:
             for segment in self.segments:
@@ -560,6 +613,8 @@ class Partition:
                         break
         finally:
             self._rebuilding = False
+        if self.writable:
+            self._rewrite_aborted_index()  # all at once: one fsync per segment, not per transaction
 
     def _track(self, segment: LogSegment, header: BatchHeader, position: int) -> None:
         if not header.is_transactional:
@@ -575,7 +630,7 @@ class Partition:
             if len(data) < header.size or not batch_format.crc_ok(data, 0, header):
                 raise segment.corrupt(position, "CRC-32C mismatch in a transaction marker", self.name)
             if batch_format.control_type(data) == batch_format.CONTROL_ABORT:
-                self._record_abort(pid, first, header.base_offset)
+                self._record_abort(pid, first, header.base_offset, segment)
         elif pid not in self._state.ongoing:
             self._state.ongoing[pid] = header.base_offset
 
@@ -592,7 +647,8 @@ class Partition:
         if not isinstance(data, dict):
             self._damaged_checkpoint("it is not a JSON object")
             return None
-        for key in ("recovery_point", "log_start_offset", "aborted_index_bytes", "aborted_index_crc32c"):
+        for key in ("recovery_point", "log_start_offset", "aborted_index_bytes", "aborted_index_crc32c",
+                    "index_format", "txn_index_entries", "txn_index_crc32c"):
             value = data.get(key, 0)
             if type(value) is not int or value < 0:
                 self._damaged_checkpoint(f"{key} is {value!r}, not an offset")
@@ -621,95 +677,126 @@ class Partition:
             "recovery_point": self.recovery_point,
             "log_start_offset": self.log_start_offset,
             "ongoing": {str(k): v for k, v in self._state.ongoing.items()},
-            # the aborted index is appended between checkpoints; this much of it is claimed
-            "aborted_index_bytes": self._aborted_bytes,
-            "aborted_index_crc32c": self._aborted_crc,
+            "index_format": INDEX_FORMAT,
+            # the .txnindex files are appended between checkpoints; these entries of them are claimed
+            **self._txn_claim(),
             "discarded": [list(r) for r in self._discarded],
         }
         fsio.replace_file(self.directory / CHECKPOINT, json.dumps(body).encode(), why="checkpoint")
 
-    def _load_aborted_index(self, checkpoint: dict[str, Any] | None) -> bool:
-        """Load the aborted ranges; False when the file cannot be trusted (then it is rebuilt).
+    def _txn_claim(self) -> dict[str, int]:
+        """How many aborted transactions the .txnindex files hold below the recovery point, and their
+        CRC-32C (of their entries, segment by segment): what a checkpoint claims of them. Segments
+        wholly before the log start (retention deleted them, or is about to) are left out."""
+        count = crc = 0
+        bases = self._base_offsets or [s.base_offset for s in self.segments]
+        for i, base in enumerate(bases):
+            if i + 1 < len(bases) and bases[i + 1] <= self.log_start_offset:
+                continue
+            entries = self._txn.get(base)
+            if not entries:
+                continue
+            claimed = len(entries)
+            while claimed and entries[claimed - 1].last_offset >= self.recovery_point:
+                claimed -= 1  # in marker order: only the newest can be past the recovery point
+            data = self._txn_encoded.get(base)
+            if data is None or len(data) != len(entries) * ABORTED_TXN.size:
+                data = self._txn_encoded[base] = encode_aborted(entries)
+            count += claimed
+            crc = crc32c.crc32c(data[: claimed * ABORTED_TXN.size], crc)
+        return {"txn_index_entries": count, "txn_index_crc32c": crc}
 
-        Lines past the length the checkpoint claims were appended after it and are
-        left out: replaying the headers past the recovery point finds them again.
+    def _load_aborted_index(self, checkpoint: dict[str, Any] | None) -> bool:
+        """Load the aborted transactions from the segments' .txnindex files; False when they
+        cannot be trusted (then they are rebuilt from the markers).
+
+        Entries at or past the recovery point were appended after the checkpoint and are
+        left out (and cut off by the writer): replaying the headers past the recovery
+        point finds them again. The rest must match what the checkpoint claims.
         """
-        path = self.directory / ABORTED_INDEX
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            data = b""
-        claimed = checkpoint.get("aborted_index_bytes") if checkpoint else None
-        problem = ""
-        if claimed is not None:
-            assert checkpoint is not None
-            if len(data) < claimed or crc32c.crc32c(data[:claimed]) != checkpoint.get("aborted_index_crc32c", 0):
-                problem = f"it does not match the length and checksum kept in {CHECKPOINT}"
-            elif len(data) > claimed:
-                data = data[:claimed]
-                if self.writable:
-                    fd = fsio.open(path, os.O_WRONLY)
-                    try:
-                        fsio.ftruncate(fd, claimed)
-                    finally:
-                        fsio.close(fd)
-        aborted: dict[int, list[tuple[int, int]]] = {}
-        if not problem:
-            for number, line in enumerate(data.split(b"\n")[:-1] if data else [], 1):
-                parts = line.split()
-                try:
-                    pid, first, last = (int(p) for p in parts)
-                except ValueError:
-                    problem = f"line {number} ({line[:40]!r}) is not 'producer_id first last'"
-                    break
-                if first > last or first < 0:
-                    problem = f"line {number} ({line[:40]!r}) is not a range of offsets"
-                    break
-                ranges = aborted.setdefault(pid, [])
-                if (first, last) not in ranges:
-                    ranges.append((first, last))
-            if not problem and data and not data.endswith(b"\n"):
-                problem = "its last line is cut short"
-        if problem:
-            log.warning("%s: %s", path, problem)
+        if checkpoint is None:
             return False
+        names = set(os.listdir(self.directory)) if self.directory.is_dir() else set()
+        txn: dict[int, list[AbortedTxn]] = {}
+        problem = ""
+        for segment in self.segments:
+            path = segment.txn_index_path
+            if path.name not in names:
+                continue
+            data = path.read_bytes()
+            entries, why = parse_aborted(data, segment.base_offset)
+            if why is not None:
+                problem = f"{path}: {why}"
+                break
+            kept = [t for t in entries if t.last_offset < self.recovery_point]
+            if len(kept) != len(entries) and self.writable:
+                fd = fsio.open(path, os.O_WRONLY)
+                try:
+                    fsio.ftruncate(fd, len(kept) * ABORTED_TXN.size)
+                finally:
+                    fsio.close(fd)
+            if kept:
+                txn[segment.base_offset] = kept
+        if not problem:
+            self._txn = txn
+            self._txn_encoded = {}
+            claim = self._txn_claim()
+            expected = {key: checkpoint.get(key, 0) for key in claim}
+            if claim != expected:
+                problem = (f"the .txnindex files hold {claim['txn_index_entries']} aborted transactions before "
+                           f"offset {self.recovery_point}, not the {expected['txn_index_entries']} (with their "
+                           f"checksum) that {CHECKPOINT} claims")
+        if problem:
+            self._txn = {}
+            log.warning("%s: %s", self.name, problem)
+            return False
+        aborted: dict[int, list[tuple[int, int]]] = {}
+        for entries in txn.values():
+            for t in entries:
+                aborted.setdefault(t.producer_id, []).append((t.first_offset, t.last_offset))
         self._state.aborted = aborted
-        self._aborted_bytes = len(data)
-        self._aborted_crc = crc32c.crc32c(data)
         return True
 
     def _rewrite_aborted_index(self) -> None:
-        lines = "".join(
-            f"{pid} {first} {last}\n" for pid, ranges in self._state.aborted.items() for first, last in ranges
-        ).encode()
-        fsio.replace_file(self.directory / ABORTED_INDEX, lines, why="aborted index")
-        self._aborted_bytes = len(lines)
-        self._aborted_crc = crc32c.crc32c(lines)
+        """Write every segment's .txnindex from memory (atomically each); remove those left empty."""
+        names = set(os.listdir(self.directory))
+        for segment in self.segments:
+            entries = self._txn.get(segment.base_offset)
+            if entries:
+                fsio.replace_file(segment.txn_index_path, encode_aborted(entries), why="aborted index")
+            elif segment.txn_index_path.name in names:
+                fsio.unlink(segment.txn_index_path, missing_ok=True)
         self._aborted_index_torn = False
 
-    def _record_abort(self, producer_id: int, first: int, last: int) -> None:
+    def _record_abort(self, producer_id: int, first: int, last: int, segment: LogSegment) -> None:
+        """Note an aborted transaction whose ABORT marker (at ``last``) is in ``segment``, as Kafka
+        does: in that segment's .txnindex, with the partition's last stable offset once the
+        marker is written (the first offset of the oldest other open transaction, or the
+        offset after the marker)."""
         ranges = self._state.aborted.setdefault(producer_id, [])
         if (first, last) in ranges:
             return
         ranges.append((first, last))
-        if self.writable:
+        others = [start for pid, start in self._state.ongoing.items() if pid != producer_id]
+        entry = AbortedTxn(producer_id, first, last, min([last + 1, *others]))
+        self._txn.setdefault(segment.base_offset, []).append(entry)
+        if segment.base_offset in self._txn_encoded:
+            self._txn_encoded[segment.base_offset] += entry.encode()
+        if self.writable and not self._rebuilding:
             try:
                 if self._aborted_index_torn:
                     self._rewrite_aborted_index()
                 else:
-                    path = self.directory / ABORTED_INDEX
+                    path = segment.txn_index_path
                     new = not path.exists()
-                    line = f"{producer_id} {first} {last}\n".encode()
                     # durable before a checkpoint can claim the ABORT marker: past the recovery point
                     # nothing re-reads it
-                    fsio.append_file(path, line, sync=True)
+                    fsio.append_file(path, entry.encode(), sync=True)
                     if new:
                         fsio.fsync_dir(self.directory)
-                    self._aborted_bytes += len(line)
-                    self._aborted_crc = crc32c.crc32c(line, self._aborted_crc)
             except BaseException:
                 # The ABORT marker is in the segment already: the checkpoint must
-                # not move past it until the index holds its range (rewritten whole).
+                # not move past it until the index holds its entry (rewritten whole).
                 self._aborted_index_torn = True
                 raise
 
@@ -1002,6 +1089,9 @@ class Partition:
         self.segments = self.segments[count:]
         self._base_offsets = self._base_offsets[count:]
         self.log_start_offset = max(self.log_start_offset, self.segments[0].base_offset)
+        for segment in gone:
+            self._txn.pop(segment.base_offset, None)  # its .txnindex goes with it
+            self._txn_encoded.pop(segment.base_offset, None)
         self._write_checkpoint()
         for segment in gone:
             segment.delete()
@@ -1016,7 +1106,7 @@ class Partition:
         old bytes: their descriptors stay open and their indexes are loaded
         before the files under those names change.
         """
-        from .swap import commit_swap, complete_swap
+        from .swap import cleaned_path, commit_swap, complete_swap
 
         i = self.segments.index(old[0])
         n = len(old)
@@ -1025,7 +1115,17 @@ class Partition:
         for segment in old:
             segment.index, segment.time_index, segment.max_timestamp  # load before the files change
         base = old[0].base_offset
+        # the cleaned segment carries the aborted transactions of those it replaces (Kafka's cleaner
+        # does the same), swapped in with its indexes
+        merged = [t for s in old for t in self._txn.get(s.base_offset, ())]
+        if merged:
+            fsio.write_file(cleaned_path(self.directory, base, ".txnindex", "cleaned"), encode_aborted(merged))
         commit_swap(self.directory, base, [s.base_offset for s in old], old[-1].next_offset)
+        for segment in old:
+            self._txn.pop(segment.base_offset, None)
+            self._txn_encoded.pop(segment.base_offset, None)
+        if merged:
+            self._txn[base] = merged
         complete_swap(self.directory, base)
         for segment in old:
             segment.deleted = True

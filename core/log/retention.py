@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import fsio
-from .partition import ABORTED_INDEX, Partition
+from .partition import Partition
 
 
 @dataclass(slots=True)
@@ -65,8 +64,7 @@ def enforce_retention(partition: Partition, now_ms: int) -> RetentionResult:
 def prune_aborted_transactions(partition: Partition) -> int:
     """Forget aborted-transaction ranges that end before the log start; returns how many.
 
-    Rewrites ``aborted.txnindex`` (small: one line per aborted transaction)
-    only when something was dropped.
+    Their entries left with the deleted segments' .txnindex files: nothing to rewrite.
     """
     aborted = partition._state.aborted  # the partition's transaction state; owned by partition.py
     start = partition.log_start_offset
@@ -79,8 +77,4 @@ def prune_aborted_transactions(partition: Partition) -> int:
             del aborted[producer_id]
         elif len(kept) != len(ranges):
             aborted[producer_id] = kept
-    if dropped:
-        path = partition.directory / ABORTED_INDEX
-        lines = [f"{pid} {first} {last}\n" for pid, ranges in aborted.items() for first, last in ranges]
-        fsio.replace_file(path, "".join(lines).encode())
     return dropped

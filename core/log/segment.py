@@ -5,6 +5,7 @@ Files, named by the segment's ``base_offset`` (the first offset it may hold)::
     00000000000000000000.log        batches, back to back (see batch.py)
     00000000000000000000.index      sparse offset -> position (see index.py)
     00000000000000000000.timeindex  sparse max timestamp -> offset
+    00000000000000000000.txnindex   aborted transactions whose marker is here (only if any)
 
 Batches are written with ``os.pwrite`` at the segment's known size and read
 with ``os.pread``. Not mmap: a long sequential read through a mapping leaves
@@ -79,6 +80,8 @@ class LogSegment:
         self.log_path = directory / f"{name}.log"
         self.index_path = directory / f"{name}.index"
         self.time_index_path = directory / f"{name}.timeindex"
+        #: aborted transactions whose ABORT marker is in this segment (the partition reads and writes it)
+        self.txn_index_path = directory / f"{name}.txnindex"
         flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
         self._fd = fsio.open(self.log_path, flags, 0o644)
         self.writable = writable
@@ -99,9 +102,10 @@ class LogSegment:
         self.contiguous = False
         #: where the data ends when quarantined or discarded offsets follow (next_offset is past them)
         self.data_end: int | None = None
-        #: positions of offset-index entries already seen to point at their batch
-        self._verified: set[int] = set()
+        #: positions of offset-index entries already seen to point at their batch -> its base offset
+        self._verified: dict[int, int] = {}
         self._time_bases: list[int] | None = None
+        self._time_stamps: dict[int, int] = {}
 
     # -- indexes (loaded on first use, so opening a partition reads no index) --
 
@@ -139,11 +143,11 @@ class LogSegment:
                 return
         self._index, self._time_index = index, time_index
 
-    def rebuild_indexes(self, why: str) -> None:
+    def rebuild_indexes(self, why: str, *, level: int = logging.WARNING) -> None:
         """Rebuild both indexes from the batches of the segment (Kafka does the same
         with an index it cannot trust). Written back when the segment is writable."""
-        log.warning("%s: index of segment %s disagrees with its data (%s); rebuilding it from %s",
-                    self.label, self.log_path.name, why, self.log_path)
+        log.log(level, "%s: index of segment %s disagrees with its data (%s); rebuilding it from %s",
+                self.label, self.log_path.name, why, self.log_path)
         headers = []
         scan = self._scan(0, self.size)
         try:
@@ -168,11 +172,12 @@ class LogSegment:
         max_ts = -1
         for header in headers:
             if self._bytes_since_index >= INDEX_INTERVAL_BYTES or position == 0:
-                self._index.append(header.base_offset, position)
+                self._index.append(header.last_offset, position)
+                self._verified[position] = header.base_offset  # read from the segment just now
                 self._bytes_since_index = 0
             if header.max_timestamp > max_ts:
                 max_ts = header.max_timestamp
-                self._time_index.maybe_append(max_ts, header.base_offset)
+                self._time_index.maybe_append(max_ts, header.last_offset)
             self._bytes_since_index += header.size
             position += header.size
         self._max_timestamp = max_ts
@@ -207,7 +212,7 @@ class LogSegment:
         if position is None:
             return False
         header = batch_format.read_header(self.read_bytes(position, HEADER_SIZE))
-        return header.base_offset == offset and header.max_timestamp == timestamp
+        return header.last_offset == offset and header.max_timestamp == timestamp
 
     # -- writing --
 
@@ -236,11 +241,12 @@ class LogSegment:
         max_ts = self.max_timestamp if self.size else -1
         for header in headers:
             if self._bytes_since_index >= INDEX_INTERVAL_BYTES or position == 0:
-                index.append(header.base_offset, position)
+                index.append(header.last_offset, position)
+                self._verified[position] = header.base_offset
                 self._bytes_since_index = 0
             if header.max_timestamp > max_ts:
                 max_ts = header.max_timestamp
-                time_index.maybe_append(max_ts, header.base_offset)
+                time_index.maybe_append(max_ts, header.last_offset)
             self._bytes_since_index += header.size
             position += header.size
         self._max_timestamp = max_ts
@@ -350,7 +356,7 @@ class LogSegment:
         last: BatchHeader | None = None
         scan = self._scan(start, self.size if end is None else end)
         # a compacted segment has offset gaps, so its batches' base offsets (outside the CRC) are
-        # checked against the time index instead: each entry names a batch's base offset
+        # checked against the time index instead: each entry names a batch's last offset
         indexed = self._indexed_bases() if self.sealed and not self.contiguous else None
         floor = self.base_offset if start == 0 else None  # where the previous batch ended, once known
         while True:
@@ -361,11 +367,19 @@ class LogSegment:
                 break
             if indexed:
                 i = bisect.bisect_left(indexed, last.base_offset if floor is None else floor)
-                if i < len(indexed) and indexed[i] != last.base_offset and indexed[i] <= last.last_offset:
-                    raise self.corrupt(position, f"batch offsets {last.base_offset}..{last.last_offset} do not "
-                                       f"start at offset {indexed[i]}, where {self.time_index_path.name} says "
-                                       "a batch starts", self.label)
-                floor = last.next_offset
+                if i < len(indexed) and indexed[i] != last.last_offset and indexed[i] <= last.last_offset:
+                    # The entry names this batch or a later one, so its timestamp (the segment's largest
+                    # up to that batch) is at least this batch's; if so, this batch's offsets are wrong.
+                    if self._time_stamps.get(indexed[i], -1) >= last.max_timestamp:
+                        raise self.corrupt(position, f"batch offsets {last.base_offset}..{last.last_offset} do "
+                                           f"not end at offset {indexed[i]}, where {self.time_index_path.name} "
+                                           "says a batch ends", self.label)
+                    # else the entry names no batch (a power cut can leave zeros in an index): the index is wrong
+                    self.rebuild_indexes(f"{self.time_index_path.name}: entry at offset {indexed[i]} names no "
+                                         "batch of the segment")
+                    indexed = None
+                else:
+                    floor = last.next_offset
             yield position, last
         if stop is not None and (self.sealed or not stop.torn):
             raise self.corrupt(stop.position, stop.why, self.label)
@@ -375,31 +389,34 @@ class LogSegment:
                                f"starts at {self.next_offset}: it was cut short", self.label)
 
     def _indexed_bases(self) -> list[int]:
-        """Base offsets of the batches the time index names (sorted)."""
+        """Last offsets of the batches the time index names (sorted); ``_time_stamps`` maps each
+        to the timestamp its entry says that batch reached."""
         if self._time_bases is None:
             index = self.time_index
-            self._time_bases = sorted(set(index.offsets()))
+            self._time_stamps = dict(zip(index.offsets(), index.timestamps()))
+            self._time_bases = sorted(self._time_stamps)
         return self._time_bases
 
     def _verified_start(self, offset: int) -> int:
         """Where to start scanning for ``offset``: the offset index's entry, once the
-        batch it points at is seen to start at the entry's offset."""
+        batch it points at is seen to end at the entry's offset (Kafka's entries name
+        a batch's last offset). The batch holding ``offset`` is at or after it."""
         if offset <= self.base_offset:
             return 0
         entry = self.index.lookup_entry(offset)
         if entry is None:
             return 0
         entry_offset, position = entry
-        if position in self._verified or (position == 0 and entry_offset == self.base_offset):
+        if position in self._verified:
             return position
         header = None
         if 0 <= position <= self._visible_size() - HEADER_SIZE:
             header = batch_format.read_header(os.pread(self._fd, HEADER_SIZE, position))
-        if header is not None and header.base_offset == entry_offset and header.magic == MAGIC:
-            self._verified.add(position)
+        if header is not None and header.last_offset == entry_offset and header.magic == MAGIC:
+            self._verified[position] = header.base_offset
         else:
             self.rebuild_indexes(f"{self.index_path.name}: entry ({entry_offset}, {position}) "
-                                 "does not point at that batch")
+                                 "does not point at the batch ending at that offset")
             entry = self.index.lookup_entry(offset)
             return entry[1] if entry else 0
         return position
@@ -473,8 +490,7 @@ class LogSegment:
         index entry to the end), or None. Damage before it shows when it is read."""
         last = self.index.last()
         start = self._verified_start(last[0]) if last else 0
-        last = self.index.last()
-        expected = last[0] if last and start and start == last[1] else self.base_offset
+        expected = self._verified.get(start, self.base_offset) if start else self.base_offset
         scan = self._scan(start, self.size, expected)
         end = expected
         while True:
@@ -493,8 +509,7 @@ class LogSegment:
         index entry (cheap). Returns where the scan stopped early, if it did."""
         last = self.index.last()
         start = self._verified_start(last[0]) if last else 0
-        last = self.index.last()  # rebuilt if it did not match
-        expected = last[0] if last and start and start == last[1] else self.base_offset
+        expected = self._verified.get(start, self.base_offset) if start else self.base_offset
         next_offset = expected
         scan = self._scan(start, self.size, expected)
         while True:
@@ -520,7 +535,7 @@ class LogSegment:
     def delete(self) -> None:
         """Unlink the files. The descriptor stays open for readers still holding this segment."""
         self.deleted = True
-        for path in (self.log_path, self.index_path, self.time_index_path):
+        for path in (self.log_path, self.index_path, self.time_index_path, self.txn_index_path):
             fsio.unlink(path, missing_ok=True)
 
     def __del__(self) -> None:

@@ -8,7 +8,8 @@ that neither the cleaner nor the partition imports the other for it.
 
 The protocol (``commit_swap``, then ``complete_swap``)::
 
-    1. write <base>.log.cleaned, <base>.index.cleaned, <base>.timeindex.cleaned; fsync
+    1. write <base>.log.cleaned, <base>.index.cleaned, <base>.timeindex.cleaned (and
+       <base>.txnindex.cleaned when the replaced segments had aborted transactions); fsync
     2. write <base>.replaces.cleaned (which segments it replaces); fsync
     3. rename the index and replaces files .cleaned -> .swap; fsync the folder
     4. rename <base>.log.cleaned -> <base>.log.swap; fsync the folder   <- commit point
@@ -47,18 +48,18 @@ def _fsync_directory(directory: Path) -> None:
     fsio.fsync_dir(directory, why="swap.dir")
 
 
-_SEGMENT_SUFFIXES = (".log", ".index", ".timeindex")
+_SEGMENT_SUFFIXES = (".log", ".index", ".timeindex", ".txnindex")
 
 
 def commit_swap(directory: Path, base_offset: int, replaced: Sequence[int], next_offset: int) -> None:
     """Steps 2-4: from here on the cleaned segment replaces ``replaced``, crash or not."""
     meta = cleaned_path(directory, base_offset, ".replaces", "cleaned")
     fsio.write_file(meta, json.dumps({"replaces": list(replaced), "next_offset": next_offset}).encode())
-    for suffix in (".index", ".timeindex", ".replaces"):
-        _rename(
-            cleaned_path(directory, base_offset, suffix, "cleaned"),
-            cleaned_path(directory, base_offset, suffix, "swap"),
-        )
+    for suffix in (".index", ".timeindex", ".txnindex", ".replaces"):
+        source = cleaned_path(directory, base_offset, suffix, "cleaned")
+        if suffix == ".txnindex" and not source.exists():
+            continue  # no aborted transactions in the replaced segments
+        _rename(source, cleaned_path(directory, base_offset, suffix, "swap"))
     _fsync_directory(directory)
     _rename(
         cleaned_path(directory, base_offset, ".log", "cleaned"),
@@ -83,7 +84,7 @@ def complete_swap(directory: Path, base_offset: int) -> None:
             continue  # its files are overwritten by the renames below
         for suffix in _SEGMENT_SUFFIXES:
             fsio.unlink(directory / f"{segment_name(old)}{suffix}", missing_ok=True)
-    for suffix in (".index", ".timeindex"):
+    for suffix in (".index", ".timeindex", ".txnindex"):
         swap = cleaned_path(directory, base_offset, suffix, "swap")
         if swap.exists():  # otherwise already renamed by an earlier attempt
             _rename(swap, directory / f"{name}{suffix}")

@@ -45,7 +45,7 @@ TRIALS = int(os.environ.get("MILLPOND_FUZZ_TRIALS", "240"))
 Model = dict[tuple[str, int], dict[int, tuple[bytes | None, bytes | None]]]
 
 #: the kinds of file the log keeps, by how their names end
-KINDS = (".log", ".index", ".timeindex", "partition.checkpoint", "aborted.txnindex", "topic.json",
+KINDS = (".log", ".index", ".timeindex", "partition.checkpoint", ".txnindex", "topic.json",
          "cleaner-offset-checkpoint")
 
 

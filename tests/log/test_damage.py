@@ -16,7 +16,8 @@ import pytest
 from millpond.errors import ConfigError, CorruptRecordError, LogLockedError, MillpondError
 from millpond.log import LogStore, Partition
 from millpond.log.batch import Row
-from millpond.log.partition import ABORTED_INDEX, CHECKPOINT, QUARANTINE, REASON
+from millpond.log.index import AbortedTxn
+from millpond.log.partition import CHECKPOINT, QUARANTINE, REASON
 from millpond.progress import Progress
 
 from .conftest import read_all, rows
@@ -89,7 +90,7 @@ def test_a_torn_or_disordered_time_index_is_rebuilt(tmp_path: Path, caplog: pyte
 @pytest.mark.parametrize(
     "body",
     [b"{not json", b"\xff\xfe", b"[]", b'{"recovery_point": "12"}', b'{"recovery_point": 100000}',
-     b'{"recovery_point": 85, "log_start_offset": 0, "ongoing": {"7": 3}}'],
+     b'{"recovery_point": 85, "log_start_offset": 0, "ongoing": {"7": 3}, "index_format": 2}'],
     ids=["syntax", "bytes", "array", "type", "past-the-data", "ongoing-not-in-data"],
 )
 @pytest.mark.parametrize("writable", [True, False], ids=["writer", "reader"])
@@ -121,20 +122,23 @@ def test_the_aborted_index_is_rebuilt_from_the_markers(tmp_path: Path, caplog: p
     partition.append_control(9, 0, commit=False)
     partition.append(rows(2, 200))
     store.close()
-    index = tmp_path / "topics" / "t" / "0" / ABORTED_INDEX
-    assert index.read_text() == "9 3 5\n"
-    # the third: lines past the length the checkpoint claims are left out (replay past the
-    # recovery point finds such lines again after a crash), and cut off by the writer
-    for damaged in ("", "9 3 x5\n", "9 3 5\n9 9\x00\n"):
-        index.write_text(damaged)
+    index = tmp_path / "topics" / "t" / "0" / "00000000000000000000.txnindex"
+    good = AbortedTxn(9, 3, 5, 6).encode()
+    assert index.read_bytes() == good
+    past = AbortedTxn(9, 100, 200, 201).encode()
+    # the last: an entry past the recovery point the checkpoint claims is left out (replay
+    # past the recovery point finds such entries again after a crash), and cut off by the writer
+    for damaged in (b"", b"\x00\x07" + good[2:], good[:20], good + good, good + past):
+        index.write_bytes(damaged)
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             for writable in (False, True):
                 reopened = LogStore(tmp_path, writable=writable)
                 assert values(read_all(reopened.partition("t", 0), read_committed=True)) == [0, 1, 2, 200, 201]
                 reopened.close()
-        assert any(ABORTED_INDEX in r.getMessage() for r in caplog.records) or damaged.startswith("9 3 5\n")
-        assert index.read_text() == "9 3 5\n"  # the writer wrote it back
+        assert any(index.name in r.getMessage() or "txnindex" in r.getMessage() for r in caplog.records) \
+            or damaged == good + past
+        assert index.read_bytes() == good  # the writer wrote it back
 
 
 # -- batches --
