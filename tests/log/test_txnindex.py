@@ -16,8 +16,7 @@ from pathlib import Path
 import crc32c
 import pytest
 
-from millpond.log import LogStore, Partition
-from millpond.log import fsio
+from millpond.log import LogStore, Partition, fsio
 from millpond.log.batch import Row
 from millpond.log.cleaner import compact
 from millpond.log.partition import ABORTED_INDEX, CHECKPOINT
