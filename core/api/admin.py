@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..backends.base import LogBackend, TopicSpec
+from ..backends.base import LogBackend, TopicSpec, send_in_transaction
 from ..config import check_topic_name
 from ..errors import ConfigError, TopicExistsError
 from ..records import Record, TopicPartition
@@ -139,19 +139,7 @@ async def append_records(backend: LogBackend, topic: str, records: Sequence[tupl
     for record, partition in records:
         if partition is not None and not 0 <= partition < partitions:
             raise ConfigError(f"topic {topic!r} has partitions 0-{partitions - 1}, not {partition}")
-    producer = backend.producer(transactional_id=transactional_id)
-    try:
-        await producer.init()
-        await producer.begin()
-        try:
-            for record, partition in records:
-                await producer.send(topic, record, partition)
-            await producer.commit()
-        except BaseException:
-            await producer.abort()
-            raise
-    finally:
-        await producer.close()
+    await send_in_transaction(backend, transactional_id, ((topic, r, p) for r, p in records))
     return len(records)
 
 

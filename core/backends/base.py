@@ -8,7 +8,7 @@ same calls, and the runtime never knows which one it runs on.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -241,3 +241,26 @@ class LogBackend(Protocol):
     async def describe_group(self, group: str) -> list[GroupOffset]: ...
 
     async def reset_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+
+async def send_in_transaction(
+    backend: LogBackend, transactional_id: str, records: Iterable[tuple[str, Record, int | None]]
+) -> None:
+    """Send ``(topic, record, partition)`` triples in one transaction of their own: all or none.
+
+    The producer registers ``transactional_id`` first, which fences any other producer of that id
+    (a task's own id stops an incarnation of it still running, as a restart would).
+    """
+    producer = backend.producer(transactional_id=transactional_id)
+    try:
+        await producer.init()
+        await producer.begin()
+        try:
+            for topic, record, partition in records:
+                await producer.send(topic, record, partition)
+            await producer.commit()
+        except BaseException:
+            await producer.abort()
+            raise
+    finally:
+        await producer.close()

@@ -269,12 +269,16 @@ class FileWriter:
     def __del__(self) -> None:
         # dropped without close(): let the descriptor (and any lock on it) go, buffered bytes
         # lost as in a crash
-        if self._fd >= 0:
+        try:
+            fd = self._fd
+        except AttributeError:  # __init__ failed before opening
+            return
+        if fd >= 0:
+            self._fd = -1
             try:
-                os.close(self._fd)
+                os.close(fd)
             except OSError:
                 pass
-            self._fd = -1
 
     def __enter__(self) -> FileWriter:
         return self

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..backends.base import IsolationLevel, LogBackend, TopicSpec
+from ..backends.base import IsolationLevel, LogBackend, TopicSpec, send_in_transaction
 from ..errors import ConnectorError, UnknownTopicError
 from ..records import Record, TopicPartition
 
@@ -118,18 +118,6 @@ async def write_source_offsets(backend: LogBackend, transactional_id: str, offse
     as a restart would. Without a worker, the embedded log's writer lock keeps the tasks away.
     """
     now = int(time.time() * 1000)
-    producer = backend.producer(transactional_id=transactional_id)
-    try:
-        await producer.init()
-        await producer.begin()
-        try:
-            for key, offset in offsets.items():
-                record = (Record(value=None, key=key.encode(), timestamp=now) if offset is None
-                          else encode_offset(key, offset, now))
-                await producer.send(SOURCE_OFFSETS_TOPIC, record, 0)
-            await producer.commit()
-        except BaseException:
-            await producer.abort()
-            raise
-    finally:
-        await producer.close()
+    sends = [(SOURCE_OFFSETS_TOPIC, Record(value=None, key=key.encode(), timestamp=now) if offset is None
+              else encode_offset(key, offset, now), 0) for key, offset in offsets.items()]
+    await send_in_transaction(backend, transactional_id, sends)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ...errors import LogLockedError, MillpondError, OffsetOutOfRangeError, TransactionError, UnknownTopicError
 from ...log.partition import Partition
@@ -37,6 +37,7 @@ from .groups import GroupCoordinator
 from .storage import partition_writes, storage_errors
 from .transactions import TransactionCoordinator, TransactionState
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 MAX_FETCH_BYTES = 4 << 20
@@ -485,27 +486,21 @@ class EmbeddedConsumer:
         return partition.log_end_offset if self.reset == "latest" else partition.log_start_offset
 
     async def poll(self, max_records: int = 10_000, timeout: float = 1.0) -> list[Record]:
-        deadline = time.monotonic() + timeout
-        while True:
-            waiter = self.backend._appended
-            records = await self._fetch(max_records)
-            remaining = deadline - time.monotonic()
-            if records or remaining <= 0:
-                return records
-            try:
-                wait = min(remaining, 0.2) if self.backend.readonly else remaining
-                await asyncio.wait_for(waiter.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
+        return await self._wait_for(self._fetch, max_records, timeout)
 
     async def poll_batches(self, max_records: int = 10_000, timeout: float = 1.0) -> list[PartitionBatches]:
+        return await self._wait_for(self._fetch_batches, max_records, timeout)
+
+    async def _wait_for(self, fetch: Callable[[int], Awaitable[list[_T]]], max_records: int, timeout: float) -> list[_T]:
+        """``fetch`` until it returns something or ``timeout`` passes, woken by appends (a read-only
+        backend, which is not told of them, looks again every 0.2 s)."""
         deadline = time.monotonic() + timeout
         while True:
             waiter = self.backend._appended
-            polled = await self._fetch_batches(max_records)
+            found = await fetch(max_records)
             remaining = deadline - time.monotonic()
-            if polled or remaining <= 0:
-                return polled
+            if found or remaining <= 0:
+                return found
             try:
                 wait = min(remaining, 0.2) if self.backend.readonly else remaining
                 await asyncio.wait_for(waiter.wait(), wait)
