@@ -21,3 +21,14 @@ def in_ci() -> bool:
 def speedups_required() -> bool:
     """Must the C speedups be there? In CI, unless the run disabled them on purpose."""
     return in_ci() and not speedups.disabled()
+
+
+def need_speedup(loaded: bool, what: str) -> None:
+    """Skip (saying why) a test of a C speedup that is not built — or fail, when it must be there."""
+    if loaded:
+        return
+    import pytest
+
+    if speedups_required():
+        pytest.fail(f"{what} is not built, and under CI=true the C speedups must be")
+    pytest.skip(f"{what} is not built here ({'switched off by MILLPOND_PURE_PYTHON' if speedups.disabled() else 'no compiler at install'}); its Python fallback is tested")

@@ -10,13 +10,13 @@ import pytest
 from millpond.log import batch as batch_format
 from millpond.log import codec
 from millpond.records import JsonRecords, Record
+from tests.ci import need_speedup
 
 
 @pytest.fixture(params=["c", "python"])
 def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param == "c":
-        if batch_format._columns is None:
-            pytest.skip("the C extension is not built")
+        need_speedup(batch_format._columns is not None, "millpond.log._columns")
     else:
         monkeypatch.setattr(batch_format, "_columns", None)
         monkeypatch.setattr(codec, "columns", None)
@@ -98,8 +98,7 @@ def test_nothing_after_from_offset() -> None:
 
 
 def test_a_truncated_batch_is_an_error_not_a_crash() -> None:
-    if batch_format._columns is None:
-        pytest.skip("the C extension is not built")
+    need_speedup(batch_format._columns is not None, "millpond.log._columns")
     batch = stored([Record(b"v" * 50, None, 1, []) for _ in range(10)], 0)
     for cut in (batch_format.HEADER_SIZE - 1, batch_format.HEADER_SIZE + 3, len(batch) - 1):
         with pytest.raises(ValueError, match="malformed record batch"):

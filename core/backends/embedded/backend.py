@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import LogLockedError, MillpondError, OffsetOutOfRangeError, TransactionError, UnknownTopicError
-from ...log.partition import Partition
+from ...log.partition import FetchResult, Partition
 from ...log.store import LogStore
 from ...records import JsonRecords, PartitionBatches, Record, TopicPartition
 from ..base import (
@@ -511,29 +511,24 @@ class EmbeddedConsumer:
         """``_fetch`` without decoding: the fetched batches as they are, per partition."""
         out: list[PartitionBatches] = []
         records = 0
-        n = len(self._assignment)
-        for i in range(n):
-            tp = self._assignment[(self._next + i) % n]
-            partition = self.backend.partition(tp)
-            position = await self.position(tp)
-            try:
-                result = partition.read(position, MAX_FETCH_BYTES, read_committed=self.read_committed)
-            except OffsetOutOfRangeError:
-                reset_to = self._reset_offset(partition)
-                log.warning("%s: offset %d is out of range; resetting to %d", tp, position, reset_to)
-                self._positions[tp] = reset_to
-                continue
+        async for tp, position, result in self._reads(lambda: records >= max_records):
             if result.batches:
                 out.append(PartitionBatches(tp, [b.data for b in result.batches], position))
                 records += sum(b.header.last_offset_delta + 1 for b in result.batches)
-            self._positions[tp] = result.next_offset
-            if records >= max_records:
-                self._next = (self._next + i + 1) % n
-                break
         return out
 
     async def _fetch(self, max_records: int) -> list[Record]:
         out: list[Record] = []
+        append = out.append
+        async for (topic, number), position, result in self._reads(lambda: len(out) >= max_records):
+            for batch in result.batches:
+                for r in batch.records(position):
+                    append(Record(r.value, r.key, r.timestamp, r.headers, topic, number, r.offset))
+        return out
+
+    async def _reads(self, full: Callable[[], bool]) -> AsyncIterator[tuple[TopicPartition, int, FetchResult]]:
+        """One read per assigned partition, round-robin from where the last fetch stopped, until
+        ``full()`` says the caller has enough (checked after it took each read); moves positions on."""
         n = len(self._assignment)
         for i in range(n):
             tp = self._assignment[(self._next + i) % n]
@@ -546,16 +541,11 @@ class EmbeddedConsumer:
                 log.warning("%s: offset %d is out of range; resetting to %d", tp, position, reset_to)
                 self._positions[tp] = reset_to
                 continue
-            topic, number = tp
-            append = out.append
-            for batch in result.batches:
-                for r in batch.records(position):
-                    append(Record(r.value, r.key, r.timestamp, r.headers, topic, number, r.offset))
+            yield tp, position, result
             self._positions[tp] = result.next_offset
-            if len(out) >= max_records:
+            if full():
                 self._next = (self._next + i + 1) % n
-                break
-        return out
+                return
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if self.group is None:
