@@ -97,6 +97,31 @@ def ratio_line(label: str, numerator: float, denominator: float, target: float |
     return line
 
 
+class MachineBusy:
+    """How busy the whole machine's CPUs were since this object was made, from ``/proc/stat``.
+
+    A scale-out figure means little without it: when one worker already keeps
+    the machine busy, more workers on the same cores cannot go faster, and this
+    says where that ceiling is (busy fraction 0.6 of all cores: at most 1/0.6x).
+    """
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields[:8]), idle
+
+    def fraction(self) -> float:
+        """Busy share of all cores since the start, 0..1."""
+        total, idle = self._sample()
+        spent = total - self._start[0]
+        return 1.0 - (idle - self._start[1]) / spent if spent else 0.0
+
+
 def emit(figures: Mapping[str, Any]) -> None:
     """The last line of a benchmark's output: its figures as JSON."""
     print(json.dumps(dict(figures)), flush=True)
