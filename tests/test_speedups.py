@@ -50,9 +50,9 @@ def _in_child(code: str, pure: bool) -> str:
 def test_the_switch_reaches_both_import_sites_and_the_version(pure: bool) -> None:
     built = {name: importlib.util.find_spec(module) is not None for name, module in speedups.EXTENSIONS.items()}
     out = _in_child(
-        "from millpond.log import batch; from millpond.connectors.postgres import source;"
+        "from millpond.log import batch; from millpond.connectors.postgres import decoding;"
         "from millpond.cli import main; import sys;"
-        "print(batch._columns is not None, source._scan is not None); main(['--version'])",
+        "print(batch._columns is not None, decoding._scan is not None); main(['--version'])",
         pure,
     )
     active, version = out.splitlines()

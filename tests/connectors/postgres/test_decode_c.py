@@ -19,12 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from millpond.connector import ConnectorContext
-from millpond.connectors.postgres import source as source_module
-from millpond.connectors.postgres.source import PostgresSource, PostgresSourceConfig, _Table
+from millpond.connectors.postgres import decoding as decoding_module
+from millpond.connectors.postgres.source import PostgresSource, PostgresSourceConfig
+from millpond.connectors.postgres.source_state import Table
 from tests.ci import speedups_required
 
 pytestmark = pytest.mark.skipif(
-    source_module._scan is None and not speedups_required(),  # noqa: SLF001
+    decoding_module._scan is None and not speedups_required(),  # noqa: SLF001
     reason="C speedups not built or switched off (tests/test_speedups.py fails under CI=true)",
 )
 
@@ -109,15 +110,15 @@ def decode(buffer: bytes, columns: list[tuple[str, int, bool]], fast: bool) -> l
     """(key bytes, value bytes, timestamp) of every record the source makes of ``buffer``."""
     src = new_source()
     keys = [name for name, _, key in columns if key]
-    table = _Table(0, "public", "items", "cdc.public.items", keys, "d")
+    table = Table(0, "public", "items", "cdc.public.items", keys, "d")
     src._tables[0] = src._by_name[("public", "items")] = table  # noqa: SLF001
-    saved = source_module._scan
+    saved = decoding_module._scan
     if not fast:
-        source_module._scan = None
+        decoding_module._scan = None
     try:
         asyncio.run(src._decode(buffer))  # noqa: SLF001
     finally:
-        source_module._scan = saved
+        decoding_module._scan = saved
     # floats and JSON in the key keep the Python path (keys must match the snapshot's byte for byte)
     python_key = any(oid in (701, 3802) for _, oid, key in columns if key)
     assert (REL_OID in src._codecs) is not python_key  # noqa: SLF001
@@ -196,7 +197,7 @@ def test_inserts_the_c_path_cannot_take_go_to_python() -> None:
     buffer = copy_binary([relation(columns), begin, insert(["1", "a"]), toast, insert(["3", None]), commit])
     records = decode(buffer, columns, fast=True)
     assert [json.loads(k) for k, _, _ in records] == [{"id": 1}, {"id": 2}, {"id": 3}]
-    assert json.loads(records[1][1])["after"]["big"] == source_module.UNAVAILABLE
+    assert json.loads(records[1][1])["after"]["big"] == decoding_module.UNAVAILABLE
     assert json.loads(records[0][1])["source"]["lsn"] == "1/6B374880"
 
 
@@ -219,7 +220,7 @@ def test_a_read_decodes_a_batch_at_a_time_and_ends_the_same() -> None:
     whole = decode(buffer, columns, fast=True)
     src = new_source()
     src._db, src._utf8 = "db", True  # noqa: SLF001
-    src._tables[0] = src._by_name[("public", "items")] = _Table(0, "public", "items", "cdc.public.items", ["id"], "d")  # noqa: SLF001
+    src._tables[0] = src._by_name[("public", "items")] = Table(0, "public", "items", "cdc.public.items", ["id"], "d")  # noqa: SLF001
     stops = []
     pos = None
     while True:
@@ -237,12 +238,12 @@ def test_updates_without_an_old_tuple_and_deletes_are_rendered_in_c() -> None:
     columns = [("id", 20, True), ("v", 25, False)]
     src = new_source()
     src._db, src._utf8 = "db", True  # noqa: SLF001
-    src._tables[0] = src._by_name[("public", "items")] = _Table(0, "public", "items", "cdc.public.items", ["id"], "d")  # noqa: SLF001
+    src._tables[0] = src._by_name[("public", "items")] = Table(0, "public", "items", "cdc.public.items", ["id"], "d")  # noqa: SLF001
     asyncio.run(src._decode(copy_binary([relation(columns)])))  # noqa: SLF001 - learns the relation
     changes = [insert(["1", "a"]), insert(["1", "b"], b"U"), insert(["1", None], b"D", b"K"), insert(["2", "c"], b"D", b"O")]
     buffer = copy_binary(changes)
     outputs: dict[str, Any] = {}
-    pos, _, message = source_module._scan(buffer, 19, src._codecs, outputs, XID, 5, 6)  # noqa: SLF001
+    pos, _, message = decoding_module._scan(buffer, 19, src._codecs, outputs, XID, 5, 6)  # noqa: SLF001
     assert message is None and pos == len(buffer)  # every change taken in C, none handed back
     keys, values, timestamps = outputs["cdc.public.items"]
     assert [json.loads(k) for k in keys] == [{"id": 1}] * 4 + [{"id": 2}] * 2
@@ -254,5 +255,5 @@ def test_updates_without_an_old_tuple_and_deletes_are_rendered_in_c() -> None:
     assert timestamps == [5] * 6
     # an update with the old key may move the row to another key: Python decides
     moved = b"U" + struct.pack(">I", REL_OID) + insert(["1", None], b"", b"K")[4:] + insert(["3", "x"], b"", b"N")[4:]
-    _, _, message = source_module._scan(copy_binary([moved]), 19, src._codecs, {}, XID, 5, 6)  # noqa: SLF001
+    _, _, message = decoding_module._scan(copy_binary([moved]), 19, src._codecs, {}, XID, 5, 6)  # noqa: SLF001
     assert message == moved

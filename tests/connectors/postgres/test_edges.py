@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from millpond.connector import ConnectorContext
-from millpond.connectors.postgres import source as source_module
+from millpond.connectors.postgres import snapshot as snapshot_module
 from millpond.connectors.postgres.sink import PostgresSink, PostgresSinkConfig
 from millpond.connectors.postgres.sql import describe_dsn
 from millpond.errors import ConnectorError, RetriableConnectorError
@@ -98,14 +98,14 @@ def test_a_dropped_slot_is_refused_and_nothing_is_left_behind(pg_dsn: str, name:
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("count_limit", [source_module._COUNT_BYTES, 0])  # noqa: SLF001
+@pytest.mark.parametrize("count_limit", [snapshot_module._COUNT_BYTES, 0])  # noqa: SLF001
 def test_snapshot_progress_without_statistics(
     pg_dsn: str, name: str, count_limit: int, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No "N of about 0 rows": a small table is counted; a large one (here: any) gets no total."""
-    monkeypatch.setattr(source_module, "_COUNT_BYTES", count_limit)
-    monkeypatch.setattr(source_module, "PROGRESS_FIRST_S", 0.0)  # a progress line for every chunk
-    monkeypatch.setattr(source_module, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(snapshot_module, "_COUNT_BYTES", count_limit)
+    monkeypatch.setattr(snapshot_module, "PROGRESS_FIRST_S", 0.0)  # a progress line for every chunk
+    monkeypatch.setattr(snapshot_module, "PROGRESS_EVERY_S", 0.0)
 
     async def go() -> None:
         conn = await connect(pg_dsn)

@@ -1,27 +1,4 @@
-"""Apache Kafka as a LogBackend, through aiokafka.
-
-Topics, groups and transactions live in Kafka; this module only maps the
-LogBackend calls onto Kafka's admin, producer and consumer clients. Retention
-and compaction are the broker's job, so ``run_retention``/``run_compaction``
-are deliberately absent.
-
-Choices that follow from the runtime's contract:
-
-- A consumer without a membership owns every partition of its topics (manual
-  assignment, as in the embedded log) and uses its group only to store
-  committed offsets: the CLI's readers and the source checkpoint reader want
-  all partitions. Its ``assignment()`` is synchronous, so partition counts are
-  cached: loaded at ``open`` and refreshed by every topic call.
-- A consumer with a membership (a sink task) subscribes and lets Kafka's
-  group protocol split the partitions among the live members on every worker
-  (heartbeats, session timeout, rebalances); the runtime's listener flushes
-  and commits before partitions are revoked and seeks after they are assigned.
-  Its client id names the worker, which ``kafka-consumer-groups --describe``
-  shows as CLIENT-ID.
-- ``poll`` answers "nothing" only once the consumer has heard from the broker
-  for every partition and knows nothing is waiting: callers (the source
-  checkpoint reader) treat a few empty polls as "at the end".
-"""
+"""KafkaBackend: the LogBackend seam over a Kafka cluster's admin client and offset probes."""
 
 from __future__ import annotations
 
@@ -29,39 +6,26 @@ import asyncio
 import inspect
 import logging
 import time
-import weakref
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import (
-    CommitFailedError,
-    InvalidProducerEpoch,
-    KafkaError,
-    ProducerFenced,
-    TopicAlreadyExistsError,
-    for_code,
-)
-from aiokafka.protocol.api import Request, RequestStruct, Response
-from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Int64, Schema, String
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.structs import TopicPartition as KafkaTP
 
-from ..errors import (
-    ConfigError,
-    GroupRebalancedError,
-    MillpondError,
-    ProducerFencedError,
-    TopicExistsError,
-    TransactionError,
-    UnknownTopicError,
-)
-from ..records import Record, TopicPartition
-from .base import GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, Membership, PartitionInfo, TopicSpec
-from .kafka_security import KafkaSecurity, connection_problem
+from ...errors import ConfigError, MillpondError, TopicExistsError, UnknownTopicError
+from ...records import TopicPartition
+from ..base import GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, Membership, PartitionInfo, TopicSpec
+from ..kafka_security import KafkaSecurity, connection_problem
+from .consumer import KafkaConsumer
+from .logfilter import LOG_FILTER, install_log_filter
+from .producer import KafkaProducer
+from .protocol import DescribeLogDirsRequest
 
-log = logging.getLogger(__name__)
+#: the package's name, which operators' logging settings have always used for this backend
+log = logging.getLogger(__name__.rpartition(".")[0])
 
 #: How long to wait for topic metadata to settle after a create or delete.
 METADATA_WAIT_S = 60.0
@@ -72,111 +36,8 @@ RESERVED = frozenset({"bootstrap_servers", "client_id", "group_id", "isolation_l
                       "auto_offset_reset", "transactional_id", "enable_idempotence"})
 #: How long to wait for a topic's new settings to read back.
 SETTINGS_WAIT_S = 10.0
-#: Longest a poll keeps waiting past its timeout for records the broker says exist.
-POLL_CAP_S = 30.0
-#: aiokafka's repeated error: one line per message template per this many seconds
-AIOKAFKA_LOG_INTERVAL_S = 30.0
 #: While the cluster is unreachable, how often to ask it whether it is back.
 RECHECK_S = 2.0
-#: The start of aiokafka's messages that mean a broker cannot be reached.
-UNREACHABLE_MESSAGES = ("Unable connect to", "Unable to update metadata", "Unable to request metadata",
-                        "Failed fetch messages from", "Failed fetch offsets from", "Cannot send")
-
-
-class AiokafkaLogFilter(logging.Filter):
-    """Keeps aiokafka's logging readable while a broker is down.
-
-    aiokafka logs every failed connection attempt and fetch at ERROR (about 85
-    lines a second with the broker gone). Each message template at WARNING or
-    above passes once per ``interval`` seconds; the next one to pass says how
-    many were held back. DEBUG and INFO pass untouched (they show only with -v).
-    Messages that mean a broker is unreachable are also reported to every open
-    :class:`KafkaBackend`, which says so once, in millpond's own words.
-    """
-
-    def __init__(self, interval: float = AIOKAFKA_LOG_INTERVAL_S, clock: Any = time.monotonic) -> None:
-        super().__init__()
-        self.interval = interval
-        self.clock = clock
-        self._passed: dict[tuple[str, Any], float] = {}
-        self._held: dict[tuple[str, Any], int] = {}
-        self.backends: weakref.WeakSet[KafkaBackend] = weakref.WeakSet()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        if isinstance(record.msg, str) and record.msg.startswith(UNREACHABLE_MESSAGES):
-            for backend in list(self.backends):
-                backend.unreachable(record.getMessage())
-        key = (record.name, record.msg)
-        now = self.clock()
-        passed = self._passed.get(key)
-        if passed is not None and now - passed < self.interval:
-            self._held[key] = self._held.get(key, 0) + 1
-            return False
-        self._passed[key] = now
-        held = self._held.pop(key, 0)
-        if held:
-            record.msg = f"{record.msg} ({held} more like this in the last {self.interval:.0f} s not shown)"
-        return True
-
-
-_FILTER = AiokafkaLogFilter()
-
-
-def install_log_filter() -> AiokafkaLogFilter:
-    """Put the filter on every aiokafka logger (a logger's filter does not see its children's records);
-    the imports at the top of this module have created them all."""
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if (name == "aiokafka" or name.startswith("aiokafka.")) and isinstance(logger, logging.Logger):
-            if _FILTER not in logger.filters:
-                logger.addFilter(_FILTER)
-    return _FILTER
-
-
-# -- DescribeLogDirs (API key 35) ---------------------------------------------
-# aiokafka 0.14 has no admin call for it; v1 is the oldest version Kafka 4 still
-# serves (KIP-896) and has the same fields as v0.
-
-
-class _DescribeLogDirsResponse_v1(Response):  # type: ignore[misc]
-    API_KEY = 35
-    API_VERSION = 1
-    SCHEMA = Schema(
-        ("throttle_time_ms", Int32),
-        ("results", Array(
-            ("error_code", Int16),
-            ("log_dir", String("utf-8")),
-            ("topics", Array(
-                ("name", String("utf-8")),
-                ("partitions", Array(
-                    ("partition_index", Int32),
-                    ("partition_size", Int64),
-                    ("offset_lag", Int64),
-                    ("is_future_key", Boolean),
-                )),
-            )),
-        )),
-    )
-
-
-class _DescribeLogDirsRequest_v1(RequestStruct):  # type: ignore[misc]
-    API_KEY = 35
-    API_VERSION = 1
-    RESPONSE_TYPE = _DescribeLogDirsResponse_v1
-    SCHEMA = Schema(("topics", Array(("topic", String("utf-8")), ("partitions", Array(Int32)))))
-
-
-class DescribeLogDirsRequest(Request[_DescribeLogDirsRequest_v1]):  # type: ignore[misc]
-    """The sizes of the replicas a broker holds of the given partitions, per log directory."""
-
-    API_KEY = 35
-
-    def __init__(self, topic: str, partitions: list[int]) -> None:
-        self._topics = [(topic, partitions)]
-
-    def build(self, request_struct_class: type[_DescribeLogDirsRequest_v1]) -> _DescribeLogDirsRequest_v1:
-        return request_struct_class(self._topics)
 
 
 def _kafka_value(value: Any) -> str:
@@ -259,7 +120,7 @@ class KafkaBackend(Lifecycle):
             raise MillpondError(f"cannot open the Kafka log at {self.bootstrap_servers}: {why}") from exc
 
     async def close(self) -> None:
-        _FILTER.backends.discard(self)
+        LOG_FILTER.backends.discard(self)
         if self._recheck is not None:
             self._recheck.cancel()
             self._recheck = None
@@ -282,7 +143,7 @@ class KafkaBackend(Lifecycle):
             return
         self.unreachable_since = time.monotonic()
         log.warning("the Kafka log at %s is unreachable (%s); waiting for it to come back (aiokafka's repeated "
-                    "errors are shown once per %.0f s)", self.bootstrap_servers, detail, _FILTER.interval)
+                    "errors are shown once per %.0f s)", self.bootstrap_servers, detail, LOG_FILTER.interval)
         self._recheck = loop.create_task(self._until_reachable())
 
     async def _until_reachable(self) -> None:
@@ -519,233 +380,3 @@ class KafkaBackend(Lifecycle):
             await consumer.commit(offsets)
         finally:
             await consumer.close()
-
-
-class KafkaProducer:
-    """An aiokafka producer, started on first use (``producer()`` is synchronous).
-
-    Sends are queued by aiokafka; their delivery futures are awaited at
-    ``flush``/``commit`` so a failed append surfaces there.
-    """
-
-    def __init__(self, backend: KafkaBackend, transactional_id: str | None) -> None:
-        self.backend = backend
-        self.transactional_id = transactional_id
-        self._producer: AIOKafkaProducer | None = None
-        self._inflight: list[asyncio.Future[Any]] = []
-        self._in_transaction = False
-        self._fenced_out = False
-
-    async def _fenced(self, what: str, call: Awaitable[Any]) -> Any:
-        """Run ``call``; a fenced producer becomes a terminal TransactionError, as in the embedded log."""
-        try:
-            return await call
-        except (ProducerFenced, InvalidProducerEpoch) as exc:
-            # aiokafka's transaction state is now fatal: nothing is left to abort
-            self._fenced_out, self._in_transaction = True, False
-            raise ProducerFencedError(
-                f"producer {self.transactional_id!r} was fenced by a newer one during {what}: {exc}") from exc
-
-    async def _started(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            kwargs = self.backend.client_kwargs(AIOKafkaProducer)
-            if self.transactional_id is not None:
-                kwargs.update(transactional_id=self.transactional_id, enable_idempotence=True)
-            producer = AIOKafkaProducer(**kwargs)
-            # start() registers the transactional id, fencing any older producer with it
-            await self._fenced("start", producer.start())
-            self._producer = producer
-        return self._producer
-
-    async def init(self) -> None:
-        await self._started()
-
-    async def send(self, topic: str, record: Record, partition: int | None = None) -> None:
-        if partition is None:
-            partition = record.partition  # None: Kafka's partitioner (murmur2 of the key)
-        producer = await self._started()
-        self._inflight.append(await producer.send(topic, record.value, record.key, partition,
-                                                  record.timestamp, record.headers or None))
-
-    async def send_batch(self, topic: str, partition: int, records: Sequence[Record]) -> None:
-        producer = await self._started()
-        batch = producer.create_batch()
-        for record in records:
-            while batch.append(key=record.key, value=record.value, timestamp=record.timestamp,
-                               headers=record.headers) is None:
-                if batch.record_count() == 0:
-                    raise ValueError(f"record for {topic}-{partition} is larger than the producer's max_batch_size")
-                self._inflight.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-        if batch.record_count():
-            self._inflight.append(await producer.send_batch(batch, topic, partition=partition))
-
-    async def _delivered(self) -> None:
-        inflight, self._inflight = self._inflight, []
-        if inflight:
-            await self._fenced("send", asyncio.gather(*inflight))
-
-    async def flush(self) -> None:
-        if self._in_transaction:
-            raise TransactionError("flush inside a transaction: call commit() instead")
-        if self._producer is not None:
-            await self._producer.flush()
-        await self._delivered()
-
-    async def begin(self) -> None:
-        if self.transactional_id is None:
-            raise TransactionError("begin() needs a producer created with a transactional id")
-        if self._in_transaction:
-            raise TransactionError(f"transaction of {self.transactional_id!r} is already open")
-        if self._fenced_out:
-            raise TransactionError(f"producer {self.transactional_id!r} was fenced; create a new one")
-        producer = await self._started()
-        await self._fenced("begin", producer.begin_transaction())
-        self._in_transaction = True
-
-    async def send_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
-        if not self._in_transaction or self._producer is None:
-            raise TransactionError("send_offsets() outside a transaction")
-        await self._fenced("send_offsets", self._producer.send_offsets_to_transaction(
-            {KafkaTP(*tp): offset for tp, offset in offsets.items()}, group))
-
-    async def commit(self) -> None:
-        if not self._in_transaction or self._producer is None:
-            raise TransactionError("commit() without begin()")
-        await self._delivered()
-        await self._fenced("commit", self._producer.commit_transaction())
-        self._in_transaction = False
-
-    async def abort(self) -> None:
-        self._inflight = []
-        if self._in_transaction and self._producer is not None and not self._fenced_out:
-            self._in_transaction = False
-            await self._fenced("abort", self._producer.abort_transaction())
-
-    async def close(self) -> None:
-        try:
-            if self._in_transaction:
-                await self.abort()
-            elif self._inflight:
-                await self.flush()
-        finally:
-            if self._producer is not None:
-                await self._producer.stop()
-                self._producer = None
-
-
-class _Relay(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Hands aiokafka's rebalance callbacks to the runtime's listener, in millpond's partition names."""
-
-    def __init__(self, owner: KafkaConsumer) -> None:
-        self.owner = owner
-
-    async def on_partitions_revoked(self, revoked: set[KafkaTP]) -> None:
-        owner = self.owner
-        assert owner.membership is not None
-        gone = {TopicPartition(tp.topic, tp.partition) for tp in revoked}
-        try:
-            if gone:
-                await owner.membership.listener.on_partitions_revoked(gone)
-        finally:
-            owner._assignment = [tp for tp in owner._assignment if tp not in gone]
-
-    async def on_partitions_assigned(self, assigned: set[KafkaTP]) -> None:
-        owner = self.owner
-        assert owner.membership is not None
-        owner._assignment = sorted(TopicPartition(tp.topic, tp.partition) for tp in assigned)
-        await owner.membership.listener.on_partitions_assigned(set(owner._assignment))
-
-
-class KafkaConsumer:
-    """Every partition of its topics, assigned manually, the group only storing offsets; or,
-    with a membership, this member's share of the group's partitions (Kafka's subscribe)."""
-
-    def __init__(self, backend: KafkaBackend, topics: Sequence[str], group: str | None,
-                 isolation: IsolationLevel, reset: str, membership: Membership | None = None) -> None:
-        self.backend = backend
-        self.group = group
-        self.isolation = isolation
-        self.reset = reset
-        self.membership = membership
-        self.topics = list(topics)
-        self.rebalances = membership is not None
-        if membership is not None and group is None:
-            raise ValueError("a consumer with a membership needs a group")
-        self._assignment = [] if membership is not None else \
-            [TopicPartition(t, p) for t in topics for p in range(backend.cached_partitions(t))]
-        self._consumer: AIOKafkaConsumer | None = None
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self._assignment)
-
-    async def _started(self) -> AIOKafkaConsumer:
-        if self._consumer is None:
-            kwargs = self.backend.client_kwargs(AIOKafkaConsumer)
-            if self.membership is not None and self.membership.client_id:
-                kwargs["client_id"] = self.membership.client_id
-            consumer = AIOKafkaConsumer(**kwargs, group_id=self.group,
-                                        isolation_level=self.isolation.value, enable_auto_commit=False,
-                                        auto_offset_reset=self.reset)
-            await consumer.start()
-            if self.membership is not None:
-                consumer.subscribe(self.topics, listener=_Relay(self))
-            else:
-                consumer.assign([KafkaTP(*tp) for tp in self._assignment])
-            self._consumer = consumer
-        return self._consumer
-
-    async def seek(self, tp: TopicPartition, offset: int) -> None:
-        (await self._started()).seek(KafkaTP(*tp), offset)
-
-    async def position(self, tp: TopicPartition) -> int:
-        return int(await (await self._started()).position(KafkaTP(*tp)))
-
-    async def _pending(self, consumer: AIOKafkaConsumer) -> bool:
-        """True while some partition was never fetched, or the broker reported records past its position."""
-        for tp in self._assignment:
-            ktp = KafkaTP(*tp)
-            end = consumer.last_stable_offset(ktp) if self.isolation == IsolationLevel.read_committed \
-                else consumer.highwater(ktp)
-            if end is None or await consumer.position(ktp) < end:
-                return True
-        return False
-
-    async def poll(self, max_records: int = 10_000, timeout: float = 1.0) -> list[Record]:
-        consumer = await self._started()
-        cap = time.monotonic() + max(timeout, POLL_CAP_S)
-        wait = timeout
-        while True:
-            fetched = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=max_records)
-            if fetched and self.membership is not None:
-                # records fetched before a rebalance took their partition away are the new owner's
-                owned = set(self._assignment)
-                fetched = {tp: rows for tp, rows in fetched.items() if TopicPartition(tp.topic, tp.partition) in owned}
-            if fetched:
-                return [Record(r.value, r.key, r.timestamp, list(r.headers), r.topic, r.partition, r.offset)
-                        for rows in fetched.values() for r in rows]
-            if time.monotonic() >= cap or not await self._pending(consumer):
-                return []
-            wait = 0.05
-
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        if self.group is None:
-            raise TransactionError("commit() needs a consumer with a group")
-        consumer = await self._started()
-        if self.membership is not None:
-            foreign = sorted(set(offsets) - set(self._assignment))
-            if foreign:
-                raise GroupRebalancedError(
-                    f"group {self.group!r}: commit of {', '.join(f'{tp.topic}-{tp.partition}' for tp in foreign)} "
-                    f"refused, this member does not own them")
-        try:
-            await consumer.commit({KafkaTP(*tp): offset for tp, offset in offsets.items()})
-        except CommitFailedError as exc:
-            raise GroupRebalancedError(
-                f"group {self.group!r}: commit of {', '.join(f'{tp.topic}-{tp.partition}' for tp in sorted(offsets))} "
-                f"refused, the group is rebalancing or moved them to another member") from exc
-
-    async def close(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
