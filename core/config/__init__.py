@@ -48,6 +48,7 @@ from ..yamlsource import ConfigProblem, format_path
 from .base import MAX_TOPIC_NAME, Model, TopicName, check_topic_name, topic_name_problem
 from .connectors import (
     ConnectorSpec,
+    ConverterClasses,
     ConverterConfig,
     ErrorPolicy,
     GuaranteeName,
@@ -65,6 +66,7 @@ __all__ = [
     "MAX_TOPIC_NAME",
     "ConfigProblem",
     "ConnectorSpec",
+    "ConverterClasses",
     "ConverterConfig",
     "EmbeddedLog",
     "ErrorPolicy",

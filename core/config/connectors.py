@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PrivateAttr, ValidationError, model_validator
 
-from ..connector import Guarantee
+from ..connector import Converter, Guarantee
 from ..errors import ConfigError
 from .base import Model, TopicName
 
@@ -61,9 +61,25 @@ class TransformConfig(Model):
         return self._resolved
 
 
+class ConverterClasses(NamedTuple):
+    """The key and value converter classes a connector's ``converter:`` names."""
+
+    key: type[Converter]
+    value: type[Converter]
+
+
 class ConverterConfig(Model):
     key: str = "string"
     value: str = "json"
+    _resolved: ConverterClasses | None = PrivateAttr(default=None)
+
+    def resolve(self) -> ConverterClasses:
+        """The converter classes (found at parse time; once, for a config built in code)."""
+        if self._resolved is None:
+            from ..plugins import lookup
+
+            self._resolved = ConverterClasses(lookup("converter", self.key), lookup("converter", self.value))
+        return self._resolved
 
 
 class ErrorPolicy(Model):

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, DeliveryGuaranteeError, PluginError
 from ..yamlsource import ConfigProblem, Loc, YamlDocument
-from .connectors import Resolved
+from .connectors import ConverterClasses, ConverterConfig, Resolved
 from .pipeline import PipelineConfig
 
 
@@ -67,13 +67,15 @@ def _known_keys(model: type[BaseModel]) -> list[str]:
     return sorted(info.alias or name for name, info in model.model_fields.items())
 
 
-def _plugin_problems(doc: YamlDocument) -> dict[Loc, Resolved]:
+def _plugin_problems(doc: YamlDocument) -> tuple[dict[Loc, Resolved], dict[Loc, ConverterClasses]]:
     """Connector, transform and converter names against the plugin registry, and
     each connector's ``config`` against its class's ``config_model``; returns
-    what resolved, by the YAML path of the connector or transform."""
+    what resolved, by the YAML path of the connector or transform, and each
+    connector's converter classes (the defaults too), by the connector's path."""
     from ..plugins import lookup
 
     found: dict[Loc, Resolved] = {}
+    converters: dict[Loc, ConverterClasses] = {}
     data = doc.data
     connectors = data.get("connectors") if isinstance(data, dict) else None
     for i, spec in enumerate(connectors if isinstance(connectors, list) else []):
@@ -90,15 +92,18 @@ def _plugin_problems(doc: YamlDocument) -> dict[Loc, Resolved]:
                 owner = f"connector {spec.get('name')!r}, transform {item['type']}: "
                 _check_plugin(doc, lookup, "transform", item["type"], item.get("config", {}), at, found, owner)
         converter = spec.get("converter")
-        if isinstance(converter, dict):
-            for side in ("key", "value"):
-                name = converter.get(side)
-                if isinstance(name, str):
-                    try:
-                        lookup("converter", name)
-                    except PluginError as exc:
-                        doc.problem(here + ("converter", side), str(exc))
-    return found
+        named = converter if isinstance(converter, dict) else {}
+        classes = []
+        for side in ("key", "value"):
+            name = named.get(side, ConverterConfig.model_fields[side].default)
+            if isinstance(name, str):
+                try:
+                    classes.append(lookup("converter", name))
+                except PluginError as exc:
+                    doc.problem(here + ("converter", side), str(exc))
+        if len(classes) == 2:
+            converters[here] = ConverterClasses(*classes)
+    return found, converters
 
 
 def _check_plugin(
@@ -258,12 +263,13 @@ def parse_pipeline(
         doc.problem((), "a pipeline file must be a mapping with at least a 'log:' block")
         return None, doc.problems
     config = _model_problems(doc, PipelineConfig, doc.data, ())
-    resolved = _plugin_problems(doc)
+    resolved, converters = _plugin_problems(doc)
     _topic_settings_problems(doc)
     _topic_reference_problems(doc)
     if isinstance(config, PipelineConfig):
         for i, spec in enumerate(config.connectors):
             spec._resolved = resolved.get(("connectors", i))
+            spec.converter._resolved = converters.get(("connectors", i))
             for j, transform in enumerate(spec.transforms):
                 transform._resolved = resolved.get(("connectors", i, "transforms", j))
         _semantic_problems(doc, config)

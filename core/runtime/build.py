@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .. import plugins
 from ..config import ConnectorSpec, PipelineConfig
 from ..connector import ConnectorContext, Converter, Sink, Source, Transform
 from ..records import Record
@@ -50,9 +49,8 @@ def make_transforms(spec: ConnectorSpec) -> list[Transform]:
 
 
 def make_converters(spec: ConnectorSpec) -> tuple[Converter, Converter]:
-    key = plugins.converter_class(spec.converter.key)()
-    value = plugins.converter_class(spec.converter.value)()
-    return key, value
+    key, value = spec.converter.resolve()
+    return key(), value()
 
 
 def apply_transforms(chain: list[Transform], record: Record) -> Iterable[Record]:

@@ -12,7 +12,9 @@ ratio of two figures taken side by side swings less). What they share:
 - :func:`rate_line` / :func:`ratio_line`: the human lines, one format;
 - :func:`run_pipeline`: a pipeline in process on its own log, timed from the
   worker's launch (start-up included) until a condition holds and until it
-  has stopped (a source's last checkpoint and slot advance included);
+  has stopped (a source's last checkpoint and slot advance included), with
+  the process's CPU seconds beside the wall ones, and optionally something
+  running beside the worker (an API server and its clients);
 - :func:`emit`: the last line of output, JSON, which scripts read.
 
 Only public millpond API is used: the worker's tasks and their counters, the
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -130,25 +133,32 @@ def emit(figures: Mapping[str, Any]) -> None:
 @dataclass(frozen=True, slots=True)
 class PipelineTimes:
     """Seconds from the worker's launch: until every task ran, until ``done``, until it had stopped,
-    and until each named milestone first held."""
+    and until each named milestone first held; and the process's CPU seconds from launch until ``done``
+    (the steadier figure on a shared machine: other processes lengthen wall time, not this one's CPU)."""
 
     startup_s: float
     done_s: float
     stopped_s: float
     milestones: dict[str, float]
+    cpu_s: float = 0.0
 
 
 Done = Callable[[Worker, LogBackend], Awaitable[bool]]
+#: something that runs beside the worker: entered before its launch, left once ``done`` holds
+Beside = Callable[[Worker], contextlib.AbstractAsyncContextManager[object]]
 
 
 async def run_pipeline(
-    config: PipelineConfig, done: Done, poll_s: float = 0.001, milestones: Mapping[str, Done] | None = None
+    config: PipelineConfig, done: Done, poll_s: float = 0.001, milestones: Mapping[str, Done] | None = None,
+    beside: Beside | None = None,
 ) -> PipelineTimes:
     """Run ``config`` in process on its own backend until ``done(worker, backend)``, then stop it.
 
     ``milestones`` are conditions checked on the way (e.g. "the source has
     emitted everything" while the sink still works); each is timed when it
-    first holds, from the same launch.
+    first holds, from the same launch. ``beside(worker)`` runs beside the
+    worker from just before its launch until ``done`` holds, as the API
+    benchmark's server and scraper do (its exit counts in ``stopped_s`` only).
     """
     pending = dict(milestones or {})
     reached: dict[str, float] = {}
@@ -158,31 +168,34 @@ async def run_pipeline(
     try:
         await create_topics(config, backend)
         worker = Worker(config, backend, RuntimeOptions(install_signal_handlers=False))
-        launched = time.perf_counter()
-        run = asyncio.create_task(worker.run())
-        started: float | None = None
-        while True:
-            await asyncio.sleep(poll_s)
-            if run.done():
-                await run
-                raise RuntimeError(f"the pipeline {config.name!r} stopped early")
-            if started is None and worker.tasks and all(t.running for t in worker.tasks):
-                started = time.perf_counter()
-            if started is None:
-                continue
-            for name, check in list(pending.items()):
-                if await check(worker, backend):
-                    reached[name] = time.perf_counter() - launched
-                    del pending[name]
-            if await done(worker, backend):
-                break
-        finished = time.perf_counter()
+        async with beside(worker) if beside is not None else contextlib.nullcontext():
+            launched = time.perf_counter()
+            cpu = time.process_time()
+            run = asyncio.create_task(worker.run())
+            started: float | None = None
+            while True:
+                await asyncio.sleep(poll_s)
+                if run.done():
+                    await run
+                    raise RuntimeError(f"the pipeline {config.name!r} stopped early")
+                if started is None and worker.tasks and all(t.running for t in worker.tasks):
+                    started = time.perf_counter()
+                if started is None:
+                    continue
+                for name, check in list(pending.items()):
+                    if await check(worker, backend):
+                        reached[name] = time.perf_counter() - launched
+                        del pending[name]
+                if await done(worker, backend):
+                    break
+            finished = time.perf_counter()
+            cpu = time.process_time() - cpu
         worker.stop()
         await run
         stopped = time.perf_counter()
         for name in pending:  # held by the time the pipeline was done
             reached[name] = finished - launched
-        return PipelineTimes(started - launched, finished - launched, stopped - launched, reached)
+        return PipelineTimes(started - launched, finished - launched, stopped - launched, reached, cpu)
     finally:
         await backend.close()
 

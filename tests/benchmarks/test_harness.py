@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from millpond.config import PipelineConfig
+from millpond.runtime import Worker
 from tests.benchmarks import harness
 
 
@@ -46,9 +49,20 @@ def test_run_pipeline_times_a_real_pipeline_through_public_counters(tmp_path: Pa
              "converter": {"key": "string", "value": "string"}, "guarantee": "exactly_once"},
         ],
     })
+    seen: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def beside(worker: Worker) -> AsyncIterator[None]:
+        seen.append(f"enter, {len(worker.tasks)} tasks, running: {any(t.running for t in worker.tasks)}")
+        yield
+        seen.append(f"exit, sink committed: {harness.sink_task(worker).records_in}")
+
     times = asyncio.run(harness.run_pipeline(config, harness.sink_committed(lines), poll_s=0.01,
-                                             milestones={"source": harness.source_emitted(lines)}))
+                                             milestones={"source": harness.source_emitted(lines)}, beside=beside))
     assert 0 <= times.startup_s <= times.milestones["source"] <= times.done_s <= times.stopped_s
+    assert 0 < times.cpu_s
+    # entered before the launch, left once done (before the worker stopped)
+    assert seen == ["enter, 2 tasks, running: False", f"exit, sink committed: {lines}"]
     # done means the sink's committed offsets cover every line: its files hold them all
     written = "".join(p.read_text() for p in sorted((tmp_path / "out").iterdir()))
     assert written.count("\n") == lines
