@@ -157,7 +157,9 @@ def start_kafka(libs: Path, data_dir: Path, extra: Mapping[str, str] | None = No
             "-cp", f"{libs}/*"]
     log = data_dir / "server.log"
     # Kafka prints its cluster ids as URL-safe base64 of 16 bytes without padding.
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # Kafka's own ids are url-safe base64 of a uuid; one that starts with "-" reads as an option to
+    # StorageTool's argument parser, so the first character is kept a letter.
+    cluster_id = "K" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
     began = time.monotonic()
     fmt = subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id,
                           "-c", str(config), *format_args], capture_output=True, text=True, timeout=120)
