@@ -239,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_async(dlq_replay))
 
     from .. import top
+    from . import migrate
 
     top.add_parser(sub)
+    migrate.add_parser(sub)
     return parser
 
 
