@@ -42,7 +42,8 @@ from ..servers.kafka import KafkaServer, fetch_jars, start_kafka, stop_kafka
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-T0 = 1_700_000_000_000
+#: an hour ago: within every topic's retention, or the broker deletes the copies (as the embedded log would)
+T0 = int(time.time() * 1000) - 3_600_000
 Content = tuple[bytes | None, bytes | None, int | None, list[tuple[str, bytes | None]]]
 
 
