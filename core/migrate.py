@@ -338,14 +338,16 @@ class Migration:
             await embedded.close()
 
     async def _run(self, embedded: EmbeddedBackend) -> Plan:
-        state = await self._read_progress()
-        if "done" in state:
-            plan = Plan.from_json(state["plan"])
-            self.say(f"the migration of {plan.source} to {self.kafka.bootstrap_servers} is complete already: "
-                     "nothing to do")
-            return plan
+        # The producer first: starting it completes (or aborts) a killed run's last transaction, so the
+        # progress read next is final; read before, a commit still under way would be missed and its chunk copied twice.
         producer = await self._producer()
         try:
+            state = await self._read_progress()
+            if "done" in state:
+                plan = Plan.from_json(state["plan"])
+                self.say(f"the migration of {plan.source} to {self.kafka.bootstrap_servers} is complete already: "
+                         "nothing to do")
+                return plan
             if "plan" in state:
                 plan = Plan.from_json(state["plan"])
                 if plan.source != str(self.directory.resolve()):
