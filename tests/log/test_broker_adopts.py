@@ -58,7 +58,7 @@ from millpond.log import LogStore
 from millpond.log.batch import Row
 from millpond.records import TopicPartition
 
-from ..servers.common import server_unavailable, tail, wait_for_port
+from ..servers.common import server_unavailable, start_with_retry, tail, wait_for_port
 from ..servers.kafka import KafkaServer, _metadata_ok, fetch_jars, start_kafka, stop_kafka
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -271,7 +271,7 @@ def read_checkpoint(path: Path) -> dict[tuple[str, int], int]:
 
 def start_with_topic(libs: Path, broker_dir: Path) -> KafkaServer:
     try:
-        server = start_kafka(libs, broker_dir)
+        server = start_with_retry(lambda: start_kafka(libs, broker_dir))
     except RuntimeError as exc:
         server_unavailable("Apache Kafka", str(exc))
         raise
