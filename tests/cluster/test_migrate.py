@@ -31,7 +31,7 @@ from millpond.backends.base import IsolationLevel, LogBackend, TopicSpec
 from millpond.backends.embedded import EmbeddedBackend
 from millpond.backends.kafka import KafkaBackend
 from millpond.config import EmbeddedLog, LogConfig, PipelineConfig
-from millpond.errors import LogLockedError
+from millpond.errors import LogLockedError, MillpondError
 from millpond.log.batch import Row
 from millpond.migrate import PROGRESS_TOPIC, Migration
 from millpond.records import Record, TopicPartition
@@ -171,6 +171,11 @@ def test_migrate_every_kind_of_topic_and_a_group(tmp_path: Path, kafka: str) -> 
             assert (await target.topic_settings("latest"))["cleanup.policy"] == "compact"
             assert (await target.topic_settings("orders"))["retention.ms"] == "86400000"
             assert await target.partitions_for("orders") == 3
+            again = tmp_path / "again.txt"
+            with again.open("w") as stream:  # run again once done: nothing to do, nothing doubled
+                await Migration(pipeline(tmp_path / "log"), target, stream=stream).run()
+            assert "complete already" in again.read_text()
+            assert await snapshot(target, ["reader"]) == after
         assert after == before
         assert len(before["txn"][0]) == 20 + 13 * 5  # type: ignore[index]  # aborted data left behind
         assert before["checkpoint:tail"] == {"file": "/in/a.log", "position": 1234}
@@ -194,6 +199,9 @@ def test_dry_run_changes_nothing_and_a_held_log_is_refused(tmp_path: Path, kafka
                 with pytest.raises(LogLockedError, match="stop it, then migrate"):
                     await Migration(pipeline(tmp_path / "log"), target).run()
             assert PROGRESS_TOPIC not in await target.list_topics()
+            await target.create_topic(TopicSpec("orders", 3))  # a first run copies into new topics only
+            with pytest.raises(MillpondError, match=r"orders exist at .* already"):
+                await Migration(pipeline(tmp_path / "log"), target).run()
 
     asyncio.run(go())
 
