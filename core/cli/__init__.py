@@ -63,6 +63,7 @@ examples:
   millpond groups reset out --to-earliest --log ./data/quickstart            # the plan
   millpond groups reset out --to-earliest --execute --log ./data/quickstart  # apply it
   millpond dlq replay lines-dlq --execute --log ./data/quickstart            # dead letters go home
+  millpond migrate configs/quickstart.yaml --to-bootstrap kafka:9092 --dry-run  # moving up to Kafka: the plan
 
 exit codes: 0 ok, 1 error (one line on stderr), 2 usage, 130 interrupted
 """
