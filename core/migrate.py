@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -180,9 +181,16 @@ class Migration:
         try:
             await backend.open()
         except LogLockedError as exc:
-            raise LogLockedError(f"cannot migrate the log at {self.directory}: {exc}. A worker must not write "
-                                 "while its log is copied: stop it, then migrate") from None
+            holder = re.search(r"held by another process \(([^)]*)\)", str(exc))
+            raise LogLockedError(f"cannot migrate the log at {self.directory}: a worker holds it "
+                                 f"({holder.group(1) if holder else exc}); a log must not change while it is copied: "
+                                 "stop it, then migrate") from None
         return backend
+
+    async def check_log(self) -> None:
+        """Refuse now, before reaching Kafka, when a worker holds the log (``run`` takes the lock again)."""
+        embedded = await self._open_embedded(readonly=False)
+        await embedded.close()
 
     # -- the plan --
 

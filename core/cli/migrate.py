@@ -43,8 +43,10 @@ async def migrate(args: argparse.Namespace) -> int:
     if config.log.embedded is None:
         raise UsageError(f"{args.file}: its log: block is not an embedded log; nothing to migrate")
     kafka = target_backend(args.to_bootstrap, args.to)
+    migration = Migration(config, kafka, chunk_records=args.transaction_records or CHUNK_RECORDS)
+    if not args.dry_run:
+        await migration.check_log()
     async with kafka:
-        migration = Migration(config, kafka, chunk_records=args.transaction_records or CHUNK_RECORDS)
         if args.dry_run:
             await migration.dry_run()
         else:
