@@ -55,28 +55,28 @@ When the pipeline has no transforms and string converters (``text`` format),
 the lines go out as :class:`~millpond.records.LineRecords` instead: the block
 read, as it is (re-encoded only if it is not UTF-8, ``\r`` dropped if asked),
 which the log encodes in C: the bytes the records would have become, without
-an object per line.
+an object per line. With ``format: json``, when every transform of the pipeline
+has a batch form, the lines go out as :class:`~millpond.records.JsonLines`
+blocks the same way, and the transforms parse them a block at a time.
 """
 
 from __future__ import annotations
 
 import codecs
 import glob
-import json
 import logging
 import os
 import re
 import stat
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from millpond.connector import ConnectorConfig, Guarantee, Source, SourceBatch
 from millpond.errors import ConfigError
 from millpond.log.batch import line_end
-from millpond.records import LineRecords, Record
+from millpond.records import JsonLines, LineRecords, Record, json_or_text
 
 log = logging.getLogger("millpond.connectors.file.source")
 
@@ -118,23 +118,6 @@ def _valid_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-#: the stdlib's C scanner, which json.loads calls after checks that cost as much as it on short lines
-_scan_json: Callable[[str, int], tuple[Any, int]] = getattr(json.JSONDecoder(), "scan_once")
-
-
-def _json_or_text(line: str) -> Any:
-    try:
-        value, end = _scan_json(line, 0)
-        if end == len(line):
-            return value
-    except (StopIteration, ValueError, RecursionError):
-        pass
-    try:  # whitespace around the document, or not JSON: json.loads decides
-        return json.loads(line)
-    except ValueError:
-        return line
 
 
 class FileSourceConfig(ConnectorConfig):
@@ -253,10 +236,13 @@ class FileSource(Source):
         self._encoded: list[LineRecords] = []
         self._utf8 = codecs.lookup(self.config.encoding).name == "utf-8"
         topic = self.context.extra.get("topic")
-        #: the topic of lines handed over as bytes (LineRecords); None: lines become records
-        self._lines_topic: str | None = (
-            topic if self.context.encoded_as == "string" and self.config.format == "text" and topic else None
-        )
+        #: the topic of lines handed over as bytes (LineRecords, or JsonLines for transforms' batch
+        #: forms to parse); None: lines become records
+        self._lines_topic: str | None = None
+        self._lines_kind: type[LineRecords] = LineRecords
+        if topic and (self.context.encoded_as, self.config.format) in (("string", "text"), ("json-lines", "json")):
+            self._lines_topic = topic
+            self._lines_kind = JsonLines if self.config.format == "json" else LineRecords
         self._check_glob()
         self._scan(force=True)
 
@@ -538,7 +524,7 @@ class FileSource(Source):
                     self._emit_block(tf, text.encode() + b"\n", 1)
                 else:
                     self._chunks.append((len(out), 1, tf, tf.position, tf.line, b""))
-                    out.append(Record(_json_or_text(text) if cfg.format == "json" else text, key))
+                    out.append(Record(json_or_text(text) if cfg.format == "json" else text, key))
                 count += 1
                 self._advance(tf, len(chunk))
                 moved = True
@@ -566,7 +552,7 @@ class FileSource(Source):
             if tf.line is not None:
                 tf.line += len(lines)
             if cfg.format == "json":
-                out.extend([Record(_json_or_text(line), key) for line in lines])
+                out.extend([Record(json_or_text(line), key) for line in lines])
             elif key is None:
                 out.extend([Record(line) for line in lines])
             else:
@@ -603,7 +589,7 @@ class FileSource(Source):
     def _emit_block(self, tf: TrackedFile, block: bytes, count: int) -> None:
         assert self._lines_topic is not None
         key = tf.origin.encode() if self.config.key == "path" else None
-        self._encoded.append(LineRecords.of(self._lines_topic, block, count, key, int(time.time() * 1000)))
+        self._encoded.append(self._lines_kind.of(self._lines_topic, block, count, key, int(time.time() * 1000)))
 
     @staticmethod
     def _bytes_of_lines(block: bytes, n: int) -> int:
