@@ -25,17 +25,19 @@ from millpond.errors import RecordError
 from millpond.records import Record, json_or_text
 from millpond.transforms import Mask, MaskConfig
 
+#: mostly ASCII, the text the C path takes; the rest goes to its fallback
+texts = st.text(st.characters(max_codepoint=127), max_size=12) | st.text(max_size=12)
 scalars = (
-    st.none() | st.booleans() | st.text(max_size=12)
-    | st.integers(min_value=-(2**70), max_value=2**70)
+    st.none() | st.booleans() | texts
+    | st.integers(min_value=-(2**70), max_value=2**70) | st.integers(min_value=-(10**19), max_value=10**19)
     | st.floats(allow_nan=False, allow_infinity=False)
 )
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
                       | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
-users = st.none() | st.text(max_size=20) | st.sampled_from(["u1@example.com", "u2@example.com"]) | values
+users = st.none() | texts | st.sampled_from(["u1@example.com", "u2@example.com"]) | values
 documents = st.fixed_dictionaries(
     {}, optional={"user": users, "meta": st.fixed_dictionaries({}, optional={"ip": users, "x": values}),
-                  "msg": st.text(max_size=30), "n": values},
+                  "msg": texts, "n": values, "f": st.floats(allow_nan=False, allow_infinity=False)},
 )
 styles = st.sampled_from(["orjson", "spaced", "ascii"])
 
@@ -66,36 +68,89 @@ def by_record(mask: Mask, line: bytes) -> bytes | None:
     return data
 
 
-FIELDS = [["user"], ["user", "meta.ip"], ["meta.ip", "n"]]
+#: top-level fields only take the C path (where it is built), a nested one the Python path
+FIELDS = [["user"], ["user", "msg"], ["user", "meta.ip"], ["meta.ip", "n"]]
 
 
+def batch_mask(fields: list[str], mode: str, c: bool) -> Mask:
+    mask = Mask(MaskConfig(fields=fields, mode=mode, salt="s", replacement="<hidden>"))
+    if not c:
+        mask._c_fields = None  # the pure-Python batch form, built or not
+    return mask
+
+
+@pytest.mark.parametrize("c", [True, False], ids=["c", "python"])
 @pytest.mark.parametrize("fields", FIELDS)
 @pytest.mark.parametrize("mode", ["hash", "fixed"])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(block_lines=st.lists(lines, min_size=1, max_size=12))
-def test_the_batch_form_writes_what_apply_writes(fields: list[str], mode: str, block_lines: list[bytes]) -> None:
+def test_the_batch_form_writes_what_apply_writes(fields: list[str], mode: str, c: bool,
+                                                 block_lines: list[bytes]) -> None:
     mask = Mask(MaskConfig(fields=fields, mode=mode, salt="s", replacement="<hidden>"))
     want = [by_record(mask, line) for line in block_lines]
-    got = Mask(MaskConfig(fields=fields, mode=mode, salt="s", replacement="<hidden>")).apply_json_lines(
-        b"".join(line + b"\n" for line in block_lines))
+    got = batch_mask(fields, mode, c).apply_json_lines(b"".join(line + b"\n" for line in block_lines))
     if got is None:
         return  # refused: the runtime runs the block through apply, the model itself
     assert None not in want, "a block with a line apply rejects must be refused"
     assert got == b"".join(w + b"\n" for w in want if w is not None)
 
 
-def test_plain_documents_are_taken_not_refused() -> None:
+@pytest.mark.parametrize("c", [True, False], ids=["c", "python"])
+@pytest.mark.parametrize("style", ["orjson", "spaced", "ascii"])
+def test_plain_documents_are_taken_not_refused(c: bool, style: str) -> None:
     """The batch form must not pass the test above by refusing everything."""
-    mask = Mask(MaskConfig(fields=["user"], salt="s"))
-    docs = [{"i": i, "user": f"u{i % 7}@example.com", "msg": "h\u00e9llo \u4e2d", "f": i / 3} for i in range(500)]
-    block = b"".join(json.dumps(d).encode() + b"\n" for d in docs)
+    mask = batch_mask(["user"], "hash", c)
+    docs = [{"i": i, "user": f"u{i % 7}@example.com", "msg": "h\u00e9llo \u4e2d" if i % 2 else "a \"b\"\n",
+             "f": i / 3, "n": [None, True, {"x": -i}]} for i in range(500)]
+    block = b"".join(render(d, style) + b"\n" for d in docs)
     got = mask.apply_json_lines(block)
     assert got is not None
     assert got.splitlines() == [by_record(mask, line) for line in block.splitlines()]
 
 
-def test_what_orjson_reads_differently_is_refused() -> None:
+def test_what_the_c_path_takes_is_never_parsed() -> None:
+    """Lines in orjson's form are masked in C: the Python fallback sees only the others."""
     mask = Mask(MaskConfig(fields=["user"], salt="s"))
+    if mask._c_fields is None:
+        pytest.skip("the C speedup is not built or switched off")  # tests/test_speedups.py fails that under CI
+    seen: list[bytes] = []
+    fallback = mask._json_line
+    mask._json_line = lambda line: seen.append(line) or fallback(line)  # type: ignore[method-assign]
+    lines = [orjson.dumps({"i": i, "user": f"u{i}", "m": {"a": [1, None, "x\ty"]}}) for i in range(100)]
+    lines[10] = b'{"i":10,"user":"u10","f":1.5}'  # a float: orjson's digits decide
+    lines[20] = b'{"i":20,"user":"\\u00e9"}'
+    got = mask.apply_json_lines(b"".join(line + b"\n" for line in lines))
+    assert got is not None and got.splitlines() == [by_record(mask, line) for line in lines]
+    assert seen == [lines[10], lines[20]]
+
+
+ODD_LINES = [
+    b'{"user":"a","user":"b"}', b'{"m":{"k":1,"k":2},"user":"a"}', b'{"n":-0,"user":"a"}', b'{"user": "a"}',
+    b' {"user":"a"}', b'{"user":"a"} ', b'{"n":1234567890123456789,"user":"a"}', b'{"n":123456789012345678}',
+    b'{"user":"a\\/b"}', b'{"s":"a\\/b","user":"x"}', b'{"user":"\x7f"}', b'{}', b'{"user":{}}', b'{"user":null}',
+    b'{"user":["a"]}', b'{"user":"a\\"b"}', b'{"user":"a\\nb"}', b'{"u\\u0073er":"a"}', b'{"user":"a","x":[1,2,]}',
+    b'{"x":' + b"[" * 100 + b"]" * 100 + b',"user":"a"}', b'{"x":1e5,"user":"a"}', b'{"x":1E5}', b'{"x":0.5}',
+    b'{"x":true,"y":false,"z":null,"user":""}', b'{"user":"a"', b'{"user":"a"}}', b'{"user":"a",}', b"{",
+    b'{"user":"a"}{"user":"b"}', b'{"x":tru}', b'{"x":01}', b'{"x":-}', b'{"x":"\x01"}',
+]
+
+
+@pytest.mark.parametrize("c", [True, False], ids=["c", "python"])
+@pytest.mark.parametrize("line", ODD_LINES, ids=range(len(ODD_LINES)))
+def test_odd_lines_come_out_as_apply_writes_them(c: bool, line: bytes) -> None:
+    """Repeated keys, -0, whitespace, escapes orjson does not write, deep nesting, broken JSON."""
+    mask = batch_mask(["user"], "hash", c)
+    good = orjson.dumps({"user": "z"})
+    got = mask.apply_json_lines(good + b"\n" + line + b"\n")
+    want = by_record(mask, line)
+    if got is not None:
+        assert want is not None
+        assert got == by_record(mask, good) + b"\n" + want + b"\n"
+
+
+@pytest.mark.parametrize("c", [True, False], ids=["c", "python"])
+def test_what_orjson_reads_differently_is_refused(c: bool) -> None:
+    mask = batch_mask(["user"], "hash", c)
     for line in (b'{"user":"a","n":123456789012345678901234567890}',  # orjson: a float
                  b'{"user":"a","n":-9223372036854775809}',
                  b'{"user":"\\ud800"}',  # a lone surrogate
