@@ -66,11 +66,9 @@ import codecs
 import glob
 import logging
 import os
-import re
 import stat
 import time
 import zlib
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from millpond.connector import ConnectorConfig, Guarantee, Source, SourceBatch
@@ -78,39 +76,9 @@ from millpond.errors import ConfigError
 from millpond.log.batch import line_end
 from millpond.records import JsonLines, LineRecords, Record, json_or_text
 
+from .tracking import FINGERPRINT_BYTES, TrackedFile, kind_of, rotation_order
+
 log = logging.getLogger("millpond.connectors.file.source")
-
-FINGERPRINT_BYTES = 1024
-
-#: a rotation suffix: ``.5`` (logrotate's numbers) or a date / date-time (``-20240501``, ``.2024-05-01_13``)
-_ROTATION = re.compile(
-    r"(?P<base>.+?)(?:[.](?P<number>\d{1,6})|[.\-_](?P<date>\d{4}-?\d{2}-?\d{2}(?:[T_\-]?\d{2}(?:[:\-]?\d{2}){0,2})?"
-    r"|\d{10}))$"
-)
-
-
-def rotation_order(path: str) -> tuple[str, tuple[int, int, str]]:
-    """(the writer's file name, an order among its rotations, oldest first).
-
-    ``app.log.5`` < ``app.log.1`` < ``app.log``; ``app.log-20240501`` <
-    ``app.log-20240502`` < ``app.log``. A numbered and a dated rotation of
-    one writer (unusual) compare dated first.
-    """
-    m = _ROTATION.fullmatch(path)
-    if m is None:
-        return path, (2, 0, "")
-    if m.group("number") is not None:
-        return m.group("base"), (1, -int(m.group("number")), "")
-    return m.group("base"), (0, 0, re.sub(r"\D", "", m.group("date")))
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
 
 def _valid_utf8(data: bytes) -> bool:
     try:
@@ -138,41 +106,6 @@ class FileSourceConfig(ConnectorConfig):
     read_bytes: int = 1 << 20
     max_line_bytes: int = 1 << 20
     max_batch_lines: int = 20_000
-
-
-@dataclass(slots=True)
-class TrackedFile:
-    path: str
-    origin: str
-    dev: int
-    inode: int
-    position: int = 0
-    #: complete lines before ``position``; None when unknown (a checkpoint from before it was kept)
-    line: int | None = 0
-    fp: int = 0
-    fp_len: int = 0
-    rotated: bool = False
-    fd: int | None = None
-    size: int = 0
-    last_growth: float = 0.0
-    matched: bool = True
-
-    @property
-    def ident(self) -> tuple[int, int]:
-        return (self.dev, self.inode)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "origin": self.origin,
-            "dev": self.dev,
-            "inode": self.inode,
-            "position": self.position,
-            **({} if self.line is None else {"line": self.line}),
-            "fp": self.fp,
-            "fp_len": self.fp_len,
-            "rotated": self.rotated,
-        }
 
 
 class FileSource(Source):
@@ -263,7 +196,7 @@ class FileSource(Source):
                 continue
             if stat.S_ISREG(mode):
                 return
-            others.append(f"{path} is {_kind(mode)}")
+            others.append(f"{path} is {kind_of(mode)}")
             if stat.S_ISDIR(mode) and not hint:
                 hint = f"; did you mean {os.path.join(path, '*')!r}?"
         if others:
@@ -352,7 +285,7 @@ class FileSource(Source):
                 if path not in self._warned:
                     self._warned.add(path)
                     log.warning("file source %r: %s matches %r but is %s; skipped", self.context.name, path,
-                                self.config.path, _kind(st.st_mode))
+                                self.config.path, kind_of(st.st_mode))
                 continue
             ident = (st.st_dev, st.st_ino)
             seen.add(ident)
