@@ -8,6 +8,8 @@
  * float, a \u escape, non-ASCII text, a masked field that is not a plain string, ...) goes to the
  * caller's fallback, which parses it, so the output is the same either way; only the cost differs.
  *
+ * It also counts the lines of a block (count_lines), which the file source does for every block it reads.
+ *
  *   mask_lines(block: bytes, fields: tuple[bytes, ...], cache: dict[bytes, bytes],
  *              replace: Callable[[bytes], bytes], fallback: Callable[[bytes], bytes | None]) -> bytes | None
  *
@@ -390,7 +392,28 @@ done:
     return result;
 }
 
+/* bytes.count(b"\n") walks every byte; memchr jumps from newline to newline, several times faster on
+ * lines of a few hundred bytes (the file source counts each block it reads). */
+static PyObject *count_lines(PyObject *module, PyObject *arg)
+{
+    Py_buffer block;
+    const char *p, *end;
+    Py_ssize_t n = 0;
+    (void)module;
+    if (PyObject_GetBuffer(arg, &block, PyBUF_SIMPLE) < 0)
+        return NULL;
+    p = block.buf;
+    end = p + block.len;
+    while (p < end && (p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+        n++;
+        p++;
+    }
+    PyBuffer_Release(&block);
+    return PyLong_FromSsize_t(n);
+}
+
 static PyMethodDef methods[] = {
+    {"count_lines", count_lines, METH_O, "count_lines(block) -> int: the newlines in block."},
     {"mask_lines", mask_lines, METH_VARARGS,
      "mask_lines(block, fields, cache, replace, fallback) -> bytes | None: top-level string fields of "
      "newline-ended JSON lines replaced, lines not in orjson's form through fallback(line)."},

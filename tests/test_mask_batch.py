@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from millpond.converters import JsonConverter
 from millpond.errors import RecordError
-from millpond.records import Record, json_or_text
+from millpond.records import Record, count_lines, json_or_text
 from millpond.transforms import Mask, MaskConfig
 
 #: mostly ASCII, the text the C path takes; the rest goes to its fallback
@@ -156,3 +156,10 @@ def test_what_orjson_reads_differently_is_refused(c: bool) -> None:
                  b'{"user":"\\ud800"}',  # a lone surrogate
                  b'{"user":"a","n":NaN}', b'{"user":"a","n":1e400}'):
         assert mask.apply_json_lines(b'{"user":"b"}\n' + line + b"\n") is None, line
+
+
+@given(st.binary(max_size=3000) | st.lists(st.sampled_from([b"\n", b"ab", b"\n\n", b"x" * 300])).map(b"".join))
+def test_count_lines_counts_newlines(block: bytes) -> None:
+    """The file source's line count (C where built; same module) against bytes.count."""
+    assert count_lines(block) == block.count(b"\n")
+    assert count_lines(bytearray(block)) == block.count(b"\n")  # type: ignore[arg-type]

@@ -74,7 +74,7 @@ from typing import Any, Literal
 from millpond.connector import ConnectorConfig, Guarantee, Source, SourceBatch
 from millpond.errors import ConfigError
 from millpond.log.batch import line_end
-from millpond.records import JsonLines, LineRecords, Record, json_or_text
+from millpond.records import JsonLines, LineRecords, Record, count_lines, json_or_text
 
 from .tracking import FINGERPRINT_BYTES, TrackedFile, kind_of, rotation_order
 
@@ -505,7 +505,7 @@ class FileSource(Source):
         """
         clean = block.isascii() or (self._utf8 and _valid_utf8(block))
         text = block if clean else block.decode(self.config.encoding, "replace").encode()
-        count = text.count(b"\n")
+        count = count_lines(text)
         if count <= budget:
             consumed = len(block)
         else:
