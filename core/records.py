@@ -226,7 +226,8 @@ class LineRecords(JsonRecords):
     def __len__(self) -> int:
         return self._count
 
-    def _add(self, block: bytes, count: int, key: bytes | None, timestamp: int) -> None:
+    def add_block(self, block: bytes, count: int, key: bytes | None, timestamp: int) -> None:
+        """``count`` newline-ended lines in ``block``, with one key and one timestamp, after the others."""
         self.blocks.append(block)
         self.counts.append(count)
         self.block_keys.append(key)
@@ -238,13 +239,13 @@ class LineRecords(JsonRecords):
     def append(self, key: bytes | None, value: bytes | None, timestamp: int) -> None:
         if value is None or b"\n" in value:
             raise ValueError("a LineRecords value is one line of bytes")
-        self._add(value + b"\n", 1, key, timestamp)
+        self.add_block(value + b"\n", 1, key, timestamp)
 
     def extend(self, other: JsonRecords) -> None:
         if not isinstance(other, LineRecords):
             raise TypeError(f"LineRecords extends with LineRecords, not {type(other).__name__}")
         for block, count, key, timestamp in zip(other.blocks, other.counts, other.block_keys, other.block_timestamps):
-            self._add(block, count, key, timestamp)
+            self.add_block(block, count, key, timestamp)
 
     @overload
     def __getitem__(self, index: int) -> Record: ...
@@ -262,10 +263,10 @@ class LineRecords(JsonRecords):
             lo, hi = max(start, first) - first, min(stop, first + count) - first
             if lo < hi:
                 if lo == 0 and hi == count:
-                    out._add(block, count, key, timestamp)
+                    out.add_block(block, count, key, timestamp)
                 else:
                     a, b = _line_start(block, lo), _line_start(block, hi)
-                    out._add(block[a:b], hi - lo, key, timestamp)
+                    out.add_block(block[a:b], hi - lo, key, timestamp)
             first += count
             if first >= stop:
                 break

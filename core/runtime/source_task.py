@@ -376,7 +376,7 @@ class SourceTask(ConnectorTask):
         for block, n, key, timestamp in zip(lines.blocks, lines.counts, lines.block_keys, lines.block_timestamps):
             out = _through_batch_forms(transforms, block)
             if out is not None:
-                done._add(out, n, key, timestamp)
+                done.add_block(out, n, key, timestamp)
                 continue
             if len(done):  # what came before this block goes first
                 c, b = await self._prepare_encoded(done, pending)
