@@ -163,3 +163,30 @@ def test_count_lines_counts_newlines(block: bytes) -> None:
     """The file source's line count (C where built; same module) against bytes.count."""
     assert count_lines(block) == block.count(b"\n")
     assert count_lines(bytearray(block)) == block.count(b"\n")  # type: ignore[arg-type]
+
+
+#: JSON-ish bytes: the characters the C scanner branches on, in any order (no newline: one line each)
+scraps = st.lists(st.sampled_from([b"{", b"}", b"[", b"]", b'"', b"\\", b":", b",", b"user", b'"user":', b"1", b"-",
+                                   b"0", b"e", b".", b"true", b"null", b" ", b"\t", b"\x00", b"\xc3\xa9", b"\x7f",
+                                   b"ab"]), max_size=30).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(block_lines=st.lists(scraps | st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), min_size=1,
+                            max_size=6))
+def test_any_bytes_come_out_as_apply_writes_them_or_are_refused(block_lines: list[bytes]) -> None:
+    """The C scanner on arbitrary bytes: never a crash, never output the record path would not write."""
+    mask = Mask(MaskConfig(fields=["user"], salt="s"))
+    got = mask.apply_json_lines(b"".join(line + b"\n" for line in block_lines))
+    if got is None:
+        return
+    want = []
+    for line in block_lines:
+        try:
+            text = line.decode()
+        except UnicodeDecodeError:
+            pytest.fail(f"{line!r} is not UTF-8, yet the block was taken")
+        out = by_record(mask, text.encode())
+        assert out is not None, line
+        want.append(out + b"\n")
+    assert got == b"".join(want)
