@@ -23,8 +23,8 @@ from ..backends.base import LogBackend, Producer
 from ..config import ConnectorSpec, PipelineConfig
 from ..connector import Converter, Source, Transform
 from ..converters import JsonConverter, StringConverter
-from ..errors import RecordError
-from ..records import JsonLines, JsonRecords, LineRecords, Record, partition_for_key
+from ..errors import PluginError, RecordError
+from ..records import JsonLines, JsonRecords, LineRecords, Record, count_lines, partition_for_key
 from .build import apply_transforms, make_converters, make_source, make_transforms
 from .source_offsets import SOURCE_OFFSETS_TOPIC, encode_offset, offset_key, read_source_offset
 from .task import ConnectorTask
@@ -101,13 +101,20 @@ def as_columns(topic: str, records: list[Record] | JsonRecords) -> list[Record] 
     return JsonRecords(topic, keys, values, cast(list[int], timestamps))
 
 
-def _through_batch_forms(transforms: list[Transform], block: bytes) -> bytes | None:
-    """``block`` through every transform's batch form; None as soon as one refuses it."""
+def _through_batch_forms(transforms: list[Transform], block: bytes, lines: int) -> bytes | None:
+    """``block`` (``lines`` newline-ended lines) through every transform's batch form; None as soon as
+    one refuses it. A block that comes back with another number of lines breaks the batch form's
+    contract (one record out per record in) and would misplace every offset after it: an error."""
     out: bytes | None = block
     for transform in transforms:
         out = transform.apply_json_lines(block)
         if out is None:
             return None
+        if (out[-1:] != b"\n" and out) or count_lines(out) != lines:
+            raise PluginError(
+                f"transform {type(transform).__name__}: apply_json_lines returned {count_lines(out)} lines "
+                f"for {lines} (it must return one newline-ended line per line it is given)"
+            )
         block = out
     return out
 
@@ -377,7 +384,7 @@ class SourceTask(ConnectorTask):
         size = 0
         done = LineRecords(lines.topic)
         for block, n, key, timestamp in zip(lines.blocks, lines.counts, lines.block_keys, lines.block_timestamps):
-            out = _through_batch_forms(transforms, block)
+            out = _through_batch_forms(transforms, block, n)
             if out is not None:
                 done.add_block(out, n, key, timestamp)
                 continue

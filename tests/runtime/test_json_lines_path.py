@@ -17,10 +17,10 @@ import pytest
 
 from millpond.config import PipelineConfig
 from millpond.converters import JsonConverter, StringConverter
-from millpond.errors import RecordError
+from millpond.errors import PluginError, RecordError
 from millpond.records import Record, json_or_text
 from millpond.runtime import RuntimeOptions, run_pipeline_async
-from millpond.runtime.source_task import encoded_as
+from millpond.runtime.source_task import _through_batch_forms, encoded_as
 from millpond.transforms import Mask, MaskConfig, Rename, RenameConfig
 
 MASK = {"fields": ["user", "meta.ip"], "salt": "s"}
@@ -110,3 +110,17 @@ def test_batch_forms_are_declared_not_probed() -> None:
     assert encoded_as([mask], values, values) is None  # keys of lines are the string converter's bytes
     assert encoded_as([mask], keys, keys) is None
     assert encoded_as([], keys, keys) == "string"
+
+
+class Doubling(Mask):
+    """A batch form that breaks the contract: two lines out for each line in."""
+
+    def apply_json_lines(self, block: bytes) -> bytes | None:
+        return block + block
+
+
+def test_a_batch_form_that_changes_the_line_count_is_an_error() -> None:
+    block = b"".join(line + b"\n" for line in documents(3))
+    assert _through_batch_forms([Mask(MaskConfig(**MASK))], block, 3) is not None
+    with pytest.raises(PluginError, match="Doubling: apply_json_lines returned 6 lines for 3"):
+        _through_batch_forms([Mask(MaskConfig(**MASK)), Doubling(MaskConfig(**MASK))], block, 3)
