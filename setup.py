@@ -1,6 +1,6 @@
 """C speedups; everything else about the build is in pyproject.toml.
 
-Both extensions are optional: without a C compiler (or without Python's
+Every extension is optional: without a C compiler (or without Python's
 headers) millpond installs and runs on its pure-Python paths, and the build
 says so once, naming what was not built. ``millpond --version`` shows which
 paths an install runs; tests/test_speedups.py fails under CI=true if they
@@ -53,6 +53,7 @@ setup(
         # optional: an editable install then skips copying what was not built
         Extension("millpond.log._columns", ["core/log/_columns.c"], optional=True),
         Extension("millpond.connectors.postgres._decode", ["connectors/postgres/_decode.c"], optional=True),
+        Extension("millpond._jsonlines", ["core/_jsonlines.c"], optional=True),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

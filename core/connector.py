@@ -62,7 +62,9 @@ class ConnectorContext:
     extra: dict[str, Any] = field(default_factory=dict)
     #: set by the runtime before ``Source.start``: the converter (``"json"``, ``"string"``) whose bytes
     #: the log takes as they are in ``SourceBatch.encoded`` columns; None when the pipeline wants
-    #: records (transforms, other converters), so a source that can do both returns records
+    #: records (transforms, other converters), so a source that can do both returns records.
+    #: ``"json-lines"``: every transform has a batch form, so a source of JSON documents may hand over
+    #: their lines as they are (:class:`~millpond.records.JsonLines`), unparsed
     encoded_as: str | None = None
 
 
@@ -191,9 +193,20 @@ class Transform(ABC):
     def __init__(self, config: Any) -> None:
         self.config = config
 
+    #: declared by a transform that also has a batch form, :meth:`apply_json_lines`; the runtime runs
+    #: whole blocks through the chain when every transform in it declares one, and ``apply`` otherwise
+    batch_form: ClassVar[bool] = False
+
     @abstractmethod
     def apply(self, record: Record) -> Iterable[Record]:
         """Return the records that replace ``record`` (empty to drop it)."""
+
+    def apply_json_lines(self, block: bytes) -> bytes | None:
+        """The batch form: ``block`` holds newline-ended JSON documents, one per record; return a block of
+        the JSON the ``json`` converter would write for what ``apply`` makes of each (one record out per
+        record in, same key and timestamp), or None when some document needs ``apply`` (the runtime then
+        runs that block record by record, with the error policy). ``apply`` stays the reference."""
+        raise NotImplementedError(f"{type(self).__name__} declares no batch form")
 
 
 class Converter(ABC):

@@ -20,13 +20,21 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from . import speedups
 from .config import topic_name_problem
 from .connector import ConnectorConfig, Transform
 from .errors import RecordError
 from .hookspecs import hookimpl
 from .records import Record
+
+try:
+    speedups.refuse()  # MILLPOND_PURE_PYTHON=1: the Python path, on purpose
+    from . import _jsonlines
+except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
+    _jsonlines = None  # type: ignore[assignment]
 
 _MISSING = object()
 FieldPath = str
@@ -313,6 +321,11 @@ class MaskConfig(ConnectorConfig):
 
 
 _MASK_MEMO = 65_536
+#: where an integer may not fit 64 bits (-9223372036854775809 has 19 digits), found as a run of zeros
+#: once every digit is one (a tenth of what a regex takes); strings hold such runs too, which only
+#: sends their block the slow way
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
 
 
 class Mask(Transform):
@@ -329,6 +342,15 @@ class Mask(Transform):
         #: masked str values already hashed: the same user or e-mail comes back record after record,
         #: and an HMAC of a short value costs ~20x a lookup. Bounded; cleared when full.
         self._memo: dict[str, str] = {}
+        #: the batch form in C (``_jsonlines``): top-level fields whose names need no JSON escape
+        self._c_fields: tuple[bytes, ...] | None = None
+        #: its memo: a masked value's text -> the JSON of its replacement
+        self._c_memo: dict[bytes, bytes] = {}
+        names = [parts[0] for parts in self._paths]
+        if (_jsonlines is not None and all(len(parts) == 1 for parts in self._paths) and len(names) <= 16
+                and all(name.isascii() and name.isprintable() and '"' not in name and "\\" not in name
+                        for name in names)):
+            self._c_fields = tuple(name.encode() for name in names)
 
     def _mask(self, value: Any) -> Any:
         if value is None:
@@ -356,10 +378,8 @@ class Mask(Transform):
     def _change(self, d: dict[str, Any], k: str) -> None:
         d[k] = self._mask(d[k])
 
-    def apply(self, record: Record) -> Iterable[Record]:
-        original: Any = record.value
-        if original.__class__ is not dict:
-            original = _object(record, "mask")
+    def _masked(self, original: dict[str, Any]) -> dict[str, Any]:
+        """``original`` with the fields masked: a copy once something changes, ``original`` otherwise."""
         value = original
         memo = self._memo
         for parts in self._paths:
@@ -373,8 +393,66 @@ class Mask(Transform):
                     value[field] = self._mask(current) if masked is None else masked
             else:
                 value = _update(value, parts, self._change)
-        return [Record(value, record.key, record.timestamp, record.headers, record.topic, record.partition,
-                       record.offset)]
+        return value
+
+    def apply(self, record: Record) -> Iterable[Record]:
+        original: Any = record.value
+        if original.__class__ is not dict:
+            original = _object(record, "mask")
+        return [Record(self._masked(original), record.key, record.timestamp, record.headers, record.topic,
+                       record.partition, record.offset)]
+
+    batch_form = True
+
+    def apply_json_lines(self, block: bytes) -> bytes | None:
+        """The batch form: each line masked as ``apply`` masks its document, written as orjson writes it.
+
+        In C where the speedup is built and the fields are top-level: a line already in orjson's form
+        gets its values' text replaced without being parsed (``_jsonlines``), any other goes through
+        :meth:`_json_line`. Without C, each line is parsed by orjson and written into one block, freed
+        line by line (on a busy allocator a bytes object kept per line costs more than the parse).
+        orjson refuses what the stdlib parser would read differently or what its writer cannot write
+        (NaN, lone surrogates): then the whole block goes through ``apply``, as does one holding a line
+        that is not a JSON object (for the error policy), or 19 digits in a row anywhere (orjson reads
+        an integer beyond 64 bits as a float).
+        """
+        if self._c_fields is not None:
+            assert _jsonlines is not None
+            if len(self._c_memo) >= _MASK_MEMO:
+                self._c_memo.clear()
+            return _jsonlines.mask_lines(block, self._c_fields, self._c_memo, self._replacement, self._json_line)
+        if _LONG_NUMBER in block.translate(_DIGITS_AS_ZERO):
+            return None
+        loads = orjson.loads
+        dumps = orjson.dumps
+        newline = orjson.OPT_APPEND_NEWLINE
+        masked = self._masked
+        out = bytearray()
+        try:
+            for line in block[:-1].split(b"\n"):
+                doc = loads(line)
+                if doc.__class__ is not dict:
+                    return None
+                out += dumps(masked(doc), option=newline)
+        except (orjson.JSONDecodeError, TypeError):
+            return None
+        return bytes(out)
+
+    def _json_line(self, line: bytes) -> bytes | None:
+        """One line of the batch form, parsed (what the C path leaves to Python); None refuses the block."""
+        if _LONG_NUMBER in line.translate(_DIGITS_AS_ZERO):
+            return None
+        try:
+            doc = orjson.loads(line)
+            if doc.__class__ is not dict:
+                return None
+            return orjson.dumps(self._masked(doc), option=orjson.OPT_APPEND_NEWLINE)
+        except (orjson.JSONDecodeError, TypeError):
+            return None
+
+    def _replacement(self, text: bytes) -> bytes:
+        """The JSON of what a plain string value (its text, no escapes) is masked to, for the C path."""
+        return orjson.dumps(self._mask(text.decode()))
 
 
 # -- timestamp ---------------------------------------------------------------

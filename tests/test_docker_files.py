@@ -230,7 +230,7 @@ def test_dockerfile_compiles_in_a_builder_and_runs_slim_without_root() -> None:
     assert "--only-binary=aiokafka" in builder_runs
     assert re.search(r'pip wheel [^&]*"\.\[all\]"', builder_runs), "every connector's driver"
     # the build fails if the speedups did not compile, instead of shipping the slow paths
-    assert 'millpond --version | grep -F "(speedups: columns=C, pgoutput=C)"' in builder_runs
+    assert 'millpond --version | grep -F "(speedups: columns=C, pgoutput=C, jsonlines=C)"' in builder_runs
 
     assert runtime[0] == ("FROM", "python:3.11-slim")
     runtime_runs = " ".join(args for op, args in runtime if op == "RUN")

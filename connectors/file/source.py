@@ -55,62 +55,30 @@ When the pipeline has no transforms and string converters (``text`` format),
 the lines go out as :class:`~millpond.records.LineRecords` instead: the block
 read, as it is (re-encoded only if it is not UTF-8, ``\r`` dropped if asked),
 which the log encodes in C: the bytes the records would have become, without
-an object per line.
+an object per line. With ``format: json``, when every transform of the pipeline
+has a batch form, the lines go out as :class:`~millpond.records.JsonLines`
+blocks the same way, and the transforms parse them a block at a time.
 """
 
 from __future__ import annotations
 
 import codecs
 import glob
-import json
 import logging
 import os
-import re
 import stat
 import time
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from millpond.connector import ConnectorConfig, Guarantee, Source, SourceBatch
 from millpond.errors import ConfigError
 from millpond.log.batch import line_end
-from millpond.records import LineRecords, Record
+from millpond.records import JsonLines, LineRecords, Record, count_lines, json_or_text
+
+from .tracking import FINGERPRINT_BYTES, TrackedFile, kind_of, rotation_order
 
 log = logging.getLogger("millpond.connectors.file.source")
-
-FINGERPRINT_BYTES = 1024
-
-#: a rotation suffix: ``.5`` (logrotate's numbers) or a date / date-time (``-20240501``, ``.2024-05-01_13``)
-_ROTATION = re.compile(
-    r"(?P<base>.+?)(?:[.](?P<number>\d{1,6})|[.\-_](?P<date>\d{4}-?\d{2}-?\d{2}(?:[T_\-]?\d{2}(?:[:\-]?\d{2}){0,2})?"
-    r"|\d{10}))$"
-)
-
-
-def rotation_order(path: str) -> tuple[str, tuple[int, int, str]]:
-    """(the writer's file name, an order among its rotations, oldest first).
-
-    ``app.log.5`` < ``app.log.1`` < ``app.log``; ``app.log-20240501`` <
-    ``app.log-20240502`` < ``app.log``. A numbered and a dated rotation of
-    one writer (unusual) compare dated first.
-    """
-    m = _ROTATION.fullmatch(path)
-    if m is None:
-        return path, (2, 0, "")
-    if m.group("number") is not None:
-        return m.group("base"), (1, -int(m.group("number")), "")
-    return m.group("base"), (0, 0, re.sub(r"\D", "", m.group("date")))
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
 
 def _valid_utf8(data: bytes) -> bool:
     try:
@@ -118,23 +86,6 @@ def _valid_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-#: the stdlib's C scanner, which json.loads calls after checks that cost as much as it on short lines
-_scan_json: Callable[[str, int], tuple[Any, int]] = getattr(json.JSONDecoder(), "scan_once")
-
-
-def _json_or_text(line: str) -> Any:
-    try:
-        value, end = _scan_json(line, 0)
-        if end == len(line):
-            return value
-    except (StopIteration, ValueError, RecursionError):
-        pass
-    try:  # whitespace around the document, or not JSON: json.loads decides
-        return json.loads(line)
-    except ValueError:
-        return line
 
 
 class FileSourceConfig(ConnectorConfig):
@@ -155,41 +106,6 @@ class FileSourceConfig(ConnectorConfig):
     read_bytes: int = 1 << 20
     max_line_bytes: int = 1 << 20
     max_batch_lines: int = 20_000
-
-
-@dataclass(slots=True)
-class TrackedFile:
-    path: str
-    origin: str
-    dev: int
-    inode: int
-    position: int = 0
-    #: complete lines before ``position``; None when unknown (a checkpoint from before it was kept)
-    line: int | None = 0
-    fp: int = 0
-    fp_len: int = 0
-    rotated: bool = False
-    fd: int | None = None
-    size: int = 0
-    last_growth: float = 0.0
-    matched: bool = True
-
-    @property
-    def ident(self) -> tuple[int, int]:
-        return (self.dev, self.inode)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "origin": self.origin,
-            "dev": self.dev,
-            "inode": self.inode,
-            "position": self.position,
-            **({} if self.line is None else {"line": self.line}),
-            "fp": self.fp,
-            "fp_len": self.fp_len,
-            "rotated": self.rotated,
-        }
 
 
 class FileSource(Source):
@@ -253,10 +169,13 @@ class FileSource(Source):
         self._encoded: list[LineRecords] = []
         self._utf8 = codecs.lookup(self.config.encoding).name == "utf-8"
         topic = self.context.extra.get("topic")
-        #: the topic of lines handed over as bytes (LineRecords); None: lines become records
-        self._lines_topic: str | None = (
-            topic if self.context.encoded_as == "string" and self.config.format == "text" and topic else None
-        )
+        #: the topic of lines handed over as bytes (LineRecords, or JsonLines for transforms' batch
+        #: forms to parse); None: lines become records
+        self._lines_topic: str | None = None
+        self._lines_kind: type[LineRecords] = LineRecords
+        if topic and (self.context.encoded_as, self.config.format) in (("string", "text"), ("json-lines", "json")):
+            self._lines_topic = topic
+            self._lines_kind = JsonLines if self.config.format == "json" else LineRecords
         self._check_glob()
         self._scan(force=True)
 
@@ -277,7 +196,7 @@ class FileSource(Source):
                 continue
             if stat.S_ISREG(mode):
                 return
-            others.append(f"{path} is {_kind(mode)}")
+            others.append(f"{path} is {kind_of(mode)}")
             if stat.S_ISDIR(mode) and not hint:
                 hint = f"; did you mean {os.path.join(path, '*')!r}?"
         if others:
@@ -366,7 +285,7 @@ class FileSource(Source):
                 if path not in self._warned:
                     self._warned.add(path)
                     log.warning("file source %r: %s matches %r but is %s; skipped", self.context.name, path,
-                                self.config.path, _kind(st.st_mode))
+                                self.config.path, kind_of(st.st_mode))
                 continue
             ident = (st.st_dev, st.st_ino)
             seen.add(ident)
@@ -538,7 +457,7 @@ class FileSource(Source):
                     self._emit_block(tf, text.encode() + b"\n", 1)
                 else:
                     self._chunks.append((len(out), 1, tf, tf.position, tf.line, b""))
-                    out.append(Record(_json_or_text(text) if cfg.format == "json" else text, key))
+                    out.append(Record(json_or_text(text) if cfg.format == "json" else text, key))
                 count += 1
                 self._advance(tf, len(chunk))
                 moved = True
@@ -566,7 +485,7 @@ class FileSource(Source):
             if tf.line is not None:
                 tf.line += len(lines)
             if cfg.format == "json":
-                out.extend([Record(_json_or_text(line), key) for line in lines])
+                out.extend([Record(json_or_text(line), key) for line in lines])
             elif key is None:
                 out.extend([Record(line) for line in lines])
             else:
@@ -586,7 +505,7 @@ class FileSource(Source):
         """
         clean = block.isascii() or (self._utf8 and _valid_utf8(block))
         text = block if clean else block.decode(self.config.encoding, "replace").encode()
-        count = text.count(b"\n")
+        count = count_lines(text)
         if count <= budget:
             consumed = len(block)
         else:
@@ -603,7 +522,7 @@ class FileSource(Source):
     def _emit_block(self, tf: TrackedFile, block: bytes, count: int) -> None:
         assert self._lines_topic is not None
         key = tf.origin.encode() if self.config.key == "path" else None
-        self._encoded.append(LineRecords.of(self._lines_topic, block, count, key, int(time.time() * 1000)))
+        self._encoded.append(self._lines_kind.of(self._lines_topic, block, count, key, int(time.time() * 1000)))
 
     @staticmethod
     def _bytes_of_lines(block: bytes, n: int) -> int:

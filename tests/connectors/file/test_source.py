@@ -13,7 +13,7 @@ import pytest
 
 from millpond.connector import ConnectorContext
 from millpond.connectors.file import FileSource, FileSourceConfig
-from millpond.connectors.file.source import rotation_order
+from millpond.connectors.file.tracking import rotation_order
 from millpond.errors import ConfigError
 from millpond.records import Record
 

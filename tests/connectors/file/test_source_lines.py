@@ -18,7 +18,7 @@ import pytest
 
 from millpond.connector import ConnectorContext
 from millpond.connectors.file import FileSource, FileSourceConfig
-from millpond.records import LineRecords
+from millpond.records import JsonLines, LineRecords
 
 
 def drain(tmp: Path, lines_mode: bool, **cfg: Any) -> tuple[list[tuple[bytes | None, bytes]], Any, int]:
@@ -115,3 +115,52 @@ def test_a_block_is_one_poll_not_one_object_per_line(tmp_path: Path) -> None:
         assert len(batch.encoded) <= 5  # one per block read (read_bytes, 1 MiB)
 
     asyncio.run(run())
+
+
+def drain_json(tmp: Path, lines_mode: bool, **cfg: Any) -> tuple[list[tuple[Any, Any]], Any]:
+    """(key, value) of every record of a ``format: json`` source, and the last checkpoint; with
+    ``lines_mode`` the source hands over JsonLines, parsed here as the runtime parses them."""
+    context = ConnectorContext(name="tail", extra={"topic": "lines"}, encoded_as="json-lines" if lines_mode else None)
+    source = FileSource(FileSourceConfig(path=str(tmp / "*.log"), rescan_ms=0, format="json", **cfg), context)
+
+    async def run() -> tuple[list[tuple[Any, Any]], Any]:
+        await source.start(None)
+        out: list[tuple[Any, Any]] = []
+        offset = None
+        empty = 0
+        while empty < 3:
+            batch = await source.poll()
+            if batch is None:
+                empty += 1
+                continue
+            offset = batch.offset
+            assert not (lines_mode and batch.records) and not (not lines_mode and batch.encoded)
+            records = [r for e in batch.encoded for r in e.records()] if lines_mode else batch.records  # type: ignore[attr-defined]
+            assert all(isinstance(e, JsonLines) for e in batch.encoded)
+            out += [(r.key, r.value) for r in records]
+        await source.stop()
+        return out, offset
+
+    return asyncio.run(run())
+
+
+JSON_CONTENTS = {
+    "documents": b"".join(b'{"i": %d, "user": "u%d", "s": "\\u00e9\\n"}\n' % (i, i % 3) for i in range(3000)),
+    "mixed": b'{"a":1}\nnot json\n\n  {"b": [1, 2]}  \r\n"str"\n{"c":1e400}\n\xff{"d":1}\n{"e":2}',
+}
+
+
+@pytest.mark.parametrize("name", sorted(JSON_CONTENTS))
+@pytest.mark.parametrize("settings", [{}, {"max_batch_lines": 7, "key": "path"}, {"strip_cr": False}])
+def test_json_lines_parse_to_the_records_the_record_path_gives(tmp_path: Path, name: str,
+                                                               settings: dict[str, Any]) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(JSON_CONTENTS[name])
+    old = time.time() - 60  # the partial last line is due
+    os.utime(path, (old, old))
+    settings = {"partial_line_ms": 0, **settings}
+    want, want_offset = drain_json(tmp_path, False, **settings)
+    got, got_offset = drain_json(tmp_path, True, **settings)
+    assert got == want
+    assert got_offset == want_offset
+    assert len(want) == JSON_CONTENTS[name].count(b"\n") + (not JSON_CONTENTS[name].endswith(b"\n"))
