@@ -1,0 +1,264 @@
+"""Applying a flush's buffered changes to the tables, inside the flush's transaction.
+
+Within one flush only the last change of each key is applied (merged onto an
+earlier upsert of that key, so columns it lacks keep the earlier value), which
+gives the same rows as applying the changes one by one. A DDL entry splits the
+stream: the rows before it go in with the table as it was.
+
+Rows that carry every column of the table ("full" rows, the bulk of any CDC
+stream) take the typed path: COPY text (:mod:`.sink_copy`) into a temporary
+staging table shaped like the target's columns, then one ``INSERT ... SELECT
+... ON CONFLICT (key) DO UPDATE``. Before that, while a table's flushes keep
+meeting only new keys, they are COPYed straight into the target under a
+savepoint: a duplicate key rolls the savepoint back (nothing else of the
+transaction) and the rows take the staged upsert, and the next few flushes of
+that table go straight to the upsert (:class:`_Direct`). Everything else —
+deletes, rows lacking columns (the source's TOAST "unavailable" marker), tables
+keyed without a unique index, rows whose values text cannot carry — takes the
+JSON documents path: COPY of ``jsonb`` documents into a staging table, then
+``jsonb_populate_record`` in the statement, where PostgreSQL turns each JSON
+value into the column's type (arrays, composites...).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import asyncpg
+
+from .sink_copy import copy_text, document
+from .source import UNAVAILABLE
+from .sql import ident as _ident
+
+log = logging.getLogger("millpond.connectors.postgres.sink")
+
+#: the staging table of JSON documents (one per session, created at start)
+STAGE = "millpond_stage"
+#: a flush of this many rows or more is worth statistics on its staging table before a join
+ANALYZE_ROWS = 1000
+#: after a direct COPY met an existing key, skip it for this many of the table's flushes (doubling
+#: on each miss in a row, up to ``DIRECT_SKIP_MAX``): a stream of updates pays the failed COPY rarely
+DIRECT_SKIP = 4
+DIRECT_SKIP_MAX = 256
+
+
+@dataclass(slots=True)
+class _Direct:
+    """Whether the next flush of a table tries a direct COPY (see the module's docstring)."""
+
+    skip: int = 0
+    backoff: int = DIRECT_SKIP
+
+    def due(self) -> bool:
+        if self.skip:
+            self.skip -= 1
+            return False
+        return True
+
+    def missed(self) -> None:
+        self.skip = self.backoff
+        self.backoff = min(self.backoff * 2, DIRECT_SKIP_MAX)
+
+    def hit(self) -> None:
+        self.backoff = DIRECT_SKIP
+
+
+@dataclass(slots=True)
+class Target:
+    """A table the sink writes, as it knows it."""
+
+    schema: str
+    name: str
+    columns: list[str]
+    key: list[str]
+    #: the key is the table's primary key (ON CONFLICT works); else delete + insert
+    unique: bool = True
+    sql: str = ""
+    #: ``{column: SQL type}`` of the table as the buffered changes leave it (``columns`` is the
+    #: table as the last flush left it)
+    types: dict[str, str] = field(default_factory=dict)
+    #: ``{column: SQL type}`` of the table as the last flush left it (what a COPY into it reads)
+    column_types: dict[str, str] = field(default_factory=dict)
+    direct: _Direct = field(default_factory=_Direct)
+
+    def __post_init__(self) -> None:
+        self.sql = f"{_ident(self.schema)}.{_ident(self.name)}"
+        if not self.column_types:
+            self.column_types = dict(self.types)
+
+
+class Entry(NamedTuple):
+    target: Target
+    what: str  # "up" | "del" | "trunc" | "ddl" (row: statements, why, the columns after, where)
+    row: dict[str, Any] | None
+    key: Any
+
+
+#: key values that are hashable as they are (the usual single-column keys)
+_SCALARS = frozenset((int, str))
+
+
+def key_of(row: dict[str, Any], columns: list[str]) -> Any:
+    """A hashable identity of the row's key (JSON text when a key value is a list or dict)."""
+    if len(columns) == 1:
+        value = row[columns[0]]
+        if value.__class__ in _SCALARS:
+            return (value,)
+    values = tuple(row[k] for k in columns)
+    try:
+        hash(values)
+    except TypeError:
+        return document(values)
+    return values
+
+
+#: per table, key -> ("up" | "del", row); the last change of a key wins
+Changes = dict[Any, tuple[str, dict[str, Any]]]
+
+
+class Applier:
+    """Writes buffered entries with one connection; knows the session's typed staging tables."""
+
+    def __init__(self, where: str, apply_truncate: bool) -> None:
+        self.where = where
+        self.apply_truncate = apply_truncate
+        #: (target, columns) -> typed staging table of this session; ``_new`` holds those made in the
+        #: running flush, which only count once it commits (a rollback takes them away)
+        self._stages: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._new: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._names = itertools.count(1)
+
+    def committed(self, ok: bool) -> None:
+        """The flush's transaction ended: keep (``ok``) or forget the staging tables it created."""
+        if ok:
+            self._stages.update(self._new)
+        self._new.clear()
+
+    async def apply(self, conn: asyncpg.Connection, entries: list[Entry], ddl: Any) -> int:
+        """Write ``entries`` in stream order; ``ddl(conn, target, change)`` runs a schema change."""
+        pending: dict[str, Changes] = {}
+        targets: dict[str, Target] = {}
+        written = 0
+        for target, what, row, key in entries:
+            tkey = target.sql
+            targets[tkey] = target
+            if what == "ddl":
+                before = pending.pop(tkey, None)
+                if before:  # the rows before the change go in with the table as it was
+                    written += await self._write_table(conn, target, before)
+                await ddl(conn, target, row)
+                continue
+            if what == "trunc":
+                pending.pop(tkey, None)  # what came before the truncate is gone anyway
+                if self.apply_truncate:
+                    await conn.execute(f"TRUNCATE {tkey}")
+                continue
+            assert row is not None
+            per_table = pending.get(tkey)
+            if per_table is None:
+                per_table = pending[tkey] = {}
+            if key is None:  # a table without a key: append
+                per_table[("#", len(per_table))] = ("up", row)
+            elif what == "up":
+                if UNAVAILABLE in row.values():
+                    row = {k: v for k, v in row.items() if v != UNAVAILABLE}
+                prev = per_table.get(key)
+                if prev is not None and prev[0] == "up":
+                    row = {**prev[1], **row}
+                per_table[key] = ("up", row)
+            else:
+                per_table[key] = ("del", row)
+        for tkey, changes in pending.items():
+            written += await self._write_table(conn, targets[tkey], changes)
+        return written
+
+    async def _stage(self, conn: asyncpg.Connection, docs: list[dict[str, Any]], joined: bool = True) -> None:
+        """Copy ``docs`` into the JSON staging table; statistics only when a statement joins it to the
+        target (a plain INSERT ... SELECT reads it once in any plan, so ANALYZE would be wasted)."""
+        await conn.execute(f"TRUNCATE {STAGE}")
+        await conn.copy_records_to_table(STAGE, records=[(document(d),) for d in docs], columns=["doc"])
+        if joined and len(docs) > ANALYZE_ROWS:
+            await conn.execute(f"ANALYZE {STAGE}")
+
+    async def _typed_stage(self, conn: asyncpg.Connection, t: Target) -> str:
+        """The session's staging table with ``t``'s columns and types (created in this flush if new)."""
+        ref = (t.sql, tuple(t.columns))
+        name = self._stages.get(ref) or self._new.get(ref)
+        if name is not None:
+            await conn.execute(f"TRUNCATE {name}")
+            return name
+        name = f"millpond_stage_{next(self._names)}"
+        cols = ", ".join(_ident(c) for c in t.columns)
+        # CREATE ... AS keeps the column types (typmods included) and none of the constraints
+        await conn.execute(f"CREATE TEMP TABLE {name} ON COMMIT DELETE ROWS AS SELECT {cols} FROM {t.sql} WITH NO DATA")
+        self._new[ref] = name
+        return name
+
+    async def _write_table(self, conn: asyncpg.Connection, t: Target, changes: Changes) -> int:
+        deletes = [row for op, row in changes.values() if op == "del"]
+        wanted = set(t.columns)
+        full: list[dict[str, Any]] = []
+        partial: list[dict[str, Any]] = []
+        for op, row in changes.values():
+            if op == "up":
+                (full if not t.key or wanted.issubset(row.keys()) else partial).append(row)
+        rec = f"jsonb_populate_record(NULL::{t.sql}, s.doc)"
+        cols = ", ".join(_ident(c) for c in t.columns)
+        rcols = ", ".join(f"r.{_ident(c)}" for c in t.columns)
+        match = " AND ".join(f"t.{_ident(k)} = r.{_ident(k)}" for k in t.key)
+        if deletes:
+            await self._stage(conn, deletes)
+            await conn.execute(f"DELETE FROM {t.sql} t USING {STAGE} s, {rec} r WHERE {match}")
+        if full and t.key and not t.unique:
+            # no unique index to conflict on: replace the rows by key instead
+            await self._stage(conn, full)
+            await conn.execute(f"DELETE FROM {t.sql} t USING {STAGE} s, {rec} r WHERE {match}")
+            await conn.execute(f"INSERT INTO {t.sql} ({cols}) SELECT {rcols} FROM {STAGE} s, {rec} r")
+        elif full:
+            if not t.key:
+                conflict = ""
+            else:
+                others = [c for c in t.columns if c not in t.key]
+                action = (
+                    "DO UPDATE SET " + ", ".join(f"{_ident(c)} = EXCLUDED.{_ident(c)}" for c in others)
+                    if others else "DO NOTHING"
+                )
+                conflict = f" ON CONFLICT ({', '.join(_ident(k) for k in t.key)}) {action}"
+            data, n, unfit = copy_text(full, t.columns, t.column_types)
+            if n:
+                await self._typed(conn, t, data, conflict)
+            if unfit:
+                await self._stage(conn, unfit, joined=False)
+                await conn.execute(f"INSERT INTO {t.sql} ({cols}) SELECT {rcols} FROM {STAGE} s, {rec} r{conflict}")
+        if partial:
+            await self._stage(conn, partial)
+            keep = ", ".join(f"p.{_ident(c)}" for c in t.columns)
+            await conn.execute(
+                f"UPDATE {t.sql} t SET ({cols}) = (SELECT {keep} FROM jsonb_populate_record(t, s.doc) p) "
+                f"FROM {STAGE} s, {rec} r WHERE {match}"
+            )
+            await conn.execute(
+                f"INSERT INTO {t.sql} ({cols}) SELECT {rcols} FROM {STAGE} s, {rec} r "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {t.sql} t WHERE {match})"
+            )
+        return len(deletes) + len(full) + len(partial)
+
+    async def _typed(self, conn: asyncpg.Connection, t: Target, data: bytes, conflict: str) -> None:
+        """Full rows as COPY text: straight into ``t`` when its keys are new, else staged and upserted."""
+        if not t.key or t.direct.due():
+            try:
+                async with conn.transaction():  # a savepoint: a duplicate key undoes this COPY alone
+                    await conn.copy_to_table(t.name, schema_name=t.schema, columns=t.columns,
+                                             source=io.BytesIO(data), format="text")
+                t.direct.hit()
+                return
+            except asyncpg.UniqueViolationError:
+                t.direct.missed()
+        stage = await self._typed_stage(conn, t)
+        await conn.copy_to_table(stage, columns=t.columns, source=io.BytesIO(data), format="text")
+        cols = ", ".join(_ident(c) for c in t.columns)
+        await conn.execute(f"INSERT INTO {t.sql} ({cols}) SELECT {cols} FROM {stage}{conflict}")
