@@ -71,7 +71,7 @@ from millpond.errors import ConfigError, ConnectorError, RecordError, RetriableC
 from millpond.records import Record, TopicPartition
 
 from . import sink_schema
-from .sink_apply import STAGE, Applier, Entry, Target, key_of
+from .sink_apply import SCALARS, STAGE, Applier, Entry, Target, key_of
 from .sink_config import PostgresSinkConfig
 from .sql import connect, split_table
 from .sql import ident as _ident
@@ -197,14 +197,27 @@ class PostgresSink(Sink):
         self, conn: asyncpg.Connection, records: list[Record], undo: list[tuple[Target, dict[str, str]]]
     ) -> list[Entry]:
         entries: list[Entry] = []
+        append = entries.append
         by_topic = self._by_topic
+        seen = self._seen
         for record in records:
-            what, row = self._meaning(record)
-            # the table is known after a topic's first record: no coroutine per record
+            value = record.value
             target = by_topic.get(record.topic or "")
+            # the bulk of a CDC stream, decided inline: an insert or update of a table known already, keyed by
+            # one column, whose columns are as the topic's last change said (anything else: the general path)
+            if target is not None and value.__class__ is dict and value.get("op") in _UPSERTS:
+                row = value.get("after")
+                source = value.get("source")
+                if row.__class__ is dict and source.__class__ is dict and len(target.key) == 1:
+                    types = source.get("column_types")
+                    if types is None or types == seen.get(record.topic or ""):
+                        k = row.get(target.key[0])
+                        if k.__class__ in SCALARS:
+                            append((target, "up", row, (k,)))
+                            continue
+            what, row = self._meaning(record)
             if target is None:
                 target = await self._target(conn, record, row if what == "up" else None)
-            value = record.value
             if value.__class__ is dict and "op" in value:
                 source = value.get("source")
                 types = source.get("column_types") if source.__class__ is dict else None
@@ -214,18 +227,18 @@ class PostgresSink(Sink):
                     ddl = await sink_schema.schema_change(conn, self._where, self.cfg.schema_changes, target, types,
                                                           previous, record, undo)
                     if ddl is not None:
-                        entries.append(ddl)
+                        append(ddl)
             if what == "up" and row.__class__ is dict and target.key:
                 # the common upsert, inline; a missing key column takes _entry's path for its error
                 assert row is not None
                 try:
-                    entries.append(Entry(target, what, row, key_of(row, target.key)))
+                    append((target, what, row, key_of(row, target.key)))
                     continue
                 except KeyError:
                     pass
             entry = self._entry(target, record, what, row)
             if entry is not None:
-                entries.append(entry)
+                append(entry)
         return entries
 
     async def flush(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -351,7 +364,7 @@ class PostgresSink(Sink):
     def _entry(self, target: Target, record: Record, what: str, row: dict[str, Any] | None) -> Entry | None:
         """What ``record`` (meaning ``what``/``row``) asks of ``target``, checked; None for a tombstone that says nothing."""
         if what == "trunc":
-            return Entry(target, what, None, None)
+            return (target, what, None, None)
         where = f"{record.topic}-{record.partition}@{record.offset}"
         if not isinstance(row, dict):
             if what == "del" and record.value is None and record.key is None:
@@ -366,7 +379,7 @@ class PostgresSink(Sink):
                     f"{self._where}: cannot delete from {target.schema}.{target.name} ({where}): it has no "
                     "primary key and no key_columns are configured"
                 )
-            return Entry(target, what, row, None)
+            return (target, what, row, None)
         key_row = record.key if isinstance(record.key, dict) and what == "del" else row
         try:
             key = key_of(key_row, target.key)
@@ -376,4 +389,4 @@ class PostgresSink(Sink):
             ) from None
         if what == "del":
             row = {k: key_row[k] for k in target.key}
-        return Entry(target, what, row, key)
+        return (target, what, row, key)

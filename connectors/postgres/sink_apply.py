@@ -22,11 +22,11 @@ value into the column's type (arrays, composites...).
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import asyncpg
 
@@ -44,6 +44,8 @@ ANALYZE_ROWS = 1000
 #: on each miss in a row, up to ``DIRECT_SKIP_MAX``): a stream of updates pays the failed COPY rarely
 DIRECT_SKIP = 4
 DIRECT_SKIP_MAX = 256
+#: rows per COPY chunk (about 50 bytes a column): the server parses a chunk while the next is encoded
+COPY_CHUNK_ROWS = 4096
 
 
 @dataclass(slots=True)
@@ -91,22 +93,19 @@ class Target:
             self.column_types = dict(self.types)
 
 
-class Entry(NamedTuple):
-    target: Target
-    what: str  # "up" | "del" | "trunc" | "ddl" (row: statements, why, the columns after, where)
-    row: dict[str, Any] | None
-    key: Any
-
+#: one buffered change: (table, what, row, key identity); what is "up" | "del" | "trunc" | "ddl" (then
+#: the row holds the statements, why, the table's types after and where). A plain tuple: built per record.
+Entry = tuple[Target, str, dict[str, Any] | None, Any]
 
 #: key values that are hashable as they are (the usual single-column keys)
-_SCALARS = frozenset((int, str))
+SCALARS = frozenset((int, str))
 
 
 def key_of(row: dict[str, Any], columns: list[str]) -> Any:
     """A hashable identity of the row's key (JSON text when a key value is a list or dict)."""
     if len(columns) == 1:
         value = row[columns[0]]
-        if value.__class__ in _SCALARS:
+        if value.__class__ in SCALARS:
             return (value,)
     values = tuple(row[k] for k in columns)
     try:
@@ -199,41 +198,45 @@ class Applier:
         return name
 
     async def _write_table(self, conn: asyncpg.Connection, t: Target, changes: Changes) -> int:
-        deletes = [row for op, row in changes.values() if op == "del"]
-        wanted = set(t.columns)
-        full: list[dict[str, Any]] = []
-        partial: list[dict[str, Any]] = []
-        for op, row in changes.values():
-            if op == "up":
-                (full if not t.key or wanted.issubset(row.keys()) else partial).append(row)
+        ups = [row for op, row in changes.values() if op == "up"]
+        deletes = [row for op, row in changes.values() if op == "del"] if len(ups) < len(changes) else []
         rec = f"jsonb_populate_record(NULL::{t.sql}, s.doc)"
         cols = ", ".join(_ident(c) for c in t.columns)
         rcols = ", ".join(f"r.{_ident(c)}" for c in t.columns)
         match = " AND ".join(f"t.{_ident(k)} = r.{_ident(k)}" for k in t.key)
+        conflict = ""
+        if t.key:
+            others = [c for c in t.columns if c not in t.key]
+            action = (
+                "DO UPDATE SET " + ", ".join(f"{_ident(c)} = EXCLUDED.{_ident(c)}" for c in others)
+                if others else "DO NOTHING"
+            )
+            conflict = f" ON CONFLICT ({', '.join(_ident(k) for k in t.key)}) {action}"
         if deletes:
             await self._stage(conn, deletes)
             await conn.execute(f"DELETE FROM {t.sql} t USING {STAGE} s, {rec} r WHERE {match}")
-        if full and t.key and not t.unique:
+        full, partial = ups, []
+        if t.key and not t.unique:
             # no unique index to conflict on: replace the rows by key instead
-            await self._stage(conn, full)
-            await conn.execute(f"DELETE FROM {t.sql} t USING {STAGE} s, {rec} r WHERE {match}")
-            await conn.execute(f"INSERT INTO {t.sql} ({cols}) SELECT {rcols} FROM {STAGE} s, {rec} r")
-        elif full:
-            if not t.key:
-                conflict = ""
-            else:
-                others = [c for c in t.columns if c not in t.key]
-                action = (
-                    "DO UPDATE SET " + ", ".join(f"{_ident(c)} = EXCLUDED.{_ident(c)}" for c in others)
-                    if others else "DO NOTHING"
-                )
-                conflict = f" ON CONFLICT ({', '.join(_ident(k) for k in t.key)}) {action}"
-            data, n, unfit = copy_text(full, t.columns, t.column_types)
-            if n:
-                await self._typed(conn, t, data, conflict)
-            if unfit:
-                await self._stage(conn, unfit, joined=False)
-                await conn.execute(f"INSERT INTO {t.sql} ({cols}) SELECT {rcols} FROM {STAGE} s, {rec} r{conflict}")
+            wanted = set(t.columns)
+            full = [row for row in ups if wanted.issubset(row.keys())]
+            partial = [row for row in ups if not wanted.issubset(row.keys())] if len(full) < len(ups) else []
+            if full:
+                await self._stage(conn, full)
+                await conn.execute(f"DELETE FROM {t.sql} t USING {STAGE} s, {rec} r WHERE {match}")
+                await conn.execute(f"INSERT INTO {t.sql} ({cols}) SELECT {rcols} FROM {STAGE} s, {rec} r")
+        elif ups:
+            text = _Text(ups, t.columns, t.column_types)
+            await self._typed(conn, t, text, conflict)
+            if text.unfit:
+                # rows lacking a column keep the table's value there; the rest only need the JSON path's types
+                wanted = set(t.columns)
+                full = [row for row in text.unfit if not t.key or wanted.issubset(row.keys())]
+                partial = [row for row in text.unfit if t.key and not wanted.issubset(row.keys())]
+                if full:
+                    await self._stage(conn, full, joined=False)
+                    await conn.execute(
+                        f"INSERT INTO {t.sql} ({cols}) SELECT {rcols} FROM {STAGE} s, {rec} r{conflict}")
         if partial:
             await self._stage(conn, partial)
             keep = ", ".join(f"p.{_ident(c)}" for c in t.columns)
@@ -245,20 +248,57 @@ class Applier:
                 f"INSERT INTO {t.sql} ({cols}) SELECT {rcols} FROM {STAGE} s, {rec} r "
                 f"WHERE NOT EXISTS (SELECT 1 FROM {t.sql} t WHERE {match})"
             )
-        return len(deletes) + len(full) + len(partial)
+        return len(deletes) + len(ups)
 
-    async def _typed(self, conn: asyncpg.Connection, t: Target, data: bytes, conflict: str) -> None:
-        """Full rows as COPY text: straight into ``t`` when its keys are new, else staged and upserted."""
+    async def _typed(self, conn: asyncpg.Connection, t: Target, text: _Text, conflict: str) -> None:
+        """The fit rows of ``text``: straight into ``t`` while its keys are new, else staged and upserted."""
+        if not text.any():
+            return
         if not t.key or t.direct.due():
             try:
                 async with conn.transaction():  # a savepoint: a duplicate key undoes this COPY alone
-                    await conn.copy_to_table(t.name, schema_name=t.schema, columns=t.columns,
-                                             source=io.BytesIO(data), format="text")
+                    await conn.copy_to_table(t.name, schema_name=t.schema, columns=t.columns, source=text.stream())
                 t.direct.hit()
                 return
             except asyncpg.UniqueViolationError:
                 t.direct.missed()
         stage = await self._typed_stage(conn, t)
-        await conn.copy_to_table(stage, columns=t.columns, source=io.BytesIO(data), format="text")
+        await conn.copy_to_table(stage, columns=t.columns, source=text.stream())
         cols = ", ".join(_ident(c) for c in t.columns)
         await conn.execute(f"INSERT INTO {t.sql} ({cols}) SELECT {cols} FROM {stage}{conflict}")
+
+
+class _Text:
+    """Rows as COPY text, encoded a chunk at a time while the COPY sends the chunks before (the server
+    parses one chunk while Python encodes the next), and kept for a second COPY if the first fails."""
+
+    def __init__(self, rows: list[dict[str, Any]], columns: list[str], types: dict[str, str]) -> None:
+        self.rows = rows
+        self.columns = columns
+        self.types = types
+        self.chunks: list[bytes] = []
+        #: rows that text cannot carry as the JSON path would, or that lack a column
+        self.unfit: list[dict[str, Any]] = []
+        self._done = 0
+
+    def _next(self) -> bytes | None:
+        """Encode the next chunk (None when every row is encoded)."""
+        while self._done < len(self.rows):
+            lo = self._done
+            self._done += COPY_CHUNK_ROWS
+            data, _, unfit = copy_text(self.rows[lo:self._done], self.columns, self.types)
+            self.unfit.extend(unfit)
+            if data:
+                self.chunks.append(data)
+                return data
+        return None
+
+    def any(self) -> bool:
+        """Whether any row fits (encodes up to the first chunk that holds one)."""
+        return bool(self.chunks) or self._next() is not None
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        for chunk in list(self.chunks):
+            yield chunk
+        while (more := self._next()) is not None:
+            yield more

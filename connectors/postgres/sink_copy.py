@@ -95,10 +95,24 @@ def _column(values: list[Any], jsonb: bool) -> list[str | None]:
     return [_cell(v, jsonb) for v in values]
 
 
+class _Missing:
+    """A column the row does not carry: the row is unfit (the JSON path keeps the table's value there)."""
+
+
+_MISSING = _Missing()
+
+
+def _values(rows: list[dict[str, Any]], column: str) -> list[Any]:
+    try:
+        return [row[column] for row in rows]
+    except KeyError:
+        return [row.get(column, _MISSING) for row in rows]
+
+
 def copy_text(
     rows: list[dict[str, Any]], columns: list[str], types: dict[str, str]
 ) -> tuple[bytes, int, list[dict[str, Any]]]:
-    """``rows`` (each carrying every one of ``columns``) as COPY text: ``(data, rows in it, unfit rows)``.
+    """``rows`` as COPY text of ``columns``: ``(data, rows in it, unfit rows)``; a row lacking a column is unfit.
 
     ``types`` are the columns' SQL types (``format_type``), which say where a
     value is JSON (``jsonb``) and where a column takes nothing but the JSON
@@ -107,7 +121,7 @@ def copy_text(
     """
     if not rows or any(types.get(c) == "json" for c in columns):
         return b"", 0, rows
-    cells = [_column([row[c] for row in rows], types.get(c) == "jsonb") for c in columns]
+    cells = [_column(_values(rows, c), types.get(c) == "jsonb") for c in columns]
     unfit: list[dict[str, Any]] = []
     lines: list[tuple[str | None, ...]] = list(zip(*cells))
     if any(None in column for column in cells):

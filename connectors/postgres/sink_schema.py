@@ -154,7 +154,7 @@ async def schema_change(
         t.types[c] = wanted[c]
     why = ", ".join([*(f"add {c} {wanted[c]}" for c in added), *(f"drop {c}" for c in dropped),
                      *(f"retype {c} to {wanted[c]}" for c in retyped)])
-    return Entry(t, "ddl", {"sql": sql, "why": why, "types": dict(t.types), "at": at}, None)
+    return (t, "ddl", {"sql": sql, "why": why, "types": dict(t.types), "at": at}, None)
 
 
 async def run_ddl(conn: asyncpg.Connection, where: str, t: Target, change: dict[str, Any]) -> None:
