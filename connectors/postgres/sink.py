@@ -73,6 +73,7 @@ from millpond.records import Record, TopicPartition
 from . import sink_schema
 from .sink_apply import SCALARS, STAGE, Applier, Entry, Target, key_of
 from .sink_config import PostgresSinkConfig
+from .source import UNAVAILABLE
 from .sql import connect, split_table
 from .sql import ident as _ident
 
@@ -200,6 +201,8 @@ class PostgresSink(Sink):
         append = entries.append
         by_topic = self._by_topic
         seen = self._seen
+        #: per table, the "rows" entry (key -> row) plain upserts gather in until another change of the table
+        gathering: dict[str, dict[Any, dict[str, Any]]] = {}
         for record in records:
             value = record.value
             target = by_topic.get(record.topic or "")
@@ -212,8 +215,13 @@ class PostgresSink(Sink):
                     types = source.get("column_types")
                     if types is None or types == seen.get(record.topic or ""):
                         k = row.get(target.key[0])
-                        if k.__class__ in SCALARS:
-                            append((target, "up", row, (k,)))
+                        if k.__class__ in SCALARS and UNAVAILABLE not in row.values():
+                            rows = gathering.get(target.sql)
+                            if rows is None:
+                                rows = gathering[target.sql] = {}
+                                append((target, "rows", rows, None))
+                            prev = rows.get(k)
+                            rows[k] = row if prev is None else {**prev, **row}
                             continue
             what, row = self._meaning(record)
             if target is None:
@@ -227,17 +235,20 @@ class PostgresSink(Sink):
                     ddl = await sink_schema.schema_change(conn, self._where, self.cfg.schema_changes, target, types,
                                                           previous, record, undo)
                     if ddl is not None:
+                        gathering.pop(target.sql, None)
                         append(ddl)
             if what == "up" and row.__class__ is dict and target.key:
                 # the common upsert, inline; a missing key column takes _entry's path for its error
                 assert row is not None
                 try:
                     append((target, what, row, key_of(row, target.key)))
+                    gathering.pop(target.sql, None)
                     continue
                 except KeyError:
                     pass
             entry = self._entry(target, record, what, row)
             if entry is not None:
+                gathering.pop(target.sql, None)
                 append(entry)
         return entries
 

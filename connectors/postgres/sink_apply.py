@@ -102,21 +102,56 @@ SCALARS = frozenset((int, str))
 
 
 def key_of(row: dict[str, Any], columns: list[str]) -> Any:
-    """A hashable identity of the row's key (JSON text when a key value is a list or dict)."""
+    """A hashable identity of the row's key: the value of a one-column int or text key as it is,
+    else a tuple of the values (holding their JSON text when one is a list or dict)."""
     if len(columns) == 1:
         value = row[columns[0]]
         if value.__class__ in SCALARS:
-            return (value,)
+            return value
     values = tuple(row[k] for k in columns)
     try:
         hash(values)
     except TypeError:
-        return document(values)
+        return ("json", document(values))
     return values
 
 
-#: per table, key -> ("up" | "del", row); the last change of a key wins
-Changes = dict[Any, tuple[str, dict[str, Any]]]
+class Changes:
+    """One table's changes in a stretch of the stream: the last change of each key wins."""
+
+    __slots__ = ("ups", "dels", "appends")
+
+    def __init__(self) -> None:
+        self.ups: dict[Any, dict[str, Any]] = {}
+        self.dels: dict[Any, dict[str, Any]] = {}
+        #: rows of a table without a key, in order
+        self.appends: list[dict[str, Any]] = []
+
+    def upsert(self, key: Any, row: dict[str, Any]) -> None:
+        if UNAVAILABLE in row.values():
+            row = {k: v for k, v in row.items() if v != UNAVAILABLE}
+        prev = self.ups.get(key)
+        if prev is not None:  # merged onto the earlier upsert: what this row lacks keeps that value
+            row = {**prev, **row}
+        elif key in self.dels:
+            del self.dels[key]
+        self.ups[key] = row
+
+    def upsert_many(self, rows: dict[Any, dict[str, Any]]) -> None:
+        """``upsert`` of each of ``rows`` (key -> row, none holding the "unavailable" marker), by the dict."""
+        ups = self.ups
+        if not ups and not self.dels:
+            self.ups = dict(rows)  # a copy: the buffer keeps its own for a retried flush
+            return
+        for key in rows.keys() & self.dels.keys():
+            del self.dels[key]
+        merged = {key: {**ups[key], **rows[key]} for key in rows.keys() & ups.keys()}
+        ups.update(rows)
+        ups.update(merged)
+
+    def delete(self, key: Any, row: dict[str, Any]) -> None:
+        self.ups.pop(key, None)
+        self.dels[key] = row
 
 
 class Applier:
@@ -143,6 +178,13 @@ class Applier:
         targets: dict[str, Target] = {}
         written = 0
         for target, what, row, key in entries:
+            if what == "rows":  # key -> row of plain upserts, gathered by the sink's write
+                per_table = pending.get(target.sql)
+                if per_table is None:
+                    targets[target.sql] = target
+                    per_table = pending[target.sql] = Changes()
+                per_table.upsert_many(row)  # type: ignore[arg-type]
+                continue
             tkey = target.sql
             targets[tkey] = target
             if what == "ddl":
@@ -159,18 +201,13 @@ class Applier:
             assert row is not None
             per_table = pending.get(tkey)
             if per_table is None:
-                per_table = pending[tkey] = {}
+                per_table = pending[tkey] = Changes()
             if key is None:  # a table without a key: append
-                per_table[("#", len(per_table))] = ("up", row)
+                per_table.appends.append(row)
             elif what == "up":
-                if UNAVAILABLE in row.values():
-                    row = {k: v for k, v in row.items() if v != UNAVAILABLE}
-                prev = per_table.get(key)
-                if prev is not None and prev[0] == "up":
-                    row = {**prev[1], **row}
-                per_table[key] = ("up", row)
+                per_table.upsert(key, row)
             else:
-                per_table[key] = ("del", row)
+                per_table.delete(key, row)
         for tkey, changes in pending.items():
             written += await self._write_table(conn, targets[tkey], changes)
         return written
@@ -198,8 +235,8 @@ class Applier:
         return name
 
     async def _write_table(self, conn: asyncpg.Connection, t: Target, changes: Changes) -> int:
-        ups = [row for op, row in changes.values() if op == "up"]
-        deletes = [row for op, row in changes.values() if op == "del"] if len(ups) < len(changes) else []
+        ups = list(changes.ups.values()) + changes.appends
+        deletes = list(changes.dels.values())
         rec = f"jsonb_populate_record(NULL::{t.sql}, s.doc)"
         cols = ", ".join(_ident(c) for c in t.columns)
         rcols = ", ".join(f"r.{_ident(c)}" for c in t.columns)

