@@ -12,12 +12,14 @@ staging table shaped like the target's columns, then one ``INSERT ... SELECT
 meeting only new keys, they are COPYed straight into the target under a
 savepoint: a duplicate key rolls the savepoint back (nothing else of the
 transaction) and the rows take the staged upsert, and the next few flushes of
-that table go straight to the upsert (:class:`_Direct`). Everything else —
-deletes, rows lacking columns (the source's TOAST "unavailable" marker), tables
-keyed without a unique index, rows whose values text cannot carry — takes the
-JSON documents path: COPY of ``jsonb`` documents into a staging table, then
-``jsonb_populate_record`` in the statement, where PostgreSQL turns each JSON
-value into the column's type (arrays, composites...).
+that table go straight to the upsert (:class:`_Direct`). Deletes stage their
+keys the same way, as COPY text in the key columns' types, for one ``DELETE
+... USING``. Everything else (rows lacking columns, such as the source's TOAST
+"unavailable" marker leaves; tables keyed without a unique index; rows and
+keys whose values text cannot carry) takes the JSON documents path: COPY of
+``jsonb`` documents into a staging table, then ``jsonb_populate_record`` in
+the statement, where PostgreSQL turns each JSON value into the column's type
+(arrays, composites...).
 """
 
 from __future__ import annotations
@@ -220,15 +222,15 @@ class Applier:
         if joined and len(docs) > ANALYZE_ROWS:
             await conn.execute(f"ANALYZE {STAGE}")
 
-    async def _typed_stage(self, conn: asyncpg.Connection, t: Target) -> str:
-        """The session's staging table with ``t``'s columns and types (created in this flush if new)."""
-        ref = (t.sql, tuple(t.columns))
+    async def _typed_stage(self, conn: asyncpg.Connection, t: Target, columns: list[str]) -> str:
+        """The session's staging table with ``columns`` of ``t`` in their types (created in this flush if new)."""
+        ref = (t.sql, tuple(columns))
         name = self._stages.get(ref) or self._new.get(ref)
         if name is not None:
             await conn.execute(f"TRUNCATE {name}")
             return name
         name = f"millpond_stage_{next(self._names)}"
-        cols = ", ".join(_ident(c) for c in t.columns)
+        cols = ", ".join(_ident(c) for c in columns)
         # CREATE ... AS keeps the column types (typmods included) and none of the constraints
         await conn.execute(f"CREATE TEMP TABLE {name} ON COMMIT DELETE ROWS AS SELECT {cols} FROM {t.sql} WITH NO DATA")
         self._new[ref] = name
@@ -250,8 +252,18 @@ class Applier:
             )
             conflict = f" ON CONFLICT ({', '.join(_ident(k) for k in t.key)}) {action}"
         if deletes:
-            await self._stage(conn, deletes)
-            await conn.execute(f"DELETE FROM {t.sql} t USING {STAGE} s, {rec} r WHERE {match}")
+            # the keys as COPY text in their own types; what text cannot carry as JSON documents
+            keys = _Text(deletes, t.key, t.column_types)
+            if keys.any():
+                stage = await self._typed_stage(conn, t, t.key)
+                await conn.copy_to_table(stage, columns=t.key, source=keys.stream())
+                if len(deletes) > ANALYZE_ROWS:
+                    await conn.execute(f"ANALYZE {stage}")
+                on = " AND ".join(f"t.{_ident(k)} = s.{_ident(k)}" for k in t.key)
+                await conn.execute(f"DELETE FROM {t.sql} t USING {stage} s WHERE {on}")
+            if keys.unfit:
+                await self._stage(conn, keys.unfit)
+                await conn.execute(f"DELETE FROM {t.sql} t USING {STAGE} s, {rec} r WHERE {match}")
         full, partial = ups, []
         if t.key and not t.unique:
             # no unique index to conflict on: replace the rows by key instead
@@ -299,7 +311,7 @@ class Applier:
                 return
             except asyncpg.UniqueViolationError:
                 t.direct.missed()
-        stage = await self._typed_stage(conn, t)
+        stage = await self._typed_stage(conn, t, t.columns)
         await conn.copy_to_table(stage, columns=t.columns, source=text.stream())
         cols = ", ".join(_ident(c) for c in t.columns)
         await conn.execute(f"INSERT INTO {t.sql} ({cols}) SELECT {cols} FROM {stage}{conflict}")

@@ -119,7 +119,8 @@ def _row(i: int, version: int) -> dict[str, Any]:
 @pytest.mark.postgres
 def test_typed_path_writes_what_jsonb_populate_record_writes(pg_dsn: str, name: str) -> None:
     """Inserts (straight COPY), then updates and inserts mixed (the COPY meets a key: staged upsert),
-    then more of both while the direct COPY backs off; each flush against the server's own model."""
+    then more of both while the direct COPY backs off, with deletes (keys staged as COPY text); each
+    flush against the server's own model."""
 
     async def go() -> None:
         conn = await connect(pg_dsn)
@@ -134,12 +135,18 @@ def test_typed_path_writes_what_jsonb_populate_record_writes(pg_dsn: str, name: 
             [_row(i, 2) for i in range(150, 451)],   # 150..300 exist: the direct COPY fails, rows are staged
             [_row(i, 3) for i in range(440, 600)],
         ]
-        for rows in rounds:
+        deleted = [range(0), range(0), range(1, 60, 2)]
+        for rows, gone in zip(rounds, deleted):
             records = []
             for row in rows:
                 value = {"before": None, "after": row, "op": "c", "source": {"table": name}, "ts_ms": 0}
                 records.append(Record(key={"id": row["id"]}, value=value, topic="t", partition=0, offset=offset))
                 offset += 1
+            for i in gone:  # a delete and its tombstone, as postgres-cdc writes them
+                value = {"before": {"id": i}, "after": None, "op": "d", "source": {"table": name}, "ts_ms": 0}
+                records.append(Record(key={"id": i}, value=value, topic="t", partition=0, offset=offset))
+                records.append(Record(key={"id": i}, value=None, topic="t", partition=0, offset=offset + 1))
+                offset += 2
             await sink.write(records)
             await sink.flush({tp: offset})
             for row in rows:
@@ -150,13 +157,14 @@ def test_typed_path_writes_what_jsonb_populate_record_writes(pg_dsn: str, name: 
                     "EXCLUDED.arr, EXCLUDED.by, EXCLUDED.u)",
                     json.dumps(row),
                 )
+            await conn.execute(f"DELETE FROM {name}_model WHERE id = ANY($1::bigint[])", list(gone))
             differ = await conn.fetchval(
                 f"SELECT count(*) FROM ((TABLE {name} EXCEPT TABLE {name}_model) "
                 f"UNION ALL (TABLE {name}_model EXCEPT TABLE {name})) d")
             assert differ == 0
-        assert await conn.fetchval(f"SELECT count(*) FROM {name}") == 599
+        assert await conn.fetchval(f"SELECT count(*) FROM {name}") == 599 - 30
         assert await conn.fetchval(f"SELECT t FROM {name} WHERE id = 200") == "row 200\tv2\n\\"
-        assert sink.rows_written == 300 + 301 + 160
+        assert sink.rows_written == 300 + 301 + 160 + 30
         await sink.stop()
         await conn.close()
 
