@@ -169,3 +169,40 @@ def test_typed_path_writes_what_jsonb_populate_record_writes(pg_dsn: str, name: 
         await conn.close()
 
     asyncio.run(go())
+
+
+@pytest.mark.postgres
+def test_a_staging_table_made_in_a_rolled_back_flush_is_made_again(pg_dsn: str, name: str) -> None:
+    """The typed staging table is created inside the flush's transaction: a rollback takes it away,
+    and the next flush that needs it must create it again rather than COPY into nothing."""
+    from millpond.connectors.postgres.sink_apply import Applier
+    from millpond.connectors.postgres.sink_schema import describe
+
+    async def go() -> None:
+        conn = await connect(pg_dsn)
+        await conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v text)")
+        await conn.execute(f"INSERT INTO {name} SELECT g, 'old' FROM generate_series(1, 10) g")
+        target = await describe(conn, "public", name, None)
+        assert target is not None
+        target.direct.missed()  # updates: straight to the staged upsert
+        applier = Applier("test", apply_truncate=True)
+        entries: list[Any] = [(target, "rows", {i: {"id": i, "v": "new"} for i in range(1, 6)}, None)]
+
+        async def ddl(*_: Any) -> None:
+            raise AssertionError("no schema change here")
+
+        txn = conn.transaction()
+        await txn.start()
+        assert await applier.apply(conn, entries, ddl) == 5
+        await txn.rollback()
+        applier.committed(False)
+        assert await conn.fetchval(f"SELECT count(*) FROM {name} WHERE v = 'new'") == 0
+        async with conn.transaction():
+            assert await applier.apply(conn, entries, ddl) == 5
+        applier.committed(True)
+        async with conn.transaction():  # and a committed one is reused
+            assert await applier.apply(conn, entries, ddl) == 5
+        assert await conn.fetchval(f"SELECT count(*) FROM {name} WHERE v = 'new'") == 5
+        await conn.close()
+
+    asyncio.run(go())
