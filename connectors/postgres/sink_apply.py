@@ -25,7 +25,6 @@ the statement, where PostgreSQL turns each JSON value into the column's type
 from __future__ import annotations
 
 import itertools
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +34,6 @@ import asyncpg
 from .sink_copy import copy_text, document
 from .source import UNAVAILABLE
 from .sql import ident as _ident
-
-log = logging.getLogger("millpond.connectors.postgres.sink")
 
 #: the staging table of JSON documents (one per session, created at start)
 STAGE = "millpond_stage"
