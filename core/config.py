@@ -339,6 +339,19 @@ class MaintenanceSettings(Model):
     compaction: Schedule | None = None
 
 
+class AuditSettings(Model):
+    """The ``audit:`` block: signed checkpoints of the topics with ``audit.chain`` (millpond.audit).
+
+    The key file holds an Ed25519 private key in PEM (``openssl genpkey -algorithm ed25519``);
+    name it with ``${ENV}`` to keep paths out of the file. It is read at start and never logged."""
+
+    signing_key_file: str
+    #: a checkpoint per chained partition after this many records ...
+    checkpoint_records: int = Field(100_000, ge=1)
+    #: ... or this many seconds since the first unsigned record (looked at on each append), and at shutdown
+    checkpoint_seconds: float = Field(60.0, gt=0)
+
+
 class PipelineConfig(Model):
     name: str = "pipeline"
     log: LogConfig
@@ -347,6 +360,7 @@ class PipelineConfig(Model):
     api: ApiSettings = Field(default_factory=ApiSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    audit: AuditSettings | None = None
 
     #: paths (as tuples) whose values came from environment variables
     _secret_paths: set[tuple[str | int, ...]] = PrivateAttr(default_factory=set)

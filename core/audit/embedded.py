@@ -16,14 +16,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
+
+from ..errors import ConfigError
 
 from ..log import batch as batch_format
 from ..log.batch import Encodable, Row
 from ..log.partition import Partition
 from ..records import JsonRecords
 from .chain import CHAIN_HEADER, ChainState, Columns, Link, link_of
+
+if TYPE_CHECKING:
+    from ..config import AuditSettings
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +145,19 @@ class Chains:
         if self.listener is not None:
             self.listener(partition, partition.log_end_offset - 1, link, len(rows))
         return first
+
+
+async def enable_audit(backend: Any, settings: AuditSettings) -> None:
+    """Sign checkpoints as the pipeline's ``audit:`` block says; the backend is open. Closes it on failure."""
+    from ..backends.embedded import EmbeddedBackend
+    from .checkpoints import Signer, load_private_key
+
+    try:
+        if not isinstance(backend, EmbeddedBackend):
+            raise ConfigError("audit: signed checkpoints are written by the embedded log only for now "
+                              "(log: kafka is not supported yet)")
+        backend.enable_audit(Signer(load_private_key(settings.signing_key_file)),
+                             every_records=settings.checkpoint_records, every_seconds=settings.checkpoint_seconds)
+    except BaseException:
+        await backend.close()
+        raise
