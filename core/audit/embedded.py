@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 from ..errors import ConfigError
-
 from ..log import batch as batch_format
 from ..log.batch import Encodable, Row
 from ..log.partition import Partition
