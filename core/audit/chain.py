@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import sys
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -55,7 +53,7 @@ LINK_SIZE = _LINK.size  # 73
 _N = struct.Struct("<I")
 _NAME = struct.Struct("<I")
 _VALUE = struct.Struct("<i")
-_BIG_ENDIAN = sys.byteorder == "big"
+_MINUS_ONE = struct.pack("<i", -1)
 
 
 class ChainFormatError(MillpondError):
@@ -91,21 +89,28 @@ def link_of(headers: Sequence[tuple[str, bytes | None]]) -> bytes | None:
     return found
 
 
-def _ints(code: str, values: Any) -> bytes:
-    column = array(code, values)
-    if _BIG_ENDIAN:
-        column.byteswap()
-    return column.tobytes()
+_PACKERS: dict[tuple[str, int], struct.Struct] = {}
 
 
-def _lengths(column: Sequence[bytes | None]) -> tuple[bytes, list[bytes]]:
+def _ints(code: str, values: Any, n: int) -> bytes:
+    """``n`` integers little-endian (``struct`` over the whole column: one C call)."""
+    packer = _PACKERS.get((code, n))
+    if packer is None:
+        if len(_PACKERS) > 256:
+            _PACKERS.clear()
+        packer = _PACKERS[(code, n)] = struct.Struct(f"<{n}{code}")
+    return packer.pack(*values)
+
+
+def _lengths(column: Sequence[bytes | None]) -> tuple[bytes, Sequence[bytes | None]]:
     """i32 lengths (-1 for None) and the non-null items, in order."""
     n = len(column)
     if n and column.count(None) == n:
-        return _ints("i", [-1]) * n, []
+        return _MINUS_ONE * n, ()
     if None in column:
-        return _ints("i", [-1 if item is None else len(item) for item in column]), [c for c in column if c is not None]
-    return _ints("i", map(len, column)), list(column)  # type: ignore[arg-type]  # no None in it
+        return (_ints("i", [-1 if item is None else len(item) for item in column], n),
+                [c for c in column if c is not None])
+    return _ints("i", map(len, column), n), column  # type: ignore[arg-type]  # no None in it
 
 
 def _header_section(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
@@ -157,7 +162,7 @@ def block_hash(prev: bytes, block: Columns) -> bytes:
     digest = hashlib.sha256(prev)
     update = digest.update
     update(_N.pack(n))
-    update(_ints("q", block.timestamps))
+    update(_ints("q", block.timestamps, n))
     key_lengths, keys = _lengths(block.keys)
     value_lengths, values = _lengths(block.values)
     update(key_lengths)
@@ -165,11 +170,11 @@ def block_hash(prev: bytes, block: Columns) -> bytes:
     sections: list[bytes] = []
     if block.headers is not None and any(block.headers):
         sections = [_header_section(h) if h else b"" for h in block.headers]
-        update(_ints("i", map(len, sections)))
+        update(_ints("i", map(len, sections), n))
     else:
         update(bytes(4 * n))
-    update(b"".join(keys))
-    update(b"".join(values))
+    update(b"".join(keys))  # type: ignore[arg-type]  # None was left out
+    update(b"".join(values))  # type: ignore[arg-type]
     if sections:
         update(b"".join(sections))
     return digest.digest()

@@ -272,7 +272,7 @@ class _Chain:
 
     def __init__(self, partition: Partition, checkpoints: list[Checkpoint], out: PartitionReport) -> None:
         self.partition = partition
-        self.checkpoints = checkpoints
+        self.checkpoints = sorted(checkpoints, key=lambda c: c.offset)
         self.next_checkpoint = 0
         self.out = out
         self.prev: bytes | None = None
@@ -333,7 +333,7 @@ class _Chain:
             self.prev, self.seq = link.prev, link.seq - n
             out.first_seq = self.seq
             self.seen[self.prev] = self.seq
-            self._anchor()
+            self._anchor(start.offset)
         elif link.prev != self.prev:
             raise self._fail(*self._classify_prev(link, n, start))
         digest = block_hash(self.prev, block)
@@ -369,11 +369,12 @@ class _Chain:
             return REORDERED, f"the block belongs at seq {began}, the chain is at seq {self.seq}"
         return BATCH_REMOVED, "the block does not continue the chain before it (batches replaced or removed)"
 
-    def _anchor(self) -> None:
-        """Checkpoints before the start are history retention deleted; one exactly at it anchors the first prev."""
+    def _anchor(self, start_offset: int) -> None:
+        """Checkpoints of offsets before the first block are history retention deleted; one at exactly
+        the chain's state before it anchors the first block's (unsigned) prev."""
         while self.next_checkpoint < len(self.checkpoints):
             checkpoint = self.checkpoints[self.next_checkpoint]
-            if checkpoint.seq > self.seq:
+            if checkpoint.offset >= start_offset:
                 return
             if checkpoint.seq == self.seq and checkpoint.hash == self.prev:
                 self.out.anchored = True
@@ -401,6 +402,11 @@ class _Chain:
 
     def finish(self) -> None:
         self.out.unterminated = len(self.block)
+        if self.prev is None:  # no block at all: checkpoints of offsets retention deleted are history
+            start = self.partition.log_start_offset
+            while self.next_checkpoint < len(self.checkpoints) and self.checkpoints[self.next_checkpoint].offset < start:
+                self.out.checkpoints_before_start += 1
+                self.next_checkpoint += 1
         if self.next_checkpoint < len(self.checkpoints):
             checkpoint = self.checkpoints[-1]
             end = self.partition.log_end_offset
