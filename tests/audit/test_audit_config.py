@@ -53,7 +53,7 @@ def test_the_audit_config_signs_what_it_ingests_and_verify_catches_an_edit(
                    if p.stat().st_size)
     batches = batches_of(segment)
     records = list(iter_records(bytes(batches[0])))
-    rows = [batch_format.Row(r.key, r.value.replace(b'"actor": "', b'"actor": "x') if i == 0 else r.value, r.timestamp,
+    rows = [batch_format.Row(r.key, r.value.replace(b'"actor":"', b'"actor":"x') if i == 0 else r.value, r.timestamp,
                              r.headers) for i, r in enumerate(records)]
     header = batch_format.read_header(batches[0])
     forged = batch_format.build_batch(rows, compression=batch_format.CODECS["zstd"],
