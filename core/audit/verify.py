@@ -130,8 +130,9 @@ class Report:
         if not self.ok:
             return "\n".join(p.broken.line(self.topic, p.partition) for p in self.partitions if p.broken)
         c = self.counts()
-        line = (f"OK {self.topic}: {c['records']} records in {c['blocks']} blocks, {c['proven']} proven by "
-                f"{c['checkpoints']} signed checkpoint(s), {c['chained_not_signed']} chained, not yet signed")
+        line = (f"OK {self.topic}: {c['records']} records in {c['blocks']} block{'' if c['blocks'] == 1 else 's'}, "
+                f"{c['proven']} proven by {c['checkpoints']} signed checkpoint(s), "
+                f"{c['chained_not_signed']} chained, not yet signed")
         if not self.signatures_checked:
             line += " (signatures not checked: no --public-key)"
         if c["before_chain"]:
