@@ -26,7 +26,7 @@ from ..log.batch import Encodable, Row
 from ..log.partition import Partition
 from ..log.store import LogStore
 from ..records import JsonRecords
-from .chain import CHAIN_HEADER, GENESIS, ChainState, Columns, Link, link_of
+from .chain import CHAIN_HEADER, GENESIS, ChainState, Columns, Link, canonical, digest, link_of
 
 if TYPE_CHECKING:
     from ..config import AuditSettings
@@ -55,8 +55,8 @@ def chained(partition: Partition) -> bool:
 
 def columns_of(rows: Sequence[Encodable], now: int) -> Columns:
     """The block's records as columns, timestamps resolved as the batch builder would (None: ``now``)."""
-    if isinstance(rows, JsonRecords):
-        return Columns(list(rows.timestamps), list(rows.keys), list(rows.values), None)
+    if isinstance(rows, JsonRecords):  # read, never changed: no copies
+        return Columns(rows.timestamps, rows.keys, rows.values, None)
     timestamps = [row.timestamp for row in rows]
     if None in timestamps:
         timestamps = [now if t is None else t for t in timestamps]
@@ -164,15 +164,16 @@ class Chains:
                        [*headers, (CHAIN_HEADER, link.encode())])
 
         # A long block is two batches in one write: all records but the last are built and compressed
-        # while the block is hashed in a thread (sha256 and zstd let go of the GIL, so a second core
-        # hides most of the hash), then the last record with the header. Columns carry no headers,
+        # while the block's canonical form is hashed in a thread (sha256 and zstd let go of the GIL, so
+        # a second core hides the hash), then the last record with the header. Columns carry no headers,
         # so they always take two. The chain is over records: the framing is invisible to it.
         if last >= PARALLEL_RECORDS:
-            hashing = _hasher().submit(state.extend, block)
+            whole = state.whole(block)
+            hashing = _hasher().submit(digest, state.prev, canonical(whole))
             try:
                 head = build(self._stamped(rows[:last], block))
             finally:
-                link = hashing.result()
+                link = Link(state.prev, hashing.result(), state.seq + len(whole))
             buffers = [head, build([tail(link)])]
         else:
             link = state.extend(block)
