@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..log import batch as batch_format
 from ..log.partition import Partition
@@ -167,11 +168,18 @@ class _Position:
 
 
 def verify_topic(store: LogStore, topic: str, *, partitions: list[int] | None = None, from_time: int | None = None,
-                 public_key: Ed25519PublicKey | None = None, progress: Progress | None = None) -> Report:
-    """Check ``topic`` of a (read-only) store; see the module docstring."""
+                 public_key: Ed25519PublicKey | None = None, progress: Progress | None = None,
+                 jobs: int = 1) -> Report:
+    """Check ``topic`` of a (read-only) store; see the module docstring.
+
+    With ``jobs`` > 1, partitions are checked in that many processes at once, each opening the
+    log read-only itself: decoding records is most of the work and holds the GIL."""
     report = Report(topic, public_key is not None, key_id(public_key) if public_key is not None else None)
-    checkpoints = read_checkpoints(store, topic)
     numbers = partitions if partitions is not None else list(range(len(store.topic(topic).partitions)))
+    if jobs > 1 and len(numbers) > 1:
+        report.partitions = _in_processes(store.directory, topic, numbers, from_time, public_key, progress, jobs)
+        return report
+    checkpoints = read_checkpoints(store, topic)
     for number in numbers:
         partition = store.partition(topic, number)
         if not partition.writable:
@@ -179,6 +187,34 @@ def verify_topic(store: LogStore, topic: str, *, partitions: list[int] | None = 
         mine = [(o, c) for o, c in checkpoints if not isinstance(c, Checkpoint) or c.partition == number]
         report.partitions.append(_verify_partition(partition, mine, from_time, public_key, progress))
     return report
+
+
+def _in_processes(directory: Path, topic: str, numbers: list[int], from_time: int | None,
+                  public_key: Ed25519PublicKey | None, progress: Progress | None, jobs: int) -> list[PartitionReport]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    raw = None if public_key is None else public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ProcessPoolExecutor(min(jobs, len(numbers)), mp_context=context) as pool:
+        futures = [pool.submit(_verify_one, str(directory), topic, n, from_time, raw) for n in numbers]
+        out = []
+        for future in futures:
+            result = future.result()
+            if progress is not None:
+                progress.add(result.records)
+            out.append(result)
+    return out
+
+
+def _verify_one(directory: str, topic: str, number: int, from_time: int | None, raw: bytes | None) -> PartitionReport:
+    public_key = None if raw is None else Ed25519PublicKey.from_public_bytes(raw)
+    store = LogStore(directory, writable=False)
+    try:
+        return verify_topic(store, topic, partitions=[number], from_time=from_time, public_key=public_key).partitions[0]
+    finally:
+        store.close()
 
 
 def _verify_partition(partition: Partition, checkpoints: list[tuple[int, Checkpoint | str]], from_time: int | None,

@@ -9,11 +9,12 @@ Usage errors exit 2 and errors reading the log 1, as every other command.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import ConfigError
 from ..progress import Progress
-from .common import UsageError, log_config, parse_time
+from .common import UsageError, _at_least_one, log_config, parse_time
 
 EVIDENCE_BROKEN = 3
 
@@ -40,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], log: ar
     p.add_argument("--public-key", metavar="FILE", help="Ed25519 public key (PEM) the checkpoints must be signed "
                    "with; without it, checkpoint hashes are compared but signatures not checked")
     p.add_argument("--report", metavar="FILE", help="also write what was checked, as JSON, to FILE")
+    p.add_argument("--jobs", type=_at_least_one, metavar="N", help="check up to N partitions at once, each in its "
+                   "own process (default: as many as there are CPUs; 1 leaves more to a worker beside it)")
     p.set_defaults(func=verify)
 
 
@@ -66,7 +69,7 @@ def verify(args: argparse.Namespace) -> int:
                     if partitions is None or i in partitions)
         with Progress(f"verifying {args.topic}", total=total, approximate=True) as progress:
             report = verify_topic(store, args.topic, partitions=partitions, from_time=from_time,
-                                  public_key=public_key, progress=progress)
+                                  public_key=public_key, progress=progress, jobs=args.jobs or os.cpu_count() or 1)
     finally:
         store.close()
     if args.report:

@@ -233,3 +233,28 @@ def test_compaction_is_refused_on_a_chained_topic(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="audit.chain sha256 needs cleanup.policy delete, not compact"):
         TopicSettings.parse({"audit.chain": "sha256", "cleanup.policy": "compact"}, "t")
+
+
+def test_partitions_checked_in_processes_report_the_same(tmp_path: Path, keys: Keys) -> None:
+    from millpond.audit.verify import verify_topic
+
+    from .conftest import append, open_backend
+
+    async def go() -> None:
+        backend = await open_backend(tmp_path / "log", keys, every_records=10, partitions=2)
+        await append(backend, 0, [5, 7], partition=0)
+        await append(backend, 100, [3, 9, 4], partition=1)
+        await backend.close()
+
+    asyncio.run(go())
+    edit_value(segment_files(tmp_path / "log", 1)[0], b'"seq":103', b'"seq":903')
+    store = LogStore(tmp_path / "log", writable=False)
+    try:
+        one = verify_topic(store, TOPIC, public_key=keys.private.public_key())
+        two = verify_topic(store, TOPIC, public_key=keys.private.public_key(), jobs=2)
+    finally:
+        store.close()
+    assert one.as_json() == two.as_json()
+    assert [p.broken is None for p in two.partitions] == [True, False]
+    assert two.partitions[1].broken is not None and two.partitions[1].broken.kind == EDITED
+    assert two.partitions[0].proven_records == 12
