@@ -20,6 +20,7 @@ from millpond.audit.verify import (
     TAIL_CUT,
 )
 from millpond.backends.base import TopicSpec
+from millpond.backends.embedded import EmbeddedBackend
 from millpond.log.batch import Row
 from millpond.log.store import LogStore
 from millpond.records import Record
@@ -315,3 +316,23 @@ def test_log_append_time_is_refused_on_a_chained_topic() -> None:
 
     with pytest.raises(ConfigError, match="audit.chain needs message.timestamp.type CreateTime"):
         TopicSettings.parse({"audit.chain": "sha256", "message.timestamp.type": "LogAppendTime"}, "t")
+
+
+def test_a_quiet_partition_is_signed_after_checkpoint_seconds(tmp_path: Path, keys: Keys) -> None:
+    from millpond.audit.checkpoints import read_checkpoints
+
+    from .conftest import append
+
+    async def go() -> int:
+        backend = EmbeddedBackend(tmp_path / "log")
+        await backend.open()
+        backend.enable_audit(Signer(keys.private), every_records=1000, every_seconds=0.2)
+        await backend.create_topic(TopicSpec(TOPIC, 1, {"audit.chain": "sha256"}))
+        await append(backend, 0, [5])
+        assert read_checkpoints(backend.store, TOPIC) == []
+        await asyncio.sleep(0.6)  # no append since: the timer signs it
+        found = len(read_checkpoints(backend.store, TOPIC))
+        await backend.close()
+        return found
+
+    assert asyncio.run(go()) == 1
