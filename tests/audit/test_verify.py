@@ -336,3 +336,15 @@ def test_a_quiet_partition_is_signed_after_checkpoint_seconds(tmp_path: Path, ke
         return found
 
     assert asyncio.run(go()) == 1
+
+
+def test_from_time_starts_at_the_segment_holding_it(tmp_path: Path, keys: Keys,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    write_log(tmp_path / "log", keys, BLOCKS, every_records=20)
+    code, out = verify(capsys, tmp_path / "log", keys, "--from-time", str(1_700_000_000_000 + 40 * 1000),
+                       "--report", str(tmp_path / "r.json"))
+    assert code == 0, out
+    report = json.loads((tmp_path / "r.json").read_text())
+    (p,) = report["partitions"]
+    assert 0 < p["records"] < 69 and p["last_seq"] == 69
+    assert p["first_seq"] <= 40 and p["records"] == 69 - p["first_seq"]
