@@ -1,15 +1,20 @@
-"""verify beside a process that keeps appending (and signing): every run is OK, and counts only grow."""
+"""verify beside a process that keeps appending (and signing): every run is OK, and counts only grow;
+after that process is killed -9, recovery and a new writer carry the chain on."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+from millpond.audit.checkpoints import Signer
 from millpond.audit.verify import verify_topic
+from millpond.backends.embedded import EmbeddedBackend
 from millpond.log.store import LogStore
+from millpond.records import Record
 
 from .conftest import TOPIC, Keys
 
@@ -66,5 +71,24 @@ def test_verify_beside_a_writer(tmp_path: Path, keys: Keys) -> None:
             time.sleep(0.3)
         assert seen > 0 and report.counts()["checkpoints"] > 0
     finally:
-        writer.kill()
+        writer.kill()  # SIGKILL, most likely mid-append: recovery cuts the torn tail
         writer.wait()
+
+    async def after_crash() -> None:
+        backend = EmbeddedBackend(tmp_path / "log")
+        await backend.open()
+        backend.enable_audit(Signer(keys.private), every_records=500, every_seconds=60)
+        producer = backend.producer()
+        for partition in (0, 1):
+            await producer.send_batch(TOPIC, partition, [Record(b"after", None, 5)] * 3)
+            await producer.flush()
+        await backend.close()
+
+    asyncio.run(after_crash())
+    store = LogStore(tmp_path / "log", writable=False)
+    try:
+        report = verify_topic(store, TOPIC, public_key=keys.private.public_key())
+    finally:
+        store.close()
+    assert report.ok, report.summary()
+    assert report.counts()["records"] >= seen + 6 and report.counts()["chained_not_signed"] == 0
