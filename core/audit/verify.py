@@ -67,8 +67,8 @@ class Break:
     detail: str
 
     def line(self, topic: str, partition: int) -> str:
-        return (f"{topic}-{partition}: {self.kind} at offset {self.offset} ({self.segment}, byte {self.position}): "
-                f"{self.detail}")
+        where = self.segment if self.position < 0 else f"{self.segment}, byte {self.position}"
+        return f"{topic}-{partition}: {self.kind} at offset {self.offset} ({where}): {self.detail}"
 
 
 @dataclass
