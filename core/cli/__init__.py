@@ -64,6 +64,7 @@ examples:
   millpond groups reset out --to-earliest --execute --log ./data/quickstart  # apply it
   millpond dlq replay lines-dlq --execute --log ./data/quickstart            # dead letters go home
   millpond migrate configs/quickstart.yaml --to-bootstrap kafka:9092 --dry-run  # moving up to Kafka: the plan
+  millpond verify audit --public-key audit.pub --log ./data/audit            # tamper evidence, exit 3 if broken
 
 exit codes: 0 ok, 1 error (one line on stderr), 2 usage, 130 interrupted
 """
@@ -240,10 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_async(dlq_replay))
 
     from .. import top
-    from . import migrate
+    from . import audit, migrate
 
     top.add_parser(sub)
     migrate.add_parser(sub)
+    audit.add_parser(sub, log)
     return parser
 
 
