@@ -284,7 +284,7 @@ def test_topic_settings_checked_field_by_field() -> None:
     assert set(found) == {'topics[0].config["retention.ms"]', "topics[0].config.colour"}
     assert found['topics[0].config["retention.ms"]'].line == 9
     assert found["topics[0].config.colour"].line == 11
-    assert "unknown key 'colour' (known: cleanup.policy, compression.type," in found["topics[0].config.colour"].message
+    assert "unknown key 'colour' (known: audit.chain, cleanup.policy, compression.type," in found["topics[0].config.colour"].message
 
 
 def test_undeclared_topics_fail_validate_not_only_run() -> None:

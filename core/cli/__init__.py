@@ -63,6 +63,7 @@ examples:
   millpond groups reset out --to-earliest --log ./data/quickstart            # the plan
   millpond groups reset out --to-earliest --execute --log ./data/quickstart  # apply it
   millpond dlq replay lines-dlq --execute --log ./data/quickstart            # dead letters go home
+  millpond verify audit --public-key audit.pub --log ./data/audit            # tamper evidence, exit 3 if broken
 
 exit codes: 0 ok, 1 error (one line on stderr), 2 usage, 130 interrupted
 """
@@ -239,8 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_async(dlq_replay))
 
     from .. import top
+    from . import audit
 
     top.add_parser(sub)
+    audit.add_parser(sub, log)
     return parser
 
 

@@ -45,6 +45,7 @@ file's model), ``loading.py`` (reading a file and reporting every problem).
 """
 
 from ..yamlsource import ConfigProblem, format_path
+from .audit_block import AuditSettings
 from .base import MAX_TOPIC_NAME, Model, TopicName, check_topic_name, topic_name_problem
 from .connectors import (
     ConnectorSpec,
@@ -63,6 +64,7 @@ from .maintenance import MaintenanceSettings, Schedule, interval_seconds
 from .pipeline import PipelineConfig
 
 __all__ = [
+    "AuditSettings",
     "MAX_TOPIC_NAME",
     "ConfigProblem",
     "ConnectorSpec",

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr
 
 from ..runtime.settings import ApiSettings, WorkerSettings
+from .audit_block import AuditSettings
 from .base import Model
 from .connectors import ConnectorSpec
 from .log_block import LogConfig, TopicConfig
@@ -21,6 +22,7 @@ class PipelineConfig(Model):
     api: ApiSettings = Field(default_factory=ApiSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    audit: AuditSettings | None = None
 
     #: paths (as tuples) whose values came from environment variables
     _secret_paths: set[tuple[str | int, ...]] = PrivateAttr(default_factory=set)

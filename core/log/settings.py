@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ConfigError, InvalidTopicError
 
@@ -54,6 +54,20 @@ class TopicSettings(BaseModel):
     )
     flush_messages: int | None = Field(None, alias="flush.messages", ge=1)
     flush_ms: int | None = Field(None, alias="flush.ms", ge=0)
+    #: a hash chain over the records of each partition (millpond.audit); see README "Audit logs"
+    audit_chain: Literal["none", "sha256"] = Field("none", alias="audit.chain")
+
+    @model_validator(mode="after")
+    def _chain_keeps_every_record(self) -> TopicSettings:
+        # Compaction removes records from chained blocks (verify would call it tampering), and
+        # LogAppendTime rewrites timestamps after the block's hash was taken.
+        if self.audit_chain != "none" and self.compact:
+            raise ValueError(f"audit.chain {self.audit_chain} needs cleanup.policy delete, not "
+                             f"{self.cleanup_policy}: compaction would remove chained records")
+        if self.audit_chain != "none" and self.message_timestamp_type == "LogAppendTime":
+            raise ValueError("audit.chain needs message.timestamp.type CreateTime: LogAppendTime rewrites "
+                             "timestamps after the chain hashed them")
+        return self
 
     @property
     def compact(self) -> bool:
@@ -76,7 +90,9 @@ class TopicSettings(BaseModel):
         except ValidationError as exc:
             where = f" of topic {topic!r}" if topic else ""
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"]
+                else str(e["msg"]).removeprefix("Value error, ")
+                for e in exc.errors()
             )
             raise ConfigError(f"invalid settings{where}: {problems}") from None
 

@@ -47,6 +47,10 @@ async def _open(config: PipelineConfig) -> LogBackend:
 
     backend = open_backend(config.log)
     await backend.open()
+    if config.audit is not None:
+        from ..audit.embedded import enable_audit
+
+        await enable_audit(backend, config.audit)
     return backend
 
 

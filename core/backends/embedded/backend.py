@@ -19,6 +19,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ...audit.checkpoints import Checkpointer, Signer
+from ...audit.embedded import Chains
 from ...errors import LogLockedError, MillpondError, OffsetOutOfRangeError, TransactionError, UnknownTopicError
 from ...log.partition import FetchResult, Partition
 from ...log.store import LogStore
@@ -60,6 +62,9 @@ class EmbeddedBackend(Lifecycle):
         self.bytes_reclaimed: dict[str, int] = {"retention": 0, "compaction": 0}
         #: retention and compaction never overlap: a pass in its thread must not see its segments deleted
         self._maintenance = asyncio.Lock()
+        #: the audit hash chain of chained topics, and its signed checkpoints once enable_audit() was called
+        self.chains = Chains()
+        self.checkpointer: Checkpointer | None = None
 
     # -- lifecycle --
 
@@ -71,6 +76,7 @@ class EmbeddedBackend(Lifecycle):
                 self._groups = GroupCoordinator(store)
                 if not self.readonly:
                     self._txns = TransactionCoordinator(store, self._groups, fsync=self.fsync)
+                    self._txns.append = self.chains.append
             except BaseException:
                 try:
                     store.close()  # release the lock: opening again must not find it held by us
@@ -79,11 +85,24 @@ class EmbeddedBackend(Lifecycle):
                 raise
         self._store = store
 
+    def enable_audit(self, signer: Signer, *, every_records: int, every_seconds: float) -> None:
+        """Sign checkpoints of chained partitions (see millpond.audit.checkpoints); after open()."""
+        with storage_errors(self.directory):
+            self.checkpointer = Checkpointer(self.store, signer, every_records=every_records,
+                                             every_seconds=every_seconds, fsync=self.fsync)
+        self.chains.listener = self.checkpointer.on_block
+
     async def close(self) -> None:
         if self._store is not None:
-            store, self._store = self._store, None  # closed even if a flush fails: the lock is let go
-            with storage_errors(self.directory):
-                store.close()
+            store = self._store
+            try:
+                if self.checkpointer is not None:  # the last checkpoint of each partition, at shutdown
+                    with storage_errors(self.directory):
+                        self.checkpointer.close()
+            finally:
+                self._store = None  # closed even if a flush fails: the lock is let go
+                with storage_errors(self.directory):
+                    store.close()
 
     @property
     def store(self) -> LogStore:
@@ -380,7 +399,7 @@ class EmbeddedProducer:
                 try:
                     with partition_writes(partition):
                         while done < len(rows):
-                            partition.append(rows[done : done + BATCH_RECORDS])
+                            self.backend.chains.append(partition, rows[done : done + BATCH_RECORDS])
                             done += BATCH_RECORDS
                             appended = True
                 finally:

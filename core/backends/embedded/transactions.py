@@ -53,7 +53,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ...errors import TransactionError, UnknownTopicError
@@ -96,6 +96,8 @@ class TransactionCoordinator:
         self.store = store
         self.groups = groups
         self.fsync = fsync
+        #: how data reaches a partition; the backend puts its audit chain here (millpond.audit)
+        self.append: Callable[..., int] = Partition.append
         if STATE_TOPIC not in store.topics:
             store.create_topic(STATE_TOPIC, 1, STATE_TOPIC_CONFIG)
         self._states: dict[str, TransactionState] = {}
@@ -218,7 +220,8 @@ class TransactionCoordinator:
                 partition = self.store.partition(tp.topic, tp.partition)
                 with writing(partition):
                     for start in range(0, len(rows), MAX_BATCH_RECORDS):
-                        partition.append(
+                        self.append(
+                            partition,
                             rows[start : start + MAX_BATCH_RECORDS],
                             producer_id=state.producer_id,
                             producer_epoch=epoch,
