@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..progress import Progress
 from .common import UsageError, log_config, parse_time
+
+if TYPE_CHECKING:
+    from ..audit.verify import Report
 
 EVIDENCE_BROKEN = 3
 
@@ -49,10 +53,14 @@ def verify(args: argparse.Namespace) -> int:
     from ..log.store import LogStore
 
     config = log_config(args)
-    if config.embedded is None:
-        raise UsageError("verify reads an embedded log (--log DIR); the Kafka backend is not supported yet")
     from_time = parse_time(args.from_time) if args.from_time else None
     public_key = load_public_key(args.public_key) if args.public_key else None
+    if config.embedded is None:  # log: kafka (millpond.audit.kafka)
+        from ..audit.kafka import verify_kafka_log
+
+        report = verify_kafka_log(config, args.topic, partitions=args.partition, from_time=from_time,
+                                  public_key=public_key)
+        return _finish(args, report)
     store = LogStore(config.embedded.dir, writable=False)
     try:
         topic = store.topic(args.topic)
@@ -69,6 +77,10 @@ def verify(args: argparse.Namespace) -> int:
                                   public_key=public_key, progress=progress)
     finally:
         store.close()
+    return _finish(args, report)
+
+
+def _finish(args: argparse.Namespace, report: Report) -> int:
     if args.report:
         try:
             report.write(args.report)

@@ -1,0 +1,550 @@
+"""The audit chain on Apache Kafka: the same records, the same header, checked by the same verifier.
+
+The chain is defined over records (see :mod:`millpond.audit.chain`), so on Kafka
+it rides in the data: the last record of each block carries the ``millpond.chain``
+header, exactly as on the embedded log, and a topic copied record by record from
+one to the other verifies the same way.
+
+Writing. Kafka knows nothing of ``audit.chain`` (a broker rejects settings it
+does not know), so the backend keeps that setting on its side
+(:func:`split_settings`): a topic is chained for a backend once a pipeline has
+declared it with ``audit.chain: sha256`` (``create_topic``/``alter_topic``, which
+every ``millpond run`` calls for its topics). A :class:`KafkaProducer` of that
+backend then chains each partition it sends to:
+
+- the chain state of a partition is loaded at the producer's first send to it,
+  from the partition's tail read ``read_uncommitted`` (the last record carrying a
+  header and any records after it, as the embedded log does at its first append);
+  aborted transactions stay in the log, so they stay in the chain;
+- a block is one ``send_batch`` call (a source task's chunk), or the records
+  given to ``send`` for one partition up to the next ``flush``/``commit``; its
+  timestamps are fixed before hashing (aiokafka would stamp a missing one later);
+- once the block is acknowledged, a signed checkpoint is due every N records or
+  T seconds, and for every partition with unsigned records when the producer
+  closes; checkpoints go to ``__audit_checkpoints`` on the same cluster. A send
+  that fails, or an abort, drops the state: the next send reloads it from the
+  tail, which is what the broker kept.
+
+**One writer per partition.** The chain is linear only if one producer at a
+time appends to a chained partition: Kafka orders what arrives from different
+connections as it arrives, and each producer extends the chain from the state
+it loaded. A second writer (another worker, a second task with its own
+producer, or a plain client) forks the chain: its blocks name a ``prev`` the
+log has already moved past, or carry no header at all, and ``millpond verify``
+reports the first such place as an inserted batch or record. Give an audit
+topic's partitions a single producing task (``tasks.max: 1`` on its source).
+A broker that stamps LogAppendTime, or compaction, rewrites records: both are
+refused for chained topics, as on the embedded log.
+
+Verifying. :func:`verify_kafka_topic` consumes each partition
+``read_uncommitted`` from its log start offset and feeds the records to the
+embedded verifier's chain check; the checkpoints come from Kafka's
+``__audit_checkpoints``. Kafka has no segment files to name, so breaks name
+the topic-partition on the cluster and the offset. A checkpoint is matched by
+its seq and hash, not its offset: the signature binds both, and a copy (from
+the embedded log, or across transaction markers) renumbers offsets without
+changing a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import TopicPartition as KafkaTP
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..errors import ConfigError
+from ..log.batch import Encodable
+from ..progress import Progress
+from ..records import Record
+from .chain import CHAIN_HEADER, GENESIS, ChainFormatError, ChainState, Columns, Link, block_hash, link_of
+from .checkpoints import CHECKPOINT_TOPIC, CHECKPOINT_TOPIC_CONFIG, Checkpoint, Signer, key_id
+from .embedded import columns_of
+from .verify import (
+    BAD_HEADER,
+    BATCH_REMOVED,
+    REORDERED,
+    Break,
+    PartitionReport,
+    Report,
+    _Broken,
+    _Chain,
+    _check_signatures,
+    _Position,
+)
+
+if TYPE_CHECKING:
+    from ..backends.kafka import KafkaBackend
+    from ..log.partition import Partition
+    from ..log.segment import LogSegment
+
+log = logging.getLogger(__name__)
+
+AUDIT_CHAIN = "audit.chain"
+#: records read back per step when looking for the last chain header at a partition's tail
+TAIL_WINDOW = 1000
+#: how long a read of a partition may see no progress before it is an error
+READ_STALL_S = 30.0
+
+
+def split_settings(name: str, config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The topic settings Kafka takes, and the chain mode ("none" or "sha256") millpond keeps.
+
+    Refuses what would rewrite chained records on the broker (compaction, LogAppendTime)."""
+    kafka = dict(config)
+    mode = str(kafka.pop(AUDIT_CHAIN, "none"))
+    if mode not in ("none", "sha256"):
+        raise ConfigError(f"topic {name!r}: {AUDIT_CHAIN} is {mode!r}; it takes none or sha256")
+    if mode != "none":
+        if "compact" in str(kafka.get("cleanup.policy", "delete")):
+            raise ConfigError(f"topic {name!r}: {AUDIT_CHAIN} {mode} needs cleanup.policy delete, not "
+                              f"{kafka['cleanup.policy']} (compaction removes chained records)")
+        if kafka.get("message.timestamp.type") == "LogAppendTime":
+            raise ConfigError(f"topic {name!r}: {AUDIT_CHAIN} needs message.timestamp.type CreateTime: "
+                              "LogAppendTime rewrites the timestamps that were hashed")
+    return kafka, mode
+
+
+# -- reading a partition ------------------------------------------------------------------------------------
+
+
+async def _read_range(consumer: AIOKafkaConsumer, tp: KafkaTP, start: int, end: int) -> list[Any]:
+    """Records of ``tp`` with offsets in [start, end), read_uncommitted (control records are skipped)."""
+    out: list[Any] = []
+    if start >= end:
+        return out
+    consumer.seek(tp, start)
+    stalled = time.monotonic()
+    while await consumer.position(tp) < end:
+        fetched = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
+        rows = [r for r in fetched.get(tp, ()) if r.offset < end]
+        if rows:
+            out.extend(rows)
+            stalled = time.monotonic()
+        elif time.monotonic() - stalled > READ_STALL_S:
+            raise ConfigError(f"{tp.topic}-{tp.partition}: no records from offset {await consumer.position(tp)} "
+                              f"for {READ_STALL_S:.0f}s while reading up to {end}")
+    return out
+
+
+def _columns(records: Sequence[Any]) -> Columns:
+    headers = [list(r.headers) for r in records]
+    return Columns([r.timestamp for r in records], [r.key for r in records], [r.value for r in records],
+                   cast(Any, headers) if any(headers) else None)
+
+
+async def load_state(consumer: AIOKafkaConsumer, topic: str, partition: int) -> ChainState:
+    """The chain state at the tail of a Kafka partition: the last header and the records after it.
+
+    Reads back from the high watermark a window at a time (growing) until a header turns up."""
+    tp = KafkaTP(topic, partition)
+    consumer.assign([tp])
+    start = (await consumer.beginning_offsets([tp]))[tp]
+    end = (await consumer.end_offsets([tp]))[tp]
+    after: list[Any] = []
+    hi, window = end, TAIL_WINDOW
+    while hi > start:
+        lo = max(start, hi - window)
+        records = await _read_range(consumer, tp, lo, hi)
+        for i in range(len(records) - 1, -1, -1):
+            raw = link_of(records[i].headers)
+            if raw is not None:
+                link = Link.decode(raw)
+                tail = records[i + 1 :] + after
+                if tail:
+                    log.warning("%s-%d: %d record(s) after the last chain header at offset %d open the next block",
+                                topic, partition, len(tail), records[i].offset)
+                return ChainState(link.hash, link.seq, _columns(tail) if tail else Columns())
+        after = records + after
+        hi, window = lo, window * 4
+    return ChainState()  # no header: the chain starts here (earlier records stay before it)
+
+
+# -- writing ------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Unsigned:
+    link: Link
+    offset: int
+    records: int
+    since: float
+
+
+class KafkaCheckpointer:
+    """Signed checkpoints on a Kafka cluster, for every producer of one backend (see checkpoints.py)."""
+
+    def __init__(self, backend: KafkaBackend, signer: Signer, *, every_records: int, every_seconds: float) -> None:
+        self.backend = backend
+        self.signer = signer
+        self.every_records = every_records
+        self.every_seconds = every_seconds
+        self._unsigned: dict[tuple[str, int], _Unsigned] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self.written = 0
+
+    async def open(self) -> None:
+        from ..backends.base import TopicSpec
+
+        await self.backend.create_topic(TopicSpec(CHECKPOINT_TOPIC, 1, dict(CHECKPOINT_TOPIC_CONFIG)), exist_ok=True)
+
+    async def on_block(self, topic: str, partition: int, offset: int, link: Link, records: int) -> None:
+        """A block acknowledged by the broker, its last record at ``offset``."""
+        now = time.monotonic()
+        pending = self._unsigned.get((topic, partition))
+        if pending is None:
+            pending = self._unsigned[(topic, partition)] = _Unsigned(link, offset, 0, now)
+        pending.link, pending.offset = link, offset
+        pending.records += records
+        if pending.records >= self.every_records or now - pending.since >= self.every_seconds:
+            await self.write(topic, partition)
+
+    async def write(self, topic: str, partition: int) -> None:
+        pending = self._unsigned.pop((topic, partition), None)
+        if pending is None:
+            return
+        if self._producer is None:
+            # acks=all: a checkpoint must never claim records the cluster can still lose
+            self._producer = AIOKafkaProducer(**self.backend.client_kwargs(AIOKafkaProducer), acks="all",
+                                              enable_idempotence=True)
+            await self._producer.start()
+        checkpoint = self.signer.sign(topic, partition, pending.offset, pending.link, int(time.time() * 1000))
+        await self._producer.send_and_wait(CHECKPOINT_TOPIC, checkpoint.to_json(), f"{topic}/{partition}".encode(),
+                                           0, checkpoint.time_ms)
+        self.written += 1
+        log.debug("audit checkpoint %s-%d offset %d seq %d", topic, partition, pending.offset, pending.link.seq)
+
+    async def write_all(self, partitions: Sequence[tuple[str, int]] | None = None) -> None:
+        for topic, partition in list(self._unsigned if partitions is None else partitions):
+            await self.write(topic, partition)
+
+    async def close(self) -> None:
+        try:
+            await self.write_all()
+        finally:
+            if self._producer is not None:
+                await self._producer.stop()
+                self._producer = None
+
+
+class KafkaAudit:
+    """What one Kafka backend knows of audit: its chained topics, and its checkpointer once enabled."""
+
+    def __init__(self) -> None:
+        self.chained: set[str] = set()
+        self.checkpointer: KafkaCheckpointer | None = None
+
+    def declare(self, topic: str, mode: str) -> None:
+        if mode == "none":
+            self.chained.discard(topic)
+        else:
+            self.chained.add(topic)
+
+    async def close(self) -> None:
+        if self.checkpointer is not None:
+            checkpointer, self.checkpointer = self.checkpointer, None
+            await checkpointer.close()
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A block handed to aiokafka: its last batch's delivery future and record count."""
+
+    topic: str
+    partition: int
+    link: Link
+    records: int
+    future: asyncio.Future[Any]
+    last_batch_records: int
+
+
+@dataclass(slots=True)
+class ProducerChains:
+    """The chain state of the partitions one producer appends to (one writer per partition)."""
+
+    backend: KafkaBackend
+    states: dict[tuple[str, int], ChainState] = field(default_factory=dict)
+    #: records given to ``send`` per partition, sent as one block at flush/commit
+    held: dict[tuple[str, int], list[Record]] = field(default_factory=dict)
+    sent: list[_Sent] = field(default_factory=list)
+    #: partitions chained since the producer started (their checkpoints are written at close)
+    touched: set[tuple[str, int]] = field(default_factory=set)
+
+    def chained(self, topic: str) -> bool:
+        return topic in self.backend.audit.chained
+
+    def hold(self, topic: str, record: Record, partition: int | None) -> None:
+        if partition is None:
+            n = self.backend.cached_partitions(topic)
+            partition = int(DefaultPartitioner()(record.key, list(range(n)), list(range(n))))
+        self.held.setdefault((topic, partition), []).append(record)
+
+    async def _state(self, topic: str, partition: int) -> ChainState:
+        state = self.states.get((topic, partition))
+        if state is None:
+            consumer = AIOKafkaConsumer(**self.backend.client_kwargs(AIOKafkaConsumer),
+                                        isolation_level="read_uncommitted", enable_auto_commit=False)
+            await consumer.start()
+            try:
+                state = self.states[(topic, partition)] = await load_state(consumer, topic, partition)
+            finally:
+                await consumer.stop()
+        return state
+
+    async def block(self, topic: str, partition: int, records: Sequence[Record]) -> tuple[list[Record], Link]:
+        """The records as they must be sent: timestamps fixed, the chain header on the last one.
+        The state advances now (the producer sends in order); :meth:`forget` undoes it on failure."""
+        state = await self._state(topic, partition)
+        block = columns_of(cast(Sequence[Encodable], records), int(time.time() * 1000))
+        link = state.extend(block)
+        rows = [Record(block.values[i], block.keys[i], block.timestamps[i],
+                       list(block.headers[i]) if block.headers is not None else [])
+                for i in range(len(block))]
+        rows[-1].headers.append((CHAIN_HEADER, link.encode()))
+        state.advance(link)
+        self.touched.add((topic, partition))
+        return rows, link
+
+    def take_held(self) -> list[tuple[tuple[str, int], list[Record]]]:
+        held, self.held = self.held, {}
+        return list(held.items())
+
+    async def delivered(self) -> None:
+        """Every sent block is acknowledged: checkpoints that fall due are written."""
+        sent, self.sent = self.sent, []
+        checkpointer = self.backend.audit.checkpointer
+        if checkpointer is None:
+            return
+        for block in sent:
+            base = int(block.future.result().offset)
+            await checkpointer.on_block(block.topic, block.partition, base + block.last_batch_records - 1,
+                                        block.link, block.records)
+
+    def forget(self) -> None:
+        """A send failed or a transaction was aborted: reload every state from what the broker kept."""
+        self.states.clear()
+        self.held.clear()
+        self.sent.clear()
+
+    async def close(self) -> None:
+        checkpointer = self.backend.audit.checkpointer
+        if checkpointer is not None:
+            await checkpointer.write_all([tp for tp in sorted(self.touched)])
+
+
+async def enable_kafka_audit(backend: KafkaBackend, signer: Signer, *, every_records: int,
+                             every_seconds: float) -> None:
+    """Sign checkpoints of the backend's chained partitions; after open()."""
+    checkpointer = KafkaCheckpointer(backend, signer, every_records=every_records, every_seconds=every_seconds)
+    await checkpointer.open()
+    backend.audit.checkpointer = checkpointer
+
+
+# -- verifying ----------------------------------------------------------------------------------------------
+
+
+class _Place:
+    """Where a break is on Kafka, in the verifier's terms: no segment file, no byte position."""
+
+    def __init__(self, name: str) -> None:
+        self.log_path = name
+        self.size = -1
+
+
+class _PartitionView:
+    """The little of a partition the verifier's chain asks for at its end."""
+
+    def __init__(self, number: int, log_end_offset: int, place: _Place) -> None:
+        self.partition = number
+        self.log_end_offset = log_end_offset
+        self.active_segment = place
+
+
+class _KafkaChain(_Chain):
+    check_offsets = False  # see the module docstring: a checkpoint is matched by seq and hash
+
+
+async def verify_kafka_topic(backend: KafkaBackend, topic: str, *, partitions: list[int] | None = None,
+                             from_time: int | None = None, public_key: Ed25519PublicKey | None = None,
+                             progress: Progress | None = None) -> Report:
+    """Check ``topic`` on the backend's cluster; the same checks and report as ``verify_topic``."""
+    report = Report(topic, public_key is not None, key_id(public_key) if public_key is not None else None)
+    count = await backend.partitions_for(topic)
+    numbers = partitions if partitions is not None else list(range(count))
+    consumer = AIOKafkaConsumer(**backend.client_kwargs(AIOKafkaConsumer), isolation_level="read_uncommitted",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        checkpoints = await read_kafka_checkpoints(backend, consumer, topic)
+        for number in numbers:
+            mine = [(o, c) for o, c in checkpoints if not isinstance(c, Checkpoint) or c.partition == number]
+            report.partitions.append(
+                await _verify_partition(backend, consumer, topic, number, mine, from_time, public_key, progress))
+    finally:
+        await consumer.stop()
+    return report
+
+
+async def read_kafka_checkpoints(backend: KafkaBackend, consumer: AIOKafkaConsumer,
+                                 topic: str) -> list[tuple[int, Checkpoint | str]]:
+    """(offset in ``__audit_checkpoints``, checkpoint or why it is unreadable) for ``topic``, in order."""
+    if CHECKPOINT_TOPIC not in await backend.list_topics():
+        return []
+    tp = KafkaTP(CHECKPOINT_TOPIC, 0)
+    consumer.assign([tp])
+    start = (await consumer.beginning_offsets([tp]))[tp]
+    end = (await consumer.end_offsets([tp]))[tp]
+    prefix = f"{topic}/".encode()
+    out: list[tuple[int, Checkpoint | str]] = []
+    for record in await _read_range(consumer, tp, start, end):
+        if record.key is None or not record.key.startswith(prefix):
+            continue
+        try:
+            checkpoint = Checkpoint.from_json(record.value)
+        except (ValueError, KeyError, TypeError) as exc:
+            out.append((record.offset, f"unreadable checkpoint ({exc})"))
+            continue
+        if checkpoint.topic == topic:
+            out.append((record.offset, checkpoint))
+    return out
+
+
+async def _verify_partition(backend: KafkaBackend, consumer: AIOKafkaConsumer, topic: str, number: int,
+                            checkpoints: list[tuple[int, Checkpoint | str]], from_time: int | None,
+                            public_key: Ed25519PublicKey | None, progress: Progress | None) -> PartitionReport:
+    tp = KafkaTP(topic, number)
+    consumer.assign([tp])
+    start = (await consumer.beginning_offsets([tp]))[tp]
+    end = (await consumer.end_offsets([tp]))[tp]
+    out = PartitionReport(number, start, end)
+    place = _Place(f"kafka {backend.bootstrap_servers} {topic}-{number}")
+    chain = _KafkaChain(cast("Partition", _PartitionView(number, end, place)), [], out)
+    chain.first_segment = cast("LogSegment", place)
+    try:
+        chain.checkpoints = _check_signatures(checkpoints, public_key)
+        if from_time is not None:
+            found = await backend.offset_for_time(_tp(topic, number), from_time)
+            start = end if found is None else max(start, found)
+        await _walk(consumer, tp, start, end, chain, place, progress)
+        chain.finish()
+    except _Broken as exc:
+        out.broken = exc.found
+    return out
+
+
+def _tp(topic: str, partition: int) -> Any:
+    from ..records import TopicPartition
+
+    return TopicPartition(topic, partition)
+
+
+async def _walk(consumer: AIOKafkaConsumer, tp: KafkaTP, start: int, end: int, chain: _KafkaChain, place: _Place,
+                progress: Progress | None) -> None:
+    """Feed the records of [start, end) to the chain, a fetch at a time.
+
+    Kafka's log start (retention, DeleteRecords, ``--from-time``) need not fall on a block
+    boundary: unless the chain begins there (its first header's prev is the genesis), records
+    before the first header are checked as a block only if they hash to it, and skipped otherwise."""
+    segment = cast("LogSegment", place)
+    aligned = False
+    lead: list[Any] = []
+    stalled = time.monotonic()
+    consumer.seek(tp, start)
+    while await consumer.position(tp) < end:
+        fetched = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
+        records = [r for r in fetched.get(tp, ()) if r.offset < end]
+        if not records:
+            if time.monotonic() - stalled > READ_STALL_S:
+                raise _Broken(Break("unreadable partition", await consumer.position(tp), place.log_path, -1,
+                                    f"no records for {READ_STALL_S:.0f}s while reading up to offset {end}"))
+            continue
+        stalled = time.monotonic()
+        if progress is not None:
+            progress.add(len(records))
+        if not aligned:
+            try:
+                records, aligned = _align(lead, records, chain.out)
+            except ChainFormatError as exc:
+                raise _Broken(Break(BAD_HEADER, records[-1].offset, place.log_path, -1, str(exc))) from None
+            if not records:
+                continue
+        try:
+            chain.add(records, _Position(segment, -1, records[0].offset))
+        except ChainFormatError as exc:
+            raise _Broken(Break(BAD_HEADER, records[-1].offset, place.log_path, -1, str(exc))) from None
+        except _Broken as exc:
+            if exc.found.kind == BATCH_REMOVED and chain.prev is not None:
+                if await _continues_later(consumer, tp, end, chain.prev):
+                    exc.found.kind = REORDERED
+                    exc.found.detail += "; the block that follows at this point comes later in the log"
+            raise
+
+
+def _align(lead: list[Any], records: list[Any], out: PartitionReport) -> tuple[list[Any], bool]:
+    """Records to feed from the start of the read, once the first chain header is in ``lead + records``."""
+    lead.extend(records)
+    for i, record in enumerate(lead):
+        raw = link_of(record.headers) if record.headers else None
+        if raw is None:
+            continue
+        link = Link.decode(raw)
+        whole = list(lead)
+        lead.clear()
+        if link.prev == GENESIS or block_hash(link.prev, _columns(whole[: i + 1])) == link.hash:
+            return whole, True
+        out.before_chain += i + 1  # a partial block at a start that is not a block boundary
+        return whole[i + 1 :], True
+    return [], False
+
+
+async def _continues_later(consumer: AIOKafkaConsumer, tp: KafkaTP, end: int, prev: bytes) -> bool:
+    while await consumer.position(tp) < end:
+        fetched = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
+        rows = fetched.get(tp, ())
+        if not rows:
+            return False
+        for record in rows:
+            raw = link_of(record.headers) if record.headers else None
+            if raw is not None and Link.decode(raw).prev == prev:
+                return True
+    return False
+
+
+def verify_kafka_log(log_config: Any, topic: str, *, partitions: list[int] | None, from_time: int | None,
+                     public_key: Ed25519PublicKey | None) -> Report:
+    """``millpond verify`` when the pipeline's ``log:`` is Kafka: open the backend, check, close."""
+    from ..backends import open_backend
+    from ..backends.kafka import KafkaBackend
+    from ..cli.common import UsageError
+
+    async def run() -> Report:
+        backend = open_backend(log_config, readonly=True)
+        assert isinstance(backend, KafkaBackend)
+        await backend.open()
+        try:
+            count = await backend.partitions_for(topic)
+            for number in partitions or ():
+                if not 0 <= number < count:
+                    raise UsageError(f"--partition {number}: topic {topic!r} has {count} partition(s)")
+            infos = await backend.describe_topic(topic)
+            total = sum(i.log_end_offset - i.log_start_offset for i in infos
+                        if partitions is None or i.partition in partitions)
+            with Progress(f"verifying {topic}", total=total, approximate=True) as progress:
+                report = await verify_kafka_topic(backend, topic, partitions=partitions, from_time=from_time,
+                                                  public_key=public_key, progress=progress)
+        finally:
+            await backend.close()
+        c = report.counts()
+        if report.ok and c["records"] and not c["blocks"] and not c["checkpoints"]:
+            raise ConfigError(f"topic {topic!r} at {backend.bootstrap_servers}: no record carries a {CHAIN_HEADER} "
+                              f"header (was it declared with {AUDIT_CHAIN}: sha256 in the pipeline that wrote it?)")
+        return report
+
+    return asyncio.run(run())
