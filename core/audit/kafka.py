@@ -19,7 +19,9 @@ backend then chains each partition it sends to:
 - a block is one ``send_batch`` call (a source task's chunk), or the records
   given to ``send`` for one partition up to the next ``flush``/``commit``; its
   timestamps are fixed before hashing (aiokafka would stamp a missing one later);
-- once the block is acknowledged, a signed checkpoint is due every N records or
+- once the block is acknowledged (give ``acks: all`` in ``log.kafka.config``,
+  or an exactly-once connector, whose transactional producer uses it, so that
+  no checkpoint claims what a leader change can still lose), a signed checkpoint is due every N records or
   T seconds, and for every partition with unsigned records when the producer
   closes; checkpoints go to ``__audit_checkpoints`` on the same cluster. A send
   that fails, or an abort, drops the state: the next send reloads it from the
@@ -63,7 +65,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..errors import ConfigError
 from ..log.batch import Encodable
 from ..progress import Progress
-from ..records import Record
+from ..records import Record, TopicPartition
 from .chain import CHAIN_HEADER, GENESIS, ChainFormatError, ChainState, Columns, Link, block_hash, link_of
 from .checkpoints import CHECKPOINT_TOPIC, CHECKPOINT_TOPIC_CONFIG, Checkpoint, Signer, key_id
 from .embedded import columns_of
@@ -212,8 +214,8 @@ class KafkaCheckpointer:
             return
         if self._producer is None:
             # acks=all: a checkpoint must never claim records the cluster can still lose
-            self._producer = AIOKafkaProducer(**self.backend.client_kwargs(AIOKafkaProducer), acks="all",
-                                              enable_idempotence=True)
+            kwargs = {**self.backend.client_kwargs(AIOKafkaProducer), "acks": "all", "enable_idempotence": True}
+            self._producer = AIOKafkaProducer(**kwargs)
             await self._producer.start()
         checkpoint = self.signer.sign(topic, partition, pending.offset, pending.link, int(time.time() * 1000))
         await self._producer.send_and_wait(CHECKPOINT_TOPIC, checkpoint.to_json(), f"{topic}/{partition}".encode(),
@@ -254,7 +256,7 @@ class KafkaAudit:
 
 
 @dataclass(slots=True)
-class _Sent:
+class SentBlock:
     """A block handed to aiokafka: its last batch's delivery future and record count."""
 
     topic: str
@@ -273,7 +275,7 @@ class ProducerChains:
     states: dict[tuple[str, int], ChainState] = field(default_factory=dict)
     #: records given to ``send`` per partition, sent as one block at flush/commit
     held: dict[tuple[str, int], list[Record]] = field(default_factory=dict)
-    sent: list[_Sent] = field(default_factory=list)
+    sent: list[SentBlock] = field(default_factory=list)
     #: partitions chained since the producer started (their checkpoints are written at close)
     touched: set[tuple[str, int]] = field(default_factory=set)
 
@@ -430,19 +432,13 @@ async def _verify_partition(backend: KafkaBackend, consumer: AIOKafkaConsumer, t
     try:
         chain.checkpoints = _check_signatures(checkpoints, public_key)
         if from_time is not None:
-            found = await backend.offset_for_time(_tp(topic, number), from_time)
+            found = await backend.offset_for_time(TopicPartition(topic, number), from_time)
             start = end if found is None else max(start, found)
         await _walk(consumer, tp, start, end, chain, place, progress)
         chain.finish()
     except _Broken as exc:
         out.broken = exc.found
     return out
-
-
-def _tp(topic: str, partition: int) -> Any:
-    from ..records import TopicPartition
-
-    return TopicPartition(topic, partition)
 
 
 async def _walk(consumer: AIOKafkaConsumer, tp: KafkaTP, start: int, end: int, chain: _KafkaChain, place: _Place,
@@ -470,7 +466,7 @@ async def _walk(consumer: AIOKafkaConsumer, tp: KafkaTP, start: int, end: int, c
             progress.add(len(records))
         if not aligned:
             try:
-                records, aligned = _align(lead, records, chain.out)
+                records, aligned = _align(lead, records, tp)
             except ChainFormatError as exc:
                 raise _Broken(Break(BAD_HEADER, records[-1].offset, place.log_path, -1, str(exc))) from None
             if not records:
@@ -487,8 +483,10 @@ async def _walk(consumer: AIOKafkaConsumer, tp: KafkaTP, start: int, end: int, c
             raise
 
 
-def _align(lead: list[Any], records: list[Any], out: PartitionReport) -> tuple[list[Any], bool]:
-    """Records to feed from the start of the read, once the first chain header is in ``lead + records``."""
+def _align(lead: list[Any], records: list[Any], tp: KafkaTP) -> tuple[list[Any], bool]:
+    """Records to feed from the start of the read, once the first chain header is in ``lead + records``.
+
+    Records skipped here are not counted, as the records before ``--from-time`` are not."""
     lead.extend(records)
     for i, record in enumerate(lead):
         raw = link_of(record.headers) if record.headers else None
@@ -499,7 +497,8 @@ def _align(lead: list[Any], records: list[Any], out: PartitionReport) -> tuple[l
         lead.clear()
         if link.prev == GENESIS or block_hash(link.prev, _columns(whole[: i + 1])) == link.hash:
             return whole, True
-        out.before_chain += i + 1  # a partial block at a start that is not a block boundary
+        log.info("%s-%d: the read starts inside a block; its first %d record(s) (offsets %d..%d) are skipped",
+                 tp.topic, tp.partition, i + 1, whole[0].offset, record.offset)
         return whole[i + 1 :], True
     return [], False
 

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from millpond.audit.chain import CHAIN_HEADER, Link
 from millpond.audit.checkpoints import CHECKPOINT_TOPIC, Checkpoint, Signer
 from millpond.audit.kafka import enable_kafka_audit
-from millpond.audit.verify import EDITED, RECORDS_INSERTED, TAIL_CUT
+from millpond.audit.verify import BATCH_INSERTED, CHECKPOINT_MISMATCH, EDITED, RECORDS_INSERTED, TAIL_CUT
 from millpond.backends.base import TopicSpec
 from millpond.backends.embedded import EmbeddedBackend
 from millpond.backends.kafka import KafkaBackend
@@ -306,6 +306,42 @@ def test_a_record_inserted_by_a_plain_producer_is_found_on_kafka(tmp_path: Path,
     assert "the block holds 5 records, its header says 4" in line
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_a_second_chained_writer_forks_the_chain_and_verify_reports_it(
+        tmp_path: Path, broker: Broker, keys: Keys, capsys: pytest.CaptureFixture[str], signed: bool) -> None:
+    """The single-writer assumption of millpond.audit.kafka: two producers on one partition fork the chain.
+    Unsigned, the stale block is an inserted batch; signed, the forking writer's own checkpoint (seq 11)
+    lands inside the other branch's block and is reported first."""
+    topic = f"audit-fork-{signed}".lower()
+    pipeline = pipeline_file(tmp_path, broker, keys, topic)
+
+    async def write() -> None:
+        backend = await open_backend(broker, keys if signed else None, topic)
+        first, second = backend.producer(), backend.producer()
+        try:
+            await first.send_batch(topic, 0, [event(i) for i in range(7)])
+            await first.flush()
+            await second.send_batch(topic, 0, [event(i) for i in range(7, 12)])  # loads the tail: seq 7
+            await second.flush()
+            await first.send_batch(topic, 0, [event(i) for i in range(12, 16)])  # still at seq 7: a fork
+            await first.flush()
+        finally:
+            await first.close()  # signed: a checkpoint of its branch, seq 11 at offset 15
+            await second.close()
+            await backend.close()
+
+    asyncio.run(write())
+    code, out = verify(capsys, pipeline, keys, topic)
+    if signed:
+        line = _broken(code, out, topic, CHECKPOINT_MISMATCH)
+        assert line.startswith(f"{topic}-0: {CHECKPOINT_MISMATCH} at offset 7 "), line
+        assert "a checkpoint signed seq 11 at offset 15, inside this block" in line
+    else:
+        line = _broken(code, out, topic, BATCH_INSERTED)
+        assert line.startswith(f"{topic}-0: {BATCH_INSERTED} at offset 12 "), line
+        assert "continues the chain as it was at seq 7, but 5 records came between" in line
+
+
 # -- a copy from the embedded log ---------------------------------------------------------------------------
 
 
@@ -378,3 +414,10 @@ def test_a_topic_copied_from_the_embedded_log_verifies_on_kafka(tmp_path: Path, 
     code, out = verify(capsys, pipeline, keys, topic)
     assert code == 0, out
     assert f"OK {topic}: 31 records in 5 blocks, 31 proven by {len(copied)} signed checkpoint(s)" in out, out
+    # --from-time inside the third block (offsets 12..20): its rest is skipped, the two blocks after it are
+    # proven by the checkpoints at seq 25 and 31 (every 10 records: seq 12, 25, and 31 at close)
+    code = main(["verify", topic, "-c", str(pipeline), "--public-key", str(keys.public_file),
+                 "--from-time", str(1_600_000_020_003)])
+    out = "".join(capsys.readouterr())
+    assert code == 0, out
+    assert f"OK {topic}: 10 records in 2 blocks, 10 proven by 2 signed checkpoint(s)" in out, out

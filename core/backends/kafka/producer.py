@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 from aiokafka.structs import TopicPartition as KafkaTP
 
-from ...audit.kafka import ProducerChains, _Sent
+from ...audit.kafka import ProducerChains, SentBlock
 from ...errors import ProducerFencedError, TransactionError
 from ...records import Record, TopicPartition
 
@@ -78,7 +78,7 @@ class KafkaProducer:
             return
         rows, link = await self._chains.block(topic, partition, records)
         future, count = await self._send_batches(producer, topic, partition, rows)
-        self._chains.sent.append(_Sent(topic, partition, link, len(rows), future, count))
+        self._chains.sent.append(SentBlock(topic, partition, link, len(rows), future, count))
 
     async def _send_batches(self, producer: AIOKafkaProducer, topic: str, partition: int,
                             records: Sequence[Record]) -> tuple[asyncio.Future[Any], int]:
