@@ -35,6 +35,12 @@ producer, or a plain client) forks the chain: its blocks name a ``prev`` the
 log has already moved past, or carry no header at all, and ``millpond verify``
 reports the first such place as an inserted batch or record. Give an audit
 topic's partitions a single producing task (``tasks.max: 1`` on its source).
+A writer that does not know the topic is chained (a plain client, or ``millpond
+produce`` without the pipeline that declares it) appends records without a
+header: between two blocks of a running producer they are an inserted record;
+at the tail while no chained producer has the partition, the next producer
+takes them into its first block (as the embedded log does with a torn block)
+and logs a warning naming their offset.
 A broker that stamps LogAppendTime, or compaction, rewrites records: both are
 refused for chained topics, as on the embedded log.
 

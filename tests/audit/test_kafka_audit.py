@@ -24,12 +24,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from millpond.audit.chain import CHAIN_HEADER, Link
 from millpond.audit.checkpoints import CHECKPOINT_TOPIC, Checkpoint, Signer
-from millpond.audit.kafka import enable_kafka_audit
+from millpond.audit.kafka import enable_kafka_audit, split_settings
 from millpond.audit.verify import BATCH_INSERTED, CHECKPOINT_MISMATCH, EDITED, RECORDS_INSERTED, TAIL_CUT
 from millpond.backends.base import TopicSpec
 from millpond.backends.embedded import EmbeddedBackend
 from millpond.backends.kafka import KafkaBackend
 from millpond.cli import main
+from millpond.errors import ConfigError
 from millpond.log import batch as batch_format
 from millpond.log.store import LogStore
 from millpond.records import Record
@@ -44,8 +45,6 @@ from tests.servers.kafka import (
 )
 
 from .conftest import Keys, event, recompute_crc
-
-pytestmark = pytest.mark.kafka
 
 BLOCKS = [7, 5, 9, 4, 6]  # 31 records
 
@@ -178,9 +177,28 @@ def _broken(code: int, out: str, topic: str, kind: str) -> str:
     return line
 
 
+# -- settings (no broker) -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"audit.chain": "md5"}, "audit.chain is 'md5'; it takes none or sha256"),
+    ({"audit.chain": "sha256", "cleanup.policy": "compact,delete"}, "needs cleanup.policy delete"),
+    ({"audit.chain": "sha256", "message.timestamp.type": "LogAppendTime"}, "needs message.timestamp.type CreateTime"),
+])
+def test_settings_kafka_would_break_the_chain_with_are_refused(config: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        split_settings("t", config)
+
+
+def test_audit_chain_stays_on_millponds_side() -> None:
+    assert split_settings("t", {"audit.chain": "sha256", "retention.ms": -1}) == ({"retention.ms": -1}, "sha256")
+    assert split_settings("t", {"retention.ms": 5}) == ({"retention.ms": 5}, "none")
+
+
 # -- intact ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.kafka
 def test_a_pipeline_on_kafka_writes_a_chain_that_verifies(tmp_path: Path, broker: Broker, keys: Keys,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     topic = "audit-pipeline"
@@ -220,6 +238,7 @@ def _edit_in_segment(folder: Path, old: bytes, new: bytes) -> int:
     raise AssertionError(f"{old!r} not in {log_file}")
 
 
+@pytest.mark.kafka
 def test_an_edited_value_with_its_crc_recomputed_is_found_on_kafka(tmp_path: Path, broker: Broker, keys: Keys,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     topic = "audit-edit"
@@ -246,6 +265,7 @@ def test_an_edited_value_with_its_crc_recomputed_is_found_on_kafka(tmp_path: Pat
     assert "block offsets 12..20" in line
 
 
+@pytest.mark.kafka
 def test_a_tail_cut_after_a_signed_checkpoint_is_found_on_kafka(tmp_path: Path, broker: Broker, keys: Keys,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     topic = "audit-cut"
@@ -278,6 +298,7 @@ def test_a_tail_cut_after_a_signed_checkpoint_is_found_on_kafka(tmp_path: Path, 
     assert "a checkpoint signed seq 31" in line and "after seq 25" in line
 
 
+@pytest.mark.kafka
 def test_a_record_inserted_by_a_plain_producer_is_found_on_kafka(tmp_path: Path, broker: Broker, keys: Keys,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     topic = "audit-insert"
@@ -306,6 +327,7 @@ def test_a_record_inserted_by_a_plain_producer_is_found_on_kafka(tmp_path: Path,
     assert "the block holds 5 records, its header says 4" in line
 
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 def test_a_second_chained_writer_forks_the_chain_and_verify_reports_it(
         tmp_path: Path, broker: Broker, keys: Keys, capsys: pytest.CaptureFixture[str], signed: bool) -> None:
@@ -349,6 +371,7 @@ def _bytes(view: Any) -> bytes | None:
     return None if view is None else bytes(view)
 
 
+@pytest.mark.kafka
 def test_a_topic_copied_from_the_embedded_log_verifies_on_kafka(tmp_path: Path, broker: Broker, keys: Keys,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """Records (key, value, timestamp, headers) and checkpoints copied one by one, re-batched by a plain

@@ -123,7 +123,12 @@ class KafkaBackend(Lifecycle):
             raise MillpondError(f"cannot open the Kafka log at {self.bootstrap_servers}: {why}") from exc
 
     async def close(self) -> None:
-        await self.audit.close()
+        try:
+            await self.audit.close()  # the last checkpoint of each chained partition, at shutdown
+        finally:
+            await self._close_clients()
+
+    async def _close_clients(self) -> None:
         LOG_FILTER.backends.discard(self)
         if self._recheck is not None:
             self._recheck.cancel()
