@@ -98,7 +98,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         broker.stop()
 
 
-def pipeline_file(tmp_path: Path, broker: Broker, keys: Keys, topic: str) -> Path:
+def pipeline_file(tmp_path: Path, broker: Broker, keys: Keys, topic: str, topic_config: str = "") -> Path:
     """A pipeline with ``log: kafka`` that tails a JSON-lines file into a chained topic, signing checkpoints."""
     (tmp_path / "in").mkdir(exist_ok=True)
     path = tmp_path / "pipeline.yaml"
@@ -109,7 +109,7 @@ def pipeline_file(tmp_path: Path, broker: Broker, keys: Keys, topic: str) -> Pat
         topics:
           - name: {topic}
             partitions: 1
-            config: {{audit.chain: sha256, retention.ms: -1}}
+            config: {{audit.chain: sha256, retention.ms: -1{topic_config}}}
         connectors:
           - name: tail-{topic}
             kind: source
@@ -202,7 +202,8 @@ def test_audit_chain_stays_on_millponds_side() -> None:
 def test_a_pipeline_on_kafka_writes_a_chain_that_verifies(tmp_path: Path, broker: Broker, keys: Keys,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     topic = "audit-pipeline"
-    pipeline = pipeline_file(tmp_path, broker, keys, topic)
+    # the broker recompresses what the producer sent: the chain is over records, not their framing
+    pipeline = pipeline_file(tmp_path, broker, keys, topic, ", compression.type: zstd")
     (tmp_path / "in" / "a.jsonl").write_text("".join(f'{{"seq":{i},"action":"file.read"}}\n' for i in range(50)))
     assert main(["run", str(pipeline), "--until-idle"]) == 0
     (tmp_path / "in" / "b.jsonl").write_text("".join(f'{{"seq":{i},"action":"user.login"}}\n' for i in range(30)))
@@ -214,6 +215,9 @@ def test_a_pipeline_on_kafka_writes_a_chain_that_verifies(tmp_path: Path, broker
     links = [Link.decode(v) for r in records for k, v in r.headers if k == CHAIN_HEADER]  # type: ignore[attr-defined]
     assert links and links[-1].seq == 80 and records[-1].headers  # type: ignore[attr-defined]
     assert all(a.hash == b.prev for a, b in zip(links, links[1:]))  # one chain across both runs
+    [segment] = broker.partition_dir(topic).glob("*.log")
+    data = segment.read_bytes()
+    assert {h.attributes & 0x07 for _, h in batch_format.walk(data, 0, len(data)) if not h.is_control} == {4}  # zstd
     code, out = verify(capsys, pipeline, keys, topic)
     assert code == 0, out
     assert f"OK {topic}: 80 records in {len(links)} blocks, 80 proven by " in out, out
