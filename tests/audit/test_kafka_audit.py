@@ -223,6 +223,49 @@ def test_a_pipeline_on_kafka_writes_a_chain_that_verifies(tmp_path: Path, broker
     assert f"OK {topic}: 80 records in {len(links)} blocks, 80 proven by " in out, out
 
 
+@pytest.mark.kafka
+def test_transactions_aborts_and_single_sends_stay_one_chain(tmp_path: Path, broker: Broker, keys: Keys,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """An aborted transaction's block stays in the log (read_uncommitted) and in the chain; records given
+    to ``send`` become one block per partition at commit/flush; each producer starts from the tail."""
+    topic = "audit-txn"
+    pipeline = pipeline_file(tmp_path, broker, keys, topic)
+
+    async def write() -> None:
+        backend = await open_backend(broker, keys, topic)
+        try:
+            txn = backend.producer("audit-txn-writer")
+            try:
+                await txn.begin()
+                await txn.send_batch(topic, 0, [event(i) for i in range(5)])
+                await txn.commit()
+                await txn.begin()
+                await txn.send_batch(topic, 0, [event(i) for i in range(5, 9)])
+                await txn.abort()  # the state is read back from the tail at the next send
+                await txn.begin()
+                for i in range(9, 12):
+                    await txn.send(topic, event(i), 0)
+                await txn.commit()
+            finally:
+                await txn.close()
+            plain = backend.producer()
+            try:
+                for i in range(12, 14):
+                    await plain.send(topic, event(i))  # the partitioner picks (one partition here)
+                await plain.flush()
+            finally:
+                await plain.close()
+        finally:
+            await backend.close()
+
+    asyncio.run(write())
+    records = asyncio.run(read_all(broker.bootstrap, topic))
+    assert [r.offset for r in records if r.headers] == [4, 9, 13, 16]  # type: ignore[attr-defined]  # markers between
+    code, out = verify(capsys, pipeline, keys, topic)
+    assert code == 0, out
+    assert f"OK {topic}: 14 records in 4 blocks, 14 proven by 2 signed checkpoint(s)" in out, out
+
+
 # -- tampering ------------------------------------------------------------------------------------------------
 
 
