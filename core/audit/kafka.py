@@ -19,11 +19,12 @@ backend then chains each partition it sends to:
 - a block is one ``send_batch`` call (a source task's chunk), or the records
   given to ``send`` for one partition up to the next ``flush``/``commit``; its
   timestamps are fixed before hashing (aiokafka would stamp a missing one later);
-- once the block is acknowledged (give ``acks: all`` in ``log.kafka.config``,
-  or an exactly-once connector, whose transactional producer uses it, so that
-  no checkpoint claims what a leader change can still lose), a signed checkpoint is due every N records or
-  T seconds, and for every partition with unsigned records when the producer
-  closes; checkpoints go to ``__audit_checkpoints`` on the same cluster. A send
+- once the block is acknowledged, a signed checkpoint is due every N records
+  or T seconds, and for every partition with unsigned records when the
+  producer closes; checkpoints go to ``__audit_checkpoints`` on the same
+  cluster (with acks=all). Give the data ``acks: all`` too (``log.kafka.config``;
+  an exactly-once connector's transactional producer has it), or a checkpoint
+  may claim records a leader change can still lose. A send
   that fails, or an abort, drops the state: the next send reloads it from the
   tail, which is what the broker kept.
 
@@ -33,7 +34,8 @@ connections as it arrives, and each producer extends the chain from the state
 it loaded. A second writer (another worker, a second task with its own
 producer, or a plain client) forks the chain: its blocks name a ``prev`` the
 log has already moved past, or carry no header at all, and ``millpond verify``
-reports the first such place as an inserted batch or record. Give an audit
+reports the first such place: an inserted batch or record, or a chain that
+differs from a signed checkpoint (the forking writer signs its own branch). Give an audit
 topic's partitions a single producing task (``tasks.max: 1`` on its source).
 A writer that does not know the topic is chained (a plain client, or ``millpond
 produce`` without the pipeline that declares it) appends records without a
