@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import sys
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -55,7 +53,7 @@ LINK_SIZE = _LINK.size  # 73
 _N = struct.Struct("<I")
 _NAME = struct.Struct("<I")
 _VALUE = struct.Struct("<i")
-_BIG_ENDIAN = sys.byteorder == "big"
+_MINUS_ONE = struct.pack("<i", -1)
 
 
 class ChainFormatError(MillpondError):
@@ -91,21 +89,30 @@ def link_of(headers: Sequence[tuple[str, bytes | None]]) -> bytes | None:
     return found
 
 
-def _ints(code: str, values: Any) -> bytes:
-    column = array(code, values)
-    if _BIG_ENDIAN:
-        column.byteswap()
-    return column.tobytes()
+_PACKERS: dict[tuple[str, int], struct.Struct] = {}
 
 
-def _lengths(column: Sequence[bytes | None]) -> tuple[bytes, list[bytes]]:
+def _ints(code: str, values: Any, n: int) -> bytes:
+    """``n`` integers little-endian (``struct`` over the whole column: one C call)."""
+    packer = _PACKERS.get((code, n))
+    if packer is None:
+        if len(_PACKERS) > 256:
+            _PACKERS.clear()
+        packer = _PACKERS[(code, n)] = struct.Struct(f"<{n}{code}")
+    return packer.pack(*values)
+
+
+def _lengths(column: Sequence[bytes | None]) -> tuple[bytes, Sequence[bytes | None]]:
     """i32 lengths (-1 for None) and the non-null items, in order."""
     n = len(column)
-    if n and column.count(None) == n:
-        return _ints("i", [-1]) * n, []
+    if not n:
+        return b"", ()
+    if column[0] is None and column.count(None) == n:
+        return _MINUS_ONE * n, ()
     if None in column:
-        return _ints("i", [-1 if item is None else len(item) for item in column]), [c for c in column if c is not None]
-    return _ints("i", map(len, column)), list(column)  # type: ignore[arg-type]  # no None in it
+        return (_ints("i", [-1 if item is None else len(item) for item in column], n),
+                [c for c in column if c is not None])
+    return _ints("i", map(len, column), n), column  # type: ignore[arg-type]  # no None in it
 
 
 def _header_section(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
@@ -151,28 +158,37 @@ class Columns:
         self.timestamps, self.keys, self.values, self.headers = [], [], [], None
 
 
-def block_hash(prev: bytes, block: Columns) -> bytes:
-    """sha256(prev || canonical(block)); see the module docstring for the canonical form."""
+def canonical(block: Columns) -> list[bytes]:
+    """The canonical form of a block's records, in parts (see the module docstring): what the
+    hash covers after ``prev``. Built a column at a time; the caller hashes it (maybe elsewhere)."""
     n = len(block.timestamps)
-    digest = hashlib.sha256(prev)
-    update = digest.update
-    update(_N.pack(n))
-    update(_ints("q", block.timestamps))
     key_lengths, keys = _lengths(block.keys)
     value_lengths, values = _lengths(block.values)
-    update(key_lengths)
-    update(value_lengths)
     sections: list[bytes] = []
     if block.headers is not None and any(block.headers):
         sections = [_header_section(h) if h else b"" for h in block.headers]
-        update(_ints("i", map(len, sections)))
+        section_lengths = _ints("i", map(len, sections), n)
     else:
-        update(bytes(4 * n))
-    update(b"".join(keys))
-    update(b"".join(values))
+        section_lengths = bytes(4 * n)
+    parts = [_N.pack(n), _ints("q", block.timestamps, n), key_lengths, value_lengths, section_lengths,
+             b"".join(keys), b"".join(values)]  # type: ignore[arg-type]  # None was left out
     if sections:
-        update(b"".join(sections))
-    return digest.digest()
+        parts.append(b"".join(sections))
+    return parts
+
+
+def digest(prev: bytes, parts: Sequence[bytes]) -> bytes:
+    """sha256(prev || parts): C only (hashlib lets go of the GIL for large parts), so it can run
+    in another thread while the caller builds the batch."""
+    h = hashlib.sha256(prev)
+    for part in parts:
+        h.update(part)
+    return h.digest()
+
+
+def block_hash(prev: bytes, block: Columns) -> bytes:
+    """sha256(prev || canonical(block))."""
+    return digest(prev, canonical(block))
 
 
 @dataclass(slots=True)
@@ -184,14 +200,19 @@ class ChainState:
     seq: int = 0
     pending: Columns = field(default_factory=Columns)
 
+    def whole(self, block: Columns) -> Columns:
+        """``block`` after the pending records (the block the next header closes)."""
+        if not self.pending:
+            return block
+        whole = Columns(list(self.pending.timestamps), list(self.pending.keys), list(self.pending.values),
+                        None if self.pending.headers is None else list(self.pending.headers))
+        whole.extend(block)
+        return whole
+
     def extend(self, block: Columns) -> Link:
         """The link of ``block`` (after any pending records); does not change the state."""
-        if self.pending:
-            whole = Columns(list(self.pending.timestamps), list(self.pending.keys), list(self.pending.values),
-                            None if self.pending.headers is None else list(self.pending.headers))
-            whole.extend(block)
-            block = whole
-        return Link(self.prev, block_hash(self.prev, block), self.seq + len(block))
+        whole = self.whole(block)
+        return Link(self.prev, block_hash(self.prev, whole), self.seq + len(whole))
 
     def advance(self, link: Link) -> None:
         self.prev, self.seq = link.hash, link.seq

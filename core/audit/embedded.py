@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
@@ -23,13 +24,26 @@ from ..errors import ConfigError
 from ..log import batch as batch_format
 from ..log.batch import Encodable, Row
 from ..log.partition import Partition
+from ..log.store import LogStore
 from ..records import JsonRecords
-from .chain import CHAIN_HEADER, ChainState, Columns, Link, link_of
+from .chain import CHAIN_HEADER, GENESIS, ChainState, Columns, Link, canonical, digest, link_of
 
 if TYPE_CHECKING:
     from ..config import AuditSettings
 
 log = logging.getLogger(__name__)
+
+#: blocks at least this long are hashed in a thread while their batch is built
+PARALLEL_RECORDS = 1000
+_HASHER: ThreadPoolExecutor | None = None
+
+
+def _hasher() -> ThreadPoolExecutor:
+    global _HASHER
+    if _HASHER is None:
+        _HASHER = ThreadPoolExecutor(1, thread_name_prefix="millpond-audit-hash")
+    return _HASHER
+
 
 #: (partition, last offset of the block, its link, records in it): called after each chained append
 BlockListener = Callable[[Partition, int, Link, int], None]
@@ -41,8 +55,8 @@ def chained(partition: Partition) -> bool:
 
 def columns_of(rows: Sequence[Encodable], now: int) -> Columns:
     """The block's records as columns, timestamps resolved as the batch builder would (None: ``now``)."""
-    if isinstance(rows, JsonRecords):
-        return Columns(list(rows.timestamps), list(rows.keys), list(rows.values), None)
+    if isinstance(rows, JsonRecords):  # read, never changed: no copies
+        return Columns(rows.timestamps, rows.keys, rows.values, None)
     timestamps = [row.timestamp for row in rows]
     if None in timestamps:
         timestamps = [now if t is None else t for t in timestamps]
@@ -55,8 +69,12 @@ def columns_of(rows: Sequence[Encodable], now: int) -> Columns:
     )
 
 
-def load_state(partition: Partition) -> ChainState:
-    """The chain state at the partition's tail: the last chain header and the records after it."""
+def load_state(partition: Partition, anchor: tuple[bytes, int] | None = None) -> ChainState:
+    """The chain state at the partition's tail: the last chain header and the records after it.
+
+    With no header left in the partition (retention deleted every sealed segment and a crash tore
+    the active one's blocks away), ``anchor`` carries on: the (hash, seq) of the partition's last
+    signed checkpoint, whose data was durable before it was written."""
     after = Columns()
     for segment in reversed(list(partition.segments)):
         batches = [(pos, header) for pos, header in segment.walk() if not header.is_control]
@@ -72,6 +90,8 @@ def load_state(partition: Partition) -> ChainState:
                                     "block", partition.name, len(tail) + len(after), records[i].offset)
                     return ChainState(link.hash, link.seq, _columns_of_records(tail, after))
             after = _columns_of_records(records, after)
+    if anchor is not None:
+        return ChainState(anchor[0], anchor[1], after)
     # No header at all: the chain starts here; records written before it was switched on stay outside
     # (verify reports them as before the chain).
     return ChainState()
@@ -87,19 +107,29 @@ def _columns_of_records(records: Sequence[Any], after: Columns) -> Columns:
 class Chains:
     """The chain state of every chained partition an embedded backend appends to."""
 
-    def __init__(self) -> None:
+    def __init__(self, anchor: Callable[[Partition], tuple[bytes, int] | None] | None = None) -> None:
         self._states: WeakKeyDictionary[Partition, ChainState] = WeakKeyDictionary()
         self.listener: BlockListener | None = None
+        #: (hash, seq) of a partition's last signed checkpoint, where no header is left (see load_state)
+        self.anchor = anchor
 
     def state(self, partition: Partition) -> ChainState:
         state = self._states.get(partition)
         if state is None:
-            state = self._states[partition] = load_state(partition)
+            state = load_state(partition)
+            if state.prev == GENESIS and not state.seq and self.anchor is not None:
+                found = self.anchor(partition)
+                if found is not None:
+                    state = load_state(partition, found)
+            self._states[partition] = state
         return state
 
     @staticmethod
-    def _unstamped(rows: Sequence[Encodable]) -> bool:
-        return any(row.timestamp is None for row in rows)
+    def _stamped(head: Sequence[Encodable], block: Columns) -> Sequence[Encodable]:
+        """``head`` with the timestamps the hash used (a record without one was given ``now``)."""
+        if isinstance(head, JsonRecords) or not any(row.timestamp is None for row in head):
+            return head
+        return [Row(r.key, r.value, t, r.headers) for r, t in zip(head, block.timestamps)]
 
     def append(
         self,
@@ -112,9 +142,8 @@ class Chains:
     ) -> int:
         """``partition.append``, with the chain header on the last record when the topic is chained.
 
-        Records held as columns are built as two batches in one write: all but the
-        last in one C call, the last with its header by the record builder (columns
-        carry no headers). The chain is over records, so the block is the same.
+        A crash can tear such a write between its two batches; recovery keeps the
+        first, and its records open the next block (see :func:`load_state`).
         """
         if not rows or not chained(partition):
             return partition.append(rows, producer_id=producer_id, producer_epoch=producer_epoch,
@@ -122,23 +151,36 @@ class Chains:
         now = int(time.time() * 1000)
         state = self.state(partition)
         block = columns_of(rows, now)
-        link = state.extend(block)
         last = len(rows) - 1
-        tail = Row(block.keys[last], block.values[last], block.timestamps[last],
-                   [*(block.headers[last] if block.headers is not None else ()), (CHAIN_HEADER, link.encode())])
         codec = batch_format.CODECS.get(partition.settings.compression_type, 0)
 
         def build(part: Sequence[Encodable]) -> bytearray:
             return batch_format.build_batch(part, compression=codec, producer_id=producer_id,
                                             producer_epoch=producer_epoch, transactional=transactional)
 
-        if isinstance(rows, JsonRecords):
-            buffers = [build(rows[:last]), build([tail])] if last else [build([tail])]
+        def tail(link: Link) -> Row:
+            headers = block.headers[last] if block.headers is not None else ()
+            return Row(block.keys[last], block.values[last], block.timestamps[last],
+                       [*headers, (CHAIN_HEADER, link.encode())])
+
+        # A long block is two batches in one write: all records but the last are built and compressed
+        # while the block's canonical form is hashed in a thread (sha256 and zstd let go of the GIL, so
+        # a second core hides the hash), then the last record with the header. Columns carry no headers,
+        # so they always take two. The chain is over records: the framing is invisible to it.
+        if last >= PARALLEL_RECORDS:
+            whole = state.whole(block)
+            hashing = _hasher().submit(digest, state.prev, canonical(whole))
+            try:
+                head = build(self._stamped(rows[:last], block))
+            finally:
+                link = Link(state.prev, hashing.result(), state.seq + len(whole))
+            buffers = [head, build([tail(link)])]
         else:
-            head: Sequence[Encodable] = rows[:last]
-            if self._unstamped(head):  # the header's hash used ``now``: the batch must say the same
-                head = [Row(r.key, r.value, t, r.headers) for r, t in zip(head, block.timestamps)]
-            buffers = [build([*head, tail])]
+            link = state.extend(block)
+            if isinstance(rows, JsonRecords):
+                buffers = [build(rows[:last]), build([tail(link)])] if last else [build([tail(link)])]
+            else:
+                buffers = [build([*self._stamped(rows[:last], block), tail(link)])]
         first = partition.append_batches(buffers)
         state.advance(link)
         if self.listener is not None:
@@ -168,3 +210,16 @@ async def enable_audit(backend: Any, settings: AuditSettings) -> None:
     except BaseException:
         await backend.close()
         raise
+
+
+def last_checkpoint(store: LogStore, partition: Partition) -> tuple[bytes, int] | None:
+    """(hash, seq) of the partition's last checkpoint in ``__audit_checkpoints``, if any (unchecked:
+    the writer's own topic; verify checks every signature)."""
+    from .checkpoints import Checkpoint, read_checkpoints
+
+    found = [c for _, c in read_checkpoints(store, partition.topic)
+             if isinstance(c, Checkpoint) and c.partition == partition.partition]
+    if not found:
+        return None
+    latest = max(found, key=lambda c: c.seq)
+    return latest.hash, latest.seq

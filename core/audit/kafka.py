@@ -44,16 +44,15 @@ at the tail while no chained producer has the partition, the next producer
 takes them into its first block (as the embedded log does with a torn block)
 and logs a warning naming their offset.
 A broker that stamps LogAppendTime, or compaction, rewrites records: both are
-refused for chained topics, as on the embedded log.
+refused for chained topics, as on the embedded log. A copy of a chained topic
+(from the embedded log, say) keeps its headers only if the target is not
+declared chained: a chained producer would chain the copied blocks again.
 
-Verifying. :func:`verify_kafka_topic` consumes each partition
-``read_uncommitted`` from its log start offset and feeds the records to the
-embedded verifier's chain check; the checkpoints come from Kafka's
-``__audit_checkpoints``. Kafka has no segment files to name, so breaks name
-the topic-partition on the cluster and the offset. A checkpoint is matched by
-its seq and hash, not its offset: the signature binds both, and a copy (from
-the embedded log, or across transaction markers) renumbers offsets without
-changing a record.
+Verifying is :func:`millpond.audit.verify.verify_through_backend`, which
+``millpond verify`` uses when the pipeline's ``log:`` is Kafka: each partition
+read ``read_uncommitted`` from its log start offset through the same chain
+check as the embedded log, checkpoints matched by seq and hash (a copy
+renumbers offsets without changing a record).
 """
 
 from __future__ import annotations
@@ -68,32 +67,16 @@ from typing import TYPE_CHECKING, Any, cast
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition as KafkaTP
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import ConfigError
 from ..log.batch import Encodable
-from ..progress import Progress
-from ..records import Record, TopicPartition
-from .chain import CHAIN_HEADER, GENESIS, ChainFormatError, ChainState, Columns, Link, block_hash, link_of
-from .checkpoints import CHECKPOINT_TOPIC, CHECKPOINT_TOPIC_CONFIG, Checkpoint, Signer, key_id
+from ..records import Record
+from .chain import CHAIN_HEADER, ChainState, Columns, Link, link_of
+from .checkpoints import CHECKPOINT_TOPIC, CHECKPOINT_TOPIC_CONFIG, Signer
 from .embedded import columns_of
-from .verify import (
-    BAD_HEADER,
-    BATCH_REMOVED,
-    REORDERED,
-    Break,
-    PartitionReport,
-    Report,
-    _Broken,
-    _Chain,
-    _check_signatures,
-    _Position,
-)
 
 if TYPE_CHECKING:
     from ..backends.kafka import KafkaBackend
-    from ..log.partition import Partition
-    from ..log.segment import LogSegment
 
 log = logging.getLogger(__name__)
 
@@ -355,203 +338,3 @@ async def enable_kafka_audit(backend: KafkaBackend, signer: Signer, *, every_rec
     checkpointer = KafkaCheckpointer(backend, signer, every_records=every_records, every_seconds=every_seconds)
     await checkpointer.open()
     backend.audit.checkpointer = checkpointer
-
-
-# -- verifying ----------------------------------------------------------------------------------------------
-
-
-class _Place:
-    """Where a break is on Kafka, in the verifier's terms: no segment file, no byte position."""
-
-    def __init__(self, name: str) -> None:
-        self.log_path = name
-        self.size = -1
-
-
-class _PartitionView:
-    """The little of a partition the verifier's chain asks for at its end."""
-
-    def __init__(self, number: int, log_end_offset: int, place: _Place) -> None:
-        self.partition = number
-        self.log_end_offset = log_end_offset
-        self.active_segment = place
-
-
-class _KafkaChain(_Chain):
-    check_offsets = False  # see the module docstring: a checkpoint is matched by seq and hash
-
-
-async def verify_kafka_topic(backend: KafkaBackend, topic: str, *, partitions: list[int] | None = None,
-                             from_time: int | None = None, public_key: Ed25519PublicKey | None = None,
-                             progress: Progress | None = None) -> Report:
-    """Check ``topic`` on the backend's cluster; the same checks and report as ``verify_topic``."""
-    report = Report(topic, public_key is not None, key_id(public_key) if public_key is not None else None)
-    count = await backend.partitions_for(topic)
-    numbers = partitions if partitions is not None else list(range(count))
-    consumer = AIOKafkaConsumer(**backend.client_kwargs(AIOKafkaConsumer), isolation_level="read_uncommitted",
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        checkpoints = await read_kafka_checkpoints(backend, consumer, topic)
-        for number in numbers:
-            mine = [(o, c) for o, c in checkpoints if not isinstance(c, Checkpoint) or c.partition == number]
-            report.partitions.append(
-                await _verify_partition(backend, consumer, topic, number, mine, from_time, public_key, progress))
-    finally:
-        await consumer.stop()
-    return report
-
-
-async def read_kafka_checkpoints(backend: KafkaBackend, consumer: AIOKafkaConsumer,
-                                 topic: str) -> list[tuple[int, Checkpoint | str]]:
-    """(offset in ``__audit_checkpoints``, checkpoint or why it is unreadable) for ``topic``, in order."""
-    if CHECKPOINT_TOPIC not in await backend.list_topics():
-        return []
-    tp = KafkaTP(CHECKPOINT_TOPIC, 0)
-    consumer.assign([tp])
-    start = (await consumer.beginning_offsets([tp]))[tp]
-    end = (await consumer.end_offsets([tp]))[tp]
-    prefix = f"{topic}/".encode()
-    out: list[tuple[int, Checkpoint | str]] = []
-    for record in await _read_range(consumer, tp, start, end):
-        if record.key is None or not record.key.startswith(prefix):
-            continue
-        try:
-            checkpoint = Checkpoint.from_json(record.value)
-        except (ValueError, KeyError, TypeError) as exc:
-            out.append((record.offset, f"unreadable checkpoint ({exc})"))
-            continue
-        if checkpoint.topic == topic:
-            out.append((record.offset, checkpoint))
-    return out
-
-
-async def _verify_partition(backend: KafkaBackend, consumer: AIOKafkaConsumer, topic: str, number: int,
-                            checkpoints: list[tuple[int, Checkpoint | str]], from_time: int | None,
-                            public_key: Ed25519PublicKey | None, progress: Progress | None) -> PartitionReport:
-    tp = KafkaTP(topic, number)
-    consumer.assign([tp])
-    start = (await consumer.beginning_offsets([tp]))[tp]
-    end = (await consumer.end_offsets([tp]))[tp]
-    out = PartitionReport(number, start, end)
-    place = _Place(f"kafka {backend.bootstrap_servers} {topic}-{number}")
-    chain = _KafkaChain(cast("Partition", _PartitionView(number, end, place)), [], out)
-    chain.first_segment = cast("LogSegment", place)
-    try:
-        chain.checkpoints = _check_signatures(checkpoints, public_key)
-        if from_time is not None:
-            found = await backend.offset_for_time(TopicPartition(topic, number), from_time)
-            start = end if found is None else max(start, found)
-        await _walk(consumer, tp, start, end, chain, place, progress)
-        chain.finish()
-    except _Broken as exc:
-        out.broken = exc.found
-    return out
-
-
-async def _walk(consumer: AIOKafkaConsumer, tp: KafkaTP, start: int, end: int, chain: _KafkaChain, place: _Place,
-                progress: Progress | None) -> None:
-    """Feed the records of [start, end) to the chain, a fetch at a time.
-
-    Kafka's log start (retention, DeleteRecords, ``--from-time``) need not fall on a block
-    boundary: unless the chain begins there (its first header's prev is the genesis), records
-    before the first header are checked as a block only if they hash to it, and skipped otherwise."""
-    segment = cast("LogSegment", place)
-    aligned = False
-    lead: list[Any] = []
-    stalled = time.monotonic()
-    consumer.seek(tp, start)
-    while await consumer.position(tp) < end:
-        fetched = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
-        records = [r for r in fetched.get(tp, ()) if r.offset < end]
-        if not records:
-            if time.monotonic() - stalled > READ_STALL_S:
-                raise _Broken(Break("unreadable partition", await consumer.position(tp), place.log_path, -1,
-                                    f"no records for {READ_STALL_S:.0f}s while reading up to offset {end}"))
-            continue
-        stalled = time.monotonic()
-        if progress is not None:
-            progress.add(len(records))
-        if not aligned:
-            try:
-                records, aligned = _align(lead, records, tp)
-            except ChainFormatError as exc:
-                raise _Broken(Break(BAD_HEADER, records[-1].offset, place.log_path, -1, str(exc))) from None
-            if not records:
-                continue
-        try:
-            chain.add(records, _Position(segment, -1, records[0].offset))
-        except ChainFormatError as exc:
-            raise _Broken(Break(BAD_HEADER, records[-1].offset, place.log_path, -1, str(exc))) from None
-        except _Broken as exc:
-            if exc.found.kind == BATCH_REMOVED and chain.prev is not None:
-                if await _continues_later(consumer, tp, end, chain.prev):
-                    exc.found.kind = REORDERED
-                    exc.found.detail += "; the block that follows at this point comes later in the log"
-            raise
-
-
-def _align(lead: list[Any], records: list[Any], tp: KafkaTP) -> tuple[list[Any], bool]:
-    """Records to feed from the start of the read, once the first chain header is in ``lead + records``.
-
-    Records skipped here are not counted, as the records before ``--from-time`` are not."""
-    lead.extend(records)
-    for i, record in enumerate(lead):
-        raw = link_of(record.headers) if record.headers else None
-        if raw is None:
-            continue
-        link = Link.decode(raw)
-        whole = list(lead)
-        lead.clear()
-        if link.prev == GENESIS or block_hash(link.prev, _columns(whole[: i + 1])) == link.hash:
-            return whole, True
-        log.info("%s-%d: the read starts inside a block; its first %d record(s) (offsets %d..%d) are skipped",
-                 tp.topic, tp.partition, i + 1, whole[0].offset, record.offset)
-        return whole[i + 1 :], True
-    return [], False
-
-
-async def _continues_later(consumer: AIOKafkaConsumer, tp: KafkaTP, end: int, prev: bytes) -> bool:
-    while await consumer.position(tp) < end:
-        fetched = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
-        rows = fetched.get(tp, ())
-        if not rows:
-            return False
-        for record in rows:
-            raw = link_of(record.headers) if record.headers else None
-            if raw is not None and Link.decode(raw).prev == prev:
-                return True
-    return False
-
-
-def verify_kafka_log(log_config: Any, topic: str, *, partitions: list[int] | None, from_time: int | None,
-                     public_key: Ed25519PublicKey | None) -> Report:
-    """``millpond verify`` when the pipeline's ``log:`` is Kafka: open the backend, check, close."""
-    from ..backends import open_backend
-    from ..backends.kafka import KafkaBackend
-    from ..cli.common import UsageError
-
-    async def run() -> Report:
-        backend = open_backend(log_config, readonly=True)
-        assert isinstance(backend, KafkaBackend)
-        await backend.open()
-        try:
-            count = await backend.partitions_for(topic)
-            for number in partitions or ():
-                if not 0 <= number < count:
-                    raise UsageError(f"--partition {number}: topic {topic!r} has {count} partition(s)")
-            infos = await backend.describe_topic(topic)
-            total = sum(i.log_end_offset - i.log_start_offset for i in infos
-                        if partitions is None or i.partition in partitions)
-            with Progress(f"verifying {topic}", total=total, approximate=True) as progress:
-                report = await verify_kafka_topic(backend, topic, partitions=partitions, from_time=from_time,
-                                                  public_key=public_key, progress=progress)
-        finally:
-            await backend.close()
-        c = report.counts()
-        if report.ok and c["records"] and not c["blocks"] and not c["checkpoints"]:
-            raise ConfigError(f"topic {topic!r} at {backend.bootstrap_servers}: no record carries a {CHAIN_HEADER} "
-                              f"header (was it declared with {AUDIT_CHAIN}: sha256 in the pipeline that wrote it?)")
-        return report
-
-    return asyncio.run(run())

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..log import batch as batch_format
 from ..log.partition import Partition
@@ -66,7 +67,7 @@ class Break:
     detail: str
 
     def line(self, topic: str, partition: int) -> str:
-        where = self.segment if self.position < 0 else f"{self.segment}, byte {self.position}"
+        where = self.segment if self.position < 0 else f"{self.segment}, byte {self.position}"  # -1: no file
         return f"{topic}-{partition}: {self.kind} at offset {self.offset} ({where}): {self.detail}"
 
 
@@ -130,8 +131,9 @@ class Report:
         if not self.ok:
             return "\n".join(p.broken.line(self.topic, p.partition) for p in self.partitions if p.broken)
         c = self.counts()
-        line = (f"OK {self.topic}: {c['records']} records in {c['blocks']} blocks, {c['proven']} proven by "
-                f"{c['checkpoints']} signed checkpoint(s), {c['chained_not_signed']} chained, not yet signed")
+        line = (f"OK {self.topic}: {c['records']} records in {c['blocks']} block{'' if c['blocks'] == 1 else 's'}, "
+                f"{c['proven']} proven by {c['checkpoints']} signed checkpoint(s), "
+                f"{c['chained_not_signed']} chained, not yet signed")
         if not self.signatures_checked:
             line += " (signatures not checked: no --public-key)"
         if c["before_chain"]:
@@ -160,17 +162,38 @@ class _Broken(Exception):
 
 @dataclass
 class _Position:
-    segment: LogSegment
+    """Where a batch (or a block in it) is: its file (or ``kafka:topic-partition``) and byte position,
+    and whether it opens a segment file after the first one checked."""
+
+    file: str
     position: int
     offset: int
+    file_start: bool = False
+
+
+@dataclass
+class _End:
+    """The log's end as the check began: where a tail cut is reported."""
+
+    log_start_offset: int
+    log_end_offset: int
+    file: str
+    position: int
 
 
 def verify_topic(store: LogStore, topic: str, *, partitions: list[int] | None = None, from_time: int | None = None,
-                 public_key: Ed25519PublicKey | None = None, progress: Progress | None = None) -> Report:
-    """Check ``topic`` of a (read-only) store; see the module docstring."""
+                 public_key: Ed25519PublicKey | None = None, progress: Progress | None = None,
+                 jobs: int = 1) -> Report:
+    """Check ``topic`` of a (read-only) store; see the module docstring.
+
+    With ``jobs`` > 1, partitions are checked in that many processes at once, each opening the
+    log read-only itself: decoding records is most of the work and holds the GIL."""
     report = Report(topic, public_key is not None, key_id(public_key) if public_key is not None else None)
-    checkpoints = read_checkpoints(store, topic)
     numbers = partitions if partitions is not None else list(range(len(store.topic(topic).partitions)))
+    if jobs > 1 and len(numbers) > 1:
+        report.partitions = _in_processes(store.directory, topic, numbers, from_time, public_key, progress, jobs)
+        return report
+    checkpoints = read_checkpoints(store, topic)
     for number in numbers:
         partition = store.partition(topic, number)
         if not partition.writable:
@@ -178,6 +201,34 @@ def verify_topic(store: LogStore, topic: str, *, partitions: list[int] | None = 
         mine = [(o, c) for o, c in checkpoints if not isinstance(c, Checkpoint) or c.partition == number]
         report.partitions.append(_verify_partition(partition, mine, from_time, public_key, progress))
     return report
+
+
+def _in_processes(directory: Path, topic: str, numbers: list[int], from_time: int | None,
+                  public_key: Ed25519PublicKey | None, progress: Progress | None, jobs: int) -> list[PartitionReport]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    raw = None if public_key is None else public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ProcessPoolExecutor(min(jobs, len(numbers)), mp_context=context) as pool:
+        futures = [pool.submit(_verify_one, str(directory), topic, n, from_time, raw) for n in numbers]
+        out = []
+        for future in futures:
+            result = future.result()
+            if progress is not None:
+                progress.add(result.records)
+            out.append(result)
+    return out
+
+
+def _verify_one(directory: str, topic: str, number: int, from_time: int | None, raw: bytes | None) -> PartitionReport:
+    public_key = None if raw is None else Ed25519PublicKey.from_public_bytes(raw)
+    store = LogStore(directory, writable=False)
+    try:
+        return verify_topic(store, topic, partitions=[number], from_time=from_time, public_key=public_key).partitions[0]
+    finally:
+        store.close()
 
 
 def _verify_partition(partition: Partition, checkpoints: list[tuple[int, Checkpoint | str]], from_time: int | None,
@@ -270,12 +321,13 @@ def _batches(partition: Partition, from_time: int | None
 class _Chain:
     """The running state of one partition's check."""
 
-    #: a checkpoint must name the offset the log has; the Kafka reader matches seq and hash only
-    check_offsets = True
-
-    def __init__(self, partition: Partition, checkpoints: list[Checkpoint], out: PartitionReport) -> None:
-        self.partition = partition
-        self.checkpoints = checkpoints
+    def __init__(self, end: _End, checkpoints: list[Checkpoint], out: PartitionReport, *,
+                 strict_offsets: bool = True) -> None:
+        self.end = end
+        #: the log the checkpoints were signed on (not a copy): their offsets must match too
+        self.strict_offsets = strict_offsets
+        key = (lambda c: c.offset) if strict_offsets else (lambda c: c.seq)
+        self.checkpoints = sorted(checkpoints, key=key)
         self.next_checkpoint = 0
         self.out = out
         self.prev: bytes | None = None
@@ -304,7 +356,7 @@ class _Chain:
 
     def _gather(self, records: list[Any], at: _Position, first_offset: int) -> None:
         if self.block_start is None:
-            self.block_start = _Position(at.segment, at.position, first_offset)
+            self.block_start = _Position(at.file, at.position, first_offset, at.file_start and first_offset == at.offset)
         block = self.block
         block.timestamps.extend(map(_timestamp, records))
         block.keys.extend(map(_key, records))
@@ -318,7 +370,7 @@ class _Chain:
     def _fail(self, kind: str, detail: str, offset: int | None = None, at: _Position | None = None) -> _Broken:
         where = at or self.block_start
         assert where is not None
-        return _Broken(Break(kind, where.offset if offset is None else offset, str(where.segment.log_path),
+        return _Broken(Break(kind, where.offset if offset is None else offset, where.file,
                              where.position, detail))
 
     def _close(self, link: Link, last_offset: int, at: _Position) -> None:
@@ -336,7 +388,7 @@ class _Chain:
             self.prev, self.seq = link.prev, link.seq - n
             out.first_seq = self.seq
             self.seen[self.prev] = self.seq
-            self._anchor()
+            self._anchor(start.offset)
         elif link.prev != self.prev:
             raise self._fail(*self._classify_prev(link, n, start))
         digest = block_hash(self.prev, block)
@@ -359,7 +411,7 @@ class _Chain:
 
     def _classify_prev(self, link: Link, n: int, start: _Position) -> tuple[str, str]:
         began = link.seq - n
-        if start.position == 0 and self.first_segment is not start.segment:
+        if start.file_start:
             return REPLACED_SEGMENT, (f"the segment file's first block does not continue the chain of the file "
                                       f"before it (one of them was replaced, or batches at their boundary removed); "
                                       f"its header starts at seq {began}, the chain is at {self.seq}")
@@ -372,11 +424,12 @@ class _Chain:
             return REORDERED, f"the block belongs at seq {began}, the chain is at seq {self.seq}"
         return BATCH_REMOVED, "the block does not continue the chain before it (batches replaced or removed)"
 
-    def _anchor(self) -> None:
-        """Checkpoints before the start are history retention deleted; one exactly at it anchors the first prev."""
+    def _anchor(self, start_offset: int) -> None:
+        """Checkpoints of offsets before the first block are history retention deleted; one at exactly
+        the chain's state before it anchors the first block's (unsigned) prev."""
         while self.next_checkpoint < len(self.checkpoints):
             checkpoint = self.checkpoints[self.next_checkpoint]
-            if checkpoint.seq > self.seq:
+            if (checkpoint.offset >= start_offset) if self.strict_offsets else (checkpoint.seq > self.seq):
                 return
             if checkpoint.seq == self.seq and checkpoint.hash == self.prev:
                 self.out.anchored = True
@@ -394,7 +447,7 @@ class _Chain:
                 raise self._fail(CHECKPOINT_MISMATCH, f"a checkpoint signed seq {checkpoint.seq} at offset "
                                  f"{checkpoint.offset}, inside this block: the chain was rewritten")
             assert self.prev is not None
-            if checkpoint.hash != self.prev or (self.check_offsets and checkpoint.offset != last_offset):
+            if checkpoint.hash != self.prev or (self.strict_offsets and checkpoint.offset != last_offset):
                 raise self._fail(CHECKPOINT_MISMATCH, f"the checkpoint signed at seq {checkpoint.seq} names hash "
                                  f"{checkpoint.hash.hex()[:16]}.. at offset {checkpoint.offset}; the log has "
                                  f"{self.prev.hex()[:16]}.. at offset {last_offset}: the chain was rewritten")
@@ -404,18 +457,24 @@ class _Chain:
 
     def finish(self) -> None:
         self.out.unterminated = len(self.block)
+        if self.prev is None:  # no block at all: checkpoints of offsets retention deleted are history
+            start = self.end.log_start_offset
+            while self.next_checkpoint < len(self.checkpoints) and self.checkpoints[self.next_checkpoint].offset < start:
+                self.out.checkpoints_before_start += 1
+                self.next_checkpoint += 1
         if self.next_checkpoint < len(self.checkpoints):
             checkpoint = self.checkpoints[-1]
-            end = self.partition.log_end_offset
-            raise _Broken(Break(TAIL_CUT, end, str(self.partition.active_segment.log_path),
-                                self.partition.active_segment.size,
+            end = self.end.log_end_offset
+            raise _Broken(Break(TAIL_CUT, end, self.end.file, self.end.position,
                                 f"a checkpoint signed seq {checkpoint.seq} at offset {checkpoint.offset}, but the "
                                 f"log ends at offset {end} after seq {self.seq}"))
 
 
 def _walk_chain(partition: Partition, checkpoints: list[Checkpoint], from_time: int | None, out: PartitionReport,
                 progress: Progress | None) -> None:
-    chain = _Chain(partition, checkpoints, out)
+    active = partition.active_segment
+    end = _End(partition.log_start_offset, partition.log_end_offset, str(active.log_path), active.size)
+    chain = _Chain(end, checkpoints, out)
     batches = _batches(partition, from_time)
     try:
         _add_all(chain, batches, progress)
@@ -444,7 +503,8 @@ def _add_all(chain: _Chain, batches: Iterator[tuple[LogSegment, int, batch_forma
         if not records:
             continue
         try:
-            chain.add(records, _Position(segment, position, header.base_offset))
+            chain.add(records, _Position(str(segment.log_path), position, header.base_offset,
+                                         position == 0 and segment is not chain.first_segment))
         except ChainFormatError as exc:
             raise _Broken(Break(BAD_HEADER, header.last_offset, str(segment.log_path), position, str(exc))) from None
         if progress is not None:
@@ -463,3 +523,104 @@ def _continues_later(prev: bytes, batches: Iterator[tuple[LogSegment, int, batch
     except (_Broken, ChainFormatError):
         pass
     return False
+
+
+async def verify_through_backend(backend: Any, topic: str, *, public_key: Ed25519PublicKey | None = None,
+                                 progress: Progress | None = None) -> Report:
+    """Check ``topic`` through a backend's consumer (read_uncommitted): the chain as it travels, on
+    Kafka or in a copy. Offsets and batch framing may differ from the log the checkpoints were signed
+    on, so checkpoints are matched by seq and hash only, and places are named by offset."""
+    from ..backends.base import IsolationLevel
+    from ..records import TopicPartition
+
+    report = Report(topic, public_key is not None, key_id(public_key) if public_key is not None else None)
+    infos = await backend.describe_topic(topic)
+    checkpoints = await _checkpoints_through(backend, topic)
+    chains: dict[int, _Chain] = {}
+    broken: dict[int, _Broken] = {}
+    for info in infos:
+        out = PartitionReport(info.partition, info.log_start_offset, info.log_end_offset)
+        report.partitions.append(out)
+        mine = [(o, c) for o, c in checkpoints if not isinstance(c, Checkpoint) or c.partition == info.partition]
+        where = f"kafka:{topic}-{info.partition}"
+        try:
+            signed = _check_signatures(mine, public_key)
+        except _Broken as exc:
+            broken[info.partition] = exc
+            continue
+        end = _End(info.log_start_offset, info.log_end_offset, where, -1)
+        chains[info.partition] = _Chain(end, signed, out, strict_offsets=False)
+    consumer = backend.consumer([topic], None, IsolationLevel.read_uncommitted, "earliest")
+    try:
+        ends = {info.partition: info.log_end_offset for info in infos}
+        for info in infos:
+            await consumer.seek(TopicPartition(topic, info.partition), info.log_start_offset)
+        remaining = {p for p, chain in chains.items() if ends[p] > 0}
+        idle = 0
+        while remaining and idle < 30:
+            records = await consumer.poll(10_000, 1.0)
+            idle = 0 if records else idle + 1
+            by_partition: dict[int, list[Any]] = {}
+            for record in records:
+                by_partition.setdefault(record.partition, []).append(record)
+            for number, batch in by_partition.items():
+                chain = chains.get(number)
+                if chain is None or number in broken:
+                    continue
+                try:
+                    chain.add(batch, _Position(f"kafka:{topic}-{number}", -1, batch[0].offset))
+                except ChainFormatError as exc:
+                    broken[number] = _Broken(Break(BAD_HEADER, batch[-1].offset, f"kafka:{topic}-{number}", -1,
+                                                   str(exc)))
+                except _Broken as exc:
+                    broken[number] = exc
+                if progress is not None:
+                    progress.add(len(batch))
+                if batch[-1].offset + 1 >= ends[number]:
+                    remaining.discard(number)
+            remaining -= set(broken)
+    finally:
+        await consumer.close()
+    for out in report.partitions:
+        chain = chains.get(out.partition)
+        if out.partition not in broken and chain is not None:
+            try:
+                chain.finish()
+            except _Broken as exc:
+                broken[out.partition] = exc
+        if out.partition in broken:
+            out.broken = broken[out.partition].found
+    return report
+
+
+async def _checkpoints_through(backend: Any, topic: str) -> list[tuple[int, Checkpoint | str]]:
+    from ..backends.base import IsolationLevel
+    from ..records import TopicPartition
+
+    if CHECKPOINT_TOPIC not in await backend.list_topics():
+        return []
+    (info,) = await backend.describe_topic(CHECKPOINT_TOPIC)
+    consumer = backend.consumer([CHECKPOINT_TOPIC], None, IsolationLevel.read_uncommitted, "earliest")
+    out: list[tuple[int, Checkpoint | str]] = []
+    prefix = f"{topic}/".encode()
+    try:
+        await consumer.seek(TopicPartition(CHECKPOINT_TOPIC, 0), info.log_start_offset)
+        position = info.log_start_offset
+        idle = 0
+        while position < info.log_end_offset and idle < 30:
+            records = await consumer.poll(10_000, 1.0)
+            idle = 0 if records else idle + 1
+            for record in records:
+                position = max(position, record.offset + 1)
+                if record.key is None or not bytes(record.key).startswith(prefix):
+                    continue
+                try:
+                    checkpoint = Checkpoint.from_json(record.value)
+                except (ValueError, KeyError, TypeError) as exc:
+                    out.append((record.offset, f"unreadable checkpoint ({exc})"))
+                    continue
+                if checkpoint.topic == topic:
+                    out.append((record.offset, checkpoint))
+    finally:
+        await consumer.close()
+    return out

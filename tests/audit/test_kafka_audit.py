@@ -205,15 +205,25 @@ def test_a_pipeline_on_kafka_writes_a_chain_that_verifies(tmp_path: Path, broker
     # the broker recompresses what the producer sent: the chain is over records, not their framing
     pipeline = pipeline_file(tmp_path, broker, keys, topic, ", compression.type: zstd")
     (tmp_path / "in" / "a.jsonl").write_text("".join(f'{{"seq":{i},"action":"file.read"}}\n' for i in range(50)))
-    assert main(["run", str(pipeline), "--until-idle"]) == 0
+    # --until-idle may call the pipeline idle before its source task is assigned (a fresh group on a
+    # fresh broker): run again until the first file is in, so that each file is one run's work
+    for _ in range(5):
+        assert main(["run", str(pipeline), "--until-idle"]) == 0
+        if len(asyncio.run(read_all(broker.bootstrap, topic))) == 50:
+            break
+    else:
+        raise AssertionError("the first file never reached the topic")
     (tmp_path / "in" / "b.jsonl").write_text("".join(f'{{"seq":{i},"action":"user.login"}}\n' for i in range(30)))
-    assert main(["run", str(pipeline), "--until-idle"]) == 0  # a second run continues the chain from the tail
+    for _ in range(5):  # a later run continues the chain from the tail
+        assert main(["run", str(pipeline), "--until-idle"]) == 0
+        if len(asyncio.run(read_all(broker.bootstrap, topic))) == 80:
+            break
     capsys.readouterr()
 
     records = asyncio.run(read_all(broker.bootstrap, topic))
     assert len(records) == 80
     links = [Link.decode(v) for r in records for k, v in r.headers if k == CHAIN_HEADER]  # type: ignore[attr-defined]
-    assert links and links[-1].seq == 80 and records[-1].headers  # type: ignore[attr-defined]
+    assert len(links) >= 2 and links[-1].seq == 80 and records[-1].headers  # type: ignore[attr-defined]
     assert all(a.hash == b.prev for a, b in zip(links, links[1:]))  # one chain across both runs
     [segment] = broker.partition_dir(topic).glob("*.log")
     data = segment.read_bytes()
@@ -221,6 +231,7 @@ def test_a_pipeline_on_kafka_writes_a_chain_that_verifies(tmp_path: Path, broker
     code, out = verify(capsys, pipeline, keys, topic)
     assert code == 0, out
     assert f"OK {topic}: 80 records in {len(links)} blocks, 80 proven by " in out, out
+    assert any(link.seq == 50 for link in links)  # the first run's last block ends where the second begins
 
 
 @pytest.mark.kafka
@@ -308,7 +319,7 @@ def test_an_edited_value_with_its_crc_recomputed_is_found_on_kafka(tmp_path: Pat
         broker.start()
     assert base == 12
     line = _broken(*verify(capsys, pipeline, keys, topic), topic, EDITED)
-    assert line.startswith(f"{topic}-0: {EDITED} at offset 12 (kafka {broker.bootstrap} {topic}-0)"), line
+    assert line.startswith(f"{topic}-0: {EDITED} at offset 12 (kafka:{topic}-0)"), line
     assert "block offsets 12..20" in line
 
 
@@ -484,10 +495,3 @@ def test_a_topic_copied_from_the_embedded_log_verifies_on_kafka(tmp_path: Path, 
     code, out = verify(capsys, pipeline, keys, topic)
     assert code == 0, out
     assert f"OK {topic}: 31 records in 5 blocks, 31 proven by {len(copied)} signed checkpoint(s)" in out, out
-    # --from-time inside the third block (offsets 12..20): its rest is skipped, the two blocks after it are
-    # proven by the checkpoints at seq 25 and 31 (every 10 records: seq 12, 25, and 31 at close)
-    code = main(["verify", topic, "-c", str(pipeline), "--public-key", str(keys.public_file),
-                 "--from-time", str(1_600_000_020_003)])
-    out = "".join(capsys.readouterr())
-    assert code == 0, out
-    assert f"OK {topic}: 10 records in 2 blocks, 10 proven by 2 signed checkpoint(s)" in out, out

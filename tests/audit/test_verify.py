@@ -19,6 +19,7 @@ from millpond.audit.verify import (
     REPLACED_SEGMENT,
     TAIL_CUT,
 )
+from millpond.backends.base import TopicSpec
 from millpond.log.batch import Row
 from millpond.log.store import LogStore
 from millpond.records import Record
@@ -233,3 +234,84 @@ def test_compaction_is_refused_on_a_chained_topic(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="audit.chain sha256 needs cleanup.policy delete, not compact"):
         TopicSettings.parse({"audit.chain": "sha256", "cleanup.policy": "compact"}, "t")
+
+
+def test_partitions_checked_in_processes_report_the_same(tmp_path: Path, keys: Keys) -> None:
+    from millpond.audit.verify import verify_topic
+
+    from .conftest import append, open_backend
+
+    async def go() -> None:
+        backend = await open_backend(tmp_path / "log", keys, every_records=10, partitions=2)
+        await append(backend, 0, [5, 7], partition=0)
+        await append(backend, 100, [3, 9, 4], partition=1)
+        await backend.close()
+
+    asyncio.run(go())
+    edit_value(segment_files(tmp_path / "log", 1)[0], b'"seq":103', b'"seq":903')
+    store = LogStore(tmp_path / "log", writable=False)
+    try:
+        one = verify_topic(store, TOPIC, public_key=keys.private.public_key())
+        two = verify_topic(store, TOPIC, public_key=keys.private.public_key(), jobs=2)
+    finally:
+        store.close()
+    assert one.as_json() == two.as_json()
+    assert [p.broken is None for p in two.partitions] == [True, False]
+    assert two.partitions[1].broken is not None and two.partitions[1].broken.kind == EDITED
+    assert two.partitions[0].proven_records == 12
+
+
+def test_aborted_transactions_stay_in_the_chain(tmp_path: Path, keys: Keys, capsys: pytest.CaptureFixture[str]) -> None:
+    """Data of a transaction that never committed (the writer died) is aborted by recovery; verify reads
+    read_uncommitted, so those records are chained and checked like any others."""
+    from .conftest import append, crash, event, open_backend
+
+    async def go() -> None:
+        backend = await open_backend(tmp_path / "log", keys, every_records=1000, config=ONE_SEGMENT)
+        await append(backend, 0, [5])
+        txns = backend._writer("test")
+        state = txns.init_producer("doomed")
+        partition = backend.store.partition(TOPIC, 0)
+        backend.chains.append(partition, [event(i) for i in range(5, 9)], producer_id=state.producer_id,
+                              producer_epoch=state.epoch, transactional=True)
+        partition.flush()
+        backend.store._unlock()  # the process dies with the transaction open
+        backend._store = None
+        crash(tmp_path / "log")
+        backend = await open_backend(tmp_path / "log", keys, every_records=1000)  # recovery aborts it
+        await append(backend, 9, [3])
+        await backend.close()
+
+    asyncio.run(go())
+    code, out = verify(capsys, tmp_path / "log", keys)
+    assert code == 0, out
+    assert "12 records in 3 blocks, 12 proven" in out
+    from millpond.cli import main
+
+    assert main(["consume", TOPIC, "--from-beginning", "--log", str(tmp_path / "log")]) == 0
+    assert "8 records" in capsys.readouterr().err  # read_committed readers skip the aborted four
+
+
+def test_records_from_before_the_chain_was_switched_on_are_counted_apart(
+        tmp_path: Path, keys: Keys, capsys: pytest.CaptureFixture[str]) -> None:
+    from .conftest import append, open_backend
+
+    async def go() -> None:
+        backend = await open_backend(tmp_path / "log", keys, config={"audit.chain": "none"})
+        await append(backend, 0, [4, 3])
+        await backend.alter_topic(TopicSpec(TOPIC, 1, {"audit.chain": "sha256", "segment.bytes": 4096}))
+        await append(backend, 7, [5, 6])
+        await backend.close()
+
+    asyncio.run(go())
+    code, out = verify(capsys, tmp_path / "log", keys)
+    assert code == 0, out
+    assert "18 records in 2 blocks, 11 proven" in out and "7 before the chain began" in out
+
+
+def test_log_append_time_is_refused_on_a_chained_topic() -> None:
+    from millpond.errors import ConfigError
+    from millpond.log.settings import TopicSettings
+
+    with pytest.raises(ConfigError, match="audit.chain needs message.timestamp.type CreateTime"):
+        TopicSettings.parse({"audit.chain": "sha256", "message.timestamp.type": "LogAppendTime"}, "t")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...audit.checkpoints import Checkpointer, Signer
-from ...audit.embedded import Chains
+from ...audit.embedded import Chains, last_checkpoint
 from ...errors import LogLockedError, MillpondError, OffsetOutOfRangeError, TransactionError, UnknownTopicError
 from ...log.partition import FetchResult, Partition
 from ...log.store import LogStore
@@ -63,7 +63,7 @@ class EmbeddedBackend(Lifecycle):
         #: retention and compaction never overlap: a pass in its thread must not see its segments deleted
         self._maintenance = asyncio.Lock()
         #: the audit hash chain of chained topics, and its signed checkpoints once enable_audit() was called
-        self.chains = Chains()
+        self.chains = Chains(anchor=lambda partition: last_checkpoint(self.store, partition))
         self.checkpointer: Checkpointer | None = None
 
     # -- lifecycle --

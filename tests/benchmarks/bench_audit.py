@@ -1,0 +1,243 @@
+"""Benchmark of audit ingestion: five years of JSON audit events, zstd, with and without the hash chain.
+
+    python tests/benchmarks/bench_audit.py [--quick] [--rounds N] [--dir DIR]
+
+Events are JSON objects of about 300 bytes (actor, action, resource, address,
+outcome, detail) with timestamps spread evenly, with jitter, over five years,
+keyed by actor. They are appended through the embedded backend's producer in
+flushes of 10,000 records, as columns (``JsonRecords``: the path of a source
+that renders JSON itself), to two topics of the same settings (zstd, 64 MiB
+segments, 3 partitions): one with ``audit.chain: sha256`` and signed
+checkpoints every 1,000,000 records, one without. Each append is timed up to
+its final fsync.
+
+Figures:
+
+- ``chain_overhead_ratio``: wall seconds to append with the chain / without
+  (a ratio of times: 1.10 means 10% slower; target <= 1.15). With ``--rounds``
+  the two swap places each round and the median is taken. Also the same ratio
+  of the process's CPU seconds (``chain_overhead_cpu_ratio``: the hash runs in
+  a second thread, so wall time gains only where a second core is free), and
+  the wall ratio for Record objects instead of columns (a fifth as many
+  records; ``chain_overhead_ratio_records``);
+- ``verify_records_per_s``: ``verify_topic`` over the chained topic (every
+  record decoded and hashed, every checkpoint signature checked) on a
+  read-only store, partitions in as many processes as there are CPUs, as
+  ``millpond verify`` runs it by default (target >= 1,000,000); also
+  ``verify_one_process_records_per_s`` (``--jobs 1``);
+- ``time_seek_ms``: the median of ``offset_for_time`` for 200 random points in
+  the five years (target < 10 ms);
+- ``reopen_seconds``: opening the log after a clean shutdown (target < 0.5 s);
+- ``bytes_per_record``: the chained topic's segment bytes / its records.
+
+Full run: 5,000,000 records per topic; ``--quick``: 500,000 (under a minute).
+Last line: JSON with the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
+from millpond.audit.checkpoints import Signer  # noqa: E402
+from millpond.audit.verify import verify_topic  # noqa: E402
+from millpond.backends.base import TopicSpec  # noqa: E402
+from millpond.backends.embedded import EmbeddedBackend  # noqa: E402
+from millpond.log.store import LogStore  # noqa: E402
+from millpond.records import JsonRecords, Record  # noqa: E402
+from tests.benchmarks import harness  # noqa: E402
+
+FLUSH = 10_000
+PARTITIONS = 3
+POOL = 100_000  # distinct events, cycled (each flush gets fresh timestamps)
+YEARS_MS = 5 * 365 * 24 * 3600 * 1000
+START_MS = 1_640_995_200_000  # 2022-01-01
+SETTINGS = {"compression.type": "zstd", "segment.bytes": 64 << 20, "retention.ms": -1}
+ACTIONS = ["user.login", "user.logout", "file.read", "file.write", "role.grant", "role.revoke", "key.rotate",
+           "policy.change", "record.export", "session.expire"]
+
+
+def make_pool(rng: random.Random) -> tuple[list[bytes], list[bytes]]:
+    keys, values = [], []
+    for i in range(POOL):
+        actor = f"user{rng.randrange(5000):05d}"
+        event = {
+            "id": f"{rng.getrandbits(128):032x}",
+            "actor": actor,
+            "action": rng.choice(ACTIONS),
+            "resource": f"/tenants/{rng.randrange(300)}/projects/{rng.randrange(2000)}/items/{rng.getrandbits(40):010x}",
+            "ip": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}",
+            "outcome": "allow" if rng.random() < 0.93 else "deny",
+            "user_agent": rng.choice(["cli/2.4.1", "web/2026.1 (Linux x86_64)", "sdk-python/1.9.0", "batch-job"]),
+            "detail": f"request {i} via gateway eu-{rng.randrange(6)}; latency {rng.randrange(2000)} ms",
+        }
+        keys.append(actor.encode())
+        values.append(orjson.dumps(event))
+    return keys, values
+
+
+def flushes(records: int) -> list[tuple[int, int]]:
+    """(partition, first record number) of each flush; partitions take turns."""
+    return [(n // FLUSH % PARTITIONS, n) for n in range(0, records, FLUSH)]
+
+
+def columns(topic: str, first: int, count: int, total: int, keys: list[bytes], values: list[bytes],
+            jitter: list[int]) -> JsonRecords:
+    step = YEARS_MS // total
+    at = first % POOL
+    ks: list[bytes | None] = list(keys[at : at + count])
+    vs: list[bytes | None] = list(values[at : at + count])
+    if len(ks) < count:
+        ks += keys[: count - len(ks)]
+        vs += values[: count - len(vs)]
+    base = START_MS + first * step
+    stamps = [base + j * step + jitter[j % len(jitter)] for j in range(count)]
+    return JsonRecords(topic, ks, vs, stamps)
+
+
+def as_records(batch: JsonRecords) -> list[Record]:
+    return [Record(v, k, t) for k, v, t in zip(batch.keys, batch.values, batch.timestamps)]
+
+
+async def append(directory: Path, topic: str, chained: bool, records: int, keys: list[bytes], values: list[bytes],
+                 jitter: list[int], key: Ed25519PrivateKey, *, as_objects: bool = False) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process) to append ``records`` and close the log."""
+    backend = EmbeddedBackend(directory)
+    await backend.open()
+    if chained:
+        backend.enable_audit(Signer(key), every_records=1_000_000, every_seconds=3600)
+    settings = {**SETTINGS, **({"audit.chain": "sha256"} if chained else {})}
+    await backend.create_topic(TopicSpec(topic, PARTITIONS, settings))
+    producer = backend.producer()
+    # the columns of each flush are built before the clock starts: only the log's work is timed
+    work: list[tuple[int, Any]] = [(p, columns(topic, n, min(FLUSH, records - n), records, keys, values, jitter))
+                                   for p, n in flushes(records)]
+    if as_objects:
+        work = [(p, as_records(batch)) for p, batch in work]
+    began, cpu = time.perf_counter(), time.process_time()
+    for partition, batch in work:
+        await producer.send_batch(topic, partition, batch)
+        await producer.flush()
+    await backend.flush()
+    await backend.close()  # the last checkpoints, at shutdown
+    return time.perf_counter() - began, time.process_time() - cpu
+
+
+def one_round(root: Path, records: int, keys: list[bytes], values: list[bytes], jitter: list[int],
+              key: Ed25519PrivateKey, round_no: int) -> dict[str, float]:
+    """Columns with and without the chain (``records``), then Records objects (a fifth as many)."""
+    figures: dict[str, float] = {}
+    for as_objects in (False, True):
+        count = records // 5 if as_objects else records
+        for chained in harness.rotate([True, False], round_no):
+            directory = root / (("chained" if chained else "plain") + ("-objects" if as_objects else ""))
+            shutil.rmtree(directory, ignore_errors=True)
+            name = ("audit" if chained else "plain") + ("_objects" if as_objects else "")
+            wall, cpu = asyncio.run(append(directory, "audit" if chained else "plain", chained, count, keys, values,
+                                           jitter, key, as_objects=as_objects))
+            figures[f"{name}_s"], figures[f"{name}_cpu_s"] = wall, cpu
+        if as_objects:
+            shutil.rmtree(root / "chained-objects", ignore_errors=True)
+            shutil.rmtree(root / "plain-objects", ignore_errors=True)
+    return figures
+
+
+def main() -> None:
+    parser = harness.parser(__doc__ or "", quick="500,000 records instead of 5,000,000: a run under a minute")
+    parser.add_argument("--dir", help="where to write (default: a temporary directory)")
+    args = parser.parse_args()
+    records = 500_000 if args.quick else 5_000_000
+    rng = random.Random(14)
+    root = Path(args.dir or tempfile.mkdtemp(prefix="millpond-bench-audit-"))
+    try:
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+              f"load {os.getloadavg()[0]:.1f}")
+        keys, values = make_pool(rng)
+        jitter = [rng.randrange(-(YEARS_MS // records) // 2 + 1, (YEARS_MS // records) // 2) for _ in range(9973)]
+        mean_value = statistics.fmean(map(len, values))
+        key = Ed25519PrivateKey.generate()
+        rounds = max(1, args.rounds)
+        for chained in (True, False):  # warm up (imports, allocator, the hash thread): not measured
+            asyncio.run(append(root / "warm", "warm", chained, 50_000, keys, values, jitter, key))
+            shutil.rmtree(root / "warm")
+        r = harness.median([one_round(root, records, keys, values, jitter, key, n) for n in range(rounds)])
+        chained_s, plain_s = r["audit_s"], r["plain_s"]
+        print(f"{records:,} events of {mean_value:.0f} B mean over five years, zstd, {PARTITIONS} partitions, "
+              f"median of {rounds} round(s)")
+        print(harness.rate_line("append with chain", records, chained_s, unit="records"))
+        print(harness.rate_line("append without", records, plain_s, unit="records"))
+        overhead = chained_s / plain_s
+        cpu_overhead = r["audit_cpu_s"] / r["plain_cpu_s"]
+        objects_overhead = r["audit_objects_s"] / r["plain_objects_s"]
+        print(f"chain overhead (wall time with / wall time without): {overhead:.3f} (target <= 1.15: "
+              f"{'met' if overhead <= 1.15 else 'NOT met'}); CPU time with / without: {cpu_overhead:.3f}")
+        print(f"chain overhead with Record objects ({records // 5:,} records, the path of a pipeline with "
+              f"transforms): {objects_overhead:.3f}")
+
+        reopen_s, store = harness.timed(LogStore, root / "chained")
+        try:
+            print(f"reopen:   {reopen_s:.3f} s after clean shutdown")
+            topic = store.topic("audit")
+            size = sum(p.size_bytes for p in topic.partitions)
+            verify_s, report = harness.timed(
+                lambda: verify_topic(store, "audit", public_key=key.public_key(), jobs=os.cpu_count() or 1))
+            assert report.ok, report.summary()
+            assert report.counts()["records"] == records and report.counts()["proven"] == records, report.counts()
+            print(harness.rate_line("verify", records, verify_s, unit="records",
+                                    note=f"({report.counts()['checkpoints']} checkpoints, all records proven, "
+                                    f"{os.cpu_count()} processes)"))
+            verify1_s, report = harness.timed(lambda: verify_topic(store, "audit", public_key=key.public_key()))
+            assert report.ok and report.counts()["proven"] == records
+            print(harness.rate_line("verify, one process", records, verify1_s, unit="records"))
+            seeks = []
+            for _ in range(200):
+                moment = START_MS + rng.randrange(YEARS_MS)
+                partition = topic.partitions[rng.randrange(PARTITIONS)]
+                seconds, offset = harness.timed(partition.offset_for_time, moment)
+                assert offset is None or offset >= 0
+                seeks.append(seconds * 1000)
+            seek_ms = statistics.median(seeks)
+            print(f"seek:     {seek_ms:.2f} ms median, {max(seeks):.2f} ms max (offset_for_time, 200 points)")
+        finally:
+            store.close()
+        per_record = size / records
+        print(f"on disk:  {size / 1e6:,.1f} MB, {per_record:.1f} B per record ({mean_value:.0f} B JSON each)")
+        harness.emit({
+            "chain_overhead_ratio": round(overhead, 3),
+            "chain_overhead_cpu_ratio": round(cpu_overhead, 3),
+            "chain_overhead_ratio_records": round(objects_overhead, 3),
+            "verify_records_per_s": round(records / verify_s),
+            "verify_one_process_records_per_s": round(records / verify1_s),
+            "time_seek_ms": round(seek_ms, 3),
+            "reopen_seconds": round(reopen_s, 4),
+            "bytes_per_record": round(per_record, 1),
+            "append_chained_records_per_s": round(records / chained_s),
+            "append_plain_records_per_s": round(records / plain_s),
+            "records": records,
+            "value_bytes_mean": round(mean_value, 1),
+            "quick": args.quick,
+            "rounds": rounds,
+        })
+    finally:
+        if not args.dir:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
