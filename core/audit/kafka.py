@@ -17,7 +17,9 @@ backend then chains each partition it sends to:
   header and any records after it, as the embedded log does at its first append);
   aborted transactions stay in the log, so they stay in the chain;
 - a block is one ``send_batch`` call (a source task's chunk), or the records
-  given to ``send`` for one partition up to the next ``flush``/``commit``; its
+  given to ``send`` for one partition up to the next ``flush``/``commit``, cut
+  into as many blocks as it takes Kafka batches (``max_batch_size``): retention
+  deletes whole segments, so the log start stays on a block boundary; its
   timestamps are fixed before hashing (aiokafka would stamp a missing one later);
 - once the block is acknowledged, a signed checkpoint is due every N records
   or T seconds, and for every partition with unsigned records when the
@@ -291,19 +293,38 @@ class ProducerChains:
                 await consumer.stop()
         return state
 
-    async def block(self, topic: str, partition: int, records: Sequence[Record]) -> tuple[list[Record], Link]:
-        """The records as they must be sent: timestamps fixed, the chain header on the last one.
-        The state advances now (the producer sends in order); :meth:`forget` undoes it on failure."""
+    async def send(self, producer: AIOKafkaProducer, topic: str, partition: int, records: Sequence[Record],
+                   inflight: list[asyncio.Future[Any]]) -> None:
+        """Send the records as blocks of one Kafka batch each, the chain header on each batch's last record.
+
+        One batch per block, because a broker rolls segments between batches and retention
+        deletes whole segments: the log start of a chained partition then always falls on a
+        block boundary, and verify after years of retention starts on a whole block. Timestamps
+        are fixed before hashing. The state advances as each batch is queued (the producer
+        sends a partition's batches in order); :meth:`forget` undoes it on failure."""
         state = await self._state(topic, partition)
         block = columns_of(cast(Sequence[Encodable], records), int(time.time() * 1000))
-        link = state.extend(block)
         rows = [Record(block.values[i], block.keys[i], block.timestamps[i],
                        list(block.headers[i]) if block.headers is not None else [])
                 for i in range(len(block))]
-        rows[-1].headers.append((CHAIN_HEADER, link.encode()))
-        state.advance(link)
+        start = 0
+        while start < len(rows):
+            end = _fitting(producer, rows, start)
+            while True:
+                link = state.extend(_slice(block, start, end))
+                batch = _batch(producer, rows[start:end], link)
+                if batch is not None:
+                    break
+                if end - start == 1:
+                    raise ValueError(f"record for {topic}-{partition} with its {CHAIN_HEADER} header is larger "
+                                     "than the producer's max_batch_size")
+                end -= 1  # the header did not fit after the last record: one record less, hashed again
+            future = await producer.send_batch(batch, topic, partition=partition)
+            inflight.append(future)
+            state.advance(link)
+            self.sent.append(SentBlock(topic, partition, link, end - start, future, end - start))
+            start = end
         self.touched.add((topic, partition))
-        return rows, link
 
     def take_held(self) -> list[tuple[tuple[str, int], list[Record]]]:
         held, self.held = self.held, {}
@@ -330,6 +351,36 @@ class ProducerChains:
         checkpointer = self.backend.audit.checkpointer
         if checkpointer is not None:
             await checkpointer.write_all([tp for tp in sorted(self.touched)])
+
+
+def _fitting(producer: AIOKafkaProducer, rows: Sequence[Record], start: int) -> int:
+    """The end of the run of ``rows`` from ``start`` that fits in one batch (at least one record)."""
+    trial = producer.create_batch()
+    end = start
+    while end < len(rows):
+        r = rows[end]
+        if trial.append(key=r.key, value=r.value, timestamp=r.timestamp, headers=r.headers) is None:
+            break
+        end += 1
+    return max(end, start + 1)
+
+
+def _slice(block: Columns, start: int, end: int) -> Columns:
+    return Columns(block.timestamps[start:end], block.keys[start:end], block.values[start:end],
+                   None if block.headers is None else block.headers[start:end])
+
+
+def _batch(producer: AIOKafkaProducer, rows: Sequence[Record], link: Link) -> Any:
+    """One batch of the rows, the last with the chain header; None if they do not fit with it."""
+    batch = producer.create_batch()
+    for r in rows[:-1]:
+        if batch.append(key=r.key, value=r.value, timestamp=r.timestamp, headers=r.headers) is None:
+            return None
+    last = rows[-1]
+    if batch.append(key=last.key, value=last.value, timestamp=last.timestamp,
+                    headers=[*last.headers, (CHAIN_HEADER, link.encode())]) is None:
+        return None
+    return batch
 
 
 async def enable_kafka_audit(backend: KafkaBackend, signer: Signer, *, every_records: int,

@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.structs import TopicPartition as KafkaTP
 
-from millpond.audit.chain import CHAIN_HEADER, Link
+from millpond.audit.chain import CHAIN_HEADER, Link, link_of
 from millpond.audit.checkpoints import CHECKPOINT_TOPIC, Checkpoint, Signer
 from millpond.audit.kafka import enable_kafka_audit, split_settings
 from millpond.audit.verify import BATCH_INSERTED, CHECKPOINT_MISMATCH, EDITED, RECORDS_INSERTED, TAIL_CUT
@@ -275,6 +277,46 @@ def test_transactions_aborts_and_single_sends_stay_one_chain(tmp_path: Path, bro
     code, out = verify(capsys, pipeline, keys, topic)
     assert code == 0, out
     assert f"OK {topic}: 14 records in 4 blocks, 14 proven by 2 signed checkpoint(s)" in out, out
+
+
+@pytest.mark.kafka
+def test_a_long_chunk_is_cut_into_blocks_of_one_batch_each(tmp_path: Path, broker: Broker, keys: Keys,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A chunk larger than a Kafka batch becomes several blocks, one batch each: a log start moved to
+    any batch (retention deletes whole segments, which roll between batches) starts on a whole block."""
+    topic = "audit-long"
+    pipeline = pipeline_file(tmp_path, broker, keys, topic)
+
+    async def write() -> None:
+        backend = await open_backend(broker, keys, topic)
+        try:
+            await write_blocks(backend, topic, 0, [600])  # about 60 KB: several 16 KiB batches
+        finally:
+            await backend.close()
+
+    asyncio.run(write())
+    [segment] = broker.partition_dir(topic).glob("*.log")
+    data = segment.read_bytes()
+    batches = [h for _, h in batch_format.walk(data, 0, len(data))]
+    assert len(batches) >= 3
+    for at, header in batch_format.walk(data, 0, len(data)):
+        marks = [link_of(r.headers) is not None for r in batch_format.iter_records(data[at : at + header.size])]
+        assert marks == [False] * (len(marks) - 1) + [True]
+    code, out = verify(capsys, pipeline, keys, topic)
+    assert code == 0 and f"OK {topic}: 600 records in {len(batches)} blocks, 600 proven by 1 " in out, out
+
+    async def delete_before(offset: int) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_records({KafkaTP(topic, 0): RecordsToDelete(offset)})
+        finally:
+            await admin.close()
+
+    asyncio.run(delete_before(batches[2].base_offset))  # as retention would: whole batches gone
+    code, out = verify(capsys, pipeline, keys, topic)
+    kept = 600 - batches[2].base_offset
+    assert code == 0 and f"OK {topic}: {kept} records in {len(batches) - 2} blocks, {kept} proven by 1 " in out, out
 
 
 # -- tampering ------------------------------------------------------------------------------------------------

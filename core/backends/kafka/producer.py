@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 from aiokafka.structs import TopicPartition as KafkaTP
 
-from ...audit.kafka import ProducerChains, SentBlock
+from ...audit.kafka import ProducerChains
 from ...errors import ProducerFencedError, TransactionError
 from ...records import Record, TopicPartition
 
@@ -71,18 +71,10 @@ class KafkaProducer:
 
     async def send_batch(self, topic: str, partition: int, records: Sequence[Record]) -> None:
         producer = await self._started()
-        if not records:
+        if self._chains.chained(topic):
+            if records:
+                await self._chains.send(producer, topic, partition, records, self._inflight)
             return
-        if not self._chains.chained(topic):
-            await self._send_batches(producer, topic, partition, records)
-            return
-        rows, link = await self._chains.block(topic, partition, records)
-        future, count = await self._send_batches(producer, topic, partition, rows)
-        self._chains.sent.append(SentBlock(topic, partition, link, len(rows), future, count))
-
-    async def _send_batches(self, producer: AIOKafkaProducer, topic: str, partition: int,
-                            records: Sequence[Record]) -> tuple[asyncio.Future[Any], int]:
-        """The records as few batches as fit; the last batch's delivery future and record count."""
         batch = producer.create_batch()
         for record in records:
             while batch.append(key=record.key, value=record.value, timestamp=record.timestamp,
@@ -91,9 +83,8 @@ class KafkaProducer:
                     raise ValueError(f"record for {topic}-{partition} is larger than the producer's max_batch_size")
                 self._inflight.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = producer.create_batch()
-        count = batch.record_count()
-        self._inflight.append(await producer.send_batch(batch, topic, partition=partition))
-        return self._inflight[-1], count
+        if batch.record_count():
+            self._inflight.append(await producer.send_batch(batch, topic, partition=partition))
 
     async def _send_held(self) -> None:
         """Records ``send`` held for chained topics: one block per partition."""
