@@ -250,14 +250,13 @@ class KafkaAudit:
 
 @dataclass(slots=True)
 class SentBlock:
-    """A block handed to aiokafka: its last batch's delivery future and record count."""
+    """A block handed to aiokafka (one batch): its records and its batch's delivery future."""
 
     topic: str
     partition: int
     link: Link
     records: int
     future: asyncio.Future[Any]
-    last_batch_records: int
 
 
 @dataclass(slots=True)
@@ -322,7 +321,7 @@ class ProducerChains:
             future = await producer.send_batch(batch, topic, partition=partition)
             inflight.append(future)
             state.advance(link)
-            self.sent.append(SentBlock(topic, partition, link, end - start, future, end - start))
+            self.sent.append(SentBlock(topic, partition, link, end - start, future))
             start = end
         self.touched.add((topic, partition))
 
@@ -338,7 +337,7 @@ class ProducerChains:
             return
         for block in sent:
             base = int(block.future.result().offset)
-            await checkpointer.on_block(block.topic, block.partition, base + block.last_batch_records - 1,
+            await checkpointer.on_block(block.topic, block.partition, base + block.records - 1,
                                         block.link, block.records)
 
     def forget(self) -> None:

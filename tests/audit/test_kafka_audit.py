@@ -274,6 +274,9 @@ def test_transactions_aborts_and_single_sends_stay_one_chain(tmp_path: Path, bro
     asyncio.run(write())
     records = asyncio.run(read_all(broker.bootstrap, topic))
     assert [r.offset for r in records if r.headers] == [4, 9, 13, 16]  # type: ignore[attr-defined]  # markers between
+    signed = [Checkpoint.from_json(r.value) for r in asyncio.run(read_all(broker.bootstrap, CHECKPOINT_TOPIC))
+              if r.key == f"{topic}/0".encode()]  # type: ignore[attr-defined]
+    assert [(c.offset, c.seq) for c in signed] == [(13, 12), (16, 14)]  # each producer's close: its last block
     code, out = verify(capsys, pipeline, keys, topic)
     assert code == 0, out
     assert f"OK {topic}: 14 records in 4 blocks, 14 proven by 2 signed checkpoint(s)" in out, out
