@@ -14,7 +14,8 @@ backend then chains each partition it sends to:
 
 - the chain state of a partition is loaded at the producer's first send to it,
   from the partition's tail read ``read_uncommitted`` (the last record carrying a
-  header and any records after it, as the embedded log does at its first append);
+  header and any records after it, as the embedded log does at its first append;
+  with no header left, from the partition's last signed checkpoint);
   aborted transactions stay in the log, so they stay in the chain;
 - a block is one ``send_batch`` call (a source task's chunk), or the records
   given to ``send`` for one partition up to the next ``flush``/``commit``, cut
@@ -73,8 +74,8 @@ from aiokafka.structs import TopicPartition as KafkaTP
 from ..errors import ConfigError
 from ..log.batch import Encodable
 from ..records import Record
-from .chain import CHAIN_HEADER, ChainState, Columns, Link, link_of
-from .checkpoints import CHECKPOINT_TOPIC, CHECKPOINT_TOPIC_CONFIG, Signer
+from .chain import CHAIN_HEADER, GENESIS, ChainState, Columns, Link, link_of
+from .checkpoints import CHECKPOINT_TOPIC, CHECKPOINT_TOPIC_CONFIG, Checkpoint, Signer
 from .embedded import columns_of
 
 if TYPE_CHECKING:
@@ -287,9 +288,13 @@ class ProducerChains:
                                         isolation_level="read_uncommitted", enable_auto_commit=False)
             await consumer.start()
             try:
-                state = self.states[(topic, partition)] = await load_state(consumer, topic, partition)
+                state = await load_state(consumer, topic, partition)
+                # only an existing checkpoint topic: naming a missing one lets the broker create it with defaults
+                if state.prev == GENESIS and not state.seq and CHECKPOINT_TOPIC in await self.backend.list_topics():
+                    state = await _from_checkpoint(consumer, topic, partition, state)
             finally:
                 await consumer.stop()
+            self.states[(topic, partition)] = state
         return state
 
     async def send(self, producer: AIOKafkaProducer, topic: str, partition: int, records: Sequence[Record],
@@ -350,6 +355,32 @@ class ProducerChains:
         checkpointer = self.backend.audit.checkpointer
         if checkpointer is not None:
             await checkpointer.write_all([tp for tp in sorted(self.touched)])
+
+
+async def _from_checkpoint(consumer: AIOKafkaConsumer, topic: str, partition: int, state: ChainState) -> ChainState:
+    """No header left in the partition (retention deleted every block, or DeleteRecords did): the chain
+    carries on from the partition's last signed checkpoint, as on the embedded log, or the verifier would
+    meet old checkpoints on a chain begun again. Its own topic's records: verify checks every signature."""
+    tp = KafkaTP(CHECKPOINT_TOPIC, 0)
+    consumer.assign([tp])
+    start = (await consumer.beginning_offsets([tp]))[tp]
+    end = (await consumer.end_offsets([tp]))[tp]
+    key = f"{topic}/{partition}".encode()
+    latest: Checkpoint | None = None
+    for record in await _read_range(consumer, tp, start, end):
+        if record.key != key:
+            continue
+        try:
+            found = Checkpoint.from_json(record.value)
+        except (ValueError, KeyError, TypeError):
+            continue  # verify names it
+        if found.topic == topic and found.partition == partition and (latest is None or found.seq > latest.seq):
+            latest = found
+    if latest is None:
+        return state
+    log.info("%s-%d: no chain header left; the chain carries on from the checkpoint of seq %d", topic, partition,
+             latest.seq)
+    return ChainState(latest.hash, latest.seq, state.pending)
 
 
 def _fitting(producer: AIOKafkaProducer, rows: Sequence[Record], start: int) -> int:

@@ -322,6 +322,40 @@ def test_a_long_chunk_is_cut_into_blocks_of_one_batch_each(tmp_path: Path, broke
     assert code == 0 and f"OK {topic}: {kept} records in {len(batches) - 2} blocks, {kept} proven by 1 " in out, out
 
 
+@pytest.mark.kafka
+def test_with_no_header_left_the_chain_carries_on_from_the_last_checkpoint(tmp_path: Path, broker: Broker,
+                                                                          keys: Keys,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Every record deleted (retention of an idle topic, or DeleteRecords): the next producer continues
+    from the last signed checkpoint, so the old checkpoints still fit the chain and anchor it."""
+    topic = "audit-emptied"
+    pipeline = pipeline_file(tmp_path, broker, keys, topic)
+
+    async def write(start: int, blocks: list[int]) -> None:
+        backend = await open_backend(broker, keys, topic)
+        try:
+            await write_blocks(backend, topic, start, blocks)
+        finally:
+            await backend.close()
+
+    async def delete_all() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_records({KafkaTP(topic, 0): RecordsToDelete(-1)})  # -1: the high watermark
+        finally:
+            await admin.close()
+
+    asyncio.run(write(0, BLOCKS))  # a checkpoint at close: seq 31
+    asyncio.run(delete_all())
+    asyncio.run(write(31, [4, 6]))
+    records = asyncio.run(read_all(broker.bootstrap, topic))
+    assert [r.offset for r in records] == list(range(31, 41))  # type: ignore[attr-defined]
+    assert Link.decode(link_of(records[3].headers)).seq == 35  # type: ignore[attr-defined]
+    code, out = verify(capsys, pipeline, keys, topic)
+    assert code == 0 and f"OK {topic}: 10 records in 2 blocks, 10 proven by 1 signed checkpoint(s)" in out, out
+
+
 # -- tampering ------------------------------------------------------------------------------------------------
 
 
