@@ -71,7 +71,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition as KafkaTP
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MillpondError
 from ..log.batch import Encodable
 from ..records import Record
 from .chain import CHAIN_HEADER, GENESIS, ChainState, Columns, Link, link_of
@@ -88,6 +88,13 @@ AUDIT_CHAIN = "audit.chain"
 TAIL_WINDOW = 1000
 #: how long a read of a partition may see no progress before it is an error
 READ_STALL_S = 30.0
+
+
+class ChainReadError(MillpondError):
+    """The tail of a chained partition (or the checkpoints) could not be read back; the broker may
+    be moving the partition's leadership, so the task retries."""
+
+    retriable = True
 
 
 def split_settings(name: str, config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -125,8 +132,8 @@ async def _read_range(consumer: AIOKafkaConsumer, tp: KafkaTP, start: int, end: 
             out.extend(rows)
             stalled = time.monotonic()
         elif time.monotonic() - stalled > READ_STALL_S:
-            raise ConfigError(f"{tp.topic}-{tp.partition}: no records from offset {await consumer.position(tp)} "
-                              f"for {READ_STALL_S:.0f}s while reading up to {end}")
+            raise ChainReadError(f"{tp.topic}-{tp.partition}: no records from offset {await consumer.position(tp)} "
+                                 f"for {READ_STALL_S:.0f}s while reading the chain's tail up to offset {end}")
     return out
 
 
