@@ -217,3 +217,41 @@ class ChainState:
     def advance(self, link: Link) -> None:
         self.prev, self.seq = link.hash, link.seq
         self.pending.clear()
+
+
+# -- for a backend whose producer sends Record objects (the Kafka backend) --
+
+
+def seal_block(state: ChainState, records: Sequence[Any], now: int) -> tuple[list[Any], Link]:
+    """``records`` (objects with key, value, timestamp, headers) as one block: the same records with
+    a timestamp where they had none (``now``) and the chain header on the last one, new objects
+    where something changed (the caller's are left alone). The state is not advanced: call
+    ``state.advance(link)`` once the broker has the block, in order (an idempotent producer, so
+    that retries neither reorder nor duplicate it)."""
+    from dataclasses import replace
+
+    if not records:
+        raise ValueError("a block has at least one record")
+    out = [r if r.timestamp is not None else replace(r, timestamp=now) for r in records]
+    headers = [r.headers for r in out]
+    block = Columns([r.timestamp for r in out], [r.key for r in out], [r.value for r in out],
+                    headers if any(headers) else None)
+    link = state.extend(block)
+    last = out[-1]
+    out[-1] = replace(last, headers=[*(h for h in last.headers if h[0] != CHAIN_HEADER), (CHAIN_HEADER, link.encode())])
+    return out, link
+
+
+def state_after(records: Sequence[Any]) -> ChainState | None:
+    """The chain state after ``records`` (a partition's tail, oldest first, read_uncommitted): the last
+    chain header and the records after it, which open the next block. None when no record among
+    them carries a header (read further back, or the chain starts here)."""
+    for i in range(len(records) - 1, -1, -1):
+        raw = link_of(records[i].headers) if records[i].headers else None
+        if raw is not None:
+            link = Link.decode(raw)
+            tail = records[i + 1 :]
+            pending = Columns([r.timestamp for r in tail], [r.key for r in tail], [r.value for r in tail],
+                              [r.headers for r in tail] if any(r.headers for r in tail) else None)
+            return ChainState(link.hash, link.seq, pending)
+    return None

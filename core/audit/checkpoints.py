@@ -24,6 +24,7 @@ signed" until the next one.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..errors import ConfigError, UnknownTopicError
+from ..errors import ConfigError, MillpondError, UnknownTopicError
 from ..log.batch import Row
 from ..log.partition import Partition
 from ..log.store import LogStore
@@ -163,8 +164,9 @@ class _Unsigned:
 
 class Checkpointer:
     """Writes a checkpoint per chained partition every ``every_records`` records or
-    ``every_seconds`` (looked at on each append), and for every partition with unsigned
-    records at :meth:`close`."""
+    ``every_seconds`` (looked at on each append, and by a timer on the event loop once
+    :meth:`start` ran, so a partition that went quiet is signed too), and for every
+    partition with unsigned records at :meth:`close`."""
 
     def __init__(self, store: LogStore, signer: Signer, *, every_records: int = 1_000_000,
                  every_seconds: float = 60.0, fsync: bool = True) -> None:
@@ -176,6 +178,30 @@ class Checkpointer:
         self._partition = ensure_topic(store)
         self._unsigned: dict[str, _Unsigned] = {}
         self.written = 0
+        self._timer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """The timer for quiet partitions, on the running event loop (where appends run too)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script): appends and close() still write them
+            return
+        if self._timer is None:
+            self._timer = loop.create_task(self._tick(), name="millpond:audit-checkpoints")
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.05, self.every_seconds / 4))
+            try:
+                self.write_due()
+            except (MillpondError, OSError) as exc:  # the next tick, or the next append, tries again
+                log.error("audit checkpoint not written: %s", exc)
+
+    def write_due(self) -> None:
+        now = time.monotonic()
+        for name, pending in list(self._unsigned.items()):
+            if now - pending.since >= self.every_seconds:
+                self.write(name)
 
     def on_block(self, partition: Partition, offset: int, link: Link, records: int) -> None:
         now = time.monotonic()
@@ -203,6 +229,9 @@ class Checkpointer:
         log.debug("audit checkpoint %s offset %d seq %d", name, pending.offset, pending.link.seq)
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for name in list(self._unsigned):
             self.write(name)
 

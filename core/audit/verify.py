@@ -67,7 +67,7 @@ class Break:
     detail: str
 
     def line(self, topic: str, partition: int) -> str:
-        where = self.segment if self.position < 0 else f"{self.segment}, byte {self.position}"  # -1: no file
+        where = self.segment if self.position < 0 else f"{self.segment}, byte {self.position}"
         return f"{topic}-{partition}: {self.kind} at offset {self.offset} ({where}): {self.detail}"
 
 

@@ -16,5 +16,5 @@ class AuditSettings(Model):
     signing_key_file: str
     #: a checkpoint per chained partition after this many records ...
     checkpoint_records: int = Field(100_000, ge=1)
-    #: ... or this many seconds since the first unsigned record (looked at on each append), and at shutdown
+    #: ... or this many seconds after the first unsigned record (a timer checks), and at shutdown
     checkpoint_seconds: float = Field(60.0, gt=0)

@@ -20,6 +20,7 @@ from millpond.audit.verify import (
     TAIL_CUT,
 )
 from millpond.backends.base import TopicSpec
+from millpond.backends.embedded import EmbeddedBackend
 from millpond.log.batch import Row
 from millpond.log.store import LogStore
 from millpond.records import Record
@@ -315,3 +316,35 @@ def test_log_append_time_is_refused_on_a_chained_topic() -> None:
 
     with pytest.raises(ConfigError, match="audit.chain needs message.timestamp.type CreateTime"):
         TopicSettings.parse({"audit.chain": "sha256", "message.timestamp.type": "LogAppendTime"}, "t")
+
+
+def test_a_quiet_partition_is_signed_after_checkpoint_seconds(tmp_path: Path, keys: Keys) -> None:
+    from millpond.audit.checkpoints import read_checkpoints
+
+    from .conftest import append
+
+    async def go() -> int:
+        backend = EmbeddedBackend(tmp_path / "log")
+        await backend.open()
+        backend.enable_audit(Signer(keys.private), every_records=1000, every_seconds=0.2)
+        await backend.create_topic(TopicSpec(TOPIC, 1, {"audit.chain": "sha256"}))
+        await append(backend, 0, [5])
+        assert read_checkpoints(backend.store, TOPIC) == []
+        await asyncio.sleep(0.6)  # no append since: the timer signs it
+        found = len(read_checkpoints(backend.store, TOPIC))
+        await backend.close()
+        return found
+
+    assert asyncio.run(go()) == 1
+
+
+def test_from_time_starts_at_the_segment_holding_it(tmp_path: Path, keys: Keys,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    write_log(tmp_path / "log", keys, BLOCKS, every_records=20)
+    code, out = verify(capsys, tmp_path / "log", keys, "--from-time", str(1_700_000_000_000 + 40 * 1000),
+                       "--report", str(tmp_path / "r.json"))
+    assert code == 0, out
+    report = json.loads((tmp_path / "r.json").read_text())
+    (p,) = report["partitions"]
+    assert 0 < p["records"] < 69 and p["last_seq"] == 69
+    assert p["first_seq"] <= 40 and p["records"] == 69 - p["first_seq"]

@@ -91,6 +91,7 @@ class EmbeddedBackend(Lifecycle):
             self.checkpointer = Checkpointer(self.store, signer, every_records=every_records,
                                              every_seconds=every_seconds, fsync=self.fsync)
         self.chains.listener = self.checkpointer.on_block
+        self.checkpointer.start()
 
     async def close(self) -> None:
         if self._store is not None:
