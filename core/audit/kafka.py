@@ -25,9 +25,9 @@ backend then chains each partition it sends to:
 - once the block is acknowledged, a signed checkpoint is due every N records
   or T seconds, and for every partition with unsigned records when the
   producer closes; checkpoints go to ``__audit_checkpoints`` on the same
-  cluster (with acks=all). Give the data ``acks: all`` too (``log.kafka.config``;
-  an exactly-once connector's transactional producer has it), or a checkpoint
-  may claim records a leader change can still lose. A send
+  cluster (with acks=all). A backend with chained topics makes its producers
+  idempotent (acks=all too): a retried batch neither lands twice nor out of
+  order, and no checkpoint claims records a leader change can still lose. A send
   that fails, or an abort, drops the state: the next send reloads it from the
   tail, which is what the broker kept.
 
@@ -74,7 +74,7 @@ from aiokafka.structs import TopicPartition as KafkaTP
 from ..errors import ConfigError, MillpondError
 from ..log.batch import Encodable
 from ..records import Record
-from .chain import CHAIN_HEADER, GENESIS, ChainState, Columns, Link, link_of
+from .chain import CHAIN_HEADER, GENESIS, ChainState, Columns, Link, state_after
 from .checkpoints import CHECKPOINT_TOPIC, CHECKPOINT_TOPIC_CONFIG, Checkpoint, Signer
 from .embedded import columns_of
 
@@ -137,12 +137,6 @@ async def _read_range(consumer: AIOKafkaConsumer, tp: KafkaTP, start: int, end: 
     return out
 
 
-def _columns(records: Sequence[Any]) -> Columns:
-    headers = [list(r.headers) for r in records]
-    return Columns([r.timestamp for r in records], [r.key for r in records], [r.value for r in records],
-                   cast(Any, headers) if any(headers) else None)
-
-
 async def load_state(consumer: AIOKafkaConsumer, topic: str, partition: int) -> ChainState:
     """The chain state at the tail of a Kafka partition: the last header and the records after it.
 
@@ -155,17 +149,14 @@ async def load_state(consumer: AIOKafkaConsumer, topic: str, partition: int) -> 
     hi, window = end, TAIL_WINDOW
     while hi > start:
         lo = max(start, hi - window)
-        records = await _read_range(consumer, tp, lo, hi)
-        for i in range(len(records) - 1, -1, -1):
-            raw = link_of(records[i].headers)
-            if raw is not None:
-                link = Link.decode(raw)
-                tail = records[i + 1 :] + after
-                if tail:
-                    log.warning("%s-%d: %d record(s) after the last chain header at offset %d open the next block",
-                                topic, partition, len(tail), records[i].offset)
-                return ChainState(link.hash, link.seq, _columns(tail) if tail else Columns())
-        after = records + after
+        records = await _read_range(consumer, tp, lo, hi) + after
+        state = state_after(records)
+        if state is not None:
+            if state.pending:
+                log.warning("%s-%d: %d record(s) after the last chain header (up to offset %d) open the next "
+                            "block", topic, partition, len(state.pending), records[-1].offset)
+            return state
+        after = records
         hi, window = lo, window * 4
     return ChainState()  # no header: the chain starts here (earlier records stay before it)
 

@@ -50,6 +50,8 @@ class KafkaProducer:
             kwargs = self.backend.client_kwargs(AIOKafkaProducer)
             if self.transactional_id is not None:
                 kwargs.update(transactional_id=self.transactional_id, enable_idempotence=True)
+            elif self.backend.audit.chained:  # a retried batch must not land twice in a chain (millpond.audit.kafka)
+                kwargs.update(enable_idempotence=True, acks="all")
             producer = AIOKafkaProducer(**kwargs)
             # start() registers the transactional id, fencing any older producer with it
             await self._fenced("start", producer.start())
