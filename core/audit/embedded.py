@@ -194,9 +194,17 @@ async def enable_audit(backend: Any, settings: AuditSettings) -> None:
     from .checkpoints import Signer, load_private_key
 
     try:
+        from ..backends.kafka import KafkaBackend
+
+        if isinstance(backend, KafkaBackend):
+            from .kafka import enable_kafka_audit
+
+            await enable_kafka_audit(backend, Signer(load_private_key(settings.signing_key_file)),
+                                     every_records=settings.checkpoint_records,
+                                     every_seconds=settings.checkpoint_seconds)
+            return
         if not isinstance(backend, EmbeddedBackend):
-            raise ConfigError("audit: signed checkpoints are written by the embedded log only for now "
-                              "(log: kafka is not supported yet)")
+            raise ConfigError(f"audit: signed checkpoints are not written by a {type(backend).__name__}")
         backend.enable_audit(Signer(load_private_key(settings.signing_key_file)),
                              every_records=settings.checkpoint_records, every_seconds=settings.checkpoint_seconds)
     except BaseException:

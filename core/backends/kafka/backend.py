@@ -15,6 +15,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.structs import TopicPartition as KafkaTP
 
+from ...audit.kafka import KafkaAudit, split_settings
 from ...errors import ConfigError, MillpondError, TopicExistsError, UnknownTopicError
 from ...records import TopicPartition
 from ..base import GroupOffset, IsolationLevel, Lifecycle, LogMaintenance, Membership, PartitionInfo, TopicSpec
@@ -91,6 +92,8 @@ class KafkaBackend(Lifecycle):
         #: since when aiokafka says a broker cannot be reached (None: reachable)
         self.unreachable_since: float | None = None
         self._recheck: asyncio.Task[None] | None = None
+        #: chained topics (``audit.chain``, which Kafka does not know) and signed checkpoints (millpond.audit.kafka)
+        self.audit = KafkaAudit()
 
     def client_kwargs(self, cls: type) -> dict[str, Any]:
         return {"bootstrap_servers": self.bootstrap_servers, "client_id": self.client_id,
@@ -120,6 +123,12 @@ class KafkaBackend(Lifecycle):
             raise MillpondError(f"cannot open the Kafka log at {self.bootstrap_servers}: {why}") from exc
 
     async def close(self) -> None:
+        try:
+            await self.audit.close()  # the last checkpoint of each chained partition, at shutdown
+        finally:
+            await self._close_clients()
+
+    async def _close_clients(self) -> None:
         LOG_FILTER.backends.discard(self)
         if self._recheck is not None:
             self._recheck.cancel()
@@ -205,8 +214,9 @@ class KafkaBackend(Lifecycle):
         replication = self.replication_factor
         if replication is None:
             replication = min(3, len((await self.admin.describe_cluster())["brokers"]))
+        config, chain = split_settings(spec.name, spec.config)
         topic = NewTopic(spec.name, spec.partitions, replication,
-                         topic_configs={k: _kafka_value(v) for k, v in spec.config.items()})
+                         topic_configs={k: _kafka_value(v) for k, v in config.items()})
         response = await self.admin.create_topics([topic])
         for name, code, message in response.topic_errors:
             error = for_code(code)
@@ -214,12 +224,14 @@ class KafkaBackend(Lifecycle):
                 if not exist_ok:
                     raise TopicExistsError(f"topic {name!r} already exists at {self.bootstrap_servers}")
                 await self.partitions_for(name)
+                self.audit.declare(spec.name, chain)
                 return
             if code != 0:
                 raise ConfigError(f"cannot create topic {name!r} at {self.bootstrap_servers}: "
                                   f"{error.__name__}: {message}")
         await self._settled(spec.name, spec.partitions)
         await self._settings_visible(spec.name, dict(topic.topic_configs))
+        self.audit.declare(spec.name, chain)
 
     async def topic_settings(self, name: str) -> dict[str, Any]:
         """The settings made on the topic itself (broker defaults left out), as Kafka's strings."""
@@ -252,7 +264,9 @@ class KafkaBackend(Lifecycle):
                 f"are declared; changing the count would move keys between partitions "
                 f"(declare {have}, or create a new topic)")
         before = await self.topic_settings(spec.name)
-        wanted = {k: _kafka_value(v) for k, v in spec.config.items()}
+        config, chain = split_settings(spec.name, spec.config)
+        self.audit.declare(spec.name, chain)
+        wanted = {k: _kafka_value(v) for k, v in config.items()}
         if before == wanted:
             return {}
         # AlterConfigs (not the incremental kind) replaces the topic's whole set: what is not given goes back to default

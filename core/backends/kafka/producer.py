@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 from aiokafka.structs import TopicPartition as KafkaTP
 
+from ...audit.kafka import ProducerChains
 from ...errors import ProducerFencedError, TransactionError
 from ...records import Record, TopicPartition
 
@@ -31,6 +32,8 @@ class KafkaProducer:
         self._inflight: list[asyncio.Future[Any]] = []
         self._in_transaction = False
         self._fenced_out = False
+        #: the hash chain of the audit topics this producer appends to (millpond.audit.kafka)
+        self._chains = ProducerChains(backend)
 
     async def _fenced(self, what: str, call: Awaitable[Any]) -> Any:
         """Run ``call``; a fenced producer becomes a terminal TransactionError, as in the embedded log."""
@@ -47,6 +50,8 @@ class KafkaProducer:
             kwargs = self.backend.client_kwargs(AIOKafkaProducer)
             if self.transactional_id is not None:
                 kwargs.update(transactional_id=self.transactional_id, enable_idempotence=True)
+            elif self.backend.audit.chained:  # a retried batch must not land twice in a chain (millpond.audit.kafka)
+                kwargs.update(enable_idempotence=True, acks="all")
             producer = AIOKafkaProducer(**kwargs)
             # start() registers the transactional id, fencing any older producer with it
             await self._fenced("start", producer.start())
@@ -60,11 +65,18 @@ class KafkaProducer:
         if partition is None:
             partition = record.partition  # None: Kafka's partitioner (murmur2 of the key)
         producer = await self._started()
+        if self._chains.chained(topic):  # one block per partition, sent at flush/commit
+            self._chains.hold(topic, record, partition)
+            return
         self._inflight.append(await producer.send(topic, record.value, record.key, partition,
                                                   record.timestamp, record.headers or None))
 
     async def send_batch(self, topic: str, partition: int, records: Sequence[Record]) -> None:
         producer = await self._started()
+        if self._chains.chained(topic):
+            if records:
+                await self._chains.send(producer, topic, partition, records, self._inflight)
+            return
         batch = producer.create_batch()
         for record in records:
             while batch.append(key=record.key, value=record.value, timestamp=record.timestamp,
@@ -76,17 +88,29 @@ class KafkaProducer:
         if batch.record_count():
             self._inflight.append(await producer.send_batch(batch, topic, partition=partition))
 
+    async def _send_held(self) -> None:
+        """Records ``send`` held for chained topics: one block per partition."""
+        for (topic, partition), records in self._chains.take_held():
+            await self.send_batch(topic, partition, records)
+
     async def _delivered(self) -> None:
+        await self._send_held()
         inflight, self._inflight = self._inflight, []
         if inflight:
-            await self._fenced("send", asyncio.gather(*inflight))
+            try:
+                await self._fenced("send", asyncio.gather(*inflight))
+            except BaseException:
+                self._chains.forget()  # what the broker kept is read back at the next send
+                raise
 
     async def flush(self) -> None:
         if self._in_transaction:
             raise TransactionError("flush inside a transaction: call commit() instead")
+        await self._send_held()
         if self._producer is not None:
             await self._producer.flush()
         await self._delivered()
+        await self._chains.delivered()
 
     async def begin(self) -> None:
         if self.transactional_id is None:
@@ -111,9 +135,11 @@ class KafkaProducer:
         await self._delivered()
         await self._fenced("commit", self._producer.commit_transaction())
         self._in_transaction = False
+        await self._chains.delivered()
 
     async def abort(self) -> None:
         self._inflight = []
+        self._chains.forget()  # sent blocks may or may not have reached the log: read it back
         if self._in_transaction and self._producer is not None and not self._fenced_out:
             self._in_transaction = False
             await self._fenced("abort", self._producer.abort_transaction())
@@ -122,8 +148,9 @@ class KafkaProducer:
         try:
             if self._in_transaction:
                 await self.abort()
-            elif self._inflight:
+            elif self._inflight or self._chains.held:
                 await self.flush()
+            await self._chains.close()
         finally:
             if self._producer is not None:
                 await self._producer.stop()
