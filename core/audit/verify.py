@@ -31,6 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from ..errors import MillpondError
 from ..log import batch as batch_format
 from ..log.partition import Partition
 from ..log.segment import LogSegment
@@ -153,6 +154,16 @@ class Report:
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.as_json(), indent=2) + "\n")
+
+
+class ShortReadError(MillpondError):
+    """A consumer stopped short of a partition's end: an unread tail must never pass as verified."""
+
+    retriable = True
+
+
+#: polls of one second with nothing fetched before a read through a consumer gives up
+_IDLE_POLLS = 30
 
 
 class _Broken(Exception):
@@ -553,11 +564,12 @@ async def verify_through_backend(backend: Any, topic: str, *, public_key: Ed2551
     consumer = backend.consumer([topic], None, IsolationLevel.read_uncommitted, "earliest")
     try:
         ends = {info.partition: info.log_end_offset for info in infos}
+        infos_by = {info.partition: info for info in infos}
         for info in infos:
             await consumer.seek(TopicPartition(topic, info.partition), info.log_start_offset)
-        remaining = {p for p, chain in chains.items() if ends[p] > 0}
+        remaining = {p for p, chain in chains.items() if ends[p] > infos_by[p].log_start_offset}
         idle = 0
-        while remaining and idle < 30:
+        while remaining and idle < _IDLE_POLLS:
             records = await consumer.poll(10_000, 1.0)
             idle = 0 if records else idle + 1
             by_partition: dict[int, list[Any]] = {}
@@ -579,6 +591,15 @@ async def verify_through_backend(backend: Any, topic: str, *, public_key: Ed2551
                 if batch[-1].offset + 1 >= ends[number]:
                     remaining.discard(number)
             remaining -= set(broken)
+            # a transaction marker can end a partition: the position passes it, no record does
+            for number in list(remaining):
+                if await consumer.position(TopicPartition(topic, number)) >= ends[number]:
+                    remaining.discard(number)
+        if remaining:
+            number = min(remaining)
+            at = await consumer.position(TopicPartition(topic, number))
+            raise ShortReadError(f"verify read partition {topic}-{number} only to offset {at} of its log end "
+                                 f"{ends[number]}: nothing was fetched for {_IDLE_POLLS} s; nothing verified")
     finally:
         await consumer.close()
     for out in report.partitions:
@@ -607,9 +628,11 @@ async def _checkpoints_through(backend: Any, topic: str) -> list[tuple[int, Chec
         await consumer.seek(TopicPartition(CHECKPOINT_TOPIC, 0), info.log_start_offset)
         position = info.log_start_offset
         idle = 0
-        while position < info.log_end_offset and idle < 30:
+        while position < info.log_end_offset and idle < _IDLE_POLLS:
             records = await consumer.poll(10_000, 1.0)
             idle = 0 if records else idle + 1
+            if not records:
+                position = max(position, await consumer.position(TopicPartition(CHECKPOINT_TOPIC, 0)))
             for record in records:
                 position = max(position, record.offset + 1)
                 if record.key is None or not bytes(record.key).startswith(prefix):
@@ -621,6 +644,9 @@ async def _checkpoints_through(backend: Any, topic: str) -> list[tuple[int, Chec
                     continue
                 if checkpoint.topic == topic:
                     out.append((record.offset, checkpoint))
+        if position < info.log_end_offset:
+            raise ShortReadError(f"verify read {CHECKPOINT_TOPIC} only to offset {position} of its log end "
+                                 f"{info.log_end_offset}: nothing was fetched for {_IDLE_POLLS} s; nothing verified")
     finally:
         await consumer.close()
     return out
