@@ -4,22 +4,36 @@ as a Kafka producer would (the embedded log's own path is checked by verify, els
 from __future__ import annotations
 
 import hashlib
+import random
 import struct
+from typing import Any
 
 import pytest
 
+from millpond.audit import chain as chain_module
 from millpond.audit.chain import (
     CHAIN_HEADER,
     GENESIS,
+    LINK_SIZE,
     ChainFormatError,
     ChainState,
     Columns,
     Link,
     block_hash,
+    block_parts,
+    canonical,
+    canonical_in_c,
+    digest,
+    drop_front,
+    link_of,
+    pieces_of,
     seal_block,
     state_after,
 )
+from millpond.log import batch as batch_format
+from millpond.log.batch import Row
 from millpond.records import Record
+from tests.ci import need_speedup
 
 
 def test_the_canonical_form_is_the_documented_one() -> None:
@@ -91,3 +105,109 @@ def test_blocks_sealed_by_a_producer_verify(tmp_path) -> None:  # type: ignore[n
         assert report.ok and report.counts()["records"] == 40 and report.counts()["blocks"] == 5, report.summary()
 
     asyncio.run(go())
+
+
+# -- the canonical form in C (``_canon``, what verify hashes) against the Python form above --
+
+_NAMES = ["trace", "", "é-name", "millpond.chainx", "millpond.chai", CHAIN_HEADER]
+
+
+def _random_rows(rng: random.Random, n: int, *, links: bool = True) -> list[Row]:
+    """Records with null and empty keys and values, headers with null values, and the chain header
+    (well-formed, odd-sized or null) on some of them, sometimes twice."""
+    def blob() -> bytes | None:
+        return rng.choice([None, b"", rng.randbytes(rng.randrange(1, 40)), rng.randbytes(rng.randrange(200, 400))])
+
+    rows = []
+    for _ in range(n):
+        headers: list[tuple[str, bytes | None]] = []
+        if rng.random() < 0.4:
+            for _ in range(rng.randrange(1, 4)):
+                name = rng.choice(_NAMES if links else _NAMES[:-1])
+                value = (rng.choice([rng.randbytes(LINK_SIZE), rng.randbytes(5), None])
+                         if name == CHAIN_HEADER else blob())
+                headers.append((name, value))
+        rows.append(Row(blob(), blob(), rng.choice([rng.randrange(-2**40, 2**41), 0, -1]), headers))
+    return rows
+
+
+def _python_blocks(data: bytes) -> list[tuple[bytes, int, bytes | None, int, int]]:
+    """(canonical, n, link, first offset, last offset) of each piece, through Record objects."""
+    out, block = [], Columns()
+    first = -1
+    for record in batch_format.iter_records(data):
+        if first < 0:
+            first = record.offset
+        block.extend(Columns([record.timestamp], [record.key], [record.value], [record.headers]))
+        raw = link_of(record.headers)
+        if raw is not None:
+            out.append((b"".join(canonical(block)), len(block), raw, first, record.offset))
+            block, first = Columns(), -1
+    if len(block):
+        out.append((b"".join(canonical(block)), len(block), None, first, record.offset))
+    return out
+
+
+def _batch(rows: list[Row], compression: str = "none", log_append_time: int | None = None) -> tuple[bytes, Any]:
+    data = bytes(batch_format.build_batch(rows, compression=batch_format.CODECS[compression],
+                                          log_append_time=log_append_time))
+    return data, batch_format.read_header(data)
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd", "gzip", "lz4", "snappy"])
+@pytest.mark.parametrize("append_time", [False, True])
+def test_c_pieces_are_the_python_canonical_form(compression: str, append_time: bool) -> None:
+    need_speedup(canonical_in_c(), "millpond.audit._canon")
+    rng = random.Random(f"{compression}{append_time}")
+    for _ in range(60):
+        rows = _random_rows(rng, rng.randrange(1, 30))
+        data, header = _batch(rows, compression, 1_700_000_000_123 if append_time else None)
+        pieces = pieces_of(data, header)
+        expected = _python_blocks(data)
+        got = [(p.canonical, p.n, p.link, p.first_offset_delta, p.last_offset_delta) for p in pieces]
+        assert got == expected
+        for p in pieces:
+            assert p.canonical == b"".join(block_parts([p]))
+            at = 4 + 20 * p.n
+            assert p.keys_size + p.values_size <= len(p.canonical) - at
+
+
+def test_pieces_of_a_block_torn_across_batches_join_column_by_column() -> None:
+    """A block over several batches (a torn append) hashes as one; and with its first records cut off
+    (records from before the chain began) as the Python form of the rest."""
+    need_speedup(canonical_in_c(), "millpond.audit._canon")
+    rng = random.Random(7)
+    for _ in range(100):
+        rows = _random_rows(rng, rng.randrange(2, 25), links=False)
+        cuts = sorted(rng.sample(range(1, len(rows)), rng.randrange(0, min(4, len(rows) - 1) + 1)))
+        pieces, records = [], []
+        for lo, hi in zip([0, *cuts], [*cuts, len(rows)]):
+            data, header = _batch(rows[lo:hi], rng.choice(["none", "zstd"]))
+            pieces += pieces_of(data, header)
+            records += batch_format.iter_records(data)  # the timestamps as Kafka reads them back
+        assert all(p.link is None for p in pieces)
+        whole = Columns([r.timestamp for r in records], [r.key for r in records], [r.value for r in records],
+                        [r.headers for r in records])
+        assert b"".join(block_parts(pieces)) == b"".join(canonical(whole))
+        assert digest(GENESIS, block_parts(pieces)) == block_hash(GENESIS, whole)
+        k = rng.randrange(0, len(rows))
+        rest = Columns(whole.timestamps[k:], whole.keys[k:], whole.values[k:], whole.headers[k:])  # type: ignore[index]
+        assert b"".join(block_parts(drop_front(pieces, k))) == b"".join(canonical(rest))
+
+
+def test_malformed_records_are_refused_naming_the_record() -> None:
+    need_speedup(canonical_in_c(), "millpond.audit._canon")
+    assert chain_module._canon is not None
+    data, header = _batch([Row(b"k", b"value", 5, [("h", b"x")]), Row(None, b"v2", 6, [])])
+    records = data[batch_format.HEADER_SIZE :]
+    canon = chain_module._canon.canonical_from_records
+    assert canon(records, 2, 0, False)[0][1] == 2
+    with pytest.raises(ValueError, match="record 1 of 2"):
+        canon(records[:-2], 2, 0, False)
+    with pytest.raises(ValueError, match="after its 1 records"):
+        canon(records, 1, 0, False)
+    with pytest.raises(ValueError, match="record 2 of 3"):
+        canon(records, 3, 0, False)
+    with pytest.raises(ValueError, match="records in"):
+        canon(records, -1, 0, False)
+    assert canon(b"", 0, 0, False) == []

@@ -1,0 +1,4 @@
+#: (canonical, n, keys_size, values_size, link, first_offset_delta, last_offset_delta)
+Piece = tuple[bytes, int, int, int, bytes | None, int, int]
+
+def canonical_from_records(records: bytes | bytearray | memoryview, count: int, base_timestamp: int, append_time: bool) -> list[Piece]: ...
