@@ -263,12 +263,186 @@ done:
     return out;
 }
 
+/* The length of a key or value column item: bytes (its size) or None (-1); -2 with TypeError else. */
+static Py_ssize_t item_length(PyObject *item, const char *column, Py_ssize_t index) {
+    if (item == Py_None)
+        return -1;
+    if (PyBytes_Check(item))
+        return PyBytes_GET_SIZE(item);
+    PyErr_Format(PyExc_TypeError, "%s[%zd] must be bytes or None, not %.100s", column, index, Py_TYPE(item)->tp_name);
+    return -2;
+}
+
+/* One record's headers: a sequence of (str, bytes | None). Adds its section's length to *section
+ * (the chain header left out); -1 with an exception when an item is not of those types. */
+static int section_length(PyObject *record_headers, Py_ssize_t index, int64_t *section) {
+    PyObject *fast = PySequence_Fast(record_headers, "headers[i] must be a sequence of (name, value)");
+    if (fast == NULL)
+        return -1;
+    int64_t total = 0;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    for (Py_ssize_t h = 0; h < count; h++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(fast, h);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0))) {
+            PyErr_Format(PyExc_TypeError, "headers[%zd][%zd] must be a (str, bytes | None) tuple", index, h);
+            Py_DECREF(fast);
+            return -1;
+        }
+        Py_ssize_t nlen;
+        const char *name = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, 0), &nlen);
+        if (name == NULL) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        if (nlen == CHAIN_HEADER_LEN && memcmp(name, CHAIN_HEADER, (size_t)nlen) == 0)
+            continue;
+        Py_ssize_t vlen = item_length(PyTuple_GET_ITEM(pair, 1), "header value", index);
+        if (vlen == -2) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        total += 8 + nlen + (vlen > 0 ? vlen : 0);
+    }
+    Py_DECREF(fast);
+    *section = total;
+    return 0;
+}
+
+static char *put_section(char *o, PyObject *record_headers) {
+    PyObject *fast = PySequence_Fast(record_headers, ""); /* checked by section_length */
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    for (Py_ssize_t h = 0; h < count; h++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(fast, h);
+        Py_ssize_t nlen;
+        const char *name = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, 0), &nlen);
+        if (nlen == CHAIN_HEADER_LEN && memcmp(name, CHAIN_HEADER, (size_t)nlen) == 0)
+            continue;
+        PyObject *value = PyTuple_GET_ITEM(pair, 1);
+        o = put_le(o, (uint64_t)nlen, 4);
+        memcpy(o, name, (size_t)nlen);
+        o += nlen;
+        if (value == Py_None) {
+            o = put_le(o, (uint64_t)(int64_t)-1, 4);
+        } else {
+            Py_ssize_t vlen = PyBytes_GET_SIZE(value);
+            o = put_le(o, (uint64_t)vlen, 4);
+            memcpy(o, PyBytes_AS_STRING(value), (size_t)vlen);
+            o += vlen;
+        }
+    }
+    Py_DECREF(fast);
+    return o;
+}
+
+/*
+ * canonical_from_columns(timestamps, keys, values, headers) -> bytes
+ *
+ * The canonical form of a block held as columns (chain.Columns: what an append hashes): lists of
+ * ints, bytes | None, bytes | None, and per record a sequence of (str, bytes | None) headers or
+ * None for no headers at all. TypeError for anything else (the caller falls back to Python).
+ */
+static PyObject *canonical_from_columns(PyObject *self, PyObject *args) {
+    PyObject *ts_in, *keys_in, *values_in, *headers_in;
+    if (!PyArg_ParseTuple(args, "OOOO", &ts_in, &keys_in, &values_in, &headers_in))
+        return NULL;
+    PyObject *ts = NULL, *keys = NULL, *values = NULL, *headers = NULL, *out = NULL;
+    int64_t *sections = NULL;
+    if ((ts = PySequence_Fast(ts_in, "timestamps must be a sequence")) == NULL ||
+        (keys = PySequence_Fast(keys_in, "keys must be a sequence")) == NULL ||
+        (values = PySequence_Fast(values_in, "values must be a sequence")) == NULL)
+        goto done;
+    if (headers_in != Py_None && (headers = PySequence_Fast(headers_in, "headers must be a sequence")) == NULL)
+        goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(ts);
+    if (PySequence_Fast_GET_SIZE(keys) != n || PySequence_Fast_GET_SIZE(values) != n ||
+        (headers != NULL && PySequence_Fast_GET_SIZE(headers) != n)) {
+        PyErr_SetString(PyExc_ValueError, "timestamps, keys, values and headers differ in length");
+        goto done;
+    }
+    PyObject **t = PySequence_Fast_ITEMS(ts), **k = PySequence_Fast_ITEMS(keys), **v = PySequence_Fast_ITEMS(values);
+    Py_ssize_t key_bytes = 0, value_bytes = 0;
+    int64_t section_bytes = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t kl = item_length(k[i], "keys", i), vl = item_length(v[i], "values", i);
+        if (kl == -2 || vl == -2)
+            goto done;
+        key_bytes += kl > 0 ? kl : 0;
+        value_bytes += vl > 0 ? vl : 0;
+    }
+    if (headers != NULL) {
+        sections = PyMem_Calloc((size_t)(n > 0 ? n : 1), sizeof(int64_t));
+        if (sections == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        PyObject **h = PySequence_Fast_ITEMS(headers);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (h[i] != Py_None && section_length(h[i], i, &sections[i]) < 0)
+                goto done;
+            section_bytes += sections[i];
+        }
+    }
+    out = PyBytes_FromStringAndSize(NULL, 4 + 20 * n + key_bytes + value_bytes + section_bytes);
+    if (out == NULL)
+        goto done;
+    char *o = PyBytes_AS_STRING(out);
+    o = put_le(o, (uint64_t)n, 4);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int overflow;
+        long long stamp = PyLong_Check(t[i]) ? PyLong_AsLongLongAndOverflow(t[i], &overflow) : (overflow = 2, 0);
+        if (overflow || (stamp == -1 && PyErr_Occurred())) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "timestamps[%zd] must be an int of 64 bits", i);
+            Py_CLEAR(out);
+            goto done;
+        }
+        o = put_le(o, (uint64_t)stamp, 8);
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        o = put_le(o, (uint64_t)(int64_t)(k[i] == Py_None ? -1 : PyBytes_GET_SIZE(k[i])), 4);
+    for (Py_ssize_t i = 0; i < n; i++)
+        o = put_le(o, (uint64_t)(int64_t)(v[i] == Py_None ? -1 : PyBytes_GET_SIZE(v[i])), 4);
+    for (Py_ssize_t i = 0; i < n; i++)
+        o = put_le(o, sections == NULL ? 0 : (uint64_t)sections[i], 4);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (k[i] != Py_None) {
+            memcpy(o, PyBytes_AS_STRING(k[i]), (size_t)PyBytes_GET_SIZE(k[i]));
+            o += PyBytes_GET_SIZE(k[i]);
+        }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (v[i] != Py_None) {
+            memcpy(o, PyBytes_AS_STRING(v[i]), (size_t)PyBytes_GET_SIZE(v[i]));
+            o += PyBytes_GET_SIZE(v[i]);
+        }
+    if (headers != NULL) {
+        PyObject **h = PySequence_Fast_ITEMS(headers);
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (sections[i] && (o = put_section(o, h[i])) == NULL) {
+                Py_CLEAR(out);
+                goto done;
+            }
+    }
+done:
+    PyMem_Free(sections);
+    Py_XDECREF(ts);
+    Py_XDECREF(keys);
+    Py_XDECREF(values);
+    Py_XDECREF(headers);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"canonical_from_records", canonical_from_records, METH_VARARGS,
      "canonical_from_records(records, count, base_timestamp, append_time) -> list[piece]\n\n"
      "The chain's canonical form of a batch's records section, cut after each record carrying the chain\n"
      "header; piece = (canonical, n, keys_size, values_size, link | None, first_offset_delta,\n"
      "last_offset_delta)."},
+    {"canonical_from_columns", canonical_from_columns, METH_VARARGS,
+     "canonical_from_columns(timestamps, keys, values, headers) -> bytes\n\n"
+     "The chain's canonical form of a block held as columns (headers: per record (name, value) pairs, or\n"
+     "None for none at all)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -211,3 +211,42 @@ def test_malformed_records_are_refused_naming_the_record() -> None:
     with pytest.raises(ValueError, match="records in"):
         canon(records, -1, 0, False)
     assert canon(b"", 0, 0, False) == []
+
+
+def test_c_canonical_from_columns_is_the_python_form() -> None:
+    """The append side: a block held as columns, in C, gives the Python form's bytes."""
+    need_speedup(canonical_in_c(), "millpond.audit._canon")
+    assert chain_module._canon is not None
+    rng = random.Random(11)
+    for _ in range(300):
+        rows = _random_rows(rng, rng.randrange(0, 30))
+        headers: list[Any] | None = [list(r.headers) for r in rows]
+        if rng.random() < 0.3:
+            headers = None
+        elif rng.random() < 0.3:
+            headers = [()] * len(rows)
+        block = Columns([r.timestamp for r in rows], [r.key for r in rows], [r.value for r in rows], headers)
+        expected = b"".join(chain_module.python_canonical(block))
+        assert chain_module._canon.canonical_from_columns(block.timestamps, block.keys, block.values,
+                                                          block.headers) == expected
+        assert b"".join(canonical(block)) == expected
+
+
+def test_columns_the_c_form_does_not_take_fall_back_to_python() -> None:
+    """Not bytes (a bytearray, a memoryview): TypeError in C, the same bytes through Python; a timestamp
+    beyond 64 bits fails in both."""
+    need_speedup(canonical_in_c(), "millpond.audit._canon")
+    assert chain_module._canon is not None
+    canon = chain_module._canon.canonical_from_columns
+    odd = Columns([1, 2], [bytearray(b"k"), None], [b"v", memoryview(b"w")],  # type: ignore[list-item]
+                  [[("h", bytearray(b"x"))], []])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"keys\[0\]"):
+        canon(odd.timestamps, odd.keys, odd.values, None)
+    plain = Columns([1, 2], [b"k", None], [b"v", b"w"], [[("h", b"x")], []])
+    assert b"".join(canonical(odd)) == b"".join(canonical(plain))
+    with pytest.raises(TypeError, match=r"headers\[0\]\[0\]"):
+        canon([1], [None], [None], [[("h",)]])
+    with pytest.raises(ValueError, match="differ in length"):
+        canon([1], [None, None], [None], None)
+    with pytest.raises(struct.error):
+        canonical(Columns([2**63], [None], [None], None))
