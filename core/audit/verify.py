@@ -28,6 +28,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+from aiokafka.errors import CorruptRecordException
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -565,7 +566,11 @@ def _add_all(chain: _Chain, batches: Iterator[tuple[LogSegment, int, batch_forma
                 if pieces:
                     chain.add_pieces(pieces, at, count)
             else:
-                records = list(iter_records(data))
+                try:
+                    records = list(iter_records(data))
+                except CorruptRecordException as exc:
+                    raise _Broken(Break(DAMAGED, header.base_offset, str(segment.log_path), position,
+                                        f"malformed record batch: {exc}")) from None
                 count = len(records)
                 if records:
                     chain.add(records, at)

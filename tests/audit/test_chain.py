@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import random
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -250,3 +251,28 @@ def test_columns_the_c_form_does_not_take_fall_back_to_python() -> None:
         canon([1], [None, None], [None], None)
     with pytest.raises(struct.error):
         canonical(Columns([2**63], [None], [None], None))
+
+
+def test_records_that_do_not_parse_under_a_recomputed_crc_are_a_damaged_batch(
+        tmp_path: Path, keys: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A batch claiming one record more than it holds, its CRC recomputed: verify names the batch
+    (offset, segment file, byte position) as damaged and exits 3 (it crashed with a traceback before)."""
+    from millpond.audit.verify import DAMAGED
+
+    from .conftest import TOPIC, batches_of, recompute_crc, segment_files, verify, write_log, write_segment
+
+    write_log(tmp_path / "log", keys, [7, 5, 9, 4], every_records=20)
+    first = segment_files(tmp_path / "log")[0]
+    batches = batches_of(first)
+    header = batch_format.read_header(batches[1])
+    struct.pack_into(">i", batches[1], 57, header.records_count + 1)
+    recompute_crc(batches[1])
+    write_segment(first, batches)
+    position = len(batches[0])
+    code, out = verify(capsys, tmp_path / "log", keys)
+    line = out.strip().splitlines()[-1]
+    assert code == 3, out
+    assert f"{TOPIC}-0: {DAMAGED} at offset {header.base_offset} ({first}, byte {position}): malformed record batch: " \
+        in line, line
+    if canonical_in_c():  # the C cut names the record; aiokafka's decoder, a byte position in the records
+        assert f"record {header.records_count} of {header.records_count + 1}" in line, line
