@@ -16,7 +16,8 @@ install: $(BIN)/millpond
 
 # The second lane runs the core tests again on the pure-Python paths (the C speedups
 # switched off), the paths an install without a C compiler runs; no server tests.
-PURE_PYTHON_TESTS := tests/log tests/connectors/postgres/test_pgoutput.py tests/runtime tests/test_speedups.py
+PURE_PYTHON_TESTS := tests/log tests/connectors/postgres/test_pgoutput.py tests/runtime tests/test_speedups.py \
+	tests/audit/test_chain.py tests/audit/test_verify.py
 
 # mypy --strict over the package as installed (core/ as millpond, connectors/ as millpond.connectors)
 # and over the syslog plugin; see [tool.mypy] in pyproject.toml.

@@ -54,6 +54,7 @@ setup(
         Extension("millpond.log._columns", ["core/log/_columns.c"], optional=True),
         Extension("millpond.connectors.postgres._decode", ["connectors/postgres/_decode.c"], optional=True),
         Extension("millpond._jsonlines", ["core/_jsonlines.c"], optional=True),
+        Extension("millpond.audit._canon", ["core/audit/_canon.c"], optional=True),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -20,7 +20,8 @@ import millpond
 from millpond import speedups
 from tests.ci import speedups_required
 
-MODULES = ["millpond.log._columns", "millpond.connectors.postgres._decode", "millpond._jsonlines"]
+MODULES = ["millpond.log._columns", "millpond.connectors.postgres._decode", "millpond._jsonlines",
+           "millpond.audit._canon"]
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -51,16 +52,18 @@ def test_the_switch_reaches_both_import_sites_and_the_version(pure: bool) -> Non
     built = {name: importlib.util.find_spec(module) is not None for name, module in speedups.EXTENSIONS.items()}
     out = _in_child(
         "from millpond.log import batch; from millpond.connectors.postgres import decoding;"
-        "from millpond import transforms; from millpond.cli import main; import sys;"
-        "print(batch._columns is not None, decoding._scan is not None, transforms._jsonlines is not None);"
+        "from millpond import transforms; from millpond.audit import chain; from millpond.cli import main;"
+        "print(batch._columns is not None, decoding._scan is not None, transforms._jsonlines is not None,"
+        " chain.canonical_in_c());"
         "main(['--version'])",
         pure,
     )
     active, version = out.splitlines()
-    assert active == " ".join(str(built[name] and not pure) for name in ("columns", "pgoutput", "jsonlines"))
+    assert active == " ".join(str(built[name] and not pure) for name in ("columns", "pgoutput", "jsonlines", "canon"))
 
     def state(name: str) -> str:
         return ("off" if pure else "C") if built[name] else "python"
 
-    speeds = f"columns={state('columns')}, pgoutput={state('pgoutput')}, jsonlines={state('jsonlines')}"
+    speeds = (f"columns={state('columns')}, pgoutput={state('pgoutput')}, jsonlines={state('jsonlines')}, "
+              f"canon={state('canon')}")
     assert version == f"millpond {millpond.__version__} (speedups: {speeds})"

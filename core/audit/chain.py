@@ -39,11 +39,22 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import cramjam
+from aiokafka import codec
+
+from .. import speedups
 from ..errors import MillpondError
+from ..log import batch as batch_format
+
+try:
+    speedups.refuse()  # MILLPOND_PURE_PYTHON=1: the Python canonical form and Record objects, on purpose
+    from . import _canon
+except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
+    _canon = None  # type: ignore[assignment]
 
 CHAIN_HEADER = "millpond.chain"
 VERSION = 1
@@ -160,7 +171,19 @@ class Columns:
 
 def canonical(block: Columns) -> list[bytes]:
     """The canonical form of a block's records, in parts (see the module docstring): what the
-    hash covers after ``prev``. Built a column at a time; the caller hashes it (maybe elsewhere)."""
+    hash covers after ``prev``. Built in one C call where ``_canon`` is (a few list passes and
+    joins in Python cost about what the sha256 does), else a column at a time; the caller hashes
+    it (maybe elsewhere)."""
+    if _canon is not None:
+        try:
+            return [_canon.canonical_from_columns(block.timestamps, block.keys, block.values, block.headers)]
+        except TypeError:  # an item that is not bytes (a bytearray, a memoryview): the general path below
+            pass
+    return python_canonical(block)
+
+
+def python_canonical(block: Columns) -> list[bytes]:
+    """:func:`canonical` without the C speedup: the reference the C form is tested against."""
     n = len(block.timestamps)
     key_lengths, keys = _lengths(block.keys)
     value_lengths, values = _lengths(block.values)
@@ -177,7 +200,7 @@ def canonical(block: Columns) -> list[bytes]:
     return parts
 
 
-def digest(prev: bytes, parts: Sequence[bytes]) -> bytes:
+def digest(prev: bytes, parts: Sequence[bytes | memoryview]) -> bytes:
     """sha256(prev || parts): C only (hashlib lets go of the GIL for large parts), so it can run
     in another thread while the caller builds the batch."""
     h = hashlib.sha256(prev)
@@ -255,3 +278,103 @@ def state_after(records: Sequence[Any]) -> ChainState | None:
                               [r.headers for r in tail] if any(r.headers for r in tail) else None)
             return ChainState(link.hash, link.seq, pending)
     return None
+
+
+# -- pieces: the canonical form cut straight from a batch's records section (verify, in C) --
+
+def canonical_in_c() -> bool:
+    """Is the C speedup there (built, not switched off)? Without it verify decodes Record objects."""
+    return _canon is not None
+
+
+class Piece(NamedTuple):
+    """Records of one batch up to and including one that carries the chain header (or to the batch's
+    end): their canonical form, what ``_canon.canonical_from_records`` returns per piece.
+
+    A block is one piece when each batch ends with its header (the embedded log's appends); a block
+    torn across batches is several, joined column by column by :func:`block_parts`."""
+
+    canonical: bytes
+    n: int
+    keys_size: int
+    values_size: int
+    #: the raw chain header of the piece's last record; None: the piece ends without one
+    link: bytes | None
+    first_offset_delta: int
+    last_offset_delta: int
+
+
+#: aiokafka's decoders, but zstd (the audit topics' codec) straight from cramjam: aiokafka copies
+#: cramjam's buffer into bytes, which the C canonical form has no need of
+_DECODERS: dict[int, Callable[[Any], Any]] = {
+    batch_format.CODECS["gzip"]: codec.gzip_decode,
+    batch_format.CODECS["snappy"]: codec.snappy_decode,
+    batch_format.CODECS["lz4"]: codec.lz4_decode,
+    batch_format.CODECS["zstd"]: cramjam.zstd.decompress,
+}
+
+
+def pieces_of(batch: bytes, header: batch_format.BatchHeader) -> list[Piece]:
+    """The pieces of one (CRC-checked, not control) batch: its records section decompressed and cut
+    in C, every record's timestamp as Kafka reads it (the batch's max_timestamp for LogAppendTime).
+    Needs the C speedup (check ``_canon``); malformed records raise ValueError naming the record."""
+    assert _canon is not None, "millpond.audit._canon is not built"
+    records: Any = memoryview(batch)[batch_format.HEADER_SIZE : header.size]
+    compression = header.attributes & batch_format.COMPRESSION_MASK
+    if compression:
+        decode = _DECODERS.get(compression)
+        if decode is None:
+            raise ValueError(f"unknown compression codec {compression}")
+        try:
+            records = decode(records)
+        except Exception as exc:  # each codec's own error (cramjam's, zlib's, ...): the bytes are damaged
+            raise ValueError(f"records do not decompress ({exc})") from exc
+    append_time = bool(header.attributes & batch_format.TIMESTAMP_TYPE_MASK)
+    base = header.max_timestamp if append_time else header.first_timestamp
+    return [Piece._make(p) for p in _canon.canonical_from_records(records, header.records_count, base, append_time)]
+
+
+def _columns_at(piece: Piece) -> list[int]:
+    """Where each column of a piece's canonical form starts (timestamps, key, value and section
+    lengths, keys, values, sections) and where the last one ends."""
+    n = piece.n
+    keys = 4 + 20 * n
+    values = keys + piece.keys_size
+    sections = values + piece.values_size
+    return [4, 4 + 8 * n, 4 + 12 * n, 4 + 16 * n, keys, values, sections, len(piece.canonical)]
+
+
+def block_parts(pieces: Sequence[Piece]) -> list[bytes | memoryview]:
+    """The canonical form of the block the pieces make, in parts (what :func:`digest` takes): one
+    piece as it is; several column by column, as slices of theirs (no copy)."""
+    if len(pieces) == 1:
+        return [pieces[0].canonical]
+    views = [(memoryview(p.canonical), _columns_at(p)) for p in pieces]
+    parts: list[bytes | memoryview] = [_N.pack(sum(p.n for p in pieces))]
+    for column in range(7):
+        parts.extend(view[at[column] : at[column + 1]] for view, at in views)
+    return parts
+
+
+def drop_front(pieces: Sequence[Piece], cut: int) -> list[Piece]:
+    """The pieces without their first ``cut`` records (records from before the chain began, in
+    the first block verify meets): the rare path, in Python."""
+    out = []
+    for piece in pieces:
+        if cut >= piece.n:
+            cut -= piece.n
+            continue
+        if cut == 0:
+            out.append(piece)
+            continue
+        c, n, at = piece.canonical, piece.n, _columns_at(piece)
+        skipped = [sum(max(length, 0) for length in struct.unpack_from(f"<{cut}i", c, at[column]))
+                   for column in (1, 2, 3)]  # key, value and section bytes of the records cut
+        column_parts = [c[at[0] + 8 * cut : at[1]]]
+        column_parts += [c[at[column] + 4 * cut : at[column + 1]] for column in (1, 2, 3)]
+        column_parts += [c[at[column] + skip : at[column + 1]] for column, skip in zip((4, 5, 6), skipped)]
+        out.append(piece._replace(canonical=b"".join([_N.pack(n - cut), *column_parts]), n=n - cut,
+                                  keys_size=piece.keys_size - skipped[0],
+                                  values_size=piece.values_size - skipped[1]))
+        cut = 0
+    return out

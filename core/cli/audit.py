@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], log: ar
                    "with; without it, checkpoint hashes are compared but signatures not checked")
     p.add_argument("--report", metavar="FILE", help="also write what was checked, as JSON, to FILE")
     p.add_argument("--jobs", type=_at_least_one, metavar="N", help="check up to N partitions at once, each in its "
-                   "own process (default: as many as there are CPUs; 1 leaves more to a worker beside it)")
+                   "own process, where the log is large enough to repay starting them (default: as many as "
+                   "there are CPUs; 1 leaves more to a worker beside it)")
     p.set_defaults(func=verify)
 
 

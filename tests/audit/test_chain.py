@@ -4,22 +4,37 @@ as a Kafka producer would (the embedded log's own path is checked by verify, els
 from __future__ import annotations
 
 import hashlib
+import random
 import struct
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from millpond.audit import chain as chain_module
 from millpond.audit.chain import (
     CHAIN_HEADER,
     GENESIS,
+    LINK_SIZE,
     ChainFormatError,
     ChainState,
     Columns,
     Link,
     block_hash,
+    block_parts,
+    canonical,
+    canonical_in_c,
+    digest,
+    drop_front,
+    link_of,
+    pieces_of,
     seal_block,
     state_after,
 )
+from millpond.log import batch as batch_format
+from millpond.log.batch import Row
 from millpond.records import Record
+from tests.ci import need_speedup
 
 
 def test_the_canonical_form_is_the_documented_one() -> None:
@@ -91,3 +106,173 @@ def test_blocks_sealed_by_a_producer_verify(tmp_path) -> None:  # type: ignore[n
         assert report.ok and report.counts()["records"] == 40 and report.counts()["blocks"] == 5, report.summary()
 
     asyncio.run(go())
+
+
+# -- the canonical form in C (``_canon``, what verify hashes) against the Python form above --
+
+_NAMES = ["trace", "", "é-name", "millpond.chainx", "millpond.chai", CHAIN_HEADER]
+
+
+def _random_rows(rng: random.Random, n: int, *, links: bool = True) -> list[Row]:
+    """Records with null and empty keys and values, headers with null values, and the chain header
+    (well-formed, odd-sized or null) on some of them, sometimes twice."""
+    def blob() -> bytes | None:
+        return rng.choice([None, b"", rng.randbytes(rng.randrange(1, 40)), rng.randbytes(rng.randrange(200, 400))])
+
+    rows = []
+    for _ in range(n):
+        headers: list[tuple[str, bytes | None]] = []
+        if rng.random() < 0.4:
+            for _ in range(rng.randrange(1, 4)):
+                name = rng.choice(_NAMES if links else _NAMES[:-1])
+                value = (rng.choice([rng.randbytes(LINK_SIZE), rng.randbytes(5), None])
+                         if name == CHAIN_HEADER else blob())
+                headers.append((name, value))
+        rows.append(Row(blob(), blob(), rng.choice([rng.randrange(-2**40, 2**41), 0, -1]), headers))
+    return rows
+
+
+def _python_blocks(data: bytes) -> list[tuple[bytes, int, bytes | None, int, int]]:
+    """(canonical, n, link, first offset, last offset) of each piece, through Record objects."""
+    out, block = [], Columns()
+    first = -1
+    for record in batch_format.iter_records(data):
+        if first < 0:
+            first = record.offset
+        block.extend(Columns([record.timestamp], [record.key], [record.value], [record.headers]))
+        raw = link_of(record.headers)
+        if raw is not None:
+            out.append((b"".join(canonical(block)), len(block), raw, first, record.offset))
+            block, first = Columns(), -1
+    if len(block):
+        out.append((b"".join(canonical(block)), len(block), None, first, record.offset))
+    return out
+
+
+def _batch(rows: list[Row], compression: str = "none", log_append_time: int | None = None) -> tuple[bytes, Any]:
+    data = bytes(batch_format.build_batch(rows, compression=batch_format.CODECS[compression],
+                                          log_append_time=log_append_time))
+    return data, batch_format.read_header(data)
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd", "gzip", "lz4", "snappy"])
+@pytest.mark.parametrize("append_time", [False, True])
+def test_c_pieces_are_the_python_canonical_form(compression: str, append_time: bool) -> None:
+    need_speedup(canonical_in_c(), "millpond.audit._canon")
+    rng = random.Random(f"{compression}{append_time}")
+    for _ in range(60):
+        rows = _random_rows(rng, rng.randrange(1, 30))
+        data, header = _batch(rows, compression, 1_700_000_000_123 if append_time else None)
+        pieces = pieces_of(data, header)
+        expected = _python_blocks(data)
+        got = [(p.canonical, p.n, p.link, p.first_offset_delta, p.last_offset_delta) for p in pieces]
+        assert got == expected
+        for p in pieces:
+            assert p.canonical == b"".join(block_parts([p]))
+            at = 4 + 20 * p.n
+            assert p.keys_size + p.values_size <= len(p.canonical) - at
+
+
+def test_pieces_of_a_block_torn_across_batches_join_column_by_column() -> None:
+    """A block over several batches (a torn append) hashes as one; and with its first records cut off
+    (records from before the chain began) as the Python form of the rest."""
+    need_speedup(canonical_in_c(), "millpond.audit._canon")
+    rng = random.Random(7)
+    for _ in range(100):
+        rows = _random_rows(rng, rng.randrange(2, 25), links=False)
+        cuts = sorted(rng.sample(range(1, len(rows)), rng.randrange(0, min(4, len(rows) - 1) + 1)))
+        pieces, records = [], []
+        for lo, hi in zip([0, *cuts], [*cuts, len(rows)]):
+            data, header = _batch(rows[lo:hi], rng.choice(["none", "zstd"]))
+            pieces += pieces_of(data, header)
+            records += batch_format.iter_records(data)  # the timestamps as Kafka reads them back
+        assert all(p.link is None for p in pieces)
+        whole = Columns([r.timestamp for r in records], [r.key for r in records], [r.value for r in records],
+                        [r.headers for r in records])
+        assert b"".join(block_parts(pieces)) == b"".join(canonical(whole))
+        assert digest(GENESIS, block_parts(pieces)) == block_hash(GENESIS, whole)
+        k = rng.randrange(0, len(rows))
+        rest = Columns(whole.timestamps[k:], whole.keys[k:], whole.values[k:], whole.headers[k:])  # type: ignore[index]
+        assert b"".join(block_parts(drop_front(pieces, k))) == b"".join(canonical(rest))
+
+
+def test_malformed_records_are_refused_naming_the_record() -> None:
+    need_speedup(canonical_in_c(), "millpond.audit._canon")
+    assert chain_module._canon is not None
+    data, header = _batch([Row(b"k", b"value", 5, [("h", b"x")]), Row(None, b"v2", 6, [])])
+    records = data[batch_format.HEADER_SIZE :]
+    canon = chain_module._canon.canonical_from_records
+    assert canon(records, 2, 0, False)[0][1] == 2
+    with pytest.raises(ValueError, match="record 1 of 2"):
+        canon(records[:-2], 2, 0, False)
+    with pytest.raises(ValueError, match="after its 1 records"):
+        canon(records, 1, 0, False)
+    with pytest.raises(ValueError, match="record 2 of 3"):
+        canon(records, 3, 0, False)
+    with pytest.raises(ValueError, match="records in"):
+        canon(records, -1, 0, False)
+    assert canon(b"", 0, 0, False) == []
+
+
+def test_c_canonical_from_columns_is_the_python_form() -> None:
+    """The append side: a block held as columns, in C, gives the Python form's bytes."""
+    need_speedup(canonical_in_c(), "millpond.audit._canon")
+    assert chain_module._canon is not None
+    rng = random.Random(11)
+    for _ in range(300):
+        rows = _random_rows(rng, rng.randrange(0, 30))
+        headers: list[Any] | None = [list(r.headers) for r in rows]
+        if rng.random() < 0.3:
+            headers = None
+        elif rng.random() < 0.3:
+            headers = [()] * len(rows)
+        block = Columns([r.timestamp for r in rows], [r.key for r in rows], [r.value for r in rows], headers)
+        expected = b"".join(chain_module.python_canonical(block))
+        assert chain_module._canon.canonical_from_columns(block.timestamps, block.keys, block.values,
+                                                          block.headers) == expected
+        assert b"".join(canonical(block)) == expected
+
+
+def test_columns_the_c_form_does_not_take_fall_back_to_python() -> None:
+    """Not bytes (a bytearray, a memoryview): TypeError in C, the same bytes through Python; a timestamp
+    beyond 64 bits fails in both."""
+    need_speedup(canonical_in_c(), "millpond.audit._canon")
+    assert chain_module._canon is not None
+    canon = chain_module._canon.canonical_from_columns
+    odd = Columns([1, 2], [bytearray(b"k"), None], [b"v", memoryview(b"w")],  # type: ignore[list-item]
+                  [[("h", bytearray(b"x"))], []])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"keys\[0\]"):
+        canon(odd.timestamps, odd.keys, odd.values, None)
+    plain = Columns([1, 2], [b"k", None], [b"v", b"w"], [[("h", b"x")], []])
+    assert b"".join(canonical(odd)) == b"".join(canonical(plain))
+    with pytest.raises(TypeError, match=r"headers\[0\]\[0\]"):
+        canon([1], [None], [None], [[("h",)]])
+    with pytest.raises(ValueError, match="differ in length"):
+        canon([1], [None, None], [None], None)
+    with pytest.raises(struct.error):
+        canonical(Columns([2**63], [None], [None], None))
+
+
+def test_records_that_do_not_parse_under_a_recomputed_crc_are_a_damaged_batch(
+        tmp_path: Path, keys: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A batch claiming one record more than it holds, its CRC recomputed: verify names the batch
+    (offset, segment file, byte position) as damaged and exits 3 (it crashed with a traceback before)."""
+    from millpond.audit.verify import DAMAGED
+
+    from .conftest import TOPIC, batches_of, recompute_crc, segment_files, verify, write_log, write_segment
+
+    write_log(tmp_path / "log", keys, [7, 5, 9, 4], every_records=20)
+    first = segment_files(tmp_path / "log")[0]
+    batches = batches_of(first)
+    header = batch_format.read_header(batches[1])
+    struct.pack_into(">i", batches[1], 57, header.records_count + 1)
+    recompute_crc(batches[1])
+    write_segment(first, batches)
+    position = len(batches[0])
+    code, out = verify(capsys, tmp_path / "log", keys)
+    line = out.strip().splitlines()[-1]
+    assert code == 3, out
+    assert f"{TOPIC}-0: {DAMAGED} at offset {header.base_offset} ({first}, byte {position}): malformed record batch: " \
+        in line, line
+    if canonical_in_c():  # the C cut names the record; aiokafka's decoder, a byte position in the records
+        assert f"record {header.records_count} of {header.records_count + 1}" in line, line

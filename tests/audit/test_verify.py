@@ -237,8 +237,12 @@ def test_compaction_is_refused_on_a_chained_topic(tmp_path: Path) -> None:
         TopicSettings.parse({"audit.chain": "sha256", "cleanup.policy": "compact"}, "t")
 
 
-def test_partitions_checked_in_processes_report_the_same(tmp_path: Path, keys: Keys) -> None:
+def test_partitions_checked_in_processes_report_the_same(tmp_path: Path, keys: Keys,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from millpond.audit import verify
     from millpond.audit.verify import verify_topic
+
+    monkeypatch.setattr(verify, "PROCESSES_FROM_BYTES", 0)  # processes even for a small log
 
     from .conftest import append, open_backend
 
