@@ -80,6 +80,8 @@ class SourceAssignment:
         self.group = tasks_group(pipeline)
         #: indices of the tasks this worker owns now
         self.owned: set[int] = set()
+        #: the group has given this worker its share at least once (until then no task here is known idle)
+        self.settled = False
         self._consumer: Consumer | None = None
         self._loop: asyncio.Task[None] | None = None
 
@@ -140,6 +142,7 @@ class SourceAssignment:
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         mine = {tp.partition for tp in assigned if tp.partition < len(self.tasks)}
         self.owned = mine
+        self.settled = True
         log.info("worker %s runs source task(s) %s", self.worker_id,
                  ", ".join(repr(self.tasks[i]) for i in sorted(mine)) or "none (others run them)")
         for i in sorted(mine):

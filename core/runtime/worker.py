@@ -522,6 +522,8 @@ class Worker:
                 confirmations = 0
 
     async def _idle(self) -> bool:
+        if self.assignment is not None and not self.assignment.settled:
+            return False  # before the group's first answer every source looks unassigned, not idle
         for sup in self.supervisors.values():
             task = sup.task
             if sup.failed or sup.target is not TaskState.RUNNING or not sup.assigned:
