@@ -17,19 +17,15 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from weakref import WeakKeyDictionary
 
-from ..errors import ConfigError
 from ..log import batch as batch_format
 from ..log.batch import Encodable, Row
 from ..log.partition import Partition
 from ..log.store import LogStore
 from ..records import JsonRecords
 from .chain import CHAIN_HEADER, GENESIS, ChainState, Columns, Link, canonical, digest, link_of
-
-if TYPE_CHECKING:
-    from ..config import AuditSettings
 
 log = logging.getLogger(__name__)
 
@@ -186,30 +182,6 @@ class Chains:
         if self.listener is not None:
             self.listener(partition, partition.log_end_offset - 1, link, len(rows))
         return first
-
-
-async def enable_audit(backend: Any, settings: AuditSettings) -> None:
-    """Sign checkpoints as the pipeline's ``audit:`` block says; the backend is open. Closes it on failure."""
-    from ..backends.embedded import EmbeddedBackend
-    from .checkpoints import Signer, load_private_key
-
-    try:
-        from ..backends.kafka import KafkaBackend
-
-        if isinstance(backend, KafkaBackend):
-            from .kafka import enable_kafka_audit
-
-            await enable_kafka_audit(backend, Signer(load_private_key(settings.signing_key_file)),
-                                     every_records=settings.checkpoint_records,
-                                     every_seconds=settings.checkpoint_seconds)
-            return
-        if not isinstance(backend, EmbeddedBackend):
-            raise ConfigError(f"audit: signed checkpoints are not written by a {type(backend).__name__}")
-        backend.enable_audit(Signer(load_private_key(settings.signing_key_file)),
-                             every_records=settings.checkpoint_records, every_seconds=settings.checkpoint_seconds)
-    except BaseException:
-        await backend.close()
-        raise
 
 
 def last_checkpoint(store: LogStore, partition: Partition) -> tuple[bytes, int] | None:

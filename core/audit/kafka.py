@@ -65,7 +65,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -79,9 +79,24 @@ from .checkpoints import CHECKPOINT_TOPIC, CHECKPOINT_TOPIC_CONFIG, Checkpoint, 
 from .embedded import columns_of
 
 if TYPE_CHECKING:
-    from ..backends.kafka import KafkaBackend
+    from ..backends.base import TopicSpec
+
 
 log = logging.getLogger(__name__)
+
+
+class ChainedBackend(Protocol):
+    """What the chain uses of the Kafka backend (which imports this module, so it is not imported here)."""
+
+    audit: KafkaAudit
+
+    def client_kwargs(self, cls: type) -> dict[str, Any]: ...
+
+    def cached_partitions(self, topic: str) -> int: ...
+
+    async def create_topic(self, spec: TopicSpec, *, exist_ok: bool = False) -> None: ...
+
+    async def list_topics(self) -> list[str]: ...
 
 AUDIT_CHAIN = "audit.chain"
 #: records read back per step when looking for the last chain header at a partition's tail
@@ -175,7 +190,7 @@ class _Unsigned:
 class KafkaCheckpointer:
     """Signed checkpoints on a Kafka cluster, for every producer of one backend (see checkpoints.py)."""
 
-    def __init__(self, backend: KafkaBackend, signer: Signer, *, every_records: int, every_seconds: float) -> None:
+    def __init__(self, backend: ChainedBackend, signer: Signer, *, every_records: int, every_seconds: float) -> None:
         self.backend = backend
         self.signer = signer
         self.every_records = every_records
@@ -262,7 +277,7 @@ class SentBlock:
 class ProducerChains:
     """The chain state of the partitions one producer appends to (one writer per partition)."""
 
-    backend: KafkaBackend
+    backend: ChainedBackend
     states: dict[tuple[str, int], ChainState] = field(default_factory=dict)
     #: records given to ``send`` per partition, sent as one block at flush/commit
     held: dict[tuple[str, int], list[Record]] = field(default_factory=dict)
@@ -411,7 +426,7 @@ def _batch(producer: AIOKafkaProducer, rows: Sequence[Record], link: Link) -> An
     return batch
 
 
-async def enable_kafka_audit(backend: KafkaBackend, signer: Signer, *, every_records: int,
+async def enable_kafka_audit(backend: ChainedBackend, signer: Signer, *, every_records: int,
                              every_seconds: float) -> None:
     """Sign checkpoints of the backend's chained partitions; after open()."""
     checkpointer = KafkaCheckpointer(backend, signer, every_records=every_records, every_seconds=every_seconds)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError
@@ -13,9 +12,7 @@ from aiokafka.structs import TopicPartition as KafkaTP
 from ...errors import GroupRebalancedError, TransactionError
 from ...records import Record, TopicPartition
 from ..base import IsolationLevel, Membership
-
-if TYPE_CHECKING:
-    from .backend import KafkaBackend
+from .seams import Clients
 
 #: Longest a poll keeps waiting past its timeout for records the broker says exist.
 POLL_CAP_S = 30.0
@@ -48,7 +45,7 @@ class KafkaConsumer:
     """Every partition of its topics, assigned manually, the group only storing offsets; or,
     with a membership, this member's share of the group's partitions (Kafka's subscribe)."""
 
-    def __init__(self, backend: KafkaBackend, topics: Sequence[str], group: str | None,
+    def __init__(self, backend: Clients, topics: Sequence[str], group: str | None,
                  isolation: IsolationLevel, reset: str, membership: Membership | None = None) -> None:
         self.backend = backend
         self.group = group

@@ -6,10 +6,9 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .backend import KafkaBackend
+from .seams import Reachability
 
 #: aiokafka's repeated error: one line per message template per this many seconds
 AIOKAFKA_LOG_INTERVAL_S = 30.0
@@ -26,7 +25,7 @@ class AiokafkaLogFilter(logging.Filter):
     above passes once per ``interval`` seconds; the next one to pass says how
     many were held back. DEBUG and INFO pass untouched (they show only with -v).
     Messages that mean a broker is unreachable are also reported to every open
-    :class:`KafkaBackend`, which says so once, in millpond's own words.
+    Kafka backend, which says so once, in millpond's own words.
     """
 
     def __init__(self, interval: float = AIOKAFKA_LOG_INTERVAL_S, clock: Any = time.monotonic) -> None:
@@ -35,7 +34,7 @@ class AiokafkaLogFilter(logging.Filter):
         self.clock = clock
         self._passed: dict[tuple[str, Any], float] = {}
         self._held: dict[tuple[str, Any], int] = {}
-        self.backends: weakref.WeakSet[KafkaBackend] = weakref.WeakSet()
+        self.backends: weakref.WeakSet[Reachability] = weakref.WeakSet()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:

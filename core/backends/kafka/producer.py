@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 from aiokafka.structs import TopicPartition as KafkaTP
 
-from ...audit.kafka import ProducerChains
+from ...audit.kafka import ChainedBackend, ProducerChains
 from ...errors import ProducerFencedError, TransactionError
 from ...records import Record, TopicPartition
-
-if TYPE_CHECKING:
-    from .backend import KafkaBackend
 
 
 class KafkaProducer:
@@ -25,7 +22,7 @@ class KafkaProducer:
     ``flush``/``commit`` so a failed append surfaces there.
     """
 
-    def __init__(self, backend: KafkaBackend, transactional_id: str | None) -> None:
+    def __init__(self, backend: ChainedBackend, transactional_id: str | None) -> None:
         self.backend = backend
         self.transactional_id = transactional_id
         self._producer: AIOKafkaProducer | None = None
