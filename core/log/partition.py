@@ -50,7 +50,7 @@ from typing import Any
 
 import crc32c
 
-from ..errors import CorruptRecordError, MillpondError, OffsetOutOfRangeError
+from ..errors import CorruptRecordError, MillpondError, OffsetOutOfRangeError, StorageError
 from ..progress import Progress
 from . import batch as batch_format
 from . import fsio, observe
@@ -58,6 +58,7 @@ from .batch import BatchHeader, Encodable
 from .index import ABORTED_TXN, AbortedTxn, encode_aborted, parse_aborted
 from .segment import LogSegment, ScanStop
 from .settings import TopicSettings
+from .timestamps import MaxTimestamps
 
 CHECKPOINT = "partition.checkpoint"
 #: the per-partition text file of aborted transactions that older millpond logs kept (upgraded at open)
@@ -155,6 +156,8 @@ class Partition:
         self._base_offsets: list[int] = []
         #: read-only view: (the folder's mtime, when it was listed), see refresh()
         self._listing: tuple[int, int] | None = None
+        #: each closed segment's largest timestamp, so a lookup by time reads one segment
+        self._max_timestamps = MaxTimestamps(directory, writable=writable)
         self._load(clean_shutdown)
 
     # -- opening and recovery --
@@ -169,11 +172,12 @@ class Partition:
             self._discarded = [(first, end) for first, end in checkpoint.get("discarded", [])]
         if self.writable:
             self._finish_interrupted_swaps()
-        bases = sorted(
-            int(p.name[:-4]) for p in self.directory.glob("*.log") if p.name[:-4].isdigit()
-        )
+        listed_mtime = os.stat(self.directory).st_mtime_ns if not self.writable else 0
+        bases, compacted = self._list_folder()
+        if not self.writable:
+            self._listing = (listed_mtime, time.time_ns())
         for base in bases:
-            self.segments.append(self._open_segment(base))
+            self.segments.append(self._open_segment(base, contiguous=not (compacted or self.settings.compact)))
         if not self.segments:
             if not self.writable:
                 self._base_offsets = []
@@ -298,9 +302,10 @@ class Partition:
                 return False
         return True
 
-    def _open_segment(self, base_offset: int) -> LogSegment:
+    def _open_segment(self, base_offset: int, *, contiguous: bool | None = None) -> LogSegment:
+        """``contiguous``: the rule below, when the caller knows it already (from a listing of the folder)."""
         segment = LogSegment(self.directory, base_offset, writable=self.writable, label=self.name)
-        segment.contiguous = self._open_segment_rule()
+        segment.contiguous = self._open_segment_rule() if contiguous is None else contiguous
         return segment
 
     def _open_segment_rule(self) -> bool:
@@ -355,6 +360,7 @@ class Partition:
             self._skip_to(hole_end)
         self._mark_holes()
         self.recovery_point = min(self.recovery_point, self.log_end_offset)
+        self._max_timestamps.check(self.log_end_offset)
         self.flush()
 
     def _skip_to(self, offset: int) -> None:
@@ -543,6 +549,7 @@ class Partition:
                                     f"segment {taken[0]} of {self.name} now; copy the files out, or --discard")
             moves += [(path, self.directory / path.name) for path in folder.iterdir() if path.name != REASON]
         self.close()
+        self._max_timestamps.forget()  # it may not bound the records put back
         for source, target in moves:
             fsio.replace(source, target)
         fsio.fsync_dir(self.directory)
@@ -903,6 +910,8 @@ class Partition:
         if active.size == 0:
             return active
         active.seal()
+        self._max_timestamps.note_roll(active.base_offset, active.next_offset, active.max_timestamp,
+                                       self._max_timestamp_between)
         segment = self._open_segment(active.next_offset)
         fsio.fsync_dir(self.directory, why="roll.dir")  # else a power cut may drop the file a checkpoint claims
         segment.next_offset = active.next_offset
@@ -947,8 +956,19 @@ class Partition:
         read_committed stops at the last stable offset and leaves out aborted
         data; control batches are never returned.
         """
-        if not self.writable:
+        if self.writable:
+            return self._read(offset, max_bytes, read_committed)
+        self.refresh()
+        try:
+            return self._read(offset, max_bytes, read_committed)
+        except StorageError:
+            # a segment whose descriptor the cache had closed was deleted or replaced by the writer
+            # (retention, compaction) since it was listed: list the folder afresh and read again
+            self._relist(afresh=True)
             self.refresh()
+            return self._read(offset, max_bytes, read_committed)
+
+    def _read(self, offset: int, max_bytes: int, read_committed: bool) -> FetchResult:
         end = self.last_stable_offset if read_committed else self.high_watermark
         if offset < self.log_start_offset or offset > self.log_end_offset:
             raise OffsetOutOfRangeError(
@@ -962,7 +982,10 @@ class Partition:
         for segment in segments[self.segment_for(offset) :]:
             if next_offset >= end or (batches and total >= max_bytes):
                 break
-            position = segment.position_of(next_offset)
+            if next_offset <= segment.base_offset:  # from its first batch: no index lookup, no scan
+                position = 0 if segment.size else None
+            else:
+                position = segment.position_of(next_offset)
             if position is None:
                 # quarantined offsets are never passed over: what comes before them is served, then an error
                 hole = self._hole_between(next_offset, segment.next_offset) if self._holes else None
@@ -1006,9 +1029,20 @@ class Partition:
         return FetchResult(batches, next_offset, self.high_watermark, self.last_stable_offset, self.log_start_offset)
 
     def offset_for_time(self, timestamp: int) -> int | None:
-        """First offset whose record timestamp is >= ``timestamp`` (None when none is)."""
-        for segment in list(self.segments):
-            if segment.size == 0 or segment.max_timestamp < timestamp:
+        """First offset whose record timestamp is >= ``timestamp`` (None when none is).
+
+        Kafka's rule: the answer is in the first segment whose largest timestamp reaches
+        ``timestamp``; that segment is found by a bisection over the largest timestamps
+        below each roll (see timestamps.py), so only its indexes are read, however many there are.
+        """
+        if not self.writable:
+            self.refresh()
+        segments = list(self.segments)
+        if not segments:
+            return None
+        start = self.segment_for(self._max_timestamps.start_offset(timestamp))
+        for segment in segments[start:]:
+            if segment.size == 0 or (segment is not segments[-1] and segment.max_timestamp < timestamp):
                 continue
             position = segment.position_for_time(timestamp)
             if position is None:
@@ -1044,7 +1078,7 @@ class Partition:
             self._relist()
         if self.segments:
             active = self.segments[-1]
-            active.size = os.fstat(active._fd).st_size
+            active.size = active.file_size()
             stop = active.scan_next_offset()
             if stop is not None and not stop.torn:
                 self._damage = active.corrupt(stop.position, stop.why, self.name)
@@ -1059,22 +1093,41 @@ class Partition:
                 if str(exc) not in self._problems:
                     self._problems.append(str(exc))
 
-    def _relist(self) -> None:
-        """Read-only view: follow the folder's segments (retention removed the oldest, a roll added some)."""
-        while len(self.segments) > 1 and not self.segments[0].log_path.exists():
+    def _max_timestamp_between(self, low: int, high: int) -> int:
+        """The largest timestamp of the records in offsets [low, high), from the segments holding them."""
+        stamps = [s.max_timestamp for s in self.segments if s.size and s.base_offset < high and s.next_offset > low]
+        return max(stamps, default=-1)
+
+    def _list_folder(self) -> tuple[list[int], bool]:
+        """Base offsets of the segments in the folder, in order, and whether the cleaner has compacted
+        the partition (one listing, names only)."""
+        with os.scandir(self.directory) as entries:
+            names = [e.name for e in entries]
+        bases = sorted(int(name[:-4]) for name in names if name.endswith(".log") and name[:-4].isdigit())
+        return bases, CLEANER_CHECKPOINT in names
+
+    def _relist(self, afresh: bool = False) -> None:
+        """Read-only view: follow the folder's segments (retention removed the oldest, a roll added some;
+        ``afresh``: compaction replaced some, so every segment is opened again)."""
+        if afresh:
+            self.segments = []
+            self._listing = None
+        bases, compacted = self._list_folder()
+        present = set(bases)
+        while len(self.segments) > 1 and self.segments[0].base_offset not in present:
             self.segments.pop(0)
         last_base = self.segments[-1].base_offset if self.segments else -1
-        with os.scandir(self.directory) as entries:
-            bases = sorted(int(e.name[:-4]) for e in entries if e.name.endswith(".log") and e.name[:-4].isdigit())
+        known = len(self.segments)
         for base in bases:
             if base > last_base:
-                self.segments.append(self._open_segment(base))
+                self.segments.append(self._open_segment(base, contiguous=not (compacted or self.settings.compact)))
         if self.segments:
             self.segments[-1].contiguous = True
         self._base_offsets = [s.base_offset for s in self.segments]
-        for segment, following in zip(self.segments, self.segments[1:]):
+        for i, (segment, following) in enumerate(zip(self.segments, self.segments[1:])):
             if not segment.sealed:
-                segment.size = os.fstat(segment._fd).st_size
+                if i < known:  # the active segment until now: its size grew since it was opened
+                    segment.size = segment.file_size()
                 segment.next_offset = following.base_offset
                 segment.sealed = True
 
@@ -1093,6 +1146,7 @@ class Partition:
             self._txn.pop(segment.base_offset, None)  # its .txnindex goes with it
             self._txn_encoded.pop(segment.base_offset, None)
         self._write_checkpoint()
+        self._max_timestamps.prune(self.log_start_offset)
         for segment in gone:
             segment.delete()
         return gone
@@ -1114,6 +1168,7 @@ class Partition:
             raise ValueError(f"{self.name}: segments to replace must be consecutive and sealed")
         for segment in old:
             segment.index, segment.time_index, segment.max_timestamp  # load before the files change
+            segment.keep_open()
         base = old[0].base_offset
         # the cleaned segment carries the aborted transactions of those it replaces (Kafka's cleaner
         # does the same), swapped in with its indexes
@@ -1127,8 +1182,6 @@ class Partition:
         if merged:
             self._txn[base] = merged
         complete_swap(self.directory, base)
-        for segment in old:
-            segment.deleted = True
         new = self._open_segment(base)
         new.next_offset = old[-1].next_offset
         new.sealed = True
