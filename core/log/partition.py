@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import crc32c
+import orjson
 
 from ..errors import CorruptRecordError, MillpondError, OffsetOutOfRangeError, StorageError
 from ..progress import Progress
@@ -129,8 +130,6 @@ class Partition:
         self.settings = settings
         self.writable = writable
         self.name = f"{topic}-{partition}"
-        if writable:
-            fsio.mkdir(directory, parents=True, exist_ok=True)
         self._state = _ProducerState()
         #: an aborted transaction is missing from (or torn in) a .txnindex; rewritten before the next checkpoint
         self._aborted_index_torn = False
@@ -152,6 +151,8 @@ class Partition:
         self._holes: list[tuple[int, int, str, str]] = []
         self._unflushed_messages = 0
         self._last_flush = time.monotonic()
+        #: the log end offset at the last fsyncing flush (-1: none yet); a flush with nothing new is skipped
+        self._durable_end = -1
         self.segments: list[LogSegment] = []
         self._base_offsets: list[int] = []
         #: read-only view: (the folder's mtime, when it was listed), see refresh()
@@ -170,12 +171,16 @@ class Partition:
             self.log_start_offset = checkpoint.get("log_start_offset", 0)
             self._state.ongoing = {int(k): v for k, v in checkpoint.get("ongoing", {}).items()}
             self._discarded = [(first, end) for first, end in checkpoint.get("discarded", [])]
-        if self.writable:
-            self._finish_interrupted_swaps()
         listed_mtime = os.stat(self.directory).st_mtime_ns if not self.writable else 0
-        bases, compacted = self._list_folder()
+        bases, names = self._list_folder()
+        if self.writable and not names and not self.directory.is_dir():
+            fsio.mkdir(self.directory, parents=True, exist_ok=True)
+        if self.writable and any(name.endswith((".cleaned", ".swap")) for name in names):
+            self._finish_interrupted_swaps()
+            bases, names = self._list_folder()
         if not self.writable:
             self._listing = (listed_mtime, time.time_ns())
+        compacted = CLEANER_CHECKPOINT in names
         for base in bases:
             self.segments.append(self._open_segment(base, contiguous=not (compacted or self.settings.compact)))
         if not self.segments:
@@ -189,13 +194,14 @@ class Partition:
             segment.next_offset = following.base_offset
             segment.sealed = True
         self.segments[-1].contiguous = True  # the active segment is never compacted
-        self._mark_holes()
-        legacy = (self.directory / ABORTED_INDEX).exists()
+        if QUARANTINE in names or self._discarded:
+            self._mark_holes()
+        legacy = ABORTED_INDEX in names
         if (checkpoint or legacy) and (checkpoint or {}).get("index_format", 1) < INDEX_FORMAT:
             self._upgrade()
             aborted_ok = True
         else:
-            aborted_ok = self._load_aborted_index(checkpoint)
+            aborted_ok = self._load_aborted_index(checkpoint, names)
             if legacy and self.writable:  # an upgrade stopped after its checkpoint: finish it
                 fsio.unlink(self.directory / ABORTED_INDEX, missing_ok=True)
                 fsio.fsync_dir(self.directory, why="upgrade.dir")
@@ -205,10 +211,19 @@ class Partition:
             trusted = self._distrust(f"log_start_offset {self.log_start_offset} is not where a segment starts")
         if not aborted_ok:
             self._rebuild_producer_state()
-        if self.writable and not (clean_shutdown and trusted):
+        # Nothing was written since the checkpoint (Kafka's recovery point idea): its active segment
+        # is still the size it was when the data up to the recovery point was fsynced
+        end = (checkpoint or {}).get("end")
+        active = self.segments[-1]
+        untouched = bool(trusted and aborted_ok and isinstance(end, list) and len(end) == 3
+                         and end[:2] == [active.base_offset, active.size] and type(end[2]) is int
+                         and self.recovery_point >= active.base_offset
+                         and (active.ends_with(end[2], self.recovery_point) if active.size
+                              else self.recovery_point == active.base_offset))
+        if self.writable and not ((clean_shutdown or untouched) and trusted):
             self._recover(trusted)
         else:
-            self._open_clean(trusted)
+            self._open_clean(trusted, untouched)
         self.log_start_offset = max(self.log_start_offset, self.segments[0].base_offset)
 
     def _upgrade(self) -> None:
@@ -243,10 +258,20 @@ class Partition:
         self._state.ongoing = {}
         return False
 
-    def _open_clean(self, trusted: bool) -> None:
-        """Open without re-validating: find the log end from the last index entry, check the checkpoint's claims."""
+    def _open_clean(self, trusted: bool, untouched: bool = False) -> None:
+        """Open without re-validating: find the log end from the last index entry, check the checkpoint's claims.
+
+        ``untouched``: the checkpoint names the active segment at its present size, so the log ends at
+        the recovery point; no index is read, and a clean close has nothing to fsync.
+        """
         active = self.segments[-1]
-        stop = active.scan_next_offset()
+        if untouched:
+            active.next_offset = self.recovery_point
+            stop = None
+            if self.writable:
+                self._durable_end = self.recovery_point
+        else:
+            stop = active.scan_next_offset()
         damaged = stop is not None and (self.writable or not stop.torn)
         claims_more = trusted and self.recovery_point > self.log_end_offset
         why = ""
@@ -278,7 +303,8 @@ class Partition:
             self._problems.append(str(self._damage))
             log.error("%s", self._damage)
         try:
-            self._replay_headers(self.recovery_point)
+            if self.recovery_point < self.log_end_offset:
+                self._replay_headers(self.recovery_point)
         except CorruptRecordError as exc:
             if self.writable:
                 raise
@@ -349,7 +375,7 @@ class Partition:
                     self.roll()
                 break
         self._base_offsets = [s.base_offset for s in self.segments]
-        for segment in self.segments[:-1]:
+        for segment in self.segments[start:-1]:  # those before were fsynced before the checkpoint
             segment.seal()
         cut_at = self.log_end_offset
         self._forget_from(cut_at)
@@ -643,12 +669,20 @@ class Partition:
 
     def _read_checkpoint(self) -> dict[str, Any] | None:
         """The checkpoint's claims, checked for shape; None when it is damaged (said in a WARNING)."""
-        path = self.directory / CHECKPOINT
         try:
-            data = json.loads(path.read_bytes())
-        except FileNotFoundError:
+            fd = os.open(os.path.join(self.directory, CHECKPOINT), os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
             return {}
-        except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        except OSError as exc:
+            self._damaged_checkpoint(f"it cannot be read ({exc})")
+            return None
+        try:
+            raw = b"".join(iter(lambda: os.read(fd, 1 << 16), b""))
+        finally:
+            os.close(fd)
+        try:
+            data = orjson.loads(raw)
+        except (ValueError, OSError) as exc:  # orjson.JSONDecodeError is a ValueError
             self._damaged_checkpoint(f"it does not parse ({exc})")
             return None
         if not isinstance(data, dict):
@@ -689,7 +723,13 @@ class Partition:
             **self._txn_claim(),
             "discarded": [list(r) for r in self._discarded],
         }
-        fsio.replace_file(self.directory / CHECKPOINT, json.dumps(body).encode(), why="checkpoint")
+        active = self.segments[-1] if self.segments else None
+        if active is not None and self.recovery_point == self.log_end_offset and (
+            active.last_batch is not None or not active.size
+        ):
+            # what an open after a stop checks to see nothing was written since (see _load)
+            body["end"] = [active.base_offset, active.size, -1 if active.last_batch is None else active.last_batch]
+        fsio.replace_file(self.directory / CHECKPOINT, orjson.dumps(body), why="checkpoint")
 
     def _txn_claim(self) -> dict[str, int]:
         """How many aborted transactions the .txnindex files hold below the recovery point, and their
@@ -713,7 +753,7 @@ class Partition:
             crc = crc32c.crc32c(data[: claimed * ABORTED_TXN.size], crc)
         return {"txn_index_entries": count, "txn_index_crc32c": crc}
 
-    def _load_aborted_index(self, checkpoint: dict[str, Any] | None) -> bool:
+    def _load_aborted_index(self, checkpoint: dict[str, Any] | None, names: set[str]) -> bool:
         """Load the aborted transactions from the segments' .txnindex files; False when they
         cannot be trusted (then they are rebuilt from the markers).
 
@@ -723,10 +763,10 @@ class Partition:
         """
         if checkpoint is None:
             return False
-        names = set(os.listdir(self.directory)) if self.directory.is_dir() else set()
         txn: dict[int, list[AbortedTxn]] = {}
         problem = ""
-        for segment in self.segments:
+        with_txns = self.segments if any(name.endswith(".txnindex") for name in names) else []
+        for segment in with_txns:
             path = segment.txn_index_path
             if path.name not in names:
                 continue
@@ -932,6 +972,12 @@ class Partition:
         """fsync the data, then move the recovery point that claims it."""
         if not self.writable:
             return
+        end = self.log_end_offset
+        if end == (self._durable_end if fsync else self.recovery_point) and not self._aborted_index_torn:
+            # nothing appended since: a clean close of a partition nobody wrote to fsyncs nothing
+            self._unflushed_messages = 0
+            self._last_flush = time.monotonic()
+            return
         start = max(0, bisect.bisect_right(self._base_offsets, self.recovery_point) - 1)
         began = time.perf_counter()
         for segment in self.segments[start:]:
@@ -940,7 +986,9 @@ class Partition:
             observe.fsync_observer(time.perf_counter() - began)
         if self._aborted_index_torn:
             self._rewrite_aborted_index()
-        self.recovery_point = self.log_end_offset
+        self.recovery_point = end
+        if fsync:
+            self._durable_end = end
         self._unflushed_messages = 0
         self._last_flush = time.monotonic()
         self._write_checkpoint()
@@ -1098,13 +1146,15 @@ class Partition:
         stamps = [s.max_timestamp for s in self.segments if s.size and s.base_offset < high and s.next_offset > low]
         return max(stamps, default=-1)
 
-    def _list_folder(self) -> tuple[list[int], bool]:
-        """Base offsets of the segments in the folder, in order, and whether the cleaner has compacted
-        the partition (one listing, names only)."""
-        with os.scandir(self.directory) as entries:
-            names = [e.name for e in entries]
+    def _list_folder(self) -> tuple[list[int], set[str]]:
+        """Base offsets of the segments in the folder, in order, and every name in it (one listing)."""
+        try:
+            with os.scandir(self.directory) as entries:
+                names = {e.name for e in entries}
+        except FileNotFoundError:
+            return [], set()
         bases = sorted(int(name[:-4]) for name in names if name.endswith(".log") and name[:-4].isdigit())
-        return bases, CLEANER_CHECKPOINT in names
+        return bases, names
 
     def _relist(self, afresh: bool = False) -> None:
         """Read-only view: follow the folder's segments (retention removed the oldest, a roll added some;
@@ -1112,7 +1162,8 @@ class Partition:
         if afresh:
             self.segments = []
             self._listing = None
-        bases, compacted = self._list_folder()
+        bases, names = self._list_folder()
+        compacted = CLEANER_CHECKPOINT in names
         present = set(bases)
         while len(self.segments) > 1 and self.segments[0].base_offset not in present:
             self.segments.pop(0)

@@ -111,6 +111,8 @@ class LogSegment:
         self.contiguous = False
         #: where the data ends when quarantined or discarded offsets follow (next_offset is past them)
         self.data_end: int | None = None
+        #: position of the last batch, once known (an append, a scan to the end, the partition checkpoint)
+        self.last_batch: int | None = None
         #: positions of offset-index entries already seen to point at their batch -> its base offset
         self._verified: dict[int, int] = {}
         self._time_bases: list[int] | None = None
@@ -310,6 +312,7 @@ class LogSegment:
                 max_ts = header.max_timestamp
                 time_index.maybe_append(max_ts, header.last_offset)
             self._bytes_since_index += header.size
+            self.last_batch = position
             position += header.size
         self._max_timestamp = max_ts
         self.size = position
@@ -547,6 +550,8 @@ class LogSegment:
         return valid
 
     def truncate(self, position: int) -> None:
+        if self.last_batch is not None and self.last_batch >= position:
+            self.last_batch = None
         fd = descriptors.acquire(self)
         try:
             if position < os.fstat(fd).st_size:
@@ -584,11 +589,27 @@ class LogSegment:
         scan = self._scan(start, self.size, expected)
         while True:
             try:
-                next_offset = next(scan)[1].next_offset
+                position, header = next(scan)
+                next_offset = header.next_offset
+                self.last_batch = position
             except StopIteration as done:
                 self.next_offset = next_offset
                 stop: ScanStop | None = done.value
+                if stop is not None:
+                    self.last_batch = None
                 return stop
+
+    def ends_with(self, position: int, next_offset: int) -> bool:
+        """The batch at ``position`` is well formed and the last one, ending at ``next_offset``: the
+        cheap check of a segment a checkpoint says nothing was appended to since (one header read)."""
+        if not 0 <= position <= self.size - HEADER_SIZE:
+            return False
+        header = batch_format.read_header(self._pread(HEADER_SIZE, position))
+        if (header.magic != MAGIC or header.last_offset_delta < 0 or position + header.size != self.size
+                or header.next_offset != next_offset or header.base_offset < self.base_offset):
+            return False
+        self.last_batch = position
+        return True
 
     def corrupt(self, position: int, why: str, topic_partition: str) -> CorruptRecordError:
         return CorruptRecordError(
