@@ -213,6 +213,11 @@ def _load_aborted_index(self: Partition, checkpoint: dict[str, Any] | None, name
     """
     if checkpoint is None:
         return False
+    if not (checkpoint.get("txn_index_entries") or checkpoint.get("txn_index_crc32c")) and not any(
+        name.endswith(".txnindex") for name in names
+    ):
+        self._txn, self._txn_encoded, self._state.aborted = {}, {}, {}  # none aborted: nothing to check
+        return True
     txn: dict[int, list[AbortedTxn]] = {}
     problem = ""
     with_txns = self.segments if any(name.endswith(".txnindex") for name in names) else []

@@ -48,10 +48,14 @@ class MaxTimestamps:
     """The ``max-timestamps`` file of one partition folder, read incrementally."""
 
     def __init__(self, directory: Path, *, writable: bool) -> None:
-        self.path = directory / FILE
+        self.directory = directory
         self.writable = writable
         self._data = bytearray()  # the whole entries read so far
         self._inode = -1  # a rewrite (a new file under the name) makes a reader start over
+
+    @property
+    def path(self) -> Path:
+        return self.directory / FILE
 
     def _read(self) -> None:
         """Take in the entries appended since the last call (all of them after a rewrite)."""

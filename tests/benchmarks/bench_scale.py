@@ -24,8 +24,9 @@ in brackets):
 - ``time_lookup_10000_segments_ms`` (< 5): ``offset_for_time`` on a read-only
   store for a timestamp in the last segment.
 
-Every segment keeps a file descriptor open today, so the soft limit is raised
-to the hard one first. Last line: JSON with the figures.
+Segments' files are opened on demand through a bounded cache, so no raised
+limit is needed; the soft limit is raised to the hard one all the same, as a
+store does when it opens. Last line: JSON with the figures.
 """
 
 from __future__ import annotations
