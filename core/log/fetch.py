@@ -225,13 +225,16 @@ def _relist(self: Partition, afresh: bool = False) -> None:
     """Read-only view: follow the folder's segments (retention removed the oldest, a roll added some;
     ``afresh``: compaction replaced some, so every segment is opened again)."""
     if afresh:
+        for segment in self.segments:
+            segment.keep_open()  # out of the descriptor cache: closed once nothing holds it
         self.segments = []
         self._listing = None
     bases, names = self._list_folder()
     compacted = CLEANER_CHECKPOINT in names
     present = set(bases)
     while len(self.segments) > 1 and self.segments[0].base_offset not in present:
-        self.segments.pop(0)
+        # deleted by the writer: its descriptor must not keep the file's space until the cache evicts it
+        self.segments.pop(0).keep_open()
     last_base = self.segments[-1].base_offset if self.segments else -1
     known = len(self.segments)
     for base in bases:

@@ -95,3 +95,45 @@ def test_20000_segments_and_2000_partitions_under_a_limit_of_1024(tmp_path: Path
     """)
     peak, limit = (int(x) for x in out.split())
     assert limit <= 256 and peak <= limit + 64, (peak, limit)
+
+
+def test_a_reader_whose_closed_segments_were_replaced_reads_the_new_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only view's descriptor cache closed its segments; the writer's compaction then swapped
+    files in under the same names (and deleted others): the reader notices (inode check), lists the
+    folder afresh and reads the new files, never the old positions in new bytes."""
+    from millpond.log import LogStore
+    from millpond.log.batch import Row
+    from millpond.log.cleaner import compact
+    from millpond.log.descriptors import descriptors
+    from millpond.log.partition import Partition
+
+    from .conftest import read_all
+
+    calls: list[bool] = []
+    real = Partition._relist
+
+    def relist(self: Partition, afresh: bool = False) -> None:
+        calls.append(afresh)
+        real(self, afresh)
+
+    monkeypatch.setattr(Partition, "_relist", relist)
+
+    writer = LogStore(tmp_path)
+    partition = writer.create_topic("kv", 1, {"cleanup.policy": "compact", "segment.bytes": 2048}).partitions[0]
+    latest: dict[bytes, bytes] = {}
+    for n in range(400):
+        key, value = b"k%d" % (n % 7), b"v%d" % n
+        partition.append([Row(key, value, 1_000 + n, [])])
+        latest[key] = value
+    partition.roll()
+    reader = LogStore(tmp_path, writable=False).partition("kv", 0)
+    assert {r.key: r.value for r in read_all(reader)} == latest
+    descriptors._close(descriptors._evict(0))  # the cache let go of every descriptor
+    assert compact(partition, 10**13, force=True).records_removed > 300
+    records = read_all(reader)
+    assert {r.key: r.value for r in records} == latest
+    assert len(records) < 50  # the cleaned segments, not the old ones
+    assert True in calls  # it went through the descriptor cache's "replaced" path
+    writer.close()
