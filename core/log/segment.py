@@ -563,6 +563,8 @@ class LogSegment:
     def check_tail(self) -> ScanStop | None:
         """Where the last index interval of a sealed segment is damaged (cheap: from the last
         index entry to the end), or None. Damage before it shows when it is read."""
+        if not self.size and not self.contiguous:
+            return None  # a compacted segment the cleaner emptied: nothing to check, no index to read
         last = self.index.last()
         start = self._verified_start(last[0]) if last else 0
         expected = self._verified.get(start, self.base_offset) if start else self.base_offset
