@@ -37,9 +37,14 @@ Rules millpond chose where Kafka leaves room:
   range, when it was cleaned); the first pass after that removes them. So a
   consumer that reads from the start within ``delete.retention.ms`` of the
   cleaning still sees every delete.
-- Control batches (transaction markers) are always kept: they are tiny, and
-  replaying producer state after a crash needs the marker of every
-  transaction whose data is still in the log.
+- Control batches (transaction markers) follow Kafka's rule: a marker stays
+  while any data batch of its transaction does (replaying producer state after
+  a crash needs it), and once its transaction's data is gone it is removed like
+  a tombstone: kept by the pass that first cleans it and for
+  ``delete.retention.ms`` after, removed by the first pass after that. So a
+  compacted topic written in small transactions (``__source_offsets``: a record
+  and a marker per commit) shrinks to its live keys instead of 78 bytes a
+  transaction forever.
 
 Cleaned segments are swapped in by ``Partition.replace_segments``, crash-safe
 (the protocol is in swap.py).
@@ -95,6 +100,8 @@ class CleanResult:
     bytes_after: int = 0
     records_removed: int = 0
     tombstones_removed: int = 0
+    #: transaction markers removed (their transaction's data was gone for delete.retention.ms)
+    markers_removed: int = 0
 
     def __bool__(self) -> bool:
         return self.cleaned
@@ -206,6 +213,7 @@ def compact(
     progress.close()
     result.records_removed = cleaner.records_removed
     result.tombstones_removed = cleaner.tombstones_removed
+    result.markers_removed = cleaner.markers_removed
 
     ranges = [r for r in checkpoint.tombstone_ranges if r[0] > horizon or r[0] > cleanable_end]
     if cleaner.kept_dirty_tombstones and cleanable_end > first_dirty:
@@ -313,7 +321,12 @@ class _BatchFilter:
         self.first_dirty = first_dirty
         self.records_removed = 0
         self.tombstones_removed = 0
+        self.markers_removed = 0
+        #: a tombstone or a marker of a transaction without data was kept in the dirty range: the range
+        #: is remembered with the time of this pass, and they go once delete.retention.ms has passed
         self.kept_dirty_tombstones = False
+        #: producer id -> whether a data batch of its transaction since its last marker survives
+        self._txn_has_data: dict[int, bool] = {}
 
     def __call__(self, header: BatchHeader, data: bytes) -> bytes | bytearray | None:
         """``data`` itself when every record survives, a rebuilt batch, or None when none does.
@@ -323,10 +336,31 @@ class _BatchFilter:
         gaps and a value is read only from a record that is not superseded.
         """
         if header.is_control:
-            return data
+            return self._marker(header, data)
         if header.is_transactional and self.is_aborted(header.producer_id, header.base_offset):
             self.records_removed += header.records_count
+            self._txn_has_data.setdefault(header.producer_id, False)
             return None
+        kept_batch = self._records(header, data)
+        if header.is_transactional:
+            has_data = self._txn_has_data
+            has_data[header.producer_id] = has_data.get(header.producer_id, False) or kept_batch is not None
+        return kept_batch
+
+    def _marker(self, header: BatchHeader, data: bytes) -> bytes | None:
+        """A COMMIT or ABORT marker: removed once no data of its transaction is left and it has been
+        clean for delete.retention.ms (Kafka's rule), else kept."""
+        if self._txn_has_data.pop(header.producer_id, False):
+            return data
+        if header.last_offset < self.horizon:
+            self.markers_removed += 1
+            return None
+        # wherever it is: its data may have gone only now (superseded in this pass), so the range
+        # it is in must get a cleaning time of its own
+        self.kept_dirty_tombstones = True
+        return data
+
+    def _records(self, header: BatchHeader, data: bytes) -> bytes | bytearray | None:
         latest = self.offset_map.get
         horizon = self.horizon
         first_dirty = self.first_dirty

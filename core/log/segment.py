@@ -10,9 +10,11 @@ Files, named by the segment's ``base_offset`` (the first offset it may hold)::
 Batches are written with ``os.pwrite`` at the segment's known size and read
 with ``os.pread``. Not mmap: a long sequential read through a mapping leaves
 every page it passed resident (fault-around maps 64 KiB per touch), which
-breaks the bounded-memory promise for a reader of a 1 GB log. A deleted segment's file
-descriptor stays open until the object is collected, so a reader that holds
-the segment keeps reading it after the files are unlinked or swapped.
+breaks the bounded-memory promise for a reader of a 1 GB log. The ``.log`` is
+opened when it is first read or written and may be closed again by the
+process's descriptor cache (descriptors.py). A deleted segment's descriptor, if
+open, stays open until the object is collected, so a reader that holds the
+segment keeps reading it after the files are unlinked or swapped.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CorruptRecordError
+from ..errors import CorruptRecordError, StorageError
 from . import batch as batch_format
 from . import fsio
 from .batch import HEADER_SIZE, LOG_OVERHEAD, MAGIC, BatchHeader
+from .descriptors import descriptors
 from .index import OffsetIndex, TimeIndex
 
 INDEX_INTERVAL_BYTES = 4096
@@ -76,17 +79,23 @@ class LogSegment:
         self.directory = directory
         self.base_offset = base_offset
         self.label = label or str(directory)
-        name = segment_name(base_offset)
-        self.log_path = directory / f"{name}.log"
-        self.index_path = directory / f"{name}.index"
-        self.time_index_path = directory / f"{name}.timeindex"
-        #: aborted transactions whose ABORT marker is in this segment (the partition reads and writes it)
-        self.txn_index_path = directory / f"{name}.txnindex"
-        flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
-        self._fd = fsio.open(self.log_path, flags, 0o644)
+        self._name = segment_name(base_offset)
+        self._log_name = os.path.join(directory, self._name + ".log")
         self.writable = writable
-        stat = os.fstat(self._fd)
+        #: the .log's descriptor while the cache keeps it open (-1: opened again when needed)
+        self._fd = -1
+        self._users = 0  # reads and writes under way: the cache does not close it meanwhile
+        self.closed = False
+        try:
+            stat = os.stat(self._log_name)
+        except FileNotFoundError:
+            if not writable:
+                raise
+            self._fd = fsio.open(self._log_name, os.O_RDWR | os.O_CREAT, 0o644)
+            descriptors.adopt(self)
+            stat = os.fstat(self._fd)
         self.size = stat.st_size
+        self._inode = (stat.st_dev, stat.st_ino)  # a file put under this name since is not this segment
         self.created_ms = int(stat.st_mtime * 1000) if self.size else int(time.time() * 1000)
         #: the offset after the last batch; set by the partition after it opens the segment
         self.next_offset = base_offset
@@ -102,10 +111,62 @@ class LogSegment:
         self.contiguous = False
         #: where the data ends when quarantined or discarded offsets follow (next_offset is past them)
         self.data_end: int | None = None
+        #: position of the last batch, once known (an append, a scan to the end, the partition checkpoint)
+        self.last_batch: int | None = None
         #: positions of offset-index entries already seen to point at their batch -> its base offset
         self._verified: dict[int, int] = {}
         self._time_bases: list[int] | None = None
         self._time_stamps: dict[int, int] = {}
+
+    # -- files (named on first use: a store of many segments opens without building paths) --
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self._log_name)
+
+    @property
+    def index_path(self) -> Path:
+        return self.directory / f"{self._name}.index"
+
+    @property
+    def time_index_path(self) -> Path:
+        return self.directory / f"{self._name}.timeindex"
+
+    @property
+    def txn_index_path(self) -> Path:
+        """Aborted transactions whose ABORT marker is in this segment (the partition reads and writes it)."""
+        return self.directory / f"{self._name}.txnindex"
+
+    def _open_file(self) -> int:
+        """Open the .log again (the descriptor cache closed it, or it was never opened)."""
+        if self.closed:
+            raise StorageError(f"segment {self._log_name} of {self.label} is closed")
+        try:
+            fd = fsio.open(self._log_name, os.O_RDWR if self.writable else os.O_RDONLY)
+        except FileNotFoundError:
+            fd = -1
+        if fd >= 0:
+            stat = os.fstat(fd)
+            if (stat.st_dev, stat.st_ino) == self._inode:
+                return fd
+            fsio.close(fd)
+        raise StorageError(f"segment {self._log_name} of {self.label} was deleted or replaced (retention or "
+                           "compaction) since it was opened; read it again")
+
+    def _pread(self, length: int, position: int) -> bytes:
+        fd = descriptors.acquire(self)
+        try:
+            return os.pread(fd, length, position)
+        finally:
+            descriptors.release(self)
+
+    def file_size(self) -> int:
+        """The .log's size on disk now (a reader of the active segment: what the writer has written)."""
+        fd = descriptors.acquire(self)
+        try:
+            return os.fstat(fd).st_size
+        finally:
+            descriptors.release(self)
 
     # -- indexes (loaded on first use, so opening a partition reads no index) --
 
@@ -126,9 +187,9 @@ class LogSegment:
     def _visible_size(self) -> int:
         """The segment's size; for a read-only view of the active segment, what the writer has
         written by now (its index entries may already cover more than the last refresh saw)."""
-        if self.writable or self.sealed or self._fd < 0:
+        if self.writable or self.sealed or self.closed:
             return self.size
-        return max(self.size, os.fstat(self._fd).st_size)
+        return max(self.size, self.file_size())
 
     def _load_indexes(self) -> None:
         """Load both indexes; rebuild them from the segment when their entries are not sane."""
@@ -226,9 +287,10 @@ class LogSegment:
         position = self.size
         view = memoryview(data)
         written = 0
+        fd = descriptors.acquire(self)
         try:
             while written < len(view):
-                written += fsio.pwrite(self._fd, view[written:], position + written)
+                written += fsio.pwrite(fd, view[written:], position + written)
         except BaseException:
             self._torn_tail = True
             try:
@@ -236,6 +298,8 @@ class LogSegment:
             except OSError:
                 pass  # still failing: cut before the next append or flush
             raise
+        finally:
+            descriptors.release(self)
         index = self.index
         time_index = self.time_index
         max_ts = self.max_timestamp if self.size else -1
@@ -248,6 +312,7 @@ class LogSegment:
                 max_ts = header.max_timestamp
                 time_index.maybe_append(max_ts, header.last_offset)
             self._bytes_since_index += header.size
+            self.last_batch = position
             position += header.size
         self._max_timestamp = max_ts
         self.size = position
@@ -266,7 +331,11 @@ class LogSegment:
         if self._time_index is not None:
             self._time_index.flush()
         if fsync and self.writable:
-            fsio.fsync(self._fd, why="segment")
+            fd = descriptors.acquire(self)
+            try:
+                fsio.fsync(fd, why="segment")
+            finally:
+                descriptors.release(self)
 
     def seal(self) -> None:
         """No more appends: flush the indexes."""
@@ -279,7 +348,7 @@ class LogSegment:
         if position < 0:
             raise self.corrupt(position, "negative position", self.label)
         length = max(0, min(length, self.size - position))
-        return os.pread(self._fd, length, position)
+        return self._pread(length, position)
 
     def _scan(
         self, start: int, end: int, expected: int | None = None
@@ -304,7 +373,7 @@ class LogSegment:
         while position < end:
             if position + HEADER_SIZE > end:
                 return ScanStop(position, f"{end - position} bytes after the last batch", True)
-            chunk = os.pread(self._fd, min(chunk_size, end - position), position)
+            chunk = self._pread(min(chunk_size, end - position), position)
             if len(chunk) < HEADER_SIZE:
                 return ScanStop(position, "the file is shorter than expected", True)
             advanced = 0
@@ -411,7 +480,7 @@ class LogSegment:
             return position
         header = None
         if 0 <= position <= self._visible_size() - HEADER_SIZE:
-            header = batch_format.read_header(os.pread(self._fd, HEADER_SIZE, position))
+            header = batch_format.read_header(self._pread(HEADER_SIZE, position))
         if header is not None and header.last_offset == entry_offset and header.magic == MAGIC:
             self._verified[position] = header.base_offset
         else:
@@ -481,13 +550,21 @@ class LogSegment:
         return valid
 
     def truncate(self, position: int) -> None:
-        if position < os.fstat(self._fd).st_size:
-            fsio.ftruncate(self._fd, position)
+        if self.last_batch is not None and self.last_batch >= position:
+            self.last_batch = None
+        fd = descriptors.acquire(self)
+        try:
+            if position < os.fstat(fd).st_size:
+                fsio.ftruncate(fd, position)
+        finally:
+            descriptors.release(self)
         self.size = position
 
     def check_tail(self) -> ScanStop | None:
         """Where the last index interval of a sealed segment is damaged (cheap: from the last
         index entry to the end), or None. Damage before it shows when it is read."""
+        if not self.size and not self.contiguous:
+            return None  # a compacted segment the cleaner emptied: nothing to check, no index to read
         last = self.index.last()
         start = self._verified_start(last[0]) if last else 0
         expected = self._verified.get(start, self.base_offset) if start else self.base_offset
@@ -514,11 +591,27 @@ class LogSegment:
         scan = self._scan(start, self.size, expected)
         while True:
             try:
-                next_offset = next(scan)[1].next_offset
+                position, header = next(scan)
+                next_offset = header.next_offset
+                self.last_batch = position
             except StopIteration as done:
                 self.next_offset = next_offset
                 stop: ScanStop | None = done.value
+                if stop is not None:
+                    self.last_batch = None
                 return stop
+
+    def ends_with(self, position: int, next_offset: int) -> bool:
+        """The batch at ``position`` is well formed and the last one, ending at ``next_offset``: the
+        cheap check of a segment a checkpoint says nothing was appended to since (one header read)."""
+        if not 0 <= position <= self.size - HEADER_SIZE:
+            return False
+        header = batch_format.read_header(self._pread(HEADER_SIZE, position))
+        if (header.magic != MAGIC or header.last_offset_delta < 0 or position + header.size != self.size
+                or header.next_offset != next_offset or header.base_offset < self.base_offset):
+            return False
+        self.last_batch = position
+        return True
 
     def corrupt(self, position: int, why: str, topic_partition: str) -> CorruptRecordError:
         return CorruptRecordError(
@@ -528,13 +621,21 @@ class LogSegment:
     # -- lifecycle --
 
     def close(self) -> None:
+        self.closed = True
+        descriptors.forget(self)
         if self._fd >= 0:
             fsio.close(self._fd)
             self._fd = -1
 
-    def delete(self) -> None:
-        """Unlink the files. The descriptor stays open for readers still holding this segment."""
+    def keep_open(self) -> None:
+        """Its files are about to go (deleted, or replaced by a swap): an open descriptor leaves the cache,
+        so a reader that holds the segment goes on reading the old bytes until it lets go of it."""
         self.deleted = True
+        descriptors.pin(self)
+
+    def delete(self) -> None:
+        """Unlink the files. An open descriptor stays open for readers still holding this segment."""
+        self.keep_open()
         for path in (self.log_path, self.index_path, self.time_index_path, self.txn_index_path):
             fsio.unlink(path, missing_ok=True)
 

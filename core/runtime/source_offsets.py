@@ -20,8 +20,11 @@ from ..errors import ConnectorError, UnknownTopicError
 from ..records import Record, TopicPartition
 
 SOURCE_OFFSETS_TOPIC = "__source_offsets"
+#: small segments, so the cleaner (which never cleans the active segment) keeps the topic to its live keys
+#: and a source's start reads a bounded log however long it has run (issue 17)
 SOURCE_OFFSETS_SPEC = TopicSpec(
-    SOURCE_OFFSETS_TOPIC, partitions=1, config={"cleanup.policy": "compact"}
+    SOURCE_OFFSETS_TOPIC, partitions=1,
+    config={"cleanup.policy": "compact", "segment.bytes": 64 << 10, "segment.ms": 10 * 60 * 1000},
 )
 
 

@@ -57,7 +57,7 @@ def test_reads_of_an_unchanged_folder_do_not_list_it(store: LogStore, monkeypatc
     reader = LogStore(store.directory, writable=False).partition("t", 0)
     for offset in range(0, 400, 7):
         assert reader.read(offset, 100).batches
-    assert listings == 1
+    assert listings == 0  # the open listed the folder; reads of an unchanged folder list it no more
     # an append to the active segment is seen without a listing; a roll lists once more
     writer.append(rows(1, 400))
     writer.flush(fsync=False)
@@ -67,4 +67,4 @@ def test_reads_of_an_unchanged_folder_do_not_list_it(store: LogStore, monkeypatc
     writer.flush(fsync=False)
     assert [r.offset for r in read_all(reader, 400)] == [400, 401]
     assert reader.segments[-1].base_offset == 401
-    assert listings >= 2
+    assert listings >= 1

@@ -25,7 +25,8 @@ from ...records import TopicPartition
 from .storage import partition_writes
 
 OFFSETS_TOPIC = "__consumer_offsets"
-OFFSETS_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": 16 << 20}
+#: segments the cleaner reaches (never the active one): the topic stays near its live keys
+OFFSETS_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": 1 << 20, "segment.ms": 60 * 60 * 1000}
 
 
 def offset_rows(group: str, offsets: Mapping[TopicPartition, int]) -> list[Row]:

@@ -67,7 +67,8 @@ from .storage import partition_writes as writing
 log = logging.getLogger(__name__)
 
 STATE_TOPIC = "__transaction_state"
-STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": 16 << 20}
+#: segments the cleaner reaches (never the active one): the topic stays near its live keys
+STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": 1 << 20, "segment.ms": 60 * 60 * 1000}
 MAX_BATCH_RECORDS = 10_000
 #: states in which the producer may start a transaction
 FINAL_STATES = frozenset({"empty", "complete_commit", "complete_abort"})
