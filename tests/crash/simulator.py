@@ -108,6 +108,9 @@ class PowerCutRecorder:
         self.crash_at = crash_at or set()
         self.states_per_point = states_per_point
         self.check = check
+        #: the first broken invariant: re-raised after the workload even if the code under test
+        #: caught it on the way up (an ``except Exception`` around an abort may swallow it)
+        self.violation: CrashViolation | None = None
         self.label = label
         self.stats = Stats()
         self._fds: dict[int, _File] = {}
@@ -316,10 +319,11 @@ class PowerCutRecorder:
                         self.check(target)
                     except Exception as exc:
                         self.check = None  # no more crash points while the violation unwinds the workload
-                        raise CrashViolation(
+                        self.violation = CrashViolation(
                             f"{self.label}: crash before operation {index} (state {n}, state seed {seed}): "
                             f"{type(exc).__name__}: {exc}"
-                        ) from exc
+                        )
+                        raise self.violation from exc
         finally:
             fsio.recorder = saved
 
@@ -396,8 +400,15 @@ def simulate(
         check=workload.check,
         label=f"{label} seed {seed}",
     )
-    with recording(recorder):
-        workload.run(root, random.Random(seed))
+    try:
+        with recording(recorder):
+            workload.run(root, random.Random(seed))
+    except Exception as exc:
+        if recorder.violation is not None and exc is not recorder.violation:
+            raise recorder.violation from exc  # the workload failed because of it, in its own words
+        raise
+    if recorder.violation is not None:
+        raise recorder.violation  # swallowed on the way up: still the run's result
     if recorder.stats.operations <= max(crash_at):
         recorder.crash_here(recorder.stats.operations)  # the power cut after the last operation
     s = recorder.stats
