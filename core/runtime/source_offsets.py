@@ -20,12 +20,11 @@ from ..errors import ConnectorError, UnknownTopicError
 from ..records import Record, TopicPartition
 
 SOURCE_OFFSETS_TOPIC = "__source_offsets"
-#: small segments, so the cleaner (which never cleans the active segment) keeps the topic to its live keys
-#: and a source's start reads a bounded log however long it has run (issue 17)
-SOURCE_OFFSETS_SPEC = TopicSpec(
-    SOURCE_OFFSETS_TOPIC, partitions=1,
-    config={"cleanup.policy": "compact", "segment.bytes": 64 << 10, "segment.ms": 10 * 60 * 1000},
-)
+SOURCE_OFFSETS_CONFIG = {"cleanup.policy": "compact"}
+#: where millpond cleans the log itself: small segments, so its cleaner (which never cleans the active
+#: segment) keeps the topic to its live keys and a source's start reads a bounded log however long it has
+#: run (issue 17). A Kafka broker cleans its own topics, and refuses segments under 1 MiB.
+OWN_CLEANER_CONFIG = {"segment.bytes": 64 << 10, "segment.ms": 10 * 60 * 1000}
 
 
 def offset_key(connector: str, task: int, tasks: int) -> str:
@@ -34,7 +33,8 @@ def offset_key(connector: str, task: int, tasks: int) -> str:
 
 
 async def ensure_source_offsets_topic(backend: LogBackend) -> None:
-    await backend.create_topic(SOURCE_OFFSETS_SPEC, exist_ok=True)
+    config = SOURCE_OFFSETS_CONFIG if backend.maintenance is None else SOURCE_OFFSETS_CONFIG | OWN_CLEANER_CONFIG
+    await backend.create_topic(TopicSpec(SOURCE_OFFSETS_TOPIC, partitions=1, config=config), exist_ok=True)
 
 
 def encode_offset(key: str, offset: Any, timestamp: int) -> Record:
