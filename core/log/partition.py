@@ -45,12 +45,13 @@ from pathlib import Path
 
 from ..errors import CorruptRecordError
 from . import batch as batch_format
-from . import fetch, fsio, observe, producer_state, recovery
+from . import fsio, observe
 from .batch import BatchHeader, Encodable
-from .fetch import _RELIST_MARGIN_NS, CLEANER_CHECKPOINT, FetchedBatch, FetchResult
-from .index import AbortedTxn, encode_aborted
-from .producer_state import ABORTED_INDEX, CHECKPOINT, INDEX_FORMAT, _ProducerState
-from .recovery import QUARANTINE, REASON
+from .fetch import _RELIST_MARGIN_NS, CLEANER_CHECKPOINT, FetchedBatch, FetchMixin, FetchResult
+from .index import encode_aborted
+from .partition_base import _ProducerState
+from .producer_state import ABORTED_INDEX, CHECKPOINT, INDEX_FORMAT, ProducerStateMixin
+from .recovery import QUARANTINE, REASON, RecoveryMixin
 from .segment import LogSegment
 from .settings import TopicSettings
 from .timestamps import MaxTimestamps
@@ -63,7 +64,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Partition:
+class Partition(FetchMixin, RecoveryMixin, ProducerStateMixin):
+    """One partition's log: opening and recovery, appends, rolls, flushes and segment swaps here;
+    reads in FetchMixin (fetch.py), recovery and quarantine in RecoveryMixin (recovery.py),
+    transaction state and the checkpoint in ProducerStateMixin (producer_state.py). The
+    attributes they share are declared on PartitionBase (partition_base.py)."""
+
     def __init__(
         self,
         directory: Path,
@@ -81,33 +87,24 @@ class Partition:
         self.writable = writable
         self.name = f"{topic}-{partition}"
         self._state = _ProducerState()
-        #: an aborted transaction is missing from (or torn in) a .txnindex; rewritten before the next checkpoint
         self._aborted_index_torn = False
-        #: segment base offset -> its aborted transactions, as in its .txnindex
-        self._txn: dict[int, list[AbortedTxn]] = {}
-        #: segment base offset -> its entries encoded (a checkpoint's claim is a CRC of them); a stale
-        #: one is caught by its length, and every place that replaces entries drops it
-        self._txn_encoded: dict[int, bytes] = {}
+        self._txn = {}
+        self._txn_encoded = {}
         self.recovery_point = 0
         self.log_start_offset = 0
-        #: damage a read-only view found and cannot repair (the writer's recovery will)
-        self._damage: CorruptRecordError | None = None
-        self._problems: list[str] = []
+        self._damage = None
+        self._problems = []
         self._rebuilding = False
-        self._rebuilt = False  # the producer state was rebuilt from every header at open
-        #: offset ranges whose quarantined data was discarded for good: reads pass over them
-        self._discarded: list[tuple[int, int]] = []
-        #: offset ranges in quarantine, (first, end, folder, reason): reads into them fail until repaired
-        self._holes: list[tuple[int, int, str, str]] = []
+        self._rebuilt = False
+        self._discarded = []
+        self._holes = []
         self._unflushed_messages = 0
         self._last_flush = time.monotonic()
         #: the log end offset at the last fsyncing flush (-1: none yet); a flush with nothing new is skipped
         self._durable_end = -1
-        self.segments: list[LogSegment] = []
-        self._base_offsets: list[int] = []
-        #: read-only view: (the folder's mtime, when it was listed), see refresh()
-        self._listing: tuple[int, int] | None = None
-        #: each closed segment's largest timestamp, so a lookup by time reads one segment
+        self.segments = []
+        self._base_offsets = []
+        self._listing = None
         self._max_timestamps = MaxTimestamps(directory, writable=writable)
         self._load(clean_shutdown)
 
@@ -309,25 +306,11 @@ class Partition:
 
         finish_interrupted_swaps(self.directory)
 
-    # -- offsets --
+    # -- offsets (log_end_offset, high_watermark and last_stable_offset: partition_base.py) --
 
     @property
     def active_segment(self) -> LogSegment:
         return self.segments[-1]
-
-    @property
-    def log_end_offset(self) -> int:
-        return self.segments[-1].next_offset if self.segments else self.log_start_offset
-
-    @property
-    def high_watermark(self) -> int:
-        return self.log_end_offset
-
-    @property
-    def last_stable_offset(self) -> int:
-        if self._state.ongoing:
-            return min(self._state.ongoing.values())
-        return self.high_watermark
 
     @property
     def size_bytes(self) -> int:
@@ -509,43 +492,3 @@ class Partition:
             self.flush()
         for segment in self.segments:
             segment.close()
-
-    # -- recovery and quarantine (recovery.py) --
-
-    _recover = recovery._recover
-    _skip_to = recovery._skip_to
-    _mark_holes = recovery._mark_holes
-    _quarantined_error = recovery._quarantined_error
-    _hole_between = recovery._hole_between
-    _record_lost = recovery._record_lost
-    _forget_from = recovery._forget_from
-    _quarantine = recovery._quarantine
-    quarantined = recovery.quarantined
-    discard_quarantine = recovery.discard_quarantine
-    restore_quarantine = recovery.restore_quarantine
-    check_tails = recovery.check_tails
-
-    # -- transaction state and the checkpoint (producer_state.py) --
-
-    rebuild_producer_state = producer_state.rebuild_producer_state
-    _replay_headers = producer_state._replay_headers
-    _rebuild_producer_state = producer_state._rebuild_producer_state
-    _track = producer_state._track
-    _read_checkpoint = producer_state._read_checkpoint
-    _damaged_checkpoint = producer_state._damaged_checkpoint
-    _write_checkpoint = producer_state._write_checkpoint
-    _txn_claim = producer_state._txn_claim
-    _load_aborted_index = producer_state._load_aborted_index
-    _rewrite_aborted_index = producer_state._rewrite_aborted_index
-    _record_abort = producer_state._record_abort
-
-    # -- reading (fetch.py) --
-
-    segment_for = fetch.segment_for
-    read = fetch.read
-    _read = fetch._read
-    offset_for_time = fetch.offset_for_time
-    refresh = fetch.refresh
-    _max_timestamp_between = fetch._max_timestamp_between
-    _list_folder = fetch._list_folder
-    _relist = fetch._relist
