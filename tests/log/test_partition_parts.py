@@ -1,5 +1,6 @@
-"""Partition is assembled from mixins over PartitionBase (partition_base.py): a stub left
-in front of a real method, or one name defined by two parts, would be a silent wrong call."""
+"""Partition is assembled from mixins over PartitionBase (partition_base.py), and LogSegment
+from SegmentScan (segment_scan.py): a stub left in front of a real method, or one name defined
+by two parts, would be a silent wrong call."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from millpond.log.partition import Partition
 from millpond.log.partition_base import PartitionBase
 from millpond.log.producer_state import ProducerStateMixin
 from millpond.log.recovery import RecoveryMixin
+from millpond.log.segment import LogSegment
+from millpond.log.segment_scan import SegmentScan, _SegmentBase
 
 PARTS = (Partition, FetchMixin, RecoveryMixin, ProducerStateMixin)
 
@@ -55,3 +58,14 @@ def test_the_parts_do_not_import_partition() -> None:
     for module in (fetch, recovery, producer_state, base):
         source = inspect.getsource(module)
         assert "from .partition import" not in source and "log.partition import" not in source, module.__name__
+
+
+def test_every_segment_stub_is_defined_by_log_segment() -> None:
+    stubs = {name for name, value in vars(_SegmentBase).items()
+             if inspect.isfunction(value) or isinstance(value, property)}
+    assert {"index", "_pread", "read_bytes", "_verified_start"} <= stubs
+    for name in stubs:
+        assert name in vars(LogSegment), f"LogSegment.{name} resolves to _SegmentBase's stub"
+        assert getattr(LogSegment, name) is not getattr(_SegmentBase, name)
+    assert not (_own_names(LogSegment) & _own_names(SegmentScan)), "LogSegment and SegmentScan define one name"
+    assert not (_own_names(SegmentScan) & stubs), "SegmentScan defines a name _SegmentBase stubs"
