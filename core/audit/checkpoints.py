@@ -247,7 +247,6 @@ def read_checkpoints(store: LogStore, topic: str) -> list[tuple[int, Checkpoint 
     if not partition.writable:
         partition.refresh()
     out: list[tuple[int, Checkpoint | str]] = []
-    prefix = f"{topic}/".encode()
     offset = partition.log_start_offset
     while offset < partition.high_watermark:
         result = partition.read(offset, 4 << 20)
@@ -255,15 +254,21 @@ def read_checkpoints(store: LogStore, topic: str) -> list[tuple[int, Checkpoint 
             break
         for batch in result.batches:
             for record in batch_format.iter_records(batch.data):
-                if record.key is None or not bytes(record.key).startswith(prefix):
-                    continue
-                try:
-                    checkpoint = Checkpoint.from_json(record.value)
-                except (ValueError, KeyError, TypeError) as exc:
-                    out.append((record.offset, f"unreadable checkpoint ({exc})"))
-                    continue
-                if checkpoint.topic == topic:
-                    out.append((record.offset, checkpoint))
+                found = checkpoint_of(record.key, record.value, topic)
+                if found is not None:
+                    out.append((record.offset, found))
         offset = result.next_offset
     return out
+
+
+def checkpoint_of(key: bytes | None, value: bytes | None, topic: str) -> Checkpoint | str | None:
+    """What a record of ``__audit_checkpoints`` says of ``topic``: its checkpoint, why it cannot be read,
+    or None when it is another topic's (keys are ``topic/partition``)."""
+    if key is None or not bytes(key).startswith(f"{topic}/".encode()):
+        return None
+    try:
+        checkpoint = Checkpoint.from_json(value or b"")
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"unreadable checkpoint ({exc})"
+    return checkpoint if checkpoint.topic == topic else None
 

@@ -43,7 +43,7 @@ from .chain import (
     pieces_of,
 )
 from .check import Broken, ChainCheck, End, Position
-from .checkpoints import CHECKPOINT_TOPIC, Checkpoint, key_id, read_checkpoints
+from .checkpoints import CHECKPOINT_TOPIC, Checkpoint, checkpoint_of, key_id, read_checkpoints
 from .report import (
     BAD_HEADER,
     BAD_SIGNATURE,
@@ -395,7 +395,6 @@ async def _checkpoints_through(backend: Any, topic: str) -> list[tuple[int, Chec
     (info,) = await backend.describe_topic(CHECKPOINT_TOPIC)
     consumer = backend.consumer([CHECKPOINT_TOPIC], None, IsolationLevel.read_uncommitted, "earliest")
     out: list[tuple[int, Checkpoint | str]] = []
-    prefix = f"{topic}/".encode()
     try:
         await consumer.seek(TopicPartition(CHECKPOINT_TOPIC, 0), info.log_start_offset)
         position = info.log_start_offset
@@ -407,15 +406,9 @@ async def _checkpoints_through(backend: Any, topic: str) -> list[tuple[int, Chec
                 position = max(position, await consumer.position(TopicPartition(CHECKPOINT_TOPIC, 0)))
             for record in records:
                 position = max(position, record.offset + 1)
-                if record.key is None or not bytes(record.key).startswith(prefix):
-                    continue
-                try:
-                    checkpoint = Checkpoint.from_json(record.value)
-                except (ValueError, KeyError, TypeError) as exc:
-                    out.append((record.offset, f"unreadable checkpoint ({exc})"))
-                    continue
-                if checkpoint.topic == topic:
-                    out.append((record.offset, checkpoint))
+                found = checkpoint_of(record.key, record.value, topic)
+                if found is not None:
+                    out.append((record.offset, found))
         if position < info.log_end_offset:
             raise ShortReadError(f"verify read {CHECKPOINT_TOPIC} only to offset {position} of its log end "
                                  f"{info.log_end_offset}: nothing was fetched for {_IDLE_POLLS} s; nothing verified")
