@@ -48,32 +48,14 @@ async def _open(config: PipelineConfig) -> LogBackend:
     backend = open_backend(config.log)
     await backend.open()
     if config.audit is not None:
+        from ..audit.signing import sign_checkpoints
+
         try:
-            await _sign_checkpoints(backend, config)
+            await sign_checkpoints(backend, config.audit)
         except BaseException:
             await backend.close()
             raise
     return backend
-
-
-async def _sign_checkpoints(backend: LogBackend, config: PipelineConfig) -> None:
-    """Sign audit checkpoints as the pipeline's ``audit:`` block says (millpond.audit), on either log."""
-    from ..audit.checkpoints import Signer, load_private_key
-    from ..backends.embedded import EmbeddedBackend
-    from ..backends.kafka import KafkaBackend
-
-    settings = config.audit
-    assert settings is not None
-    signer = Signer(load_private_key(settings.signing_key_file))
-    records, seconds = settings.checkpoint_records, settings.checkpoint_seconds
-    if isinstance(backend, KafkaBackend):
-        from ..audit.kafka import enable_kafka_audit
-
-        await enable_kafka_audit(backend, signer, every_records=records, every_seconds=seconds)
-    elif isinstance(backend, EmbeddedBackend):
-        backend.enable_audit(signer, every_records=records, every_seconds=seconds)
-    else:
-        raise ConfigError(f"audit: signed checkpoints are not written by a {type(backend).__name__}")
 
 
 async def create_topics(config: PipelineConfig, backend: LogBackend) -> None:
