@@ -65,18 +65,20 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 TOPIC = "orders"
 PARTITIONS = 2
-#: record timestamps start a minute after the log is written, so every transaction marker (stamped with the
+#: record timestamps start this long after the log is written, so every transaction marker (stamped with the
 #: time it was written) is older than the data around it, as with producers and a broker on one clock
-T0 = int(time.time() * 1000) + 60_000
+AHEAD_MS = 60_000
 CONFIG = {"compression.type": "zstd", "segment.bytes": 16384}
 
 Seen = tuple[int, bytes | None, bytes | None, int, list[tuple[str, bytes | None]]]
 
 
-def write_millpond_log(directory: Path) -> None:
+def write_millpond_log(directory: Path) -> int:
     """Transactions of three producers open at once (interleaved), a quarter of them aborted,
     plain records between them. Written with the partition's own append calls: the embedded
-    producer appends only at commit, so only a crash leaves aborted data in its log."""
+    producer appends only at commit, so only a crash leaves aborted data in its log. Returns the
+    first record's timestamp (taken now, not at import: the suite may run this test minutes later)."""
+    t0 = int(time.time() * 1000) + AHEAD_MS
     rnd = random.Random(16)
     store = LogStore(directory)
     try:
@@ -89,20 +91,21 @@ def write_millpond_log(directory: Path) -> None:
                     for _ in range(rnd.randint(1, 25)):
                         n += 1
                         # timestamps move back and forth inside a batch: the indexes take a batch's max
-                        ts = T0 + n * 1000 + rnd.randint(-3000, 3000)
+                        ts = t0 + n * 1000 + rnd.randint(-3000, 3000)
                         headers: list[tuple[str, bytes | None]] = [("n", str(n).encode()), ("pid", str(pid).encode())]
                         rows.append(Row(b"key-%d" % (n % 50), b"value-%d-" % n + b"x" * rnd.randint(0, 300), ts,
                                         headers if n % 3 else []))
                     partition.append(rows, producer_id=pid, producer_epoch=0, transactional=True)
                 if round_ % 5 == 0:
                     n += 1
-                    topic.partitions[round_ % PARTITIONS].append([Row(None, b"plain-%d" % n, T0 + n * 1000, [])])
+                    topic.partitions[round_ % PARTITIONS].append([Row(None, b"plain-%d" % n, t0 + n * 1000, [])])
             for pid in (1000, 1001, 1002):
                 for partition in topic.partitions:
                     partition.append_control(pid, 0, commit=(round_ + pid) % 4 != 0)
         store.flush()
     finally:
         store.close()
+    return t0
 
 
 async def millpond_view(directory: Path) -> tuple[dict[int, list[Seen]], dict[int, int], dict[int, int]]:
@@ -209,7 +212,7 @@ def test_broker_serves_a_millpond_partition_directory(tmp_path: Path) -> None:
     except RuntimeError as exc:
         server_unavailable("Apache Kafka", str(exc))
     log_dir = tmp_path / "millpond"
-    write_millpond_log(log_dir)
+    t0 = write_millpond_log(log_dir)
     expected, starts, ends = asyncio.run(millpond_view(log_dir))
     committed = sum(map(len, expected.values()))
     assert committed > 300 and all(ends[p] > len(expected[p]) + 50 for p in expected)  # aborted data and markers
@@ -240,7 +243,7 @@ def test_broker_serves_a_millpond_partition_directory(tmp_path: Path) -> None:
             write_checkpoint(data / name, {**existing, **{(TOPIC, p): o for p, o in offsets.items()}})
 
         server = restart(libs, broker_dir, server.bootstrap)
-        stamps = sorted({T0 - 10_000, T0, *range(T0 + 500, T0 + 2_000_000, 37_111), T0 + 10**9})
+        stamps = sorted({t0 - 10_000, t0, *range(t0 + 500, t0 + 2_000_000, 37_111), t0 + 10**9})
         got, broker_times = asyncio.run(broker_view(server.bootstrap, stamps))
         log_text = (broker_dir / "server.log").read_text(errors="replace")
         assert "Corrupt" not in log_text and "corrupt" not in log_text, tail(broker_dir / "server.log", 60)
