@@ -20,7 +20,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from functools import cache
-from importlib.metadata import Distribution, EntryPoint, distributions
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import pluggy
@@ -114,15 +114,16 @@ class _Registry:
     errors: list[LoadError] = field(default_factory=list)
 
 
-def _entry_points() -> list[tuple[EntryPoint, Distribution]]:
-    found: list[tuple[EntryPoint, Distribution]] = []
-    seen: set[str] = set()
-    for dist in distributions():
-        name = dist.metadata["Name"] or "?"
-        if name.lower() in seen:  # the same distribution twice on sys.path: first one wins
-            continue
-        seen.add(name.lower())
-        found.extend((ep, dist) for ep in dist.entry_points if ep.group == GROUP)
+def _entry_points() -> list[tuple[EntryPoint, str, str]]:
+    """Each plugin entry point with its distribution's name and version.
+
+    ``entry_points`` keeps the first of a distribution found twice on sys.path and tells them
+    apart by their folder names, so only the distributions that declare a plugin have their
+    METADATA read (reading every installed distribution's cost about 0.2 s per start)."""
+    found: list[tuple[EntryPoint, str, str]] = []
+    for ep in entry_points(group=GROUP):
+        dist = ep.dist
+        found.append((ep, (dist.metadata["Name"] or "?") if dist else "?", dist.version if dist else "?"))
     return found
 
 
@@ -133,8 +134,7 @@ def make_registry(allow: str | None = None, load: bool = True) -> _Registry:
     if not load:
         return registry
     allowed = {n.strip() for n in allow.split(",") if n.strip()} if allow else None
-    for ep, dist in _entry_points():
-        dist_name, version = dist.metadata["Name"] or "?", dist.version
+    for ep, dist_name, version in _entry_points():
         if (allowed is not None and ep.name not in allowed) or registry.pm.has_plugin(ep.name):
             continue
         try:

@@ -42,7 +42,8 @@ def test_builtins_register_through_entry_points() -> None:
 
 
 def _fake_dist(tmp_path: Path, name: str, entry_points: dict[str, str]) -> None:
-    info = tmp_path / f"{name}-1.2.3.dist-info"
+    # the folder name escapes '-' as a wheel's does (PEP 427); discovery reads a distribution's name from it
+    info = tmp_path / f"{name.replace('-', '_')}-1.2.3.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
     lines = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
