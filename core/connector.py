@@ -129,7 +129,7 @@ class Sink(ABC):
     guarantee_reason: ClassVar[str] = ""
     config_model: ClassVar[type[ConnectorConfig]] = ConnectorConfig
     #: the sink keeps its offsets in its own store (``start`` returns them): an offset reset must be
-    #: written there, through ``reset_offsets``, or the sink would ignore it. Checked at start-up.
+    #: written there, through ``reset_offsets``, or the sink would ignore it. Checked when the pipeline is read.
     owns_offsets: ClassVar[bool] = False
     #: the sink can take what the log holds undecoded (``write_batches``); the runtime hands it
     #: batches when the pipeline has no transforms, string converters and a backend that reads

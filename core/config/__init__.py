@@ -58,7 +58,14 @@ from .connectors import (
     resolve_plugin,
     validate_settings,
 )
-from .loading import PipelineFileError, check_guarantees, load_pipeline, parse_pipeline, validate_file
+from .loading import (
+    PipelineFileError,
+    check_guarantees,
+    load_pipeline,
+    parse_pipeline,
+    resolve_pipeline,
+    validate_file,
+)
 from .log_block import EmbeddedLog, KafkaLog, LogConfig, TopicConfig
 from .maintenance import MaintenanceSettings, Schedule, interval_seconds
 from .pipeline import PipelineConfig
@@ -90,6 +97,7 @@ __all__ = [
     "interval_seconds",
     "load_pipeline",
     "parse_pipeline",
+    "resolve_pipeline",
     "resolve_plugin",
     "topic_name_problem",
     "validate_file",

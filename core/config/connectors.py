@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PrivateAttr, ValidationError, model_validator
 
-from ..connector import Converter, Guarantee
+from ..connector import Converter, Guarantee, Sink
 from ..errors import ConfigError
 from .base import Model, TopicName
 
@@ -42,10 +42,25 @@ def validate_settings(model: type[BaseModel], data: Any, what: str) -> Any:
         raise ConfigError(f"{what}: invalid config: {problems}") from exc
 
 
+def incomplete(kind: str, type_name: str, cls: type[Any]) -> str | None:
+    """Why a plugin class cannot run as ``kind``, if it declares a capability without what it needs.
+
+    A sink that keeps its own offsets must be able to reset them (an offsets reset goes to the owner),
+    so a plugin that forgot half of that contract is refused when the pipeline is read, not at the
+    first reset."""
+    if kind == "sink" and cls.owns_offsets and cls.reset_offsets is Sink.reset_offsets:
+        return (f"sink type {type_name!r} keeps its own offsets but cannot reset them "
+                f"(owns_offsets without reset_offsets); its plugin is incomplete")
+    return None
+
+
 def resolve_plugin(kind: str, type_name: str, data: Any, what: str) -> Resolved:
     from ..plugins import lookup
 
     cls = lookup(kind, type_name)
+    problem = incomplete(kind, type_name, cls)
+    if problem is not None:
+        raise ConfigError(f"{what}: {problem}")
     return Resolved(cls, validate_settings(cls.config_model, data, what))
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, DeliveryGuaranteeError, PluginError
 from ..yamlsource import ConfigProblem, Loc, YamlDocument
-from .connectors import ConverterClasses, ConverterConfig, Resolved
+from .connectors import ConverterClasses, ConverterConfig, Resolved, incomplete
 from .pipeline import PipelineConfig
 
 
@@ -120,6 +120,10 @@ def _check_plugin(
         cls = lookup(kind, name)
     except PluginError as exc:
         doc.problem(at + ("type",), str(exc))
+        return
+    problem = incomplete(kind, name, cls)
+    if problem is not None:
+        doc.problem(at + ("type",), prefix + problem)
         return
     settings = _model_problems(doc, cls.config_model, {} if config is None else config, at + ("config",), prefix)
     if settings is not None:
@@ -250,6 +254,22 @@ def check_guarantees(config: PipelineConfig) -> None:
     messages = [message for _, message in _guarantee_problems(config)]
     if messages:
         raise DeliveryGuaranteeError("; ".join(messages))
+
+
+def resolve_pipeline(config: PipelineConfig) -> None:
+    """Resolve everything a run builds from, and refuse what no run could do.
+
+    Each connector's plugin class and validated settings, its transforms' and its converters' classes:
+    a parsed file has them already (``parse_pipeline`` resolved them, reporting every problem with its
+    line), a config built in code resolves them here, once. Then the delivery guarantees. Raises the
+    first :class:`ConfigError` (or :class:`DeliveryGuaranteeError`), naming the connector.
+    """
+    for spec in config.connectors:
+        spec.resolve()
+        for i, transform in enumerate(spec.transforms):
+            transform.resolve(f"connector {spec.name!r} transform #{i}")
+        spec.converter.resolve()
+    check_guarantees(config)
 
 
 def parse_pipeline(

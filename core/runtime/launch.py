@@ -6,6 +6,11 @@ what a restart cannot fix (``preflight``), opens the backend, creates the
 declared topics, then runs a :class:`~millpond.runtime.worker.Worker` with
 the HTTP API beside it. The worker itself knows nothing of the API: the API
 reads the worker.
+
+Validate once, build once: the pipeline's plugins were resolved and their
+settings validated when the file was read (``millpond.config``); nothing here
+builds a connector, a transform or a converter. Each task builds its own live
+objects from those resolved classes when it starts (``build.py``).
 """
 
 from __future__ import annotations
@@ -16,10 +21,8 @@ import signal
 
 from ..api.server import ApiServer
 from ..backends.base import LogBackend, TopicSpec
-from ..config import PipelineConfig, check_guarantees
-from ..connector import Sink
+from ..config import PipelineConfig, resolve_pipeline
 from ..errors import ConfigError
-from .build import make_converters, make_transforms
 from .settings import WorkerSettings, check_listen, parse_listen
 from .signals import StopSignals
 from .source_offsets import ensure_source_offsets_topic
@@ -28,34 +31,15 @@ from .worker import RuntimeOptions, Worker
 log = logging.getLogger("millpond.runtime")
 
 
-def preflight(config: PipelineConfig) -> None:
-    """Fail fast, before the log is opened, on anything a restart cannot fix."""
-    check_guarantees(config)
-    for spec in config.connectors:
-        cls = spec.resolve().cls
-        if spec.kind == "sink" and cls.owns_offsets and cls.reset_offsets is Sink.reset_offsets:
-            raise ConfigError(
-                f"connector {spec.name!r}: sink type {spec.type!r} keeps its own offsets but cannot "
-                f"reset them (owns_offsets without reset_offsets); its plugin is incomplete"
-            )
-        make_transforms(spec)
-        make_converters(spec)
-
-
-async def _open(config: PipelineConfig) -> LogBackend:
-    from ..backends import open_backend
-
-    backend = open_backend(config.log)
-    await backend.open()
-    if config.audit is not None:
-        from ..audit.signing import sign_checkpoints
-
-        try:
-            await sign_checkpoints(backend, config.audit)
-        except BaseException:
-            await backend.close()
-            raise
-    return backend
+def preflight(config: PipelineConfig, api_listen: str = "off") -> None:
+    """Fail fast, before the log is opened, on anything a restart cannot fix: the pipeline's plugins,
+    settings and guarantees (resolved when its file was read; once here for a config built in code),
+    and where the API may listen (``--api`` may have moved it off loopback)."""
+    resolve_pipeline(config)
+    try:
+        check_listen(api_listen, config.api.token)
+    except ValueError as exc:
+        raise ConfigError(f"api: {exc}") from None
 
 
 async def create_topics(config: PipelineConfig, backend: LogBackend) -> None:
@@ -134,15 +118,19 @@ async def run_pipeline_async(
         stop_requested.set()
     own_backend = backend is None
     try:
-        preflight(config)
-        try:
-            check_listen(options.api_listen, config.api.token)
-        except ValueError as exc:
-            raise ConfigError(f"api: {exc}") from None
+        preflight(config, options.api_listen)
         if stop_requested.is_set():
             raise _Stopped
         if backend is None:
-            backend = await _open(config)
+            from ..backends import open_backend
+
+            opened = open_backend(config.log)
+            await opened.open()
+            backend = opened  # from here on the ``finally`` below closes it, also when signing fails
+            if config.audit is not None:
+                from ..audit.signing import sign_checkpoints
+
+                await sign_checkpoints(backend, config.audit)
         await create_topics(config, backend)
         worker = Worker(config, backend, options)
         worker_ref.append(worker)

@@ -1,10 +1,13 @@
 """The worker: runs every connector task of one pipeline in one asyncio loop.
 
-It checks the pipeline (guarantees, connector configs) before touching the
-log, opens the backend, creates the declared topics, then runs one
-:class:`Supervisor` per task. A supervisor keeps its task in one of Kafka
-Connect's states (UNASSIGNED, RUNNING, PAUSED, STOPPED, FAILED) and decides
-what a failure means:
+``launch.py`` checks the pipeline, opens the backend and creates the topics;
+the worker is made on the open backend and reads its config once, when it is
+made: its tasks and their supervisors, its share of a cluster's source tasks
+(``SourceAssignment``, on Kafka) and its periodic jobs. ``run`` then starts
+them in one sequence: join the cluster, start the jobs, start a
+:class:`Supervisor` per task, watch until stopped. A supervisor keeps its
+task in one of Kafka Connect's states (UNASSIGNED, RUNNING, PAUSED, STOPPED,
+FAILED) and decides what a failure means:
 
 - an error that is not millpond's own (a driver exception, a bug, an
   ``OSError``) or a retriable one restarts the task with exponential backoff
@@ -330,10 +333,17 @@ class Worker:
         self.disk_full: DiskFullError | None = None
         self.space_back = asyncio.Event()
         self._space_watch: asyncio.Task[None] | None = None
-        #: the periodic jobs (retention, compaction, sink flushes, progress) while running
-        self.jobs: PipelineJobs | None = None
-        #: which source tasks run here, when several workers share the pipeline (Kafka); None: all of them
+        #: which source tasks run here, when several workers share the pipeline (Kafka); None: all of them.
+        #: The pipeline's source-task group decides: its sources wait unassigned until it answers (``run`` joins it)
         self.assignment: SourceAssignment | None = None
+        self._sources = [s for s in self.supervisors.values() if s.task.kind == "source"]
+        if config.log.kafka is not None and self._sources:
+            for s in self._sources:
+                s.assigned = False
+            self.assignment = SourceAssignment(backend, config.name, [s.task.name for s in self._sources],
+                                               self.worker_id, self._assign_source, self._unassign_source)
+        #: the periodic jobs (retention, compaction, sink flushes, progress); ``run`` starts them
+        self.jobs = PipelineJobs(backend, self.tasks, self.options.jobs, config.maintenance)
 
     @property
     def restarts(self) -> dict[str, int]:
@@ -460,8 +470,9 @@ class Worker:
     async def run(self) -> None:
         """Run until stopped (signal, idle, terminal failure); raise the terminal failure if any."""
         _tune_gc()
-        await self._join_cluster()
-        jobs = self.jobs = PipelineJobs(self.backend, self.tasks, self.options.jobs, self.config.maintenance)
+        if self.assignment is not None:
+            await self.assignment.open()  # the group's answer starts this worker's share of the sources
+        jobs = self.jobs
         jobs.start()
         supervisors = [
             asyncio.create_task(s.run(), name=f"millpond:{s.task.name}") for s in self.supervisors.values()
@@ -490,23 +501,13 @@ class Worker:
                 "stopped with failed tasks: " + "; ".join(f"{t.kind} {t.name!r} ({_last_line(t.trace)})" for t in failed)
             )
 
-    async def _join_cluster(self) -> None:
-        """On Kafka, let the pipeline's source-task group decide which source tasks run here."""
-        sources = [s for s in self.supervisors.values() if s.task.kind == "source"]
-        if self.config.log.kafka is None or not sources:
-            return
-        for s in sources:
-            s.assigned = False
+    def _assign_source(self, i: int) -> None:
+        """The group gave this worker source ``i`` (of ``_sources``)."""
+        self._sources[i].assign()
 
-        def start(i: int) -> None:
-            sources[i].assign()
-
-        async def stop(i: int) -> None:
-            await sources[i].unassign()
-
-        self.assignment = SourceAssignment(self.backend, self.config.name, [s.task.name for s in sources],
-                                           self.worker_id, start, stop)
-        await self.assignment.open()
+    async def _unassign_source(self, i: int) -> None:
+        """The group took source ``i`` away; returns once nothing of it runs here."""
+        await self._sources[i].unassign()
 
     async def _watch_idle(self) -> None:
         """For ``until_idle``: stop once sources are idle and sinks caught up, twice in a row."""

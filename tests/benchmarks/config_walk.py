@@ -76,6 +76,8 @@ class Entries:
         self.count: Counter[str] = Counter()
         self.phases: dict[str, Counter[str]] = {m: Counter() for m in modules}
         self.calls: Counter[tuple[str, str, str]] = Counter()
+        #: (module, function, phase) -> entries
+        self.phased: Counter[tuple[str, str, str]] = Counter()
         self._seen: set[FrameType] = set()
 
     def _module(self, filename: str) -> str | None:
@@ -97,8 +99,10 @@ class Entries:
         where = "?" if caller is None else (
             f"{Path(caller.f_code.co_filename).relative_to(REPO) if caller.f_code.co_filename.startswith(str(REPO)) else Path(caller.f_code.co_filename).name}"
             f":{caller.f_code.co_name}")
+        phase = _phase(caller)
         self.count[module] += 1
-        self.phases[module][_phase(caller)] += 1
+        self.phases[module][phase] += 1
+        self.phased[(module, frame.f_code.co_name, phase)] += 1
         self.calls[(module, frame.f_code.co_name, where)] += 1
 
 

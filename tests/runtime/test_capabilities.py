@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from millpond.config import parse_pipeline
 from millpond.connector import Sink, Source
 from millpond.errors import ConfigError
 from millpond.hookspecs import hookimpl
@@ -46,6 +47,23 @@ def test_a_sink_that_owns_offsets_must_be_able_to_reset_them() -> None:
             preflight(pipeline([1], sink={"type": "test-half-own"}))
     finally:
         pm.unregister(name="test-half-own")
+
+
+def test_validate_reports_a_sink_that_owns_offsets_without_reset_at_its_line() -> None:
+    pm = plugin_manager()
+    pm.register(_Plugin(), name="test-half-own")
+    try:
+        config, problems = parse_pipeline(
+            "log: {embedded: {dir: /nonexistent}}\n"
+            "topics: [{name: t}]\n"
+            "connectors:\n"
+            "  - {name: dst, kind: sink, type: test-half-own, topics: [t]}\n"
+        )
+    finally:
+        pm.unregister(name="test-half-own")
+    assert config is None
+    assert [(p.path, p.line) for p in problems] == [("connectors[0].type", 4)]
+    assert "keeps its own offsets but cannot reset them" in problems[0].message
 
 
 def test_a_source_offset_is_a_json_object_unless_the_source_says_more() -> None:
