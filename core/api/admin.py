@@ -292,10 +292,7 @@ class AdminApi:
         return await self._maintenance("compaction")
 
     async def _maintenance(self, job: Job) -> web.Response:
-        from ..runtime.scheduler import run_maintenance
-
-        jobs = self.worker.jobs
-        report = await (jobs.run_now(job) if jobs is not None else run_maintenance(self.backend.maintenance, job))
+        report = await self.worker.jobs.run_now(job)
         return web.json_response(report.shape())
 
     async def dlq_replay(self, request: web.Request) -> web.Response:

@@ -141,26 +141,25 @@ class WorkerMetrics(Collector):
                 state.add_metric([t.spec.name, str(t.task), s.value], 1.0 if t.state is s else 0.0)
         yield state
         jobs = self.worker.jobs
-        if jobs is not None:
-            runs = CounterMetricFamily("millpond_log_maintenance_runs", "Runs of the log's maintenance jobs",
-                                       labels=["job"])
-            failed = CounterMetricFamily("millpond_log_maintenance_failures", "Maintenance runs that failed",
-                                         labels=["job"])
-            for job, n in sorted(jobs.runs.items()):
-                runs.add_metric([job], n)
-                failed.add_metric([job], jobs.failures[job])
-            yield runs
-            yield failed
-            yield CounterMetricFamily("millpond_log_retention_segments_deleted",
-                                      "Segments retention deleted", value=jobs.done["retention"])
-            yield CounterMetricFamily("millpond_log_compacted_partitions", "Partitions compaction cleaned",
-                                      value=jobs.done["compaction"])
-            reclaimed = CounterMetricFamily("millpond_log_reclaimed_bytes",
-                                            "Bytes the log's maintenance jobs freed (segments deleted, "
-                                            "compacted away)", labels=["job"])
-            for job, n in sorted(jobs.bytes_reclaimed.items()):
-                reclaimed.add_metric([job], n)
-            yield reclaimed
+        runs = CounterMetricFamily("millpond_log_maintenance_runs", "Runs of the log's maintenance jobs",
+                                   labels=["job"])
+        failed = CounterMetricFamily("millpond_log_maintenance_failures", "Maintenance runs that failed",
+                                     labels=["job"])
+        for job, n in sorted(jobs.runs.items()):
+            runs.add_metric([job], n)
+            failed.add_metric([job], jobs.failures[job])
+        yield runs
+        yield failed
+        yield CounterMetricFamily("millpond_log_retention_segments_deleted",
+                                  "Segments retention deleted", value=jobs.done["retention"])
+        yield CounterMetricFamily("millpond_log_compacted_partitions", "Partitions compaction cleaned",
+                                  value=jobs.done["compaction"])
+        reclaimed = CounterMetricFamily("millpond_log_reclaimed_bytes",
+                                        "Bytes the log's maintenance jobs freed (segments deleted, "
+                                        "compacted away)", labels=["job"])
+        for job, n in sorted(jobs.bytes_reclaimed.items()):
+            reclaimed.add_metric([job], n)
+        yield reclaimed
         yield GaugeMetricFamily("millpond_worker_disk_full", "1 while sources are paused for a full disk",
                                 value=1.0 if self.worker.disk_full is not None else 0.0)
 
