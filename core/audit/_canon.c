@@ -450,10 +450,13 @@ static int hash_parts(unsigned char out[32], const Py_buffer *prefix, const char
 }
 
 /*
- * digest_columns(prev, timestamps, keys, values, headers) -> bytes
+ * digest_columns(prev, timestamps, keys, values, headers, last=None) -> bytes
  *
  * sha256(prev || canonical_from_columns(timestamps, keys, values, headers)): what an append to a
- * chained topic computes per block, without the canonical form as one object. The columns are
+ * chained topic computes per block, without the canonical form as one object. `last`, a
+ * (timestamp, key, value) tuple, is one more record after the columns (headers must be None):
+ * the appender takes its block's last record off its lists for the while it builds the batch of
+ * the others from them, which copying the lists would cost a cache miss per record. The columns are
  * checked and their lengths taken with the GIL; then, with it released, the canonical form is
  * fed to the hash as it is cut (the keys and values straight from their bytes objects, which are
  * held for the while). So it runs in a thread beside the batch's compression, sharing no lock.
@@ -462,16 +465,20 @@ static int hash_parts(unsigned char out[32], const Py_buffer *prefix, const char
  */
 static PyObject *digest_columns(PyObject *self, PyObject *args) {
     Py_buffer prev;
-    PyObject *ts_in, *keys_in, *values_in, *headers_in;
-    if (!PyArg_ParseTuple(args, "y*OOOO", &prev, &ts_in, &keys_in, &values_in, &headers_in))
+    PyObject *ts_in, *keys_in, *values_in, *headers_in, *last = Py_None;
+    if (!PyArg_ParseTuple(args, "y*OOOO|O", &prev, &ts_in, &keys_in, &values_in, &headers_in, &last))
         return NULL;
-    PyObject *ts = NULL, *keys = NULL, *values = NULL, *out = NULL, **held = NULL;
+    PyObject *ts = NULL, *keys = NULL, *values = NULL, *out = NULL, **held = NULL, **columns = NULL;
     char *head = NULL;
     Py_ssize_t n = 0, nheld = 0;
     unsigned char digest[32];
     int ok = 0;
     if (!sha256_available()) {
         PyErr_SetString(PyExc_RuntimeError, "this CPU has no SHA instructions: hash with hashlib");
+        goto done;
+    }
+    if (last != Py_None && (headers_in != Py_None || !PyTuple_Check(last) || PyTuple_GET_SIZE(last) != 3)) {
+        PyErr_SetString(PyExc_TypeError, "last must be a (timestamp, key, value) tuple, and headers None");
         goto done;
     }
     if (headers_in != Py_None) {
@@ -490,12 +497,27 @@ static PyObject *digest_columns(PyObject *self, PyObject *args) {
         (keys = PySequence_Fast(keys_in, "keys must be a sequence")) == NULL ||
         (values = PySequence_Fast(values_in, "values must be a sequence")) == NULL)
         goto done;
-    n = PySequence_Fast_GET_SIZE(ts);
-    if (PySequence_Fast_GET_SIZE(keys) != n || PySequence_Fast_GET_SIZE(values) != n) {
+    Py_ssize_t listed = PySequence_Fast_GET_SIZE(ts);
+    if (PySequence_Fast_GET_SIZE(keys) != listed || PySequence_Fast_GET_SIZE(values) != listed) {
         PyErr_SetString(PyExc_ValueError, "timestamps, keys, values and headers differ in length");
         goto done;
     }
-    PyObject **t = PySequence_Fast_ITEMS(ts), **k = PySequence_Fast_ITEMS(keys), **v = PySequence_Fast_ITEMS(values);
+    /* the columns as arrays of the items (pointers copied: no item is touched), `last` after them */
+    n = listed + (last != Py_None);
+    columns = PyMem_Malloc(sizeof(PyObject *) * (size_t)(3 * n + 1));
+    if (columns == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject **t = columns, **k = columns + n, **v = columns + 2 * n;
+    memcpy(t, PySequence_Fast_ITEMS(ts), sizeof(PyObject *) * (size_t)listed);
+    memcpy(k, PySequence_Fast_ITEMS(keys), sizeof(PyObject *) * (size_t)listed);
+    memcpy(v, PySequence_Fast_ITEMS(values), sizeof(PyObject *) * (size_t)listed);
+    if (last != Py_None) {
+        t[listed] = PyTuple_GET_ITEM(last, 0);
+        k[listed] = PyTuple_GET_ITEM(last, 1);
+        v[listed] = PyTuple_GET_ITEM(last, 2);
+    }
     /* u32 n, i64[n] timestamps, i32[n] key, value and (no headers: 0) section lengths */
     Py_ssize_t head_size = 4 + 20 * n;
     head = PyMem_Malloc((size_t)head_size);
@@ -552,6 +574,7 @@ done:
     for (Py_ssize_t i = 0; i < nheld; i++)
         Py_DECREF(held[i]);
     PyMem_Free(held);
+    PyMem_Free(columns);
     PyMem_Free(head);
     Py_XDECREF(ts);
     Py_XDECREF(keys);
@@ -564,9 +587,9 @@ static PyObject *sha256_in_c(PyObject *self, PyObject *unused) { return PyBool_F
 
 static PyMethodDef methods[] = {
     {"digest_columns", digest_columns, METH_VARARGS,
-     "digest_columns(prev, timestamps, keys, values, headers) -> bytes\n\n"
-     "sha256(prev || the canonical form of the columns), hashed without the GIL; RuntimeError where\n"
-     "sha256_in_c() is false."},
+     "digest_columns(prev, timestamps, keys, values, headers, last=None) -> bytes\n\n"
+     "sha256(prev || the canonical form of the columns, then of the record last = (timestamp, key,\n"
+     "value) if given), hashed without the GIL; RuntimeError where sha256_in_c() is false."},
     {"sha256_in_c", sha256_in_c, METH_NOARGS,
      "sha256_in_c() -> bool\n\nDoes this CPU have the SHA instructions digest_columns needs?"},
     {"canonical_from_records", canonical_from_records, METH_VARARGS,

@@ -16,5 +16,6 @@ def digest_columns(
     keys: Sequence[bytes | None],
     values: Sequence[bytes | None],
     headers: Sequence[Sequence[tuple[str, bytes | None]]] | None,
+    last: tuple[int, bytes | None, bytes | None] | None = None,
 ) -> bytes: ...
 def sha256_in_c() -> bool: ...

@@ -224,6 +224,18 @@ def block_hash(prev: bytes, block: Columns) -> bytes:
     return digest(prev, canonical(block))
 
 
+def block_hash_then(prev: bytes, block: Columns, last: tuple[int, bytes | None, bytes | None]) -> bytes:
+    """:func:`block_hash` of ``block``'s records (no headers) followed by one more, ``last``
+    (timestamp, key, value): what an append hashes while the block's last record is off its lists."""
+    assert block.headers is None, "the last record is given as columns: none has headers"
+    if _SHA256_IN_C:
+        try:
+            return _canon.digest_columns(prev, block.timestamps, block.keys, block.values, None, last)
+        except TypeError:
+            pass
+    return block_hash(prev, Columns([*block.timestamps, last[0]], [*block.keys, last[1]], [*block.values, last[2]]))
+
+
 @dataclass(slots=True)
 class ChainState:
     """Where a partition's chain stands: the last block's hash and seq, and records appended
