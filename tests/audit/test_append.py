@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from millpond.audit import chain as chain_module
 from millpond.audit import embedded
 from millpond.audit.chain import GENESIS, Columns, Link, block_hash, block_hash_then, link_of
 from millpond.audit.verify import verify_topic
@@ -25,7 +26,11 @@ def _columns(rng: random.Random, n: int) -> JsonRecords:
     return JsonRecords("t", keys, values, [1_700_000_000_000 + rng.randrange(10**9) for _ in range(n)])
 
 
-def test_block_hash_then_is_the_hash_of_the_block_with_one_more_record() -> None:
+@pytest.mark.parametrize("sha256_in_c", [True, False], ids=["C", "hashlib"])
+def test_block_hash_then_is_the_hash_of_the_block_with_one_more_record(sha256_in_c: bool,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    if not sha256_in_c:
+        monkeypatch.setattr(chain_module, "_SHA256_IN_C", False)
     rng = random.Random(3)
     for n in (0, 1, 2, 63, 500):
         rows = _columns(rng, n + 1)
@@ -44,9 +49,13 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LogStore]
     store.close()
 
 
-def test_long_blocks_of_columns_chain_and_leave_the_callers_lists_as_they_were(store: LogStore) -> None:
+@pytest.mark.parametrize("sha256_in_c", [True, False], ids=["C", "hashlib"])
+def test_long_blocks_of_columns_chain_and_leave_the_callers_lists_as_they_were(
+        store: LogStore, sha256_in_c: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every block's header links to the last and hashes the block's records (and verify agrees);
     the caller's columns are the same lists, unchanged, after each append."""
+    if not sha256_in_c:
+        monkeypatch.setattr(chain_module, "_SHA256_IN_C", False)
     partition = store.partition("t", 0)
     rng = random.Random(9)
     chains = embedded.Chains()
