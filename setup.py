@@ -54,7 +54,8 @@ setup(
         Extension("millpond.log._columns", ["core/log/_columns.c"], optional=True),
         Extension("millpond.connectors.postgres._decode", ["connectors/postgres/_decode.c"], optional=True),
         Extension("millpond._jsonlines", ["core/_jsonlines.c"], optional=True),
-        Extension("millpond.audit._canon", ["core/audit/_canon.c"], optional=True),
+        Extension("millpond.audit._canon", ["core/audit/_canon.c", "core/audit/_sha256.c"],
+                  depends=["core/audit/_sha256.h"], optional=True),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

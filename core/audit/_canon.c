@@ -23,6 +23,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_sha256.h"
+
 static const char CHAIN_HEADER[] = "millpond.chain";
 #define CHAIN_HEADER_LEN ((Py_ssize_t)(sizeof(CHAIN_HEADER) - 1))
 
@@ -433,7 +435,163 @@ done:
     return out;
 }
 
+
+/* sha256(prefix || data[0:len]); callable without the GIL. 0 when out of memory. */
+static int hash_parts(unsigned char out[32], const Py_buffer *prefix, const char *data, Py_ssize_t len) {
+    Sha256 *ctx = PyMem_RawMalloc(sizeof(Sha256));
+    if (ctx == NULL)
+        return 0;
+    sha256_init(ctx);
+    sha256_update(ctx, prefix->buf, (size_t)prefix->len);
+    sha256_update(ctx, data, (size_t)len);
+    sha256_final(ctx, out);
+    PyMem_RawFree(ctx);
+    return 1;
+}
+
+/*
+ * digest_columns(prev, timestamps, keys, values, headers, last=None) -> bytes
+ *
+ * sha256(prev || canonical_from_columns(timestamps, keys, values, headers)): what an append to a
+ * chained topic computes per block, without the canonical form as one object. `last`, a
+ * (timestamp, key, value) tuple, is one more record after the columns (headers must be None):
+ * the appender takes its block's last record off its lists for the while it builds the batch of
+ * the others from them, which copying the lists would cost a cache miss per record. The columns are
+ * checked and their lengths taken with the GIL; then, with it released, the canonical form is
+ * fed to the hash as it is cut (the keys and values straight from their bytes objects, which are
+ * held for the while). So it runs in a thread beside the batch's compression, sharing no lock.
+ * Records with headers (rare in audit events) take the canonical form whole, then the same hash.
+ * RuntimeError where the CPU lacks the SHA instructions (see sha256_in_c()): use hashlib there.
+ */
+static PyObject *digest_columns(PyObject *self, PyObject *args) {
+    Py_buffer prev;
+    PyObject *ts_in, *keys_in, *values_in, *headers_in, *last = Py_None;
+    if (!PyArg_ParseTuple(args, "y*OOOO|O", &prev, &ts_in, &keys_in, &values_in, &headers_in, &last))
+        return NULL;
+    PyObject *ts = NULL, *keys = NULL, *values = NULL, *out = NULL, **held = NULL, **columns = NULL;
+    char *head = NULL;
+    Py_ssize_t n = 0, nheld = 0;
+    unsigned char digest[32];
+    int ok = 0;
+    if (!sha256_available()) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU has no SHA instructions: hash with hashlib");
+        goto done;
+    }
+    if (last != Py_None && (headers_in != Py_None || !PyTuple_Check(last) || PyTuple_GET_SIZE(last) != 3)) {
+        PyErr_SetString(PyExc_TypeError, "last must be a (timestamp, key, value) tuple, and headers None");
+        goto done;
+    }
+    if (headers_in != Py_None) {
+        PyObject *four = PyTuple_Pack(4, ts_in, keys_in, values_in, headers_in);
+        PyObject *canon = four == NULL ? NULL : canonical_from_columns(self, four);
+        Py_XDECREF(four);
+        if (canon == NULL)
+            goto done;
+        Py_BEGIN_ALLOW_THREADS
+        ok = hash_parts(digest, &prev, PyBytes_AS_STRING(canon), PyBytes_GET_SIZE(canon));
+        Py_END_ALLOW_THREADS
+        Py_DECREF(canon);
+        goto hashed;
+    }
+    if ((ts = PySequence_Fast(ts_in, "timestamps must be a sequence")) == NULL ||
+        (keys = PySequence_Fast(keys_in, "keys must be a sequence")) == NULL ||
+        (values = PySequence_Fast(values_in, "values must be a sequence")) == NULL)
+        goto done;
+    Py_ssize_t listed = PySequence_Fast_GET_SIZE(ts);
+    if (PySequence_Fast_GET_SIZE(keys) != listed || PySequence_Fast_GET_SIZE(values) != listed) {
+        PyErr_SetString(PyExc_ValueError, "timestamps, keys, values and headers differ in length");
+        goto done;
+    }
+    /* the columns as arrays of the items (pointers copied: no item is touched), `last` after them */
+    n = listed + (last != Py_None);
+    columns = PyMem_Malloc(sizeof(PyObject *) * (size_t)(3 * n + 1));
+    if (columns == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject **t = columns, **k = columns + n, **v = columns + 2 * n;
+    memcpy(t, PySequence_Fast_ITEMS(ts), sizeof(PyObject *) * (size_t)listed);
+    memcpy(k, PySequence_Fast_ITEMS(keys), sizeof(PyObject *) * (size_t)listed);
+    memcpy(v, PySequence_Fast_ITEMS(values), sizeof(PyObject *) * (size_t)listed);
+    if (last != Py_None) {
+        t[listed] = PyTuple_GET_ITEM(last, 0);
+        k[listed] = PyTuple_GET_ITEM(last, 1);
+        v[listed] = PyTuple_GET_ITEM(last, 2);
+    }
+    /* u32 n, i64[n] timestamps, i32[n] key, value and (no headers: 0) section lengths */
+    Py_ssize_t head_size = 4 + 20 * n;
+    head = PyMem_Malloc((size_t)head_size);
+    held = PyMem_Malloc(sizeof(PyObject *) * (size_t)(2 * n + 1));
+    if (head == NULL || held == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    char *o = put_le(head, (uint64_t)n, 4);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int overflow;
+        long long stamp = PyLong_Check(t[i]) ? PyLong_AsLongLongAndOverflow(t[i], &overflow) : (overflow = 2, 0);
+        if (overflow || (stamp == -1 && PyErr_Occurred())) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "timestamps[%zd] must be an int of 64 bits", i);
+            goto done;
+        }
+        o = put_le(o, (uint64_t)stamp, 8);
+    }
+    for (int column = 0; column < 2; column++) {
+        PyObject **items = column ? v : k;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_ssize_t length = item_length(items[i], column ? "values" : "keys", i);
+            if (length == -2)
+                goto done;
+            o = put_le(o, (uint64_t)(int64_t)length, 4);
+            if (length >= 0) { /* held until the hash is done: the lists may change meanwhile */
+                Py_INCREF(items[i]);
+                held[nheld++] = items[i];
+            }
+        }
+    }
+    memset(o, 0, (size_t)(4 * n));
+    Py_BEGIN_ALLOW_THREADS
+    Sha256 *ctx = PyMem_RawMalloc(sizeof(Sha256));
+    if (ctx != NULL) {
+        sha256_init(ctx);
+        sha256_update(ctx, prev.buf, (size_t)prev.len);
+        sha256_update(ctx, head, (size_t)head_size);
+        for (Py_ssize_t i = 0; i < nheld; i++) /* the keys, then the values, in record order */
+            sha256_feed(ctx, PyBytes_AS_STRING(held[i]), (size_t)PyBytes_GET_SIZE(held[i]));
+        sha256_final(ctx, digest);
+        PyMem_RawFree(ctx);
+        ok = 1;
+    }
+    Py_END_ALLOW_THREADS
+hashed:
+    if (!ok) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize((const char *)digest, 32);
+done:
+    for (Py_ssize_t i = 0; i < nheld; i++)
+        Py_DECREF(held[i]);
+    PyMem_Free(held);
+    PyMem_Free(columns);
+    PyMem_Free(head);
+    Py_XDECREF(ts);
+    Py_XDECREF(keys);
+    Py_XDECREF(values);
+    PyBuffer_Release(&prev);
+    return out;
+}
+
+static PyObject *sha256_in_c(PyObject *self, PyObject *unused) { return PyBool_FromLong(sha256_available()); }
+
 static PyMethodDef methods[] = {
+    {"digest_columns", digest_columns, METH_VARARGS,
+     "digest_columns(prev, timestamps, keys, values, headers, last=None) -> bytes\n\n"
+     "sha256(prev || the canonical form of the columns, then of the record last = (timestamp, key,\n"
+     "value) if given), hashed without the GIL; RuntimeError where sha256_in_c() is false."},
+    {"sha256_in_c", sha256_in_c, METH_NOARGS,
+     "sha256_in_c() -> bool\n\nDoes this CPU have the SHA instructions digest_columns needs?"},
     {"canonical_from_records", canonical_from_records, METH_VARARGS,
      "canonical_from_records(records, count, base_timestamp, append_time) -> list[piece]\n\n"
      "The chain's canonical form of a batch's records section, cut after each record carrying the chain\n"

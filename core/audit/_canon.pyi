@@ -10,3 +10,12 @@ def canonical_from_columns(
     values: Sequence[bytes | None],
     headers: Sequence[Sequence[tuple[str, bytes | None]]] | None,
 ) -> bytes: ...
+def digest_columns(
+    prev: bytes,
+    timestamps: Sequence[int],
+    keys: Sequence[bytes | None],
+    values: Sequence[bytes | None],
+    headers: Sequence[Sequence[tuple[str, bytes | None]]] | None,
+    last: tuple[int, bytes | None, bytes | None] | None = None,
+) -> bytes: ...
+def sha256_in_c() -> bool: ...

@@ -56,6 +56,9 @@ try:
 except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
     _canon = None  # type: ignore[assignment]
 
+#: sha256 in ``_canon`` (the CPU's SHA instructions), else hashlib's
+_SHA256_IN_C = _canon is not None and _canon.sha256_in_c()
+
 CHAIN_HEADER = "millpond.chain"
 VERSION = 1
 GENESIS = bytes(32)
@@ -210,8 +213,27 @@ def digest(prev: bytes, parts: Sequence[bytes | memoryview]) -> bytes:
 
 
 def block_hash(prev: bytes, block: Columns) -> bytes:
-    """sha256(prev || canonical(block))."""
+    """sha256(prev || canonical(block)). In C where the CPU has the SHA instructions: the canonical
+    form is hashed as it is cut, without the GIL (what lets an append hash in a thread beside the
+    batch's compression, see embedded.py); else built whole and hashed by hashlib."""
+    if _SHA256_IN_C:
+        try:
+            return _canon.digest_columns(prev, block.timestamps, block.keys, block.values, block.headers)
+        except TypeError:  # an item that is not bytes: the general path below
+            pass
     return digest(prev, canonical(block))
+
+
+def block_hash_then(prev: bytes, block: Columns, last: tuple[int, bytes | None, bytes | None]) -> bytes:
+    """:func:`block_hash` of ``block``'s records (no headers) followed by one more, ``last``
+    (timestamp, key, value): what an append hashes while the block's last record is off its lists."""
+    assert block.headers is None, "the last record is given as columns: none has headers"
+    if _SHA256_IN_C:
+        try:
+            return _canon.digest_columns(prev, block.timestamps, block.keys, block.values, None, last)
+        except TypeError:
+            pass
+    return block_hash(prev, Columns([*block.timestamps, last[0]], [*block.keys, last[1]], [*block.values, last[2]]))
 
 
 @dataclass(slots=True)

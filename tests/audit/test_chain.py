@@ -253,6 +253,60 @@ def test_columns_the_c_form_does_not_take_fall_back_to_python() -> None:
         canonical(Columns([2**63], [None], [None], None))
 
 
+def _need_sha256_in_c() -> Any:
+    need_speedup(canonical_in_c(), "millpond.audit._canon")
+    assert chain_module._canon is not None
+    if not chain_module._canon.sha256_in_c():  # hardware, not the build: block_hash keeps to hashlib
+        with pytest.raises(RuntimeError, match="SHA instructions"):
+            chain_module._canon.digest_columns(GENESIS, [], [], [], None)
+        pytest.skip("this CPU has no SHA instructions: the append path hashes with hashlib")
+    return chain_module._canon
+
+
+def test_c_sha256_is_hashlibs_at_every_length_around_its_blocks_and_buffer() -> None:
+    """The C sha256 alone: ``prev`` of any length, an empty block after it (its canonical form is
+    u32 0), against hashlib: lengths around the 64-byte block, the 55/56 bytes where the padding
+    needs a second block, and the 16 KiB buffer."""
+    canon = _need_sha256_in_c()
+    rng = random.Random(7)
+    lengths = [*range(0, 200), *range(16_300, 16_450), 65_536 - 4, 65_536, 1 << 20, 3_000_001]
+    for length in lengths:
+        data = rng.randbytes(length)
+        assert canon.digest_columns(data, [], [], [], None) == hashlib.sha256(data + bytes(4)).digest(), length
+
+
+def test_c_digest_of_columns_is_hashlib_over_the_python_form() -> None:
+    """What an append hashes, in C without the canonical form as one object, is sha256(prev ||
+    python_canonical(block)) by hashlib: random blocks with null keys and values, headers (chain
+    headers among them, left out), values across the buffer's edge; block_hash gives the same."""
+    canon = _need_sha256_in_c()
+    rng = random.Random(12)
+    for trial in range(400):
+        rows = _random_rows(rng, rng.randrange(0, 40))
+        headers: list[Any] | None = [list(r.headers) for r in rows] if rng.random() < 0.3 else None
+        values = [None if r.value is None else r.value * rng.choice([1, 1, 40, 300]) for r in rows]
+        block = Columns([r.timestamp for r in rows], [r.key for r in rows], values, headers)
+        prev = rng.randbytes(32)
+        expected = hashlib.sha256(prev + b"".join(chain_module.python_canonical(block))).digest()
+        assert canon.digest_columns(prev, block.timestamps, block.keys, block.values, block.headers) == expected, trial
+        assert block_hash(prev, block) == expected
+
+
+def test_c_digest_refuses_what_the_c_canonical_form_refuses() -> None:
+    """Not bytes, a timestamp beyond 64 bits, columns of different lengths: the same errors as
+    canonical_from_columns, so block_hash falls back (or fails) as canonical() does."""
+    canon = _need_sha256_in_c()
+    with pytest.raises(TypeError, match=r"values\[1\]"):
+        canon.digest_columns(GENESIS, [1, 2], [None, None], [b"v", memoryview(b"w")], None)
+    with pytest.raises(TypeError, match=r"timestamps\[0\]"):
+        canon.digest_columns(GENESIS, [2**63], [None], [None], None)
+    with pytest.raises(ValueError, match="differ in length"):
+        canon.digest_columns(GENESIS, [1], [None, None], [None], None)
+    odd = Columns([1, 2], [bytearray(b"k"), None], [b"v", memoryview(b"w")], None)  # type: ignore[list-item]
+    plain = Columns([1, 2], [b"k", None], [b"v", b"w"], None)
+    assert block_hash(GENESIS, odd) == block_hash(GENESIS, plain) == digest(GENESIS, chain_module.python_canonical(plain))
+
+
 def test_records_that_do_not_parse_under_a_recomputed_crc_are_a_damaged_batch(
         tmp_path: Path, keys: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """A batch claiming one record more than it holds, its CRC recomputed: verify names the batch
