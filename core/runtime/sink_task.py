@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 from ..backends.base import BatchConsumer, Consumer, IsolationLevel, LogBackend, Membership, Producer
@@ -32,6 +32,7 @@ from ..converters import StringConverter
 from ..errors import GroupRebalancedError, RecordError, RetriableConnectorError
 from ..records import PartitionBatches, Record, TopicPartition, partition_for_key
 from .build import apply_transforms, make_converters, make_sink, make_transforms
+from .settings import FlushSettings
 from .task import ConnectorTask
 
 log = logging.getLogger("millpond.runtime.sink")
@@ -64,6 +65,20 @@ class SinkLimits:
     #: how long the log must stay quiet before that backlog counts as caught up
     caught_up_s: float = 0.01
 
+    def with_flush(self, flush: FlushSettings | None) -> SinkLimits:
+        """These limits with a connector's ``flush:`` block applied: what it sets wins, and a
+        smaller ``records`` also caps the poll (else one poll would overshoot it)."""
+        if flush is None:
+            return self
+        records = flush.records or self.flush_records
+        return replace(
+            self,
+            flush_records=records,
+            flush_interval_s=flush.interval_s or self.flush_interval_s,
+            idle_flush_s=flush.idle_s or self.idle_flush_s,
+            max_poll_records=flush.max_poll_records or min(self.max_poll_records, records),
+        )
+
 
 class SinkTask(ConnectorTask):
     """Runs one task of a sink connector until ``stop`` is set."""
@@ -80,7 +95,7 @@ class SinkTask(ConnectorTask):
         sink_factory: Callable[[], Sink] | None = None,
     ) -> None:
         super().__init__(config, spec, backend, task)
-        self.limits = limits or SinkLimits()
+        self.limits = (limits or SinkLimits()).with_flush(spec.flush)
         self.group = spec.name
         self._sink_factory = sink_factory or (lambda: make_sink(config, spec, task))
         self._flush_requested = False
