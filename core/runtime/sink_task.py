@@ -111,6 +111,8 @@ class SinkTask(ConnectorTask):
         self._own: dict[TopicPartition, int] | None = None
         self._assignments = 0
         self._revocations = 0
+        #: partitions an assignment sought (to the sink's own offsets) while the current poll was out
+        self._sought_in_poll: dict[TopicPartition, int] = {}
         #: a rebalance callback's failure, raised by the task loop (the callbacks run inside the consumer)
         self._lost: Exception | None = None
         #: held while a poll's records are written or flushed, so a rebalance waits for the turn to end
@@ -170,6 +172,7 @@ class SinkTask(ConnectorTask):
             while not stop.is_set():
                 polled = time.perf_counter()
                 revocations = self._revocations
+                self._sought_in_poll = {}
                 backlog = self._unflushed >= self.limits.idle_flush_records
                 timeout = self.limits.caught_up_s if backlog else self.limits.poll_timeout_s
                 taken: list[PartitionBatches] = []
@@ -188,6 +191,8 @@ class SinkTask(ConnectorTask):
                         owned = consumer.assignment()
                         records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]  # type: ignore[arg-type]
                         taken = [part for part in taken if part.tp in owned]
+                    if (records or taken) and self._sought_in_poll:
+                        records, taken = await self._drop_sought(consumer, records, taken)
                     last_flush = await self._turn_with(records, taken, polled, last_flush, backlog, consumer, sink,
                                                        dlq, transforms, kd, vd, keep_raw, fast)
             async with self._turn:
@@ -283,6 +288,7 @@ class SinkTask(ConnectorTask):
                 return
             try:
                 sought = await self._seek_own(assigned, sink, consumer)
+                self._sought_in_poll.update(sought)
             except Exception as exc:  # noqa: BLE001 - reported by the task loop, not by aiokafka's logger
                 self._lost = exc
                 log.warning("sink %r could not read where %s resume (%s: %s); restarting", self.name,
@@ -293,6 +299,21 @@ class SinkTask(ConnectorTask):
                      f"; resumes from its own offsets {_fmt(sought)}" if sought else "")
         elif sought:
             log.info("sink %r resumes from its own offsets %s", self.name, _fmt(sought))
+
+    async def _drop_sought(self, consumer: Consumer, records: list[Record], taken: list[PartitionBatches]
+                           ) -> tuple[list[Record], list[PartitionBatches]]:
+        """Leave out what a poll holds of partitions an assignment sought while it was out, and seek them
+        again: those records may have been fetched from the group's committed offset, behind the sink's
+        own (the previous owner wrote them and died before committing to the group), and writing them
+        would apply them twice. Read again from the sought offset, nothing is lost either way."""
+        sought, self._sought_in_poll = self._sought_in_poll, {}
+        owned = consumer.assignment()
+        for tp, offset in sought.items():
+            if tp in owned:
+                await consumer.seek(tp, offset)
+        records = [r for r in records if TopicPartition(r.topic, r.partition) not in sought]  # type: ignore[arg-type]
+        taken = [part for part in taken if part.tp not in sought]
+        return records, taken
 
     async def _seek_own(self, assigned: set[TopicPartition], sink: Sink, consumer: Consumer) -> dict[TopicPartition, int]:
         own = self._own
