@@ -26,8 +26,11 @@ It runs twice:
   seen within milliseconds sets it. Each flush is one Postgres transaction
   with its offsets (a WAL fsync) and then one offset commit to Kafka: a worker
   spends most of its time waiting on those two round trips, and more workers
-  overlap the waits;
-- the CPU-bound phase (keys prefixed ``cpu_bound_``): the sink's default
+  overlap the waits. It runs ``--rounds`` times (3), the order of 1, 2 and 3
+  workers rotated each round, and reports per k the median (the machine is
+  shared: a neighbour's burst should not always land on the same k), with
+  each round's ratio beside it;
+- the CPU-bound phase (keys prefixed ``cpu_bound_``; one round): the sink's default
   flushes (polls of 20,000 rows, a flush per 500,000 or 5 s), so the durable
   commits are rare and the cores, shared by broker, Postgres and workers, are
   the limit: there more workers gain little, and the line says how little the
