@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PrivateA
 
 from ..connector import Converter, Guarantee, Sink
 from ..errors import ConfigError
+from ..runtime.settings import FlushSettings
 from .base import Model, TopicName
 
 
@@ -132,6 +133,8 @@ class ConnectorSpec(Model):
     errors: ErrorPolicy = Field(default_factory=ErrorPolicy)
     guarantee: GuaranteeName = Guarantee.at_least_once
     tasks: int = Field(default=1, ge=1)
+    #: sinks: when to flush (records, interval_s, idle_s, max_poll_records); unset keeps the worker's defaults
+    flush: FlushSettings | None = None
     _resolved: Resolved | None = PrivateAttr(default=None)
 
     def resolve(self) -> Resolved:
@@ -146,4 +149,6 @@ class ConnectorSpec(Model):
             raise ValueError("a source needs 'topic'")
         if self.kind == "sink" and not self.topics:
             raise ValueError("a sink needs 'topics'")
+        if self.kind == "source" and self.flush is not None:
+            raise ValueError("'flush' is for sinks (a source's batches are its connector's business)")
         return self

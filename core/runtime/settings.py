@@ -1,4 +1,4 @@
-"""What a pipeline file says about the worker that runs it: its HTTP API and its supervision.
+"""What a pipeline file says about the worker that runs it: its HTTP API, its supervision, sink flushes.
 
 Kept apart from the runtime proper (and free of imports from it) so that
 ``millpond.config`` can declare these blocks without loading the runtime.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_API_LISTEN = "127.0.0.1:8083"
 
@@ -84,3 +84,26 @@ class WorkerSettings(BaseModel):
     disk_resume_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     #: how often free space is checked while the disk is full
     disk_poll_s: float = Field(default=5.0, gt=0)
+
+
+class FlushSettings(BaseModel):
+    """A sink connector's ``flush:`` block: how much a sink holds before it makes it durable.
+
+    Each flush is one unit of durability (the Postgres sink: one transaction with
+    its offsets, so one WAL fsync; the file sink: one file) followed by a commit
+    of the group's offsets. Large flushes are cheap per record; small ones bound
+    what a reader waits for and what a restart writes again. Unset fields keep
+    the worker's defaults (flush after 500,000 records or 5 s, polls of 20,000).
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    #: flush after this many records; a poll then takes no more than this, so no flush holds more
+    records: int | None = Field(default=None, ge=1)
+    #: ... or after this many seconds, whichever comes first (Kafka Connect's ``offset.flush.interval.ms``)
+    interval_s: float | None = Field(default=None, gt=0)
+    #: once the log has nothing more, flush what is pending at most this often
+    idle_s: float | None = Field(default=None, gt=0)
+    #: records one poll returns at most (Kafka's ``max.poll.records``, also accepted by that name)
+    max_poll_records: int | None = Field(default=None, ge=1,
+                                         validation_alias=AliasChoices("max_poll_records", "max.poll.records"))

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 from ..backends.base import BatchConsumer, Consumer, IsolationLevel, LogBackend, Membership, Producer
@@ -32,6 +32,7 @@ from ..converters import StringConverter
 from ..errors import GroupRebalancedError, RecordError, RetriableConnectorError
 from ..records import PartitionBatches, Record, TopicPartition, partition_for_key
 from .build import apply_transforms, make_converters, make_sink, make_transforms
+from .settings import FlushSettings
 from .task import ConnectorTask
 
 log = logging.getLogger("millpond.runtime.sink")
@@ -64,6 +65,20 @@ class SinkLimits:
     #: how long the log must stay quiet before that backlog counts as caught up
     caught_up_s: float = 0.01
 
+    def with_flush(self, flush: FlushSettings | None) -> SinkLimits:
+        """These limits with a connector's ``flush:`` block applied: what it sets wins, and a
+        smaller ``records`` also caps the poll (else one poll would overshoot it)."""
+        if flush is None:
+            return self
+        records = flush.records or self.flush_records
+        return replace(
+            self,
+            flush_records=records,
+            flush_interval_s=flush.interval_s or self.flush_interval_s,
+            idle_flush_s=flush.idle_s or self.idle_flush_s,
+            max_poll_records=flush.max_poll_records or min(self.max_poll_records, records),
+        )
+
 
 class SinkTask(ConnectorTask):
     """Runs one task of a sink connector until ``stop`` is set."""
@@ -80,7 +95,7 @@ class SinkTask(ConnectorTask):
         sink_factory: Callable[[], Sink] | None = None,
     ) -> None:
         super().__init__(config, spec, backend, task)
-        self.limits = limits or SinkLimits()
+        self.limits = (limits or SinkLimits()).with_flush(spec.flush)
         self.group = spec.name
         self._sink_factory = sink_factory or (lambda: make_sink(config, spec, task))
         self._flush_requested = False
@@ -96,6 +111,8 @@ class SinkTask(ConnectorTask):
         self._own: dict[TopicPartition, int] | None = None
         self._assignments = 0
         self._revocations = 0
+        #: partitions an assignment sought (to the sink's own offsets) while the current poll was out
+        self._sought_in_poll: dict[TopicPartition, int] = {}
         #: a rebalance callback's failure, raised by the task loop (the callbacks run inside the consumer)
         self._lost: Exception | None = None
         #: held while a poll's records are written or flushed, so a rebalance waits for the turn to end
@@ -155,6 +172,7 @@ class SinkTask(ConnectorTask):
             while not stop.is_set():
                 polled = time.perf_counter()
                 revocations = self._revocations
+                self._sought_in_poll = {}
                 backlog = self._unflushed >= self.limits.idle_flush_records
                 timeout = self.limits.caught_up_s if backlog else self.limits.poll_timeout_s
                 taken: list[PartitionBatches] = []
@@ -173,6 +191,8 @@ class SinkTask(ConnectorTask):
                         owned = consumer.assignment()
                         records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]  # type: ignore[arg-type]
                         taken = [part for part in taken if part.tp in owned]
+                    if (records or taken) and self._sought_in_poll:
+                        records, taken = await self._drop_sought(consumer, records, taken)
                     last_flush = await self._turn_with(records, taken, polled, last_flush, backlog, consumer, sink,
                                                        dlq, transforms, kd, vd, keep_raw, fast)
             async with self._turn:
@@ -268,6 +288,7 @@ class SinkTask(ConnectorTask):
                 return
             try:
                 sought = await self._seek_own(assigned, sink, consumer)
+                self._sought_in_poll.update(sought)
             except Exception as exc:  # noqa: BLE001 - reported by the task loop, not by aiokafka's logger
                 self._lost = exc
                 log.warning("sink %r could not read where %s resume (%s: %s); restarting", self.name,
@@ -278,6 +299,21 @@ class SinkTask(ConnectorTask):
                      f"; resumes from its own offsets {_fmt(sought)}" if sought else "")
         elif sought:
             log.info("sink %r resumes from its own offsets %s", self.name, _fmt(sought))
+
+    async def _drop_sought(self, consumer: Consumer, records: list[Record], taken: list[PartitionBatches]
+                           ) -> tuple[list[Record], list[PartitionBatches]]:
+        """Leave out what a poll holds of partitions an assignment sought while it was out, and seek them
+        again: those records may have been fetched from the group's committed offset, behind the sink's
+        own (the previous owner wrote them and died before committing to the group), and writing them
+        would apply them twice. Read again from the sought offset, nothing is lost either way."""
+        sought, self._sought_in_poll = self._sought_in_poll, {}
+        owned = consumer.assignment()
+        for tp, offset in sought.items():
+            if tp in owned:
+                await consumer.seek(tp, offset)
+        records = [r for r in records if TopicPartition(r.topic, r.partition) not in sought]  # type: ignore[arg-type]
+        taken = [part for part in taken if part.tp not in sought]
+        return records, taken
 
     async def _seek_own(self, assigned: set[TopicPartition], sink: Sink, consumer: Consumer) -> dict[TopicPartition, int]:
         own = self._own

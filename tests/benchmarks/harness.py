@@ -10,6 +10,8 @@ ratio of two figures taken side by side swings less). What they share:
   none always runs first (cold caches) or last (a warm server);
 - :func:`median`: per figure, the median over rounds;
 - :func:`rate_line` / :func:`ratio_line`: the human lines, one format;
+- :class:`MachineBusy` / :class:`TreeCpu`: the share of the cores the whole
+  machine, or only the benchmark's own process trees, kept busy;
 - :func:`run_pipeline`: a pipeline in process on its own log, timed from the
   worker's launch (start-up included) until a condition holds and until it
   has stopped (a source's last checkpoint and slot advance included), with
@@ -27,9 +29,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -123,6 +126,56 @@ class MachineBusy:
         total, idle = self._sample()
         spent = total - self._start[0]
         return 1.0 - (idle - self._start[1]) / spent if spent else 0.0
+
+
+class TreeCpu:
+    """CPU seconds spent by some processes and all their descendants since this object was made.
+
+    On a machine shared with other work, :class:`MachineBusy` counts everyone's
+    load; this counts only the benchmark's own servers and workers (from
+    ``/proc/PID/stat``), so "one worker keeps N% of the cores busy" stays
+    true when a neighbour is busy too. A process that exits between the two
+    samples takes its CPU time with it (a short undercount, never an overcount).
+    """
+
+    def __init__(self, roots: Callable[[], Iterable[int]]) -> None:
+        self._roots = roots
+        self._start = self._sample()
+
+    @staticmethod
+    def _stat() -> dict[int, tuple[int, int]]:
+        """pid -> (parent pid, utime + stime in clock ticks) of every process."""
+        found: dict[int, tuple[int, int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            found[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        return found
+
+    def _sample(self) -> dict[int, int]:
+        stat = self._stat()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in stat.items():
+            children.setdefault(ppid, []).append(pid)
+        ticks: dict[int, int] = {}
+        todo = [pid for pid in self._roots() if pid in stat]
+        while todo:
+            pid = todo.pop()
+            if pid not in ticks:
+                ticks[pid] = stat[pid][1]
+                todo.extend(children.get(pid, []))
+        return ticks
+
+    def seconds(self) -> float:
+        """CPU seconds of the trees since the start (processes born since count whole)."""
+        end = self._sample()
+        spent = sum(t - self._start.get(pid, 0) for pid, t in end.items())
+        return spent / os.sysconf("SC_CLK_TCK")
 
 
 def emit(figures: Mapping[str, Any]) -> None:

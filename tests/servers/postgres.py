@@ -70,6 +70,9 @@ class PostgresServer:
     wal_level: str = "logical"
     #: serve TLS with these certificates and refuse connections without it (the ``ssl=on`` variant)
     pki: Pki | None = None
+    #: durability as production runs it (fsync, synchronous_commit and full_page_writes on): every
+    #: commit waits for its WAL to reach the disk. Off by default, where tests only need the semantics
+    durable: bool = False
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="millpond-pg-")))
     port: int = 0
     user: str | None = None
@@ -146,6 +149,8 @@ class PostgresServer:
             "logical_decoding_work_mem": "64MB",
             "log_min_messages": "warning",
         }
+        if self.durable:
+            settings |= {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
         if self.pki is not None:
             settings |= self._ssl_settings(self.pki)
         with open(self.datadir / "postgresql.conf", "a") as conf:
@@ -207,9 +212,9 @@ class PostgresServer:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def start_postgres(wal_level: str = "logical", pki: Pki | None = None) -> PostgresServer:
+def start_postgres(wal_level: str = "logical", pki: Pki | None = None, durable: bool = False) -> PostgresServer:
     """Start a server (one retry); raise with the server log's tail if it cannot start."""
-    server = PostgresServer(wal_level=wal_level, pki=pki)
+    server = PostgresServer(wal_level=wal_level, pki=pki, durable=durable)
 
     def attempt() -> PostgresServer:
         try:
