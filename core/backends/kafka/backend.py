@@ -223,7 +223,9 @@ class KafkaBackend(Lifecycle):
             if error is TopicAlreadyExistsError:
                 if not exist_ok:
                     raise TopicExistsError(f"topic {name!r} already exists at {self.bootstrap_servers}")
-                await self.partitions_for(name)
+                # another worker's create may still be reaching this broker's metadata (workers started
+                # together): wait for the topic to be led rather than call it missing
+                await self._settled(name, 1)
                 self.audit.declare(spec.name, chain)
                 return
             if code != 0:
