@@ -207,12 +207,11 @@ class FetchMixin(PartitionBase):
     def _list_folder(self) -> tuple[list[int], set[str]]:
         """Base offsets of the segments in the folder, in order, and every name in it (one listing)."""
         try:
-            with os.scandir(self.directory) as entries:
-                names = {e.name for e in entries}
+            listed = os.listdir(self._path)
         except FileNotFoundError:
             return [], set()
-        bases = sorted(int(name[:-4]) for name in names if name.endswith(".log") and name[:-4].isdigit())
-        return bases, names
+        bases = sorted([int(name[:-4]) for name in listed if name.endswith(".log") and name[:-4].isdigit()])
+        return bases, set(listed)
 
     def _relist(self, afresh: bool = False) -> None:
         """Read-only view: follow the folder's segments (retention removed the oldest, a roll added some;
