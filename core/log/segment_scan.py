@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any
 
 from . import batch as batch_format
 from .batch import HEADER_SIZE, LOG_OVERHEAD, MAGIC, BatchHeader
@@ -79,7 +80,7 @@ class SegmentScan(_SegmentBase):
     """Scans of a segment's batch headers: where its data ends, and where and why it is damaged."""
 
     def _scan(
-        self, start: int, end: int, expected: int | None = None
+        self, start: int, end: int, expected: int | None = None, chunk: list[Any] | None = None
     ) -> Generator[tuple[int, BatchHeader], None, ScanStop | None]:
         """(position, header) of each well-formed batch in [start, end); returns where and why
         it stopped early (None when it reached ``end``).
@@ -88,7 +89,9 @@ class SegmentScan(_SegmentBase):
         forward from ``expected`` (the segment's base offset unless told) and stay
         inside the segment. The CRC is the reader's to check (it reads the bytes).
         Small batches are read a 64 KiB chunk at a time; once batches turn out
-        larger than a chunk, only their 61-byte headers are read.
+        larger than a chunk, only their 61-byte headers are read. ``chunk``, when
+        given, holds [position, bytes] of the last chunk read, so a reader takes the
+        batches inside it from there instead of reading them again.
         """
         position = start
         # from the start of the segment, or from a verified index entry, the first batch's base is known exactly
@@ -101,11 +104,13 @@ class SegmentScan(_SegmentBase):
         while position < end:
             if position + HEADER_SIZE > end:
                 return ScanStop(position, f"{end - position} bytes after the last batch", True)
-            chunk = self._pread(min(chunk_size, end - position), position)
-            if len(chunk) < HEADER_SIZE:
+            data = self._pread(min(chunk_size, end - position), position)
+            if chunk is not None:
+                chunk[:] = (position, data)
+            if len(data) < HEADER_SIZE:
                 return ScanStop(position, "the file is shorter than expected", True)
             advanced = 0
-            for offset_in_chunk, header in batch_format.walk(chunk, 0, len(chunk)):
+            for offset_in_chunk, header in batch_format.walk(data, 0, len(data)):
                 if header.magic != MAGIC:
                     return ScanStop(position + offset_in_chunk, f"unknown magic {header.magic}", False)
                 base = header.base_offset
@@ -122,7 +127,7 @@ class SegmentScan(_SegmentBase):
                 first = False
                 advanced = offset_in_chunk + header.size
             if advanced == 0:
-                header = batch_format.read_header(chunk)
+                header = batch_format.read_header(data)
                 size = header.batch_length + LOG_OVERHEAD
                 if header.batch_length < HEADER_SIZE - LOG_OVERHEAD:
                     return ScanStop(position, f"batch length {header.batch_length} is too small", False)
