@@ -17,6 +17,7 @@ from ..errors import CorruptRecordError, OffsetOutOfRangeError, StorageError
 from . import batch as batch_format
 from .batch import BatchHeader
 from .partition_base import PartitionBase
+from .segment import segment_name
 
 CLEANER_CHECKPOINT = "cleaner-offset-checkpoint"  # written by cleaner.py once a partition was compacted
 #: a folder listing taken this soon after the folder's mtime may have missed a change in the same clock tick
@@ -180,20 +181,33 @@ class FetchMixin(PartitionBase):
         partition of 10,000 segments was quadratic in the listing. The mtime has
         the file system's coarse clock, so a change within the same tick as the
         last listing could keep it unchanged: a listing taken less than
-        ``_RELIST_MARGIN_NS`` after the mtime it saw is not trusted.
+        ``_RELIST_MARGIN_NS`` after the mtime it saw is not trusted. Until the
+        margin has passed, each fetch looks for what such a change can be with a
+        stat or two instead of listing the folder again (which cost a fetch
+        O(segments), 3-5 ms at 2,000 segments, for the first 100 ms after every
+        change): see ``_ends_moved``.
         """
         if self.writable:
             return
         before = self.log_end_offset
         mtime = os.stat(self.directory).st_mtime_ns
         listed = self._listing
-        if listed is None or listed[0] != mtime or listed[1] - mtime < _RELIST_MARGIN_NS:
+        unsure = False
+        if listed is None or listed[0] != mtime:
             self._listing = (mtime, time.time_ns())
             self._relist()
+        elif listed[1] - mtime < _RELIST_MARGIN_NS:
+            self._listing = (mtime, time.time_ns())
+            unsure = True
         if self.segments:
             active = self.segments[-1]
             active.size = active.file_size()
             stop = active.scan_next_offset()
+            if unsure and self._ends_moved():
+                self._relist()
+                active = self.segments[-1]
+                active.size = active.file_size()
+                stop = active.scan_next_offset()
             if stop is not None and not stop.torn:
                 self._damage = active.corrupt(stop.position, stop.why, self.name)
                 if str(self._damage) not in self._problems:
@@ -206,6 +220,19 @@ class FetchMixin(PartitionBase):
                 self._damage = exc
                 if str(exc) not in self._problems:
                     self._problems.append(str(exc))
+
+    def _ends_moved(self) -> bool:
+        """Read-only view, a listing not yet trusted: a roll or retention may have changed the folder
+        in the same clock tick as its mtime. A roll names the new segment after the active one's end
+        (that end is where the writer rolled, once the active segment is read to its end), and
+        retention deletes from the front; both are one stat. A segment compaction replaced, or one
+        a deletion took from the middle, fails its open, and the fetch lists afresh (``read``)."""
+        active, first = self.segments[-1], self.segments[0]
+        if active.next_offset > active.base_offset and os.path.exists(
+            os.path.join(self._path, segment_name(active.next_offset) + ".log")
+        ):
+            return True
+        return not os.path.exists(os.path.join(self._path, segment_name(first.base_offset) + ".log"))
 
     def _max_timestamp_between(self, low: int, high: int) -> int:
         """The largest timestamp of the records in offsets [low, high), from the segments holding them."""

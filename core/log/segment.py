@@ -331,9 +331,10 @@ class LogSegment(SegmentScan):
         the scan reads 64 KiB at a time), read from the file otherwise. One read of the file per
         chunk instead of one more per batch; a small segment is read once."""
         if chunk:
-            at, data = chunk
+            at: int = chunk[0]
+            data: bytes = chunk[1]
             if at <= position and position + size <= at + len(data):
-                return bytes(data[position - at : position - at + size])
+                return data[position - at : position - at + size]
         return self.read_bytes(position, size)
 
     def walk(self, start: int = 0, end: int | None = None, *,
