@@ -347,17 +347,12 @@ class LogSegment(SegmentScan):
         see ``batch_bytes``.
         """
         last: BatchHeader | None = None
-        scan = self._scan(start, self.size if end is None else end, chunk=chunk)
+        stopped: list[ScanStop | None] = []
         # a compacted segment has offset gaps, so its batches' base offsets (outside the CRC) are
         # checked against the time index instead: each entry names a batch's last offset
         indexed = self._indexed_bases() if self.sealed and not self.contiguous else None
         floor = self.base_offset if start == 0 else None  # where the previous batch ended, once known
-        while True:
-            try:
-                position, last = next(scan)
-            except StopIteration as done:
-                stop: ScanStop | None = done.value
-                break
+        for position, last in self._scan(start, self.size if end is None else end, chunk=chunk, stopped=stopped):
             if indexed:
                 i = bisect.bisect_left(indexed, last.base_offset if floor is None else floor)
                 if i < len(indexed) and indexed[i] != last.last_offset and indexed[i] <= last.last_offset:
@@ -374,6 +369,7 @@ class LogSegment(SegmentScan):
                 else:
                     floor = last.next_offset
             yield position, last
+        stop = stopped[0] if stopped else None
         if stop is not None and (self.sealed or not stop.torn):
             raise self.corrupt(stop.position, stop.why, self.label)
         data_end = self.next_offset if self.data_end is None else self.data_end
