@@ -75,8 +75,9 @@ class Descriptors:
                 if owner in self._open:
                     self._open.move_to_end(owner)
                 return fd
-            victims = self._evict(self.limit - 1)
-        self._close(victims)
+            victims = self._evict(self.limit - 1) if len(self._open) >= self.limit else None
+        if victims:
+            self._close(victims)
         try:
             fd = owner._open_file()
         except BaseException:

@@ -39,9 +39,11 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptRecordError
 from . import batch as batch_format
@@ -63,6 +65,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: held while a lazy partition is opened (see ``Partition._open_pending``)
+_OPENING = threading.RLock()
+
 
 class Partition(FetchMixin, RecoveryMixin, ProducerStateMixin):
     """One partition's log: opening and recovery, appends, rolls, flushes and segment swaps here;
@@ -79,13 +84,25 @@ class Partition(FetchMixin, RecoveryMixin, ProducerStateMixin):
         *,
         writable: bool = True,
         clean_shutdown: bool = True,
+        lazy: bool = False,
     ) -> None:
+        """``lazy``: a writable partition after a clean shutdown with no open transaction (the store's
+        marker says which have one) reads nothing now; it is opened as it would have been at its first
+        use, see ``_open_pending``. A store of 5,000 partitions that a worker touches a few of opens in
+        the time it takes to list them (Kafka's recovery point idea carried one step further: after a
+        clean shutdown, a partition nobody uses needs nothing read)."""
         self.directory = directory
+        self._path = os.fspath(directory)
         self.topic = topic
         self.partition = partition
         self.settings = settings
         self.writable = writable
         self.name = f"{topic}-{partition}"
+        self._open_failed = False
+        if lazy and writable and clean_shutdown:
+            self._pending = True
+            return
+        self._pending = False
         self._state = _ProducerState()
         self._aborted_index_torn = False
         self._txn = {}
@@ -108,7 +125,37 @@ class Partition(FetchMixin, RecoveryMixin, ProducerStateMixin):
         self._max_timestamps = MaxTimestamps(directory, writable=writable)
         self._load(clean_shutdown)
 
-    # -- opening and recovery --
+    # -- a partition opened lazily --
+
+    if not TYPE_CHECKING:  # to mypy every attribute stays declared (partition_base.py), none is Any
+
+        def __getattr__(self, name: str) -> Any:
+            # only called for an attribute not set: a pending partition's state, read for the first time
+            if name.startswith("__") or not self.__dict__.get("_pending", False):
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            self._open_pending()
+            return object.__getattribute__(self, name)
+
+    def _open_pending(self) -> None:
+        """Open a lazy partition now, as the store would have at its own open.
+
+        It is opened into a separate object and its state moved over in one step, under a
+        lock: the compaction thread and the event loop may both be the first to touch it,
+        and neither may see a half-opened partition. A failure (a disk error) leaves it
+        pending, so the next use tries again and fails the same way, and ``_open_failed``
+        set: its recovery may have stopped half-way, so the store's close is not a clean one."""
+        with _OPENING:
+            if not self.__dict__.get("_pending", False):
+                return
+            try:
+                opened = Partition(self.directory, self.topic, self.partition, self.settings,
+                                   writable=self.writable, clean_shutdown=True)
+            except BaseException:
+                self._open_failed = True
+                raise
+            self.__dict__.update(opened.__dict__)
+
+    # -- opening and recovery --    # -- opening and recovery --
 
     def _load(self, clean_shutdown: bool) -> None:
         checkpoint = self._read_checkpoint()
@@ -370,6 +417,8 @@ class Partition(FetchMixin, RecoveryMixin, ProducerStateMixin):
         return self.append_batches([batch_format.build_control_batch(producer_id, producer_epoch, commit)])
 
     def ongoing_producers(self) -> list[int]:
+        if self._pending:
+            return []  # the store opens a partition with an open transaction at once
         return list(self._state.ongoing)
 
     def _maybe_roll(self, incoming: int) -> None:
@@ -406,8 +455,8 @@ class Partition(FetchMixin, RecoveryMixin, ProducerStateMixin):
 
     def flush(self, fsync: bool = True) -> None:
         """fsync the data, then move the recovery point that claims it."""
-        if not self.writable:
-            return
+        if not self.writable or self._pending:
+            return  # a pending partition is as durable as the clean close that left it
         end = self.log_end_offset
         if end == (self._durable_end if fsync else self.recovery_point) and not self._aborted_index_torn:
             # nothing appended since: a clean close of a partition nobody wrote to fsyncs nothing
@@ -488,6 +537,8 @@ class Partition(FetchMixin, RecoveryMixin, ProducerStateMixin):
         return new
 
     def close(self) -> None:
+        if self._pending:
+            return  # nothing opened, nothing written
         if self.writable:
             self.flush()
         for segment in self.segments:

@@ -44,11 +44,17 @@ class PartitionBase:
     """The attributes every part of ``Partition`` reads or writes (set in ``Partition.__init__``)."""
 
     directory: Path
+    #: ``directory`` as a string, for the paths built at every open (a Path per file costs more than the syscall)
+    _path: str
     topic: str
     partition: int
     settings: TopicSettings
     writable: bool
     name: str
+    #: opened lazily and not used yet: nothing below is set until first use (partition.py)
+    _pending: bool
+    #: opening it at first use failed: the store's close must not claim a clean shutdown
+    _open_failed: bool
     _state: _ProducerState
     #: an aborted transaction is missing from (or torn in) a .txnindex; rewritten before the next checkpoint
     _aborted_index_torn: bool

@@ -27,6 +27,9 @@ CHECKPOINT = "partition.checkpoint"
 ABORTED_INDEX = "aborted.txnindex"
 #: 2: Kafka's index semantics (entries name a batch's last offset) and a .txnindex per segment
 INDEX_FORMAT = 2
+#: the checkpoint's keys that must hold an offset (or a count, or a checksum): an int >= 0
+_OFFSET_KEYS = ("recovery_point", "log_start_offset", "aborted_index_bytes", "aborted_index_crc32c",
+                "index_format", "txn_index_entries", "txn_index_crc32c")
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +98,18 @@ class ProducerStateMixin(PartitionBase):
 
     def _read_checkpoint(self) -> dict[str, Any] | None:
         """The checkpoint's claims, checked for shape; None when it is damaged (said in a WARNING)."""
+        # read at every open of every partition: plain string paths and one read for a file under 64 KiB
         try:
-            fd = os.open(os.path.join(self.directory, CHECKPOINT), os.O_RDONLY)
+            fd = os.open(self._path + "/" + CHECKPOINT, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
             return {}
         except OSError as exc:
             self._damaged_checkpoint(f"it cannot be read ({exc})")
             return None
         try:
-            raw = b"".join(iter(lambda: os.read(fd, 1 << 16), b""))
+            raw = os.read(fd, 1 << 16)
+            if len(raw) == 1 << 16:
+                raw += b"".join(iter(lambda: os.read(fd, 1 << 16), b""))
         finally:
             os.close(fd)
         try:
@@ -114,23 +120,22 @@ class ProducerStateMixin(PartitionBase):
         if not isinstance(data, dict):
             self._damaged_checkpoint("it is not a JSON object")
             return None
-        for key in ("recovery_point", "log_start_offset", "aborted_index_bytes", "aborted_index_crc32c",
-                    "index_format", "txn_index_entries", "txn_index_crc32c"):
+        for key in _OFFSET_KEYS:
             value = data.get(key, 0)
             if type(value) is not int or value < 0:
                 self._damaged_checkpoint(f"{key} is {value!r}, not an offset")
                 return None
         discarded = data.get("discarded", [])
-        if not isinstance(discarded, list) or not all(
+        if discarded != [] and (not isinstance(discarded, list) or not all(
             isinstance(r, list) and len(r) == 2 and all(type(x) is int and x >= 0 for x in r) and r[0] < r[1]
             for r in discarded
-        ):
+        )):
             self._damaged_checkpoint(f"discarded is {discarded!r}, not offset ranges")
             return None
         ongoing = data.get("ongoing", {})
-        if not isinstance(ongoing, dict) or not all(
+        if ongoing != {} and (not isinstance(ongoing, dict) or not all(
             isinstance(k, str) and k.lstrip("-").isdigit() and type(v) is int and v >= 0 for k, v in ongoing.items()
-        ):
+        )):
             self._damaged_checkpoint(f"ongoing is {ongoing!r}, not producer ids and offsets")
             return None
         return data

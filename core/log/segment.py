@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import CorruptRecordError, StorageError
 from . import batch as batch_format
@@ -324,25 +325,34 @@ class LogSegment(SegmentScan):
         length = max(0, min(length, self.size - position))
         return self._pread(length, position)
 
-    def walk(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, BatchHeader]]:
+    def batch_bytes(self, position: int, size: int, chunk: list[Any]) -> bytes:
+        """The batch of ``size`` bytes at ``position``, a header of a ``walk(chunk=chunk)`` gave:
+        taken from the chunk the walk read it in when the whole batch is there (it usually is:
+        the scan reads 64 KiB at a time), read from the file otherwise. One read of the file per
+        chunk instead of one more per batch; a small segment is read once."""
+        if chunk:
+            at: int = chunk[0]
+            data: bytes = chunk[1]
+            if at <= position and position + size <= at + len(data):
+                return data[position - at : position - at + size]
+        return self.read_bytes(position, size)
+
+    def walk(self, start: int = 0, end: int | None = None, *,
+             chunk: list[Any] | None = None) -> Iterator[tuple[int, BatchHeader]]:
         """(position, header) of every batch from ``start``; headers only.
 
         Damage is a :class:`CorruptRecordError` naming the segment and position,
         never a quiet end: only a batch running past the end of the *active*
-        segment ends the walk quietly (a writer may be appending it).
+        segment ends the walk quietly (a writer may be appending it). ``chunk``:
+        see ``batch_bytes``.
         """
         last: BatchHeader | None = None
-        scan = self._scan(start, self.size if end is None else end)
+        stopped: list[ScanStop | None] = []
         # a compacted segment has offset gaps, so its batches' base offsets (outside the CRC) are
         # checked against the time index instead: each entry names a batch's last offset
         indexed = self._indexed_bases() if self.sealed and not self.contiguous else None
         floor = self.base_offset if start == 0 else None  # where the previous batch ended, once known
-        while True:
-            try:
-                position, last = next(scan)
-            except StopIteration as done:
-                stop: ScanStop | None = done.value
-                break
+        for position, last in self._scan(start, self.size if end is None else end, chunk=chunk, stopped=stopped):
             if indexed:
                 i = bisect.bisect_left(indexed, last.base_offset if floor is None else floor)
                 if i < len(indexed) and indexed[i] != last.last_offset and indexed[i] <= last.last_offset:
@@ -359,6 +369,7 @@ class LogSegment(SegmentScan):
                 else:
                     floor = last.next_offset
             yield position, last
+        stop = stopped[0] if stopped else None
         if stop is not None and (self.sealed or not stop.torn):
             raise self.corrupt(stop.position, stop.why, self.label)
         data_end = self.next_offset if self.data_end is None else self.data_end

@@ -3,7 +3,9 @@
 Layout::
 
     <dir>/.lock                    writer lock (flock) with the holder's PID
-    <dir>/.clean_shutdown          present only after a clean close
+    <dir>/.clean_shutdown          present only after a clean close; JSON naming the partitions
+                                   with a transaction open at the close (opened at once, the
+                                   others at their first use: see Partition)
     <dir>/topics/<topic>/topic.json
     <dir>/topics/<topic>/<partition>/<segments, checkpoint, aborted index>
 
@@ -25,6 +27,8 @@ import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
+
+import orjson
 
 from ..errors import ConfigError, LogLockedError, MillpondError, TopicExistsError, UnknownTopicError
 from ..progress import Progress
@@ -61,6 +65,24 @@ def raise_open_files_limit() -> None:
         log.debug("could not raise the limit on open files: %s", exc)
 
 
+def _open_at_once(marker: bytes) -> dict[str, set[int]] | None:
+    """From the clean-shutdown marker: per topic, the partitions a clean open opens at once (those
+    with a transaction open at the close, which the transaction coordinator aborts at its start);
+    the others wait for their first use. None, to open all at once, for a marker that does not
+    say (written by an older millpond, or cut short: it is written without an fsync, as only its
+    existence is a claim)."""
+    try:
+        said = orjson.loads(marker)
+    except ValueError:
+        return None
+    ongoing = said.get("ongoing") if isinstance(said, dict) else None
+    if not isinstance(ongoing, dict) or not all(
+        isinstance(numbers, list) and all(type(n) is int for n in numbers) for numbers in ongoing.values()
+    ):
+        return None
+    return {str(topic): set(numbers) for topic, numbers in ongoing.items()}
+
+
 class LogStore:
     def __init__(self, directory: str | Path, *, writable: bool = True, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.directory = Path(directory)
@@ -75,8 +97,13 @@ class LogStore:
                 fsio.mkdir(self.topics_dir, parents=True, exist_ok=True)
                 self._lock(lock_timeout)
                 marker = self.directory / CLEAN_SHUTDOWN
-                self.clean_shutdown = marker.exists() or not any(self.topics_dir.iterdir())
-                if marker.exists():
+                try:
+                    at_close: bytes | None = marker.read_bytes()
+                except FileNotFoundError:
+                    at_close = None
+                self.clean_shutdown = at_close is not None or not any(self.topics_dir.iterdir())
+                open_now = _open_at_once(at_close) if at_close is not None else None
+                if at_close is not None:
                     fsio.unlink(marker)
                     # Gone for good before anything is written: a marker back after a power cut would
                     # make the next open skip recovery and serve a torn tail.
@@ -85,6 +112,7 @@ class LogStore:
                 if not self.topics_dir.is_dir():
                     raise UnknownTopicError(f"no millpond log at {self.directory}")
                 self.clean_shutdown = True
+                open_now = None
             names = sorted(self.topics_dir.iterdir()) if self.topics_dir.is_dir() else []
         except (NotADirectoryError, FileExistsError, PermissionError) as exc:
             self._unlock()
@@ -94,7 +122,9 @@ class LogStore:
         try:
             for path in names:
                 if (path / TOPIC_FILE).exists():
-                    self.topics[path.name] = Topic(path, writable=writable, clean_shutdown=self.clean_shutdown)
+                    eager = None if open_now is None else open_now.get(path.name, ())
+                    self.topics[path.name] = Topic(path, writable=writable, clean_shutdown=self.clean_shutdown,
+                                                   eager=eager)
         except BaseException:
             self._unlock()  # recovery failed (disk full?): opening again, even in this process, must not be refused
             raise
@@ -254,7 +284,16 @@ class LogStore:
         try:
             for topic in self.topics.values():
                 topic.close()
-            if self.writable and self._lock_fd >= 0:
-                fsio.write_file(self.directory / CLEAN_SHUTDOWN, b"", sync=False)
+            failed = [p.name for p in self.partitions() if p._open_failed]
+            if failed:
+                log.warning("%s: opening %s at first use failed; the next open recovers them",
+                            self.directory, ", ".join(failed))
+            if self.writable and self._lock_fd >= 0 and not failed:
+                ongoing: dict[str, list[int]] = {}
+                for topic in self.topics.values():
+                    numbers = [p.partition for p in topic.partitions if p.ongoing_producers()]
+                    if numbers:
+                        ongoing[topic.name] = numbers
+                fsio.write_file(self.directory / CLEAN_SHUTDOWN, orjson.dumps({"ongoing": ongoing}), sync=False)
         finally:
             self._unlock()  # also when a flush failed: the next open recovers (no clean-shutdown marker)

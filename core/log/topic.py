@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ TOPIC_FILE = "topic.json"
 
 
 class Topic:
-    def __init__(self, directory: Path, *, writable: bool, clean_shutdown: bool = True) -> None:
+    def __init__(self, directory: Path, *, writable: bool, clean_shutdown: bool = True,
+                 eager: Collection[int] | None = None) -> None:
+        """``eager``: when given, only these partitions are opened now, the others at first use
+        (see ``Partition``); when None, all are opened now."""
         self.directory = directory
         self.name = directory.name
         meta = self.read_meta(directory)
@@ -38,6 +42,7 @@ class Topic:
                 self.settings,
                 writable=writable,
                 clean_shutdown=clean_shutdown,
+                lazy=eager is not None and p not in eager,
             )
             for p in range(int(meta["partitions"]))
         ]

@@ -102,6 +102,7 @@ def test_a_damaged_checkpoint_recovers_from_the_segments(
     (tmp_path / "topics" / "t" / "0" / CHECKPOINT).write_bytes(body)
     with caplog.at_level(logging.WARNING):
         partition = LogStore(tmp_path, writable=writable).partition("t", 0)
+        _ = partition.log_end_offset  # a writer opens it at first use
     assert any(CHECKPOINT in r.getMessage() for r in caplog.records)
     if b"100000" in body and not writable:
         # a reader cannot recover: the claim is damage, said, and reading to the end raises

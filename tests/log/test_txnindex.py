@@ -20,6 +20,7 @@ from millpond.log import LogStore, Partition, fsio
 from millpond.log.batch import Row
 from millpond.log.cleaner import compact
 from millpond.log.partition import ABORTED_INDEX, CHECKPOINT
+from millpond.log.store import CLEAN_SHUTDOWN
 
 from .conftest import read_all
 
@@ -275,9 +276,12 @@ def test_an_upgrade_cut_short_is_finished_at_the_next_open(
             real_unlink(path, **kwargs)  # type: ignore[arg-type]
 
         monkeypatch.setattr(fsio, "unlink", unlink)
+    store = LogStore(tmp_path)
     with pytest.raises(Cut):
-        LogStore(tmp_path)
+        _ = store.partition("t", 0).log_end_offset  # opened (and upgraded) at first use
     monkeypatch.undo()
+    store.close()  # not a clean close: the partition's open failed
+    assert not (tmp_path / CLEAN_SHUTDOWN).exists()
     assert (directory / ABORTED_INDEX).exists()
     format_written = "index_format" in json.loads((directory / CHECKPOINT).read_bytes())
     assert format_written == (stop == "before-removal")
