@@ -155,7 +155,7 @@ class Partition(FetchMixin, RecoveryMixin, ProducerStateMixin):
                 raise
             self.__dict__.update(opened.__dict__)
 
-    # -- opening and recovery --    # -- opening and recovery --
+    # -- opening and recovery --
 
     def _load(self, clean_shutdown: bool) -> None:
         checkpoint = self._read_checkpoint()
