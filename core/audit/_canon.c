@@ -67,6 +67,19 @@ static char *put_le(char *o, uint64_t v, int bytes) {
     return o;
 }
 
+/* timestamps[i] as 8 little-endian bytes at o; NULL with TypeError/OverflowError set when it is
+   not an int of 64 bits. */
+static char *put_stamp(char *o, PyObject *stamp_obj, Py_ssize_t i) {
+    int overflow;
+    long long stamp = PyLong_Check(stamp_obj) ? PyLong_AsLongLongAndOverflow(stamp_obj, &overflow) : (overflow = 2, 0);
+    if (overflow || (stamp == -1 && PyErr_Occurred())) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_TypeError, "timestamps[%zd] must be an int of 64 bits", i);
+        return NULL;
+    }
+    return put_le(o, (uint64_t)stamp, 8);
+}
+
 /* Parse one record at *p; 0 on success, -1 (with the reason in *why) when malformed. */
 static int parse_record(const unsigned char **p, const unsigned char *end, Rec *r, const char **why) {
     int64_t length, delta;
@@ -392,15 +405,10 @@ static PyObject *canonical_from_columns(PyObject *self, PyObject *args) {
     char *o = PyBytes_AS_STRING(out);
     o = put_le(o, (uint64_t)n, 4);
     for (Py_ssize_t i = 0; i < n; i++) {
-        int overflow;
-        long long stamp = PyLong_Check(t[i]) ? PyLong_AsLongLongAndOverflow(t[i], &overflow) : (overflow = 2, 0);
-        if (overflow || (stamp == -1 && PyErr_Occurred())) {
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_TypeError, "timestamps[%zd] must be an int of 64 bits", i);
+        if ((o = put_stamp(o, t[i], i)) == NULL) {
             Py_CLEAR(out);
             goto done;
         }
-        o = put_le(o, (uint64_t)stamp, 8);
     }
     for (Py_ssize_t i = 0; i < n; i++)
         o = put_le(o, (uint64_t)(int64_t)(k[i] == Py_None ? -1 : PyBytes_GET_SIZE(k[i])), 4);
@@ -528,14 +536,8 @@ static PyObject *digest_columns(PyObject *self, PyObject *args) {
     }
     char *o = put_le(head, (uint64_t)n, 4);
     for (Py_ssize_t i = 0; i < n; i++) {
-        int overflow;
-        long long stamp = PyLong_Check(t[i]) ? PyLong_AsLongLongAndOverflow(t[i], &overflow) : (overflow = 2, 0);
-        if (overflow || (stamp == -1 && PyErr_Occurred())) {
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_TypeError, "timestamps[%zd] must be an int of 64 bits", i);
+        if ((o = put_stamp(o, t[i], i)) == NULL)
             goto done;
-        }
-        o = put_le(o, (uint64_t)stamp, 8);
     }
     for (int column = 0; column < 2; column++) {
         PyObject **items = column ? v : k;
