@@ -65,8 +65,10 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import asyncpg
+import orjson
 
-from millpond.connector import ConnectorConfig, ConnectorContext, Guarantee, Sink
+from millpond.connector import ConnectorConfig, ConnectorContext, EncodedRecords, Guarantee, Sink
+from millpond.converters import JsonConverter
 from millpond.errors import ConfigError, ConnectorError, RecordError, RetriableConnectorError
 from millpond.records import Record, TopicPartition
 
@@ -82,6 +84,10 @@ __all__ = ["PostgresSink", "PostgresSinkConfig"]
 log = logging.getLogger("millpond.connectors.postgres.sink")
 
 _UPSERTS = frozenset(("c", "u", "r"))
+#: a run of digits an integer beyond 64 bits needs (orjson reads such an integer as a float)
+_LONG_DIGITS = re.compile(rb"[0-9]{19}").search
+#: what ``write_encoded`` parsed as no plain value: the record path decides (exactly, as ``write`` would)
+_GENERAL = object()
 
 
 class PostgresSink(Sink):
@@ -90,6 +96,7 @@ class PostgresSink(Sink):
     guarantee: ClassVar[Guarantee] = Guarantee.exactly_once
     config_model: ClassVar[type[ConnectorConfig]] = PostgresSinkConfig
     owns_offsets: ClassVar[bool] = True
+    takes_encoded: ClassVar[str | None] = "json"
 
     def __init__(self, config: PostgresSinkConfig, context: ConnectorContext) -> None:
         super().__init__(config, context)
@@ -105,6 +112,9 @@ class PostgresSink(Sink):
         #: the stored offsets as this sink last read or wrote them (see ``_check_owner``)
         self._expected: dict[TopicPartition, int] = {}
         self._applier = Applier(self._where, config.apply_truncate)
+        #: per topic, the bytes of the last change's ``column_types`` and the dict they read as (which
+        #: ``_seen`` holds while they are current): a plain upsert whose bytes match needs no parse of them
+        self._types_raw: dict[str, tuple[bytes, dict[str, str]]] = {}
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -193,6 +203,72 @@ class PostgresSink(Sink):
             for target, types in reversed(undo):
                 target.types = types
             raise
+
+    async def write_encoded(self, part: EncodedRecords) -> int:
+        """Buffer one partition's JSON values as ``write`` would buffer them decoded, in order.
+
+        The bulk of a CDC stream, a plain insert or update of a table known already whose columns
+        are as the topic's last change said, is read straight from the bytes (:func:`_plain_row`:
+        the row alone is parsed, by orjson) and gathered as ``_entries`` gathers it. The rest
+        (deletes, tombstones, truncates, schema changes, TOAST "unavailable" columns, a topic's
+        first change, any value of another shape) is decoded exactly as the JSON converter decodes
+        it and goes through ``write`` one record at a time, so the buffer ends up as the record path
+        leaves it. A record that does not decode or that ``write`` rejects ends the call: the
+        runtime sends it (and the rest of the partition) the record path, where the error policy
+        sees it.
+        """
+        if self._conn is None:
+            raise ConnectorError(f"{self._where}: write before start")
+        values = part.values
+        topic = part.tp.topic
+        buffer = self._buffer
+        target, key, types = self._plain_target(topic)
+        #: the "rows" entry (key -> row) plain upserts gather in until another change comes
+        rows: dict[Any, dict[str, Any]] | None = None
+        for i, value in enumerate(values):
+            if types is not None and value is not None:
+                row = _plain_row(value, types)
+                if row is not None:
+                    k = row.get(key)
+                    if k.__class__ in SCALARS and UNAVAILABLE not in row.values():
+                        if rows is None:
+                            rows = {}
+                            buffer.append((target, "rows", rows, None))  # type: ignore[arg-type]
+                        prev = rows.get(k)
+                        rows[k] = row if prev is None else {**prev, **row}
+                        continue
+            record = self._decoded(part, i)
+            if record is None:
+                return i
+            try:
+                await self.write([record])
+            except RecordError:
+                return i
+            rows = None
+            if value is not None and self._seen.get(topic) is not None:
+                _learn_types(self._types_raw, topic, value, self._seen[topic])
+            target, key, types = self._plain_target(topic)
+        return len(values)
+
+    def _plain_target(self, topic: str) -> tuple[Target | None, str, bytes | None]:
+        """The table, key column and column types (as the last change wrote them) that a plain upsert
+        of ``topic`` needs for ``write_encoded``'s fast way; types None when there is none yet."""
+        target = self._by_topic.get(topic)
+        raw = self._types_raw.get(topic)
+        if target is None or len(target.key) != 1 or raw is None or raw[1] is not self._seen.get(topic):
+            return None, "", None
+        return target, target.key[0], raw[0]
+
+    @staticmethod
+    def _decoded(part: EncodedRecords, i: int) -> Record | None:
+        """Record ``i`` of ``part`` as the JSON converter decodes it; None if it does not decode."""
+        convert = _JSON.deserialize
+        try:
+            key, value = convert(part.keys[i]), convert(part.values[i])
+        except RecordError:
+            return None
+        topic, partition = part.tp
+        return Record(value, key, part.timestamps[i], [], topic, partition, part.offsets[i])
 
     async def _entries(
         self, conn: asyncpg.Connection, records: list[Record], undo: list[tuple[Target, dict[str, str]]]
@@ -401,3 +477,77 @@ class PostgresSink(Sink):
         if what == "del":
             row = {k: key_row[k] for k in target.key}
         return (target, what, row, key)
+
+
+_JSON = JsonConverter()
+
+
+
+#: the postgres-cdc envelope of a plain change, as its C path and orjson write it:
+#: ``{"before":null,"after":ROW,"op":"c","source":{...,"column_types":{...}},"ts_ms":N}``
+_HEAD = b'{"before":null,"after":{'
+_OP = b',"op":"'
+_SOURCE = b'","source":{'
+_TYPES = b',"column_types":{'
+_OPS = frozenset((b"c", b"u", b"r"))
+_END = b'},"ts_ms":'
+#: digits to "0" and everything else to " ", so that one ``find`` spots a run long enough for an
+#: integer beyond 64 bits (which orjson reads as a float, the JSON converter as an int)
+_DIGITS = bytes(48 if 48 <= c <= 57 else 32 for c in range(256))
+_LONG = b"0" * 19
+
+
+def _plain_row(value: bytes, types: bytes) -> dict[str, Any] | None:
+    """The ``after`` row of ``value`` when it is a plain upsert (op c, u or r) in the envelope above
+    whose ``column_types`` are the bytes ``types``; None when anything is otherwise.
+
+    Only the row and the source block's other fields are parsed (orjson); the rest is compared
+    as bytes. Exact: the row's slice parses only if it is the whole ``after`` object (it ends
+    where ``,"op":"`` follows it, and a JSON object cannot end anywhere else), the source block's
+    other fields are parsed to prove them valid JSON that names no ``column_types`` of its own,
+    ``types`` are bytes a valid change carried, and what follows is a plain integer: so the value
+    is valid JSON that the JSON converter reads as this op, this row and these column types.
+    A row with a run of 19 digits (an integer beyond 64 bits, perhaps) is left to the exact path.
+    """
+    if not value.startswith(_HEAD):
+        return None
+    i = value.find(_OP, 23)
+    if i < 0 or value[i + 7:i + 8] not in _OPS or value[i + 8:i + 20] != _SOURCE:
+        return None
+    j = value.find(_TYPES, i + 21)
+    if j < 0:
+        return None
+    k = j + 16 + len(types)
+    if value[j + 16:k] != types or value[k:k + 10] != _END:
+        return None
+    ts = value[k + 10:-1]
+    if not ts.isdigit() or (ts[0] == 48 and len(ts) > 1) or value[-1] != 125:  # 125: "}"
+        return None
+    row = value[23:i]
+    if row.translate(_DIGITS).find(_LONG) >= 0:
+        return None
+    try:
+        fields = orjson.loads(b"{" + value[i + 20:j] + b"}")
+        if "column_types" in fields:
+            return None
+        parsed: dict[str, Any] = orjson.loads(row)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed
+
+
+def _learn_types(learnt: dict[str, tuple[bytes, dict[str, str]]], topic: str, value: bytes,
+                 types: dict[str, str]) -> None:
+    """Note the bytes of ``value``'s ``column_types`` (a change the exact path just read, whose types
+    are ``types``) for :func:`_plain_row`, if the value is in the envelope and they read as ``types``."""
+    i = value.find(_OP, 23)
+    j = value.find(_TYPES, i + 21) if i >= 0 else -1
+    k = value.rfind(_END)
+    if j < 0 or k < j:
+        return
+    raw = value[j + 16:k]
+    try:
+        if orjson.loads(raw) == types:
+            learnt[topic] = (raw, types)
+    except orjson.JSONDecodeError:
+        pass

@@ -27,9 +27,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..backends.base import BatchConsumer, Consumer, IsolationLevel, LogBackend, Membership, Producer
 from ..config import ConnectorSpec, PipelineConfig
-from ..connector import Sink, Transform
-from ..converters import StringConverter
+from ..connector import EncodedRecords, Sink, Transform
+from ..converters import JsonConverter, StringConverter
 from ..errors import GroupRebalancedError, RecordError, RetriableConnectorError
+from ..log.codec import iter_records
 from ..records import PartitionBatches, Record, TopicPartition, partition_for_key
 from .build import apply_transforms, make_converters, make_sink, make_transforms
 from .task import ConnectorTask
@@ -69,6 +70,8 @@ class SinkTask(ConnectorTask):
     """Runs one task of a sink connector until ``stop`` is set."""
 
     kind = "sink"
+    #: the sink takes encoded JSON in columns (``Sink.write_encoded``); set by ``run``
+    _encoded = False
 
     def __init__(
         self,
@@ -144,7 +147,11 @@ class SinkTask(ConnectorTask):
         # text in, text out, nothing in between: decode a whole poll in one pass
         fast = not transforms and type(value_conv) is StringConverter and type(key_conv) is StringConverter
         # ... and a sink that writes the log's bytes as they are: no record objects at all
-        batches = consumer if fast and sink.takes_batches and isinstance(consumer, BatchConsumer) else None
+        raw = fast and sink.takes_batches
+        # JSON in, and a sink that parses it itself: keys and values in columns, no record objects either
+        self._encoded = encoded = (not transforms and sink.takes_encoded == "json"
+                                   and type(value_conv) is JsonConverter and type(key_conv) is JsonConverter)
+        batches = consumer if (raw or encoded) and isinstance(consumer, BatchConsumer) else None
         try:
             own = await sink.start()
             self._own = {TopicPartition(*tp): o for tp, o in own.items()} if own is not None else None
@@ -216,9 +223,12 @@ class SinkTask(ConnectorTask):
         if taken:
             self.observe("poll", time.perf_counter() - polled)
             self.bytes_in += sum([len(b) for part in taken for b in part.batches])
-            count = await self._write_batches(sink, taken)
-            if count is None:  # not all plain lines: as records, with the error policy
-                records = [r for part in taken for r in part.records()]
+            if self._encoded:
+                count = await self._write_encoded(sink, taken, dlq, kd, vd, keep_raw)
+            else:
+                count = await self._write_batches(sink, taken)
+                if count is None:  # not all plain lines: as records, with the error policy
+                    records = [r for part in taken for r in part.records()]
         elif records:
             self.observe("poll", time.perf_counter() - polled)
             self.bytes_in += _raw_size(records)
@@ -408,6 +418,35 @@ class SinkTask(ConnectorTask):
             self.records_out += count
         return count
 
+    async def _write_encoded(
+        self,
+        sink: Sink,
+        taken: list[PartitionBatches],
+        dlq: Producer | None,
+        kd: Callable[[bytes | None], Any],
+        vd: Callable[[bytes | None], Any],
+        keep_raw: bool,
+    ) -> int:
+        """Hand a poll's keys and values to the sink in columns, partition by partition; what it does not
+        take (from its first refusal on) takes the record path with the error policy. Returns the records."""
+        count = 0
+        for part in taken:
+            columns = _columns(part)
+            n = len(columns)
+            if not n:
+                continue
+            count += n
+            writing = time.perf_counter()
+            written = await sink.write_encoded(columns)
+            self.observe("write", time.perf_counter() - writing)
+            self.records_out += written
+            if written < n:
+                rest = columns.offsets[written]
+                # with their headers, for a dead letter
+                records = [r for r in part.records() if (r.offset or 0) >= rest]
+                await self._convert_and_write(records, sink, dlq, [], kd, vd, keep_raw)
+        return count
+
     async def _write(
         self,
         sink: Sink,
@@ -485,6 +524,17 @@ class SinkTask(ConnectorTask):
         self._positions = offsets
         self._unflushed = 0
         self.flushes += 1
+
+
+def _columns(part: PartitionBatches) -> EncodedRecords:
+    """One partition's records in columns, decoded by the C codec (decompressed as needed); about
+    0.3 us a record against 1 us for a :class:`Record` of each."""
+    found = [r for data in part.batches for r in iter_records(data)]
+    start = part.from_offset
+    if found and found[0].offset < start:  # the first batch began before the position
+        found = [r for r in found if r.offset >= start]
+    return EncodedRecords(part.tp, [r.offset for r in found], [r.timestamp for r in found],
+                          [r.key for r in found], [r.value for r in found])
 
 
 def _raw_size(records: list[Record]) -> int:
