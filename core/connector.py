@@ -46,6 +46,10 @@ class EncodedRecords:
     def __len__(self) -> int:
         return len(self.offsets)
 
+    def after(self, n: int) -> EncodedRecords:
+        """The records from the ``n``-th on."""
+        return EncodedRecords(self.tp, self.offsets[n:], self.timestamps[n:], self.keys[n:], self.values[n:])
+
 
 class ConnectorConfig(BaseModel):
     """Base of every connector's config model: unknown keys are errors."""
@@ -188,8 +192,9 @@ class Sink(ABC):
 
         Returns how many of them, from the first on, the sink took: everything before the first
         record it cannot take as it is (one that does not decode, or that ``write`` would reject).
-        The runtime sends the rest of ``part`` the record path (its converters, ``write`` and the
-        error policy), so what the sink buffers is exactly what ``write`` would have buffered, in order.
+        The runtime sends that record the record path (its converters, ``write`` and the error
+        policy) and calls again with the records after it, so what the sink buffers is exactly
+        what ``write`` would have buffered, in order.
         """
         return 0
 

@@ -214,8 +214,7 @@ class PostgresSink(Sink):
         first change, any value of another shape) is decoded exactly as the JSON converter decodes
         it and goes through ``write`` one record at a time, so the buffer ends up as the record path
         leaves it. A record that does not decode or that ``write`` rejects ends the call: the
-        runtime sends it (and the rest of the partition) the record path, where the error policy
-        sees it.
+        runtime sends it the record path, where the error policy sees it, and calls again after it.
         """
         if self._conn is None:
             raise ConnectorError(f"{self._where}: write before start")

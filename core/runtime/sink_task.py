@@ -427,24 +427,28 @@ class SinkTask(ConnectorTask):
         vd: Callable[[bytes | None], Any],
         keep_raw: bool,
     ) -> int:
-        """Hand a poll's keys and values to the sink in columns, partition by partition; what it does not
-        take (from its first refusal on) takes the record path with the error policy. Returns the records."""
+        """Hand a poll's keys and values to the sink in columns, partition by partition; a record it
+        refuses takes the record path with the error policy, and the sink goes on after it. Returns
+        the records."""
         count = 0
         for part in taken:
             columns = _columns(part)
-            n = len(columns)
-            if not n:
-                continue
-            count += n
-            writing = time.perf_counter()
-            written = await sink.write_encoded(columns)
-            self.observe("write", time.perf_counter() - writing)
-            self.records_out += written
-            if written < n:
-                rest = columns.offsets[written]
-                # with their headers, for a dead letter
-                records = [r for r in part.records() if (r.offset or 0) >= rest]
-                await self._convert_and_write(records, sink, dlq, [], kd, vd, keep_raw)
+            count += len(columns)
+            records: list[Record] | None = None
+            done = 0  # records of the partition written, either way
+            while len(columns):
+                writing = time.perf_counter()
+                written = await sink.write_encoded(columns)
+                self.observe("write", time.perf_counter() - writing)
+                self.records_out += written
+                if written >= len(columns):
+                    break
+                done += written
+                if records is None:  # decoded with their headers, for a dead letter; same order as the columns
+                    records = part.records()
+                await self._convert_and_write([records[done]], sink, dlq, [], kd, vd, keep_raw)
+                done += 1
+                columns = columns.after(written + 1)
         return count
 
     async def _write(
