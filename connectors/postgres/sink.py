@@ -84,10 +84,6 @@ __all__ = ["PostgresSink", "PostgresSinkConfig"]
 log = logging.getLogger("millpond.connectors.postgres.sink")
 
 _UPSERTS = frozenset(("c", "u", "r"))
-#: a run of digits an integer beyond 64 bits needs (orjson reads such an integer as a float)
-_LONG_DIGITS = re.compile(rb"[0-9]{19}").search
-#: what ``write_encoded`` parsed as no plain value: the record path decides (exactly, as ``write`` would)
-_GENERAL = object()
 
 
 class PostgresSink(Sink):
@@ -115,6 +111,8 @@ class PostgresSink(Sink):
         #: per topic, the bytes of the last change's ``column_types`` and the dict they read as (which
         #: ``_seen`` holds while they are current): a plain upsert whose bytes match needs no parse of them
         self._types_raw: dict[str, tuple[bytes, dict[str, str]]] = {}
+        #: per topic, ``[those bytes, the source block's shape for them]`` (see :func:`_plain_row`)
+        self._shapes: dict[str, tuple[bytes, list[bytes]]] = {}
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -221,12 +219,12 @@ class PostgresSink(Sink):
         values = part.values
         topic = part.tp.topic
         buffer = self._buffer
-        target, key, types = self._plain_target(topic)
+        target, key, types, shape = self._plain_target(topic)
         #: the "rows" entry (key -> row) plain upserts gather in until another change comes
         rows: dict[Any, dict[str, Any]] | None = None
         for i, value in enumerate(values):
             if types is not None and value is not None:
-                row = _plain_row(value, types)
+                row = _plain_row(value, types, shape)
                 if row is not None:
                     k = row.get(key)
                     if k.__class__ in SCALARS and UNAVAILABLE not in row.values():
@@ -246,17 +244,21 @@ class PostgresSink(Sink):
             rows = None
             if value is not None and self._seen.get(topic) is not None:
                 _learn_types(self._types_raw, topic, value, self._seen[topic])
-            target, key, types = self._plain_target(topic)
+            target, key, types, shape = self._plain_target(topic)
         return len(values)
 
-    def _plain_target(self, topic: str) -> tuple[Target | None, str, bytes | None]:
-        """The table, key column and column types (as the last change wrote them) that a plain upsert
-        of ``topic`` needs for ``write_encoded``'s fast way; types None when there is none yet."""
+    def _plain_target(self, topic: str) -> tuple[Target | None, str, bytes | None, list[bytes]]:
+        """What a plain upsert of ``topic`` needs for ``write_encoded``'s fast way: the table, its key
+        column, the column types as the last change wrote them (None when there are none yet) and
+        the shape of the source block that goes with them (see :func:`_plain_row`)."""
         target = self._by_topic.get(topic)
         raw = self._types_raw.get(topic)
         if target is None or len(target.key) != 1 or raw is None or raw[1] is not self._seen.get(topic):
-            return None, "", None
-        return target, target.key[0], raw[0]
+            return None, "", None, []
+        shape = self._shapes.get(topic)
+        if shape is None or shape[0] is not raw[0]:
+            shape = self._shapes[topic] = (raw[0], [])
+        return target, target.key[0], raw[0], shape[1]
 
     @staticmethod
     def _decoded(part: EncodedRecords, i: int) -> Record | None:
@@ -496,43 +498,82 @@ _DIGITS = bytes(48 if 48 <= c <= 57 else 32 for c in range(256))
 _LONG = b"0" * 19
 
 
-def _plain_row(value: bytes, types: bytes) -> dict[str, Any] | None:
+def _plain_row(value: bytes, types: bytes, shape: list[bytes]) -> dict[str, Any] | None:
     """The ``after`` row of ``value`` when it is a plain upsert (op c, u or r) in the envelope above
     whose ``column_types`` are the bytes ``types``; None when anything is otherwise.
 
-    Only the row and the source block's other fields are parsed (orjson); the rest is compared
-    as bytes. Exact: the row's slice parses only if it is the whole ``after`` object (it ends
-    where ``,"op":"`` follows it, and a JSON object cannot end anywhere else), the source block's
-    other fields are parsed to prove them valid JSON that names no ``column_types`` of its own,
-    ``types`` are bytes a valid change carried, and what follows is a plain integer: so the value
-    is valid JSON that the JSON converter reads as this op, this row and these column types.
-    A row with a run of 19 digits (an integer beyond 64 bits, perhaps) is left to the exact path.
+    Only the row is parsed (orjson); the rest is checked as bytes, in place. Exact: the row's
+    slice parses only if it is the whole ``after`` object (it ends where ``,"op":"`` follows it,
+    and a JSON object cannot end anywhere else); the source block's other fields are valid JSON
+    naming no ``column_types`` of their own (:func:`_fields_end`, or the same text as the last
+    value found so, but for the LSN's hex digits); ``types`` are bytes a valid change carried;
+    and what follows is a plain integer. So the value is valid JSON that the JSON converter reads
+    as this op, this row and these column types. A row with a run of 19 digits (perhaps an integer
+    beyond 64 bits) is left to the exact path.
+
+    ``shape`` is the topic's ``[fields before the LSN's digits, the text from after them to the
+    ts_ms digits]`` of the last value checked in full (empty before one was; see ``_fields_end``).
     """
     if not value.startswith(_HEAD):
         return None
     i = value.find(_OP, 23)
-    if i < 0 or value[i + 7:i + 8] not in _OPS or value[i + 8:i + 20] != _SOURCE:
+    if i < 0 or value[i + 7:i + 8] not in _OPS or not value.startswith(_SOURCE, i + 8):
         return None
-    j = value.find(_TYPES, i + 21)
-    if j < 0:
-        return None
-    k = j + 16 + len(types)
-    if value[j + 16:k] != types or value[k:k + 10] != _END:
-        return None
-    ts = value[k + 10:-1]
-    if not ts.isdigit() or (ts[0] == 48 and len(ts) > 1) or value[-1] != 125:  # 125: "}"
+    k = -1
+    if shape:
+        pre, post = shape
+        if value.startswith(pre, i + 20):
+            a = i + 20 + len(pre)
+            b = value.find(b'"', a)
+            if b > 0 and not value[a:b].translate(None, _LSN_CHARS) and value.startswith(post, b):
+                k = b + len(post)
+    if k < 0:
+        k = _fields_end(value, i, types, shape)
+        if k < 0:
+            return None
+    ts = value[k:-1]
+    if not ts.isdigit() or (ts[0] == 48 and len(ts) > 1) or value[-1] != 125:  # 48: "0", 125: "}"
         return None
     row = value[23:i]
     if row.translate(_DIGITS).find(_LONG) >= 0:
         return None
     try:
-        fields = orjson.loads(b"{" + value[i + 20:j] + b"}")
-        if "column_types" in fields:
-            return None
         parsed: dict[str, Any] = orjson.loads(row)
     except orjson.JSONDecodeError:
         return None
     return parsed
+
+
+_LSN = b'"lsn":"'
+_LSN_CHARS = b"0123456789ABCDEF/"
+
+
+def _fields_end(value: bytes, i: int, types: bytes, shape: list[bytes]) -> int:
+    """Where the ts_ms digits of ``value`` start (-1: not a plain change) when its source block
+    (from ``i + 20``) holds valid JSON fields, none named ``column_types``, then ``types``.
+
+    Fills ``shape`` for the values after it (see :func:`_plain_row`): within a transaction the
+    fields differ only in the LSN, whose text is inside a string, so a value equal to this one
+    but for hex digits and "/" there has valid fields too, and the same ``column_types``."""
+    j = value.find(_TYPES, i + 21)
+    if j < 0:
+        return -1
+    k = j + 16 + len(types)
+    if not value.startswith(types, j + 16) or not value.startswith(_END, k):
+        return -1
+    fields = value[i + 20:j]
+    try:
+        if "column_types" in orjson.loads(b"{" + fields + b"}"):
+            return -1
+    except orjson.JSONDecodeError:
+        return -1
+    a = fields.find(_LSN)
+    if a >= 0:
+        a += len(_LSN)
+        b = fields.find(b'"', a)
+        if b > 0 and not fields[a:b].translate(None, _LSN_CHARS):
+            shape[:] = [fields[:a], fields[b:] + value[j:k + len(_END)]]
+    return k + len(_END)
 
 
 def _learn_types(learnt: dict[str, tuple[bytes, dict[str, str]]], topic: str, value: bytes,

@@ -245,7 +245,11 @@ def test_plain_row_reads_only_a_plain_change_as_the_converter_does() -> None:
     types_raw = orjson.dumps(TYPES)
     row = {"id": 1, "name": "zoë\t\"q\"", "big": 5, "f": 0.1, "doc": {"op": "c", "x": [1, {"y": None}]}, "note": "n"}
     good = _value("u", row, None, TYPES, 1)
-    assert _plain_row(good, types_raw) == JsonConverter().deserialize(good)["after"] == row
+    shape: list[bytes] = []
+    assert _plain_row(good, types_raw, shape) == JsonConverter().deserialize(good)["after"] == row
+    assert shape  # learnt from a value checked in full: the next ones of the transaction compare bytes
+    other = _value("c", {**row, "id": 2}, None, TYPES, 0x2F00A)  # another LSN (hex digits), same fields else
+    assert _plain_row(other, types_raw, shape) == {**row, "id": 2}
     s = good.decode()
     not_plain = [
         _value("d", None, {"id": 1}, TYPES, 1),  # a delete
@@ -260,9 +264,14 @@ def test_plain_row_reads_only_a_plain_change_as_the_converter_does() -> None:
         s.replace('"name":"zo', '"name":"\\ud800zo').encode(),  # a lone surrogate: the stdlib's to read
         s[:-1].encode(),  # cut short
         s.replace('"op":"u"', '"op":"x"').encode(),  # an op that is no upsert
+        s.replace('"lsn":"0/1"', '"lsn":"0/1\\x"').encode(),  # not JSON in the LSN's string
+        s.replace('"txid":700', '"txid":0700').encode(),  # not JSON elsewhere in the fields
     ]
     for value in not_plain:
-        assert _plain_row(value, types_raw) is None, value
+        assert _plain_row(value, types_raw, []) is None, value
+        assert _plain_row(value, types_raw, list(shape)) is None, value
+    # an LSN that is not hex digits does not fit the shape: checked in full (and valid)
+    assert _plain_row(s.replace('"lsn":"0/1"', '"lsn":"0/1g"').encode(), types_raw, list(shape)) == row
     # a column named "op" in the row: ",\"op\":\"" comes first inside it; not plain, never misread
     tricky = _value("c", {**row, "doc": None, "op": "d"}, None, TYPES, 1)
-    assert _plain_row(tricky, types_raw) in (None, JsonConverter().deserialize(tricky)["after"])
+    assert _plain_row(tricky, types_raw, []) in (None, JsonConverter().deserialize(tricky)["after"])
