@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Protocol, runtime_checkable
 
 from ..backends.base import BatchConsumer, Consumer, IsolationLevel, LogBackend, Membership, Producer
@@ -531,14 +532,18 @@ class SinkTask(ConnectorTask):
 
 
 def _columns(part: PartitionBatches) -> EncodedRecords:
-    """One partition's records in columns, decoded by the C codec (decompressed as needed); about
-    0.3 us a record against 1 us for a :class:`Record` of each."""
+    """One partition's records in columns, decoded by the C codec (decompressed as needed): about
+    0.9 us a record for the codec's record objects, then 0.2 us for the columns (a :class:`Record`
+    of each would add 1 us more)."""
     found = [r for data in part.batches for r in iter_records(data)]
     start = part.from_offset
     if found and found[0].offset < start:  # the first batch began before the position
         found = [r for r in found if r.offset >= start]
-    return EncodedRecords(part.tp, [r.offset for r in found], [r.timestamp for r in found],
-                          [r.key for r in found], [r.value for r in found])
+    return EncodedRecords(part.tp, list(map(_OFFSET, found)), list(map(_TIMESTAMP, found)),
+                          list(map(_KEY, found)), list(map(_VALUE, found)))
+
+
+_OFFSET, _TIMESTAMP, _KEY, _VALUE = (attrgetter(name) for name in ("offset", "timestamp", "key", "value"))
 
 
 def _raw_size(records: list[Record]) -> int:
