@@ -488,9 +488,9 @@ _JSON = JsonConverter()
 #: ``{"before":null,"after":ROW,"op":"c","source":{...,"column_types":{...}},"ts_ms":N}``
 _HEAD = b'{"before":null,"after":{'
 _OP = b',"op":"'
-_SOURCE = b'","source":{'
 _TYPES = b',"column_types":{'
-_OPS = frozenset((b"c", b"u", b"r"))
+#: an upsert's op and what follows it, up to the source block's first field
+_OP_SOURCE = tuple(op + b'","source":{' for op in (b"c", b"u", b"r"))
 _END = b'},"ts_ms":'
 #: digits to "0" and everything else to " ", so that one ``find`` spots a run long enough for an
 #: integer beyond 64 bits (which orjson reads as a float, the JSON converter as an int)
@@ -517,7 +517,7 @@ def _plain_row(value: bytes, types: bytes, shape: list[bytes]) -> dict[str, Any]
     if not value.startswith(_HEAD):
         return None
     i = value.find(_OP, 23)
-    if i < 0 or value[i + 7:i + 8] not in _OPS or not value.startswith(_SOURCE, i + 8):
+    if i < 0 or not value.startswith(_OP_SOURCE, i + 7):
         return None
     k = -1
     if shape:
