@@ -61,12 +61,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import asyncpg
 import orjson
 
+from millpond import speedups
 from millpond.connector import ConnectorConfig, ConnectorContext, EncodedRecords, Guarantee, Sink
 from millpond.converters import JsonConverter
 from millpond.errors import ConfigError, ConnectorError, RecordError, RetriableConnectorError
@@ -84,6 +85,19 @@ __all__ = ["PostgresSink", "PostgresSinkConfig"]
 log = logging.getLogger("millpond.connectors.postgres.sink")
 
 _UPSERTS = frozenset(("c", "u", "r"))
+
+
+def _c_rows() -> Callable[[list[bytes | None], tuple[bytes | int, ...]], list[bytes | None]] | None:
+    try:
+        speedups.refuse()  # MILLPOND_PURE_PYTHON=1: the Python path, on purpose
+        from ._sink_scan import rows
+    except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
+        return None
+    return rows
+
+
+#: ``_sink_scan.rows``: a poll's plain rows found in C (see :func:`_template`), else None
+_scan_rows = _c_rows()
 
 
 class PostgresSink(Sink):
@@ -112,7 +126,7 @@ class PostgresSink(Sink):
         #: ``_seen`` holds while they are current): a plain upsert whose bytes match needs no parse of them
         self._types_raw: dict[str, tuple[bytes, dict[str, str]]] = {}
         #: per topic, ``[those bytes, the source block's shape for them]`` (see :func:`_plain_row`)
-        self._shapes: dict[str, tuple[bytes, list[bytes]]] = {}
+        self._shapes: dict[str, tuple[bytes, list[Any]]] = {}
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -222,9 +236,26 @@ class PostgresSink(Sink):
         target, key, types, shape = self._plain_target(topic)
         #: the "rows" entry (key -> row) plain upserts gather in until another change comes
         rows: dict[Any, dict[str, Any]] | None = None
+        loads = orjson.loads
+        #: the rows' JSON text the C scan found from value ``base`` on, with the template it used
+        scanned: list[bytes | None] = []
+        base = 0
+        template: tuple[bytes | int, ...] | None = None
         for i, value in enumerate(values):
             if types is not None and value is not None:
-                row = _plain_row(value, types, shape)
+                row = None
+                if _scan_rows is not None and len(shape) > 2 and shape[2] is not None:
+                    if shape[2] is not template:
+                        template = shape[2]
+                        scanned, base = _scan_rows(values[i:], template), i
+                    text = scanned[i - base]
+                    if text is not None:
+                        try:
+                            row = loads(text)
+                        except orjson.JSONDecodeError:
+                            pass
+                if row is None:
+                    row = _plain_row(value, types, shape)
                 if row is not None:
                     k = row.get(key)
                     if k.__class__ in SCALARS and UNAVAILABLE not in row.values():
@@ -247,7 +278,7 @@ class PostgresSink(Sink):
             target, key, types, shape = self._plain_target(topic)
         return len(values)
 
-    def _plain_target(self, topic: str) -> tuple[Target | None, str, bytes | None, list[bytes]]:
+    def _plain_target(self, topic: str) -> tuple[Target | None, str, bytes | None, list[Any]]:
         """What a plain upsert of ``topic`` needs for ``write_encoded``'s fast way: the table, its key
         column, the column types as the last change wrote them (None when there are none yet) and
         the shape of the source block that goes with them (see :func:`_plain_row`)."""
@@ -498,7 +529,7 @@ _DIGITS = bytes(48 if 48 <= c <= 57 else 32 for c in range(256))
 _LONG = b"0" * 19
 
 
-def _plain_row(value: bytes, types: bytes, shape: list[bytes]) -> dict[str, Any] | None:
+def _plain_row(value: bytes, types: bytes, shape: list[Any]) -> dict[str, Any] | None:
     """The ``after`` row of ``value`` when it is a plain upsert (op c, u or r) in the envelope above
     whose ``column_types`` are the bytes ``types``; None when anything is otherwise.
 
@@ -512,7 +543,8 @@ def _plain_row(value: bytes, types: bytes, shape: list[bytes]) -> dict[str, Any]
     beyond 64 bits) is left to the exact path.
 
     ``shape`` is the topic's ``[fields before the LSN's digits, the text from after them to the
-    ts_ms digits]`` of the last value checked in full (empty before one was; see ``_fields_end``).
+    ts_ms digits, the C scan's template]`` of the last value checked in full (empty before one
+    was; see ``_fields_end``).
     """
     if not value.startswith(_HEAD):
         return None
@@ -521,7 +553,7 @@ def _plain_row(value: bytes, types: bytes, shape: list[bytes]) -> dict[str, Any]
         return None
     k = -1
     if shape:
-        pre, post = shape
+        pre, post = shape[0], shape[1]
         if value.startswith(pre, i + 20):
             a = i + 20 + len(pre)
             b = value.find(b'"', a)
@@ -548,7 +580,7 @@ _LSN = b'"lsn":"'
 _LSN_CHARS = b"0123456789ABCDEF/"
 
 
-def _fields_end(value: bytes, i: int, types: bytes, shape: list[bytes]) -> int:
+def _fields_end(value: bytes, i: int, types: bytes, shape: list[Any]) -> int:
     """Where the ts_ms digits of ``value`` start (-1: not a plain change) when its source block
     (from ``i + 20``) holds valid JSON fields, none named ``column_types``, then ``types``.
 
@@ -572,8 +604,37 @@ def _fields_end(value: bytes, i: int, types: bytes, shape: list[bytes]) -> int:
         a += len(_LSN)
         b = fields.find(b'"', a)
         if b > 0 and not fields[a:b].translate(None, _LSN_CHARS):
-            shape[:] = [fields[:a], fields[b:] + value[j:k + len(_END)]]
+            shape[:] = [fields[:a], fields[b:] + value[j:k + len(_END)], _template(fields, (a, b), types)]
     return k + len(_END)
+
+
+#: the C scan's wildcards: a JSON integer, the LSN's text
+_INT, _LSN_TEXT = 1, 2
+_RUN = re.compile(rb"[0-9]+").finditer
+
+
+def _template(fields: bytes, lsn: tuple[int, int], types: bytes) -> tuple[bytes | int, ...] | None:
+    """The C scan's template (``_sink_scan.c``) of a source block whose ``fields`` were found valid:
+    their text with the LSN's (at ``lsn``) and each maximal run of digits elsewhere as wildcards,
+    then ``types`` and the ts_ms integer. A JSON integer for a run keeps the fields valid: a
+    digit run is a number's integer, fraction or exponent part, or inside a string, and a
+    string holding a backslash (a ``\\u`` escape's digits are not free) gets no template.
+    A run with a leading zero stays as it is."""
+    if b"\\" in fields:
+        return None
+    spans = [(lsn[0], lsn[1], _LSN_TEXT)]
+    for m in _RUN(fields):
+        start, end = m.span()
+        if not (lsn[0] <= start < lsn[1]) and (end - start == 1 or fields[start] != 48):  # 48: "0"
+            spans.append((start, end, _INT))
+    spans.sort()
+    pieces: list[bytes | int] = []
+    position = 0
+    for start, end, kind in spans:
+        pieces += [fields[position:start], kind]
+        position = end
+    pieces += [fields[position:] + b',"column_types":' + types + _END, _INT, b"}"]
+    return tuple(pieces)
 
 
 def _learn_types(learnt: dict[str, tuple[bytes, dict[str, str]]], topic: str, value: bytes,

@@ -27,7 +27,7 @@ import pytest
 from millpond.backends import open_backend
 from millpond.backends.base import IsolationLevel
 from millpond.config import PipelineConfig
-from millpond.connectors.postgres.sink import PostgresSink, _plain_row
+from millpond.connectors.postgres.sink import PostgresSink, _plain_row, _scan_rows
 from millpond.connectors.postgres.source import UNAVAILABLE
 from millpond.converters import JsonConverter
 from millpond.records import Record
@@ -272,6 +272,27 @@ def test_plain_row_reads_only_a_plain_change_as_the_converter_does() -> None:
         assert _plain_row(value, types_raw, list(shape)) is None, value
     # an LSN that is not hex digits does not fit the shape: checked in full (and valid)
     assert _plain_row(s.replace('"lsn":"0/1"', '"lsn":"0/1g"').encode(), types_raw, list(shape)) == row
+    # the C scan (when built) takes what _plain_row takes, or less: never a value _plain_row refuses
+    if _scan_rows is not None:
+        template = shape[2]
+        assert template is not None
+        later = [
+            _value("c", {**row, "id": 3}, None, TYPES, 0x1234),  # another transaction: txid, commit time, LSN
+            _value("r", {**row, "id": 4, "big": 2**63}, None, TYPES, 99),  # 19 digits: the exact path's
+            s.replace('"commit_ts_ms":1700000000001', '"commit_ts_ms":0').encode(),
+        ]
+        for value in [good, other, *later, *not_plain]:
+            found = _scan_rows([value], template)[0]
+            expected = _plain_row(value, types_raw, [])
+            try:  # the sink parses what the scan found, and takes the exact path if it does not parse
+                parsed = None if found is None else orjson.loads(found)
+            except orjson.JSONDecodeError:
+                parsed = None
+            assert parsed in (None, expected), value
+            if expected is None:
+                assert parsed is None, value
+        assert [t is not None for t in _scan_rows([good, other, *later, None], template)] == [
+            True, True, True, False, True, False]
     # a column named "op" in the row: ",\"op\":\"" comes first inside it; not plain, never misread
     tricky = _value("c", {**row, "doc": None, "op": "d"}, None, TYPES, 1)
     assert _plain_row(tricky, types_raw, []) in (None, JsonConverter().deserialize(tricky)["after"])
