@@ -85,6 +85,8 @@ __all__ = ["PostgresSink", "PostgresSinkConfig"]
 log = logging.getLogger("millpond.connectors.postgres.sink")
 
 _UPSERTS = frozenset(("c", "u", "r"))
+#: values the C scan looks at in one call: a new template (the Python check learnt one) scans again
+SCAN_VALUES = 2048
 
 
 def _c_rows() -> Callable[[list[bytes | None], tuple[bytes | int, ...]], list[bytes | None]] | None:
@@ -245,9 +247,9 @@ class PostgresSink(Sink):
             if types is not None and value is not None:
                 row = None
                 if _scan_rows is not None and len(shape) > 2 and shape[2] is not None:
-                    if shape[2] is not template:
+                    if shape[2] is not template or i - base >= len(scanned):
                         template = shape[2]
-                        scanned, base = _scan_rows(values[i:], template), i
+                        scanned, base = _scan_rows(values[i:i + SCAN_VALUES], template), i
                     text = scanned[i - base]
                     if text is not None:
                         try:
@@ -512,7 +514,6 @@ class PostgresSink(Sink):
 
 
 _JSON = JsonConverter()
-
 
 
 #: the postgres-cdc envelope of a plain change, as its C path and orjson write it:
