@@ -59,6 +59,8 @@ docstring), so such a default reaches the sink only row by row as rows change.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -74,7 +76,7 @@ from millpond.errors import ConfigError, ConnectorError, RecordError, RetriableC
 from millpond.records import Record, TopicPartition
 
 from . import sink_schema
-from .sink_apply import SCALARS, STAGE, Applier, Entry, Target, key_of
+from .sink_apply import SCALARS, STAGE, Applier, EarlyCopy, Entry, Target, key_of
 from .sink_config import PostgresSinkConfig
 from .source import UNAVAILABLE
 from .sql import connect, split_table
@@ -85,6 +87,10 @@ __all__ = ["PostgresSink", "PostgresSinkConfig"]
 log = logging.getLogger("millpond.connectors.postgres.sink")
 
 _UPSERTS = frozenset(("c", "u", "r"))
+#: plain rows that make an entry of their own, COPYed early while the rest of a large poll is read
+EARLY_ROWS = 8192
+#: while rows COPYed early are in flight, ``write_encoded`` lets the event loop send them every this many + 1
+YIELD_MASK = 1023
 #: values the C scan looks at in one call: a new template (the Python check learnt one) scans again
 SCAN_VALUES = 2048
 
@@ -129,6 +135,7 @@ class PostgresSink(Sink):
         self._types_raw: dict[str, tuple[bytes, dict[str, str]]] = {}
         #: per topic, ``[those bytes, the source block's shape for them]`` (see :func:`_plain_row`)
         self._shapes: dict[str, tuple[bytes, list[Any]]] = {}
+        self._early = EarlyCopy(self._where)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -136,6 +143,7 @@ class PostgresSink(Sink):
         self._conn = conn = await connect(self.cfg.dsn.get_secret_value(), self._where)
         self._where = f"postgres sink {self.context.name!r} (database {await conn.fetchval('SELECT current_database()')!r})"
         self._applier = Applier(self._where, self.cfg.apply_truncate)  # a new session: no staging tables yet
+        self._early = EarlyCopy(self._where)
         offsets = self._offsets_sql()
         try:
             await conn.execute(
@@ -156,6 +164,7 @@ class PostgresSink(Sink):
         if conn is None:
             raise ConnectorError(f"{self._where}: stored_offsets before start")
         try:
+            await self._settle()
             rows = await conn.fetch(f"SELECT topic, partition, next_offset FROM {self._offsets_sql()} "
                                     "WHERE connector = $1", self.context.name)
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
@@ -165,6 +174,7 @@ class PostgresSink(Sink):
         return stored
 
     async def stop(self) -> None:
+        await self._early.abandon()
         if self._conn is not None and not self._conn.is_closed():
             try:
                 await self._conn.close(timeout=5)
@@ -178,6 +188,7 @@ class PostgresSink(Sink):
         if conn is None:
             raise ConnectorError(f"{self._where}: reset_offsets before start")
         try:
+            await self._settle()
             await conn.execute(
                 f"INSERT INTO {self._offsets_sql()} AS o (connector, topic, partition, next_offset) "
                 "SELECT $1, t, p, n FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, n) "
@@ -208,6 +219,7 @@ class PostgresSink(Sink):
         conn = self._conn
         if conn is None:
             raise ConnectorError(f"{self._where}: write before start")
+        await self._settle()
         seen = dict(self._seen)
         undo: list[tuple[Target, dict[str, str]]] = []
         try:
@@ -243,7 +255,11 @@ class PostgresSink(Sink):
         scanned: list[bytes | None] = []
         base = 0
         template: tuple[bytes | int, ...] | None = None
+        in_flight = self._early.task is not None
         for i, value in enumerate(values):
+            if in_flight and not i & YIELD_MASK:
+                # let the loop write the rows COPYed early to the server while this poll is parsed
+                await asyncio.sleep(0)
             if types is not None and value is not None:
                 row = None
                 if _scan_rows is not None and len(shape) > 2 and shape[2] is not None:
@@ -266,6 +282,12 @@ class PostgresSink(Sink):
                             buffer.append((target, "rows", rows, None))  # type: ignore[arg-type]
                         prev = rows.get(k)
                         rows[k] = row if prev is None else {**prev, **row}
+                        if len(rows) >= EARLY_ROWS and self._early.open:
+                            # off to the server while the rest of the poll is read
+                            await self._settle()
+                            self._early.start(self._conn, buffer)
+                            in_flight = self._early.task is not None
+                            rows = None
                         continue
             record = self._decoded(part, i)
             if record is None:
@@ -278,7 +300,19 @@ class PostgresSink(Sink):
             if value is not None and self._seen.get(topic) is not None:
                 _learn_types(self._types_raw, topic, value, self._seen[topic])
             target, key, types, shape = self._plain_target(topic)
+        await self._settle()
+        self._early.start(self._conn, buffer)
         return len(values)
+
+    async def _settle(self) -> None:
+        """Wait for the rows COPYed early (:class:`~.sink_apply.EarlyCopy`): the connection serves one
+        call at a time. Their failure is the flush's failure, named as a flush failure."""
+        try:
+            await self._early.settle(self._buffer)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            raise RetriableConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise ConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
 
     def _plain_target(self, topic: str) -> tuple[Target | None, str, bytes | None, list[Any]]:
         """What a plain upsert of ``topic`` needs for ``write_encoded``'s fast way: the table, its key
@@ -370,10 +404,19 @@ class PostgresSink(Sink):
         # if it rolls back, so do they (the buffer stays for a retry)
         columns = [(t, t.columns, t.column_types) for t in self._targets.values()]
         try:
-            async with conn.transaction():
+            # rows COPYed early are in a transaction of their own making: this one goes on in it
+            await self._early.settle(self._buffer)
+            tx = self._early.take()
+            if tx is None:
+                tx = conn.transaction()
+                await tx.start()
+            try:
                 if offsets:
                     await self._check_owner(conn, offsets)
-                written = await self._applier.apply(conn, self._buffer, self._ddl)
+                early = [e for e in self._buffer if e[1] == "early"]
+                entries = [e for e in self._buffer if e[1] != "early"] if early else self._buffer
+                written = await self._applier.apply(conn, entries, self._ddl)
+                written += sum(len(e[2] or ()) for e in early)
                 if offsets:
                     await conn.execute(
                         f"INSERT INTO {self._offsets_sql()} AS o (connector, topic, partition, next_offset) "
@@ -383,7 +426,13 @@ class PostgresSink(Sink):
                         self.context.name,
                         [tp.topic for tp in offsets], [tp.partition for tp in offsets], list(offsets.values()),
                     )
+            except BaseException:
+                with contextlib.suppress(Exception):  # a broken connection has no transaction left to end
+                    await tx.rollback()
+                raise
+            await tx.commit()
         except BaseException as exc:
+            self._early.reset(self._buffer, committed=False)
             self._applier.committed(False)
             for target, before, types in columns:
                 target.columns, target.column_types = before, types
@@ -393,6 +442,7 @@ class PostgresSink(Sink):
                 raise ConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
             raise
         self._applier.committed(True)
+        self._early.reset(self._buffer, committed=True)
         self._buffer = []
         self.rows_written += written
         self._expected.update(offsets)

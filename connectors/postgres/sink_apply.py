@@ -24,6 +24,8 @@ the statement, where PostgreSQL turns each JSON value into the column's type
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -348,3 +350,112 @@ class _Text:
             yield chunk
         while (more := self._next()) is not None:
             yield more
+
+
+class EarlyCopy:
+    """Rows COPYed into their table while the runtime reads the next poll, in the flush's transaction.
+
+    Without it a flush does all its server work at once, while the sink (and the runtime) wait,
+    and between flushes the server has nothing to do. A poll's plain rows ("rows" entry) go to
+    the server at once: COPY text straight into the table under a savepoint, in a transaction
+    that the next flush continues and commits with the offsets, so nothing is visible (or
+    durable) before the flush. Rows may go ahead of entries the flush applies later only where
+    the order makes no difference: the entries before them are rows COPYed already, or inserts,
+    updates and deletes of other keys (``blockers``); the flush applies the rest as before, in
+    order, and sees the early rows in the table, which is what applying the buffer in order
+    gives. A COPY that meets an existing key, or an entry that cannot be passed (a truncate, a
+    schema change, rows of a key changed before, rows text cannot carry) ends this until the
+    flush. Every other use of the connection waits for the COPY in flight first (``settle``).
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        #: the transaction the COPYs run in, until the flush takes it
+        self.tx: Any = None
+        self.task: asyncio.Task[bool] | None = None
+        #: buffer index of the next entry to look at, and of the one in flight
+        self.index = 0
+        self.pending = -1
+        #: False once an entry could not be passed: the rest waits for the flush
+        self.open = True
+        #: per table, the keys of the entries passed that the flush applies (rows of those wait)
+        self.blockers: dict[str, set[Any]] = {}
+
+    async def settle(self, buffer: list[Entry]) -> None:
+        """Wait for the COPY in flight; mark its entry done (``"early"``), or stop copying early."""
+        task, self.task = self.task, None
+        if task is None:
+            return
+        if await task:
+            target, _, rows, _ = buffer[self.pending]
+            buffer[self.pending] = (target, "early", rows, None)
+        else:
+            self.open = False
+
+    def start(self, conn: asyncpg.Connection, buffer: list[Entry]) -> None:
+        """COPY the next rows of ``buffer`` that can go early in the background (call after ``settle``)."""
+        while self.open and self.task is None and self.index < len(buffer):
+            target, what, rows, key = buffer[self.index]
+            if what in ("up", "del") and key is not None:
+                self.blockers.setdefault(target.sql, set()).add(key)
+                self.index += 1
+                continue
+            if what != "rows" or not target.key or not target.unique or target.direct.skip:
+                self.open = False
+                return
+            assert isinstance(rows, dict)
+            blockers = self.blockers.get(target.sql)
+            if blockers and not blockers.isdisjoint(rows):
+                self.open = False
+                return
+            data, count, unfit = copy_text(list(rows.values()), target.columns, target.column_types)
+            if unfit or not count:
+                self.open = False
+                return
+            self.pending = self.index
+            self.index += 1
+            self.task = asyncio.get_running_loop().create_task(self._copy(conn, target, data))
+
+    async def _copy(self, conn: asyncpg.Connection, t: Target, data: bytes) -> bool:
+        if self.tx is None:
+            tx = conn.transaction()
+            await tx.start()
+            self.tx = tx
+        try:
+            async with conn.transaction():  # a savepoint: a duplicate key undoes this COPY alone
+                await conn.copy_to_table(t.name, schema_name=t.schema, columns=t.columns, source=_once(data))
+        except asyncpg.UniqueViolationError:
+            t.direct.missed()
+            return False
+        t.direct.hit()
+        return True
+
+    def take(self) -> Any:
+        """The transaction the COPYs ran in (None if none did), for the flush to continue and end."""
+        tx, self.tx = self.tx, None
+        return tx
+
+    def reset(self, buffer: list[Entry], committed: bool) -> None:
+        """The flush ended: start afresh; if it rolled back, the early entries are to be written again."""
+        if not committed:
+            for i, (target, what, rows, key) in enumerate(buffer):
+                if what == "early":
+                    buffer[i] = (target, "rows", rows, key)
+        self.tx = None
+        self.index = 0
+        self.pending = -1
+        self.open = True
+        self.blockers = {}
+
+    async def abandon(self) -> None:
+        """Stop a COPY in flight (the sink stops; its transaction goes with the connection)."""
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        self.tx = None
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data

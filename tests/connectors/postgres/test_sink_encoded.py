@@ -180,7 +180,7 @@ async def dead_letters(cfg: PipelineConfig, topic: str) -> list[tuple[Any, Any]]
 
 
 def run_sink(tmp: Path, dsn: str, sink: str, table: str, pairs: list[tuple[bytes | None, bytes | None]],
-             produce_first: bool) -> list[tuple[Any, Any]]:
+             produce_first: bool, flush_records: int) -> list[tuple[Any, Any]]:
     cfg = config(tmp, dsn, sink, table)
     if produce_first:
         asyncio.run(produce(cfg, pairs))
@@ -188,6 +188,7 @@ def run_sink(tmp: Path, dsn: str, sink: str, table: str, pairs: list[tuple[bytes
     options.sink_limits.poll_timeout_s = 0.05
     options.sink_limits.idle_flush_s = 0.05
     options.sink_limits.max_poll_records = 700  # several polls, each with a flush or not
+    options.sink_limits.flush_records = flush_records
     asyncio.run(asyncio.wait_for(run_pipeline_async(cfg, until_idle=True, options=options), 120))
     return asyncio.run(dead_letters(cfg, f"dlq_{sink}"))
 
@@ -201,8 +202,9 @@ async def table_rows(dsn: str, table: str) -> dict[int, dict[str, Any]]:
     return {r["id"]: dict(r) for r in rows}
 
 
+@pytest.mark.parametrize("flush_records", [500_000, 300])  # one flush; a flush every poll or two
 def test_encoded_path_gives_the_record_paths_table(
-    tmp_path: Path, pg_dsn: str, name: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pg_dsn: str, name: str, monkeypatch: pytest.MonkeyPatch, flush_records: int
 ) -> None:
     pairs, model, bad = stream()
     calls: list[int] = []
@@ -213,11 +215,11 @@ def test_encoded_path_gives_the_record_paths_table(
         await write(self, records)
 
     monkeypatch.setattr(PostgresSink, "write", counting)
-    fast = run_sink(tmp_path, pg_dsn, f"{name}_fast", f"{name}_fast", pairs, produce_first=True)
+    fast = run_sink(tmp_path, pg_dsn, f"{name}_fast", f"{name}_fast", pairs, True, flush_records)
     fast_writes = sum(calls)
     monkeypatch.setattr(PostgresSink, "takes_encoded", None)
     calls.clear()
-    slow = run_sink(tmp_path, pg_dsn, f"{name}_rec", f"{name}_rec", pairs, produce_first=False)
+    slow = run_sink(tmp_path, pg_dsn, f"{name}_rec", f"{name}_rec", pairs, False, flush_records)
 
     # the fast way took the plain changes: write saw only the rest (and the record path saw everything)
     assert sum(calls) >= len(pairs) - bad
@@ -296,3 +298,89 @@ def test_plain_row_reads_only_a_plain_change_as_the_converter_does() -> None:
     # a column named "op" in the row: ",\"op\":\"" comes first inside it; not plain, never misread
     tricky = _value("c", {**row, "doc": None, "op": "d"}, None, TYPES, 1)
     assert _plain_row(tricky, types_raw, []) in (None, JsonConverter().deserialize(tricky)["after"])
+
+
+def test_rows_copied_early_give_the_same_table(pg_dsn: str, name: str) -> None:
+    """Polls written through ``write_encoded`` (rows COPYed while the next poll is read) and through
+    ``write`` give the same table, across flushes, a delete before rows of other keys (passed) and of
+    its key (not passed), updates whose early COPY meets existing keys, and a flush that fails."""
+    from millpond.connector import ConnectorContext, EncodedRecords
+    from millpond.connectors.postgres.sink import PostgresSinkConfig
+    from millpond.errors import RetriableConnectorError
+    from millpond.records import TopicPartition
+
+    tp = TopicPartition(TOPIC, 0)
+    offset = 0
+
+    def poll(changes: list[tuple[str, int, str]]) -> EncodedRecords:
+        nonlocal offset
+        keys: list[bytes | None] = []
+        values: list[bytes | None] = []
+        for op, i, text in changes:
+            keys.append(orjson.dumps({"id": i}))
+            if op == "d":
+                values.append(_value("d", None, {"id": i}, TYPES, offset + len(keys)))
+            else:
+                row = {"id": i, "name": text, "big": i, "f": 0.5, "doc": None, "note": "n"}
+                values.append(_value(op, row, None, TYPES, offset + len(keys)))
+        part = EncodedRecords(tp, list(range(offset, offset + len(keys))), [0] * len(keys), keys, values)
+        offset += len(keys)
+        return part
+
+    script: list[Any] = [
+        [("c", i, "a") for i in range(1, 101)],
+        [("d", 150, ""), ("c", 150, "b"), *[("c", i, "b") for i in range(151, 201)]],  # waits: key 150 changed
+        "flush",
+        [("d", 5, ""), *[("c", i, "c") for i in range(201, 301)]],  # passes the delete of another key
+        "fail",  # a flush that rolls back takes the early rows with it; written again by the next
+        "flush",
+        [("u", i, "u") for i in range(1, 51)],  # existing keys: the early COPY rolls back, the flush upserts
+        [("c", i, "d") for i in range(300, 400)],
+        "flush",
+        [("c", i, "e") for i in range(400, 450)],
+        [("u", 7, "last"), ("d", 8, "")],
+        "flush",
+    ]
+
+    async def go() -> None:
+        nonlocal offset
+        conn = await asyncpg.connect(pg_dsn)
+        ddl = "(id bigint PRIMARY KEY, name text, big numeric, f double precision, doc jsonb, note text)"
+        await conn.execute(f"CREATE TABLE {name}_e {ddl}; CREATE TABLE {name}_r {ddl}")
+        results = []
+        for table, encoded in ((f"{name}_e", True), (f"{name}_r", False)):
+            offset = 0
+            sink = PostgresSink(PostgresSinkConfig(dsn=pg_dsn, table=table), ConnectorContext(name=table))
+            await sink.start()
+            copied = 0
+            for step in script:
+                if step == "flush":
+                    await sink.flush({tp: offset})
+                    continue
+                if step == "fail":
+                    if encoded:
+                        expected, sink._expected = sink._expected, {tp: 10**9}  # another writer, as it seems
+                        with pytest.raises(RetriableConnectorError):
+                            await sink.flush({tp: offset})
+                        sink._expected = expected
+                        assert await conn.fetchval(f"SELECT count(*) FROM {table} WHERE id > 200") == 0
+                    continue
+                part = poll(step)
+                if encoded:
+                    assert await sink.write_encoded(part) == len(part)
+                    copied += sink._early.task is not None
+                else:
+                    await sink.write([Record(JsonConverter().deserialize(v), JsonConverter().deserialize(k),
+                                             0, [], TOPIC, 0, o)
+                                      for k, v, o in zip(part.keys, part.values, part.offsets)])
+            if encoded:
+                assert copied == 3  # rows 2-100, 201-300 and the updates (which met existing keys)
+            await sink.stop()
+            results.append([tuple(r) for r in await conn.fetch(f"SELECT * FROM {table} ORDER BY id")])
+        await conn.close()
+        assert results[0] == results[1]
+        ids = [r[0] for r in results[0]]
+        assert 5 in ids and 8 not in ids and 150 in ids and len(ids) == 100 + 51 + 100 + 99 + 50 - 1
+        assert dict((r[0], r[1]) for r in results[0])[7] == "last"
+
+    asyncio.run(go())
