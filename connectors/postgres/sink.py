@@ -284,8 +284,7 @@ class PostgresSink(Sink):
                         rows[k] = row if prev is None else {**prev, **row}
                         if len(rows) >= EARLY_ROWS and self._early.open:
                             # off to the server while the rest of the poll is read
-                            await self._settle()
-                            self._early.start(self._conn, buffer)
+                            await self._feed()
                             in_flight = self._early.task is not None
                             rows = None
                         continue
@@ -300,9 +299,18 @@ class PostgresSink(Sink):
             if value is not None and self._seen.get(topic) is not None:
                 _learn_types(self._types_raw, topic, value, self._seen[topic])
             target, key, types, shape = self._plain_target(topic)
-        await self._settle()
-        self._early.start(self._conn, buffer)
+        await self._feed()
         return len(values)
+
+    async def _feed(self) -> None:
+        """Hand the rows buffered that can go early to :class:`~.sink_apply.EarlyCopy`."""
+        assert self._conn is not None
+        try:
+            await self._early.feed(self._conn, self._buffer)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            raise RetriableConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise ConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
 
     async def _settle(self) -> None:
         """Wait for the rows COPYed early (:class:`~.sink_apply.EarlyCopy`): the connection serves one

@@ -372,29 +372,39 @@ class EarlyCopy:
         self.where = where
         #: the transaction the COPYs run in, until the flush takes it
         self.tx: Any = None
+        #: the COPY in flight: its task, the queue its data comes from (None ends it), its table and
+        #: the buffer indexes of the entries it holds
         self.task: asyncio.Task[bool] | None = None
-        #: buffer index of the next entry to look at, and of the one in flight
+        self.queue: asyncio.Queue[bytes | None] | None = None
+        self.table: Target | None = None
+        self.inflight: list[int] = []
+        #: buffer index of the next entry to look at
         self.index = 0
-        self.pending = -1
         #: False once an entry could not be passed: the rest waits for the flush
         self.open = True
         #: per table, the keys of the entries passed that the flush applies (rows of those wait)
         self.blockers: dict[str, set[Any]] = {}
 
     async def settle(self, buffer: list[Entry]) -> None:
-        """Wait for the COPY in flight; mark its entry done (``"early"``), or stop copying early."""
-        task, self.task = self.task, None
+        """End the COPY in flight and wait for it: its entries are done (``"early"``), or, if it met
+        an existing key, none of them is and copying early stops until the flush."""
+        task, queue, self.task, self.queue = self.task, self.queue, None, None
         if task is None:
             return
+        assert queue is not None
+        queue.put_nowait(None)
+        inflight, self.inflight = self.inflight, []
         if await task:
-            target, _, rows, _ = buffer[self.pending]
-            buffer[self.pending] = (target, "early", rows, None)
+            for i in inflight:
+                target, _, rows, _ = buffer[i]
+                buffer[i] = (target, "early", rows, None)
         else:
             self.open = False
 
-    def start(self, conn: asyncpg.Connection, buffer: list[Entry]) -> None:
-        """COPY the next rows of ``buffer`` that can go early in the background (call after ``settle``)."""
-        while self.open and self.task is None and self.index < len(buffer):
+    async def feed(self, conn: asyncpg.Connection, buffer: list[Entry]) -> None:
+        """Send the rows of ``buffer`` not looked at yet that can go early to the COPY in flight (one
+        is started for their table if none is; one of another table is ended first)."""
+        while self.open and self.index < len(buffer):
             target, what, rows, key = buffer[self.index]
             if what in ("up", "del") and key is not None:
                 self.blockers.setdefault(target.sql, set()).add(key)
@@ -412,18 +422,29 @@ class EarlyCopy:
             if unfit or not count:
                 self.open = False
                 return
-            self.pending = self.index
+            if self.task is not None and self.table is not target:
+                await self.settle(buffer)
+                continue
+            if self.task is None or self.queue is None:
+                self.queue = asyncio.Queue()
+                self.table = target
+                self.task = asyncio.get_running_loop().create_task(self._copy(conn, target, self.queue))
+            self.queue.put_nowait(data)
+            self.inflight.append(self.index)
             self.index += 1
-            self.task = asyncio.get_running_loop().create_task(self._copy(conn, target, data))
 
-    async def _copy(self, conn: asyncpg.Connection, t: Target, data: bytes) -> bool:
+    async def _copy(self, conn: asyncpg.Connection, t: Target, queue: asyncio.Queue[bytes | None]) -> bool:
+        async def source() -> AsyncIterator[bytes]:
+            while (data := await queue.get()) is not None:
+                yield data
+
         if self.tx is None:
             tx = conn.transaction()
             await tx.start()
             self.tx = tx
         try:
             async with conn.transaction():  # a savepoint: a duplicate key undoes this COPY alone
-                await conn.copy_to_table(t.name, schema_name=t.schema, columns=t.columns, source=_once(data))
+                await conn.copy_to_table(t.name, schema_name=t.schema, columns=t.columns, source=source())
         except asyncpg.UniqueViolationError:
             t.direct.missed()
             return False
@@ -443,19 +464,15 @@ class EarlyCopy:
                     buffer[i] = (target, "rows", rows, key)
         self.tx = None
         self.index = 0
-        self.pending = -1
         self.open = True
         self.blockers = {}
 
     async def abandon(self) -> None:
         """Stop a COPY in flight (the sink stops; its transaction goes with the connection)."""
-        task, self.task = self.task, None
+        task, self.task, self.queue, self.inflight = self.task, None, None, []
         if task is not None:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
         self.tx = None
 
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
