@@ -23,6 +23,13 @@ change of each key is applied, which gives the same rows as applying them one
 by one. Columns a row does not carry (or carries as the source's
 "unavailable" TOAST marker) keep their current value.
 
+With the JSON converters and no transform the runtime hands the sink the
+log's values in columns (``write_encoded``): a plain insert or update is read
+from its bytes (only the row is parsed), everything else goes through
+``write`` as decoded. Such rows are COPYed while the next ones are read, in the
+transaction the next flush continues and commits with the offsets
+(:class:`~.sink_apply.EarlyCopy`), so the server works while the sink reads.
+
 The module's seams: :mod:`.sink_config` (settings), :mod:`.sink_schema`
 (describing, creating and changing tables), :mod:`.sink_apply` and
 :mod:`.sink_copy` (writing a flush); this module holds the connector: its
