@@ -263,10 +263,20 @@ class PostgresSink(Sink):
         base = 0
         template: tuple[bytes | int, ...] | None = None
         in_flight = self._early.task is not None
+        #: records for ``write`` (index, decoded), written together when a plain row or the end comes
+        pending: list[tuple[int, Record]] = []
         for i, value in enumerate(values):
             if in_flight and not i & YIELD_MASK:
                 # let the loop write the rows COPYed early to the server while this poll is parsed
                 await asyncio.sleep(0)
+            if pending and value is not None and value.startswith(_HEAD):
+                # perhaps a plain change: judged by what the records before it leave (a topic's first change,
+                # a schema change), so they are written first
+                failed = await self._write_run(part, pending)
+                if failed is not None:
+                    return failed
+                pending, rows = [], None
+                target, key, types, shape = self._plain_target(topic)
             if types is not None and value is not None:
                 row = None
                 if _scan_rows is not None and len(shape) > 2 and shape[2] is not None:
@@ -297,17 +307,37 @@ class PostgresSink(Sink):
                         continue
             record = self._decoded(part, i)
             if record is None:
-                return i
-            try:
-                await self.write([record])
-            except RecordError:
-                return i
+                failed = await self._write_run(part, pending) if pending else None
+                return i if failed is None else failed
+            pending.append((i, record))
             rows = None
-            if value is not None and self._seen.get(topic) is not None:
-                _learn_types(self._types_raw, topic, value, self._seen[topic])
-            target, key, types, shape = self._plain_target(topic)
+        if pending:
+            failed = await self._write_run(part, pending)
+            if failed is not None:
+                return failed
         await self._feed()
         return len(values)
+
+    async def _write_run(self, part: EncodedRecords, pending: list[tuple[int, Record]]) -> int | None:
+        """``write`` records of ``part`` (index, decoded), in one call; after a RecordError one at a
+        time, returning the index of the first rejected (those before it are written)."""
+        try:
+            await self.write([record for _, record in pending])
+        except RecordError:
+            for i, record in pending:
+                try:
+                    await self.write([record])
+                except RecordError:
+                    return i
+        topic = part.tp.topic
+        seen = self._seen.get(topic)
+        if seen is not None:
+            for i, _ in reversed(pending):
+                value = part.values[i]
+                if value is not None:
+                    _learn_types(self._types_raw, topic, value, seen)
+                    break
+        return None
 
     async def _feed(self) -> None:
         """Hand the rows buffered that can go early to :class:`~.sink_apply.EarlyCopy`."""
