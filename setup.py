@@ -53,6 +53,7 @@ setup(
         # optional: an editable install then skips copying what was not built
         Extension("millpond.log._columns", ["core/log/_columns.c"], optional=True),
         Extension("millpond.connectors.postgres._decode", ["connectors/postgres/_decode.c"], optional=True),
+        Extension("millpond.connectors.postgres._sink_scan", ["connectors/postgres/_sink_scan.c"], optional=True),
         Extension("millpond._jsonlines", ["core/_jsonlines.c"], optional=True),
         Extension("millpond.audit._canon", ["core/audit/_canon.c", "core/audit/_sha256.c"],
                   depends=["core/audit/_sha256.h"], optional=True),

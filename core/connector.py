@@ -27,6 +27,30 @@ class Guarantee(enum.IntEnum):
     exactly_once = 2
 
 
+@dataclass(slots=True)
+class EncodedRecords:
+    """One partition's records of a poll as the log holds them, in columns: what a sink that takes
+    encoded values (``Sink.takes_encoded``) gets instead of records.
+
+    ``keys`` and ``values`` are the log's bytes (None: a null key, a tombstone), in the encoding of
+    the converter the sink declared; ``offsets`` and ``timestamps`` (milliseconds) go with them, in
+    offset order. No Python object is made per record beyond the bytes themselves.
+    """
+
+    tp: TopicPartition
+    offsets: list[int]
+    timestamps: list[int | None]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def after(self, n: int) -> EncodedRecords:
+        """The records from the ``n``-th on."""
+        return EncodedRecords(self.tp, self.offsets[n:], self.timestamps[n:], self.keys[n:], self.values[n:])
+
+
 class ConnectorConfig(BaseModel):
     """Base of every connector's config model: unknown keys are errors."""
 
@@ -135,6 +159,10 @@ class Sink(ABC):
     #: batches when the pipeline has no transforms, string converters and a backend that reads
     #: batches, and records otherwise
     takes_batches: ClassVar[bool] = False
+    #: the converter (``"json"``) whose bytes the sink can parse itself (``write_encoded``): when both of
+    #: the connector's converters are that one, the pipeline has no transforms and the backend reads
+    #: batches, the runtime hands it each poll's keys and values in columns instead of decoded records
+    takes_encoded: ClassVar[str | None] = None
 
     def __init__(self, config: Any, context: ConnectorContext) -> None:
         self.config = config
@@ -158,6 +186,17 @@ class Sink(ABC):
         which applies the error policy).
         """
         return None
+
+    async def write_encoded(self, part: EncodedRecords) -> int:
+        """Write one partition's records as the log holds them (a ``takes_encoded`` sink).
+
+        Returns how many of them, from the first on, the sink took: everything before the first
+        record it cannot take as it is (one that does not decode, or that ``write`` would reject).
+        The runtime sends that record the record path (its converters, ``write`` and the error
+        policy) and calls again with the records after it, so what the sink buffers is exactly
+        what ``write`` would have buffered, in order.
+        """
+        return 0
 
     async def start(self) -> Mapping[TopicPartition, int] | None:
         """Open the sink.

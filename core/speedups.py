@@ -1,11 +1,12 @@
 """Which C speedups this process runs, and the switch that turns them off.
 
-Four hot paths have an optional C twin built by ``setup.py``: building a record
+Five hot paths have an optional C twin built by ``setup.py``: building a record
 batch from columns (``millpond.log._columns``), scanning pgoutput inserts
 (``millpond.connectors.postgres._decode``), masking fields of JSON lines
 (``millpond._jsonlines``, the mask transform's batch form) and the audit chain's
-canonical form of a batch's records (``millpond.audit._canon``, what verify hashes). Each gives the same
-bytes and records as the Python path, only faster, so a build without a compiler still
+canonical form of a batch's records (``millpond.audit._canon``, what verify hashes), and the
+Postgres sink's scan of a poll's CDC values for plain rows (``millpond.connectors.postgres._sink_scan``).
+Each gives the same bytes and records as the Python path, only faster, so a build without a compiler still
 works; ``millpond --version`` says which path is running so nobody measures
 the slow one by accident.
 
@@ -27,6 +28,7 @@ EXTENSIONS: dict[str, str] = {
     "pgoutput": "millpond.connectors.postgres._decode",
     "jsonlines": "millpond._jsonlines",
     "canon": "millpond.audit._canon",
+    "pgsink": "millpond.connectors.postgres._sink_scan",
 }
 
 
@@ -60,5 +62,5 @@ def status() -> dict[str, str]:
 
 
 def describe() -> str:
-    """``columns=C, pgoutput=C, jsonlines=C, canon=C`` — what ``millpond --version`` appends."""
+    """``columns=C, pgoutput=C, jsonlines=C, canon=C, pgsink=C`` — what ``millpond --version`` appends."""
     return ", ".join(f"{name}={state}" for name, state in status().items())

@@ -21,7 +21,7 @@ from millpond import speedups
 from tests.ci import speedups_required
 
 MODULES = ["millpond.log._columns", "millpond.connectors.postgres._decode", "millpond._jsonlines",
-           "millpond.audit._canon"]
+           "millpond.audit._canon", "millpond.connectors.postgres._sink_scan"]
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -53,17 +53,18 @@ def test_the_switch_reaches_both_import_sites_and_the_version(pure: bool) -> Non
     out = _in_child(
         "from millpond.log import batch; from millpond.connectors.postgres import decoding;"
         "from millpond import transforms; from millpond.audit import chain; from millpond.cli import main;"
+        "from millpond.connectors.postgres import sink;"
         "print(batch._columns is not None, decoding._scan is not None, transforms._jsonlines is not None,"
-        " chain.canonical_in_c());"
+        " chain.canonical_in_c(), sink._scan_rows is not None);"
         "main(['--version'])",
         pure,
     )
     active, version = out.splitlines()
-    assert active == " ".join(str(built[name] and not pure) for name in ("columns", "pgoutput", "jsonlines", "canon"))
+    assert active == " ".join(str(built[name] and not pure) for name in ("columns", "pgoutput", "jsonlines", "canon", "pgsink"))
 
     def state(name: str) -> str:
         return ("off" if pure else "C") if built[name] else "python"
 
     speeds = (f"columns={state('columns')}, pgoutput={state('pgoutput')}, jsonlines={state('jsonlines')}, "
-              f"canon={state('canon')}")
+              f"canon={state('canon')}, pgsink={state('pgsink')}")
     assert version == f"millpond {millpond.__version__} (speedups: {speeds})"

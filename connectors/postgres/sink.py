@@ -23,6 +23,13 @@ change of each key is applied, which gives the same rows as applying them one
 by one. Columns a row does not carry (or carries as the source's
 "unavailable" TOAST marker) keep their current value.
 
+With the JSON converters and no transform the runtime hands the sink the
+log's values in columns (``write_encoded``): a plain insert or update is read
+from its bytes (only the row is parsed), everything else goes through
+``write`` as decoded. Such rows are COPYed while the next ones are read, in the
+transaction the next flush continues and commits with the offsets
+(:class:`~.sink_apply.EarlyCopy`), so the server works while the sink reads.
+
 The module's seams: :mod:`.sink_config` (settings), :mod:`.sink_schema`
 (describing, creating and changing tables), :mod:`.sink_apply` and
 :mod:`.sink_copy` (writing a flush); this module holds the connector: its
@@ -59,19 +66,24 @@ docstring), so such a default reaches the sink only row by row as rows change.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import asyncpg
+import orjson
 
-from millpond.connector import ConnectorConfig, ConnectorContext, Guarantee, Sink
+from millpond import speedups
+from millpond.connector import ConnectorConfig, ConnectorContext, EncodedRecords, Guarantee, Sink
+from millpond.converters import JsonConverter
 from millpond.errors import ConfigError, ConnectorError, RecordError, RetriableConnectorError
 from millpond.records import Record, TopicPartition
 
 from . import sink_schema
-from .sink_apply import SCALARS, STAGE, Applier, Entry, Target, key_of
+from .sink_apply import SCALARS, STAGE, Applier, EarlyCopy, Entry, Target, key_of
 from .sink_config import PostgresSinkConfig
 from .source import UNAVAILABLE
 from .sql import connect, split_table
@@ -82,6 +94,25 @@ __all__ = ["PostgresSink", "PostgresSinkConfig"]
 log = logging.getLogger("millpond.connectors.postgres.sink")
 
 _UPSERTS = frozenset(("c", "u", "r"))
+#: plain rows that make an entry of their own, COPYed early while the rest of a large poll is read
+EARLY_ROWS = 8192
+#: while rows COPYed early are in flight, ``write_encoded`` lets the event loop send them every this many + 1
+YIELD_MASK = 1023
+#: values the C scan looks at in one call: a new template (the Python check learnt one) scans again
+SCAN_VALUES = 2048
+
+
+def _c_rows() -> Callable[[list[bytes | None], tuple[bytes | int, ...]], list[bytes | None]] | None:
+    try:
+        speedups.refuse()  # MILLPOND_PURE_PYTHON=1: the Python path, on purpose
+        from ._sink_scan import rows
+    except ImportError:  # built by setup.py; optional, see tests/test_speedups.py
+        return None
+    return rows
+
+
+#: ``_sink_scan.rows``: a poll's plain rows found in C (see :func:`_template`), else None
+_scan_rows = _c_rows()
 
 
 class PostgresSink(Sink):
@@ -90,6 +121,7 @@ class PostgresSink(Sink):
     guarantee: ClassVar[Guarantee] = Guarantee.exactly_once
     config_model: ClassVar[type[ConnectorConfig]] = PostgresSinkConfig
     owns_offsets: ClassVar[bool] = True
+    takes_encoded: ClassVar[str | None] = "json"
 
     def __init__(self, config: PostgresSinkConfig, context: ConnectorContext) -> None:
         super().__init__(config, context)
@@ -105,6 +137,12 @@ class PostgresSink(Sink):
         #: the stored offsets as this sink last read or wrote them (see ``_check_owner``)
         self._expected: dict[TopicPartition, int] = {}
         self._applier = Applier(self._where, config.apply_truncate)
+        #: per topic, the bytes of the last change's ``column_types`` and the dict they read as (which
+        #: ``_seen`` holds while they are current): a plain upsert whose bytes match needs no parse of them
+        self._types_raw: dict[str, tuple[bytes, dict[str, str]]] = {}
+        #: per topic, ``[those bytes, the source block's shape for them]`` (see :func:`_plain_row`)
+        self._shapes: dict[str, tuple[bytes, list[Any]]] = {}
+        self._early = EarlyCopy(self._where)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -112,6 +150,7 @@ class PostgresSink(Sink):
         self._conn = conn = await connect(self.cfg.dsn.get_secret_value(), self._where)
         self._where = f"postgres sink {self.context.name!r} (database {await conn.fetchval('SELECT current_database()')!r})"
         self._applier = Applier(self._where, self.cfg.apply_truncate)  # a new session: no staging tables yet
+        self._early = EarlyCopy(self._where)
         offsets = self._offsets_sql()
         try:
             await conn.execute(
@@ -132,6 +171,7 @@ class PostgresSink(Sink):
         if conn is None:
             raise ConnectorError(f"{self._where}: stored_offsets before start")
         try:
+            await self._settle()
             rows = await conn.fetch(f"SELECT topic, partition, next_offset FROM {self._offsets_sql()} "
                                     "WHERE connector = $1", self.context.name)
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
@@ -141,6 +181,7 @@ class PostgresSink(Sink):
         return stored
 
     async def stop(self) -> None:
+        await self._early.abandon()
         if self._conn is not None and not self._conn.is_closed():
             try:
                 await self._conn.close(timeout=5)
@@ -154,6 +195,7 @@ class PostgresSink(Sink):
         if conn is None:
             raise ConnectorError(f"{self._where}: reset_offsets before start")
         try:
+            await self._settle()
             await conn.execute(
                 f"INSERT INTO {self._offsets_sql()} AS o (connector, topic, partition, next_offset) "
                 "SELECT $1, t, p, n FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, n) "
@@ -184,6 +226,7 @@ class PostgresSink(Sink):
         conn = self._conn
         if conn is None:
             raise ConnectorError(f"{self._where}: write before start")
+        await self._settle()
         seen = dict(self._seen)
         undo: list[tuple[Target, dict[str, str]]] = []
         try:
@@ -193,6 +236,152 @@ class PostgresSink(Sink):
             for target, types in reversed(undo):
                 target.types = types
             raise
+
+    async def write_encoded(self, part: EncodedRecords) -> int:
+        """Buffer one partition's JSON values as ``write`` would buffer them decoded, in order.
+
+        The bulk of a CDC stream, a plain insert or update of a table known already whose columns
+        are as the topic's last change said, is read straight from the bytes (:func:`_plain_row`:
+        the row alone is parsed, by orjson) and gathered as ``_entries`` gathers it. The rest
+        (deletes, tombstones, truncates, schema changes, TOAST "unavailable" columns, a topic's
+        first change, any value of another shape) is decoded exactly as the JSON converter decodes
+        it and goes through ``write`` one record at a time, so the buffer ends up as the record path
+        leaves it. A record that does not decode or that ``write`` rejects ends the call: the
+        runtime sends it the record path, where the error policy sees it, and calls again after it.
+        """
+        if self._conn is None:
+            raise ConnectorError(f"{self._where}: write before start")
+        values = part.values
+        topic = part.tp.topic
+        buffer = self._buffer
+        target, key, types, shape = self._plain_target(topic)
+        #: the "rows" entry (key -> row) plain upserts gather in until another change comes
+        rows: dict[Any, dict[str, Any]] | None = None
+        loads = orjson.loads
+        #: the rows' JSON text the C scan found from value ``base`` on, with the template it used
+        scanned: list[bytes | None] = []
+        base = 0
+        template: tuple[bytes | int, ...] | None = None
+        in_flight = self._early.task is not None
+        #: records for ``write`` (index, decoded), written together when a plain row or the end comes
+        pending: list[tuple[int, Record]] = []
+        for i, value in enumerate(values):
+            if in_flight and not i & YIELD_MASK:
+                # let the loop write the rows COPYed early to the server while this poll is parsed
+                await asyncio.sleep(0)
+            if pending and value is not None and value.startswith(_HEAD):
+                # perhaps a plain change: judged by what the records before it leave (a topic's first change,
+                # a schema change), so they are written first
+                failed = await self._write_run(part, pending)
+                if failed is not None:
+                    return failed
+                pending, rows = [], None
+                target, key, types, shape = self._plain_target(topic)
+            if types is not None and value is not None:
+                row = None
+                if _scan_rows is not None and len(shape) > 2 and shape[2] is not None:
+                    if shape[2] is not template or i - base >= len(scanned):
+                        template = shape[2]
+                        scanned, base = _scan_rows(values[i:i + SCAN_VALUES], template), i
+                    text = scanned[i - base]
+                    if text is not None:
+                        try:
+                            row = loads(text)
+                        except orjson.JSONDecodeError:
+                            pass
+                if row is None:
+                    row = _plain_row(value, types, shape)
+                if row is not None:
+                    k = row.get(key)
+                    if k.__class__ in SCALARS and UNAVAILABLE not in row.values():
+                        if rows is None:
+                            rows = {}
+                            buffer.append((target, "rows", rows, None))  # type: ignore[arg-type]
+                        prev = rows.get(k)
+                        rows[k] = row if prev is None else {**prev, **row}
+                        if len(rows) >= EARLY_ROWS and self._early.open:
+                            # off to the server while the rest of the poll is read
+                            await self._feed()
+                            in_flight = self._early.task is not None
+                            rows = None
+                        continue
+            record = self._decoded(part, i)
+            if record is None:
+                failed = await self._write_run(part, pending) if pending else None
+                return i if failed is None else failed
+            pending.append((i, record))
+            rows = None
+        if pending:
+            failed = await self._write_run(part, pending)
+            if failed is not None:
+                return failed
+        await self._feed()
+        return len(values)
+
+    async def _write_run(self, part: EncodedRecords, pending: list[tuple[int, Record]]) -> int | None:
+        """``write`` records of ``part`` (index, decoded), in one call; after a RecordError one at a
+        time, returning the index of the first rejected (those before it are written)."""
+        try:
+            await self.write([record for _, record in pending])
+        except RecordError:
+            for i, record in pending:
+                try:
+                    await self.write([record])
+                except RecordError:
+                    return i
+        topic = part.tp.topic
+        seen = self._seen.get(topic)
+        if seen is not None:
+            for i, _ in reversed(pending):
+                value = part.values[i]
+                if value is not None:
+                    _learn_types(self._types_raw, topic, value, seen)
+                    break
+        return None
+
+    async def _feed(self) -> None:
+        """Hand the rows buffered that can go early to :class:`~.sink_apply.EarlyCopy`."""
+        assert self._conn is not None
+        try:
+            await self._early.feed(self._conn, self._buffer)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            raise RetriableConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise ConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+
+    async def _settle(self) -> None:
+        """Wait for the rows COPYed early (:class:`~.sink_apply.EarlyCopy`): the connection serves one
+        call at a time. Their failure is the flush's failure, named as a flush failure."""
+        try:
+            await self._early.settle(self._buffer)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            raise RetriableConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise ConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
+
+    def _plain_target(self, topic: str) -> tuple[Target | None, str, bytes | None, list[Any]]:
+        """What a plain upsert of ``topic`` needs for ``write_encoded``'s fast way: the table, its key
+        column, the column types as the last change wrote them (None when there are none yet) and
+        the shape of the source block that goes with them (see :func:`_plain_row`)."""
+        target = self._by_topic.get(topic)
+        raw = self._types_raw.get(topic)
+        if target is None or len(target.key) != 1 or raw is None or raw[1] is not self._seen.get(topic):
+            return None, "", None, []
+        shape = self._shapes.get(topic)
+        if shape is None or shape[0] is not raw[0]:
+            shape = self._shapes[topic] = (raw[0], [])
+        return target, target.key[0], raw[0], shape[1]
+
+    @staticmethod
+    def _decoded(part: EncodedRecords, i: int) -> Record | None:
+        """Record ``i`` of ``part`` as the JSON converter decodes it; None if it does not decode."""
+        convert = _JSON.deserialize
+        try:
+            key, value = convert(part.keys[i]), convert(part.values[i])
+        except RecordError:
+            return None
+        topic, partition = part.tp
+        return Record(value, key, part.timestamps[i], [], topic, partition, part.offsets[i])
 
     async def _entries(
         self, conn: asyncpg.Connection, records: list[Record], undo: list[tuple[Target, dict[str, str]]]
@@ -260,10 +449,19 @@ class PostgresSink(Sink):
         # if it rolls back, so do they (the buffer stays for a retry)
         columns = [(t, t.columns, t.column_types) for t in self._targets.values()]
         try:
-            async with conn.transaction():
+            # rows COPYed early are in a transaction of their own making: this one goes on in it
+            await self._early.settle(self._buffer)
+            tx = self._early.take()
+            if tx is None:
+                tx = conn.transaction()
+                await tx.start()
+            try:
                 if offsets:
                     await self._check_owner(conn, offsets)
-                written = await self._applier.apply(conn, self._buffer, self._ddl)
+                early = [e for e in self._buffer if e[1] == "early"]
+                entries = [e for e in self._buffer if e[1] != "early"] if early else self._buffer
+                written = await self._applier.apply(conn, entries, self._ddl)
+                written += sum(len(e[2] or ()) for e in early)
                 if offsets:
                     await conn.execute(
                         f"INSERT INTO {self._offsets_sql()} AS o (connector, topic, partition, next_offset) "
@@ -273,7 +471,13 @@ class PostgresSink(Sink):
                         self.context.name,
                         [tp.topic for tp in offsets], [tp.partition for tp in offsets], list(offsets.values()),
                     )
+            except BaseException:
+                with contextlib.suppress(Exception):  # a broken connection has no transaction left to end
+                    await tx.rollback()
+                raise
+            await tx.commit()
         except BaseException as exc:
+            self._early.reset(self._buffer, committed=False)
             self._applier.committed(False)
             for target, before, types in columns:
                 target.columns, target.column_types = before, types
@@ -283,6 +487,7 @@ class PostgresSink(Sink):
                 raise ConnectorError(f"{self._where}: flush failed, nothing was written: {exc}") from exc
             raise
         self._applier.committed(True)
+        self._early.reset(self._buffer, committed=True)
         self._buffer = []
         self.rows_written += written
         self._expected.update(offsets)
@@ -401,3 +606,145 @@ class PostgresSink(Sink):
         if what == "del":
             row = {k: key_row[k] for k in target.key}
         return (target, what, row, key)
+
+
+_JSON = JsonConverter()
+
+
+#: the postgres-cdc envelope of a plain change, as its C path and orjson write it:
+#: ``{"before":null,"after":ROW,"op":"c","source":{...,"column_types":{...}},"ts_ms":N}``
+_HEAD = b'{"before":null,"after":{'
+_OP = b',"op":"'
+_TYPES = b',"column_types":{'
+#: an upsert's op and what follows it, up to the source block's first field
+_OP_SOURCE = tuple(op + b'","source":{' for op in (b"c", b"u", b"r"))
+_END = b'},"ts_ms":'
+#: digits to "0" and everything else to " ", so that one ``find`` spots a run long enough for an
+#: integer beyond 64 bits (which orjson reads as a float, the JSON converter as an int)
+_DIGITS = bytes(48 if 48 <= c <= 57 else 32 for c in range(256))
+_LONG = b"0" * 19
+
+
+def _plain_row(value: bytes, types: bytes, shape: list[Any]) -> dict[str, Any] | None:
+    """The ``after`` row of ``value`` when it is a plain upsert (op c, u or r) in the envelope above
+    whose ``column_types`` are the bytes ``types``; None when anything is otherwise.
+
+    Only the row is parsed (orjson); the rest is checked as bytes, in place. Exact: the row's
+    slice parses only if it is the whole ``after`` object (it ends where ``,"op":"`` follows it,
+    and a JSON object cannot end anywhere else); the source block's other fields are valid JSON
+    naming no ``column_types`` of their own (:func:`_fields_end`, or the same text as the last
+    value found so, but for the LSN's hex digits); ``types`` are bytes a valid change carried;
+    and what follows is a plain integer. So the value is valid JSON that the JSON converter reads
+    as this op, this row and these column types. A row with a run of 19 digits (perhaps an integer
+    beyond 64 bits) is left to the exact path.
+
+    ``shape`` is the topic's ``[fields before the LSN's digits, the text from after them to the
+    ts_ms digits, the C scan's template]`` of the last value checked in full (empty before one
+    was; see ``_fields_end``).
+    """
+    if not value.startswith(_HEAD):
+        return None
+    i = value.find(_OP, 23)
+    if i < 0 or not value.startswith(_OP_SOURCE, i + 7):
+        return None
+    k = -1
+    if shape:
+        pre, post = shape[0], shape[1]
+        if value.startswith(pre, i + 20):
+            a = i + 20 + len(pre)
+            b = value.find(b'"', a)
+            if b > 0 and not value[a:b].translate(None, _LSN_CHARS) and value.startswith(post, b):
+                k = b + len(post)
+    if k < 0:
+        k = _fields_end(value, i, types, shape)
+        if k < 0:
+            return None
+    ts = value[k:-1]
+    if not ts.isdigit() or (ts[0] == 48 and len(ts) > 1) or value[-1] != 125:  # 48: "0", 125: "}"
+        return None
+    row = value[23:i]
+    if row.translate(_DIGITS).find(_LONG) >= 0:
+        return None
+    try:
+        parsed: dict[str, Any] = orjson.loads(row)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed
+
+
+_LSN = b'"lsn":"'
+_LSN_CHARS = b"0123456789ABCDEF/"
+
+
+def _fields_end(value: bytes, i: int, types: bytes, shape: list[Any]) -> int:
+    """Where the ts_ms digits of ``value`` start (-1: not a plain change) when its source block
+    (from ``i + 20``) holds valid JSON fields, none named ``column_types``, then ``types``.
+
+    Fills ``shape`` for the values after it (see :func:`_plain_row`): within a transaction the
+    fields differ only in the LSN, whose text is inside a string, so a value equal to this one
+    but for hex digits and "/" there has valid fields too, and the same ``column_types``."""
+    j = value.find(_TYPES, i + 21)
+    if j < 0:
+        return -1
+    k = j + 16 + len(types)
+    if not value.startswith(types, j + 16) or not value.startswith(_END, k):
+        return -1
+    fields = value[i + 20:j]
+    try:
+        if "column_types" in orjson.loads(b"{" + fields + b"}"):
+            return -1
+    except orjson.JSONDecodeError:
+        return -1
+    a = fields.find(_LSN)
+    if a >= 0:
+        a += len(_LSN)
+        b = fields.find(b'"', a)
+        if b > 0 and not fields[a:b].translate(None, _LSN_CHARS):
+            shape[:] = [fields[:a], fields[b:] + value[j:k + len(_END)], _template(fields, (a, b), types)]
+    return k + len(_END)
+
+
+#: the C scan's wildcards: a JSON integer, the LSN's text
+_INT, _LSN_TEXT = 1, 2
+_RUN = re.compile(rb"[0-9]+").finditer
+
+
+def _template(fields: bytes, lsn: tuple[int, int], types: bytes) -> tuple[bytes | int, ...] | None:
+    """The C scan's template (``_sink_scan.c``) of a source block whose ``fields`` were found valid:
+    their text with the LSN's (at ``lsn``) and each maximal run of digits elsewhere as wildcards,
+    then ``types`` and the ts_ms integer. A JSON integer for a run keeps the fields valid: a
+    digit run is a number's integer, fraction or exponent part, or inside a string, and a
+    string holding a backslash (a ``\\u`` escape's digits are not free) gets no template.
+    A run with a leading zero stays as it is."""
+    if b"\\" in fields:
+        return None
+    spans = [(lsn[0], lsn[1], _LSN_TEXT)]
+    for m in _RUN(fields):
+        start, end = m.span()
+        if not (lsn[0] <= start < lsn[1]) and (end - start == 1 or fields[start] != 48):  # 48: "0"
+            spans.append((start, end, _INT))
+    spans.sort()
+    pieces: list[bytes | int] = []
+    position = 0
+    for start, end, kind in spans:
+        pieces += [fields[position:start], kind]
+        position = end
+    pieces += [fields[position:] + b',"column_types":' + types + _END, _INT, b"}"]
+    return tuple(pieces)
+
+
+def _learn_types(learnt: dict[str, tuple[bytes, dict[str, str]]], topic: str, value: bytes,
+                 types: dict[str, str]) -> None:
+    """Note the bytes of ``value``'s ``column_types`` (a change the exact path just read, whose types
+    are ``types``) for :func:`_plain_row`, if the value is in the envelope and they read as ``types``."""
+    i = value.find(_OP, 23)
+    j = value.find(_TYPES, i + 21) if i >= 0 else -1
+    k = value.rfind(_END)
+    if j < 0 or k < j:
+        return
+    raw = value[j + 16:k]
+    try:
+        if orjson.loads(raw) == types:
+            learnt[topic] = (raw, types)
+    except orjson.JSONDecodeError:
+        pass

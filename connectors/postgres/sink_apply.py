@@ -24,6 +24,8 @@ the statement, where PostgreSQL turns each JSON value into the column's type
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -348,3 +350,129 @@ class _Text:
             yield chunk
         while (more := self._next()) is not None:
             yield more
+
+
+class EarlyCopy:
+    """Rows COPYed into their table while the runtime reads the next poll, in the flush's transaction.
+
+    Without it a flush does all its server work at once, while the sink (and the runtime) wait,
+    and between flushes the server has nothing to do. A poll's plain rows ("rows" entry) go to
+    the server at once: COPY text straight into the table under a savepoint, in a transaction
+    that the next flush continues and commits with the offsets, so nothing is visible (or
+    durable) before the flush. Rows may go ahead of entries the flush applies later only where
+    the order makes no difference: the entries before them are rows COPYed already, or inserts,
+    updates and deletes of other keys (``blockers``); the flush applies the rest as before, in
+    order, and sees the early rows in the table, which is what applying the buffer in order
+    gives. A COPY that meets an existing key, or an entry that cannot be passed (a truncate, a
+    schema change, rows of a key changed before, rows text cannot carry) ends this until the
+    flush. Every other use of the connection waits for the COPY in flight first (``settle``).
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        #: the transaction the COPYs run in, until the flush takes it
+        self.tx: Any = None
+        #: the COPY in flight: its task, the queue its data comes from (None ends it), its table and
+        #: the buffer indexes of the entries it holds
+        self.task: asyncio.Task[bool] | None = None
+        self.queue: asyncio.Queue[bytes | None] | None = None
+        self.table: Target | None = None
+        self.inflight: list[int] = []
+        #: buffer index of the next entry to look at
+        self.index = 0
+        #: False once an entry could not be passed: the rest waits for the flush
+        self.open = True
+        #: per table, the keys of the entries passed that the flush applies (rows of those wait)
+        self.blockers: dict[str, set[Any]] = {}
+
+    async def settle(self, buffer: list[Entry]) -> None:
+        """End the COPY in flight and wait for it: its entries are done (``"early"``), or, if it met
+        an existing key, none of them is and copying early stops until the flush."""
+        task, queue, self.task, self.queue = self.task, self.queue, None, None
+        if task is None:
+            return
+        assert queue is not None
+        queue.put_nowait(None)
+        inflight, self.inflight = self.inflight, []
+        if await task:
+            for i in inflight:
+                target, _, rows, _ = buffer[i]
+                buffer[i] = (target, "early", rows, None)
+        else:
+            self.open = False
+
+    async def feed(self, conn: asyncpg.Connection, buffer: list[Entry]) -> None:
+        """Send the rows of ``buffer`` not looked at yet that can go early to the COPY in flight (one
+        is started for their table if none is; one of another table is ended first)."""
+        while self.open and self.index < len(buffer):
+            target, what, rows, key = buffer[self.index]
+            if what in ("up", "del") and key is not None:
+                self.blockers.setdefault(target.sql, set()).add(key)
+                self.index += 1
+                continue
+            if what != "rows" or not target.key or not target.unique or target.direct.skip:
+                self.open = False
+                return
+            assert isinstance(rows, dict)
+            blockers = self.blockers.get(target.sql)
+            if blockers and not blockers.isdisjoint(rows):
+                self.open = False
+                return
+            data, count, unfit = copy_text(list(rows.values()), target.columns, target.column_types)
+            if unfit or not count:
+                self.open = False
+                return
+            if self.task is not None and self.table is not target:
+                await self.settle(buffer)
+                continue
+            if self.task is None or self.queue is None:
+                self.queue = asyncio.Queue()
+                self.table = target
+                self.task = asyncio.get_running_loop().create_task(self._copy(conn, target, self.queue))
+            self.queue.put_nowait(data)
+            self.inflight.append(self.index)
+            self.index += 1
+
+    async def _copy(self, conn: asyncpg.Connection, t: Target, queue: asyncio.Queue[bytes | None]) -> bool:
+        async def source() -> AsyncIterator[bytes]:
+            while (data := await queue.get()) is not None:
+                yield data
+
+        if self.tx is None:
+            tx = conn.transaction()
+            await tx.start()
+            self.tx = tx
+        try:
+            async with conn.transaction():  # a savepoint: a duplicate key undoes this COPY alone
+                await conn.copy_to_table(t.name, schema_name=t.schema, columns=t.columns, source=source())
+        except asyncpg.UniqueViolationError:
+            t.direct.missed()
+            return False
+        t.direct.hit()
+        return True
+
+    def take(self) -> Any:
+        """The transaction the COPYs ran in (None if none did), for the flush to continue and end."""
+        tx, self.tx = self.tx, None
+        return tx
+
+    def reset(self, buffer: list[Entry], committed: bool) -> None:
+        """The flush ended: start afresh; if it rolled back, the early entries are to be written again."""
+        if not committed:
+            for i, (target, what, rows, key) in enumerate(buffer):
+                if what == "early":
+                    buffer[i] = (target, "rows", rows, key)
+        self.tx = None
+        self.index = 0
+        self.open = True
+        self.blockers = {}
+
+    async def abandon(self) -> None:
+        """Stop a COPY in flight (the sink stops; its transaction goes with the connection)."""
+        task, self.task, self.queue, self.inflight = self.task, None, None, []
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        self.tx = None
+

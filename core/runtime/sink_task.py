@@ -23,13 +23,15 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import Any, Protocol, runtime_checkable
 
 from ..backends.base import BatchConsumer, Consumer, IsolationLevel, LogBackend, Membership, Producer
 from ..config import ConnectorSpec, PipelineConfig
-from ..connector import Sink, Transform
-from ..converters import StringConverter
+from ..connector import EncodedRecords, Sink, Transform
+from ..converters import JsonConverter, StringConverter
 from ..errors import GroupRebalancedError, RecordError, RetriableConnectorError
+from ..log.codec import iter_records
 from ..records import PartitionBatches, Record, TopicPartition, partition_for_key
 from .build import apply_transforms, make_converters, make_sink, make_transforms
 from .settings import FlushSettings
@@ -84,6 +86,8 @@ class SinkTask(ConnectorTask):
     """Runs one task of a sink connector until ``stop`` is set."""
 
     kind = "sink"
+    #: the sink takes encoded JSON in columns (``Sink.write_encoded``); set by ``run``
+    _encoded = False
 
     def __init__(
         self,
@@ -161,7 +165,11 @@ class SinkTask(ConnectorTask):
         # text in, text out, nothing in between: decode a whole poll in one pass
         fast = not transforms and type(value_conv) is StringConverter and type(key_conv) is StringConverter
         # ... and a sink that writes the log's bytes as they are: no record objects at all
-        batches = consumer if fast and sink.takes_batches and isinstance(consumer, BatchConsumer) else None
+        raw = fast and sink.takes_batches
+        # JSON in, and a sink that parses it itself: keys and values in columns, no record objects either
+        self._encoded = encoded = (not transforms and sink.takes_encoded == "json"
+                                   and type(value_conv) is JsonConverter and type(key_conv) is JsonConverter)
+        batches = consumer if (raw or encoded) and isinstance(consumer, BatchConsumer) else None
         try:
             own = await sink.start()
             self._own = {TopicPartition(*tp): o for tp, o in own.items()} if own is not None else None
@@ -236,9 +244,12 @@ class SinkTask(ConnectorTask):
         if taken:
             self.observe("poll", time.perf_counter() - polled)
             self.bytes_in += sum([len(b) for part in taken for b in part.batches])
-            count = await self._write_batches(sink, taken)
-            if count is None:  # not all plain lines: as records, with the error policy
-                records = [r for part in taken for r in part.records()]
+            if self._encoded:
+                count = await self._write_encoded(sink, taken, dlq, kd, vd, keep_raw)
+            else:
+                count = await self._write_batches(sink, taken)
+                if count is None:  # not all plain lines: as records, with the error policy
+                    records = [r for part in taken for r in part.records()]
         elif records:
             self.observe("poll", time.perf_counter() - polled)
             self.bytes_in += _raw_size(records)
@@ -444,6 +455,39 @@ class SinkTask(ConnectorTask):
             self.records_out += count
         return count
 
+    async def _write_encoded(
+        self,
+        sink: Sink,
+        taken: list[PartitionBatches],
+        dlq: Producer | None,
+        kd: Callable[[bytes | None], Any],
+        vd: Callable[[bytes | None], Any],
+        keep_raw: bool,
+    ) -> int:
+        """Hand a poll's keys and values to the sink in columns, partition by partition; a record it
+        refuses takes the record path with the error policy, and the sink goes on after it. Returns
+        the records."""
+        count = 0
+        for part in taken:
+            columns = _columns(part)
+            count += len(columns)
+            records: list[Record] | None = None
+            done = 0  # records of the partition written, either way
+            while len(columns):
+                writing = time.perf_counter()
+                written = await sink.write_encoded(columns)
+                self.observe("write", time.perf_counter() - writing)
+                self.records_out += written
+                if written >= len(columns):
+                    break
+                done += written
+                if records is None:  # decoded with their headers, for a dead letter; same order as the columns
+                    records = part.records()
+                await self._convert_and_write([records[done]], sink, dlq, [], kd, vd, keep_raw)
+                done += 1
+                columns = columns.after(written + 1)
+        return count
+
     async def _write(
         self,
         sink: Sink,
@@ -521,6 +565,21 @@ class SinkTask(ConnectorTask):
         self._positions = offsets
         self._unflushed = 0
         self.flushes += 1
+
+
+def _columns(part: PartitionBatches) -> EncodedRecords:
+    """One partition's records in columns, decoded by the C codec (decompressed as needed): about
+    0.9 us a record for the codec's record objects, then 0.2 us for the columns (a :class:`Record`
+    of each would add 1 us more)."""
+    found = [r for data in part.batches for r in iter_records(data)]
+    start = part.from_offset
+    if found and found[0].offset < start:  # the first batch began before the position
+        found = [r for r in found if r.offset >= start]
+    return EncodedRecords(part.tp, list(map(_OFFSET, found)), list(map(_TIMESTAMP, found)),
+                          list(map(_KEY, found)), list(map(_VALUE, found)))
+
+
+_OFFSET, _TIMESTAMP, _KEY, _VALUE = (attrgetter(name) for name in ("offset", "timestamp", "key", "value"))
 
 
 def _raw_size(records: list[Record]) -> int:

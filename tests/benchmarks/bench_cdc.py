@@ -23,7 +23,10 @@ changes every round (:func:`harness.rotate`), so no path always runs first:
 * the source alone (start, poll, commit, stop; no log), to show what the
   runtime adds;
 * sink: a ``postgres`` sink pipeline reading that topic back into an empty
-  table, timed until the group's committed offsets cover every row; baseline:
+  table, timed until the group's committed offsets cover every row (with the
+  JSON converters and no transform, the sink reads the log's values in columns,
+  ``Sink.write_encoded``; ``sink_cpu_s`` is the process's CPU meanwhile, the
+  steadier figure on a shared machine); baseline:
   a plain binary ``COPY`` of the same rows into an empty table; the sink alone
   fed records directly, in flushes of 10,000 (``sink_only_ratio``: what the
   sink costs without the runtime's read and JSON decoding of each record).
@@ -236,7 +239,8 @@ async def bench(dsn: str, changes: int, txn_rows: int, work: Path, compression: 
     await conn.close()
     return {
         **figures, "wal_bytes": wal, "load_s": load_s, "sink_s": sink_times.done_s,
-        "sink_start_s": sink_times.startup_s, "copy_s": copy_s, "sink_direct_s": sink_direct_s,
+        "sink_start_s": sink_times.startup_s, "sink_cpu_s": sink_times.cpu_s, "copy_s": copy_s,
+        "sink_direct_s": sink_direct_s,
     }
 
 
@@ -280,7 +284,9 @@ def main() -> int:
     print(harness.ratio_line("cdc / raw fetch (floor)", cdc_rate, raw_rate, target=0.5))
     print(harness.ratio_line("cdc / server decode", cdc_rate, decode_rate))
     print(harness.rate_line("baseline COPY into a table", changes, r["copy_s"]))
-    print(harness.rate_line("log -> postgres sink", changes, r["sink_s"], note="(target table verified equal)"))
+    print(harness.rate_line("log -> postgres sink", changes, r["sink_s"],
+                            note=f"(target table verified equal; start {r['sink_start_s']:.3f} s, "
+                                 f"{r['sink_cpu_s']:.3f} s of this process's CPU)"))
     print(harness.rate_line("sink alone, fed records", changes, r["sink_direct_s"]))
     print(harness.ratio_line("sink / COPY", sink_rate, copy_rate, target=0.5))
     print(harness.ratio_line("sink alone / COPY (no runtime, no converter)", changes / r["sink_direct_s"], copy_rate))
@@ -299,6 +305,8 @@ def main() -> int:
         "sink_rows_per_s": round(sink_rate),
         "baseline_copy_rows_per_s": round(copy_rate),
         "sink_ratio": round(sink_rate / copy_rate, 3),
+        "sink_start_s": round(r["sink_start_s"], 3),
+        "sink_cpu_s": round(r["sink_cpu_s"], 3),
         "source_only_rows_per_s": round(changes / r["direct_s"]),
         "sink_only_rows_per_s": round(changes / r["sink_direct_s"]),
         "sink_only_ratio": round(changes / r["sink_direct_s"] / copy_rate, 3),
