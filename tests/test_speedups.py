@@ -53,9 +53,9 @@ def test_the_switch_reaches_both_import_sites_and_the_version(pure: bool) -> Non
     out = _in_child(
         "from millpond.log import batch; from millpond.connectors.postgres import decoding;"
         "from millpond import transforms; from millpond.audit import chain; from millpond.cli import main;"
-        "from millpond.connectors.postgres import sink;"
+        "from millpond.connectors.postgres import sink_envelope;"
         "print(batch._columns is not None, decoding._scan is not None, transforms._jsonlines is not None,"
-        " chain.canonical_in_c(), sink._scan_rows is not None);"
+        " chain.canonical_in_c(), sink_envelope.scan_rows is not None);"
         "main(['--version'])",
         pure,
     )

@@ -27,7 +27,8 @@ import pytest
 from millpond.backends import open_backend
 from millpond.backends.base import IsolationLevel
 from millpond.config import PipelineConfig
-from millpond.connectors.postgres.sink import PostgresSink, _plain_row, _scan_rows
+from millpond.connectors.postgres.sink import PostgresSink
+from millpond.connectors.postgres.sink_envelope import plain_row, scan_rows
 from millpond.connectors.postgres.source import UNAVAILABLE
 from millpond.converters import JsonConverter
 from millpond.records import Record
@@ -242,16 +243,16 @@ def test_encoded_path_gives_the_record_paths_table(
         assert (None if have["doc_text"] is None else json.loads(have["doc_text"])) == want["doc"], i
 
 
-def test_plain_row_reads_only_a_plain_change_as_the_converter_does() -> None:
-    """The bytes check: what ``_plain_row`` reads is what the JSON converter reads; all else is None."""
+def testplain_row_reads_only_a_plain_change_as_the_converter_does() -> None:
+    """The bytes check: what ``plain_row`` reads is what the JSON converter reads; all else is None."""
     types_raw = orjson.dumps(TYPES)
     row = {"id": 1, "name": "zoë\t\"q\"", "big": 5, "f": 0.1, "doc": {"op": "c", "x": [1, {"y": None}]}, "note": "n"}
     good = _value("u", row, None, TYPES, 1)
     shape: list[bytes] = []
-    assert _plain_row(good, types_raw, shape) == JsonConverter().deserialize(good)["after"] == row
+    assert plain_row(good, types_raw, shape) == JsonConverter().deserialize(good)["after"] == row
     assert shape  # learnt from a value checked in full: the next ones of the transaction compare bytes
     other = _value("c", {**row, "id": 2}, None, TYPES, 0x2F00A)  # another LSN (hex digits), same fields else
-    assert _plain_row(other, types_raw, shape) == {**row, "id": 2}
+    assert plain_row(other, types_raw, shape) == {**row, "id": 2}
     s = good.decode()
     not_plain = [
         _value("d", None, {"id": 1}, TYPES, 1),  # a delete
@@ -270,12 +271,12 @@ def test_plain_row_reads_only_a_plain_change_as_the_converter_does() -> None:
         s.replace('"txid":700', '"txid":0700').encode(),  # not JSON elsewhere in the fields
     ]
     for value in not_plain:
-        assert _plain_row(value, types_raw, []) is None, value
-        assert _plain_row(value, types_raw, list(shape)) is None, value
+        assert plain_row(value, types_raw, []) is None, value
+        assert plain_row(value, types_raw, list(shape)) is None, value
     # an LSN that is not hex digits does not fit the shape: checked in full (and valid)
-    assert _plain_row(s.replace('"lsn":"0/1"', '"lsn":"0/1g"').encode(), types_raw, list(shape)) == row
-    # the C scan (when built) takes what _plain_row takes, or less: never a value _plain_row refuses
-    if _scan_rows is not None:
+    assert plain_row(s.replace('"lsn":"0/1"', '"lsn":"0/1g"').encode(), types_raw, list(shape)) == row
+    # the C scan (when built) takes what plain_row takes, or less: never a value plain_row refuses
+    if scan_rows is not None:
         template = shape[2]
         assert template is not None
         later = [
@@ -284,8 +285,8 @@ def test_plain_row_reads_only_a_plain_change_as_the_converter_does() -> None:
             s.replace('"commit_ts_ms":1700000000001', '"commit_ts_ms":0').encode(),
         ]
         for value in [good, other, *later, *not_plain]:
-            found = _scan_rows([value], template)[0]
-            expected = _plain_row(value, types_raw, [])
+            found = scan_rows([value], template)[0]
+            expected = plain_row(value, types_raw, [])
             try:  # the sink parses what the scan found, and takes the exact path if it does not parse
                 parsed = None if found is None else orjson.loads(found)
             except orjson.JSONDecodeError:
@@ -293,11 +294,11 @@ def test_plain_row_reads_only_a_plain_change_as_the_converter_does() -> None:
             assert parsed in (None, expected), value
             if expected is None:
                 assert parsed is None, value
-        assert [t is not None for t in _scan_rows([good, other, *later, None], template)] == [
+        assert [t is not None for t in scan_rows([good, other, *later, None], template)] == [
             True, True, True, False, True, False]
     # a column named "op" in the row: ",\"op\":\"" comes first inside it; not plain, never misread
     tricky = _value("c", {**row, "doc": None, "op": "d"}, None, TYPES, 1)
-    assert _plain_row(tricky, types_raw, []) in (None, JsonConverter().deserialize(tricky)["after"])
+    assert plain_row(tricky, types_raw, []) in (None, JsonConverter().deserialize(tricky)["after"])
 
 
 def test_rows_copied_early_give_the_same_table(pg_dsn: str, name: str) -> None:
