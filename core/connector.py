@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from .records import JsonRecords, PartitionBatches, Record, TopicPartition
+from .records import EncodedRecords, JsonRecords, PartitionBatches, Record, TopicPartition
 
 
 class Guarantee(enum.IntEnum):
@@ -25,30 +25,6 @@ class Guarantee(enum.IntEnum):
     at_most_once = 0
     at_least_once = 1
     exactly_once = 2
-
-
-@dataclass(slots=True)
-class EncodedRecords:
-    """One partition's records of a poll as the log holds them, in columns: what a sink that takes
-    encoded values (``Sink.takes_encoded``) gets instead of records.
-
-    ``keys`` and ``values`` are the log's bytes (None: a null key, a tombstone), in the encoding of
-    the converter the sink declared; ``offsets`` and ``timestamps`` (milliseconds) go with them, in
-    offset order. No Python object is made per record beyond the bytes themselves.
-    """
-
-    tp: TopicPartition
-    offsets: list[int]
-    timestamps: list[int | None]
-    keys: list[bytes | None]
-    values: list[bytes | None]
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def after(self, n: int) -> EncodedRecords:
-        """The records from the ``n``-th on."""
-        return EncodedRecords(self.tp, self.offsets[n:], self.timestamps[n:], self.keys[n:], self.values[n:])
 
 
 class ConnectorConfig(BaseModel):

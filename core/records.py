@@ -12,6 +12,7 @@ import json
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, ClassVar, NamedTuple, Self, overload
 
 from . import speedups
@@ -56,6 +57,30 @@ class Record:
 
 
 @dataclass(slots=True)
+class EncodedRecords:
+    """One partition's records of a poll as the log holds them, in columns: what a sink that takes
+    encoded values (``Sink.takes_encoded``) gets instead of records.
+
+    ``keys`` and ``values`` are the log's bytes (None: a null key, a tombstone), in the encoding of
+    the converter the sink declared; ``offsets`` and ``timestamps`` (milliseconds) go with them, in
+    offset order. No Python object is made per record beyond the bytes themselves.
+    """
+
+    tp: TopicPartition
+    offsets: list[int]
+    timestamps: list[int | None]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def after(self, n: int) -> EncodedRecords:
+        """The records from the ``n``-th on."""
+        return EncodedRecords(self.tp, self.offsets[n:], self.timestamps[n:], self.keys[n:], self.values[n:])
+
+
+@dataclass(slots=True)
 class PartitionBatches:
     """Record batches of one partition as the log stores them (Kafka RecordBatch v2), undecoded.
 
@@ -82,6 +107,22 @@ class PartitionBatches:
             for r in iter_records(data)
             if r.offset >= start
         ]
+
+    def columns(self) -> EncodedRecords:
+        """The records' offsets, timestamps, keys and values in columns (for ``Sink.write_encoded``):
+        about 0.9 us a record for the C codec's record objects, then 0.2 us for the columns (a
+        :class:`Record` of each would add 1 us more)."""
+        from .log.codec import iter_records  # the log imports this module
+
+        found = [r for data in self.batches for r in iter_records(data)]
+        start = self.from_offset
+        if found and found[0].offset < start:  # the first batch began before the position
+            found = [r for r in found if r.offset >= start]
+        return EncodedRecords(self.tp, list(map(_OFFSET, found)), list(map(_TIMESTAMP, found)),
+                              list(map(_KEY, found)), list(map(_VALUE, found)))
+
+
+_OFFSET, _TIMESTAMP, _KEY, _VALUE = (attrgetter(name) for name in ("offset", "timestamp", "key", "value"))
 
 
 class JsonRecords(Sequence["Record"]):

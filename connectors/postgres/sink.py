@@ -77,10 +77,10 @@ from typing import Any, ClassVar
 import asyncpg
 import orjson
 
-from millpond.connector import ConnectorConfig, ConnectorContext, EncodedRecords, Guarantee, Sink
+from millpond.connector import ConnectorConfig, ConnectorContext, Guarantee, Sink
 from millpond.converters import JsonConverter
 from millpond.errors import ConfigError, ConnectorError, RecordError, RetriableConnectorError
-from millpond.records import Record, TopicPartition
+from millpond.records import EncodedRecords, Record, TopicPartition
 
 from . import sink_schema
 from .sink_apply import SCALARS, STAGE, Applier, EarlyCopy, Entry, Target, key_of

@@ -305,10 +305,10 @@ def test_rows_copied_early_give_the_same_table(pg_dsn: str, name: str) -> None:
     """Polls written through ``write_encoded`` (rows COPYed while the next poll is read) and through
     ``write`` give the same table, across flushes, a delete before rows of other keys (passed) and of
     its key (not passed), updates whose early COPY meets existing keys, and a flush that fails."""
-    from millpond.connector import ConnectorContext, EncodedRecords
+    from millpond.connector import ConnectorContext
     from millpond.connectors.postgres.sink import PostgresSinkConfig
     from millpond.errors import RetriableConnectorError
-    from millpond.records import TopicPartition
+    from millpond.records import EncodedRecords, TopicPartition
 
     tp = TopicPartition(TOPIC, 0)
     offset = 0
