@@ -3,10 +3,10 @@
 Five hot paths have an optional C twin built by ``setup.py``: building a record
 batch from columns (``millpond.log._columns``), scanning pgoutput inserts
 (``millpond.connectors.postgres._decode``), masking fields of JSON lines
-(``millpond._jsonlines``, the mask transform's batch form) and the audit chain's
-canonical form of a batch's records (``millpond.audit._canon``, what verify hashes), and the
-Postgres sink's scan of a poll's CDC values for plain rows (``millpond.connectors.postgres._sink_scan``).
-Each gives the same bytes and records as the Python path, only faster, so a build without a compiler still
+(``millpond._jsonlines``, the mask transform's batch form), the audit chain's
+canonical form of a batch's records and its SHA-256 (``millpond.audit._canon``,
+what appends and verify hash), and the Postgres sink's scan of a poll's CDC
+values for plain rows (``millpond.connectors.postgres._sink_scan``). Each gives the same bytes and records as the Python path, only faster, so a build without a compiler still
 works; ``millpond --version`` says which path is running so nobody measures
 the slow one by accident.
 
