@@ -25,7 +25,6 @@ import orjson
 import pytest
 
 from millpond.backends import open_backend
-from millpond.backends.base import IsolationLevel
 from millpond.config import PipelineConfig
 from millpond.connectors.postgres.sink import PostgresSink
 from millpond.connectors.postgres.sink_envelope import plain_row, scan_rows
@@ -34,6 +33,7 @@ from millpond.converters import JsonConverter
 from millpond.records import Record
 from millpond.runtime import RuntimeOptions, run_pipeline_async
 from millpond.runtime.launch import create_topics
+from tests.runtime.test_dlq import read_all
 
 pytestmark = pytest.mark.postgres
 
@@ -166,18 +166,10 @@ async def produce(cfg: PipelineConfig, pairs: list[tuple[bytes | None, bytes | N
 async def dead_letters(cfg: PipelineConfig, topic: str) -> list[tuple[Any, Any]]:
     backend = open_backend(cfg.log)
     await backend.open()
-    consumer = backend.consumer([topic], group=None, isolation=IsolationLevel.read_committed)
-    out: list[Record] = []
     try:
-        empty = 0
-        while empty < 3:
-            records = await consumer.poll(timeout=0.01)
-            out += records
-            empty = 0 if records else empty + 1
+        return [(r.key, r.value) for r in await read_all(backend, topic)]
     finally:
-        await consumer.close()
         await backend.close()
-    return [(r.key, r.value) for r in out]
 
 
 def run_sink(tmp: Path, dsn: str, sink: str, table: str, pairs: list[tuple[bytes | None, bytes | None]],
